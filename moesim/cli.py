@@ -1,0 +1,247 @@
+"""The `moesim` command line: presets, scenario checking and the JSON Schema.
+
+Every command that takes a scenario accepts `--set a.b=c` overrides. A problem with the
+input prints one line on stderr and exits with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from moesim import units
+from moesim.errors import MoesimError
+
+app = typer.Typer(
+    name="moesim",
+    help="Simulation-driven routing and systems planner for Mixture-of-Experts models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+presets_app = typer.Typer(help="Published model and GPU presets.", no_args_is_help=True)
+app.add_typer(presets_app, name="presets")
+
+console = Console(width=None if sys.stdout.isatty() else 120)
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+SET_HELP = "Override a scenario field, e.g. --set routing.top_k=2 (repeatable)."
+
+
+def user_errors_exit_2(command: Command) -> Command:
+    """Turn a MoesimError into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MoesimError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout for machines (no colour, no wrapping)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from moesim import __version__
+
+        typer.echo(f"moesim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+) -> None:
+    """moesim: how fast is an MoE step on this cluster, how many tokens drop, and what fits."""
+
+
+# ---------------------------------------------------------------- presets
+@presets_app.command("list")
+@user_errors_exit_2
+def presets_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List model and GPU presets."""
+    from moesim.cluster.hardware import gpu_preset, gpu_preset_names
+    from moesim.models.accounting import active_params, total_params
+    from moesim.models.presets import model_preset, model_preset_names
+
+    models = [model_preset(name) for name in model_preset_names()]
+    gpus = [gpu_preset(name) for name in gpu_preset_names()]
+    if as_json:
+        print_json(
+            {
+                "models": [
+                    {
+                        "name": spec.name,
+                        "total_params": total_params(spec),
+                        "active_params": active_params(spec),
+                        "num_experts": spec.num_experts,
+                        "top_k": spec.top_k,
+                    }
+                    for spec in models
+                ],
+                "gpus": [gpu.model_dump() for gpu in gpus],
+            }
+        )
+        return
+    table = Table(title="Model presets (moesim presets show NAME)")
+    for column in ("name", "total params", "active params", "experts", "shared", "top-k", "MoE layers"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for spec in models:
+        table.add_row(
+            spec.name,
+            units.params(total_params(spec)),
+            units.params(active_params(spec)),
+            str(spec.num_experts),
+            str(spec.num_shared_experts),
+            str(spec.top_k),
+            str(spec.num_moe_layers),
+        )
+    console.print(table)
+    gpu_table = Table(title="GPU presets (moesim presets show --gpu NAME)")
+    for column in ("name", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GB", "HBM TB/s", "scale-up GB/s", "NIC Gb/s"):
+        gpu_table.add_column(column, justify="left" if column == "name" else "right")
+    for gpu in gpus:
+        gpu_table.add_row(
+            gpu.name,
+            f"{gpu.peak_bf16_tflops:g}",
+            f"{gpu.peak_fp8_tflops:g}" if gpu.peak_fp8_tflops else "-",
+            f"{gpu.hbm_gb:g}",
+            f"{gpu.hbm_tb_per_s:g}",
+            f"{gpu.scale_up_gb_per_s:g}",
+            f"{gpu.nic_gbps:g}",
+        )
+    console.print(gpu_table)
+
+
+@presets_app.command("show")
+@user_errors_exit_2
+def presets_show(
+    name: Optional[str] = typer.Argument(None, help="Model preset name, e.g. mixtral-8x7b."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Show a GPU preset instead, e.g. H100-SXM."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Sequence length for FLOPs (default: the model's context)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a model preset's architecture and accounting, or a GPU preset."""
+    if gpu is not None:
+        _show_gpu(gpu, as_json)
+        return
+    if name is None:
+        raise MoesimError("name a model preset (moesim presets show mixtral-8x7b) or a GPU (--gpu H100-SXM)")
+    from moesim.models.accounting import summarize
+    from moesim.models.presets import PUBLISHED, model_preset
+
+    spec = model_preset(name)
+    summary = summarize(spec, seq_len)
+    published = PUBLISHED.get(spec.name)
+    if as_json:
+        print_json(
+            {
+                **summary.as_dict(),
+                "source": spec.source,
+                "published": published.__dict__ if published else None,
+                "architecture": spec.model_dump(),
+            }
+        )
+        return
+    console.print(_model_table(spec, summary, published))
+
+
+def _model_table(spec: Any, summary: Any, published: Any) -> Table:
+    """The accounting of one model, each figure with its unit and where it comes from."""
+    table = Table(title=f"{spec.name}  ({spec.source})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("derived from")
+    published_total = f"published {units.params(published.total_params)}" if published else "architecture"
+    published_active = (
+        f"published {units.params(published.active_params)}" if published and published.active_params else "architecture"
+    )
+    rows = [
+        ("total parameters", units.params(summary.total_params), published_total),
+        ("active parameters / token", units.params(summary.active_params), published_active),
+        ("  without input embedding", units.params(summary.active_params_without_input_embedding), "architecture"),
+        ("routed-expert parameters", units.params(summary.expert_params), "architecture"),
+        ("experts (routed + shared)", f"{spec.num_experts} + {spec.num_shared_experts}", "config"),
+        ("top-k", str(spec.top_k), "config"),
+        ("MoE / dense layers", f"{summary.num_moe_layers} / {summary.num_dense_layers}", "config"),
+        (f"forward FLOPs / token @ {summary.seq_len} tokens", units.flops(summary.flops_per_token), "2 x active + attention"),
+        ("training FLOPs / token", units.flops(summary.training_flops_per_token), "3 x forward"),
+        ("weights + grads + optimizer", units.byte_size(summary.training_state_bytes), "bf16 / bf16 / fp32 Adam, 16 B/param"),
+        ("activations / token (no recompute)", units.byte_size(summary.activation_bytes_per_token), "Korthikanti et al. 2022"),
+        ("KV cache / token (bf16)", units.byte_size(summary.kv_cache_bytes_per_token), spec.attention_type.upper()),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _show_gpu(name: str, as_json: bool) -> None:
+    from moesim.cluster.hardware import gpu_preset
+
+    gpu = gpu_preset(name)
+    if as_json:
+        print_json(gpu.model_dump())
+        return
+    table = Table(title=f"{gpu.name}  ({gpu.source})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("peak bf16 (dense)", f"{gpu.peak_bf16_tflops:g} TFLOP/s"),
+        ("peak fp8 (dense)", f"{gpu.peak_fp8_tflops:g} TFLOP/s" if gpu.peak_fp8_tflops else "not supported"),
+        ("HBM capacity", f"{gpu.hbm_gb:g} GB"),
+        ("HBM bandwidth", f"{gpu.hbm_tb_per_s:g} TB/s"),
+        ("scale-up bandwidth (one direction)", f"{gpu.scale_up_gb_per_s:g} GB/s"),
+        ("NIC line rate", f"{gpu.nic_gbps:g} Gb/s"),
+        ("board power", f"{gpu.tdp_watts:g} W" if gpu.tdp_watts else "-"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+# ---------------------------------------------------------------- scenarios
+@app.command()
+@user_errors_exit_2
+def check(
+    scenario: Path = typer.Argument(..., help="Scenario file (.yaml, .toml or .json)."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the resolved scenario as JSON."),
+) -> None:
+    """Validate a scenario and print it with every default filled in."""
+    import yaml
+
+    from moesim.scenario import load_scenario
+
+    resolved = load_scenario(scenario, overrides)
+    data = resolved.model_dump(mode="json")
+    if as_json:
+        print_json(data)
+        return
+    typer.echo(f"# {scenario}: valid ({resolved.cluster.world_size} GPUs, model {resolved.model.name})")
+    typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files (for editor completion)."""
+    from moesim.scenario import scenario_json_schema
+
+    print_json(scenario_json_schema())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,328 @@
+"""Parameter, FLOP and memory accounting derived from a `ModelSpec`.
+
+Everything here is a pure function of the architecture (no stored totals), so a user's
+own variant of a model is counted the same way as a preset. Conventions:
+
+* Parameters count every weight, bias and norm scale of the attention, FFN, router,
+  norm and embedding layers. Rotary embeddings have no parameters; relative position
+  biases (T5) and sinusoidal tables are left out (under 0.01% of any preset).
+* Active parameters per token = everything except the routed experts a token does not
+  use. Whether the input embedding table counts is a convention that publishers do not
+  share (Mistral counts it, DeepSeek does not), so it is a parameter.
+* FLOPs count a multiply-add as 2 FLOPs: forward = 2 x (active matmul parameters) +
+  the attention-score term 2 x heads x (d_qk + d_v) x context per layer, where
+  the context is seq_len / 2 on average under a causal mask (FlashAttention skips the
+  masked half), seq_len without one. Training = 3 x forward (backward is twice the
+  forward), 4 x with full activation recomputation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from moesim.models.precision import Precision
+from moesim.models.spec import GATED_ACTIVATIONS, ModelSpec
+
+
+# ---------------------------------------------------------------- parameter counts
+def ffn_params(hidden_size: int, inner_size: int, activation: str, bias: bool) -> int:
+    """Parameters of one FFN (dense layer or one expert)."""
+    matrices = 3 if activation in GATED_ACTIVATIONS else 2
+    count = matrices * hidden_size * inner_size
+    if bias:
+        count += (matrices - 1) * inner_size + hidden_size
+    return count
+
+
+def norm_params(spec: ModelSpec, width: int) -> int:
+    """Parameters of one normalisation layer over `width` channels."""
+    return width * (2 if spec.norm_type == "layernorm" else 1)
+
+
+def attention_params(spec: ModelSpec) -> int:
+    """Parameters of one attention block (projections, their biases, internal norms)."""
+    hidden = spec.hidden_size
+    heads = spec.num_attention_heads
+    if spec.attention_type == "mla":
+        qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
+        if spec.q_lora_rank:
+            query = hidden * spec.q_lora_rank + spec.q_lora_rank + spec.q_lora_rank * heads * qk_dim
+        else:
+            query = hidden * heads * qk_dim
+        latent = spec.kv_lora_rank  # type: ignore[assignment]
+        key_value = (
+            hidden * (latent + spec.qk_rope_head_dim)  # type: ignore[operator]
+            + latent
+            + latent * heads * (spec.qk_nope_head_dim + spec.v_head_dim)  # type: ignore[operator]
+        )
+        output = heads * spec.v_head_dim * hidden  # type: ignore[operator]
+        return query + key_value + output
+    head_dim = spec.attention_head_dim
+    q_width = heads * head_dim
+    kv_width = spec.kv_heads * head_dim
+    count = hidden * q_width + 2 * hidden * kv_width + q_width * hidden
+    if spec.attention_bias:
+        count += q_width + 2 * kv_width + hidden
+    if spec.qk_norm:
+        count += 2 * head_dim
+    return count
+
+
+def router_params(spec: ModelSpec) -> int:
+    """Parameters of one router (gate) layer."""
+    return spec.hidden_size * spec.num_experts + (spec.num_experts if spec.router_bias else 0)
+
+
+def expert_params(spec: ModelSpec) -> int:
+    """Parameters of one routed expert."""
+    return ffn_params(spec.hidden_size, spec.moe_intermediate_size, spec.expert_ffn_activation, spec.ffn_bias)
+
+
+def shared_expert_params(spec: ModelSpec) -> int:
+    """Parameters of all shared experts of one MoE layer."""
+    one = ffn_params(spec.hidden_size, spec.shared_expert_size, spec.expert_ffn_activation, spec.ffn_bias)
+    return spec.num_shared_experts * one
+
+
+def dense_ffn_params(spec: ModelSpec) -> int:
+    """Parameters of one dense FFN layer."""
+    return ffn_params(spec.hidden_size, spec.intermediate_size, spec.dense_ffn_activation, spec.ffn_bias)
+
+
+def moe_ffn_params(spec: ModelSpec, routed_experts: int) -> int:
+    """Parameters of one MoE FFN with `routed_experts` routed experts counted."""
+    return routed_experts * expert_params(spec) + shared_expert_params(spec) + router_params(spec)
+
+
+def _stack_params(spec: ModelSpec, num_layers: int, cross_attention: bool, routed_experts: int) -> int:
+    """Parameters of one stack of layers plus its final norm."""
+    per_layer_common = attention_params(spec) + 2 * norm_params(spec, spec.hidden_size)
+    if cross_attention:
+        per_layer_common += attention_params(spec) + norm_params(spec, spec.hidden_size)
+    moe_layers = spec.moe_layers_in_stack(num_layers)
+    dense_layers = num_layers - moe_layers
+    return (
+        num_layers * per_layer_common
+        + moe_layers * moe_ffn_params(spec, routed_experts)
+        + dense_layers * dense_ffn_params(spec)
+        + norm_params(spec, spec.hidden_size)
+    )
+
+
+def embedding_params(spec: ModelSpec) -> int:
+    """Input embedding table."""
+    return spec.vocab_size * spec.hidden_size
+
+
+def output_head_params(spec: ModelSpec) -> int:
+    """Output (LM head) projection; zero when tied to the input embedding."""
+    return 0 if spec.tie_word_embeddings else spec.vocab_size * spec.hidden_size
+
+
+def _layer_params(spec: ModelSpec, routed_experts: int) -> int:
+    """All transformer-layer parameters (every stack) with `routed_experts` per MoE layer."""
+    total = _stack_params(spec, spec.num_layers, spec.architecture == "encoder_decoder", routed_experts)
+    if spec.num_encoder_layers:
+        total += _stack_params(spec, spec.num_encoder_layers, False, routed_experts)
+    return total
+
+
+def total_params(spec: ModelSpec) -> int:
+    """Every parameter of the model."""
+    return _layer_params(spec, spec.num_experts) + embedding_params(spec) + output_head_params(spec)
+
+
+def active_params(spec: ModelSpec, count_input_embedding: bool = True) -> int:
+    """Parameters one token uses: all but the routed experts it is not sent to.
+
+    `count_input_embedding` includes the input embedding table (a lookup, no FLOPs);
+    model cards differ on this, see the module docstring.
+    """
+    count = _layer_params(spec, spec.top_k) + output_head_params(spec)
+    if count_input_embedding or spec.tie_word_embeddings:
+        # A tied table is also the output projection, so it is always in use.
+        count += embedding_params(spec)
+    return count
+
+
+def expert_params_total(spec: ModelSpec) -> int:
+    """Parameters held in routed experts across the model (what expert parallelism shards)."""
+    return spec.num_moe_layers * spec.num_experts * expert_params(spec)
+
+
+# ---------------------------------------------------------------- FLOPs
+def _matmul_params_per_token(spec: ModelSpec) -> int:
+    """Weights a token multiplies against (the input embedding is a lookup)."""
+    return _layer_params(spec, spec.top_k) + spec.vocab_size * spec.hidden_size
+
+
+def attention_score_flops_per_token(spec: ModelSpec, seq_len: int, causal: bool = True) -> float:
+    """FLOPs of Q·K^T and softmax·V per token, all layers (grows with sequence length)."""
+    heads = spec.num_attention_heads
+    if spec.attention_type == "mla":
+        qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
+        v_dim = spec.v_head_dim
+    else:
+        qk_dim = v_dim = spec.attention_head_dim
+    per_layer_full = 2.0 * heads * (qk_dim + v_dim) * seq_len  # type: ignore[operator]
+    self_context = 0.5 if causal else 1.0
+    if spec.architecture == "encoder_decoder":
+        # encoder self-attention sees the whole source; decoder: causal self + full cross
+        return per_layer_full * (spec.num_encoder_layers + spec.num_layers * (self_context + 1.0))
+    return per_layer_full * spec.num_layers * self_context
+
+
+def forward_flops_per_token(spec: ModelSpec, seq_len: int, causal: bool = True) -> float:
+    """Forward FLOPs per token: dense matmuls of the active path plus attention scores."""
+    return 2.0 * _matmul_params_per_token(spec) + attention_score_flops_per_token(spec, seq_len, causal)
+
+
+def training_flops_per_token(spec: ModelSpec, seq_len: int, recompute: bool = False, causal: bool = True) -> float:
+    """Forward + backward FLOPs per token (backward = 2 x forward; +1 forward if recomputing)."""
+    return (4.0 if recompute else 3.0) * forward_flops_per_token(spec, seq_len, causal)
+
+
+# ---------------------------------------------------------------- memory
+@dataclass(frozen=True)
+class TrainingStateBytes:
+    """Bytes of model state for training (whole model, before any sharding)."""
+
+    weights_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.grads_bytes + self.optimizer_bytes
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total_bytes": self.total_bytes}
+
+
+def training_state_bytes(spec: ModelSpec, precision: Precision | None = None) -> TrainingStateBytes:
+    """Weights, gradients and optimizer states (master copy + moments) for the whole model."""
+    precision = precision or Precision()
+    params = total_params(spec)
+    return TrainingStateBytes(
+        weights_bytes=params * precision.weight_bytes,
+        grads_bytes=params * precision.grad_bytes,
+        optimizer_bytes=params * precision.optimizer_bytes_per_param,
+    )
+
+
+def _ffn_activation_elements(hidden: int, inner: int, activation: str) -> int:
+    """Elements an FFN keeps for backward per token: its input, the projections, the activation output."""
+    projections = 2 if activation in GATED_ACTIVATIONS else 1
+    return hidden + projections * inner + inner
+
+
+def _attention_activation_elements(spec: ModelSpec) -> int:
+    """Elements an attention block keeps per token with a fused (flash) kernel: input, Q, K, V, output."""
+    hidden = spec.hidden_size
+    heads = spec.num_attention_heads
+    if spec.attention_type == "mla":
+        qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
+        latents = (spec.q_lora_rank or 0) + spec.kv_lora_rank + spec.qk_rope_head_dim  # type: ignore[operator]
+        return hidden + latents + 2 * heads * qk_dim + 2 * heads * spec.v_head_dim  # type: ignore[operator]
+    head_dim = spec.attention_head_dim
+    return hidden + 2 * heads * head_dim + 2 * spec.kv_heads * head_dim
+
+
+def activation_bytes_per_token(
+    spec: ModelSpec, precision: Precision | None = None, recompute: str = "none"
+) -> int:
+    """Activation memory kept for the backward pass, bytes per token, all layers.
+
+    Follows the accounting of Korthikanti et al. 2022 ("Reducing Activation Recomputation
+    in Large Transformer Models"), with a fused attention kernel (no seq_len^2 score
+    matrix, only the fp32 log-sum-exp per head) and no dropout masks. An MoE layer keeps
+    the router logits (fp32) and, per routed copy of the token, the expert's input and
+    intermediate tensors. `recompute="full"` keeps only each layer's input.
+    """
+    precision = precision or Precision()
+    element = precision.activation_bytes
+    hidden = spec.hidden_size
+    if recompute == "full":
+        return (spec.num_layers + spec.num_encoder_layers) * hidden * element
+    if recompute != "none":
+        raise ValueError(f"recompute must be 'none' or 'full', got {recompute!r}")
+    attention = _attention_activation_elements(spec) * element + 4 * spec.num_attention_heads
+    norms = 2 * hidden * element
+    dense_ffn = _ffn_activation_elements(hidden, spec.intermediate_size, spec.dense_ffn_activation) * element
+    routed = spec.top_k * _ffn_activation_elements(hidden, spec.moe_intermediate_size, spec.expert_ffn_activation)
+    shared = spec.num_shared_experts * _ffn_activation_elements(
+        hidden, spec.shared_expert_size, spec.expert_ffn_activation
+    )
+    moe_ffn = (hidden + routed + shared) * element + 4 * spec.num_experts
+    cross = spec.num_layers * (attention + hidden * element) if spec.architecture == "encoder_decoder" else 0
+    layers = spec.num_layers + spec.num_encoder_layers
+    return (
+        layers * (attention + norms)
+        + spec.num_moe_layers * moe_ffn
+        + spec.num_dense_layers * dense_ffn
+        + cross
+    )
+
+
+def kv_cache_bytes_per_token(spec: ModelSpec, precision: Precision | None = None) -> int:
+    """KV-cache bytes per generated or prompt token, all decoder layers.
+
+    GQA caches K and V for every key/value head; MLA caches only the compressed latent
+    plus the decoupled rotary key (DeepSeek-V2 paper, section 2.1). Encoder-decoder
+    models also keep a cross-attention cache that depends on the source length; it is
+    not included.
+    """
+    precision = precision or Precision()
+    if spec.attention_type == "mla":
+        per_layer = spec.kv_lora_rank + spec.qk_rope_head_dim  # type: ignore[operator]
+    else:
+        per_layer = 2 * spec.kv_heads * spec.attention_head_dim
+    return spec.num_layers * per_layer * precision.activation_bytes
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """The figures `moesim presets show` prints for a model."""
+
+    name: str
+    total_params: int
+    active_params: int
+    active_params_without_input_embedding: int
+    expert_params: int
+    num_experts: int
+    num_shared_experts: int
+    top_k: int
+    num_moe_layers: int
+    num_dense_layers: int
+    seq_len: int
+    flops_per_token: float
+    training_flops_per_token: float
+    training_state_bytes: int
+    activation_bytes_per_token: int
+    kv_cache_bytes_per_token: int
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def summarize(spec: ModelSpec, seq_len: int | None = None, precision: Precision | None = None) -> ModelSummary:
+    """All headline figures of a model at `seq_len` (default: its context length)."""
+    seq_len = seq_len or spec.max_seq_len
+    return ModelSummary(
+        name=spec.name,
+        total_params=total_params(spec),
+        active_params=active_params(spec),
+        active_params_without_input_embedding=active_params(spec, count_input_embedding=False),
+        expert_params=expert_params_total(spec),
+        num_experts=spec.num_experts,
+        num_shared_experts=spec.num_shared_experts,
+        top_k=spec.top_k,
+        num_moe_layers=spec.num_moe_layers,
+        num_dense_layers=spec.num_dense_layers,
+        seq_len=seq_len,
+        flops_per_token=forward_flops_per_token(spec, seq_len),
+        training_flops_per_token=training_flops_per_token(spec, seq_len),
+        training_state_bytes=training_state_bytes(spec, precision).total_bytes,
+        activation_bytes_per_token=activation_bytes_per_token(spec, precision),
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(spec, precision),
+    )

@@ -1,0 +1,1 @@
+"""Sweeps, results store, cluster sizing search and reports."""

@@ -1,0 +1,1 @@
+"""The simulator: SimPy timeline per rank, flow-level network solver, compute cost model."""

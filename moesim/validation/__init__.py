@@ -1,0 +1,1 @@
+"""Calibration of cost models from measurements, and comparison of simulation with real runs."""

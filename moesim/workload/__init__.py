@@ -1,0 +1,1 @@
+"""Router-score workloads: synthetic scores per MoE layer and recorded trace files."""
