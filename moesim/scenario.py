@@ -382,20 +382,20 @@ def read_document(path: str | Path) -> dict[str, Any]:
     if not text.strip():
         raise ScenarioError(f"{path}: the file is empty; a scenario needs at least a `model:` entry")
     suffix = path.suffix.lower()
+    syntax = {".toml": "TOML", ".json": "JSON"}.get(suffix, "YAML")
     try:
-        if suffix == ".toml":
+        if syntax == "TOML":
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib  # type: ignore[no-redef]
             document = tomllib.loads(text)
-        elif suffix == ".json":
+        elif syntax == "JSON":
             document = json.loads(text)
         else:
             document = yaml.safe_load(text)
     except Exception as error:  # each parser has its own error type; all mean "not valid syntax"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ScenarioError(f"{path}: not valid {suffix.lstrip('.') or 'YAML'} ({first_line})") from None
+        raise ScenarioError(f"{path}: not valid {syntax} ({_syntax_problem(error)})") from None
     if document is None:
         raise ScenarioError(f"{path}: the file holds no scenario; it needs at least a `model:` entry")
     if not isinstance(document, dict):
@@ -403,11 +403,22 @@ def read_document(path: str | Path) -> dict[str, Any]:
     return document
 
 
+def _syntax_problem(error: Exception) -> str:
+    """Where and what a parser complained about, in one line."""
+    mark = getattr(error, "problem_mark", None)  # YAML
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {getattr(error, 'problem', '') or error}"
+    if isinstance(error, json.JSONDecodeError):
+        return f"line {error.lineno}, column {error.colno}: {error.msg}"
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
 def _format_validation_error(error: ValidationError) -> str:
     """One line for the first problem pydantic found, naming the field and the fix."""
     problems = error.errors()
     first = problems[0]
-    location = [part for part in first["loc"] if not isinstance(part, int) or True]
+    location = list(first["loc"])
     where = ".".join(str(part) for part in location)
     message = first["msg"].removeprefix("Value error, ")
     kind = first["type"]

@@ -1,0 +1,83 @@
+"""The command line: presets, check, schema, and exit code 2 with one line for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from moesim.cli import app
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SCENARIO = REPO / "scenarios" / "mixtral-8x7b-serving.yaml"
+
+
+def invoke(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+def test_presets_list() -> None:
+    result = invoke("presets", "list")
+    assert result.exit_code == 0
+    for name in ("mixtral-8x7b", "deepseek-v3", "switch-c-2048", "H100-SXM", "MI300X"):
+        assert name in result.output
+    data = json.loads(invoke("presets", "list", "--json").output)
+    assert {m["name"] for m in data["models"]} >= {"dbrx", "olmoe-1b-7b", "qwen3-30b-a3b", "tiny-moe"}
+
+
+def test_presets_show_json_has_the_required_keys() -> None:
+    result = invoke("presets", "show", "deepseek-v3", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for key in ("name", "total_params", "active_params", "num_experts", "top_k", "num_moe_layers", "flops_per_token"):
+        assert key in data
+    assert data["num_experts"] == 256 and data["top_k"] == 8 and data["num_moe_layers"] == 58
+    assert abs(data["total_params"] / 671e9 - 1) < 0.001
+
+
+def test_presets_show_table_and_gpu() -> None:
+    result = invoke("presets", "show", "mixtral-8x7b")
+    assert result.exit_code == 0 and "46.70 B" in result.output and "published" in result.output
+    gpu = invoke("presets", "show", "--gpu", "H200")
+    assert gpu.exit_code == 0 and "141 GB" in gpu.output and "4.8 TB/s" in gpu.output
+    assert json.loads(invoke("presets", "show", "--gpu", "B200", "--json").output)["hbm_gb"] == 180
+
+
+def test_presets_show_unknown_is_one_line_exit_2() -> None:
+    result = invoke("presets", "show", "mixtral-9x7b")
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "did you mean 'mixtral-8x7b'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_prints_resolved_scenario() -> None:
+    result = invoke("check", str(DEFAULT_SCENARIO))
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output and "top_k: 2" in result.output and "nic_gbps: 400" in result.output
+    data = json.loads(invoke("check", str(DEFAULT_SCENARIO), "--json", "--set", "routing.top_k=1").output)
+    assert data["routing"]["top_k"] == 1 and data["model"]["hidden_size"] == 4096
+
+
+def test_check_errors_exit_2(tmp_path: Path) -> None:
+    bad = invoke("check", str(DEFAULT_SCENARIO), "--set", "routing.top_k=9")
+    assert bad.exit_code == 2 and "routing.top_k" in bad.output and bad.output.count("\n") == 1
+    missing = invoke("check", str(tmp_path / "nope.yaml"))
+    assert missing.exit_code == 2 and "cannot read" in missing.output
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model: mixtral-8x7b\nrouting:\n  strategy: top_k\n  topk: 2\n")
+    result = invoke("check", str(typo))
+    assert result.exit_code == 2 and "did you mean 'top_k'" in result.output
+
+
+def test_schema_is_json() -> None:
+    result = invoke("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert set(schema["properties"]) >= {"model", "cluster", "parallelism", "workload", "routing", "sweep"}
+
+
+def test_version() -> None:
+    assert invoke("--version").output.startswith("moesim ")
