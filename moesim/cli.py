@@ -236,6 +236,52 @@ def check(
 
 
 @app.command()
+@user_errors_exit_2
+def route(
+    scenario: Path = typer.Argument(..., help="Scenario file (.yaml, .toml or .json)."),
+    strategies: List[str] = typer.Option([], "--strategy", "-s", help="Routing rule(s) to compare (repeatable; default: the scenario's)."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    layers: int = typer.Option(1, "--layers", min=1, help="MoE layers to route (synthetic scores)."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help="Tokens per layer (default: micro-batch x seq_len x ep_size)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Route the scenario's router scores under one or more rules and compare them."""
+    from moesim.routing.from_scenario import compare_rules, scores_for_scenario
+    from moesim.routing.names import ROUTING_STRATEGIES
+    from moesim.errors import unknown_name_message
+    from moesim.scenario import load_scenario
+
+    resolved = load_scenario(scenario, overrides)
+    chosen = list(strategies) or [resolved.routing.strategy]
+    for name in chosen:
+        if name not in ROUTING_STRATEGIES:
+            raise MoesimError(f"--strategy: {unknown_name_message('routing rule', name, list(ROUTING_STRATEGIES))}")
+    scores = scores_for_scenario(resolved, layers=layers, num_tokens=tokens)
+    reports = compare_rules(resolved, chosen, scores)
+    if as_json:
+        print_json([report.as_dict() for report in reports])
+        return
+    table = Table(
+        title=f"{resolved.name}: {scores[0].num_tokens} tokens x {resolved.model.num_experts} experts, "
+        f"top-{resolved.routing.top_k}, capacity factor {resolved.routing.capacity_factor or 'dropless'}, EP {resolved.parallelism.ep_size}"
+    )
+    columns = ("rule", "layer", "drop rate", "imbalance (max/mean)", "no expert", "affinity captured",
+               "dispatch", "across nodes", "nodes / token", "routing time")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=column == "rule")
+    for report in reports:
+        m = report.metrics
+        table.add_row(
+            report.strategy, str(report.layer), f"{m.drop_rate:.2%}", f"{m.load_imbalance:.3f}",
+            str(m.tokens_without_expert), f"{m.affinity_captured:.3f}", units.byte_size(m.dispatch_bytes),
+            units.byte_size(m.bytes_across_nodes), f"{m.mean_nodes_per_token:.2f}", f"{report.routing_seconds * 1e3:.1f} ms",
+        )
+    console.print(table)
+    console.print("dispatch bytes: one copy of the hidden vector per distinct destination rank (activation dtype); "
+                  "affinity captured: router probability served / unconstrained top-k.")
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion)."""
     from moesim.scenario import scenario_json_schema

@@ -1,0 +1,136 @@
+"""Routers and router scores configured from a `Scenario`.
+
+The scenario's `routing` section (with the model's defaults filled in by the loader)
+becomes `make_router` arguments; options a rule does not take are left out, so one
+scenario can be routed under every rule for a comparison.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from moesim.cluster.placement import Placement
+from moesim.routing.metrics import RoutingMetrics, summarize_routing
+from moesim.routing.registry import make_router, rule_options
+from moesim.routing.router import Router
+from moesim.scenario import Scenario
+from moesim.workload.scores import RouterScores
+from moesim.workload.synthetic import SyntheticScores
+from moesim.workload.trace import TraceError, load_trace
+
+
+def router_for_scenario(scenario: Scenario, strategy: Optional[str] = None) -> Router:
+    """The router a scenario asks for (or `strategy` instead, with the same settings)."""
+    routing, model = scenario.routing, scenario.model
+    name = strategy or routing.strategy
+    candidates: dict[str, Any] = {
+        "drop_policy": routing.drop_policy,
+        "num_shared_experts": model.num_shared_experts,
+        "seed": scenario.seed,
+        "score_function": routing.score_function,
+        "routed_scaling_factor": model.routed_scaling_factor,
+        "num_expert_groups": routing.num_expert_groups,
+        "topk_groups": routing.topk_groups,
+    }
+    if routing.num_expert_groups is None:
+        candidates.pop("num_expert_groups")
+        candidates.pop("topk_groups")
+    if name == "group_limited" and routing.num_expert_groups is None:
+        # no groups in the model: one group per node of the expert-parallel group
+        groups = Placement(model.num_experts, scenario.parallelism.ep_size, scenario.cluster.gpus_per_node).num_nodes
+        candidates.update(num_expert_groups=groups, topk_groups=groups)
+    if name == "bias_balanced" and candidates.get("score_function") == "softmax":
+        candidates.pop("score_function")  # the rule uses sigmoid affinities by definition
+    candidates.update(routing.options)
+    accepted = set(rule_options(name))
+    options = {key: value for key, value in candidates.items() if key in accepted and value is not None}
+    return make_router(name, model.num_experts, routing.top_k or model.top_k, routing.capacity_factor, **options)
+
+
+def tokens_per_layer(scenario: Scenario) -> int:
+    """Tokens one expert-parallel group routes per MoE layer per micro-batch: one micro-batch per EP rank."""
+    workload = scenario.workload
+    per_rank = workload.micro_batch_size * (workload.seq_len if workload.mode == "training" else workload.seq_len)
+    return per_rank * scenario.parallelism.ep_size
+
+
+def scores_for_scenario(
+    scenario: Scenario, step: int = 0, layers: int = 1, num_tokens: Optional[int] = None
+) -> list[RouterScores]:
+    """Router scores for the first `layers` MoE layers: synthetic, or read from the trace file."""
+    workload, model = scenario.workload, scenario.model
+    if workload.scores == "trace":
+        assert workload.trace_path is not None
+        recorded = load_trace(workload.trace_path)
+        if recorded[0].num_experts != model.num_experts:
+            raise TraceError(
+                f"{workload.trace_path}: the trace has {recorded[0].num_experts} experts, the model {model.num_experts}"
+            )
+        return recorded[:layers]
+    generator = SyntheticScores(
+        num_tokens=num_tokens or tokens_per_layer(scenario),
+        num_experts=model.num_experts,
+        num_layers=layers,
+        expert_popularity_skew=workload.expert_popularity_skew,
+        score_temperature=workload.score_temperature,
+        layer_correlation=workload.layer_correlation,
+        step_drift=workload.step_drift,
+        token_id_skew=workload.token_id_skew,
+        vocab_size=model.vocab_size,
+        num_ranks=scenario.parallelism.ep_size,
+        seed=scenario.seed,
+    )
+    return list(generator.step(step))
+
+
+@dataclass(frozen=True)
+class RuleReport:
+    """One rule's routing of one layer: its metrics and how long routing took."""
+
+    strategy: str
+    layer: int
+    metrics: RoutingMetrics
+    routing_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "layer": self.layer, "routing_seconds": self.routing_seconds, **self.metrics.as_dict()}
+
+
+def compare_rules(scenario: Scenario, strategies: list[str], scores: list[RouterScores]) -> list[RuleReport]:
+    """Route the same scores under each rule and measure the result."""
+    placement = Placement(scenario.model.num_experts, scenario.parallelism.ep_size, scenario.cluster.gpus_per_node)
+    bytes_per_token = scenario.model.hidden_size * scenario.workload.precision.activation_bytes
+    reports = []
+    for strategy in strategies:
+        router = router_for_scenario(scenario, strategy)
+        for layer_scores in scores:
+            logits = layer_scores.logits
+            if getattr(router, "expected_columns_offset", 0):
+                logits = _with_first_gate(logits)
+            started = time.perf_counter()
+            assignment = router.route(logits, layer_scores.token_ids)
+            elapsed = time.perf_counter() - started
+            metrics = summarize_routing(
+                assignment,
+                layer_scores.logits,
+                router.top_k,
+                expert_rank=placement.expert_rank,
+                source_rank=layer_scores.source_rank,
+                num_ranks=placement.ep_size,
+                gpus_per_node=placement.gpus_per_node,
+                bytes_per_token=bytes_per_token,
+            )
+            reports.append(RuleReport(strategy, layer_scores.layer, metrics, elapsed))
+    return reports
+
+
+def _with_first_gate(logits: Any) -> Any:
+    """Scores for two-level dense-or-experts gating: a first column for the binary gate (log-mean-exp of the rest)."""
+    import math
+
+    import torch
+
+    gate = torch.logsumexp(logits, dim=1, keepdim=True) - math.log(logits.shape[1])
+    return torch.cat([gate, logits], dim=1)
