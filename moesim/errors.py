@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class MoesimError(Exception):
-    """Base class for errors caused by user input, not by a bug in moesim."""
+    """Base class for errors caused by user input, not by a bug in moesim.
+
+    The message is always one line: user text echoed in it (a key, an override) has its
+    line breaks shown as escapes.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("\\n".join(str(message).splitlines()))
 
 
 class ScenarioError(MoesimError):
