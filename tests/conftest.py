@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# Property tests: 300 examples each in the normal run; MOESIM_HYPOTHESIS_PROFILE=thorough
+# for a long hunt (10,000 each) before a release.
+settings.register_profile("default", max_examples=300, deadline=None)
+settings.register_profile("thorough", max_examples=10_000, deadline=None)
+settings.load_profile(os.environ.get("MOESIM_HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
 

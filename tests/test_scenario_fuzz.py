@@ -82,25 +82,22 @@ def _loads_or_scenario_error(document: Any, overrides: tuple[str, ...] = ()) -> 
         assert isinstance(result, Scenario)
 
 
-@settings(max_examples=300, deadline=None)
 @given(documents)
 def test_random_documents(document: Any) -> None:
     _loads_or_scenario_error(document)
 
 
-@settings(max_examples=300, deadline=None)
 @given(_plausible())
 def test_plausible_documents(document: dict[str, Any]) -> None:
     _loads_or_scenario_error(document)
 
 
-@settings(max_examples=150, deadline=None)
 @given(_plausible(), st.lists(st.text(max_size=20), max_size=3))
 def test_random_overrides(document: dict[str, Any], overrides: list[str]) -> None:
     _loads_or_scenario_error(document, tuple(overrides))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200), st.sampled_from([".yaml", ".json", ".toml", ".txt"]))
 def test_random_files(tmp_path: Path, content: bytes, suffix: str) -> None:
     path = tmp_path / f"fuzz{suffix}"

@@ -2,9 +2,11 @@
 
 * `hash` — expert = splitmix64(token_id) mod num_experts for k = 1; for k > 1 each
   expert gets a hash score per token and the k largest win (k distinct experts).
-* `balanced_hash` — a lookup table built from token frequencies: ids sorted from most to
-  least frequent are dealt to experts in snake order (0..E-1, E-1..0, ...), so frequent
-  ids are spread and each expert's expected load is nearly equal. The frequencies come
+* `balanced_hash` — a lookup table built from token frequencies: ids are taken from most
+  to least frequent and each goes to the expert with the least load so far
+  (longest-processing-time scheduling, within 4/3 of the best possible maximum load), so
+  frequent ids are spread and each expert's expected load is nearly equal. Building the
+  table walks the vocabulary once (not the tokens); routing is a table lookup. The frequencies come
   from `token_counts` (a [vocab] array), or from the first batch routed, after which
   the table is fixed. Ids outside the table fall back to the plain hash.
 
@@ -13,6 +15,7 @@ Router scores are not used (only their shape), and every slot has weight 1 / k.
 
 from __future__ import annotations
 
+import heapq
 from typing import Optional, Sequence
 
 import numpy as np
@@ -85,12 +88,17 @@ class BalancedHashRouter(Router):
 
     def fit(self, token_counts: torch.Tensor) -> None:
         """Build the id -> first expert table from counts per token id."""
-        order = torch.argsort(-token_counts.double(), stable=True)
-        position = torch.arange(order.numel())
-        round_index, offset = position // self.num_experts, position % self.num_experts
-        snake = torch.where(round_index % 2 == 0, offset, self.num_experts - 1 - offset)
-        table = torch.empty(order.numel(), dtype=torch.long)
-        table[order] = snake
+        counts = token_counts.double()
+        order = torch.argsort(-counts, stable=True)
+        table = torch.arange(order.numel()) % self.num_experts  # ids never seen: round robin
+        seen = int((counts > 0).sum())
+        heap = [(0.0, expert) for expert in range(self.num_experts)]
+        chosen = []
+        for count in counts[order[:seen]].tolist():  # once per vocabulary entry, at fit time
+            load, expert = heapq.heappop(heap)
+            chosen.append(expert)
+            heapq.heappush(heap, (load + count, expert))
+        table[order[:seen]] = torch.tensor(chosen, dtype=torch.long)
         self.table = table
 
     def choose(self, logits: torch.Tensor, token_ids: Optional[torch.Tensor]) -> Choice:

@@ -60,11 +60,14 @@ def rule_options(name: str) -> list[str]:
 def make_router(
     name: str,
     num_experts: int,
-    top_k: int = 1,
+    top_k: Optional[int] = None,
     capacity_factor: Optional[float] = None,
     **rule_options_: Any,
 ) -> Router:
-    """A router for rule `name` (see `RULES`); bad names or options raise MoesimError."""
+    """A router for rule `name` (see `RULES`); bad names or options raise MoesimError.
+
+    `top_k=None` takes the rule's own default (1, or 2 for `gshard_top2`).
+    """
     if name not in _CLASSES:
         raise MoesimError(unknown_name_message("routing rule", name, list(RULES)))
     accepted = rule_options(name)
@@ -72,6 +75,8 @@ def make_router(
     if unknown:
         raise MoesimError(f"routing rule '{name}' has no option {', '.join(map(repr, unknown))}; options: {', '.join(accepted)}")
     try:
-        return _CLASSES[name](num_experts=num_experts, top_k=top_k, capacity_factor=capacity_factor, **rule_options_)
+        if top_k is not None:
+            rule_options_["top_k"] = top_k
+        return _CLASSES[name](num_experts=num_experts, capacity_factor=capacity_factor, **rule_options_)
     except ValueError as error:
         raise MoesimError(f"routing rule '{name}': {error}") from None

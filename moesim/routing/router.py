@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
+import numpy as np
 import torch
 
 from moesim.routing.assignment import Assignment
@@ -82,7 +83,9 @@ class Router:
         The name is mixed in so that a router seeded like the data (seed 0 for both) does
         not draw the very numbers the scores were made of.
         """
-        return torch.Generator().manual_seed((zlib.crc32(self.name.encode()) << 32) ^ self.seed)
+        # torch's CPU generator keeps only 32 bits of a seed, so mix name and seed into 32 bits
+        mixed = np.random.SeedSequence([zlib.crc32(self.name.encode()), self.seed]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(mixed))
 
     def route(self, scores: torch.Tensor, token_ids: Optional[torch.Tensor] = None) -> Assignment:
         """Route a batch: `scores` are router logits [tokens, num_experts]."""

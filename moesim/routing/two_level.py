@@ -59,7 +59,7 @@ class TwoLevelRouter(Router):
             weights = weights * gate.unsqueeze(1)
             return Choice(expert_ids, weights, weights, dense_path=dense, info={"dense_tokens": int(dense.sum())})
         num_tokens = logits.shape[0]
-        grouped = logits.view(num_tokens, self.num_expert_groups, -1)
+        grouped = logits.view(num_tokens, self.num_expert_groups, self.num_experts // self.num_expert_groups)
         group_probs = torch.softmax(torch.logsumexp(grouped, dim=-1), dim=-1)
         best_groups = torch.topk(group_probs, self.topk_groups, dim=-1).indices
         within = torch.softmax(grouped, dim=-1) * group_probs.unsqueeze(-1)
