@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from moesim.routing.group_limited import _check_groups, limit_to_groups
+from moesim.routing.group_limited import _check_groups, topk_within_groups
 from moesim.routing.router import Choice, Router
 
 
@@ -51,8 +51,7 @@ class BiasBalancedRouter(Router):
     def choose(self, logits: torch.Tensor, token_ids: Optional[torch.Tensor]) -> Choice:
         affinity = torch.sigmoid(logits)
         biased = affinity + self.bias.to(affinity.dtype)
-        allowed = limit_to_groups(biased, self.num_expert_groups, self.topk_groups, "top2_sum")
-        _, expert_ids = torch.topk(allowed, self.top_k, dim=-1)
+        _, expert_ids = topk_within_groups(biased, self.top_k, self.num_expert_groups, self.topk_groups, "top2_sum")
         chosen = affinity.gather(1, expert_ids)
         weights = chosen / chosen.sum(dim=-1, keepdim=True).clamp_min(1e-20) * self.routed_scaling_factor
         return Choice(expert_ids, weights, chosen)

@@ -19,27 +19,37 @@ import torch
 from moesim.routing.router import Choice, Router, scores_to_probs
 
 
-def limit_to_groups(
-    scores: torch.Tensor, num_groups: int, groups_per_token: int, group_score: str = "max"
-) -> torch.Tensor:
-    """`scores` with every expert outside each token's best `groups_per_token` groups set to -inf."""
+def group_scores(grouped: torch.Tensor, group_score: str) -> torch.Tensor:
+    """Score of each group [tokens, groups] from scores grouped as [tokens, groups, experts_per_group]."""
+    best, best_index = grouped.max(dim=-1)
+    if group_score == "max":
+        return best
+    if group_score == "top2_sum":
+        if grouped.shape[-1] == 1:
+            return best
+        # the runner-up: mask the best and take the max again (exact with ties, cheaper than topk)
+        rest = grouped.clone()
+        rest.scatter_(-1, best_index.unsqueeze(-1), float("-inf"))
+        return best + rest.max(dim=-1).values
+    raise ValueError(f"group_score must be 'max' or 'top2_sum', got {group_score!r}")
+
+
+def topk_within_groups(
+    scores: torch.Tensor, top_k: int, num_groups: int, groups_per_token: int, group_score: str = "max"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, expert ids) of each token's top-k experts inside its best `groups_per_token` groups."""
     num_tokens, num_experts = scores.shape
     if num_experts % num_groups:
         raise ValueError(f"num_experts ({num_experts}) must be divisible by num_expert_groups ({num_groups})")
     if groups_per_token >= num_groups:
-        return scores
-    grouped = scores.view(num_tokens, num_groups, num_experts // num_groups)
-    if group_score == "max":
-        per_group = grouped.max(dim=-1).values
-    elif group_score == "top2_sum":
-        per_group = torch.topk(grouped, min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
-    else:
-        raise ValueError(f"group_score must be 'max' or 'top2_sum', got {group_score!r}")
-    best_groups = torch.topk(per_group, groups_per_token, dim=-1).indices
-    allowed = torch.zeros(num_tokens, num_groups, dtype=torch.bool)
-    allowed.scatter_(1, best_groups, True)
-    mask = allowed.unsqueeze(-1).expand_as(grouped).reshape(num_tokens, num_experts)
-    return scores.masked_fill(~mask, float("-inf"))
+        return torch.topk(scores, top_k, dim=-1)
+    per_group = num_experts // num_groups
+    grouped = scores.view(num_tokens, num_groups, per_group)
+    best_groups = torch.topk(group_scores(grouped, group_score), groups_per_token, dim=-1).indices
+    candidates = grouped.gather(1, best_groups.unsqueeze(-1).expand(-1, -1, per_group))
+    values, position = torch.topk(candidates.reshape(num_tokens, groups_per_token * per_group), top_k, dim=-1)
+    group_of = best_groups.gather(1, torch.div(position, per_group, rounding_mode="floor"))
+    return values, group_of * per_group + position % per_group
 
 
 class GroupLimitedRouter(Router):
@@ -71,8 +81,9 @@ class GroupLimitedRouter(Router):
 
     def choose(self, logits: torch.Tensor, token_ids: Optional[torch.Tensor]) -> Choice:
         probs = scores_to_probs(logits, self.score_function)
-        allowed = limit_to_groups(probs, self.num_expert_groups, self.topk_groups, self.group_score)
-        weights, expert_ids = torch.topk(allowed, self.top_k, dim=-1)
+        weights, expert_ids = topk_within_groups(
+            probs, self.top_k, self.num_expert_groups, self.topk_groups, self.group_score
+        )
         if self.normalize_weights:
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         weights = weights * self.routed_scaling_factor

@@ -52,7 +52,7 @@ class TopKRouter(Router):
     def choose(self, logits: torch.Tensor, token_ids: Optional[torch.Tensor]) -> Choice:
         if self.noise_std > 0:
             noise = torch.randn(logits.shape, generator=self.generator(), dtype=logits.dtype)
-            logits = logits + self.noise_std * noise
+            logits = noise.mul_(self.noise_std).add_(logits)
         if self.softmax_order == "after_topk" and self.score_function == "softmax":
             top_logits, expert_ids = torch.topk(logits, self.top_k, dim=-1)
             weights = torch.softmax(top_logits, dim=-1)
