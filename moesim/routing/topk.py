@@ -28,16 +28,14 @@ class TopKRouter(Router):
         num_experts: int,
         top_k: int = 1,
         capacity_factor: Optional[float] = None,
-        drop_policy: str = "position",
-        num_shared_experts: int = 0,
-        seed: int = 0,
         score_function: str = "softmax",
         softmax_order: str = "before_topk",
         normalize_weights: bool = False,
         routed_scaling_factor: float = 1.0,
         noise_std: float = 0.0,
+        **options: object,
     ) -> None:
-        super().__init__(num_experts, top_k, capacity_factor, drop_policy, num_shared_experts, seed)
+        super().__init__(num_experts, top_k, capacity_factor, **options)  # type: ignore[arg-type]
         if softmax_order not in ("before_topk", "after_topk"):
             raise ValueError(f"softmax_order must be 'before_topk' or 'after_topk', got {softmax_order!r}")
         if noise_std < 0:
