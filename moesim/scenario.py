@@ -65,6 +65,9 @@ class ClusterSpec(_Section):
         "rail_optimized",
         description="Scale-out network: one non-blocking switch, rail-optimised leaves, or a leaf/spine fat-tree.",
     )
+    nodes_per_leaf: Optional[int] = Field(
+        None, gt=0, description="Nodes whose NICs (of one rail, when rail_optimized) share a leaf switch; default 32 rail-optimised, 4 fat-tree."
+    )
     oversubscription: float = Field(
         1.0, ge=1.0, description="Leaf-to-spine oversubscription ratio (1 = non-blocking, 2 = half the uplinks)."
     )
