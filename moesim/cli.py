@@ -282,6 +282,82 @@ def route(
 
 
 @app.command()
+@user_errors_exit_2
+def run(
+    scenario: Path = typer.Argument(..., help="Scenario file (.yaml, .toml or .json)."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the StepResult as JSON."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write the simulated timeline as Chrome trace / Perfetto JSON."),
+) -> None:
+    """Simulate one step of the scenario and print where the time goes."""
+    from moesim.scenario import load_scenario
+    from moesim.sim.step import simulate
+
+    resolved = load_scenario(scenario, overrides)
+    with console.status(f"simulating {resolved.name} on {resolved.cluster.world_size} GPUs ...", spinner="dots"):
+        result = simulate(resolved)
+    if trace is not None:
+        from moesim.sim.chrome_trace import write_chrome_trace
+
+        write_chrome_trace(result, trace)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(step_table(result))
+    console.print(summary_table(result))
+    for note in result.notes:
+        console.print(f"[dim]note: {note}[/dim]")
+    if trace is not None:
+        console.print(f"timeline written to {trace} (open in ui.perfetto.dev)")
+
+
+def step_table(result: Any) -> Table:
+    """Time per phase with a bar, largest first."""
+    title = "busiest stage, all micro-batches" if result.mode == "training" else "prefill + decode"
+    table = Table(title=f"{result.scenario}: time per phase ({title}, mean per rank)")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("")
+    total = sum(result.phase_seconds.values()) or 1.0
+    for name, seconds in sorted(result.phase_seconds.items(), key=lambda item: -item[1]):
+        share = seconds / total
+        table.add_row(name, f"{seconds:.4f}", f"{share:.1%}", "█" * max(1, round(share * 40)) if share > 0.002 else "")
+    return table
+
+
+def summary_table(result: Any) -> Table:
+    """The step's headline figures, each with its unit."""
+    table = Table(title="step")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    memory = result.memory
+    rows = [("step time", f"{result.step_time_s:.3f} s")]
+    if result.mode == "training":
+        rows += [
+            ("pipeline (incl. bubble)", f"{result.pipeline_s:.3f} s ({result.pipeline_bubble_s:.3f} s bubble)"),
+            ("gradient all-reduce (exposed)", f"{result.grad_allreduce_s:.3f} s ({result.grad_allreduce_exposed_s:.3f} s)"),
+            ("optimizer step", f"{result.optimizer_s:.4f} s"),
+            ("tokens per step", f"{result.tokens_per_step:,.0f}"),
+        ]
+    else:
+        rows += [("prefill (time to first token)", f"{result.prefill_s:.3f} s"),
+                 ("decode step (time per output token)", f"{result.decode_step_s * 1e3:.2f} ms")]
+    rows += [
+        ("tokens / s", f"{result.tokens_per_s:,.0f}"),
+        ("tokens / s per GPU", f"{result.tokens_per_s_per_gpu:,.1f}"),
+        ("MFU (bf16 dense peak)", f"{result.mfu:.1%}"),
+        ("drop rate", f"{result.drop_rate:.2%}"),
+        ("expert load imbalance (max / mean)", f"{result.load_imbalance:.3f}"),
+        ("bytes across nodes per step", units.byte_size(result.bytes_across_nodes_per_step)),
+        ("peak memory per GPU", f"{memory['total_bytes'] / 1e9:.1f} GB of {memory['capacity_bytes'] / 1e9:.0f} GB"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion)."""
     from moesim.scenario import scenario_json_schema

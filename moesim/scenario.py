@@ -77,6 +77,17 @@ class ClusterSpec(_Section):
     @model_validator(mode="before")
     @classmethod
     def _resolve_gpu(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "preset" in data:
+            from moesim.cluster.presets import cluster_preset
+
+            name = data["preset"]
+            if not isinstance(name, str):
+                raise ScenarioError(f"cluster.preset: expected a preset name, got {name!r}")
+            try:
+                base = cluster_preset(name)
+            except MoesimError as error:
+                raise ScenarioError(f"cluster.preset: {error}") from None
+            data = {**base, **{key: value for key, value in data.items() if key != "preset"}}
         if isinstance(data, dict) and "gpu" in data:
             data = {**data, "gpu": _expand_preset(data["gpu"], gpu_preset, "cluster.gpu")}
         return data
@@ -202,6 +213,35 @@ class SweepSpec(_Section):
         return params
 
 
+class SimulationSpec(_Section):
+    """How the simulator models the step: network mode, collective algorithms, overlap, sampling."""
+
+    network_mode: Literal["full", "fast"] = Field(
+        "full", description="`full`: max-min fair sharing of every link; `fast`: the most loaded link decides (a bound)."
+    )
+    alltoall_algorithm: Literal["flat", "hierarchical", "deepep"] = Field(
+        "flat", description="MoE all-to-all: flat (NCCL), hierarchical two-stage (Tutel/DeepSpeed), deepep (node dedup)."
+    )
+    allreduce_algorithm: Literal["auto", "ring", "hierarchical"] = Field(
+        "auto", description="Data-parallel gradient all-reduce algorithm (auto = the faster)."
+    )
+    overlap_shared_experts: bool = Field(True, description="Shared experts compute while the dispatch is in flight.")
+    overlap_grad_reduce: bool = Field(True, description="Gradient all-reduce overlaps the last backward pass.")
+    moe_chunks: int = Field(
+        1, gt=0, le=64, description="Split each MoE layer's tokens into chunks whose dispatch, experts and combine pipeline."
+    )
+    max_routed_tokens: int = Field(
+        65536, gt=0, description="Route at most this many tokens per layer and scale the loads (a sample; said in the output)."
+    )
+    max_routed_layers: Optional[int] = Field(
+        None, gt=0, description="Distinct routed MoE layers; the others reuse them in turn. Default: 4 in full mode, 1 in fast mode."
+    )
+    bias_warmup_steps: int = Field(
+        20, ge=0, description="bias_balanced routing: steps of bias updates on synthetic scores before the simulated step."
+    )
+    cost_profile: Optional[str] = Field(None, description="Measured compute profile (JSON) replacing the default curves.")
+
+
 class Scenario(_Section):
     """The whole input: model, cluster, parallelism, workload, routing and sweep."""
 
@@ -215,6 +255,7 @@ class Scenario(_Section):
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec, description="DP / TP / PP / CP / EP degrees.")
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec, description="Batch, sequence and router scores.")
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="Routing rule and capacity.")
+    simulation: SimulationSpec = Field(default_factory=SimulationSpec, description="Simulator options.")
     sweep: SweepSpec = Field(default_factory=SweepSpec, description="Grid of variants for `moesim sweep`.")
 
     @model_validator(mode="before")
@@ -307,7 +348,7 @@ def path_problem(path: Sequence[Any], root: type[BaseModel] = Scenario) -> str |
     for depth, part in enumerate(path):
         if cls is None:
             return None  # inside a free-form mapping (routing.options): anything goes
-        if part == "preset" and cls in (ModelSpec, GpuSpec):
+        if part == "preset" and cls in (ModelSpec, GpuSpec, ClusterSpec):
             continue
         if part not in cls.model_fields:
             where = ".".join(str(p) for p in path[:depth]) or "the top level"
@@ -487,6 +528,9 @@ def scenario_json_schema() -> dict[str, Any]:
         "description": Scenario.model_fields["model"].description,
     }
     cluster = defs["ClusterSpec"]["properties"]
+    from moesim.cluster.presets import cluster_preset_names
+
+    cluster["preset"] = {"type": "string", "enum": cluster_preset_names(), "description": "A cluster preset whose fields the others override."}
     cluster["gpu"] = {
         **preset_or_spec("#/$defs/GpuSpec", gpu_preset_names(), "GPU"),
         "description": ClusterSpec.model_fields["gpu"].description,

@@ -112,3 +112,17 @@ def test_flow_links_follow_networkx_shortest_paths(kind: str) -> None:
         path = nx.shortest_path(graph, f"gpu{src}", f"gpu{dst}", weight="weight")
         graph_links = {graph.edges[a, b]["link"] for a, b in zip(path, path[1:])} - {-1}
         assert graph_links == set(link_of[flow_of == flow].tolist()), (src, dst, path)
+
+
+def test_time_stepped_sharing_stays_within_one_percent_of_exact() -> None:
+    rng = np.random.default_rng(2)
+    topo = topology(num_nodes=2, nics_per_node=4, kind="fat_tree", nodes_per_leaf=1, oversubscription=2.0)
+    ranks = np.arange(16)
+    for _ in range(3):
+        matrix = rng.exponential(1e6, size=(16, 16))
+        src, dst = np.nonzero(~np.eye(16, dtype=bool))
+        flow_of, link_of = topo.flow_links(src, dst)
+        flows = FlowSet(src.size, flow_of, link_of, topo.link_capacity(ranks))
+        exact = fluid_completion_times(flows, matrix[src, dst], resolution=0).max()
+        stepped = fluid_completion_times(flows, matrix[src, dst]).max()
+        assert stepped == pytest.approx(exact, rel=0.01)

@@ -49,17 +49,29 @@ def affinity_captured(assignment: Assignment, logits: torch.Tensor, top_k: int) 
     return float(got / best) if best > 0 else 0.0
 
 
-def rank_traffic_tokens(assignment: Assignment, expert_rank: torch.Tensor, source_rank: torch.Tensor, num_ranks: int) -> torch.Tensor:
-    """[ranks, ranks] token copies sent from each source rank to each destination rank (deduplicated per rank)."""
+def rank_traffic_tokens(
+    assignment: Assignment,
+    expert_rank: torch.Tensor,
+    source_rank: torch.Tensor,
+    num_ranks: int,
+    num_destinations: Optional[int] = None,
+) -> torch.Tensor:
+    """[ranks, destinations] token copies from each source rank to each destination (deduplicated per destination).
+
+    `expert_rank` maps each expert to its destination: a rank, or a node to count
+    node-deduplicated traffic (then pass `num_destinations`, the number of nodes).
+    """
+    destinations_count = num_destinations or num_ranks
     served = assignment.served
     rows = torch.arange(assignment.num_tokens).unsqueeze(1).expand_as(assignment.expert_ids)
     destination = torch.full_like(assignment.expert_ids, -1)
     destination[served] = expert_rank[assignment.expert_ids[served]]
-    token_rank_pairs = torch.unique(rows[served] * num_ranks + destination[served])
-    tokens = token_rank_pairs // num_ranks
-    destinations = token_rank_pairs % num_ranks
-    flat = source_rank[tokens].long() * num_ranks + destinations
-    return torch.bincount(flat, minlength=num_ranks * num_ranks).view(num_ranks, num_ranks)
+    token_rank_pairs = torch.unique(rows[served] * destinations_count + destination[served])
+    tokens = token_rank_pairs // destinations_count
+    destinations = token_rank_pairs % destinations_count
+    flat = source_rank[tokens].long() * destinations_count + destinations
+    counts = torch.bincount(flat, minlength=num_ranks * destinations_count)
+    return counts.view(num_ranks, destinations_count)
 
 
 def nodes_per_token(assignment: Assignment, expert_rank: torch.Tensor, gpus_per_node: int) -> torch.Tensor:

@@ -25,6 +25,12 @@ import numpy as np
 from moesim.cluster.topology import Topology
 
 _RELATIVE_TOLERANCE = 1e-9
+TIME_RESOLUTION = 200
+"""Rates are recomputed at least every 1/200 of the collective's lower-bound time rather than at
+every single completion (thousands in a skewed all-to-all): flows that finish inside a step
+finish at their exact time, the capacity they free is shared out at the next step. The
+result is within about 1% of exact event-by-event sharing (checked in the tests) and never
+below the bottleneck bound."""
 
 
 @dataclass(frozen=True)
@@ -62,22 +68,30 @@ def max_min_rates(flows: FlowSet, active: np.ndarray) -> np.ndarray:
     return rates
 
 
-def fluid_completion_times(flows: FlowSet, sizes: np.ndarray) -> np.ndarray:
-    """When each flow finishes under max-min fair sharing, all starting at time 0 (seconds)."""
+def fluid_completion_times(flows: FlowSet, sizes: np.ndarray, resolution: int = TIME_RESOLUTION) -> np.ndarray:
+    """When each flow finishes under max-min fair sharing, all starting at time 0 (seconds).
+
+    `resolution` sets the time step as a fraction of the bottleneck bound (0 = recompute
+    rates at every completion: exact, slower).
+    """
     remaining = sizes.astype(float).copy()
     finish = np.zeros(flows.num_flows)
     active = remaining > 0
+    grid = bottleneck_time(flows, sizes) / resolution if resolution else 0.0
     now = 0.0
     while active.any():
         rates = max_min_rates(flows, active)
-        with np.errstate(divide="ignore"):
-            until_done = np.where(active, remaining / np.where(rates > 0, rates, np.nan), np.inf)
-        step = np.nanmin(until_done)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            until_done = np.where(active, remaining / rates, np.inf)
+        step = max(float(np.min(until_done)), grid)
+        done = active & (
+            (until_done <= step) | (remaining - rates * step <= _RELATIVE_TOLERANCE * np.maximum(sizes, 1.0))
+        )
+        finish[done] = now + np.minimum(until_done[done], step)
+        still = active & ~done
+        remaining[still] -= rates[still] * step
+        active = still
         now += step
-        remaining[active] -= rates[active] * step
-        done = active & (remaining <= _RELATIVE_TOLERANCE * np.maximum(sizes, 1.0))
-        finish[done] = now
-        active &= ~done
     return finish
 
 

@@ -56,6 +56,11 @@ class SyntheticScores:
     def _rng(self, *stream: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, *stream]))
 
+    def _normal(self, shape: tuple[int, int], *stream: int) -> torch.Tensor:
+        """Standard normals from torch's generator (faster than numpy's for large blocks), seeded per stream."""
+        seed = int(np.random.SeedSequence([self.seed, *stream]).generate_state(1)[0])
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
     def popularity(self, step: int, layer: int) -> np.ndarray:
         """Log-popularity of each expert at (step, layer), centred on zero."""
         ranks = np.arange(1, self.num_experts + 1, dtype=np.float64)
@@ -84,13 +89,16 @@ class SyntheticScores:
     def layer(self, step: int, layer: int) -> RouterScores:
         """Scores of one MoE layer at one step."""
         shape = (self.num_tokens, self.num_experts)
-        shared = self._rng(5, step).standard_normal(shape)
-        own = self._rng(6, step, layer).standard_normal(shape)
         rho = self.layer_correlation
-        token_part = np.sqrt(rho) * shared + np.sqrt(1.0 - rho) * own
-        logits = (self.popularity(step, layer)[None, :] + token_part) / self.score_temperature
+        logits = torch.zeros(shape)
+        if rho > 0:
+            logits.add_(self._normal(shape, 5, step), alpha=float(np.sqrt(rho)))
+        if rho < 1:
+            logits.add_(self._normal(shape, 6, step, layer), alpha=float(np.sqrt(1.0 - rho)))
+        logits.add_(torch.from_numpy(self.popularity(step, layer).astype(np.float32)))
+        logits.mul_(1.0 / self.score_temperature)
         return RouterScores(
-            logits=torch.from_numpy(logits.astype(np.float32)),
+            logits=logits,
             token_ids=self.token_ids(step),
             source_rank=self.source_ranks(),
             layer=layer,

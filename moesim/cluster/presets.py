@@ -1,0 +1,34 @@
+"""Cluster presets: real systems a scenario can name (`cluster: {preset: dgx-h100, num_nodes: 4}`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moesim.errors import UnknownPresetError, unknown_name_message
+
+_CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
+    # NVIDIA DGX H100 user guide: 8 x H100 SXM over NVSwitch (900 GB/s per GPU both ways),
+    # 8 x ConnectX-7 400 Gb/s, one per GPU, on a rail-optimised InfiniBand fabric.
+    "dgx-h100": dict(gpus_per_node=8, gpu="H100-SXM", nics_per_node=8, nic_gbps=400, topology="rail_optimized"),
+    # DeepSeek-V3 technical report, section 3.1 and DeepEP's README: 8 x H800 per node, NVLink
+    # at about 160 GB/s per direction in practice, 400 Gb/s InfiniBand per GPU (about 50 GB/s).
+    "hgx-h800": dict(gpus_per_node=8, gpu={"preset": "H800", "scale_up_gb_per_s": 160}, nics_per_node=8, nic_gbps=400,
+                     topology="fat_tree"),
+    # NVIDIA DGX A100 user guide: 8 x A100 80GB, NVLink 600 GB/s both ways, 8 x HDR 200 Gb/s.
+    "dgx-a100": dict(gpus_per_node=8, gpu="A100-80GB", nics_per_node=8, nic_gbps=200, topology="rail_optimized"),
+    # NVIDIA GB200 NVL72: 72 Blackwell GPUs in one NVLink domain (1.8 TB/s per GPU both ways),
+    # one 400 Gb/s NIC per GPU for the scale-out network; modelled with the B200 preset.
+    "gb200-nvl72": dict(gpus_per_node=72, gpu="B200", nics_per_node=72, nic_gbps=400, topology="rail_optimized"),
+}
+
+
+def cluster_preset_names() -> list[str]:
+    return list(_CLUSTER_PRESETS)
+
+
+def cluster_preset(name: str) -> dict[str, Any]:
+    """The ClusterSpec fields of a preset (num_nodes is left to the scenario)."""
+    key = name.strip().lower()
+    if key not in _CLUSTER_PRESETS:
+        raise UnknownPresetError(unknown_name_message("cluster preset", name, cluster_preset_names()))
+    return dict(_CLUSTER_PRESETS[key])

@@ -1,0 +1,133 @@
+"""Collectives on the topology: MoE all-to-all (three algorithms) and gradient all-reduce.
+
+`Traffic` is what one dispatch moves: bytes from each rank of an expert-parallel group
+to each other rank (a token's hidden vector once per destination rank), and, for
+node-deduplicating algorithms, bytes from each rank to each destination node (once per
+node). The combine moves the same amounts back (the transpose).
+
+All-to-all algorithms:
+* `flat` — every rank sends straight to every rank (NCCL alltoall).
+* `hierarchical` — Tutel / DeepSpeed two-stage: first inside each node, GPU (n, i)
+  hands GPU (n, j) everything bound for local index j on any node; then GPUs of the
+  same local index exchange across nodes (one rail each). The stages run one after the
+  other.
+* `deepep` — DeepEP-style node deduplication: a token crosses the network once per
+  destination node, to the GPU of its own rail there, which forwards it over NVLink to
+  every GPU that needs it; RDMA and NVLink forwarding overlap, so the slower decides.
+
+All-reduce: ring (2(n-1)/n x bytes over the slowest member link) and hierarchical
+(reduce-scatter in the node, all-reduce of 1/g of the data across nodes, all-gather in
+the node); `auto` takes the faster, as NCCL's tuner would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.cluster.topology import Topology
+from moesim.sim.network import TransferResult, transfer_time
+
+ALLTOALL_ALGORITHMS = ("flat", "hierarchical", "deepep")
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes one dispatch moves inside an expert-parallel group."""
+
+    ranks: np.ndarray  # global rank of each group member
+    rank_bytes: np.ndarray  # [members, members]
+    node_bytes: np.ndarray  # [members, nodes the group spans], deduplicated per destination node
+
+    def transposed(self) -> "Traffic":
+        """The combine: the same bytes in the opposite direction."""
+        return Traffic(self.ranks, self.rank_bytes.T.copy(), self.node_bytes)
+
+
+def _same_layout(topology: Topology, ranks: np.ndarray) -> bool:
+    """Whether the group is whole nodes (needed by the two-stage algorithms)."""
+    nodes = topology.node_of(ranks)
+    counts = np.bincount(nodes)
+    counts = counts[counts > 0]
+    return bool(counts.size > 1 and np.all(counts == topology.gpus_per_node))
+
+
+def all_to_all(topology: Topology, traffic: Traffic, algorithm: str = "flat", mode: str = "full") -> TransferResult:
+    """Time of one alltoallv with the given algorithm."""
+    if algorithm not in ALLTOALL_ALGORITHMS:
+        raise ValueError(f"all-to-all algorithm must be one of {ALLTOALL_ALGORITHMS}, got {algorithm!r}")
+    ranks = traffic.ranks
+    if algorithm == "flat" or not _same_layout(topology, ranks):
+        return transfer_time(topology, ranks, traffic.rank_bytes, mode)
+    gpus = topology.gpus_per_node
+    members = len(ranks)
+    nodes = members // gpus
+    # index [source node, source local, destination node, destination local]
+    grid = traffic.rank_bytes.reshape(nodes, gpus, nodes, gpus)
+    if algorithm == "hierarchical":
+        stage_one = np.zeros((members, members))
+        gathered = grid.sum(axis=2)  # [n, i, j]: everything (n, i) has for local index j anywhere
+        for node in range(nodes):  # one node at a time (nodes, not tokens)
+            block = slice(node * gpus, (node + 1) * gpus)
+            stage_one[block, block] = gathered[node]
+        stage_two = np.zeros((members, members))
+        crossing = grid.sum(axis=1)  # [n, m, j]: node n's data for (m, j), now held by (n, j)
+        for local in range(gpus):
+            rail = np.arange(nodes) * gpus + local
+            stage_two[np.ix_(rail, rail)] = crossing[:, :, local]
+        first = transfer_time(topology, ranks, stage_one, mode)
+        second = transfer_time(topology, ranks, stage_two, mode)
+        return TransferResult(
+            first.seconds + second.seconds,
+            first.bytes_total + second.bytes_total,
+            second.bytes_across_nodes,
+            first.latency_seconds + second.latency_seconds,
+        )
+    # deepep: RDMA once per (token, destination node) to the same-rail GPU there, then NVLink fan-out
+    rdma = np.zeros((members, members))
+    for local in range(gpus):  # rails, not tokens
+        rail = np.arange(nodes) * gpus + local
+        rdma[np.ix_(rail, rail)] = traffic.node_bytes[rail]
+    np.fill_diagonal(rdma, 0.0)  # a node's own tokens do not cross the network
+    nvlink = np.zeros((members, members))
+    arriving = grid.sum(axis=0)  # [i, m, j]: bytes that reach (m, i) (by RDMA or locally) bound for (m, j)
+    for node in range(nodes):
+        block = slice(node * gpus, (node + 1) * gpus)
+        nvlink[block, block] = arriving[:, node, :]
+    network = transfer_time(topology, ranks, rdma, mode)
+    fan_out = transfer_time(topology, ranks, nvlink, mode)
+    return TransferResult(
+        max(network.seconds, fan_out.seconds),
+        network.bytes_total + fan_out.bytes_total,
+        network.bytes_across_nodes,
+        max(network.latency_seconds, fan_out.latency_seconds),
+    )
+
+
+def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, algorithm: str = "auto") -> float:
+    """Seconds for an all-reduce of `size_bytes` over `ranks` (ring, hierarchical or the faster)."""
+    ranks = np.asarray(ranks, np.int64)
+    members = ranks.size
+    if members <= 1 or size_bytes <= 0:
+        return 0.0
+    nodes = np.unique(topology.node_of(ranks))
+    per_node = members // nodes.size
+    nic_share = topology.nic_bytes_per_s * min(1.0, topology.nics_per_node / topology.gpus_per_node)
+    leaves = np.unique(topology.leaf_of_nic(topology.nic_of(ranks)))
+    network_bandwidth = nic_share / (topology.oversubscription if leaves.size > 1 else 1.0)
+    if nodes.size == 1:
+        ring_bandwidth, alpha = topology.scale_up_bytes_per_s, topology.scale_up_latency_s
+    else:
+        ring_bandwidth, alpha = min(topology.scale_up_bytes_per_s, network_bandwidth), topology.network_latency_s
+    ring = 2 * (members - 1) / members * size_bytes / ring_bandwidth + 2 * (members - 1) * alpha
+    if algorithm == "ring" or nodes.size == 1 or per_node == 1:
+        return ring
+    inside = 2 * (per_node - 1) / per_node * size_bytes / topology.scale_up_bytes_per_s + 2 * (per_node - 1) * topology.scale_up_latency_s
+    across = 2 * (nodes.size - 1) / nodes.size * (size_bytes / per_node) / network_bandwidth + 2 * (nodes.size - 1) * alpha
+    hierarchical = inside + across
+    if algorithm == "hierarchical":
+        return hierarchical
+    if algorithm != "auto":
+        raise ValueError(f"all-reduce algorithm must be 'ring', 'hierarchical' or 'auto', got {algorithm!r}")
+    return min(ring, hierarchical)

@@ -1,0 +1,101 @@
+"""Memory per GPU: weights, gradients, optimizer states, activations, all-to-all buffers, KV cache.
+
+The most loaded pipeline stage decides. Sharding follows Megatron-Core: attention and
+dense FFN weights split over tensor parallelism, routed experts over expert parallelism
+(expert tensor parallelism 1), layers over pipeline stages; ZeRO stage 1 shards the
+optimizer states over data-parallel ranks (expert states over the expert-data-parallel
+ranks, dp x tp / ep), stage 2 also gradients, stage 3 also weights. Activations are
+kept for the micro-batches in flight under 1F1B (pp on the first stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from moesim.errors import MoesimError
+from moesim.models import accounting
+from moesim.scenario import Scenario
+from moesim.sim.plan import StagePlan
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per GPU on the most loaded stage."""
+
+    weights_bytes: float
+    grads_bytes: float
+    optimizer_bytes: float
+    activations_bytes: float
+    alltoall_buffer_bytes: float
+    kv_cache_bytes: float
+    capacity_bytes: float
+
+    @property
+    def total_bytes(self) -> float:
+        return (
+            self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes
+            + self.alltoall_buffer_bytes + self.kv_cache_bytes
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "total_bytes": self.total_bytes}
+
+
+def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
+    """Memory of the most loaded stage's GPUs."""
+    model, par, workload = scenario.model, scenario.parallelism, scenario.workload
+    precision = workload.precision
+    dp, tp, ep = par.dp_size or 1, par.tp_size, par.ep_size
+    expert_dp = max(1, dp * tp * par.cp_size // ep)
+    training = workload.mode == "training"
+    tokens_per_micro = workload.micro_batch_size * workload.seq_len // (par.cp_size * tp)
+    per_layer_activation = accounting.activation_bytes_per_token(model, precision, workload.activation_recompute) / (
+        model.num_layers + model.num_encoder_layers
+    )
+    worst: MemoryBreakdown | None = None
+    for stage in range(plan.num_stages):
+        dense_params = plan.stage_dense_params(stage) / tp
+        expert_params = plan.stage_expert_params(stage) / ep
+        weights = (dense_params + expert_params) * precision.weight_bytes
+        grads = optimizer = activations = buffers = kv_cache = 0.0
+        if training:
+            grads = (dense_params + expert_params) * precision.grad_bytes
+            optimizer = dense_params * precision.optimizer_bytes_per_param
+            expert_optimizer = expert_params * precision.optimizer_bytes_per_param
+            if par.zero_stage >= 1:
+                optimizer, expert_optimizer = optimizer / dp, expert_optimizer / expert_dp
+            if par.zero_stage >= 2:
+                grads = dense_params * precision.grad_bytes / dp + expert_params * precision.grad_bytes / expert_dp
+            if par.zero_stage >= 3:
+                weights = dense_params * precision.weight_bytes / dp + expert_params * precision.weight_bytes / expert_dp
+            optimizer += expert_optimizer
+            in_flight = min(par.pp_size - stage, plan.micro_batches)
+            activations = per_layer_activation * plan.stage_layer_count(stage) * tokens_per_micro * in_flight
+        else:
+            context = workload.seq_len + workload.decode_tokens
+            kv_per_layer = accounting.kv_cache_bytes_per_token(model, precision) / model.num_layers
+            kv_cache = kv_per_layer * plan.stage_layer_count(stage) * context * workload.micro_batch_size / tp
+            activations = per_layer_activation * tokens_per_micro  # one layer's working set at a time
+        if plan.stage_moe_layer_count(stage):
+            slots = plan.buffer_slots_per_rank
+            buffers = 2 * slots * model.hidden_size * precision.activation_bytes  # dispatch + combine
+        breakdown = MemoryBreakdown(weights, grads, optimizer, activations, buffers, kv_cache, scenario.cluster.gpu.hbm_bytes)
+        if worst is None or breakdown.total_bytes > worst.total_bytes:
+            worst = breakdown
+    assert worst is not None
+    return worst
+
+
+def check_fits(memory: MemoryBreakdown) -> None:
+    """Stop with the shortfall when the most loaded GPU needs more than its memory."""
+    if memory.total_bytes > memory.capacity_bytes:
+        short = (memory.total_bytes - memory.capacity_bytes) / GB
+        raise MoesimError(
+            f"does not fit: {memory.total_bytes / GB:.1f} GB per GPU needed (weights {memory.weights_bytes / GB:.1f}, "
+            f"grads {memory.grads_bytes / GB:.1f}, optimizer {memory.optimizer_bytes / GB:.1f}, activations "
+            f"{memory.activations_bytes / GB:.1f}, KV cache {memory.kv_cache_bytes / GB:.1f}, all-to-all buffers "
+            f"{memory.alltoall_buffer_bytes / GB:.1f}), the GPU has {memory.capacity_bytes / GB:.0f} GB: short by "
+            f"{short:.1f} GB; raise pp_size, ep_size or parallelism.zero_stage, or set workload.activation_recompute=full"
+        )

@@ -1,0 +1,205 @@
+"""The phases of one micro-batch on one pipeline stage, with their durations per rank.
+
+Per layer, forward (Megatron-Core's split for MoE layers):
+attention -> [tp all-reduce] -> router -> permute -> dispatch -> experts (+ shared
+experts, overlapping the dispatch when enabled) -> combine -> unpermute; dense layers
+run a dense FFN instead of router ... unpermute. Backward runs the layers in reverse:
+GEMMs cost twice their forward, attention scores 2.5 times (FlashAttention backward),
+memory-bound kernels twice, each all-to-all once more; full recomputation replays the
+forward first. Compute phases carry one duration per rank (only the expert phase
+differs between ranks: it follows each rank's expert loads); collectives carry their
+network time, and every rank of the group waits for the slowest to arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from moesim.models import accounting
+from moesim.models.spec import GATED_ACTIVATIONS
+from moesim.scenario import Scenario
+from moesim.sim.collectives import all_reduce_time, all_to_all
+from moesim.sim.compute import CostModel
+from moesim.sim.plan import Layer, StagePlan
+from moesim.sim.routing_load import LayerRouting, ep_group_ranks
+from moesim.cluster.topology import Topology
+
+BACKWARD_GEMM_FACTOR = 2.0
+BACKWARD_ATTENTION_FACTOR = 2.5
+BACKWARD_MEMORY_FACTOR = 2.0
+
+
+@dataclass
+class Phase:
+    """One step of a rank's program: compute (per-rank seconds) or a collective (network seconds)."""
+
+    name: str
+    layer: int
+    seconds: np.ndarray  # [ranks] for compute; one value for a collective
+    collective: bool = False
+    overlapped: Optional["Phase"] = None  # compute that runs while this collective is in flight
+    chunks: int = 1
+    bytes_across_nodes: float = 0.0
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageProgram:
+    """Forward and backward phases of one micro-batch on a stage."""
+
+    forward: list[Phase]
+    backward: list[Phase]
+
+
+class PhaseBuilder:
+    """Turns a stage's layers, its routing and the cost model into phases."""
+
+    def __init__(self, scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int, decode: bool = False):
+        self.scenario, self.plan, self.cost, self.topology = scenario, plan, cost, topology
+        self.model = scenario.model
+        self.tokens = tokens  # tokens per rank in this micro-batch (or decode step)
+        self.context = context  # attention context length
+        self.decode = decode
+        self.ranks = scenario.parallelism.ep_size
+        self.tp = scenario.parallelism.tp_size
+        self.element = scenario.workload.precision.activation_bytes
+        self._alltoall_cache: dict[int, tuple] = {}
+
+    def alltoalls(self, index: int, routing: LayerRouting) -> tuple:
+        """(dispatch, combine) transfer results of a routed layer, computed once per distinct layer."""
+        if index not in self._alltoall_cache:
+            sim = self.scenario.simulation
+            self._alltoall_cache[index] = (
+                all_to_all(self.topology, routing.traffic, sim.alltoall_algorithm, sim.network_mode),
+                all_to_all(self.topology, routing.traffic.transposed(), sim.alltoall_algorithm, sim.network_mode),
+            )
+        return self._alltoall_cache[index]
+
+    def same(self, seconds: float) -> np.ndarray:
+        return np.full(self.ranks, float(seconds))
+
+    # ------------------------------------------------------------ per-layer pieces
+    def attention(self, layer: Layer) -> float:
+        model, cost = self.model, self.cost
+        projections = accounting.attention_params(model) * (2 if layer.cross_attention else 1) / self.tp
+        gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, max(1, int(projections // model.hidden_size))))
+        per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context) / max(1, model.num_layers + model.num_encoder_layers)
+        # attention_score_flops_per_token halves the context for causal masks; 2 x context restores the full context
+        score_flops = per_layer_scores * self.tokens / self.tp * (0.5 if not self.decode else 1.0)
+        scores = cost.attention_seconds(score_flops)
+        if self.decode:  # decode reads the whole KV cache for each new token
+            kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
+            scores = max(scores, cost.memory_seconds(kv_bytes * self.context * self.tokens / self.tp))
+        norms = cost.memory_seconds(4 * self.tokens * model.hidden_size * self.element)
+        return gemm + scores + norms
+
+    def ffn_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:
+        """Time of FFN(s) with `rows` tokens: up (and gate) projection, activation, down projection."""
+        hidden = self.model.hidden_size
+        width = 2 * inner if activation in GATED_ACTIVATIONS else inner
+        rows = np.asarray(rows, dtype=float)
+        up = self.cost.gemm_seconds(rows, hidden, width)
+        down = self.cost.gemm_seconds(rows, inner, hidden)
+        act = rows * (width + inner) * self.element / (self.cost.memory_bytes_per_s * self.cost.memory_efficiency)
+        return up + down + act
+
+    def tp_allreduce(self) -> float:
+        if self.tp == 1:
+            return 0.0
+        group = np.arange(self.tp)
+        return all_reduce_time(self.topology, group, self.tokens * self.model.hidden_size * self.element, "ring")
+
+    # ------------------------------------------------------------ programs
+    def stage_program(self, stage: int, routing: list[LayerRouting], first_moe_layer: int) -> StageProgram:
+        """Phases of `stage`; its n-th MoE layer is model MoE layer first_moe_layer + n, routed as routing[that % len]."""
+        model, cost, sim = self.model, self.cost, self.scenario.simulation
+        forward: list[Phase] = []
+        backward: list[Phase] = []
+        moe_layer = first_moe_layer
+        experts_per_rank = model.num_experts // self.ranks
+        top_k = self.scenario.routing.top_k or model.top_k
+        recompute = self.scenario.workload.activation_recompute == "full"
+        if stage == 0:
+            embed = cost.memory_seconds(2 * self.tokens * model.hidden_size * self.element)
+            forward.append(Phase("embedding", -1, self.same(embed)))
+            backward.append(Phase("embedding", -1, self.same(BACKWARD_MEMORY_FACTOR * embed)))
+        for layer in self.plan.stages[stage]:
+            layer_forward: list[Phase] = []
+            layer_backward: list[Phase] = []
+            attention = self.attention(layer)
+            layer_forward.append(Phase("attention", layer.index, self.same(attention)))
+            layer_backward.append(Phase("attention", layer.index, self.same(BACKWARD_ATTENTION_FACTOR * attention)))
+            tp_reduce = self.tp_allreduce()
+            if tp_reduce:
+                layer_forward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
+                layer_backward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
+            if not layer.is_moe:
+                dense = float(self.ffn_seconds(self.tokens, model.intermediate_size // self.tp, model.dense_ffn_activation))
+                layer_forward.append(Phase("dense_ffn", layer.index, self.same(dense)))
+                layer_backward.append(Phase("dense_ffn", layer.index, self.same(BACKWARD_GEMM_FACTOR * dense)))
+            else:
+                routing_index = moe_layer % len(routing)
+                routing_here = routing[routing_index]
+                moe_layer += 1
+                router = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts)) + cost.memory_seconds(
+                    3 * 4 * self.tokens * model.num_experts
+                )
+                permute_bytes = 2 * self.tokens * top_k * model.hidden_size * self.element
+                permute = cost.memory_seconds(permute_bytes)
+                rows = routing_here.rank_expert_rows(experts_per_rank)
+                gemm = np.array([
+                    float(self.ffn_seconds(rank_rows, model.moe_intermediate_size, model.expert_ffn_activation).sum())
+                    for rank_rows in rows
+                ])  # ranks, not tokens
+                shared = 0.0
+                if model.num_shared_experts:
+                    shared = float(self.ffn_seconds(self.tokens, model.shared_expert_size * model.num_shared_experts, model.expert_ffn_activation))
+                dispatch, combine = self.alltoalls(routing_index, routing_here)
+                shared_phase = Phase("shared_experts", layer.index, self.same(shared)) if shared else None
+                overlapped = shared_phase if (shared_phase and sim.overlap_shared_experts) else None
+                layer_forward += [
+                    Phase("router", layer.index, self.same(router)),
+                    Phase("permute", layer.index, self.same(permute)),
+                    Phase("dispatch", layer.index, np.array([dispatch.seconds]), collective=True, overlapped=overlapped,
+                          chunks=sim.moe_chunks, bytes_across_nodes=dispatch.bytes_across_nodes,
+                          detail={"latency": dispatch.latency_seconds}),
+                ]
+                if shared_phase and not overlapped:
+                    layer_forward.append(shared_phase)
+                layer_forward += [
+                    Phase("experts", layer.index, gemm, chunks=sim.moe_chunks),
+                    Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
+                          bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
+                    Phase("unpermute", layer.index, self.same(permute)),
+                ]
+                shared_backward = Phase("shared_experts", layer.index, self.same(BACKWARD_GEMM_FACTOR * shared)) if shared else None
+                layer_backward += [
+                    Phase("router", layer.index, self.same(BACKWARD_GEMM_FACTOR * router)),
+                    Phase("permute", layer.index, self.same(BACKWARD_MEMORY_FACTOR * permute)),
+                    Phase("dispatch", layer.index, np.array([dispatch.seconds]), collective=True,
+                          overlapped=shared_backward if sim.overlap_shared_experts else None, chunks=sim.moe_chunks,
+                          bytes_across_nodes=dispatch.bytes_across_nodes, detail={"latency": dispatch.latency_seconds}),
+                    Phase("experts", layer.index, BACKWARD_GEMM_FACTOR * gemm, chunks=sim.moe_chunks),
+                    Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
+                          bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
+                    Phase("unpermute", layer.index, self.same(BACKWARD_MEMORY_FACTOR * permute)),
+                ]
+                if shared_backward and not sim.overlap_shared_experts:
+                    layer_backward.append(shared_backward)
+            forward += layer_forward
+            # later layers' backward runs first: prepend; full recomputation replays the forward first
+            backward[:0] = (list(layer_forward) if recompute else []) + _backward_order(layer_backward)
+        if stage == self.plan.num_stages - 1:
+            vocab = model.vocab_size // self.tp
+            head = float(cost.gemm_seconds(self.tokens, model.hidden_size, vocab)) + cost.memory_seconds(8 * self.tokens * vocab)
+            forward.append(Phase("lm_head", -1, self.same(head)))
+            backward.insert(0, Phase("lm_head", -1, self.same(BACKWARD_GEMM_FACTOR * head)))
+        return StageProgram(forward, backward)
+
+
+def _backward_order(layer_backward: list[Phase]) -> list[Phase]:
+    """A layer's backward runs its forward pieces in reverse: MoE block first, attention last."""
+    return layer_backward[::-1]

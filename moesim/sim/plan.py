@@ -1,0 +1,102 @@
+"""`StagePlan`: which layers each pipeline stage holds, and what they weigh.
+
+Layers (encoder first, then decoder) are split over `pp_size` stages as evenly as
+possible, earlier stages taking the remainder (Megatron-Core's uneven split); the first
+stage also holds the embedding, the last the output head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from moesim.models import accounting
+from moesim.routing.capacity import expert_capacity
+from moesim.scenario import Scenario
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One transformer layer of the model."""
+
+    index: int  # position in the stack
+    is_moe: bool
+    cross_attention: bool  # decoder layer of an encoder-decoder model
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Layers per pipeline stage and the sizes the timeline needs."""
+
+    scenario: Scenario
+
+    @cached_property
+    def layers(self) -> list[Layer]:
+        model = self.scenario.model
+        encoder = [Layer(i, model.is_moe_layer(i), False) for i in range(model.num_encoder_layers)]
+        cross = model.architecture == "encoder_decoder"
+        decoder = [Layer(i, model.is_moe_layer(i), cross) for i in range(model.num_layers)]
+        return encoder + decoder
+
+    @cached_property
+    def stages(self) -> list[list[Layer]]:
+        splits = np.array_split(np.arange(len(self.layers)), self.scenario.parallelism.pp_size)
+        return [[self.layers[i] for i in split] for split in splits]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per optimizer step per data-parallel rank."""
+        workload, par = self.scenario.workload, self.scenario.parallelism
+        return max(1, (workload.global_batch_size or 1) // (workload.micro_batch_size * (par.dp_size or 1)))
+
+    def stage_layer_count(self, stage: int) -> int:
+        return len(self.stages[stage])
+
+    def stage_moe_layer_count(self, stage: int) -> int:
+        return sum(layer.is_moe for layer in self.stages[stage])
+
+    def stage_dense_params(self, stage: int) -> float:
+        """Parameters of a stage that are not routed experts (sharded by TP, replicated over DP)."""
+        model = self.scenario.model
+        total = 0.0
+        for layer in self.stages[stage]:
+            total += accounting.attention_params(model) * (2 if layer.cross_attention else 1)
+            total += accounting.norm_params(model, model.hidden_size) * (3 if layer.cross_attention else 2)
+            if layer.is_moe:
+                total += accounting.shared_expert_params(model) + accounting.router_params(model)
+            else:
+                total += accounting.dense_ffn_params(model)
+        if stage == 0:
+            total += accounting.embedding_params(model)
+        if stage == self.num_stages - 1:
+            total += accounting.output_head_params(model) + accounting.norm_params(model, model.hidden_size)
+        return total
+
+    def stage_expert_params(self, stage: int) -> float:
+        """Routed-expert parameters of a stage, all experts (sharded by EP)."""
+        model = self.scenario.model
+        return self.stage_moe_layer_count(stage) * model.num_experts * accounting.expert_params(model)
+
+    @property
+    def tokens_per_rank(self) -> int:
+        """Tokens one rank holds in a training micro-batch or prefill (after sequence/context split)."""
+        workload, par = self.scenario.workload, self.scenario.parallelism
+        return max(1, workload.micro_batch_size * workload.seq_len // (par.cp_size * par.tp_size))
+
+    @property
+    def buffer_slots_per_rank(self) -> int:
+        """Token slots a rank's all-to-all receive buffer holds: its experts' capacity (top_k x 2 when dropless)."""
+        routing, par = self.scenario.routing, self.scenario.parallelism
+        group_tokens = self.tokens_per_rank * par.ep_size
+        top_k = routing.top_k or self.scenario.model.top_k
+        capacity = expert_capacity(group_tokens, self.scenario.model.num_experts, top_k, routing.capacity_factor)
+        experts_per_rank = self.scenario.model.num_experts // par.ep_size
+        if capacity is None:  # dropless: a buffer for twice the mean load
+            return 2 * self.tokens_per_rank * top_k
+        return capacity * experts_per_rank

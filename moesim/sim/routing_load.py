@@ -1,0 +1,136 @@
+"""Routing inside the simulator: per-layer expert loads and all-to-all traffic of one EP group.
+
+The routers of `moesim.routing` run on the scenario's router scores (synthetic or a
+trace). To keep large clusters fast, at most `simulation.max_routed_tokens` tokens are
+routed per layer and loads and bytes are scaled up to the group's token count, and at
+most `simulation.max_routed_layers` distinct layers are routed per stage (further MoE
+layers reuse them in turn); both shortcuts are listed in the result's notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moesim.cluster.placement import Placement
+from moesim.routing.bias_balanced import BiasBalancedRouter
+from moesim.routing.from_scenario import router_for_scenario
+from moesim.routing.metrics import rank_traffic_tokens
+from moesim.routing.router import Router
+from moesim.scenario import Scenario
+from moesim.sim.collectives import Traffic
+from moesim.workload.scores import RouterScores
+from moesim.workload.synthetic import SyntheticScores
+from moesim.workload.trace import TraceError, load_trace
+
+
+@dataclass(frozen=True)
+class LayerRouting:
+    """What one MoE layer's routing means for the EP group, scaled to the real token count."""
+
+    expert_tokens: np.ndarray  # [num_experts] tokens each expert processes
+    traffic: Traffic
+    dropped_pairs: float
+    requested_pairs: float
+    load_imbalance: float
+
+    def rank_expert_rows(self, experts_per_rank: int) -> np.ndarray:
+        """[ep, experts_per_rank] tokens per local expert on each rank."""
+        return self.expert_tokens.reshape(-1, experts_per_rank)
+
+
+def ep_group_ranks(scenario: Scenario) -> np.ndarray:
+    """Global ranks of the first expert-parallel group (Megatron order: tp, cp, then ep)."""
+    par = scenario.parallelism
+    return np.arange(par.ep_size) * par.tp_size * par.cp_size
+
+
+def _warm_bias(router: BiasBalancedRouter, scenario: Scenario, tokens: int) -> None:
+    """Run the bias update over a few synthetic steps so the bias is near its steady state."""
+    warmup = SyntheticScores(
+        num_tokens=min(tokens, 4096), num_experts=scenario.model.num_experts,
+        expert_popularity_skew=scenario.workload.expert_popularity_skew,
+        score_temperature=scenario.workload.score_temperature, seed=scenario.seed + 1,
+    )
+    for step in range(scenario.simulation.bias_warmup_steps):
+        router.update_bias(router.route(warmup.layer(step, 0).logits).expert_load)
+
+
+def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
+    """Routing of the first `max_routed_layers` of the listed MoE layers for a group of `group_tokens` tokens.
+
+    MoE layer number i of the model uses entry i % len(result).
+    """
+    model, workload, sim = scenario.model, scenario.workload, scenario.simulation
+    notes: list[str] = []
+    if not moe_layer_ids:
+        return [], notes
+    ep = scenario.parallelism.ep_size
+    placement = Placement(model.num_experts, ep, gpus_per_node)
+    ranks = ep_group_ranks(scenario)
+    nodes = ranks // gpus_per_node
+    node_index = np.unique(nodes, return_inverse=True)[1]
+    expert_node = torch.from_numpy(node_index[placement.expert_rank.numpy()])
+    bytes_per_token = model.hidden_size * workload.precision.activation_bytes
+    router: Router = router_for_scenario(scenario)
+    if isinstance(router, BiasBalancedRouter) and sim.bias_warmup_steps:
+        _warm_bias(router, scenario, group_tokens)
+        notes.append(f"bias_balanced: bias warmed up over {sim.bias_warmup_steps} synthetic steps")
+
+    distinct = moe_layer_ids[: sim.max_routed_layers or (4 if sim.network_mode == "full" else 1)]
+    scores = _scores(scenario, distinct, group_tokens)
+    sample = scores[0].num_tokens
+    scale = group_tokens / sample
+    if scale > 1:
+        notes.append(f"routing: {sample:,} of {group_tokens:,} tokens routed per layer, loads and bytes scaled x{scale:.1f}")
+    if len(moe_layer_ids) > len(distinct):
+        notes.append(f"routing: {len(distinct)} distinct layers routed, reused in turn for all {len(moe_layer_ids)} MoE layers")
+    routed = []
+    for layer_scores in scores:
+        assignment = router.route(layer_scores.logits, layer_scores.token_ids)
+        source = layer_scores.source_rank.clamp(max=ep - 1)
+        rank_tokens = rank_traffic_tokens(assignment, placement.expert_rank, source, ep).double().numpy()
+        node_tokens = rank_traffic_tokens(assignment, expert_node, source, ep, int(node_index.max()) + 1).double().numpy()
+        load = assignment.expert_load.double().numpy() * scale
+        routed.append(
+            LayerRouting(
+                expert_tokens=load,
+                traffic=Traffic(ranks, rank_tokens * bytes_per_token * scale, node_tokens * bytes_per_token * scale),
+                dropped_pairs=assignment.num_dropped * scale,
+                requested_pairs=assignment.num_requested * scale,
+                load_imbalance=float(load.max() / load.mean()) if load.mean() > 0 else 1.0,
+            )
+        )
+    return routed, notes
+
+
+def _scores(scenario: Scenario, layer_ids: list[int], group_tokens: int) -> list[RouterScores]:
+    workload, model, sim = scenario.workload, scenario.model, scenario.simulation
+    ep = scenario.parallelism.ep_size
+    if workload.scores == "trace":
+        assert workload.trace_path is not None
+        recorded = load_trace(workload.trace_path)
+        if recorded[0].num_experts != model.num_experts:
+            raise TraceError(
+                f"{workload.trace_path}: the trace has {recorded[0].num_experts} experts, the model {model.num_experts}"
+            )
+        chosen = [recorded[i % len(recorded)] for i in layer_ids]
+        return [
+            RouterScores(s.logits, s.token_ids, (torch.arange(s.num_tokens) * ep) // s.num_tokens, s.layer) for s in chosen
+        ]
+    generator = SyntheticScores(
+        num_tokens=min(group_tokens, sim.max_routed_tokens),
+        num_experts=model.num_experts,
+        num_layers=max(layer_ids) + 1,
+        expert_popularity_skew=workload.expert_popularity_skew,
+        score_temperature=workload.score_temperature,
+        layer_correlation=workload.layer_correlation,
+        step_drift=workload.step_drift,
+        token_id_skew=workload.token_id_skew,
+        vocab_size=model.vocab_size,
+        num_ranks=ep,
+        seed=scenario.seed,
+    )
+    return [generator.layer(0, layer) for layer in layer_ids]

@@ -1,0 +1,246 @@
+"""`simulate(scenario) -> StepResult`: one training step (or one inference request batch) on the cluster.
+
+The stages of the pipeline are simulated one by one on their expert-parallel group
+(data-parallel replicas run the same program on other data, so one group stands for
+all: a shortcut the notes state), then the 1F1B schedule composes them over the
+micro-batches, and the data-parallel gradient all-reduce and optimizer step finish the
+step. Inference: a prefill of the batch through every stage, then `decode_tokens`
+decode steps at the mean context length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from moesim.cluster.topology import Topology
+from moesim.models import accounting
+from moesim.scenario import Scenario
+from moesim.sim.collectives import all_reduce_time
+from moesim.sim.compute import CostModel
+from moesim.sim.engine import Slice, busy_by_phase, run_pipeline, run_stage, run_stage_fast
+from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
+from moesim.sim.phases import PhaseBuilder
+from moesim.sim.plan import StagePlan
+from moesim.sim.routing_load import LayerRouting, route_layers
+
+
+@dataclass
+class StepResult:
+    """What one step costs. Times in seconds, bytes in bytes, rates per second."""
+
+    scenario: str
+    mode: str
+    step_time_s: float
+    phase_seconds: dict[str, float]
+    stage_forward_s: list[float]
+    stage_backward_s: list[float]
+    pipeline_s: float
+    pipeline_bubble_s: float
+    grad_allreduce_s: float
+    grad_allreduce_exposed_s: float
+    optimizer_s: float
+    tokens_per_step: float
+    tokens_per_s: float
+    tokens_per_s_per_gpu: float
+    mfu: float
+    drop_rate: float
+    load_imbalance: float
+    bytes_across_nodes_per_step: float
+    memory: dict[str, float]
+    world_size: int
+    prefill_s: float = 0.0
+    decode_step_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    slices: list[Slice] = field(default_factory=list, repr=False)
+
+    def as_dict(self, with_slices: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_slices:
+            data.pop("slices")
+        return data
+
+
+def cost_model_for(scenario: Scenario) -> CostModel:
+    profile = scenario.simulation.cost_profile
+    return CostModel.from_profile(profile) if profile else CostModel.for_gpu(scenario.cluster.gpu)
+
+
+def _moe_layer_ids(plan: StagePlan, stage: int) -> list[int]:
+    """Model-wide MoE-layer index of each MoE layer on a stage."""
+    before = sum(plan.stage_moe_layer_count(s) for s in range(stage))
+    return list(range(before, before + plan.stage_moe_layer_count(stage)))
+
+
+@dataclass
+class _StagePasses:
+    """Simulated passes of the stages: seconds, phase breakdown and slices, identical stages simulated once."""
+
+    forward_s: list[float]
+    backward_s: list[float]
+    busy: list[dict[str, float]]
+    slices: list[list[Slice]]
+    across_bytes: list[float]
+
+
+def _simulate_stages(
+    scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int,
+    decode: bool, backward: bool,
+) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
+    """Route once, build each stage's phases, and run them (SimPy in full mode, per-rank clocks in fast mode)."""
+    par = scenario.parallelism
+    all_moe = list(range(plan.scenario.model.num_moe_layers))
+    routing, notes = route_layers(scenario, all_moe, tokens * par.ep_size, topology.gpus_per_node)
+    builder = PhaseBuilder(scenario, plan, cost, topology, tokens, context, decode)
+    full = scenario.simulation.network_mode == "full"
+    cache: dict[tuple, tuple] = {}
+    result = _StagePasses([], [], [], [], [])
+    for stage in range(plan.num_stages):
+        first_moe = sum(plan.stage_moe_layer_count(s) for s in range(stage))
+        signature = (
+            stage == 0, stage == plan.num_stages - 1,
+            tuple((layer.is_moe, layer.cross_attention) for layer in plan.stages[stage]),
+            tuple((first_moe + n) % max(1, len(routing)) for n in range(plan.stage_moe_layer_count(stage))),
+        )
+        if signature not in cache:
+            program = builder.stage_program(stage, routing, first_moe)
+            passes = [("forward" if not decode else "decode", program.forward)]
+            if backward:
+                passes.append(("backward", program.backward))
+            seconds, busy, slices = [], {}, []
+            for name, phases in passes:
+                if full:
+                    took, pass_slices = run_stage(phases, par.ep_size, name, start=sum(seconds))
+                    pass_busy = busy_by_phase(pass_slices, par.ep_size)
+                    slices += pass_slices
+                else:
+                    took, pass_busy = run_stage_fast(phases, par.ep_size)
+                seconds.append(took)
+                for key, value in pass_busy.items():
+                    busy[key] = busy.get(key, 0.0) + value
+            across = sum(p.bytes_across_nodes for p in program.forward + (program.backward if backward else []) if p.collective)
+            cache[signature] = (seconds, busy, slices, across)
+        seconds, busy, slices, across = cache[signature]
+        result.forward_s.append(seconds[0])
+        result.backward_s.append(seconds[1] if backward else 0.0)
+        result.busy.append(busy)
+        result.slices.append(slices)
+        result.across_bytes.append(across)
+    if len(cache) < plan.num_stages:
+        notes.append(f"{plan.num_stages} pipeline stages, {len(cache)} distinct: identical stages simulated once")
+    return result, routing, notes
+
+
+def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
+    """Simulate one step of the scenario (training) or one batch of requests (inference)."""
+    plan = StagePlan(scenario)
+    memory = memory_per_gpu(scenario, plan)
+    if check_memory:
+        check_fits(memory)
+    topology = Topology.from_cluster(scenario.cluster)
+    cost = cost_model_for(scenario)
+    if scenario.workload.mode == "training":
+        return _training_step(scenario, plan, topology, cost, memory)
+    return _inference(scenario, plan, topology, cost, memory)
+
+
+def _routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
+    if not routing:
+        return 0.0, 1.0
+    dropped = sum(layer.dropped_pairs for layer in routing)
+    requested = sum(layer.requested_pairs for layer in routing)
+    return (dropped / requested if requested else 0.0), float(np.mean([layer.load_imbalance for layer in routing]))
+
+
+def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown) -> StepResult:
+    par, model, sim = scenario.parallelism, scenario.model, scenario.simulation
+    tokens = plan.tokens_per_rank
+    stages, routing, notes = _simulate_stages(scenario, plan, cost, topology, tokens, scenario.workload.seq_len, False, True)
+    forward_s, backward_s = stages.forward_s, stages.backward_s
+    worst = int(np.argmax(np.add(forward_s, backward_s)))
+    micro = plan.micro_batches
+    p2p = tokens * model.hidden_size * scenario.workload.precision.activation_bytes / topology.nic_bytes_per_s + topology.network_latency_s
+    pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p if par.pp_size > 1 else 0.0)
+    busy = micro * (max(forward_s) + max(backward_s))
+    # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
+    precision = scenario.workload.precision
+    grads_dense = plan.stage_dense_params(worst) / par.tp_size * precision.grad_bytes
+    grads_expert = plan.stage_expert_params(worst) / par.ep_size * precision.grad_bytes
+    dp = par.dp_size or 1
+    dp_group = np.arange(dp) * par.model_parallel_size
+    expert_dp = max(1, dp * par.tp_size * par.cp_size // par.ep_size)
+    expert_group = (np.arange(expert_dp) * par.ep_size * par.tp_size * par.cp_size) % topology.world_size
+    reduce = all_reduce_time(topology, dp_group, grads_dense, sim.allreduce_algorithm)
+    reduce += all_reduce_time(topology, np.unique(expert_group), grads_expert, sim.allreduce_algorithm)
+    exposed = max(0.0, reduce - backward_s[worst]) if sim.overlap_grad_reduce else reduce
+    params_on_gpu = plan.stage_dense_params(worst) / par.tp_size + plan.stage_expert_params(worst) / par.ep_size
+    optimizer_bytes = params_on_gpu * (2 * precision.optimizer_bytes_per_param + precision.weight_bytes + precision.grad_bytes)
+    if par.zero_stage >= 1:
+        optimizer_bytes /= dp
+    optimizer = cost.memory_seconds(optimizer_bytes)
+    step = pipeline + exposed + optimizer
+    tokens_per_step = float((scenario.workload.global_batch_size or 1) * scenario.workload.seq_len)
+    world = scenario.cluster.world_size
+    flops = accounting.training_flops_per_token(model, scenario.workload.seq_len, scenario.workload.activation_recompute == "full")
+    mfu = flops * tokens_per_step / (step * world * cost.peak_flops)
+    drop_rate, imbalance = _routing_summary(routing)
+    phases = {name: seconds * micro for name, seconds in stages.busy[worst].items()}
+    replicas = dp * par.tp_size * par.cp_size // par.ep_size
+    notes.append(f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} identical replicas")
+    notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {'SimPy' if sim.network_mode == 'full' else 'per-rank clocks (fast mode)'}")
+    notes.append(f"compute: {cost.source}")
+    return StepResult(
+        scenario=scenario.name, mode="training", step_time_s=step, phase_seconds=phases,
+        stage_forward_s=forward_s, stage_backward_s=backward_s, pipeline_s=pipeline,
+        pipeline_bubble_s=max(0.0, pipeline - busy), grad_allreduce_s=reduce, grad_allreduce_exposed_s=exposed,
+        optimizer_s=optimizer, tokens_per_step=tokens_per_step, tokens_per_s=tokens_per_step / step,
+        tokens_per_s_per_gpu=tokens_per_step / step / world, mfu=mfu, drop_rate=drop_rate, load_imbalance=imbalance,
+        bytes_across_nodes_per_step=sum(stages.across_bytes) * micro * replicas, memory=memory.as_dict(),
+        world_size=world, notes=notes, slices=stages.slices[worst] + pipeline_slices,
+    )
+
+
+def _inference(scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown) -> StepResult:
+    par, workload = scenario.parallelism, scenario.workload
+    prefill_stages, routing, notes = _simulate_stages(
+        scenario, plan, cost, topology, plan.tokens_per_rank, workload.seq_len, False, False
+    )
+    prefill = sum(prefill_stages.forward_s)
+    phases: dict[str, float] = {}
+    for busy in prefill_stages.busy:
+        for name, value in busy.items():
+            phases[f"prefill/{name}"] = phases.get(f"prefill/{name}", 0.0) + value
+    slices = [piece for stage_slices in prefill_stages.slices for piece in stage_slices]
+    decode_step = 0.0
+    if workload.decode_tokens:
+        batch_tokens = max(1, workload.micro_batch_size // max(1, par.tp_size))
+        context = workload.seq_len + workload.decode_tokens // 2
+        decode_stages, _, decode_notes = _simulate_stages(scenario, plan, cost, topology, batch_tokens, context, True, False)
+        notes += [note for note in decode_notes if note not in notes]
+        decode_step = sum(decode_stages.forward_s)
+        for busy in decode_stages.busy:
+            for name, value in busy.items():
+                phases[f"decode/{name}"] = phases.get(f"decode/{name}", 0.0) + value * workload.decode_tokens
+    total = prefill + decode_step * workload.decode_tokens
+    sequences = workload.micro_batch_size * (par.dp_size or 1)
+    generated = sequences * max(1, workload.decode_tokens)
+    world = scenario.cluster.world_size
+    drop_rate, imbalance = _routing_summary(routing)
+    flops = accounting.forward_flops_per_token(scenario.model, workload.seq_len)
+    processed = sequences * (workload.seq_len + workload.decode_tokens)
+    notes.append(
+        f"inference: prefill of {workload.micro_batch_size} x {workload.seq_len} tokens per replica, then "
+        f"{workload.decode_tokens} decode steps at context {workload.seq_len + workload.decode_tokens // 2}"
+    )
+    notes.append(f"compute: {cost.source}")
+    return StepResult(
+        scenario=scenario.name, mode="inference", step_time_s=total, phase_seconds=phases,
+        stage_forward_s=prefill_stages.forward_s, stage_backward_s=[], pipeline_s=prefill, pipeline_bubble_s=0.0,
+        grad_allreduce_s=0.0, grad_allreduce_exposed_s=0.0, optimizer_s=0.0,
+        tokens_per_step=float(generated), tokens_per_s=generated / total, tokens_per_s_per_gpu=generated / total / world,
+        mfu=flops * processed / (total * world * cost.peak_flops), drop_rate=drop_rate, load_imbalance=imbalance,
+        bytes_across_nodes_per_step=sum(prefill_stages.across_bytes), memory=memory.as_dict(), world_size=world,
+        prefill_s=prefill, decode_step_s=decode_step, notes=notes, slices=slices,
+    )

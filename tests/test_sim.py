@@ -1,0 +1,233 @@
+"""The simulator: closed forms, hand calculations, monotonicity and reproducibility."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from moesim import scenario_from_dict
+from moesim.cli import app
+from moesim.cluster.topology import Topology
+from moesim.errors import MoesimError
+from moesim.sim.collectives import Traffic, all_reduce_time, all_to_all
+from moesim.sim.compute import CostModel
+from moesim.sim.engine import one_f_one_b, run_pipeline, run_stage, run_stage_fast
+from moesim.sim.phases import Phase, PhaseBuilder
+from moesim.sim.plan import StagePlan
+from moesim.sim.routing_load import LayerRouting
+from moesim.sim.step import simulate
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def small_training(**sections: Any) -> dict[str, Any]:
+    """OLMoE-sized model cut to 2 layers on one 8 x H100 node: fast to simulate."""
+    document: dict[str, Any] = {
+        "name": "small",
+        "model": {"preset": "olmoe-1b-7b", "num_layers": 2},
+        "cluster": {"num_nodes": 1, "gpus_per_node": 8, "gpu": "H100-SXM"},
+        "parallelism": {"ep_size": 8},
+        "workload": {"mode": "training", "micro_batch_size": 2, "seq_len": 1024, "expert_popularity_skew": 0.8},
+        "routing": {"strategy": "top_k", "capacity_factor": 1.0},
+        "simulation": {"max_routed_tokens": 8192},
+    }
+    for key, value in sections.items():
+        document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
+    return document
+
+
+def test_same_scenario_same_numbers_bit_for_bit() -> None:
+    first = simulate(scenario_from_dict(small_training()))
+    again = simulate(scenario_from_dict(small_training()))
+    assert first.as_dict() == again.as_dict()
+
+
+def test_doubling_link_bandwidth_never_slows_a_step() -> None:
+    base = small_training(cluster={"num_nodes": 2, "gpus_per_node": 4}, parallelism={"ep_size": 8})
+    slow = simulate(scenario_from_dict(base))
+    fast_links = simulate(scenario_from_dict(base, ["cluster.nic_gbps=800", "cluster.scale_up_gb_per_s=900"]))
+    assert fast_links.step_time_s <= slow.step_time_s
+    assert fast_links.phase_seconds["dispatch"] < slow.phase_seconds["dispatch"]
+
+
+def test_capacity_factor_and_dropless() -> None:
+    drops = [
+        simulate(scenario_from_dict(small_training(routing={"capacity_factor": factor}))).drop_rate
+        for factor in (0.75, 1.0, 1.5, 3.0)
+    ]
+    assert drops == sorted(drops, reverse=True) and drops[0] > 0
+    dropless = simulate(scenario_from_dict(small_training(routing={"capacity_factor": None})))
+    assert dropless.drop_rate == 0.0
+
+
+def test_fast_and_full_modes_agree_on_one_switch() -> None:
+    full = simulate(scenario_from_dict(small_training(simulation={"max_routed_layers": 1})))
+    fast = simulate(scenario_from_dict(small_training(simulation={"network_mode": "fast"})))
+    assert fast.step_time_s == pytest.approx(full.step_time_s, rel=0.02)
+
+
+def uniform_routing(ranks: int, tokens_per_rank: int, bytes_per_token: float) -> LayerRouting:
+    """One expert per rank, every rank sends the same number of tokens to every rank (top-1)."""
+    per_pair = tokens_per_rank / ranks
+    return LayerRouting(
+        expert_tokens=np.full(ranks, float(tokens_per_rank)),
+        traffic=Traffic(np.arange(ranks), np.full((ranks, ranks), per_pair * bytes_per_token), np.full((ranks, 1), 0.0)),
+        dropped_pairs=0.0, requested_pairs=float(ranks * tokens_per_rank), load_imbalance=1.0,
+    )
+
+
+def test_one_moe_layer_matches_the_hand_calculation() -> None:
+    """One node, one expert per GPU, perfectly uniform routing: every phase by hand."""
+    scenario = scenario_from_dict({
+        "model": {"preset": "tiny-moe", "num_layers": 1, "hidden_size": 1024, "num_attention_heads": 8,
+                  "num_key_value_heads": 8, "moe_intermediate_size": 4096, "num_experts": 8, "top_k": 1},
+        "cluster": {"num_nodes": 1, "gpus_per_node": 8, "gpu": "H100-SXM"},
+        "parallelism": {"ep_size": 8},
+        "workload": {"micro_batch_size": 1, "seq_len": 4096},
+        "simulation": {"overlap_shared_experts": False},
+    })
+    plan = StagePlan(scenario)
+    topology = Topology.from_cluster(scenario.cluster)
+    cost = CostModel.for_gpu(scenario.cluster.gpu)
+    tokens, hidden = 4096, 1024
+    routing = uniform_routing(8, tokens, hidden * 2)
+    program = PhaseBuilder(scenario, plan, cost, topology, tokens, 4096).stage_program(0, [routing], 0)
+    names = [phase.name for phase in program.forward]
+    assert names == ["embedding", "attention", "router", "permute", "dispatch", "experts", "combine", "unpermute", "lm_head"]
+    # dispatch: alpha + each rank's buffer x 7/8 over its NVLink port (450 GB/s one way)
+    buffer = tokens * hidden * 2
+    expected_alltoall = 2e-6 + buffer * 7 / 8 / 450e9
+    dispatch = program.forward[names.index("dispatch")]
+    assert float(dispatch.seconds[0]) == pytest.approx(expected_alltoall, rel=1e-6)
+    # experts: one expert per rank with `tokens` rows, SwiGLU: [T x h] @ [h x 2f], activation, [T x f] @ [f x h]
+    f = 4096
+    gemm = cost.gemm_seconds(tokens, hidden, 2 * f) + cost.gemm_seconds(tokens, f, hidden)
+    activation = tokens * 3 * f * 2 / (cost.memory_bytes_per_s * cost.memory_efficiency)
+    experts = program.forward[names.index("experts")]
+    assert np.allclose(experts.seconds, gemm + activation)
+    # the whole pass is the sum of its phases (every rank equal, nobody waits), in both timelines
+    total = sum(float(phase.seconds[0]) for phase in program.forward)
+    simpy_time, slices = run_stage(program.forward, 8, "forward")
+    fast_time, busy = run_stage_fast(program.forward, 8)
+    assert simpy_time == pytest.approx(total) and fast_time == pytest.approx(total)
+    assert "wait" not in busy and not [s for s in slices if s.name == "wait"]
+
+
+def random_program(rng: np.random.Generator, ranks: int, chunks: int) -> list[Phase]:
+    phases: list[Phase] = []
+    for layer in range(3):
+        phases.append(Phase("attention", layer, rng.uniform(1, 2, ranks)))
+        shared = Phase("shared_experts", layer, rng.uniform(0, 3, ranks))
+        phases.append(Phase("dispatch", layer, np.array([rng.uniform(0.5, 2)]), collective=True,
+                            overlapped=shared if layer != 1 else None, chunks=chunks, detail={"latency": 0.1}))
+        phases.append(Phase("experts", layer, rng.uniform(1, 5, ranks), chunks=chunks))
+        phases.append(Phase("combine", layer, np.array([rng.uniform(0.5, 2)]), collective=True, chunks=chunks,
+                            detail={"latency": 0.1}))
+    return phases
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 4])
+def test_fast_timeline_equals_simpy(chunks: int) -> None:
+    rng = np.random.default_rng(chunks)
+    for _ in range(5):
+        program = random_program(rng, 6, chunks)
+        simpy_time, slices = run_stage(program, 6, "forward")
+        fast_time, busy = run_stage_fast(program, 6)
+        assert fast_time == pytest.approx(simpy_time)
+        waits = sum(s.end - s.start for s in slices if s.name == "wait") / 6
+        assert busy.get("wait", 0.0) == pytest.approx(waits)
+
+
+def test_chunking_overlaps_dispatch_with_experts() -> None:
+    rng = np.random.default_rng(0)
+    one = run_stage_fast(random_program(rng, 4, 1), 4)[0]
+    rng = np.random.default_rng(0)
+    four = run_stage_fast(random_program(rng, 4, 4), 4)[0]
+    assert four < one
+
+
+def test_one_f_one_b_closed_form() -> None:
+    """p stages of equal forward f and backward b, m micro-batches: (m + p - 1) x (f + b)."""
+    for stages, micro in [(1, 4), (4, 4), (4, 16), (8, 3)]:
+        seconds, _ = run_pipeline([1.0] * stages, [2.0] * stages, micro, 0.0)
+        assert seconds == pytest.approx((micro + stages - 1) * 3.0)
+        order = one_f_one_b(stages, micro)
+        assert all(sorted(order[s]) == sorted([("F", m) for m in range(micro)] + [("B", m) for m in range(micro)]) for s in range(stages))
+
+
+def test_all_reduce_closed_form() -> None:
+    topology = Topology(1, 8, 450e9, 8, 50e9)
+    size = 1e9
+    assert all_reduce_time(topology, np.arange(8), size, "ring") == pytest.approx(2 * 7 / 8 * size / 450e9 + 14 * 2e-6)
+    two_nodes = Topology(2, 8, 450e9, 8, 50e9)
+    ring = all_reduce_time(two_nodes, np.arange(16), size, "ring")
+    hierarchical = all_reduce_time(two_nodes, np.arange(16), size, "hierarchical")
+    assert all_reduce_time(two_nodes, np.arange(16), size, "auto") == min(ring, hierarchical)
+
+
+def test_alltoall_algorithms_on_two_nodes() -> None:
+    """Each token goes to 4 GPUs of the other node: node dedup sends it across once instead of 4 times."""
+    topology = Topology(2, 8, 450e9, 8, 50e9, kind="rail_optimized")
+    members = 16
+    rank_bytes = np.zeros((members, members))
+    for source in range(members):
+        other = 8 if source < 8 else 0
+        rank_bytes[source, other : other + 4] = 1e6
+    node_bytes = np.zeros((members, 2))
+    for source in range(members):
+        node_bytes[source, 1 if source < 8 else 0] = 1e6
+    traffic = Traffic(np.arange(members), rank_bytes, node_bytes)
+    flat = all_to_all(topology, traffic, "flat")
+    hierarchical = all_to_all(topology, traffic, "hierarchical")
+    deepep = all_to_all(topology, traffic, "deepep")
+    assert flat.bytes_across_nodes == pytest.approx(16 * 4e6)
+    assert deepep.bytes_across_nodes == pytest.approx(16 * 1e6)
+    assert deepep.seconds < flat.seconds
+    assert hierarchical.bytes_across_nodes == pytest.approx(flat.bytes_across_nodes)
+
+
+def test_memory_does_not_fit_says_by_how_much() -> None:
+    document = {"model": "mixtral-8x22b", "cluster": {"num_nodes": 1, "gpus_per_node": 8}, "parallelism": {"ep_size": 8}}
+    with pytest.raises(MoesimError, match=r"does not fit: .* short by [0-9.]+ GB"):
+        simulate(scenario_from_dict(document))
+    plan = StagePlan(scenario_from_dict(document))
+    from moesim.sim.memory import memory_per_gpu
+
+    zero1 = memory_per_gpu(scenario_from_dict(document), plan).total_bytes
+    zero3 = memory_per_gpu(scenario_from_dict(document, ["parallelism.zero_stage=3"]), plan).total_bytes
+    recompute = memory_per_gpu(scenario_from_dict(document, ["workload.activation_recompute=full"]), plan).total_bytes
+    assert zero3 < zero1 and recompute < zero1
+
+
+def test_inference_reports_prefill_and_decode() -> None:
+    result = simulate(scenario_from_dict({
+        "model": {"preset": "mixtral-8x7b", "num_layers": 4},
+        "cluster": {"num_nodes": 1, "gpus_per_node": 8}, "parallelism": {"ep_size": 8},
+        "workload": {"mode": "inference", "micro_batch_size": 4, "seq_len": 512, "decode_tokens": 16},
+        "simulation": {"max_routed_tokens": 4096},
+    }))
+    assert result.prefill_s > 0 and result.decode_step_s > 0
+    assert result.step_time_s == pytest.approx(result.prefill_s + 16 * result.decode_step_s)
+    assert result.memory["kv_cache_bytes"] > 0
+
+
+def test_run_command_and_trace(tmp_path: Path) -> None:
+    runner = CliRunner()
+    scenario = REPO / "scenarios" / "mixtral-8x7b-serving.yaml"
+    overrides = ["--set", "model.num_layers=2", "--set", "simulation.max_routed_tokens=4096", "--set", "workload.decode_tokens=4"]
+    trace = tmp_path / "trace.json"
+    result = runner.invoke(app, ["run", str(scenario), *overrides, "--trace", str(trace)])
+    assert result.exit_code == 0, result.output
+    assert "time per phase" in result.output and "MFU" in result.output
+    events = json.loads(trace.read_text())["traceEvents"]
+    tracks = {event["tid"] for event in events if event.get("ph") == "X" and event["pid"] == 1}
+    assert tracks == set(range(8))
+    data = json.loads(runner.invoke(app, ["run", str(scenario), *overrides, "--json"]).output)
+    assert {"step_time_s", "phase_seconds", "tokens_per_s_per_gpu", "mfu", "drop_rate", "memory"} <= set(data)
+    too_big = runner.invoke(app, ["run", str(scenario), "--set", "model=mixtral-8x22b", "--set", "workload.micro_batch_size=512"])
+    assert too_big.exit_code == 2 and "does not fit" in too_big.output
