@@ -20,8 +20,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/moesim presets show mixtral-8x7b
-	$(BIN)/moesim check $(DEFAULT_SCENARIO)
+	$(BIN)/moesim run $(DEFAULT_SCENARIO)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

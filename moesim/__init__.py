@@ -2,13 +2,33 @@
 
 Python API::
 
-    from moesim import load_scenario
+    from moesim import load_scenario, simulate
     scenario = load_scenario("scenarios/mixtral-8x7b-serving.yaml", overrides=["routing.top_k=1"])
+    result = simulate(scenario)          # StepResult: step time, phases, MFU, drops, memory
 """
+
+from typing import Any
 
 from moesim.errors import MoesimError, ScenarioError
 from moesim.scenario import Scenario, load_scenario, scenario_from_dict
 
 __version__ = "0.1.0"
 
-__all__ = ["Scenario", "load_scenario", "scenario_from_dict", "MoesimError", "ScenarioError", "__version__"]
+
+def simulate(scenario: Scenario, check_memory: bool = True) -> Any:
+    """Simulate one step of a scenario; returns a `moesim.sim.step.StepResult`."""
+    from moesim.sim.step import simulate as _simulate
+
+    return _simulate(scenario, check_memory)
+
+
+def sweep(document: dict[str, Any], **options: Any) -> Any:
+    """Run a sweep of a scenario document; see `moesim.planning.sweep.run_sweep`."""
+    from moesim.planning.sweep import run_sweep
+
+    return run_sweep(document, **options)
+
+
+__all__ = [
+    "Scenario", "load_scenario", "scenario_from_dict", "simulate", "sweep", "MoesimError", "ScenarioError", "__version__",
+]

@@ -358,6 +358,67 @@ def summary_table(result: Any) -> Table:
 
 
 @app.command()
+@user_errors_exit_2
+def sweep(
+    scenario: Path = typer.Argument(..., help="Scenario file (.yaml, .toml or .json)."),
+    params: List[str] = typer.Option([], "--param", "-p", help="PATH=V1,V2,... to sweep (repeatable; default: the file's sweep section)."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Local worker processes (default: sweep.workers)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Results store, SQLite (default: sweep.store)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' starts one here, or give a cluster address."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Export this sweep's results to CSV."),
+    parquet_path: Optional[Path] = typer.Option(None, "--parquet", help="Export this sweep's results to Parquet (needs pyarrow)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Simulate every combination of the parameters; results go to the store as each point finishes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from moesim.planning.grid import parse_param
+    from moesim.planning.store import ResultsStore, export_csv, export_parquet
+    from moesim.planning.sweep import run_sweep
+    from moesim.scenario import apply_overrides, read_document
+
+    document = apply_overrides(read_document(scenario), overrides)
+    grid_params = dict(parse_param(text) for text in params) or None
+    with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=as_json) as progress:
+        task = progress.add_task("points", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        summary = run_sweep(
+            document, grid_params, store, workers,
+            ray_address=None if ray in (None, "local") else ray, use_ray=ray is not None, on_progress=on_progress,
+        )
+    with ResultsStore(summary.store) as results:
+        rows = results.rows(summary.sweep_id)
+    if csv_path:
+        export_csv(rows, csv_path)
+    if parquet_path:
+        export_parquet(rows, parquet_path)
+    if as_json:
+        print_json(rows)
+        return
+    console.print(
+        f"{summary.total_points} points: {summary.already_done} already in {summary.store}, {summary.ran} simulated now"
+        f"{f', {summary.errors} could not run' if summary.errors else ''}"
+    )
+    swept = list(grid_params or read_document(scenario).get("sweep", {}).get("params", {}))
+    table = Table(title="sweep results (fastest first)")
+    for column in [*swept, "step time (s)", "tokens/s/GPU", "MFU", "drop rate", "memory (GB)"]:
+        table.add_column(column, justify="right")
+    ok = sorted((row for row in rows if row["status"] == "ok"), key=lambda row: row["step_time_s"])
+    for row in ok:
+        table.add_row(*[str(row.get(path)) for path in swept], f"{row['step_time_s']:.4f}", f"{row['tokens_per_s_per_gpu']:,.0f}",
+                      f"{row['mfu']:.1%}", f"{row['drop_rate']:.2%}", f"{row['memory_gb']:.1f}")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(*[str(row.get(path)) for path in swept], "-", "-", "-", "-", f"[red]{row['error'][:60]}[/red]")
+    console.print(table)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion)."""
     from moesim.scenario import scenario_json_schema

@@ -1,0 +1,121 @@
+"""The results store: an SQLite file that every finished sweep point is written to at once.
+
+One row per (sweep, point): the sweep id is a hash of the base scenario, so a changed
+scenario starts a new sweep in the same file, and the point key is its canonical
+overrides, so re-running a sweep skips what is already there and never stores a point
+twice (the pair is the primary key). Rows are committed one by one, so an interrupted
+sweep loses at most the points that were still running.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from moesim.errors import MoesimError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    sweep_id TEXT NOT NULL,
+    point_key TEXT NOT NULL,
+    overrides TEXT NOT NULL,
+    status TEXT NOT NULL,          -- ok | error
+    result TEXT,                   -- flat JSON of the StepResult figures
+    error TEXT,
+    seconds REAL,                  -- wall time of the simulation
+    finished_at REAL NOT NULL,
+    PRIMARY KEY (sweep_id, point_key)
+)
+"""
+
+
+class ResultsStore:
+    """Sweep results in an SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.connection = sqlite3.connect(self.path)
+            self.connection.execute(_SCHEMA)
+            self.connection.commit()
+        except sqlite3.DatabaseError as error:
+            raise MoesimError(f"{self.path}: not a usable results store ({error})") from None
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def done_keys(self, sweep_id: str) -> set[str]:
+        rows = self.connection.execute("SELECT point_key FROM points WHERE sweep_id = ?", (sweep_id,))
+        return {row[0] for row in rows}
+
+    def write(
+        self, sweep_id: str, point_key: str, overrides: dict[str, Any], result: Optional[dict[str, Any]],
+        error: Optional[str], seconds: float,
+    ) -> bool:
+        """Store one finished point; False if it was already stored (never a duplicate)."""
+        cursor = self.connection.execute(
+            "INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (sweep_id, point_key, json.dumps(overrides, default=str), "error" if error else "ok",
+             json.dumps(result) if result is not None else None, error, seconds, time.time()),
+        )
+        self.connection.commit()
+        return cursor.rowcount == 1
+
+    def rows(self, sweep_id: Optional[str] = None) -> list[dict[str, Any]]:
+        """Every stored point as a flat dict: the overrides, status, error and the result figures."""
+        query = "SELECT sweep_id, overrides, status, result, error, seconds FROM points"
+        arguments: tuple[Any, ...] = ()
+        if sweep_id:
+            query += " WHERE sweep_id = ?"
+            arguments = (sweep_id,)
+        flat = []
+        for sweep, overrides, status, result, error, seconds in self.connection.execute(query + " ORDER BY rowid", arguments):
+            row: dict[str, Any] = {"sweep_id": sweep, **json.loads(overrides), "status": status, "error": error, "sim_seconds": seconds}
+            row.update(json.loads(result) if result else {})
+            flat.append(row)
+        return flat
+
+
+def _columns(rows: Iterable[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    return columns
+
+
+def export_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_columns(rows))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def export_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise MoesimError("Parquet export needs pyarrow: pip install 'moesim[parquet]'") from None
+    columns = _columns(rows)
+    table = pa.table({column: [_plain(row.get(column)) for row in rows] for column in columns})
+    pq.write_table(table, Path(path))
+    return Path(path)
+
+
+def _plain(value: Any) -> Any:
+    """Parquet columns need one type: lists and dicts go in as JSON text."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value

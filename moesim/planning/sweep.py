@@ -1,0 +1,148 @@
+"""Sweeps: simulate every point of a grid, in a local process pool or on Ray, into the results store.
+
+Each finished point is written at once; a sweep that is interrupted and started again
+skips the points already stored, so none is lost or repeated. A point that cannot run
+(it does not fit in memory, its parallelism is invalid) is stored with its error: it
+is an answer too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import json
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from moesim.errors import MoesimError
+from moesim.planning.grid import Point, grid
+from moesim.planning.store import ResultsStore
+from moesim.scenario import Scenario, scenario_from_dict
+
+SUMMARY_FIELDS = (
+    "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "drop_rate", "load_imbalance",
+    "bytes_across_nodes_per_step", "pipeline_bubble_s", "grad_allreduce_exposed_s", "prefill_s", "decode_step_s",
+)
+
+
+def sweep_id(document: dict[str, Any], swept: Sequence[str]) -> str:
+    """Identity of a sweep: a hash of the base scenario (without its sweep section) and the swept paths."""
+    base = {key: value for key, value in document.items() if key != "sweep"}
+    text = json.dumps([base, sorted(swept)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_point(document: dict[str, Any], overrides: list[str]) -> tuple[Optional[dict[str, Any]], Optional[str], float]:
+    """Simulate one point (in a worker): (flat result, error line, seconds)."""
+    from moesim.sim.step import simulate
+
+    started = time.perf_counter()
+    try:
+        result = simulate(scenario_from_dict(document, overrides))
+    except MoesimError as error:
+        return None, str(error), time.perf_counter() - started
+    row: dict[str, Any] = {name: getattr(result, name) for name in SUMMARY_FIELDS}
+    row["memory_gb"] = result.memory["total_bytes"] / 1e9
+    row.update({f"phase.{name}": seconds for name, seconds in result.phase_seconds.items()})
+    return row, None, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a sweep call did."""
+
+    sweep_id: str
+    total_points: int
+    already_done: int
+    ran: int
+    errors: int
+    store: Path
+
+
+def run_sweep(
+    document: dict[str, Any],
+    params: Optional[dict[str, Sequence[Any]]] = None,
+    store_path: Optional[str | Path] = None,
+    workers: Optional[int] = None,
+    ray_address: Optional[str] = None,
+    use_ray: bool = False,
+    max_points: Optional[int] = None,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+) -> SweepSummary:
+    """Run the sweep of `document` (its `sweep:` section, or `params`), skipping stored points.
+
+    `max_points` stops after that many new points (an interruption on purpose).
+    `on_progress(done, total)` is called as points finish.
+    """
+    base: Scenario = scenario_from_dict(document)  # validates the base scenario first
+    params = dict(params or base.sweep.params)
+    if not params:
+        raise MoesimError("nothing to sweep: give --param PATH=V1,V2 or a sweep.params section")
+    points = grid(params)
+    for point in points[:1]:
+        scenario_from_dict(document, point.overrides)  # a bad value fails before any work starts
+    identity = sweep_id(document, list(params))
+    store = ResultsStore(store_path or base.sweep.store)
+    try:
+        done = store.done_keys(identity)
+        remaining = [point for point in points if point.key not in done]
+        already = len(points) - len(remaining)
+        todo = remaining if max_points is None else remaining[:max_points]
+        finished = already
+        if on_progress:
+            on_progress(finished, len(points))
+        errors = 0
+
+        def record(point: Point, outcome: tuple[Optional[dict[str, Any]], Optional[str], float]) -> None:
+            nonlocal finished, errors
+            result, error, seconds = outcome
+            store.write(identity, point.key, dict(point.values), result, error, seconds)
+            finished += 1
+            errors += error is not None
+            if on_progress:
+                on_progress(finished, len(points))
+
+        if use_ray or ray_address:
+            _run_on_ray(document, todo, record, ray_address)
+        else:
+            _run_local(document, todo, record, workers or base.sweep.workers)
+        return SweepSummary(identity, len(points), already, len(todo), errors, store.path)
+    finally:
+        store.close()
+
+
+def _run_local(document: dict[str, Any], todo: list[Point], record: Callable[..., None], workers: int) -> None:
+    if workers <= 1 or len(todo) <= 1:
+        for point in todo:
+            record(point, run_point(document, point.overrides))
+        return
+    # spawn, not fork: a forked copy of a process whose torch thread pool is running can deadlock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(run_point, document, point.overrides): point for point in todo}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                record(pending.pop(future), future.result())
+
+
+def _run_on_ray(document: dict[str, Any], todo: list[Point], record: Callable[..., None], address: Optional[str]) -> None:
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise MoesimError("--ray needs Ray: pip install 'moesim[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(run_point)
+        pending = {remote.remote(document, point.overrides): point for point in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for reference in ready:
+                record(pending.pop(reference), ray.get(reference))
+    finally:
+        if started_here:
+            ray.shutdown()
