@@ -236,6 +236,9 @@ class SimulationSpec(_Section):
     max_routed_layers: Optional[int] = Field(
         None, gt=0, description="Distinct routed MoE layers; the others reuse them in turn. Default: 4 in full mode, 1 in fast mode."
     )
+    redundant_experts: int = Field(
+        0, ge=0, description="Extra copies of the hottest experts spread over the EP ranks (DeepSeek-V3 EPLB); 0 = none."
+    )
     bias_warmup_steps: int = Field(
         20, ge=0, description="bias_balanced routing: steps of bias updates on synthetic scores before the simulated step."
     )

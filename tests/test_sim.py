@@ -78,6 +78,7 @@ def uniform_routing(ranks: int, tokens_per_rank: int, bytes_per_token: float) ->
         expert_tokens=np.full(ranks, float(tokens_per_rank)),
         traffic=Traffic(np.arange(ranks), np.full((ranks, ranks), per_pair * bytes_per_token), np.full((ranks, 1), 0.0)),
         dropped_pairs=0.0, requested_pairs=float(ranks * tokens_per_rank), load_imbalance=1.0,
+        rank_rows=[np.array([float(tokens_per_rank)])] * ranks,
     )
 
 
@@ -231,3 +232,42 @@ def test_run_command_and_trace(tmp_path: Path) -> None:
     assert {"step_time_s", "phase_seconds", "tokens_per_s_per_gpu", "mfu", "drop_rate", "memory"} <= set(data)
     too_big = runner.invoke(app, ["run", str(scenario), "--set", "model=mixtral-8x22b", "--set", "workload.micro_batch_size=512"])
     assert too_big.exit_code == 2 and "does not fit" in too_big.output
+
+
+def test_hot_expert_replicas_shorten_the_expert_phase() -> None:
+    skewed = small_training(workload={"expert_popularity_skew": 1.5}, routing={"capacity_factor": None})
+    plain = simulate(scenario_from_dict(skewed))
+    replicated = simulate(scenario_from_dict(skewed, ["simulation.redundant_experts=8"]))
+    assert replicated.phase_seconds["experts"] + replicated.phase_seconds.get("wait", 0) < (
+        plain.phase_seconds["experts"] + plain.phase_seconds.get("wait", 0)
+    )
+
+
+def test_placement_replicas() -> None:
+    from moesim.cluster.placement import Placement
+
+    load = np.array([100.0, 10, 10, 10, 10, 10, 10, 10])
+    placement = Placement(8, 4).with_hot_replicas(load, 2)
+    share = placement.shares()
+    assert np.allclose(share.sum(axis=1), 1.0)
+    assert (share[0] > 0).sum() == 3  # the hot expert got both extra copies
+    rank_load = load @ share
+    assert rank_load.max() < (load @ Placement(8, 4).shares()).max()
+    assert placement.copies_per_rank.sum() == 10
+
+
+def test_cost_profile_replaces_the_curve(tmp_path: Path) -> None:
+    profile = tmp_path / "cpu.json"
+    profile.write_text(json.dumps({
+        "device": "test-cpu", "peak_flops": 1e12, "memory_bytes_per_s": 1e11,
+        "gemm_efficiency": {"rows": [1, 64, 4096], "efficiency": [0.01, 0.2, 0.6]},
+    }))
+    model = CostModel.from_profile(profile)
+    assert model.efficiency(64) == pytest.approx(0.2) and model.efficiency(1e6) == pytest.approx(0.6)
+    assert "measured profile" in model.source
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(MoesimError, match="not a usable cost profile"):
+        CostModel.from_profile(bad)
+    result = simulate(scenario_from_dict(small_training(simulation={"cost_profile": str(profile)})))
+    assert any("measured profile" in note for note in result.notes)

@@ -1,19 +1,30 @@
-"""`Placement`: which expert-parallel rank holds each routed expert."""
+"""`Placement`: which expert-parallel rank holds each routed expert, and replicas of hot experts.
+
+Without replicas the placement is contiguous: rank r holds experts
+[r x E/ep, (r+1) x E/ep), as Megatron-Core and DeepSpeed do. With `redundant_slots`
+(DeepSeek-V3's redundant experts for inference, EPLB), the hottest experts get extra
+copies: each extra slot goes to the expert with the highest load per copy, and each
+copy to the rank with the least load so far; tokens of a replicated expert are split
+evenly over its copies.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
+import numpy as np
 import torch
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Contiguous placement: rank r holds experts [r x E/ep, (r+1) x E/ep), as Megatron-Core and DeepSpeed do."""
+    """Experts on ranks; `share[e, r]` is the fraction of expert e's tokens that rank r serves."""
 
     num_experts: int
     ep_size: int
     gpus_per_node: int = 8
+    share: Optional[np.ndarray] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.ep_size < 1 or self.num_experts % self.ep_size:
@@ -25,10 +36,47 @@ class Placement:
 
     @property
     def expert_rank(self) -> torch.Tensor:
-        """Rank of each expert, [num_experts]."""
+        """Home rank of each expert, [num_experts] (the contiguous placement)."""
         return torch.arange(self.num_experts) // self.experts_per_rank
 
     @property
     def num_nodes(self) -> int:
         """Nodes the expert-parallel group spans."""
         return -(-self.ep_size // self.gpus_per_node)
+
+    def shares(self) -> np.ndarray:
+        """[num_experts, ep_size] share of each expert's tokens served by each rank (rows sum to 1)."""
+        if self.share is not None:
+            return self.share
+        home = np.zeros((self.num_experts, self.ep_size))
+        home[np.arange(self.num_experts), self.expert_rank.numpy()] = 1.0
+        return home
+
+    @property
+    def copies_per_rank(self) -> np.ndarray:
+        """Expert copies (weights) each rank holds."""
+        return (self.shares() > 0).sum(axis=0)
+
+    def with_hot_replicas(self, expert_load: np.ndarray, redundant_slots: int) -> "Placement":
+        """A placement with `redundant_slots` extra copies of the hottest experts."""
+        copies = np.ones(self.num_experts, dtype=int)
+        holders = [[int(rank)] for rank in self.expert_rank.numpy()]
+        rank_load = np.bincount(self.expert_rank.numpy(), weights=expert_load, minlength=self.ep_size).astype(float)
+        for _ in range(redundant_slots):  # slots, not tokens
+            expert = int(np.argmax(expert_load / copies))
+            before = expert_load[expert] / copies[expert]
+            copies[expert] += 1
+            after = expert_load[expert] / copies[expert]
+            for rank in holders[expert]:
+                rank_load[rank] -= before - after
+            candidates = [rank for rank in np.argsort(rank_load, kind="stable") if rank not in holders[expert]]
+            if not candidates:
+                copies[expert] -= 1
+                break
+            target = int(candidates[0])
+            holders[expert].append(target)
+            rank_load[target] += after
+        share = np.zeros((self.num_experts, self.ep_size))
+        for expert, ranks in enumerate(holders):
+            share[expert, ranks] = 1.0 / len(ranks)
+        return Placement(self.num_experts, self.ep_size, self.gpus_per_node, share)

@@ -57,7 +57,8 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
     worst: MemoryBreakdown | None = None
     for stage in range(plan.num_stages):
         dense_params = plan.stage_dense_params(stage) / tp
-        expert_params = plan.stage_expert_params(stage) / ep
+        copies = 1 + scenario.simulation.redundant_experts / model.num_experts  # redundant expert copies
+        expert_params = plan.stage_expert_params(stage) * copies / ep
         weights = (dense_params + expert_params) * precision.weight_bytes
         grads = optimizer = activations = buffers = kv_cache = 0.0
         if training:

@@ -119,7 +119,6 @@ class PhaseBuilder:
         forward: list[Phase] = []
         backward: list[Phase] = []
         moe_layer = first_moe_layer
-        experts_per_rank = model.num_experts // self.ranks
         top_k = self.scenario.routing.top_k or model.top_k
         recompute = self.scenario.workload.activation_recompute == "full"
         if stage == 0:
@@ -149,7 +148,7 @@ class PhaseBuilder:
                 )
                 permute_bytes = 2 * self.tokens * top_k * model.hidden_size * self.element
                 permute = cost.memory_seconds(permute_bytes)
-                rows = routing_here.rank_expert_rows(experts_per_rank)
+                rows = routing_here.rank_rows
                 gemm = np.array([
                     float(self.ffn_seconds(rank_rows, model.moe_intermediate_size, model.expert_ffn_activation).sum())
                     for rank_rows in rows

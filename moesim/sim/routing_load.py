@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from moesim.cluster.placement import Placement
+from moesim.routing.assignment import Assignment
 from moesim.routing.bias_balanced import BiasBalancedRouter
 from moesim.routing.from_scenario import router_for_scenario
 from moesim.routing.metrics import rank_traffic_tokens
@@ -35,10 +36,7 @@ class LayerRouting:
     dropped_pairs: float
     requested_pairs: float
     load_imbalance: float
-
-    def rank_expert_rows(self, experts_per_rank: int) -> np.ndarray:
-        """[ep, experts_per_rank] tokens per local expert on each rank."""
-        return self.expert_tokens.reshape(-1, experts_per_rank)
+    rank_rows: list[np.ndarray]  # per rank: tokens of each expert copy it holds (one grouped GEMM)
 
 
 def ep_group_ranks(scenario: Scenario) -> np.ndarray:
@@ -87,13 +85,31 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
         notes.append(f"routing: {sample:,} of {group_tokens:,} tokens routed per layer, loads and bytes scaled x{scale:.1f}")
     if len(moe_layer_ids) > len(distinct):
         notes.append(f"routing: {len(distinct)} distinct layers routed, reused in turn for all {len(moe_layer_ids)} MoE layers")
+    if sim.redundant_experts:
+        notes.append(
+            f"placement: {sim.redundant_experts} redundant copies of the hottest experts per layer, placed with "
+            "that layer's own loads (an ideal load balancer)"
+        )
     routed = []
+    num_nodes = int(node_index.max()) + 1
     for layer_scores in scores:
         assignment = router.route(layer_scores.logits, layer_scores.token_ids)
         source = layer_scores.source_rank.clamp(max=ep - 1)
-        rank_tokens = rank_traffic_tokens(assignment, placement.expert_rank, source, ep).double().numpy()
-        node_tokens = rank_traffic_tokens(assignment, expert_node, source, ep, int(node_index.max()) + 1).double().numpy()
         load = assignment.expert_load.double().numpy() * scale
+        if sim.redundant_experts:
+            layer_placement = placement.with_hot_replicas(load, sim.redundant_experts)
+            share = layer_placement.shares()
+            # per (source rank, expert) copies, split over the expert's replicas (no per-rank dedup)
+            pairs = _source_expert_tokens(assignment, source, ep)
+            rank_tokens = pairs @ share
+            node_share = np.zeros((model.num_experts, num_nodes))
+            np.add.at(node_share.T, node_index, share.T)
+            node_tokens = np.minimum(pairs @ node_share, rank_tokens.sum(axis=1, keepdims=True))
+            rank_rows = [load[share[:, rank] > 0] * share[share[:, rank] > 0, rank] for rank in range(ep)]
+        else:
+            rank_tokens = rank_traffic_tokens(assignment, placement.expert_rank, source, ep).double().numpy()
+            node_tokens = rank_traffic_tokens(assignment, expert_node, source, ep, num_nodes).double().numpy()
+            rank_rows = list(load.reshape(ep, placement.experts_per_rank))
         routed.append(
             LayerRouting(
                 expert_tokens=load,
@@ -101,9 +117,19 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
                 dropped_pairs=assignment.num_dropped * scale,
                 requested_pairs=assignment.num_requested * scale,
                 load_imbalance=float(load.max() / load.mean()) if load.mean() > 0 else 1.0,
+                rank_rows=rank_rows,
             )
         )
     return routed, notes
+
+
+def _source_expert_tokens(assignment: Assignment, source: torch.Tensor, ranks: int) -> np.ndarray:
+    """[ranks, experts] token copies each source rank sends to each expert."""
+    served = assignment.served
+    rows = torch.arange(assignment.num_tokens).unsqueeze(1).expand_as(assignment.expert_ids)
+    flat = source[rows[served]].long() * assignment.num_experts + assignment.expert_ids[served]
+    counts = torch.bincount(flat, minlength=ranks * assignment.num_experts)
+    return counts.view(ranks, assignment.num_experts).double().numpy()
 
 
 def _scores(scenario: Scenario, layer_ids: list[int], group_tokens: int) -> list[RouterScores]:
