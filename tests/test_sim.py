@@ -271,3 +271,16 @@ def test_cost_profile_replaces_the_curve(tmp_path: Path) -> None:
         CostModel.from_profile(bad)
     result = simulate(scenario_from_dict(small_training(simulation={"cost_profile": str(profile)})))
     assert any("measured profile" in note for note in result.notes)
+
+
+def test_simulation_replays_a_recorded_trace(tmp_path: Path) -> None:
+    from moesim.workload import SyntheticScores, save_trace
+
+    trace = save_trace(tmp_path / "scores.npz", list(SyntheticScores(num_tokens=2048, num_experts=64, num_layers=2, expert_popularity_skew=1.0).step(0)))
+    document = small_training(workload={"scores": "trace", "trace_path": str(trace)})
+    replayed = simulate(scenario_from_dict(document))
+    assert replayed.load_imbalance > 1.5  # the trace's skew, not the scenario's synthetic knobs
+    wrong = small_training(model={"preset": "olmoe-1b-7b", "num_layers": 2, "num_experts": 32},
+                           workload={"scores": "trace", "trace_path": str(trace)})
+    with pytest.raises(MoesimError, match="the trace has 64 experts"):
+        simulate(scenario_from_dict(wrong))

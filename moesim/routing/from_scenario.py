@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
+
 from moesim.cluster.placement import Placement
 from moesim.routing.metrics import RoutingMetrics, summarize_routing
 from moesim.routing.registry import make_router, rule_options
@@ -52,15 +54,17 @@ def router_for_scenario(scenario: Scenario, strategy: Optional[str] = None) -> R
 def tokens_per_layer(scenario: Scenario) -> int:
     """Tokens one expert-parallel group routes per MoE layer per micro-batch: one micro-batch per EP rank."""
     workload = scenario.workload
-    per_rank = workload.micro_batch_size * (workload.seq_len if workload.mode == "training" else workload.seq_len)
-    return per_rank * scenario.parallelism.ep_size
+    return workload.micro_batch_size * workload.seq_len * scenario.parallelism.ep_size
 
 
-def scores_for_scenario(
-    scenario: Scenario, step: int = 0, layers: int = 1, num_tokens: Optional[int] = None
-) -> list[RouterScores]:
-    """Router scores for the first `layers` MoE layers: synthetic, or read from the trace file."""
+def scores_for_layers(scenario: Scenario, layer_ids: list[int], num_tokens: int, step: int = 0) -> list[RouterScores]:
+    """Router scores of the given MoE layers: synthetic (`num_tokens` each), or from the trace file (cycled).
+
+    Tokens start on the expert-parallel ranks in equal contiguous blocks; a trace's own
+    source ranks are kept when they fit the group.
+    """
     workload, model = scenario.workload, scenario.model
+    ranks = scenario.parallelism.ep_size
     if workload.scores == "trace":
         assert workload.trace_path is not None
         recorded = load_trace(workload.trace_path)
@@ -68,21 +72,33 @@ def scores_for_scenario(
             raise TraceError(
                 f"{workload.trace_path}: the trace has {recorded[0].num_experts} experts, the model {model.num_experts}"
             )
-        return recorded[:layers]
+        chosen = [recorded[index % len(recorded)] for index in layer_ids]
+        return [
+            scores if int(scores.source_rank.max()) < ranks and int(scores.source_rank.max()) > 0
+            else RouterScores(scores.logits, scores.token_ids, (torch.arange(scores.num_tokens) * ranks) // scores.num_tokens, scores.layer)
+            for scores in chosen
+        ]
     generator = SyntheticScores(
-        num_tokens=num_tokens or tokens_per_layer(scenario),
+        num_tokens=num_tokens,
         num_experts=model.num_experts,
-        num_layers=layers,
+        num_layers=max(layer_ids) + 1,
         expert_popularity_skew=workload.expert_popularity_skew,
         score_temperature=workload.score_temperature,
         layer_correlation=workload.layer_correlation,
         step_drift=workload.step_drift,
         token_id_skew=workload.token_id_skew,
         vocab_size=model.vocab_size,
-        num_ranks=scenario.parallelism.ep_size,
+        num_ranks=ranks,
         seed=scenario.seed,
     )
-    return list(generator.step(step))
+    return [generator.layer(step, layer) for layer in layer_ids]
+
+
+def scores_for_scenario(
+    scenario: Scenario, step: int = 0, layers: int = 1, num_tokens: Optional[int] = None
+) -> list[RouterScores]:
+    """Router scores for the first `layers` MoE layers: synthetic, or read from the trace file."""
+    return scores_for_layers(scenario, list(range(layers)), num_tokens or tokens_per_layer(scenario), step)
 
 
 @dataclass(frozen=True)
@@ -129,8 +145,6 @@ def compare_rules(scenario: Scenario, strategies: list[str], scores: list[Router
 def _with_first_gate(logits: Any) -> Any:
     """Scores for two-level dense-or-experts gating: a first column for the binary gate (log-mean-exp of the rest)."""
     import math
-
-    import torch
 
     gate = torch.logsumexp(logits, dim=1, keepdim=True) - math.log(logits.shape[1])
     return torch.cat([gate, logits], dim=1)

@@ -17,14 +17,12 @@ import torch
 from moesim.cluster.placement import Placement
 from moesim.routing.assignment import Assignment
 from moesim.routing.bias_balanced import BiasBalancedRouter
-from moesim.routing.from_scenario import router_for_scenario
+from moesim.routing.from_scenario import router_for_scenario, scores_for_layers
 from moesim.routing.metrics import rank_traffic_tokens
 from moesim.routing.router import Router
 from moesim.scenario import Scenario
 from moesim.sim.collectives import Traffic
-from moesim.workload.scores import RouterScores
 from moesim.workload.synthetic import SyntheticScores
-from moesim.workload.trace import TraceError, load_trace
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
         notes.append(f"bias_balanced: bias warmed up over {sim.bias_warmup_steps} synthetic steps")
 
     distinct = moe_layer_ids[: sim.max_routed_layers or (4 if sim.network_mode == "full" else 1)]
-    scores = _scores(scenario, distinct, group_tokens)
+    scores = scores_for_layers(scenario, distinct, min(group_tokens, sim.max_routed_tokens))
     sample = scores[0].num_tokens
     scale = group_tokens / sample
     if scale > 1:
@@ -130,33 +128,3 @@ def _source_expert_tokens(assignment: Assignment, source: torch.Tensor, ranks: i
     flat = source[rows[served]].long() * assignment.num_experts + assignment.expert_ids[served]
     counts = torch.bincount(flat, minlength=ranks * assignment.num_experts)
     return counts.view(ranks, assignment.num_experts).double().numpy()
-
-
-def _scores(scenario: Scenario, layer_ids: list[int], group_tokens: int) -> list[RouterScores]:
-    workload, model, sim = scenario.workload, scenario.model, scenario.simulation
-    ep = scenario.parallelism.ep_size
-    if workload.scores == "trace":
-        assert workload.trace_path is not None
-        recorded = load_trace(workload.trace_path)
-        if recorded[0].num_experts != model.num_experts:
-            raise TraceError(
-                f"{workload.trace_path}: the trace has {recorded[0].num_experts} experts, the model {model.num_experts}"
-            )
-        chosen = [recorded[i % len(recorded)] for i in layer_ids]
-        return [
-            RouterScores(s.logits, s.token_ids, (torch.arange(s.num_tokens) * ep) // s.num_tokens, s.layer) for s in chosen
-        ]
-    generator = SyntheticScores(
-        num_tokens=min(group_tokens, sim.max_routed_tokens),
-        num_experts=model.num_experts,
-        num_layers=max(layer_ids) + 1,
-        expert_popularity_skew=workload.expert_popularity_skew,
-        score_temperature=workload.score_temperature,
-        layer_correlation=workload.layer_correlation,
-        step_drift=workload.step_drift,
-        token_id_skew=workload.token_id_skew,
-        vocab_size=model.vocab_size,
-        num_ranks=ep,
-        seed=scenario.seed,
-    )
-    return [generator.layer(0, layer) for layer in layer_ids]
