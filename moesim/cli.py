@@ -419,6 +419,39 @@ def sweep(
 
 
 @app.command()
+@user_errors_exit_2
+def execute(
+    scenario: Path = typer.Argument(..., help="Scenario file; its model's MoE layer is run for real (use small models on CPU)."),
+    ranks: int = typer.Option(2, "--ranks", min=1, help="Expert-parallel processes (gloo on CPU, NCCL on GPUs)."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help="Tokens per rank (default: micro_batch_size x seq_len)."),
+    warmup: int = typer.Option(2, "--warmup", min=0),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the per-rank phase times as JSON."),
+    trace: Optional[Path] = typer.Option(None, "--save-trace", help="Save the router scores as a trace file (.npz)."),
+) -> None:
+    """Run one MoE layer for real, expert-parallel over torch.distributed, and time each phase."""
+    from moesim.executor.launch import execute as run_execute
+    from moesim.scenario import load_scenario
+
+    resolved = load_scenario(scenario, overrides)
+    if resolved.model.num_experts % ranks:
+        raise MoesimError(f"--ranks: num_experts ({resolved.model.num_experts}) is not divisible by {ranks}")
+    with console.status(f"running {resolved.model.name}'s MoE layer on {ranks} ranks ...", spinner="dots"):
+        report = run_execute(resolved, ranks, tokens, warmup, repeats, str(trace) if trace else None)
+    if out:
+        out.write_text(json.dumps(report, indent=2))
+    table = Table(title=f"{report['scenario']}: measured on {report['device']} ({report['backend']}, {ranks} ranks, "
+                        f"{report['tokens_per_rank']} tokens per rank), median of {repeats}")
+    table.add_column("phase")
+    for rank in range(ranks):
+        table.add_column(f"rank {rank} (ms)", justify="right")
+    for name, values in report["phases_s"].items():
+        table.add_row(name, *[f"{value * 1e3:.3f}" for value in values])
+    console.print(table)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion)."""
     from moesim.scenario import scenario_json_schema
