@@ -240,7 +240,7 @@ class SimulationSpec(_Section):
         0, ge=0, description="Extra copies of the hottest experts spread over the EP ranks (DeepSeek-V3 EPLB); 0 = none."
     )
     bias_warmup_steps: int = Field(
-        20, ge=0, description="bias_balanced routing: steps of bias updates on synthetic scores before the simulated step."
+        40, ge=0, description="bias_balanced routing: steps of bias updates on synthetic scores before the simulated step."
     )
     cost_profile: Optional[str] = Field(None, description="Measured compute profile (JSON) replacing the default curves.")
 

@@ -90,3 +90,15 @@ def test_route_deepseek_group_limit_bounds_nodes() -> None:
     rows = {row["strategy"]: row for row in json.loads(result.output)}
     assert rows["bias_balanced"]["mean_nodes_per_token"] <= 4.0  # at most 4 of the 8 nodes
     assert rows["top_k"]["mean_nodes_per_token"] > rows["bias_balanced"]["mean_nodes_per_token"]
+
+
+def test_route_warms_up_the_deepseek_bias() -> None:
+    """Under strong skew a fresh bias routes like top-k; warmed up, it evens the load out."""
+    runner = CliRunner()
+    scenario = REPO / "scenarios" / "deepseek-v3-pretraining.yaml"
+    args = ["route", str(scenario), "-s", "bias_balanced", "-s", "top_k", "--tokens", "8192", "--json",
+            "--set", "workload.expert_popularity_skew=0.8"]
+    rows = {row["strategy"]: row for row in json.loads(runner.invoke(app, args).output)}
+    assert rows["top_k"]["load_imbalance"] > 10 and rows["bias_balanced"]["load_imbalance"] < 2
+    cold = {row["strategy"]: row for row in json.loads(runner.invoke(app, [*args, "--set", "simulation.bias_warmup_steps=0"]).output)}
+    assert cold["bias_balanced"]["load_imbalance"] > 10

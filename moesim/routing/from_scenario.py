@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 
 from moesim.cluster.placement import Placement
+from moesim.routing.bias_balanced import BiasBalancedRouter
 from moesim.routing.metrics import RoutingMetrics, summarize_routing
 from moesim.routing.registry import make_router, rule_options
 from moesim.routing.router import Router
@@ -49,6 +50,30 @@ def router_for_scenario(scenario: Scenario, strategy: Optional[str] = None) -> R
     accepted = set(rule_options(name))
     options = {key: value for key, value in candidates.items() if key in accepted and value is not None}
     return make_router(name, model.num_experts, routing.top_k or model.top_k, routing.capacity_factor, **options)
+
+
+def warm_up_bias(router: Router, scenario: Scenario, layer: int = 0, tokens: int = 2048) -> bool:
+    """Bring a bias_balanced router's bias near its steady state for MoE layer `layer`; True if it did.
+
+    A fresh bias of zero routes exactly like plain top-k, while a trained model's bias has
+    settled. The warm-up runs `simulation.bias_warmup_steps` updates on other batches of
+    the same layer's scores (synthetic: the same expert popularity, fresh token noise;
+    trace: the recorded scores), with large steps first shrinking to the router's own
+    rate, so the steady state takes a few dozen updates instead of the thousands that
+    DeepSeek's gamma = 0.001 takes in training.
+    """
+    steps = scenario.simulation.bias_warmup_steps
+    if not isinstance(router, BiasBalancedRouter) or not steps:
+        return False
+    configured = router.bias_update_rate
+    try:
+        for step in range(steps):
+            logits = scores_for_layers(scenario, [layer], tokens, step=1 + step)[0].logits
+            router.bias_update_rate = max(configured, 0.1 * 0.9**step)
+            router.update_bias(router.route(logits).expert_load)
+    finally:
+        router.bias_update_rate = configured
+    return True
 
 
 def tokens_per_layer(scenario: Scenario) -> int:
@@ -120,8 +145,9 @@ def compare_rules(scenario: Scenario, strategies: list[str], scores: list[Router
     bytes_per_token = scenario.model.hidden_size * scenario.workload.precision.activation_bytes
     reports = []
     for strategy in strategies:
-        router = router_for_scenario(scenario, strategy)
         for layer_scores in scores:
+            router = router_for_scenario(scenario, strategy)
+            warm_up_bias(router, scenario, layer_scores.layer)
             logits = layer_scores.logits
             if getattr(router, "expected_columns_offset", 0):
                 logits = _with_first_gate(logits)

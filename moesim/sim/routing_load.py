@@ -17,12 +17,11 @@ import torch
 from moesim.cluster.placement import Placement
 from moesim.routing.assignment import Assignment
 from moesim.routing.bias_balanced import BiasBalancedRouter
-from moesim.routing.from_scenario import router_for_scenario, scores_for_layers
+from moesim.routing.from_scenario import router_for_scenario, scores_for_layers, warm_up_bias
 from moesim.routing.metrics import rank_traffic_tokens
 from moesim.routing.router import Router
 from moesim.scenario import Scenario
 from moesim.sim.collectives import Traffic
-from moesim.workload.synthetic import SyntheticScores
 
 
 @dataclass(frozen=True)
@@ -43,17 +42,6 @@ def ep_group_ranks(scenario: Scenario) -> np.ndarray:
     return np.arange(par.ep_size) * par.tp_size * par.cp_size
 
 
-def _warm_bias(router: BiasBalancedRouter, scenario: Scenario, tokens: int) -> None:
-    """Run the bias update over a few synthetic steps so the bias is near its steady state."""
-    warmup = SyntheticScores(
-        num_tokens=min(tokens, 4096), num_experts=scenario.model.num_experts,
-        expert_popularity_skew=scenario.workload.expert_popularity_skew,
-        score_temperature=scenario.workload.score_temperature, seed=scenario.seed + 1,
-    )
-    for step in range(scenario.simulation.bias_warmup_steps):
-        router.update_bias(router.route(warmup.layer(step, 0).logits).expert_load)
-
-
 def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
     """Routing of the first `max_routed_layers` of the listed MoE layers for a group of `group_tokens` tokens.
 
@@ -70,10 +58,8 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
     node_index = np.unique(nodes, return_inverse=True)[1]
     expert_node = torch.from_numpy(node_index[placement.expert_rank.numpy()])
     bytes_per_token = model.hidden_size * workload.precision.activation_bytes
-    router: Router = router_for_scenario(scenario)
-    if isinstance(router, BiasBalancedRouter) and sim.bias_warmup_steps:
-        _warm_bias(router, scenario, group_tokens)
-        notes.append(f"bias_balanced: bias warmed up over {sim.bias_warmup_steps} synthetic steps")
+    if isinstance(router_for_scenario(scenario), BiasBalancedRouter) and sim.bias_warmup_steps:
+        notes.append(f"bias_balanced: each routed layer's bias warmed up over {sim.bias_warmup_steps} updates")
 
     distinct = moe_layer_ids[: sim.max_routed_layers or (4 if sim.network_mode == "full" else 1)]
     scores = scores_for_layers(scenario, distinct, min(group_tokens, sim.max_routed_tokens))
@@ -90,7 +76,9 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
         )
     routed = []
     num_nodes = int(node_index.max()) + 1
-    for layer_scores in scores:
+    for layer_id, layer_scores in zip(distinct, scores):
+        router: Router = router_for_scenario(scenario)  # each MoE layer has its own router state (bias)
+        warm_up_bias(router, scenario, layer_id)
         assignment = router.route(layer_scores.logits, layer_scores.token_ids)
         source = layer_scores.source_rank.clamp(max=ep - 1)
         load = assignment.expert_load.double().numpy() * scale

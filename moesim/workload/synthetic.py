@@ -20,6 +20,7 @@ arguments give the same scores bit for bit, and layers can be generated independ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 import numpy as np
@@ -73,14 +74,21 @@ class SyntheticScores:
             log_popularity = log_popularity + self.step_drift * walk
         return log_popularity - log_popularity.mean()
 
+    @cached_property
+    def _token_cdf(self) -> np.ndarray:
+        weights = np.arange(1, self.vocab_size + 1, dtype=np.float64) ** (-self.token_id_skew)
+        cdf = np.cumsum(weights)
+        return cdf / cdf[-1]
+
+    @cached_property
+    def _vocab_order(self) -> np.ndarray:
+        return self._rng(4).permutation(self.vocab_size)
+
     def token_ids(self, step: int) -> torch.Tensor:
         """Token ids of the batch at `step`, Zipf-distributed over the vocabulary."""
-        ranks = np.arange(1, self.vocab_size + 1, dtype=np.float64)
-        weights = ranks ** (-self.token_id_skew)
-        rng = self._rng(3, step)
-        by_rank = rng.choice(self.vocab_size, size=self.num_tokens, p=weights / weights.sum())
-        vocab_order = self._rng(4).permutation(self.vocab_size)
-        return torch.from_numpy(vocab_order[by_rank].astype(np.int64))
+        by_rank = np.searchsorted(self._token_cdf, self._rng(3, step).random(self.num_tokens), side="right")
+        by_rank = np.minimum(by_rank, self.vocab_size - 1)
+        return torch.from_numpy(self._vocab_order[by_rank].astype(np.int64))
 
     def source_ranks(self) -> torch.Tensor:
         """Rank each token starts on: equal contiguous blocks."""
