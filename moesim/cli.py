@@ -452,6 +452,56 @@ def execute(
 
 
 @app.command()
+@user_errors_exit_2
+def calibrate(
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    ranks: int = typer.Option(2, "--ranks", min=1, help="Ranks for the all-to-all measurement (and threads per rank on CPU)."),
+    out: Path = typer.Option(Path("validation/profiles"), "--out", help="Folder for the profile JSON."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repetitions."),
+) -> None:
+    """Measure this device (GEMMs, memory, launches, all-to-all) and write a CostModel profile."""
+    from moesim.validation.calibrate import calibrate as run_calibrate
+
+    if device == "cuda" and not __import__("torch").cuda.is_available():
+        raise MoesimError("--device cuda: no CUDA device here; use --device cpu")
+    with console.status("calibrating ...", spinner="dots"):
+        path = run_calibrate(device, ranks, out_dir=out, quick=quick)
+    console.print(f"profile written to {path}; use it with --set simulation.cost_profile={path}")
+
+
+@app.command()
+@user_errors_exit_2
+def validate(
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    ranks: int = typer.Option(2, "--ranks", min=1, help="Expert-parallel ranks of the measured layer."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Calibrated profile (default: calibrate now)."),
+    out: Path = typer.Option(Path("validation"), "--out", help="Folder for REPORT.md, the plot and the raw rows."),
+    quick: bool = typer.Option(False, "--quick", help="Two configurations instead of the full grid."),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+) -> None:
+    """Measure MoE layers with the executor, predict them with the simulator, and report the error."""
+    import json as json_module
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from moesim.validation.calibrate import calibrate as run_calibrate
+    from moesim.validation.validate import summary, validate as run_validate, write_report
+
+    if device != "cpu":
+        raise MoesimError("--device: validation runs the executor on CPU processes here; cuda validation needs one GPU per rank")
+    if profile is None:
+        with console.status("calibrating first ...", spinner="dots"):
+            profile = run_calibrate(device, ranks, out_dir=out / "profiles", quick=quick)
+    with Progress(TextColumn("[bold]validate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("configs", total=None)
+        rows = run_validate(profile, ranks, quick, repeats, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    report = write_report(rows, json_module.loads(Path(profile).read_text()), ranks, out)
+    layer = summary(rows)
+    console.print(f"layer-time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%} over {layer['count']} configurations")
+    console.print(f"report written to {report}")
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion)."""
     from moesim.scenario import scenario_json_schema

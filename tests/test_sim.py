@@ -100,11 +100,13 @@ def test_one_moe_layer_matches_the_hand_calculation() -> None:
     program = PhaseBuilder(scenario, plan, cost, topology, tokens, 4096).stage_program(0, [routing], 0)
     names = [phase.name for phase in program.forward]
     assert names == ["embedding", "attention", "router", "permute", "dispatch", "experts", "combine", "unpermute", "lm_head"]
-    # dispatch: alpha + each rank's buffer x 7/8 over its NVLink port (450 GB/s one way)
+    # dispatch: the count exchange (alpha), then alpha + each rank's buffer x 7/8 over its NVLink port (450 GB/s one way)
     buffer = tokens * hidden * 2
     expected_alltoall = 2e-6 + buffer * 7 / 8 / 450e9
     dispatch = program.forward[names.index("dispatch")]
-    assert float(dispatch.seconds[0]) == pytest.approx(expected_alltoall, rel=1e-6)
+    combine = program.forward[names.index("combine")]
+    assert float(dispatch.seconds[0]) == pytest.approx(2e-6 + expected_alltoall, rel=1e-6)
+    assert float(combine.seconds[0]) == pytest.approx(expected_alltoall, rel=1e-6)
     # experts: one expert per rank with `tokens` rows, SwiGLU: [T x h] @ [h x 2f], activation, [T x f] @ [f x h]
     f = 4096
     gemm = cost.gemm_seconds(tokens, hidden, 2 * f) + cost.gemm_seconds(tokens, f, hidden)

@@ -9,6 +9,7 @@ exchange. A rank that receives no tokens simply gets empty tensors.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,11 +45,6 @@ class ExpertParallel:
         except (RuntimeError, NotImplementedError):
             return False
 
-    def _exchange_counts(self, send_counts: torch.Tensor) -> torch.Tensor:
-        recv = torch.empty_like(send_counts)
-        self._plain_exchange(recv, send_counts, [1] * self.world_size, [1] * self.world_size)
-        return recv
-
     def _plain_exchange(self, out: torch.Tensor, data: torch.Tensor, out_splits: list[int], in_splits: list[int]) -> None:
         if self.use_alltoall:
             dist.all_to_all_single(out, data, out_splits, in_splits)
@@ -75,21 +71,33 @@ class ExpertParallel:
         if self.use_alltoall:
             from torch.distributed.nn.functional import all_to_all_single
 
-            return all_to_all_single(out, data, out_splits, in_splits)
+            with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd op
+                warnings.simplefilter("ignore", FutureWarning)
+                return all_to_all_single(out, data, out_splits, in_splits)
         return _SendReceive.apply(data, self, out_splits, in_splits)
 
     def dispatch(
-        self, tokens: torch.Tensor, experts: torch.Tensor, send_counts: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Send each token to the rank of its expert; returns (tokens, expert ids, counts received per rank)."""
+        self, tokens: torch.Tensor, expert_counts: torch.Tensor, local_experts: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Send expert-sorted tokens to the ranks of their experts.
+
+        First the token count per expert goes to the expert's rank (Megatron-Core's
+        `tokens_per_expert` exchange), then the tokens. Returns (tokens received, the local
+        expert of each, tokens received from each rank, tokens sent to each rank).
+        """
+        send_counts = expert_counts.view(self.world_size, local_experts).sum(dim=1)
         if self.world_size == 1:
-            return tokens, experts, send_counts
-        recv_counts = self._exchange_counts(send_counts)
-        out_splits, in_splits = recv_counts.tolist(), send_counts.tolist()
-        received = self._differentiable_exchange(tokens, out_splits, in_splits)
-        received_experts = experts.new_empty(sum(out_splits))
-        self._plain_exchange(received_experts, experts, out_splits, in_splits)
-        return received, received_experts, recv_counts
+            local = torch.repeat_interleave(torch.arange(local_experts, device=tokens.device), expert_counts)
+            return tokens, local, send_counts, send_counts
+        received_counts = torch.empty_like(expert_counts)
+        self._plain_exchange(received_counts, expert_counts, [local_experts] * self.world_size, [local_experts] * self.world_size)
+        per_source = received_counts.view(self.world_size, local_experts)
+        recv_counts = per_source.sum(dim=1)
+        received = self._differentiable_exchange(tokens, recv_counts.tolist(), send_counts.tolist())
+        local = torch.repeat_interleave(
+            torch.arange(local_experts, device=tokens.device).repeat(self.world_size), per_source.reshape(-1)
+        )
+        return received, local, recv_counts, send_counts
 
     def combine(self, outputs: torch.Tensor, recv_counts: torch.Tensor, send_counts: torch.Tensor) -> torch.Tensor:
         """Send expert outputs back to the ranks their tokens came from."""

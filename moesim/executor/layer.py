@@ -123,13 +123,11 @@ class MoELayer(nn.Module):
             slots_weight = assignment.weights[served].to(x.dtype)
             order = torch.argsort(slots_expert, stable=True)
             token_of, expert_of, weight_of = slots_token[order], slots_expert[order], slots_weight[order]
-            destination = torch.div(expert_of, self.local_experts, rounding_mode="floor")
-            send_counts = torch.bincount(destination, minlength=self.parallel.world_size)
+            expert_counts = torch.bincount(expert_of, minlength=self.num_experts)
             permuted = x[token_of]
         with self.phase("dispatch"):
-            received, received_expert, recv_counts = self.parallel.dispatch(permuted, expert_of, send_counts)
+            received, local_expert, recv_counts, send_counts = self.parallel.dispatch(permuted, expert_counts, self.local_experts)
         with self.phase("experts"):
-            local_expert = received_expert - self.parallel.rank * self.local_experts
             expert_out = self.run_experts(received, local_expert)
         with self.phase("combine"):
             returned = self.parallel.combine(expert_out, recv_counts, send_counts)

@@ -49,6 +49,12 @@ class CostModel:
     kernel_launch_s: float = DEFAULT_LAUNCH_SECONDS
     measured_rows: Optional[tuple[float, ...]] = None
     measured_efficiency: Optional[tuple[float, ...]] = None
+    phase_fit: tuple[tuple[str, float, float], ...] = ()
+    """Measured (phase, intercept seconds, seconds per element of work) for host-side phases the roofline
+    misses (Python and launch work on a CPU): router (work = tokens x hidden x experts), permute and
+    unpermute (tokens x top_k x hidden)."""
+    expert_overhead_s: float = 0.0
+    """Fixed cost per expert that receives tokens (one matmul pair and its bookkeeping)."""
     source: str = field(default="datasheet peak x assumed efficiency curve")
 
     @classmethod
@@ -73,6 +79,10 @@ class CostModel:
                 kernel_launch_s=float(data.get("kernel_launch_s", DEFAULT_LAUNCH_SECONDS)),
                 measured_rows=tuple(float(x) for x in rows) if rows else None,
                 measured_efficiency=tuple(float(x) for x in efficiency) if efficiency else None,
+                phase_fit=tuple(
+                    sorted((str(k), float(v["intercept_s"]), float(v["seconds_per_element"])) for k, v in data.get("phase_fit", {}).items())
+                ),
+                expert_overhead_s=float(data.get("expert_overhead_s", 0.0)),
                 source=f"measured profile {path.name}",
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -86,6 +96,13 @@ class CostModel:
     def scaled(self, compute: float = 1.0, memory: float = 1.0) -> "CostModel":
         """The same device with peak compute and memory bandwidth scaled."""
         return replace(self, peak_flops=self.peak_flops * compute, memory_bytes_per_s=self.memory_bytes_per_s * memory)
+
+    def fitted(self, phase: str, work: float) -> Optional[float]:
+        """Seconds of a phase from its measured linear fit, or None when the profile has none."""
+        for name, intercept, per_element in self.phase_fit:
+            if name == phase:
+                return intercept + per_element * work
+        return None
 
     # ------------------------------------------------------------ kernels
     def efficiency(self, rows: np.ndarray | float) -> np.ndarray:
@@ -109,6 +126,15 @@ class CostModel:
         """One grouped GEMM over experts (rows per expert may be zero): the groups run one after another."""
         rows = np.asarray(rows_per_group, dtype=float)
         return float((self.gemm_seconds(rows, inner, cols) - self.kernel_launch_s).sum() + self.kernel_launch_s)
+
+    def ffn_seconds(
+        self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2
+    ) -> np.ndarray:
+        """FFN(s) on `rows` tokens: up (and gate) projection, activation, down projection."""
+        width = 2 * inner if gated else inner
+        rows = np.asarray(rows, dtype=float)
+        activation = rows * (width + inner) * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
+        return self.gemm_seconds(rows, hidden, width, element_bytes) + self.gemm_seconds(rows, inner, hidden, element_bytes) + activation
 
     def memory_seconds(self, size_bytes: float) -> float:
         """A memory-bound kernel moving `size_bytes`."""

@@ -97,14 +97,8 @@ class PhaseBuilder:
         return gemm + scores + norms
 
     def ffn_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:
-        """Time of FFN(s) with `rows` tokens: up (and gate) projection, activation, down projection."""
-        hidden = self.model.hidden_size
-        width = 2 * inner if activation in GATED_ACTIVATIONS else inner
-        rows = np.asarray(rows, dtype=float)
-        up = self.cost.gemm_seconds(rows, hidden, width)
-        down = self.cost.gemm_seconds(rows, inner, hidden)
-        act = rows * (width + inner) * self.element / (self.cost.memory_bytes_per_s * self.cost.memory_efficiency)
-        return up + down + act
+        """Time of FFN(s) with `rows` tokens (see `CostModel.ffn_seconds`)."""
+        return self.cost.ffn_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element)
 
     def tp_allreduce(self) -> float:
         if self.tp == 1:
@@ -146,25 +140,31 @@ class PhaseBuilder:
                 router = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts)) + cost.memory_seconds(
                     3 * 4 * self.tokens * model.num_experts
                 )
+                router = _or(cost.fitted("router", self.tokens * model.hidden_size * model.num_experts), router)
                 permute_bytes = 2 * self.tokens * top_k * model.hidden_size * self.element
-                permute = cost.memory_seconds(permute_bytes)
+                moved = self.tokens * top_k * model.hidden_size
+                permute = _or(cost.fitted("permute", moved), cost.memory_seconds(permute_bytes))
+                unpermute = _or(cost.fitted("unpermute", moved), cost.memory_seconds(permute_bytes))
                 rows = routing_here.rank_rows
                 gemm = np.array([
                     float(self.ffn_seconds(rank_rows, model.moe_intermediate_size, model.expert_ffn_activation).sum())
+                    + cost.expert_overhead_s * int(np.count_nonzero(rank_rows))
                     for rank_rows in rows
                 ])  # ranks, not tokens
                 shared = 0.0
                 if model.num_shared_experts:
                     shared = float(self.ffn_seconds(self.tokens, model.shared_expert_size * model.num_shared_experts, model.expert_ffn_activation))
                 dispatch, combine = self.alltoalls(routing_index, routing_here)
+                # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
+                count_exchange = dispatch.latency_seconds
                 shared_phase = Phase("shared_experts", layer.index, self.same(shared)) if shared else None
                 overlapped = shared_phase if (shared_phase and sim.overlap_shared_experts) else None
                 layer_forward += [
                     Phase("router", layer.index, self.same(router)),
                     Phase("permute", layer.index, self.same(permute)),
-                    Phase("dispatch", layer.index, np.array([dispatch.seconds]), collective=True, overlapped=overlapped,
-                          chunks=sim.moe_chunks, bytes_across_nodes=dispatch.bytes_across_nodes,
-                          detail={"latency": dispatch.latency_seconds}),
+                    Phase("dispatch", layer.index, np.array([dispatch.seconds + count_exchange]), collective=True,
+                          overlapped=overlapped, chunks=sim.moe_chunks, bytes_across_nodes=dispatch.bytes_across_nodes,
+                          detail={"latency": dispatch.latency_seconds + count_exchange}),
                 ]
                 if shared_phase and not overlapped:
                     layer_forward.append(shared_phase)
@@ -172,7 +172,7 @@ class PhaseBuilder:
                     Phase("experts", layer.index, gemm, chunks=sim.moe_chunks),
                     Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
                           bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
-                    Phase("unpermute", layer.index, self.same(permute)),
+                    Phase("unpermute", layer.index, self.same(unpermute)),
                 ]
                 shared_backward = Phase("shared_experts", layer.index, self.same(BACKWARD_GEMM_FACTOR * shared)) if shared else None
                 layer_backward += [
@@ -197,6 +197,11 @@ class PhaseBuilder:
             forward.append(Phase("lm_head", -1, self.same(head)))
             backward.insert(0, Phase("lm_head", -1, self.same(BACKWARD_GEMM_FACTOR * head)))
         return StageProgram(forward, backward)
+
+
+def _or(measured: Optional[float], modelled: float) -> float:
+    """A calibrated phase time where the profile has one, else the roofline's."""
+    return modelled if measured is None else measured
 
 
 def _backward_order(layer_backward: list[Phase]) -> list[Phase]:
