@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 from typer.testing import CliRunner
 
 from moesim import scenario_from_dict

@@ -113,7 +113,6 @@ def test_base_top2_matches_a_linear_program() -> None:
     logits = logits_for(tokens, experts, seed=5, skew=0.5)
     assignment = make_router("base", num_experts=experts, top_k=k).route(logits)
     capacity = assignment.capacity
-    pairs = tokens * experts
     per_token = np.kron(np.eye(tokens), np.ones(experts))  # sum_e x[t, e] = k
     per_expert = np.kron(np.ones(tokens), np.eye(experts))  # sum_t x[t, e] <= capacity
     result = linprog(

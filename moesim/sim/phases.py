@@ -24,7 +24,7 @@ from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all
 from moesim.sim.compute import CostModel
 from moesim.sim.plan import Layer, StagePlan
-from moesim.sim.routing_load import LayerRouting, ep_group_ranks
+from moesim.sim.routing_load import LayerRouting
 from moesim.cluster.topology import Topology
 
 BACKWARD_GEMM_FACTOR = 2.0
