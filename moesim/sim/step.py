@@ -68,12 +68,6 @@ def cost_model_for(scenario: Scenario) -> CostModel:
     return CostModel.from_profile(profile) if profile else CostModel.for_gpu(scenario.cluster.gpu)
 
 
-def _moe_layer_ids(plan: StagePlan, stage: int) -> list[int]:
-    """Model-wide MoE-layer index of each MoE layer on a stage."""
-    before = sum(plan.stage_moe_layer_count(s) for s in range(stage))
-    return list(range(before, before + plan.stage_moe_layer_count(stage)))
-
-
 @dataclass
 class _StagePasses:
     """Simulated passes of the stages: seconds, phase breakdown and slices, identical stages simulated once."""
