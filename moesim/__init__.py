@@ -29,6 +29,14 @@ def sweep(document: dict[str, Any], **options: Any) -> Any:
     return run_sweep(document, **options)
 
 
+def plan(document: dict[str, Any], target_tokens_per_s: float, **options: Any) -> Any:
+    """Cheapest cluster and parallelism meeting a throughput target; see `moesim.planning.plan.plan`."""
+    from moesim.planning.plan import plan as _plan
+
+    return _plan(document, target_tokens_per_s, **options)
+
+
 __all__ = [
-    "Scenario", "load_scenario", "scenario_from_dict", "simulate", "sweep", "MoesimError", "ScenarioError", "__version__",
+    "Scenario", "load_scenario", "scenario_from_dict", "simulate", "sweep", "plan", "MoesimError", "ScenarioError",
+    "__version__",
 ]

@@ -501,6 +501,69 @@ def validate(
     console.print(f"report written to {report}")
 
 
+@app.command("plan")
+@user_errors_exit_2
+def plan_command(
+    scenario: Path = typer.Argument(..., help="Scenario file: the model, workload and global batch to plan for."),
+    target_tokens_per_s: float = typer.Option(..., "--target-tokens-per-s", min=0, help="Throughput to reach (tokens/s)."),
+    gpu: str = typer.Option("H100-SXM", "--gpu", help="GPU types to consider, comma-separated."),
+    max_gpus: int = typer.Option(512, "--max-gpus", min=1),
+    max_drop_rate: float = typer.Option(1.0, "--max-drop-rate", min=0, max=1),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help="Routing rules to consider, comma-separated (default: the scenario's)."),
+    capacity_factors: Optional[str] = typer.Option(None, "--capacity-factors", help="e.g. null,1.0,1.25 (default: the scenario's)."),
+    prices: Optional[str] = typer.Option(None, "--price", help="Dollars per GPU-hour, e.g. H100-SXM=2.5,H200=3.5."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Search GPU type, nodes, TP/PP/EP, routing and capacity factor for the cheapest plan that meets the target."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from moesim.planning.plan import plan as run_plan
+    from moesim.scenario import apply_overrides, parse_override, read_document
+
+    document = apply_overrides(read_document(scenario), overrides)
+    price_table = {}
+    for item in (prices or "").split(","):
+        if item.strip():
+            name, _, value = item.partition("=")
+            try:
+                price_table[name.strip()] = float(value)
+            except ValueError:
+                raise MoesimError(f"--price '{item}': expected GPU=DOLLARS, e.g. H100-SXM=2.5") from None
+    factors = None
+    if capacity_factors:
+        factors = [parse_override(f"x={value}")[1] for value in capacity_factors.split(",")]
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=as_json) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        result = run_plan(document, target_tokens_per_s, [g.strip() for g in gpu.split(",")], max_gpus, max_drop_rate,
+                          strategies.split(",") if strategies else None, factors, price_table, on_progress=on_progress)
+    if as_json:
+        print_json({"options": [o.as_dict() for o in result.options], "pareto": [o.as_dict() for o in result.pareto],
+                    "harsher": [o.as_dict() for o in result.harsher], "evaluated": result.evaluated, "feasible": result.feasible})
+        return
+    console.print(f"{result.evaluated} layouts simulated in fast mode, {result.feasible} meet the target; finalists confirmed in full mode:")
+    for title, rows in (("best plans (full timeline)", result.options), ("Pareto front: cost per hour against step time (fast)", result.pareto),
+                        ("sensitivity: skew +0.5 and NICs at half speed", result.harsher)):
+        table = Table(title=title)
+        for column in ("GPUs", "GPU", "TP", "PP", "EP", "rule", "cf", "step (s)", "tokens/s", "drops", "memory (GB)", "$/h", "$/M tokens"):
+            table.add_column(column, justify="right")
+        for o in rows:
+            c = o.candidate
+            table.add_row(str(o.gpus), c.gpu, str(c.tp_size), str(c.pp_size), str(c.ep_size), c.strategy,
+                          "dropless" if c.capacity_factor is None else str(c.capacity_factor), f"{o.step_time_s:.3f}",
+                          f"{o.tokens_per_s:,.0f}", f"{o.drop_rate:.2%}", f"{o.memory_gb:.0f}", f"{o.dollars_per_hour:,.0f}",
+                          f"{o.dollars_per_million_tokens:.3f}")
+        console.print(table)
+    console.print("[dim]prices: $/GPU-hour assumptions (moesim.planning.plan.DEFAULT_PRICE_PER_GPU_HOUR) unless --price is given[/dim]")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion)."""

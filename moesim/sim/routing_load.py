@@ -37,9 +37,13 @@ class LayerRouting:
 
 
 def ep_group_ranks(scenario: Scenario) -> np.ndarray:
-    """Global ranks of the first expert-parallel group (Megatron order: tp, cp, then ep)."""
-    par = scenario.parallelism
-    return np.arange(par.ep_size) * par.tp_size * par.cp_size
+    """Global ranks of the first expert-parallel group.
+
+    Megatron-Core's MoE parallel folding (expert tensor parallelism 1) forms expert groups
+    from consecutive ranks of the tensor x context x data block, so an EP group of 8 with
+    TP 2 is ranks 0-7: one node, NVLink only.
+    """
+    return np.arange(scenario.parallelism.ep_size)
 
 
 def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
