@@ -565,6 +565,24 @@ def plan_command(
 
 
 @app.command()
+@user_errors_exit_2
+def report(
+    scenario: Path = typer.Argument(..., help="Scenario file to size."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, report.md and the plots."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    fast: bool = typer.Option(False, "--fast", help="Fast network mode for the headline run."),
+) -> None:
+    """Write a cluster sizing report (self-contained HTML with plots, and Markdown)."""
+    from moesim.planning.report import write_report
+    from moesim.scenario import load_scenario
+
+    resolved = load_scenario(scenario, overrides)
+    with console.status("simulating and plotting ...", spinner="dots"):
+        html_path, md_path = write_report(resolved, out, fast)
+    console.print(f"report written to {html_path} and {md_path}")
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion)."""
     from moesim.scenario import scenario_json_schema

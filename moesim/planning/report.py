@@ -1,0 +1,204 @@
+"""Cluster sizing reports: one self-contained HTML page (plots embedded) and a Markdown twin.
+
+`write_report(scenario, out_dir)` answers the scenario's question with the simulator and
+shows the why: step time per phase (stacked bars per pipeline pass), per-expert load
+across layers (heatmap), drop rate against capacity factor, cost against throughput
+over nearby cluster sizes (Pareto), memory per GPU against the GPU's capacity, and the
+validation error that applies to these predictions (from validation/validation_rows.json).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from moesim.errors import MoesimError
+from moesim.scenario import Scenario, scenario_from_dict
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def _figure_png(draw: Any, width: float = 7.0, height: float = 3.6) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(width, height), dpi=110)
+    draw(axes)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _phase_plot(result: Any) -> bytes:
+    phases = sorted(result.phase_seconds.items(), key=lambda item: -item[1])
+
+    def draw(axes: Any) -> None:
+        left = 0.0
+        for name, seconds in phases:
+            axes.barh(["step"], [seconds], left=left, label=name)
+            left += seconds
+        axes.set_xlabel("seconds per step (busiest stage, mean per rank)")
+        axes.legend(ncol=2, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes.set_title("Step time by phase")
+
+    return _figure_png(draw, width=9.0, height=3.6)
+
+
+def _load_heatmap(loads: np.ndarray) -> bytes:
+    def draw(axes: Any) -> None:
+        image = axes.imshow(loads / loads.mean(axis=1, keepdims=True), aspect="auto", cmap="viridis")
+        axes.set_xlabel("expert")
+        axes.set_ylabel("MoE layer")
+        axes.set_title("Expert load / mean load per layer")
+        axes.figure.colorbar(image, ax=axes, label="load / mean")
+
+    return _figure_png(draw)
+
+
+def _drop_plot(points: list[tuple[float, float, float]]) -> bytes:
+    def draw(axes: Any) -> None:
+        factors = [p[0] for p in points]
+        axes.plot(factors, [100 * p[1] for p in points], marker="o", color="tab:blue")
+        axes.set_xlabel("capacity factor")
+        axes.set_ylabel("dropped token-expert pairs (%)", color="tab:blue")
+        twin = axes.twinx()
+        twin.plot(factors, [p[2] for p in points], marker="s", color="tab:red")
+        twin.set_ylabel("step time (s)", color="tab:red")
+        axes.set_title("Drops and step time against capacity factor")
+
+    return _figure_png(draw)
+
+
+def _pareto_plot(points: list[dict[str, float]]) -> bytes:
+    def draw(axes: Any) -> None:
+        axes.scatter([p["tokens_per_s"] for p in points], [p["dollars_per_hour"] for p in points])
+        for p in points:
+            axes.annotate(f"{int(p['gpus'])} GPUs", (p["tokens_per_s"], p["dollars_per_hour"]), fontsize=7)
+        axes.set_xlabel("tokens / s")
+        axes.set_ylabel("$ / hour")
+        axes.set_title("Cost against throughput (nearby cluster sizes)")
+
+    return _figure_png(draw)
+
+
+def _memory_plot(memory: dict[str, float]) -> bytes:
+    parts = ["weights_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes", "alltoall_buffer_bytes", "kv_cache_bytes"]
+
+    def draw(axes: Any) -> None:
+        bottom = 0.0
+        for part in parts:
+            value = memory[part] / 1e9
+            axes.bar(["per GPU"], [value], bottom=bottom, label=part.replace("_bytes", ""))
+            bottom += value
+        axes.axhline(memory["capacity_bytes"] / 1e9, color="black", linestyle="--", label="HBM capacity")
+        axes.set_ylabel("GB")
+        axes.legend(fontsize=7)
+        axes.set_title("Memory per GPU (most loaded stage)")
+
+    return _figure_png(draw, width=5.0)
+
+
+def _validation_error() -> Optional[dict[str, float]]:
+    rows_path = REPO / "validation" / "validation_rows.json"
+    if not rows_path.exists():
+        return None
+    rows = [row for row in json.loads(rows_path.read_text()) if row["phase"] == "layer"]
+    errors = [row["error"] for row in rows]
+    return {"median": float(np.median(errors)), "p90": float(np.percentile(errors, 90)), "count": len(errors)}
+
+
+def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) -> tuple[Path, Path]:
+    """Simulate, plot and write report.html and report.md into `out_dir`."""
+    from moesim.sim.routing_load import route_layers
+    from moesim.sim.step import simulate
+
+    document = scenario.model_dump(mode="json")
+    mode = ["simulation.network_mode=fast"] if fast else []
+    result = simulate(scenario_from_dict(document, mode))
+    layers = min(scenario.model.num_moe_layers, 8)
+    routed, _ = route_layers(
+        scenario_from_dict(document, [f"simulation.max_routed_layers={layers}"]), list(range(layers)),
+        scenario.workload.micro_batch_size * scenario.workload.seq_len * scenario.parallelism.ep_size,
+        scenario.cluster.gpus_per_node,
+    )
+    loads = np.stack([layer.expert_tokens for layer in routed]) if routed else np.ones((1, scenario.model.num_experts))
+    drops = []
+    for factor in (0.75, 1.0, 1.25, 1.5, 2.0):
+        point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"routing.capacity_factor={factor}"]), check_memory=False)
+        drops.append((factor, point.drop_rate, point.step_time_s))
+    nearby = []
+    for scale in (0.5, 1.0, 2.0):
+        nodes = max(1, int(scenario.cluster.num_nodes * scale))
+        try:
+            point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"cluster.num_nodes={nodes}",
+                                                           "parallelism.dp_size=null"]))
+        except MoesimError:
+            continue
+        price = 3.0 * point.world_size
+        nearby.append({"gpus": point.world_size, "tokens_per_s": point.tokens_per_s, "dollars_per_hour": price})
+    plots = {
+        "Step time by phase": _phase_plot(result),
+        "Expert load across layers": _load_heatmap(loads),
+        "Drop rate against capacity factor": _drop_plot(drops),
+        "Cost against throughput": _pareto_plot(nearby) if nearby else _pareto_plot([{"gpus": result.world_size, "tokens_per_s": result.tokens_per_s, "dollars_per_hour": 3.0 * result.world_size}]),
+        "Memory per GPU": _memory_plot(result.memory),
+    }
+    validation = _validation_error()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for index, (title, png) in enumerate(plots.items()):
+        name = f"plot{index}.png"
+        (out / name).write_bytes(png)
+        figures[title] = (name, base64.b64encode(png).decode())
+    answer = (
+        f"{scenario.model.name} on {scenario.cluster.world_size} x {scenario.cluster.gpu.name}: step time "
+        f"{result.step_time_s:.3f} s, {result.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, MFU {result.mfu:.1%}, "
+        f"drop rate {result.drop_rate:.2%}, peak memory {result.memory['total_bytes'] / 1e9:.1f} of "
+        f"{result.memory['capacity_bytes'] / 1e9:.0f} GB per GPU."
+    )
+    assumptions = [
+        f"routing: {scenario.routing.strategy}, top-{scenario.routing.top_k}, capacity factor "
+        f"{scenario.routing.capacity_factor or 'dropless'}; router scores: {scenario.workload.scores} "
+        f"(skew {scenario.workload.expert_popularity_skew})",
+        f"parallelism: DP {scenario.parallelism.dp_size}, TP {scenario.parallelism.tp_size}, PP {scenario.parallelism.pp_size}, "
+        f"EP {scenario.parallelism.ep_size}, ZeRO {scenario.parallelism.zero_stage}",
+        "cost plot: $3 per GPU-hour (an assumption)",
+        *result.notes,
+    ]
+    error_line = (f"Validation error of the simulator against measured runs (layer time, {validation['count']} "
+                  f"configurations, CPU): median {validation['median']:.1%}, 90th percentile {validation['p90']:.1%} "
+                  "(validation/REPORT.md)." if validation else "No validation run found (run `moesim validate`).")
+    markdown = [f"# Sizing report: {scenario.name}", "", f"**Question.** {scenario.description or 'How fast is a step?'}", "",
+                f"**Answer.** {answer}", "", "## Assumptions", "", *[f"- {item}" for item in assumptions], "",
+                f"## How sure\n\n{error_line}", ""]
+    for title, (name, _) in figures.items():
+        markdown += [f"## {title}", "", f"![{title}]({name})", ""]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(markdown))
+    body = [f"<h1>Sizing report: {html.escape(scenario.name)}</h1>",
+            f"<p><b>Question.</b> {html.escape(scenario.description or 'How fast is a step?')}</p>",
+            f"<p><b>Answer.</b> {html.escape(answer)}</p>", "<h2>Assumptions</h2><ul>",
+            *[f"<li>{html.escape(item)}</li>" for item in assumptions], "</ul>",
+            f"<h2>How sure</h2><p>{html.escape(error_line)}</p>"]
+    for title, (_, data) in figures.items():
+        body += [f"<h2>{html.escape(title)}</h2>", f'<img class="plot" alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
+    script = ("<script>document.querySelectorAll('img.plot').forEach(function(img){function mark(){"
+              "img.setAttribute('data-rendered', img.naturalWidth + 'x' + img.naturalHeight);}"
+              "if (img.complete) mark(); else img.addEventListener('load', mark);});</script>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>moesim sizing report</title>"
+            "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}img{max-width:100%}</style></head><body>"
+            + "\n".join(body) + script + "</body></html>")
+    html_path = out / "report.html"
+    html_path.write_text(page)
+    return html_path, md_path

@@ -1,0 +1,57 @@
+"""Sizing reports: HTML with every plot embedded (checked in headless Chromium) and Markdown."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from moesim import scenario_from_dict
+from moesim.planning.report import write_report
+
+PLOTS = 5
+
+
+def small_scenario():  # type: ignore[no-untyped-def]
+    return scenario_from_dict({
+        "name": "report-test", "description": "How fast is a small MoE step on one node?",
+        "model": {"preset": "olmoe-1b-7b", "num_layers": 2},
+        "cluster": {"num_nodes": 1, "gpus_per_node": 8}, "parallelism": {"ep_size": 8},
+        "workload": {"micro_batch_size": 1, "seq_len": 1024, "expert_popularity_skew": 0.5},
+        "routing": {"capacity_factor": 1.25}, "simulation": {"max_routed_tokens": 4096},
+    })
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_report(small_scenario(), tmp_path_factory.mktemp("report"), fast=True)
+
+
+def test_report_files(report: tuple[Path, Path]) -> None:
+    html_path, md_path = report
+    page = html_path.read_text()
+    assert page.count('<img class="plot"') == PLOTS and page.count("data:image/png;base64,") == PLOTS
+    assert "How fast is a small MoE step" in page and "Answer." in page
+    markdown = md_path.read_text()
+    assert markdown.count("![") == PLOTS
+    for name in re.findall(r"\]\((plot\d\.png)\)", markdown):
+        assert (md_path.parent / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_renders_in_headless_chromium(report: tuple[Path, Path], tmp_path: Path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test installs it where apt-get works)")
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+         report[0].resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    sizes = re.findall(r'data-rendered="(\d+)x(\d+)"', dom)
+    assert len(sizes) == PLOTS, dom[:500]
+    assert all(int(width) > 100 and int(height) > 100 for width, height in sizes)
