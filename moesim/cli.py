@@ -567,18 +567,22 @@ def plan_command(
 @app.command()
 @user_errors_exit_2
 def report(
-    scenario: Path = typer.Argument(..., help="Scenario file to size."),
+    source: Path = typer.Argument(..., help="Scenario file to size, or a sweep's results store (.sqlite)."),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, report.md and the plots."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     fast: bool = typer.Option(False, "--fast", help="Fast network mode for the headline run."),
 ) -> None:
     """Write a cluster sizing report (self-contained HTML with plots, and Markdown)."""
-    from moesim.planning.report import write_report
+    from moesim.planning.report import write_report, write_results_report
     from moesim.scenario import load_scenario
 
-    resolved = load_scenario(scenario, overrides)
     with console.status("simulating and plotting ...", spinner="dots"):
-        html_path, md_path = write_report(resolved, out, fast)
+        if source.suffix.lower() in (".sqlite", ".db", ".sqlite3"):
+            if not source.exists():
+                raise MoesimError(f"{source}: no such results store")
+            html_path, md_path = write_results_report(source, out)
+        else:
+            html_path, md_path = write_report(load_scenario(source, overrides), out, fast)
     console.print(f"report written to {html_path} and {md_path}")
 
 

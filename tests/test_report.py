@@ -55,3 +55,21 @@ def test_report_renders_in_headless_chromium(report: tuple[Path, Path], tmp_path
     sizes = re.findall(r'data-rendered="(\d+)x(\d+)"', dom)
     assert len(sizes) == PLOTS, dom[:500]
     assert all(int(width) > 100 and int(height) > 100 for width, height in sizes)
+
+
+def test_report_from_a_results_store(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from moesim.cli import app
+    from moesim.planning.sweep import run_sweep
+
+    store = tmp_path / "results.sqlite"
+    document = small_scenario().model_dump(mode="json")
+    document["sweep"] = {"params": {"routing.capacity_factor": [1.0, 2.0]}, "store": str(store), "workers": 1}
+    run_sweep(document)
+    result = CliRunner().invoke(app, ["report", str(store), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count('<img class="plot"') == 4 and "fastest of 2 points" in page
+    missing = CliRunner().invoke(app, ["report", str(tmp_path / "none.sqlite")])
+    assert missing.exit_code == 2

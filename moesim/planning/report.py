@@ -153,14 +153,6 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         "Cost against throughput": _pareto_plot(nearby) if nearby else _pareto_plot([{"gpus": result.world_size, "tokens_per_s": result.tokens_per_s, "dollars_per_hour": 3.0 * result.world_size}]),
         "Memory per GPU": _memory_plot(result.memory),
     }
-    validation = _validation_error()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {}
-    for index, (title, png) in enumerate(plots.items()):
-        name = f"plot{index}.png"
-        (out / name).write_bytes(png)
-        figures[title] = (name, base64.b64encode(png).decode())
     answer = (
         f"{scenario.model.name} on {scenario.cluster.world_size} x {scenario.cluster.gpu.name}: step time "
         f"{result.step_time_s:.3f} s, {result.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, MFU {result.mfu:.1%}, "
@@ -176,18 +168,31 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         "cost plot: $3 per GPU-hour (an assumption)",
         *result.notes,
     ]
+    return write_pages(scenario.name, scenario.description or "How fast is a step?", answer, assumptions, plots, out_dir)
+
+
+def write_pages(
+    name: str, question: str, answer: str, assumptions: list[str], plots: dict[str, bytes], out_dir: str | Path
+) -> tuple[Path, Path]:
+    """report.html (plots embedded as data URIs) and report.md (plots as PNG files beside it)."""
+    validation = _validation_error()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for index, (title, png) in enumerate(plots.items()):
+        file_name = f"plot{index}.png"
+        (out / file_name).write_bytes(png)
+        figures[title] = (file_name, base64.b64encode(png).decode())
     error_line = (f"Validation error of the simulator against measured runs (layer time, {validation['count']} "
                   f"configurations, CPU): median {validation['median']:.1%}, 90th percentile {validation['p90']:.1%} "
                   "(validation/REPORT.md)." if validation else "No validation run found (run `moesim validate`).")
-    markdown = [f"# Sizing report: {scenario.name}", "", f"**Question.** {scenario.description or 'How fast is a step?'}", "",
-                f"**Answer.** {answer}", "", "## Assumptions", "", *[f"- {item}" for item in assumptions], "",
-                f"## How sure\n\n{error_line}", ""]
-    for title, (name, _) in figures.items():
-        markdown += [f"## {title}", "", f"![{title}]({name})", ""]
+    markdown = [f"# Sizing report: {name}", "", f"**Question.** {question}", "", f"**Answer.** {answer}", "",
+                "## Assumptions", "", *[f"- {item}" for item in assumptions], "", f"## How sure\n\n{error_line}", ""]
+    for title, (file_name, _) in figures.items():
+        markdown += [f"## {title}", "", f"![{title}]({file_name})", ""]
     md_path = out / "report.md"
     md_path.write_text("\n".join(markdown))
-    body = [f"<h1>Sizing report: {html.escape(scenario.name)}</h1>",
-            f"<p><b>Question.</b> {html.escape(scenario.description or 'How fast is a step?')}</p>",
+    body = [f"<h1>Sizing report: {html.escape(name)}</h1>", f"<p><b>Question.</b> {html.escape(question)}</p>",
             f"<p><b>Answer.</b> {html.escape(answer)}</p>", "<h2>Assumptions</h2><ul>",
             *[f"<li>{html.escape(item)}</li>" for item in assumptions], "</ul>",
             f"<h2>How sure</h2><p>{html.escape(error_line)}</p>"]
@@ -202,3 +207,40 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
     html_path = out / "report.html"
     html_path.write_text(page)
     return html_path, md_path
+
+
+def write_results_report(store_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """A report over a sweep's results store: every point's step time, throughput and drops; the fastest point."""
+    from moesim.planning.store import ResultsStore
+
+    with ResultsStore(store_path) as store:
+        rows = store.rows()
+    ok = [row for row in rows if row["status"] == "ok"]
+    if not ok:
+        raise MoesimError(f"{store_path}: no finished points to report on")
+    fixed = {"sweep_id", "status", "error", "sim_seconds"}
+    swept = [key for key in ok[0] if key not in fixed and "." in key and not key.startswith("phase.")]
+    labels = [", ".join(f"{key.split('.')[-1]}={row.get(key)}" for key in swept) or str(index) for index, row in enumerate(ok)]
+
+    def bars(field: str, label: str, scale: float = 1.0) -> bytes:
+        def draw(axes: Any) -> None:
+            axes.bar(range(len(ok)), [row[field] * scale for row in ok])
+            axes.set_xticks(range(len(ok)), labels, rotation=70, fontsize=6)
+            axes.set_ylabel(label)
+
+        return _figure_png(draw, width=8.0, height=4.0)
+
+    best = min(range(len(ok)), key=lambda index: ok[index]["step_time_s"])
+    plots = {
+        "Step time per point": bars("step_time_s", "step time (s)"),
+        "Throughput per point": bars("tokens_per_s_per_gpu", "tokens / s per GPU"),
+        "Drop rate per point": bars("drop_rate", "dropped pairs (%)", 100.0),
+        "Memory per GPU per point": bars("memory_gb", "GB per GPU"),
+    }
+    answer = (f"fastest of {len(ok)} points: {labels[best]} with step time {ok[best]['step_time_s']:.3f} s, "
+              f"{ok[best]['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, drop rate {ok[best]['drop_rate']:.2%}.")
+    failed = len(rows) - len(ok)
+    assumptions = [f"results store {Path(store_path).name}: {len(rows)} points ({failed} could not run)",
+                   f"swept: {', '.join(swept) or 'nothing'}"]
+    return write_pages(Path(store_path).stem, "Which point of the sweep is fastest, and at what cost in drops and memory?",
+                       answer, assumptions, plots, out_dir)
