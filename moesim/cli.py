@@ -29,7 +29,7 @@ app = typer.Typer(
 presets_app = typer.Typer(help="Published model and GPU presets.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
 
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = Console(width=None if sys.stdout.isatty() else 160)
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 SET_HELP = "Override a scenario field, e.g. --set routing.top_k=2 (repeatable)."
@@ -552,13 +552,15 @@ def plan_command(
     for title, rows in (("best plans (full timeline)", result.options), ("Pareto front: cost per hour against step time (fast)", result.pareto),
                         ("sensitivity: skew +0.5 and NICs at half speed", result.harsher)):
         table = Table(title=title)
-        for column in ("GPUs", "GPU", "TP", "PP", "EP", "rule", "cf", "step (s)", "tokens/s", "drops", "memory (GB)", "$/h", "$/M tokens"):
+        for column in ("GPUs", "GPU", "TP", "PP", "EP", "rule", "cf", "step (s)", "tokens/s", "drops", "memory (GB)",
+                       "GPU-h/M tokens", "$/h", "$/M tokens"):
             table.add_column(column, justify="right")
         for o in rows:
             c = o.candidate
             table.add_row(str(o.gpus), c.gpu, str(c.tp_size), str(c.pp_size), str(c.ep_size), c.strategy,
                           "dropless" if c.capacity_factor is None else str(c.capacity_factor), f"{o.step_time_s:.3f}",
-                          f"{o.tokens_per_s:,.0f}", f"{o.drop_rate:.2%}", f"{o.memory_gb:.0f}", f"{o.dollars_per_hour:,.0f}",
+                          f"{o.tokens_per_s:,.0f}", f"{o.drop_rate:.2%}", f"{o.memory_gb:.0f}",
+                          f"{o.gpu_hours_per_million_tokens:.3f}", f"{o.dollars_per_hour:,.0f}",
                           f"{o.dollars_per_million_tokens:.3f}")
         console.print(table)
     console.print("[dim]prices: $/GPU-hour assumptions (moesim.planning.plan.DEFAULT_PRICE_PER_GPU_HOUR) unless --price is given[/dim]")

@@ -60,4 +60,5 @@ def test_impossible_targets_and_cli(tmp_path: Any) -> None:
     cli = CliRunner().invoke(app, ["plan", str(scenario), "--target-tokens-per-s", "1e6", "--max-gpus", "16", "--json"])
     assert cli.exit_code == 0, cli.output
     data = json.loads(cli.output)
-    assert data["options"] and {"gpus", "tp_size", "ep_size", "dollars_per_million_tokens"} <= set(data["options"][0])
+    assert data["options"] and {"gpus", "tp_size", "ep_size", "dollars_per_million_tokens",
+                                "gpu_hours_per_million_tokens"} <= set(data["options"][0])

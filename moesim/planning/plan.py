@@ -6,7 +6,7 @@ factor, keeps the global batch of the scenario, and:
 1. prunes with the fast simulator (bottleneck network bound, per-rank clocks): drops
    what does not fit in memory, misses the tokens/s target or drops too many tokens;
 2. confirms the cheapest finalists with the full timeline (max-min fair network, SimPy);
-3. ranks them by cost: dollars per million tokens at the per-GPU-hour prices given
+3. ranks them by cost: GPU-hours and dollars per million tokens at the per-GPU-hour prices given
    (defaults below, on-demand cloud list prices in late 2025, to be overridden);
 4. reports the Pareto front of cost per hour against step time, and a sensitivity
    re-run of the finalists with harsher routing skew and a slower network.
@@ -58,8 +58,16 @@ class Option:
     dollars_per_million_tokens: float
     confirmed: bool
 
+    @property
+    def gpu_hours_per_million_tokens(self) -> float:
+        return self.gpus / (self.tokens_per_s * 3600) * 1e6
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self.candidate), **{k: v for k, v in asdict(self).items() if k != "candidate"}}
+        return {
+            **asdict(self.candidate),
+            **{k: v for k, v in asdict(self).items() if k != "candidate"},
+            "gpu_hours_per_million_tokens": self.gpu_hours_per_million_tokens,
+        }
 
 
 def _divisors(value: int, limit: int) -> list[int]:
