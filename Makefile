@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 
 # The report test renders HTML in headless Chromium: install Debian's chromium where we can.
 $(VENV)/.browser: $(BIN)/activate
-	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium could not be installed: the browser test will be skipped"
 	touch $@
