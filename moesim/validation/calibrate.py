@@ -152,6 +152,39 @@ def measure_phase_fits(model: "Any", repeats: int) -> tuple[dict[str, list[float
     return fits, max(0.0, statistics.median(per_expert))
 
 
+EXCHANGE_CONFIGS = ((512, 96, 4, 1), (2048, 160, 6, 2), (3072, 320, 4, 1), (1536, 224, 12, 3))
+"""(tokens per rank, hidden, experts, top-k) of the expert-parallel layers that calibrate the exchanges."""
+
+
+def measure_layer_exchanges(ranks: int, repeats: int) -> tuple[float, float, list[dict[str, float]]]:
+    """Latency and bandwidth of the token exchange as the executor's layer performs it.
+
+    Runs the expert-parallel layer at calibration sizes and fits, over all points at once,
+    dispatch = 2 x latency + bytes / bandwidth (the count exchange, then the tokens) and
+    combine = latency + bytes / bandwidth, bytes being what a rank sends to the others.
+    """
+    from moesim.executor.launch import execute
+    from moesim.scenario import scenario_from_dict
+
+    design, seconds, points = [], [], []
+    for tokens, hidden, experts, top_k in EXCHANGE_CONFIGS:
+        scenario = scenario_from_dict({
+            "model": {"preset": "tiny-moe", "hidden_size": hidden, "num_attention_heads": 4, "num_key_value_heads": 4,
+                      "moe_intermediate_size": 2 * hidden, "num_experts": experts, "top_k": top_k},
+            "cluster": {"num_nodes": 1, "gpus_per_node": ranks}, "parallelism": {"ep_size": ranks},
+            "workload": {"mode": "inference", "micro_batch_size": 1, "seq_len": tokens},
+        })
+        report = execute(scenario, ranks, tokens, warmup=2, repeats=repeats)
+        sent = tokens * top_k * hidden * 4 * (ranks - 1) / ranks
+        dispatch = float(np.median(report["phases_s"]["dispatch"]))
+        combine = float(np.median(report["phases_s"]["combine"]))
+        design += [[2.0, sent], [1.0, sent]]
+        seconds += [dispatch, combine]
+        points.append({"bytes_sent": sent, "dispatch_s": dispatch, "combine_s": combine})
+    (latency, per_byte), *_ = np.linalg.lstsq(np.array(design), np.array(seconds), rcond=None)
+    return max(float(latency), 0.0), 1.0 / max(float(per_byte), 1e-30), points
+
+
 def _compute_worker(rank: int, world: int, device: str, hidden: int, ffn: int, rows: list[int], repeats: int, quick: bool) -> dict[str, Any]:
     """Compute micro-benchmarks on one rank while the others run theirs: contention included, as in the executor."""
     from moesim.sim.compute import CostModel
@@ -196,7 +229,10 @@ def calibrate(
     expert_overhead = float(np.mean([result["expert_overhead"] for result in per_rank]))
     sizes = [2**12, 2**16, 2**20] + ([] if quick else [2**22, 2**24])
     alltoall = measure_alltoall(ranks, sizes, repeats) if ranks > 1 else []
-    latency, bandwidth = fit_latency_bandwidth(alltoall, ranks) if alltoall else (0.0, float("inf"))
+    isolated = fit_latency_bandwidth(alltoall, ranks) if alltoall else (0.0, float("inf"))
+    # the simulator uses the exchange as the layer performs it (count exchange, uneven splits, ranks
+    # that arrive at different times); the bare all_to_all_single fit is kept for reference
+    latency, bandwidth, layer_points = measure_layer_exchanges(ranks, repeats) if ranks > 1 else (*isolated, [])
     name = device_name(torch.device(device), per_rank[0]["threads"])
     profile = {
         "device": name,
@@ -213,6 +249,7 @@ def calibrate(
             "ranks": ranks, "backend": "nccl" if device == "cuda" else "gloo",
             "bytes_per_rank": [size for size, _ in alltoall], "seconds": [value for _, value in alltoall],
             "latency_s": latency, "bytes_per_s": bandwidth,
+            "isolated_latency_s": isolated[0], "isolated_bytes_per_s": isolated[1], "layer_points": layer_points,
         },
     }
     folder = Path(out_dir)
