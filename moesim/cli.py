@@ -588,6 +588,39 @@ def report(
     console.print(f"report written to {html_path} and {md_path}")
 
 
+@app.command("train-small")
+@user_errors_exit_2
+def train_small(
+    balancing: str = typer.Option("none,switch,zloss,bias", "--balancing", help="Set-ups to train, comma-separated."),
+    steps: int = typer.Option(300, "--steps", min=1),
+    out: Path = typer.Option(Path("validation/train-small"), "--out", help="Folder for logs, traces and the plot."),
+) -> None:
+    """Train a small MoE language model on the standard library's source; plot expert balance per set-up."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from moesim.executor.train_small import BALANCING, SmallConfig, imbalance_curve, plot_balance, train
+
+    modes = [mode.strip() for mode in balancing.split(",") if mode.strip()]
+    for mode in modes:
+        if mode not in BALANCING:
+            raise MoesimError(f"--balancing: unknown set-up '{mode}'; choose from {', '.join(BALANCING)}")
+    logs = []
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        for mode in modes:
+            task = progress.add_task(mode, total=steps)
+            logs.append(train(SmallConfig(steps=steps), mode, out, on_step=lambda done, task=task: progress.update(task, completed=done)))
+    plot = plot_balance(logs, out / "load_balance.png")
+    table = Table(title="expert load max / mean (mean over layers)")
+    for column in ("set-up", "first 10 steps", "last 50 steps", "final loss (nats/byte)", "trace"):
+        table.add_column(column)
+    for log in logs:
+        curve = imbalance_curve(log)
+        table.add_row(log["balancing"], f"{curve[:10].mean():.2f}", f"{curve[-50:].mean():.2f}",
+                      f"{sum(log['loss'][-20:]) / min(20, len(log['loss'])):.3f}", log["trace"])
+    console.print(table)
+    console.print(f"plot written to {plot}")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editor completion)."""

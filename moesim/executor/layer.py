@@ -82,6 +82,7 @@ class MoELayer(nn.Module):
             )
         self.timings: dict[str, float] = {}
         self.last_assignment: Optional[Assignment] = None
+        self.last_logits: Optional[torch.Tensor] = None
         self.synchronize = torch.cuda.synchronize if torch.cuda.is_available() and parallel and parallel.device.type == "cuda" else None
 
     @contextmanager
@@ -116,6 +117,7 @@ class MoELayer(nn.Module):
             logits = x @ self.router_weight.t()
             assignment = self.router.route(logits, token_ids)
             self.last_assignment = assignment
+            self.last_logits = logits  # kept (with its graph) for auxiliary router losses
         with self.phase("permute"):
             served = assignment.served
             slots_token = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(assignment.expert_ids)[served]
