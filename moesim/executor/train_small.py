@@ -83,15 +83,19 @@ class SmallMoELM(nn.Module):
         )
         self.head = nn.Linear(config.hidden, 256)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, scores: Optional[list[RouterScores]] = None) -> torch.Tensor:
+        """Next-byte logits; with `scores`, also collect each MoE layer's router scores."""
         batch, length = tokens.shape
         mask = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        flat_ids = tokens.reshape(-1)
         x = self.embed(tokens)
         for index, (attention, moe) in enumerate(zip(self.attention, self.moe)):
             h = self.norms[2 * index](x)
             x = x + attention(h, h, h, attn_mask=mask, need_weights=False)[0]
             h = self.norms[2 * index + 1](x).reshape(batch * length, -1)
-            x = x + moe(h, tokens.reshape(-1)).reshape(batch, length, -1)
+            x = x + moe(h, flat_ids).reshape(batch, length, -1)
+            if scores is not None:
+                scores.append(RouterScores(moe.last_logits.detach(), flat_ids, torch.zeros_like(flat_ids), index))
         return self.head(x)
 
     def auxiliary_loss(self) -> torch.Tensor:
@@ -134,18 +138,9 @@ def train(config: SmallConfig, balancing: str, out_dir: Path,
             on_step(step + 1)
     log["seconds"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokens = window[:, :-1].reshape(-1)
-    scores = []
+    scores: list[RouterScores] = []
     with torch.no_grad():
-        x = model.embed(window[:, :-1])
-        batch, length = window[:, :-1].shape
-        mask = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
-        for index, (attention, moe) in enumerate(zip(model.attention, model.moe)):
-            h = model.norms[2 * index](x)
-            x = x + attention(h, h, h, attn_mask=mask, need_weights=False)[0]
-            h = model.norms[2 * index + 1](x).reshape(batch * length, -1)
-            scores.append(RouterScores(h @ moe.router_weight.t(), tokens, torch.zeros_like(tokens), index))
-            x = x + moe(h, tokens).reshape(batch, length, -1)
+        model(window[:, :-1], scores)
     log["trace"] = str(save_trace(out_dir / f"trace-{balancing}.npz", scores))
     (out_dir / f"log-{balancing}.json").write_text(json.dumps(log))
     return log
