@@ -20,7 +20,7 @@ measured (rows, efficiency) points in log(rows).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -92,10 +92,6 @@ class CostModel:
         ):
             raise MoesimError(f"{path}: gemm_efficiency needs 'rows' and 'efficiency' lists of equal length")
         return model
-
-    def scaled(self, compute: float = 1.0, memory: float = 1.0) -> "CostModel":
-        """The same device with peak compute and memory bandwidth scaled."""
-        return replace(self, peak_flops=self.peak_flops * compute, memory_bytes_per_s=self.memory_bytes_per_s * memory)
 
     def fitted(self, phase: str, work: float) -> Optional[float]:
         """Seconds of a phase from its measured linear fit, or None when the profile has none."""

@@ -15,8 +15,6 @@ import numpy as np
 import torch
 
 from moesim.cluster.placement import Placement
-from moesim.routing.assignment import Assignment
-from moesim.routing.bias_balanced import BiasBalancedRouter
 from moesim.routing.from_scenario import router_for_scenario, scores_for_layers, warm_up_bias
 from moesim.routing.metrics import rank_traffic_tokens
 from moesim.routing.router import Router
@@ -62,7 +60,7 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
     node_index = np.unique(nodes, return_inverse=True)[1]
     expert_node = torch.from_numpy(node_index[placement.expert_rank.numpy()])
     bytes_per_token = model.hidden_size * workload.precision.activation_bytes
-    if isinstance(router_for_scenario(scenario), BiasBalancedRouter) and sim.bias_warmup_steps:
+    if scenario.routing.strategy == "bias_balanced" and sim.bias_warmup_steps:
         notes.append(f"bias_balanced: each routed layer's bias warmed up over {sim.bias_warmup_steps} updates")
 
     distinct = moe_layer_ids[: sim.max_routed_layers or (4 if sim.network_mode == "full" else 1)]
@@ -90,7 +88,8 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
             layer_placement = placement.with_hot_replicas(load, sim.redundant_experts)
             share = layer_placement.shares()
             # per (source rank, expert) copies, split over the expert's replicas (no per-rank dedup)
-            pairs = _source_expert_tokens(assignment, source, ep)
+            every_expert = torch.arange(model.num_experts)  # each expert its own destination: no dedup
+            pairs = rank_traffic_tokens(assignment, every_expert, source, ep, model.num_experts).double().numpy()
             rank_tokens = pairs @ share
             node_share = np.zeros((model.num_experts, num_nodes))
             np.add.at(node_share.T, node_index, share.T)
@@ -111,12 +110,3 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
             )
         )
     return routed, notes
-
-
-def _source_expert_tokens(assignment: Assignment, source: torch.Tensor, ranks: int) -> np.ndarray:
-    """[ranks, experts] token copies each source rank sends to each expert."""
-    served = assignment.served
-    rows = torch.arange(assignment.num_tokens).unsqueeze(1).expand_as(assignment.expert_ids)
-    flat = source[rows[served]].long() * assignment.num_experts + assignment.expert_ids[served]
-    counts = torch.bincount(flat, minlength=ranks * assignment.num_experts)
-    return counts.view(ranks, assignment.num_experts).double().numpy()
