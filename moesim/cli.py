@@ -464,8 +464,8 @@ def calibrate(
 
     if device == "cuda" and not __import__("torch").cuda.is_available():
         raise MoesimError("--device cuda: no CUDA device here; use --device cpu")
-    with console.status("calibrating ...", spinner="dots"):
-        path = run_calibrate(device, ranks, out_dir=out, quick=quick)
+    with console.status("calibrating ...", spinner="dots") as status:
+        path = run_calibrate(device, ranks, out_dir=out, quick=quick, on_step=lambda step: status.update(f"calibrating: {step} ..."))
     console.print(f"profile written to {path}; use it with --set simulation.cost_profile={path}")
 
 
@@ -477,7 +477,8 @@ def validate(
     profile: Optional[Path] = typer.Option(None, "--profile", help="Calibrated profile (default: calibrate now)."),
     out: Path = typer.Option(Path("validation"), "--out", help="Folder for REPORT.md, the plot and the raw rows."),
     quick: bool = typer.Option(False, "--quick", help="Two configurations instead of the full grid."),
-    repeats: int = typer.Option(5, "--repeats", min=1),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="Passes over the whole grid (repetitions are spread over them)."),
+    repeats: int = typer.Option(4, "--repeats", min=1, help="Timed runs of each configuration per pass."),
 ) -> None:
     """Measure MoE layers with the executor, predict them with the simulator, and report the error."""
     import json as json_module
@@ -490,12 +491,14 @@ def validate(
     if device != "cpu":
         raise MoesimError("--device: validation runs the executor on CPU processes here; cuda validation needs one GPU per rank")
     if profile is None:
-        with console.status("calibrating first ...", spinner="dots"):
-            profile = run_calibrate(device, ranks, out_dir=out / "profiles", quick=quick)
+        with console.status("calibrating first ...", spinner="dots") as status:
+            profile = run_calibrate(device, ranks, out_dir=out / "profiles", quick=quick,
+                                    on_step=lambda step: status.update(f"calibrating: {step} ..."))
     with Progress(TextColumn("[bold]validate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("configs", total=None)
-        rows = run_validate(profile, ranks, quick, repeats, on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-    report = write_report(rows, json_module.loads(Path(profile).read_text()), ranks, out)
+        rows = run_validate(profile, ranks, quick, rounds, repeats,
+                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    report = write_report(rows, json_module.loads(Path(profile).read_text()), ranks, out, rounds, repeats)
     layer = summary(rows)
     console.print(f"layer-time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%} over {layer['count']} configurations")
     console.print(f"report written to {report}")

@@ -1,14 +1,20 @@
-"""Calibration writes a profile the simulator loads, with a fitted all-to-all model."""
+"""Calibration writes a profile the simulator loads; its timing and fitting helpers are exact on known data."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from moesim.sim.compute import CostModel
-from moesim.validation.calibrate import calibrate, fit_latency_bandwidth
+from moesim.errors import MoesimError
+from moesim.executor.launch import skewed_tokens
+from moesim.sim.compute import HOST_PHASE_FEATURES, CostModel, host_phase_features, router_fit_key
+from moesim.validation.calibrate import LAYER_CONFIGS, calibrate, fit_latency_bandwidth
+from moesim.validation.timing import interleaved_samples, nonnegative_relative_fit
+from moesim.validation.validate import Config, default_grid, rule_orderings
 
 
 def test_fit_recovers_latency_and_bandwidth() -> None:
@@ -17,26 +23,103 @@ def test_fit_recovers_latency_and_bandwidth() -> None:
     assert latency == pytest.approx(1e-4, rel=1e-6) and bandwidth == pytest.approx(2e9, rel=1e-6)
 
 
+def test_nonnegative_relative_fit_recovers_coefficients_and_drops_negative_ones() -> None:
+    rng = np.random.default_rng(0)
+    features = np.column_stack([np.ones(12), rng.uniform(1e3, 1e6, 12), rng.uniform(1e2, 1e4, 12)])
+    truth = np.array([2e-4, 3e-9, 5e-8])
+    assert nonnegative_relative_fit(features, features @ truth) == pytest.approx(list(truth), rel=1e-9)
+    # a phase that does not depend on the third feature, whose unconstrained fit would go negative
+    target = features[:, :2] @ truth[:2] - 1e-9 * features[:, 2]
+    fitted = nonnegative_relative_fit(features, target)
+    assert fitted[2] == 0.0 and all(value >= 0 for value in fitted)
+
+
+def test_interleaved_samples_visit_every_task_each_round() -> None:
+    calls: list[str] = []
+    samples = interleaved_samples({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, repeats=2)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # one untimed run each, then rounds
+    assert {key: len(values) for key, values in samples.items()} == {"a": 6, "b": 6}
+
+
+def test_skewed_tokens_shift_the_router_logits_by_the_zipf_bias() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 64, generator=generator, dtype=torch.float64)
+    x = torch.randn(100, 64, generator=generator, dtype=torch.float64)
+    shifted = skewed_tokens(x, weight, 1.0)
+    expected_bias = -torch.log(torch.arange(1, 9, dtype=torch.float64))
+    assert torch.allclose(shifted @ weight.t() - x @ weight.t(), expected_bias.expand(100, 8), atol=1e-9)
+    assert skewed_tokens(x, weight, 0.0) is x
+
+
+def test_host_phase_features_and_keys() -> None:
+    assert host_phase_features("router", 1024, 256, 8, 2) == (1.0, 1024 * 256 * 8, 1024 * 8)
+    assert host_phase_features("permute", 1024, 256, 8, 2) == (1.0, 2048, 2048 * 256)
+    assert host_phase_features("experts", 1024, 256, 8, 2, active_experts=4, rows=2048, ffn_seconds=0.01) == (0.01, 4, 2048 * 256)
+    assert router_fit_key("top_k", None) == "router:top_k"
+    assert router_fit_key("top_k", 1.25) == "router:top_k+capacity"
+    assert router_fit_key("expert_choice", None) == router_fit_key("expert_choice", 2.0) == "router:expert_choice"
+
+
+def _profile(tmp_path: Path, phase_fit: dict) -> Path:
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"device": "test", "peak_flops": 1e11, "memory_bytes_per_s": 2e10, "phase_fit": phase_fit}))
+    return path
+
+
+def test_profile_phase_fits_are_used_and_checked(tmp_path: Path) -> None:
+    model = CostModel.from_profile(_profile(tmp_path, {"router:top_k": {"coefficients": [1e-4, 1e-10, 2e-8]}}))
+    assert model.fitted("router:top_k", host_phase_features("router", 1000, 100, 10, 1)) == pytest.approx(1e-4 + 1e-4 + 2e-4)
+    assert model.fitted("permute", (1.0, 1.0, 1.0)) is None
+    with pytest.raises(MoesimError, match="phase_fit 'permute' needs 3 coefficients"):
+        CostModel.from_profile(_profile(tmp_path, {"permute": {"coefficients": [1.0]}}))
+    assert set(HOST_PHASE_FEATURES) == {"router", "permute", "unpermute", "experts"}
+
+
+def test_calibration_sizes_are_unlike_the_validation_grid() -> None:
+    grid = default_grid()
+    validation_sizes = {(c.tokens, c.hidden) for c in grid}
+    assert not validation_sizes & {(tokens, hidden) for tokens, hidden, _, _ in LAYER_CONFIGS}
+    assert {c.hidden for c in grid}.isdisjoint({hidden for _, hidden, _, _ in LAYER_CONFIGS})
+    assert any(c.skew for c in grid) and len({c.rule_label for c in grid}) == 3
+
+
+def test_rule_orderings_compare_rules_on_shared_shapes() -> None:
+    def row(rule: str, shape: str, measured: float, predicted: float) -> dict:
+        return {"phase": "layer", "rule": rule, "shape": shape, "measured_s": measured, "predicted_s": predicted}
+
+    rows = [row("a", "s1", 1.0, 1.1), row("b", "s1", 2.0, 2.2),  # b slower in both
+            row("a", "s2", 2.5, 2.0), row("b", "s2", 2.0, 2.6),  # order flipped
+            row("a", "s3", 5.0, 5.0), row("b", "s3", 5.1, 4.95),  # tied in both: not counted
+            row("a", "only-a", 100.0, 1.0)]
+    assert rule_orderings(rows) == (True, 1, 2)  # totals: a 8.5 / 8.1 before b 9.1 / 9.75 in both
+    rows_tied = [row("a", "s1", 1.0, 1.0), row("b", "s1", 1.02, 1.5)]
+    assert rule_orderings(rows_tied) == (False, 0, 0)  # measured tied, predicted 50% apart
+    assert Config(1024, 256, 4, 1, 1.25, "top_k", 1.0).label == "top_k T=1024 h=256 E=4 k=1 cf 1.25 skew 1"
+
+
 def test_quick_calibration_profile_loads(tmp_path: Path) -> None:
-    path = calibrate("cpu", ranks=2, hidden=64, ffn=128, out_dir=tmp_path, quick=True)
+    path = calibrate("cpu", ranks=2, out_dir=tmp_path, quick=True)
     profile = json.loads(path.read_text())
     assert profile["peak_flops"] > 0 and profile["memory_bytes_per_s"] > 0
     assert max(profile["gemm_efficiency"]["efficiency"]) == pytest.approx(1.0)
     assert profile["alltoall"]["bytes_per_s"] > 0 and len(profile["alltoall"]["seconds"]) == 3
+    assert {"router:top_k", "router:top_k+capacity", "router:expert_choice", "permute", "unpermute", "experts"} <= set(profile["phase_fit"])
+    assert all(value >= 0 for fit in profile["phase_fit"].values() for value in fit["coefficients"])
     model = CostModel.from_profile(path)
     assert model.efficiency(1024) > model.efficiency(1)
+    assert model.fitted("permute", host_phase_features("permute", 4096, 256, 8, 2)) > model.fitted("permute", host_phase_features("permute", 256, 64, 8, 1))
 
 
 def test_validate_writes_a_report(tmp_path: Path) -> None:
-    from moesim.validation.validate import default_grid, summary, validate, write_report
+    from moesim.validation.validate import summary, validate, write_report
 
-    profile = calibrate("cpu", ranks=2, hidden=64, ffn=128, out_dir=tmp_path, quick=True)
-    rows = validate(profile, ranks=2, quick=True, repeats=2)
-    assert len(rows) == 2 * 7 and all(row["measured_s"] > 0 and row["predicted_s"] > 0 for row in rows)
+    profile = calibrate("cpu", ranks=2, out_dir=tmp_path, quick=True)
+    rows = validate(profile, ranks=2, quick=True, rounds=2, repeats=1)
+    assert len(rows) == 2 * 8 and all(row["measured_s"] > 0 and row["predicted_s"] > 0 for row in rows)
+    assert all(row["samples"] == 2 for row in rows)
     stats = summary(rows)
     assert stats["count"] == 2 and stats["median"] >= 0
-    report = write_report(rows, json.loads(Path(profile).read_text()), 2, tmp_path / "out")
+    report = write_report(rows, json.loads(Path(profile).read_text()), 2, tmp_path / "out", rounds=2, repeats=1)
     text = report.read_text()
-    assert "Layer time error" in text and "| router |" in text
+    assert "Layer time error" in text and "| router |" in text and "| layer_wall |" in text
     assert (tmp_path / "out" / "validation_layer_time.svg").read_text().startswith("<svg")
-    assert len(default_grid()) > 20

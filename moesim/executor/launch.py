@@ -5,6 +5,11 @@ its routing section), runs warm-up and timed repetitions of a forward (and, for
 training, backward) pass on random tokens, and returns the per-phase times of every
 rank: the same phase names the simulator reports. It can also save the router scores
 it saw as a trace file for `moesim.workload`.
+
+`measure_layers(scenarios, ranks)` does the same for many layers in one process group,
+their repetitions spread over rounds that visit every layer in turn: a slow spell of a
+shared machine then touches each layer a little instead of one layer a lot, which is
+what calibration and validation need on a noisy CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -31,10 +36,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_PROGRESS_FILE: Optional[Path] = None
+
+
+def report_progress(done: int, total: int) -> None:
+    """Called by rank 0 of a spawned function: how far it is (the launcher shows it)."""
+    if _PROGRESS_FILE is not None and dist.get_rank() == 0:
+        _PROGRESS_FILE.write_text(f"{done} {total}")
+
+
 def _entry(rank: int, world: int, port: int, backend: str, function: Callable[..., Any], args: tuple, out_dir: str) -> None:
+    global _PROGRESS_FILE
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, rank=rank, world_size=world)
+    _PROGRESS_FILE = Path(out_dir, "progress")
     result = function(rank, world, *args)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()  # nobody tears down its sockets while a peer is still reading from them
@@ -43,11 +59,24 @@ def _entry(rank: int, world: int, port: int, backend: str, function: Callable[..
     os._exit(0)
 
 
-def spawn(function: Callable[..., Any], world: int, *args: Any, backend: Optional[str] = None) -> list[Any]:
-    """Run function(rank, world, *args) in `world` processes with a process group; return each rank's JSON result."""
+def spawn(function: Callable[..., Any], world: int, *args: Any, backend: Optional[str] = None,
+          on_progress: Optional[Callable[[int, int], None]] = None) -> list[Any]:
+    """Run function(rank, world, *args) in `world` processes with a process group; return each rank's JSON result.
+
+    `on_progress(done, total)` hears what rank 0 passes to `report_progress`, twice a second.
+    """
     backend = backend or ("nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo")
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_entry, args=(world, free_port(), backend, function, args, out_dir), nprocs=world, start_method="spawn")
+        context = mp.start_processes(_entry, args=(world, free_port(), backend, function, args, out_dir), nprocs=world,
+                                     start_method="spawn", join=False)
+        progress = Path(out_dir, "progress")
+        while not context.join(timeout=0.5):
+            if on_progress and progress.exists():
+                try:
+                    done, total = map(int, progress.read_text().split())
+                except ValueError:  # caught mid-write
+                    continue
+                on_progress(done, total)
         return [json.loads(Path(out_dir, f"rank{rank}.json").read_text()) for rank in range(world)]
 
 
@@ -65,66 +94,126 @@ def _layer_for(scenario: Scenario, device: torch.device):  # type: ignore[no-unt
     return layer.to(device)
 
 
-def _timed_worker(rank: int, world: int, document: dict[str, Any], tokens: int, warmup: int, repeats: int,
-                  backward: bool, trace_path: Optional[str]) -> dict[str, Any]:
+def skewed_tokens(x: torch.Tensor, router_weight: torch.Tensor, skew: float) -> torch.Tensor:
+    """Tokens whose router logits carry a Zipf popularity bias: expert e's logit shifted by -skew x log(e + 1).
+
+    The shift is the minimum-norm hidden vector v with router_weight @ v = bias, added to
+    every token, so expert popularity follows `workload.expert_popularity_skew` on the real router.
+    """
+    if skew == 0:
+        return x
+    bias = -skew * torch.log(torch.arange(1, router_weight.shape[0] + 1, dtype=x.dtype))
+    shift = torch.linalg.lstsq(router_weight.to(x.dtype), bias.unsqueeze(1)).solution.squeeze(1)
+    return x + shift
+
+
+def _save_scores(layer: Any, x: torch.Tensor, token_ids: torch.Tensor, rank: int, world: int, trace_path: str) -> None:
+    """Gather every rank's router logits and token ids; rank 0 writes them as a trace file."""
+    logits = (x.detach() @ layer.router_weight.detach().t()).cpu()
+    gathered = [torch.empty_like(logits) for _ in range(world)]
+    ids = [torch.empty_like(token_ids.cpu()) for _ in range(world)]
+    dist.all_gather(gathered, logits)
+    dist.all_gather(ids, token_ids.cpu())
+    if rank == 0:
+        from moesim.workload import RouterScores, save_trace
+
+        source = torch.arange(world).repeat_interleave(x.shape[0])
+        save_trace(trace_path, [RouterScores(torch.cat(gathered), torch.cat(ids), source, 0)])
+
+
+def _layers_worker(rank: int, world: int, documents: list[dict[str, Any]], tokens: list[int], warmup: int, rounds: int,
+                   repeats: int, backward: bool, trace_paths: list[Optional[str]]) -> list[dict[str, Any]]:
     from moesim.scenario import scenario_from_dict
 
-    scenario = scenario_from_dict(document)
     device = torch.device(f"cuda:{rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
-    layer = _layer_for(scenario, device)
-    generator = torch.Generator().manual_seed(scenario.seed * 1000 + rank)
-    x = torch.randn(tokens, scenario.model.hidden_size, generator=generator).to(device).requires_grad_(backward)
-    token_ids = torch.randint(0, scenario.model.vocab_size, (tokens,), generator=generator).to(device)
-    runs: list[dict[str, float]] = []
-    for repeat in range(warmup + repeats):
-        layer.timings = {}
-        dist.barrier()
-        began = time.perf_counter()
-        out = layer(x, token_ids)
-        if backward:
-            with layer.phase("backward"):
-                out.pow(2).mean().backward()
-        layer.timings["layer"] = time.perf_counter() - began
-        if repeat >= warmup:
-            runs.append(dict(layer.timings))
-    if trace_path:
-        logits = (x.detach() @ layer.router_weight.detach().t()).cpu()
-        gathered = [torch.empty_like(logits) for _ in range(world)]
-        ids = [torch.empty_like(token_ids.cpu()) for _ in range(world)]
-        dist.all_gather(gathered, logits)
-        dist.all_gather(ids, token_ids.cpu())
-        if rank == 0:
-            from moesim.workload import RouterScores, save_trace
+    setups = []
+    for document, count in zip(documents, tokens):
+        scenario = scenario_from_dict(document)
+        layer = _layer_for(scenario, device)
+        generator = torch.Generator().manual_seed(scenario.seed * 1000 + rank)
+        x = skewed_tokens(torch.randn(count, scenario.model.hidden_size, generator=generator),
+                          layer.router_weight.detach().cpu(), scenario.workload.expert_popularity_skew)
+        x = x.to(device).requires_grad_(backward)
+        token_ids = torch.randint(0, scenario.model.vocab_size, (count,), generator=generator).to(device)
+        setups.append((layer, x, token_ids))
+    samples: list[dict[str, list[float]]] = [{} for _ in setups]
+    with torch.set_grad_enabled(backward):
+        for round_index in range(rounds):
+            for index, (layer, x, token_ids) in enumerate(setups):
+                for repeat in range(repeats + (warmup if round_index == 0 else 0)):
+                    layer.timings = {}
+                    dist.barrier()
+                    began = time.perf_counter()
+                    out = layer(x, token_ids)
+                    if backward:
+                        with layer.phase("backward"):
+                            out.pow(2).mean().backward()
+                    layer.timings["layer"] = time.perf_counter() - began
+                    if round_index > 0 or repeat >= warmup:
+                        for name, seconds in layer.timings.items():
+                            samples[index].setdefault(name, []).append(seconds)
+                report_progress(round_index * len(setups) + index + 1, rounds * len(setups))
+    results = []
+    for (layer, x, token_ids), phase_samples, trace_path in zip(setups, samples, trace_paths):
+        if trace_path:
+            _save_scores(layer, x, token_ids, rank, world, trace_path)
+        assignment = layer.last_assignment
+        results.append({
+            "phases": {name: statistics.median(values) for name, values in phase_samples.items()},
+            "samples": len(phase_samples["layer"]),
+            "received_tokens": int(assignment.expert_load.sum()) if assignment is not None else 0,
+            "local_load": layer.last_local_load,
+            "alltoall": layer.parallel.use_alltoall,
+        })
+    return results
 
-            source = torch.arange(world).repeat_interleave(tokens)
-            save_trace(trace_path, [RouterScores(torch.cat(gathered), torch.cat(ids), source, 0)])
-    assignment = layer.last_assignment
-    return {
-        "rank": rank,
-        "phases": {name: statistics.median(run.get(name, 0.0) for run in runs) for name in runs[0]},
-        "received_tokens": int(assignment.expert_load.sum()) if assignment is not None else 0,
-        "backend": dist.get_backend(),
-        "alltoall": layer.parallel.use_alltoall,
-    }
+
+def measure_layers(
+    scenarios: Sequence[Scenario], ranks: int, tokens_per_rank: Optional[Sequence[int]] = None, warmup: int = 2,
+    rounds: int = 1, repeats: int = 5, trace_paths: Optional[Sequence[Optional[str]]] = None,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+) -> list[dict[str, Any]]:
+    """Each scenario's MoE layer on `ranks` processes: per phase, every rank's median seconds.
+
+    Every layer runs `repeats` times in each of `rounds` passes over all layers (plus
+    `warmup` untimed runs in the first); the median is over all rounds x repeats.
+    """
+    tokens = list(tokens_per_rank or [s.workload.micro_batch_size * s.workload.seq_len for s in scenarios])
+    backward = any(s.workload.mode == "training" for s in scenarios)
+    documents = [s.model_dump(mode="json") for s in scenarios]
+    paths = list(trace_paths or [None] * len(scenarios))
+    per_rank = spawn(_layers_worker, ranks, documents, tokens, warmup, rounds, repeats, backward, paths, on_progress=on_progress)
+    measured = []
+    for index, scenario in enumerate(scenarios):
+        results = [rank_results[index] for rank_results in per_rank]
+        phases = sorted({name for result in results for name in result["phases"]})
+        measured.append({
+            "scenario": scenario.name,
+            "tokens_per_rank": tokens[index],
+            "samples": results[0]["samples"],
+            "alltoall_single": results[0]["alltoall"],
+            "phases_s": {name: [result["phases"].get(name, 0.0) for result in results] for name in phases},
+            "received_tokens": [result["received_tokens"] for result in results],
+            "local_load": [result["local_load"] for result in results],
+        })
+    return measured
 
 
 def execute(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = None, warmup: int = 2, repeats: int = 5,
             trace_path: Optional[str] = None) -> dict[str, Any]:
     """Run the scenario's MoE layer on `ranks` processes; per-phase median seconds of every rank."""
-    tokens = tokens_per_rank or scenario.workload.micro_batch_size * scenario.workload.seq_len
-    backward = scenario.workload.mode == "training"
-    document = scenario.model_dump(mode="json")
-    results = spawn(_timed_worker, ranks, document, tokens, warmup, repeats, backward, trace_path)
-    phases = sorted({name for result in results for name in result["phases"]})
+    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= ranks else "gloo"
+    (measured,) = measure_layers([scenario], ranks, [tokens_per_rank] if tokens_per_rank else None, warmup, 1, repeats,
+                                 [trace_path])
     return {
         "scenario": scenario.name,
-        "device": torch.cuda.get_device_name(0) if results[0]["backend"] == "nccl" else "cpu",
-        "backend": results[0]["backend"],
-        "alltoall_single": results[0]["alltoall"],
+        "device": torch.cuda.get_device_name(0) if backend == "nccl" else "cpu",
+        "backend": backend,
+        "alltoall_single": measured["alltoall_single"],
         "ranks": ranks,
-        "tokens_per_rank": tokens,
+        "tokens_per_rank": measured["tokens_per_rank"],
         "mode": scenario.workload.mode,
         "repeats": repeats,
-        "phases_s": {name: [result["phases"].get(name, 0.0) for result in results] for name in phases},
-        "received_tokens": [result["received_tokens"] for result in results],
+        "phases_s": measured["phases_s"],
+        "received_tokens": measured["received_tokens"],
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,15 @@ def activate(hidden: torch.Tensor, activation: str, inner: int) -> torch.Tensor:
     if activation == "geglu":
         return F.gelu(hidden[..., :inner]) * hidden[..., inner:]
     return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}[activation](hidden)
+
+
+class Permutation(NamedTuple):
+    """Served slots in expert order: each slot's token and router weight, tokens per expert, gathered rows."""
+
+    token_of: torch.Tensor
+    weight_of: torch.Tensor
+    expert_counts: torch.Tensor
+    tokens: torch.Tensor
 
 
 class MoELayer(nn.Module):
@@ -83,6 +92,7 @@ class MoELayer(nn.Module):
         self.timings: dict[str, float] = {}
         self.last_assignment: Optional[Assignment] = None
         self.last_logits: Optional[torch.Tensor] = None
+        self.last_local_load: list[int] = []  # rows each local expert received in the last forward
         self.synchronize = torch.cuda.synchronize if torch.cuda.is_available() and parallel and parallel.device.type == "cuda" else None
 
     @contextmanager
@@ -100,6 +110,7 @@ class MoELayer(nn.Module):
         """Each local expert on its tokens: sort by expert, one matmul pair per expert (a loop over experts)."""
         order = torch.argsort(local_expert, stable=True)
         counts = torch.bincount(local_expert, minlength=self.local_experts).tolist()
+        self.last_local_load = counts
         outputs = []
         for expert, chunk in enumerate(torch.split(tokens[order], counts)):
             if chunk.shape[0] == 0:
@@ -111,30 +122,45 @@ class MoELayer(nn.Module):
         unsorted[order] = result
         return unsorted
 
+    def route(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None) -> Assignment:
+        """The router phase: scores, then the rule's assignment (kept with its logits for auxiliary losses)."""
+        logits = x @ self.router_weight.t()
+        assignment = self.router.route(logits, token_ids)
+        self.last_assignment = assignment
+        self.last_logits = logits  # kept (with its graph) for auxiliary router losses
+        return assignment
+
+    def permute(self, x: torch.Tensor, assignment: Assignment) -> Permutation:
+        """The permute phase: served slots sorted by expert, with their tokens' hidden vectors gathered."""
+        served = assignment.served
+        slots_token = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(assignment.expert_ids)[served]
+        slots_expert = assignment.expert_ids[served]
+        slots_weight = assignment.weights[served].to(x.dtype)
+        order = torch.argsort(slots_expert, stable=True)
+        token_of, expert_of = slots_token[order], slots_expert[order]
+        return Permutation(token_of, slots_weight[order], torch.bincount(expert_of, minlength=self.num_experts), x[token_of])
+
+    @staticmethod
+    def unpermute(x: torch.Tensor, returned: torch.Tensor, permutation: Permutation) -> torch.Tensor:
+        """The unpermute phase: each slot's expert output, weighted, summed back into its token's row."""
+        return torch.zeros_like(x).index_add(0, permutation.token_of, returned * permutation.weight_of.unsqueeze(1))
+
     def forward(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """MoE output for tokens x [tokens, hidden] (add it to the residual stream)."""
         with self.phase("router"):
-            logits = x @ self.router_weight.t()
-            assignment = self.router.route(logits, token_ids)
-            self.last_assignment = assignment
-            self.last_logits = logits  # kept (with its graph) for auxiliary router losses
+            assignment = self.route(x, token_ids)
         with self.phase("permute"):
-            served = assignment.served
-            slots_token = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(assignment.expert_ids)[served]
-            slots_expert = assignment.expert_ids[served]
-            slots_weight = assignment.weights[served].to(x.dtype)
-            order = torch.argsort(slots_expert, stable=True)
-            token_of, expert_of, weight_of = slots_token[order], slots_expert[order], slots_weight[order]
-            expert_counts = torch.bincount(expert_of, minlength=self.num_experts)
-            permuted = x[token_of]
+            permutation = self.permute(x, assignment)
         with self.phase("dispatch"):
-            received, local_expert, recv_counts, send_counts = self.parallel.dispatch(permuted, expert_counts, self.local_experts)
+            received, local_expert, recv_counts, send_counts = self.parallel.dispatch(
+                permutation.tokens, permutation.expert_counts, self.local_experts
+            )
         with self.phase("experts"):
             expert_out = self.run_experts(received, local_expert)
         with self.phase("combine"):
             returned = self.parallel.combine(expert_out, recv_counts, send_counts)
         with self.phase("unpermute"):
-            out = torch.zeros_like(x).index_add(0, token_of, returned * weight_of.unsqueeze(1))
+            out = self.unpermute(x, returned, permutation)
         if self.shared_up is not None and self.shared_down is not None:
             with self.phase("shared_experts"):
                 shared_ffn = self.shared_down.shape[0]

@@ -34,6 +34,44 @@ DEFAULT_MEMORY_EFFICIENCY = 0.8
 DEFAULT_ATTENTION_EFFICIENCY = 0.5  # FlashAttention-2/3 forward on H100: ~50-70% of peak
 DEFAULT_LAUNCH_SECONDS = 4e-6
 
+HOST_PHASE_FEATURES: dict[str, tuple[str, ...]] = {
+    "router": ("1", "tokens x hidden x experts", "tokens x experts"),
+    "permute": ("1", "tokens x top_k", "tokens x top_k x hidden"),
+    "unpermute": ("1", "tokens x top_k", "tokens x top_k x hidden"),
+    "experts": ("FFN arithmetic seconds", "active experts", "rows x hidden"),
+}
+"""What each calibrated phase is linear in: the router's GEMM and its element-wise work over the score
+matrix; the permutations' per-slot index work and copied hidden vectors; for the experts phase, the
+FFN time the GEMM curve predicts (its coefficient: how the expert loop inside the layer compares with
+the micro-benchmarks, whose caches stay warm), per-expert bookkeeping and the local sort of the rows."""
+
+
+def host_phase_features(phase: str, tokens: float, hidden: int, experts: int, top_k: int,
+                        active_experts: int = 0, rows: float = 0.0, ffn_seconds: float = 0.0) -> tuple[float, ...]:
+    """The feature vector of `HOST_PHASE_FEATURES[phase]` for one layer on one rank."""
+    slots = tokens * top_k
+    values = {
+        "router": (1.0, tokens * hidden * experts, tokens * experts),
+        "permute": (1.0, slots, slots * hidden),
+        "unpermute": (1.0, slots, slots * hidden),
+        "experts": (ffn_seconds, float(active_experts), rows * hidden),
+    }
+    return tuple(float(value) for value in values[phase])
+
+
+def router_fit_key(strategy: str, capacity_factor: Optional[float]) -> str:
+    """The `phase_fit` key of a routing rule's router phase (expert choice always has a capacity)."""
+    capped = capacity_factor is not None and strategy != "expert_choice"
+    return f"router:{strategy}{'+capacity' if capped else ''}"
+
+
+def _phase_fit_entry(key: str, value: Any) -> tuple[str, tuple[float, ...]]:
+    phase = key.split(":")[0]
+    coefficients = tuple(float(c) for c in value["coefficients"])
+    if phase not in HOST_PHASE_FEATURES or len(coefficients) != len(HOST_PHASE_FEATURES[phase]):
+        raise ValueError(f"phase_fit '{key}' needs {len(HOST_PHASE_FEATURES.get(phase, ()))} coefficients for {HOST_PHASE_FEATURES.get(phase)}")
+    return key, coefficients
+
 
 @dataclass(frozen=True)
 class CostModel:
@@ -49,12 +87,11 @@ class CostModel:
     kernel_launch_s: float = DEFAULT_LAUNCH_SECONDS
     measured_rows: Optional[tuple[float, ...]] = None
     measured_efficiency: Optional[tuple[float, ...]] = None
-    phase_fit: tuple[tuple[str, float, float], ...] = ()
-    """Measured (phase, intercept seconds, seconds per element of work) for host-side phases the roofline
-    misses (Python and launch work on a CPU): router (work = tokens x hidden x experts), permute and
-    unpermute (tokens x top_k x hidden)."""
-    expert_overhead_s: float = 0.0
-    """Fixed cost per expert that receives tokens (one matmul pair and its bookkeeping)."""
+    phase_fit: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    """Measured host-side phase models the roofline misses (Python and launch work on a CPU): (key,
+    coefficients over `HOST_PHASE_FEATURES` of the key's phase), seconds = coefficients . features.
+    Keys: `router:<rule>` (`+capacity` when a capacity factor applies), `permute`, `unpermute` and
+    `experts` (the experts phase of a rank, from its FFN arithmetic and bookkeeping)."""
     source: str = field(default="datasheet peak x assumed efficiency curve")
 
     @classmethod
@@ -79,10 +116,7 @@ class CostModel:
                 kernel_launch_s=float(data.get("kernel_launch_s", DEFAULT_LAUNCH_SECONDS)),
                 measured_rows=tuple(float(x) for x in rows) if rows else None,
                 measured_efficiency=tuple(float(x) for x in efficiency) if efficiency else None,
-                phase_fit=tuple(
-                    sorted((str(k), float(v["intercept_s"]), float(v["seconds_per_element"])) for k, v in data.get("phase_fit", {}).items())
-                ),
-                expert_overhead_s=float(data.get("expert_overhead_s", 0.0)),
+                phase_fit=tuple(sorted(_phase_fit_entry(key, value) for key, value in data.get("phase_fit", {}).items())),
                 source=f"measured profile {path.name}",
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -93,11 +127,11 @@ class CostModel:
             raise MoesimError(f"{path}: gemm_efficiency needs 'rows' and 'efficiency' lists of equal length")
         return model
 
-    def fitted(self, phase: str, work: float) -> Optional[float]:
-        """Seconds of a phase from its measured linear fit, or None when the profile has none."""
-        for name, intercept, per_element in self.phase_fit:
-            if name == phase:
-                return intercept + per_element * work
+    def fitted(self, key: str, features: Sequence[float]) -> Optional[float]:
+        """Seconds of a host-side phase from its measured linear model, or None when the profile has none."""
+        for name, coefficients in self.phase_fit:
+            if name == key:
+                return float(np.dot(coefficients, features))
         return None
 
     # ------------------------------------------------------------ kernels

@@ -22,7 +22,7 @@ from moesim.models import accounting
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all
-from moesim.sim.compute import CostModel
+from moesim.sim.compute import CostModel, host_phase_features, router_fit_key
 from moesim.sim.plan import Layer, StagePlan
 from moesim.sim.routing_load import LayerRouting
 from moesim.cluster.topology import Topology
@@ -100,6 +100,19 @@ class PhaseBuilder:
         """Time of FFN(s) with `rows` tokens (see `CostModel.ffn_seconds`)."""
         return self.cost.ffn_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element)
 
+    def host_features(self, phase: str, top_k: int) -> tuple[float, ...]:
+        """This rank's features of a calibrated host-side phase (see `host_phase_features`)."""
+        return host_phase_features(phase, self.tokens, self.model.hidden_size, self.model.num_experts, top_k)
+
+    def experts_seconds(self, rank_rows: np.ndarray, top_k: int) -> float:
+        """One rank's experts phase: its experts' FFNs, or the calibrated model of the phase built on them."""
+        model = self.model
+        arithmetic = float(self.ffn_seconds(rank_rows, model.moe_intermediate_size, model.expert_ffn_activation).sum())
+        features = host_phase_features("experts", self.tokens, model.hidden_size, model.num_experts, top_k,
+                                       active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()),
+                                       ffn_seconds=arithmetic)
+        return _or(self.cost.fitted("experts", features), arithmetic)
+
     def tp_allreduce(self) -> float:
         if self.tp == 1:
             return 0.0
@@ -140,17 +153,14 @@ class PhaseBuilder:
                 router = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts)) + cost.memory_seconds(
                     3 * 4 * self.tokens * model.num_experts
                 )
-                router = _or(cost.fitted("router", self.tokens * model.hidden_size * model.num_experts), router)
+                routing_rule = self.scenario.routing
+                router = _or(cost.fitted(router_fit_key(routing_rule.strategy, routing_rule.capacity_factor),
+                                         self.host_features("router", top_k)), router)
                 permute_bytes = 2 * self.tokens * top_k * model.hidden_size * self.element
-                moved = self.tokens * top_k * model.hidden_size
-                permute = _or(cost.fitted("permute", moved), cost.memory_seconds(permute_bytes))
-                unpermute = _or(cost.fitted("unpermute", moved), cost.memory_seconds(permute_bytes))
+                permute = _or(cost.fitted("permute", self.host_features("permute", top_k)), cost.memory_seconds(permute_bytes))
+                unpermute = _or(cost.fitted("unpermute", self.host_features("unpermute", top_k)), cost.memory_seconds(permute_bytes))
                 rows = routing_here.rank_rows
-                gemm = np.array([
-                    float(self.ffn_seconds(rank_rows, model.moe_intermediate_size, model.expert_ffn_activation).sum())
-                    + cost.expert_overhead_s * int(np.count_nonzero(rank_rows))
-                    for rank_rows in rows
-                ])  # ranks, not tokens
+                gemm = np.array([self.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
                 shared = 0.0
                 if model.num_shared_experts:
                     shared = float(self.ffn_seconds(self.tokens, model.shared_expert_size * model.num_shared_experts, model.expert_ffn_activation))

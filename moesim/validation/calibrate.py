@@ -1,13 +1,20 @@
 """Calibration: measure this device and fit the simulator's `CostModel` profile to it.
 
-Micro-benchmarks, each the median of repetitions after a warm-up:
-* expert GEMMs `[rows x hidden] @ [hidden x ffn]` over a range of rows (tokens per
-  expert): the best FLOP/s seen is the device's `peak_flops`, and each size's share of
-  it is the efficiency curve the simulator interpolates;
-* a large tensor copy for memory bandwidth (the permutation kernels are copies);
+Micro-benchmarks, every one timed as the median of repetitions spread over rounds
+(`moesim.validation.timing`), on `ranks` processes at once so that each rank is measured
+as it runs inside the executor, sharing the machine with the others:
+* GEMMs `[rows x inner] @ [inner x cols]` over rows 1..8192 for several shapes: at each
+  row count the median rate over the shapes; the best is the device's `peak_flops` and
+  each row count's share of it the efficiency curve the simulator interpolates;
+* copies of a few sizes for memory bandwidth (activations and gathers are copies);
 * a tiny kernel for the per-kernel launch overhead;
-* `all_to_all_single` over `ranks` spawned processes against bytes per rank (gloo on CPU,
-  NCCL on GPU), fitted to latency + bytes / bandwidth.
+* `all_to_all_single` against bytes (gloo on CPU, NCCL on GPU), fitted to latency +
+  bytes / bandwidth;
+* the expert-parallel executor's own layer at sizes unlike the validation grid, for every
+  calibrated routing rule: each phase as it runs inside the layer (caches disturbed by the
+  phases around it, ranks arriving at different times) fitted to a linear model over its
+  `HOST_PHASE_FEATURES` (the experts phase over the FFN time the GEMM curve predicts), and
+  the token exchange (count exchange, then uneven splits) to latency + bytes / bandwidth.
 
 The result is a JSON profile under `validation/profiles/`, named by the device, that
 `simulation.cost_profile` loads.
@@ -26,19 +33,28 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from moesim.sim.compute import HOST_PHASE_FEATURES, CostModel, host_phase_features, router_fit_key
+from moesim.validation.timing import interleaved_samples, median_seconds, nonnegative_relative_fit
 
-def median_seconds(work: Callable[[], Any], repeats: int, synchronize: Optional[Callable[[], None]] = None) -> float:
-    work()
-    times = []
-    for _ in range(repeats):
-        if synchronize:
-            synchronize()
-        started = time.perf_counter()
-        work()
-        if synchronize:
-            synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+GEMM_SHAPES = ((96, 384), (192, 768), (384, 1536), (640, 1280), (384, 192), (768, 384), (1536, 640))
+"""(inner, cols) of the calibration GEMMs: up- and down-projection shapes, none of the validation grid's."""
+
+GEMM_ROWS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+QUICK_GEMM_ROWS = (1, 4, 16, 64, 256, 1024)
+
+LAYER_CONFIGS = (
+    (384, 96, 6, 1), (768, 192, 12, 2), (1536, 160, 6, 3), (3072, 128, 16, 1), (6144, 96, 6, 2), (2048, 320, 12, 1),
+    (512, 448, 16, 2), (5120, 64, 12, 3), (2560, 224, 6, 2), (1280, 384, 10, 1), (3072, 384, 6, 2),
+)
+"""(tokens per rank, hidden, experts, top-k) of the expert-parallel layers that calibrate the phases;
+deliberately unlike the validation grid (tokens 1024/4096, hidden 256/512, experts 4/8, top-k 1/2)."""
+
+ROUTER_VARIANTS: tuple[tuple[str, Optional[float], int], ...] = (
+    ("top_k", None, 11), ("top_k", 1.5, 10), ("expert_choice", 1.5, 10), ("noisy_top_k", None, 6), ("sinkhorn", None, 6),
+    ("bias_balanced", None, 6), ("bias_balanced", 1.5, 6),
+)
+"""(rule, capacity factor, how many of LAYER_CONFIGS) whose layers the calibration runs; the permutation,
+expert and exchange models use every layer. Rules not here fall back to the roofline router."""
 
 
 def device_name(device: torch.device, threads: Optional[int] = None) -> str:
@@ -47,55 +63,60 @@ def device_name(device: torch.device, threads: Optional[int] = None) -> str:
     return f"cpu-{platform.machine()}-{threads or torch.get_num_threads()}threads-per-rank"
 
 
-def measure_gemms(
-    device: torch.device, hidden: int, ffn: int, rows: Sequence[int], repeats: int
-) -> list[tuple[int, float]]:
-    """(rows, seconds) of [rows x hidden] @ [hidden x ffn]."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    weight = torch.randn(hidden, ffn, device=device)
-    results = []
-    for count in rows:
-        tokens = torch.randn(count, hidden, device=device)
-        results.append((count, median_seconds(lambda: tokens @ weight, repeats, sync)))
-    return results
+def _synchronizer(device: torch.device) -> Optional[Callable[[], None]]:
+    return torch.cuda.synchronize if device.type == "cuda" else None
 
 
-def measure_memory(device: torch.device, megabytes: int, repeats: int) -> float:
-    """Bytes per second of a large copy (read + write)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    source = torch.empty(megabytes * 2**20 // 4, device=device)
-    target = torch.empty_like(source)
-    seconds = median_seconds(lambda: target.copy_(source), repeats, sync)
-    return 2 * source.numel() * 4 / seconds
+def measure_gemm_rates(device: torch.device, rows: Sequence[int], rounds: int, repeats: int,
+                       shapes: Sequence[tuple[int, int]] = GEMM_SHAPES) -> list[float]:
+    """FLOP/s at each row count: the median over `shapes` of each shape's median rate."""
+    tasks: dict[tuple[int, int], Callable[[], Any]] = {}
+    for shape_index, (inner, cols) in enumerate(shapes):
+        weight = torch.randn(inner, cols, device=device)
+        for count in rows:
+            tokens = torch.randn(count, inner, device=device)
+            tasks[(shape_index, count)] = lambda tokens=tokens, weight=weight: tokens @ weight
+    samples = interleaved_samples(tasks, rounds, repeats, _synchronizer(device))
+    return [
+        float(np.median([2.0 * count * inner * cols / statistics.median(samples[(index, count)])
+                         for index, (inner, cols) in enumerate(shapes)]))
+        for count in rows
+    ]
+
+
+def measure_memory(device: torch.device, megabytes: Sequence[int], rounds: int, repeats: int) -> float:
+    """Bytes per second (read + write) of copies: the median over the sizes."""
+    tasks = {}
+    for size in megabytes:
+        source = torch.empty(size * 2**20 // 4, device=device)
+        target = torch.empty_like(source)
+        tasks[size] = lambda source=source, target=target: target.copy_(source)
+    samples = interleaved_samples(tasks, rounds, repeats, _synchronizer(device))
+    return float(np.median([2 * size * 2**20 / statistics.median(samples[size]) for size in megabytes]))
 
 
 def measure_launch(device: torch.device, repeats: int) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
     tiny = torch.zeros(1, device=device)
-    return median_seconds(lambda: tiny.add_(1.0), repeats * 20, sync)
+    return median_seconds(lambda: tiny.add_(1.0), repeats * 20, _synchronizer(device))
 
 
-def _alltoall_worker(rank: int, world: int, sizes: list[int], repeats: int) -> list[float]:
+def _alltoall_worker(rank: int, world: int, sizes: list[int], rounds: int, repeats: int) -> list[float]:
     device = torch.device(f"cuda:{rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    measured = []
+    tasks = {}
     for size in sizes:
         data = torch.zeros(size // 4, device=device)
         out = torch.empty_like(data)
-
-        def exchange() -> None:
-            dist.all_to_all_single(out, data)
-
-        dist.barrier()
-        measured.append(median_seconds(exchange, repeats, sync))
-    return measured
+        tasks[size] = lambda out=out, data=data: dist.all_to_all_single(out, data)
+    dist.barrier()
+    samples = interleaved_samples(tasks, rounds, repeats, _synchronizer(device))
+    return [statistics.median(samples[size]) for size in sizes]
 
 
-def measure_alltoall(ranks: int, sizes: Sequence[int], repeats: int) -> list[tuple[int, float]]:
+def measure_alltoall(ranks: int, sizes: Sequence[int], rounds: int, repeats: int) -> list[tuple[int, float]]:
     """(bytes each rank sends in all, seconds) of all_to_all_single over spawned ranks; the slowest rank counts."""
     from moesim.executor.launch import spawn
 
-    per_rank = spawn(_alltoall_worker, ranks, [int(size) for size in sizes], repeats)
+    per_rank = spawn(_alltoall_worker, ranks, [int(size) for size in sizes], rounds, repeats)
     return [(int(size), max(times[index] for times in per_rank)) for index, size in enumerate(sizes)]
 
 
@@ -108,105 +129,80 @@ def fit_latency_bandwidth(points: Sequence[tuple[int, float]], ranks: int) -> tu
     return max(float(latency), 0.0), 1.0 / max(float(per_byte), 1e-30)
 
 
-OVERHEAD_CONFIGS = ((256, 96, 4, 2), (2048, 192, 6, 1), (768, 160, 12, 3), (3072, 320, 4, 1), (1536, 64, 16, 4), (512, 384, 6, 2))
-"""(tokens, hidden, experts, top-k) of the single-process layers that calibrate the host-side phases;
-deliberately unlike the validation grid."""
-
-PHASE_WORK = {
-    "router": lambda tokens, hidden, experts, top_k: tokens * hidden * experts,
-    "permute": lambda tokens, hidden, experts, top_k: tokens * top_k * hidden,
-    "unpermute": lambda tokens, hidden, experts, top_k: tokens * top_k * hidden,
-}
-"""The work measure each fitted phase is linear in (elements): the router GEMM, the copied hidden vectors."""
+def calibration_layers(ranks: int, quick: bool) -> list[tuple[tuple[int, int, int, int], str, Optional[float]]]:
+    """(layer config, rule, capacity factor) of every layer the calibration runs."""
+    configs = LAYER_CONFIGS[:3] if quick else LAYER_CONFIGS
+    variants = ROUTER_VARIANTS[:3] if quick else ROUTER_VARIANTS
+    return [(config, rule, factor) for rule, factor, count in variants for config in configs[:count]]
 
 
-def measure_phase_fits(model: "Any", repeats: int) -> tuple[dict[str, list[float]], float]:
-    """Least-squares fits seconds = a + b x work for the host-side phases, and the fixed cost per active expert,
-    measured on the executor's own single-process layer."""
-    from moesim.executor.layer import MoELayer
-    from moesim.routing import make_router
+def measure_layer_phases(model: CostModel, ranks: int, rounds: int, repeats: int, quick: bool
+                         ) -> tuple[dict[str, dict[str, Any]], tuple[float, float], list[dict[str, float]]]:
+    """Fit every phase as it runs inside the expert-parallel layer, at calibration sizes.
 
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in PHASE_WORK}
-    per_expert: list[float] = []
-    for tokens, hidden, experts, top_k in OVERHEAD_CONFIGS:
-        layer = MoELayer(hidden, 2 * hidden, experts, make_router("top_k", num_experts=experts, top_k=top_k), seed=0)
-        x = torch.randn(tokens, hidden)
-        runs = []
-        with torch.no_grad():
-            for _ in range(repeats + 2):
-                layer.timings = {}
-                layer(x)
-                runs.append(dict(layer.timings))
-        phase = {name: statistics.median(run[name] for run in runs[2:]) for name in runs[-1]}
-        for name, work in PHASE_WORK.items():
-            samples[name].append((float(work(tokens, hidden, experts, top_k)), phase[name]))
-        load = layer.last_assignment.expert_load.double().numpy()  # type: ignore[union-attr]
-        compute = float(model.ffn_seconds(load, hidden, 2 * hidden, True, 4).sum())
-        per_expert.append((phase["experts"] - compute) / max(1, int(np.count_nonzero(load))))
-    fits = {}
-    for name, points in samples.items():
-        work = np.array([w for w, _ in points])
-        seconds = np.array([t for _, t in points])
-        (intercept, slope), *_ = np.linalg.lstsq(np.stack([np.ones_like(work), work], axis=1), seconds, rcond=None)
-        fits[name] = [max(0.0, float(intercept)), max(0.0, float(slope))]
-    return fits, max(0.0, statistics.median(per_expert))
-
-
-EXCHANGE_CONFIGS = ((512, 96, 4, 1), (2048, 160, 6, 2), (3072, 320, 4, 1), (1536, 224, 12, 3))
-"""(tokens per rank, hidden, experts, top-k) of the expert-parallel layers that calibrate the exchanges."""
-
-
-def measure_layer_exchanges(ranks: int, repeats: int) -> tuple[float, float, list[dict[str, float]]]:
-    """Latency and bandwidth of the token exchange as the executor's layer performs it.
-
-    Runs the expert-parallel layer at calibration sizes and fits, over all points at once,
-    dispatch = 2 x latency + bytes / bandwidth (the count exchange, then the tokens) and
-    combine = latency + bytes / bandwidth, bytes being what a rank sends to the others.
+    Returns the `phase_fit` section (non-negative relative least squares of each phase
+    key over its features), the exchange's (latency, bandwidth) fitted as dispatch =
+    2 x latency + bytes / bandwidth (the count exchange, then the tokens) and combine =
+    latency + bytes / bandwidth, and the exchange points.
     """
-    from moesim.executor.launch import execute
+    from moesim.executor.launch import measure_layers
     from moesim.scenario import scenario_from_dict
 
-    design, seconds, points = [], [], []
-    for tokens, hidden, experts, top_k in EXCHANGE_CONFIGS:
-        scenario = scenario_from_dict({
+    layers = calibration_layers(ranks, quick)
+    scenarios = [
+        scenario_from_dict({
             "model": {"preset": "tiny-moe", "hidden_size": hidden, "num_attention_heads": 4, "num_key_value_heads": 4,
                       "moe_intermediate_size": 2 * hidden, "num_experts": experts, "top_k": top_k},
             "cluster": {"num_nodes": 1, "gpus_per_node": ranks}, "parallelism": {"ep_size": ranks},
             "workload": {"mode": "inference", "micro_batch_size": 1, "seq_len": tokens},
+            "routing": {"strategy": rule, "capacity_factor": factor},
         })
-        report = execute(scenario, ranks, tokens, warmup=2, repeats=repeats)
+        for (tokens, hidden, experts, top_k), rule, factor in layers
+    ]
+    measured = measure_layers(scenarios, ranks, rounds=rounds, repeats=repeats)
+    samples: dict[str, list[tuple[tuple[float, ...], float]]] = {}
+    exchange_design, exchange_seconds, points = [], [], []
+    for ((tokens, hidden, experts, top_k), rule, factor), report in zip(layers, measured):
+        phases = report["phases_s"]
+        samples.setdefault(router_fit_key(rule, factor), []).append(
+            (host_phase_features("router", tokens, hidden, experts, top_k), float(np.mean(phases["router"]))))
+        for phase in ("permute", "unpermute"):
+            samples.setdefault(phase, []).append((host_phase_features(phase, tokens, hidden, experts, top_k), float(np.mean(phases[phase]))))
+        for rank, load in enumerate(report["local_load"]):
+            rows = np.asarray(load, dtype=float)
+            arithmetic = float(model.ffn_seconds(rows, hidden, 2 * hidden, True, 4).sum())
+            features = host_phase_features("experts", tokens, hidden, experts, top_k, active_experts=int(np.count_nonzero(rows)),
+                                           rows=float(rows.sum()), ffn_seconds=arithmetic)
+            samples.setdefault("experts", []).append((features, phases["experts"][rank]))
         sent = tokens * top_k * hidden * 4 * (ranks - 1) / ranks
-        dispatch = float(np.median(report["phases_s"]["dispatch"]))
-        combine = float(np.median(report["phases_s"]["combine"]))
-        design += [[2.0, sent], [1.0, sent]]
-        seconds += [dispatch, combine]
+        dispatch, combine = float(np.mean(phases["dispatch"])), float(np.mean(phases["combine"]))
+        exchange_design += [[2.0, sent], [1.0, sent]]
+        exchange_seconds += [dispatch, combine]
         points.append({"bytes_sent": sent, "dispatch_s": dispatch, "combine_s": combine})
-    (latency, per_byte), *_ = np.linalg.lstsq(np.array(design), np.array(seconds), rcond=None)
-    return max(float(latency), 0.0), 1.0 / max(float(per_byte), 1e-30), points
+    fits = {}
+    for key, pairs in sorted(samples.items()):
+        coefficients = nonnegative_relative_fit([f for f, _ in pairs], [t for _, t in pairs])
+        fits[key] = {"features": list(HOST_PHASE_FEATURES[key.split(":")[0]]), "coefficients": coefficients}
+    latency, per_byte = nonnegative_relative_fit(exchange_design, exchange_seconds)
+    return fits, (latency, 1.0 / max(per_byte, 1e-30)), points
 
 
-def _compute_worker(rank: int, world: int, device: str, hidden: int, ffn: int, rows: list[int], repeats: int, quick: bool) -> dict[str, Any]:
+def gemm_shapes(quick: bool) -> tuple[tuple[int, int], ...]:
+    return GEMM_SHAPES[:3] if quick else GEMM_SHAPES
+
+
+def _compute_worker(rank: int, world: int, device: str, rows: list[int], rounds: int, repeats: int, quick: bool) -> dict[str, Any]:
     """Compute micro-benchmarks on one rank while the others run theirs: contention included, as in the executor."""
-    from moesim.sim.compute import CostModel
-
     target = torch.device(f"cuda:{rank}") if device == "cuda" else torch.device("cpu")
-    gemms = measure_gemms(target, hidden, ffn, rows, repeats)
-    rates = [2.0 * count * hidden * ffn / seconds for count, seconds in gemms]
-    memory = measure_memory(target, 16 if quick else 256, repeats)
+    rates = measure_gemm_rates(target, rows, rounds, repeats, gemm_shapes(quick))
+    memory = measure_memory(target, (2, 8) if quick else (2, 8, 32), rounds, repeats)
     launch = measure_launch(target, repeats)
-    peak = max(rates)
-    fitted = CostModel(
-        name="fit", peak_flops=peak, memory_bytes_per_s=memory, memory_efficiency=1.0, kernel_launch_s=launch,
-        measured_rows=tuple(float(r) for r in rows), measured_efficiency=tuple(rate / peak for rate in rates),
-    )
-    fits, expert_overhead = measure_phase_fits(fitted, repeats) if target.type == "cpu" else ({}, 0.0)
-    return {"rates": rates, "memory": memory, "launch": launch, "fits": fits, "expert_overhead": expert_overhead,
-            "threads": torch.get_num_threads()}
+    return {"rates": rates, "memory": memory, "launch": launch, "threads": torch.get_num_threads()}
 
 
 def calibrate(
-    device: str = "cpu", ranks: int = 2, hidden: int = 512, ffn: int = 1024, out_dir: str | Path = "validation/profiles",
-    quick: bool = False,
+    device: str = "cpu", ranks: int = 2, out_dir: str | Path = "validation/profiles", quick: bool = False,
+    on_step: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Measure, fit and write the profile; returns its path.
 
@@ -215,24 +211,30 @@ def calibrate(
     """
     from moesim.executor.launch import spawn
 
-    repeats = 3 if quick else 9
-    rows = [1, 4, 16, 64, 256, 1024] + ([] if quick else [4096, 8192])
-    per_rank = spawn(_compute_worker, max(1, ranks), device, hidden, ffn, rows, repeats, quick)
+    step = on_step or (lambda _: None)
+    rounds, repeats = (2, 2) if quick else (5, 3)
+    rows = list(QUICK_GEMM_ROWS if quick else GEMM_ROWS)
+    step("GEMMs, memory and launches on every rank at once")
+    per_rank = spawn(_compute_worker, max(1, ranks), device, rows, rounds, repeats, quick)
     rates = list(np.mean([result["rates"] for result in per_rank], axis=0))
     peak = max(rates)
     memory = float(np.mean([result["memory"] for result in per_rank]))
     launch = float(np.mean([result["launch"] for result in per_rank]))
-    fits = {
-        name: [float(np.mean([result["fits"][name][i] for result in per_rank])) for i in (0, 1)]
-        for name in (per_rank[0]["fits"] or {})
-    }
-    expert_overhead = float(np.mean([result["expert_overhead"] for result in per_rank]))
+    step("all-to-all against bytes")
     sizes = [2**12, 2**16, 2**20] + ([] if quick else [2**22, 2**24])
-    alltoall = measure_alltoall(ranks, sizes, repeats) if ranks > 1 else []
+    alltoall = measure_alltoall(ranks, sizes, rounds, repeats) if ranks > 1 else []
     isolated = fit_latency_bandwidth(alltoall, ranks) if alltoall else (0.0, float("inf"))
-    # the simulator uses the exchange as the layer performs it (count exchange, uneven splits, ranks
-    # that arrive at different times); the bare all_to_all_single fit is kept for reference
-    latency, bandwidth, layer_points = measure_layer_exchanges(ranks, repeats) if ranks > 1 else (*isolated, [])
+    step("router, permutation, experts and exchanges inside the expert-parallel layer")
+    model = CostModel(
+        name="fit", peak_flops=peak, memory_bytes_per_s=memory, memory_efficiency=1.0, kernel_launch_s=launch,
+        measured_rows=tuple(float(r) for r in rows), measured_efficiency=tuple(rate / peak for rate in rates),
+    )
+    fits: dict[str, Any] = {}
+    (latency, bandwidth), layer_points = isolated, []
+    if ranks > 1:
+        # the simulator uses the exchange as the layer performs it (count exchange, uneven splits, ranks
+        # that arrive at different times); the bare all_to_all_single fit is kept for reference
+        fits, (latency, bandwidth), layer_points = measure_layer_phases(model, ranks, rounds, repeats, quick)
     name = device_name(torch.device(device), per_rank[0]["threads"])
     profile = {
         "device": name,
@@ -242,9 +244,8 @@ def calibrate(
         "memory_bytes_per_s": memory,
         "memory_efficiency": 1.0,
         "kernel_launch_s": launch,
-        "gemm_efficiency": {"rows": rows, "efficiency": [rate / peak for rate in rates], "hidden": hidden, "ffn": ffn},
-        "phase_fit": {name: {"intercept_s": a, "seconds_per_element": b} for name, (a, b) in fits.items()},
-        "expert_overhead_s": expert_overhead,
+        "gemm_efficiency": {"rows": rows, "efficiency": [rate / peak for rate in rates], "shapes": [list(s) for s in gemm_shapes(quick)]},
+        "phase_fit": fits,
         "alltoall": {
             "ranks": ranks, "backend": "nccl" if device == "cuda" else "gloo",
             "bytes_per_rank": [size for size, _ in alltoall], "seconds": [value for _, value in alltoall],

@@ -1,0 +1,66 @@
+"""Timing on a shared, noisy machine: repetitions spread over rounds, medians, and robust fits.
+
+A CPU in a virtual machine has slow spells (a neighbour's burst, a scheduler tick that
+wakes a waiting thread 4 ms late). Timing one benchmark 20 times in a row puts a whole
+spell on that benchmark; `interleaved_samples` instead visits every benchmark once per
+round, so a spell touches each a little and the median sees through it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Hashable, Mapping, Optional, Sequence, TypeVar
+
+import numpy as np
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+def median_seconds(work: Callable[[], Any], repeats: int, synchronize: Optional[Callable[[], None]] = None) -> float:
+    """Median wall time of `work` over `repeats` runs after one untimed run."""
+    samples = interleaved_samples({0: work}, rounds=1, repeats=repeats, synchronize=synchronize)
+    return statistics.median(samples[0])
+
+
+def interleaved_samples(
+    tasks: Mapping[Key, Callable[[], Any]], rounds: int, repeats: int, synchronize: Optional[Callable[[], None]] = None,
+) -> dict[Key, list[float]]:
+    """Seconds of every run of every task: one untimed run each, then `rounds` passes of `repeats` runs per task."""
+    for work in tasks.values():
+        work()
+    samples: dict[Key, list[float]] = {key: [] for key in tasks}
+    for _ in range(rounds):
+        for key, work in tasks.items():
+            for _ in range(repeats):
+                if synchronize:
+                    synchronize()
+                started = time.perf_counter()
+                work()
+                if synchronize:
+                    synchronize()
+                samples[key].append(time.perf_counter() - started)
+    return samples
+
+
+def nonnegative_relative_fit(
+    features: Sequence[Sequence[float]], seconds: Sequence[float], scale: Optional[Sequence[float]] = None
+) -> list[float]:
+    """Coefficients c >= 0 minimising sum(((features . c - t) / scale)^2), scale = t unless given.
+
+    Relative, because the validation judges relative errors and host phases span 0.1-10 ms;
+    non-negative, because no amount of work makes a phase faster. Features whose least-squares
+    coefficient comes out negative are dropped one at a time and the rest refitted.
+    """
+    design = np.asarray(features, dtype=float)
+    target = np.asarray(seconds, dtype=float)
+    weights = 1.0 / np.maximum(np.asarray(target if scale is None else scale, dtype=float), 1e-12)
+    active = list(range(design.shape[1]))
+    coefficients = np.zeros(design.shape[1])
+    while active:
+        solution, *_ = np.linalg.lstsq(design[:, active] * weights[:, None], target * weights, rcond=None)
+        if (solution >= 0).all():
+            coefficients[active] = solution
+            break
+        active.pop(int(np.argmin(solution)))
+    return [float(value) for value in coefficients]
