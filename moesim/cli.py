@@ -473,32 +473,45 @@ def calibrate(
 @user_errors_exit_2
 def validate(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    ranks: int = typer.Option(2, "--ranks", min=1, help="Expert-parallel ranks of the measured layer."),
-    profile: Optional[Path] = typer.Option(None, "--profile", help="Calibrated profile (default: calibrate now)."),
+    ranks: str = typer.Option("2,4", "--ranks", help="Expert-parallel rank counts of the measured layers, comma-separated."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Use this calibrated profile (one rank count only) "
+                                           "instead of calibrating in the same run, interleaved with the validation layers."),
     out: Path = typer.Option(Path("validation"), "--out", help="Folder for REPORT.md, the plot and the raw rows."),
     quick: bool = typer.Option(False, "--quick", help="Two configurations instead of the full grid."),
-    rounds: int = typer.Option(5, "--rounds", min=1, help="Passes over the whole grid (repetitions are spread over them)."),
-    repeats: int = typer.Option(4, "--repeats", min=1, help="Timed runs of each configuration per pass."),
+    rounds: int = typer.Option(10, "--rounds", min=1, help="Passes over the whole grid (repetitions are spread over them)."),
+    repeats: int = typer.Option(2, "--repeats", min=1, help="Timed runs of each configuration per pass."),
 ) -> None:
     """Measure MoE layers with the executor, predict them with the simulator, and report the error."""
     import json as json_module
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from moesim.validation.calibrate import calibrate as run_calibrate
     from moesim.validation.validate import summary, validate as run_validate, write_report
 
     if device != "cpu":
         raise MoesimError("--device: validation runs the executor on CPU processes here; cuda validation needs one GPU per rank")
-    if profile is None:
-        with console.status("calibrating first ...", spinner="dots") as status:
-            profile = run_calibrate(device, ranks, out_dir=out / "profiles", quick=quick,
-                                    on_step=lambda step: status.update(f"calibrating: {step} ..."))
-    with Progress(TextColumn("[bold]validate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("configs", total=None)
-        rows = run_validate(profile, ranks, quick, rounds, repeats,
-                            on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-    report = write_report(rows, json_module.loads(Path(profile).read_text()), ranks, out, rounds, repeats)
+    try:
+        rank_counts = sorted({int(value) for value in ranks.split(",")})
+    except ValueError:
+        raise MoesimError(f"--ranks: '{ranks}' is not a comma-separated list of rank counts, e.g. 2,4") from None
+    if min(rank_counts) < 2:
+        raise MoesimError("--ranks: expert parallelism needs at least 2 ranks")
+    if profile is not None and len(rank_counts) > 1:
+        raise MoesimError("--profile: a profile describes one rank count; give one --ranks value with it")
+    rows: list = []
+    profiles: dict = {}
+    for count in rank_counts:
+        with Progress(TextColumn(f"[bold]{count} ranks"), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("calibrating" if profile is None else "measuring", total=None)
+            count_rows, used = run_validate(
+                profile, count, quick, rounds, repeats, profile_dir=out / "profiles", device=device,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                on_step=lambda step: progress.update(task, description=step),
+            )
+        rows += count_rows
+        profiles[count] = json_module.loads(Path(used).read_text())
+    report = write_report(rows, profiles, out, rounds, repeats)
     layer = summary(rows)
     console.print(f"layer-time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%} over {layer['count']} configurations")
     console.print(f"report written to {report}")

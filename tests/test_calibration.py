@@ -52,8 +52,9 @@ def test_skewed_tokens_shift_the_router_logits_by_the_zipf_bias() -> None:
 
 
 def test_host_phase_features_and_keys() -> None:
-    assert host_phase_features("router", 1024, 256, 8, 2) == (1.0, 1024 * 256 * 8, 1024 * 8)
+    assert host_phase_features("router", 1024, 256, 8, 2) == (1.0, 1024 * 256 * 8, 1024 * 8, 2048)
     assert host_phase_features("permute", 1024, 256, 8, 2) == (1.0, 2048, 2048 * 256)
+    assert host_phase_features("unpermute", 1024, 256, 8, 2, slots=1500) == (1.0, 1500, 1500 * 256, 1024 * 256)  # drops excluded
     assert host_phase_features("experts", 1024, 256, 8, 2, active_experts=4, rows=2048, ffn_seconds=0.01) == (0.01, 4, 2048 * 256)
     assert router_fit_key("top_k", None) == "router:top_k"
     assert router_fit_key("top_k", 1.25) == "router:top_k+capacity"
@@ -67,7 +68,7 @@ def _profile(tmp_path: Path, phase_fit: dict) -> Path:
 
 
 def test_profile_phase_fits_are_used_and_checked(tmp_path: Path) -> None:
-    model = CostModel.from_profile(_profile(tmp_path, {"router:top_k": {"coefficients": [1e-4, 1e-10, 2e-8]}}))
+    model = CostModel.from_profile(_profile(tmp_path, {"router:top_k": {"coefficients": [1e-4, 1e-10, 2e-8, 0.0]}}))
     assert model.fitted("router:top_k", host_phase_features("router", 1000, 100, 10, 1)) == pytest.approx(1e-4 + 1e-4 + 2e-4)
     assert model.fitted("permute", (1.0, 1.0, 1.0)) is None
     with pytest.raises(MoesimError, match="phase_fit 'permute' needs 3 coefficients"):
@@ -81,6 +82,9 @@ def test_calibration_sizes_are_unlike_the_validation_grid() -> None:
     assert not validation_sizes & {(tokens, hidden) for tokens, hidden, _, _ in LAYER_CONFIGS}
     assert {c.hidden for c in grid}.isdisjoint({hidden for _, hidden, _, _ in LAYER_CONFIGS})
     assert any(c.skew for c in grid) and len({c.rule_label for c in grid}) == 3
+    four = default_grid(ranks=4)
+    assert four and all(c.ranks == 4 and c.experts % 4 == 0 for c in four)
+    assert all(experts % 4 == 0 for _, _, experts, _ in LAYER_CONFIGS)  # every calibration layer runs on 2 or 4 ranks
 
 
 def test_rule_orderings_compare_rules_on_shared_shapes() -> None:
@@ -94,7 +98,7 @@ def test_rule_orderings_compare_rules_on_shared_shapes() -> None:
     assert rule_orderings(rows) == (True, 1, 2)  # totals: a 8.5 / 8.1 before b 9.1 / 9.75 in both
     rows_tied = [row("a", "s1", 1.0, 1.0), row("b", "s1", 1.02, 1.5)]
     assert rule_orderings(rows_tied) == (False, 0, 0)  # measured tied, predicted 50% apart
-    assert Config(1024, 256, 4, 1, 1.25, "top_k", 1.0).label == "top_k T=1024 h=256 E=4 k=1 cf 1.25 skew 1"
+    assert Config(1024, 256, 4, 1, 1.25, "top_k", 1.0).label == "top_k R=2 T=1024 h=256 E=4 k=1 cf 1.25 skew 1"
 
 
 def test_quick_calibration_profile_loads(tmp_path: Path) -> None:
@@ -114,12 +118,22 @@ def test_validate_writes_a_report(tmp_path: Path) -> None:
     from moesim.validation.validate import summary, validate, write_report
 
     profile = calibrate("cpu", ranks=2, out_dir=tmp_path, quick=True)
-    rows = validate(profile, ranks=2, quick=True, rounds=2, repeats=1)
+    rows, used = validate(profile, ranks=2, quick=True, rounds=2, repeats=1)
+    assert used == profile
     assert len(rows) == 2 * 8 and all(row["measured_s"] > 0 and row["predicted_s"] > 0 for row in rows)
-    assert all(row["samples"] == 2 for row in rows)
+    assert all(row["samples"] == 2 and not row["calibrated_alongside"] for row in rows)
     stats = summary(rows)
     assert stats["count"] == 2 and stats["median"] >= 0
-    report = write_report(rows, json.loads(Path(profile).read_text()), 2, tmp_path / "out", rounds=2, repeats=1)
+    report = write_report(rows, {2: json.loads(Path(profile).read_text())}, tmp_path / "out", rounds=2, repeats=1)
     text = report.read_text()
     assert "Layer time error" in text and "| router |" in text and "| layer_wall |" in text
     assert (tmp_path / "out" / "validation_layer_time.svg").read_text().startswith("<svg")
+
+
+def test_validate_calibrates_alongside_when_given_no_profile(tmp_path: Path) -> None:
+    from moesim.validation.validate import validate
+
+    rows, profile = validate(None, ranks=2, quick=True, rounds=1, repeats=1, profile_dir=tmp_path)
+    assert profile.parent == tmp_path and profile.exists()
+    assert {"router:top_k", "permute", "experts"} <= set(json.loads(profile.read_text())["phase_fit"])
+    assert len(rows) == 2 * 8 and all(row["calibrated_alongside"] for row in rows)

@@ -81,3 +81,11 @@ def test_schema_is_json() -> None:
 
 def test_version() -> None:
     assert invoke("--version").output.startswith("moesim ")
+
+
+def test_validate_rejects_bad_rank_lists_with_one_line() -> None:
+    for args, fragment in ((("--ranks", "two"), "comma-separated"), (("--ranks", "1"), "at least 2 ranks"),
+                           (("--ranks", "2,4", "--profile", "p.json"), "one rank count")):
+        result = invoke("validate", *args)
+        assert result.exit_code == 2, result.output
+        assert fragment in result.output

@@ -113,7 +113,7 @@ def test_execute_times_every_phase_and_saves_a_trace(tmp_path: Path) -> None:
     for name in ("router", "permute", "dispatch", "experts", "combine", "unpermute", "shared_experts", "backward", "layer"):
         assert len(report["phases_s"][name]) == 2 and all(value > 0 for value in report["phases_s"][name])
     assert report["backend"] == "gloo" and report["alltoall_single"] is True
-    assert sum(report["received_tokens"]) == 2 * 64 * 2  # every token to top-2 experts, dropless
+    assert sum(report["served_slots"]) == 2 * 64 * 2  # every token to top-2 experts, dropless
     layers = load_trace(trace)
     assert layers[0].logits.shape == (128, 8) and layers[0].source_rank.tolist() == [0] * 64 + [1] * 64
 

@@ -36,6 +36,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def threads_per_rank(world: int) -> int:
+    """Each spawned rank's torch threads: its share of this machine's cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // world)
+
+
 _PROGRESS_FILE: Optional[Path] = None
 
 
@@ -48,7 +53,7 @@ def report_progress(done: int, total: int) -> None:
 def _entry(rank: int, world: int, port: int, backend: str, function: Callable[..., Any], args: tuple, out_dir: str) -> None:
     global _PROGRESS_FILE
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(threads_per_rank(world))
     dist.init_process_group(backend, rank=rank, world_size=world)
     _PROGRESS_FILE = Path(out_dir, "progress")
     result = function(rank, world, *args)
@@ -161,7 +166,7 @@ def _layers_worker(rank: int, world: int, documents: list[dict[str, Any]], token
         results.append({
             "phases": {name: statistics.median(values) for name, values in phase_samples.items()},
             "samples": len(phase_samples["layer"]),
-            "received_tokens": int(assignment.expert_load.sum()) if assignment is not None else 0,
+            "served_slots": int(assignment.expert_load.sum()) if assignment is not None else 0,
             "local_load": layer.last_local_load,
             "alltoall": layer.parallel.use_alltoall,
         })
@@ -193,7 +198,7 @@ def measure_layers(
             "samples": results[0]["samples"],
             "alltoall_single": results[0]["alltoall"],
             "phases_s": {name: [result["phases"].get(name, 0.0) for result in results] for name in phases},
-            "received_tokens": [result["received_tokens"] for result in results],
+            "served_slots": [result["served_slots"] for result in results],
             "local_load": [result["local_load"] for result in results],
         })
     return measured
@@ -215,5 +220,5 @@ def execute(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = Non
         "mode": scenario.workload.mode,
         "repeats": repeats,
         "phases_s": measured["phases_s"],
-        "received_tokens": measured["received_tokens"],
+        "served_slots": measured["served_slots"],
     }

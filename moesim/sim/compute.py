@@ -35,25 +35,27 @@ DEFAULT_ATTENTION_EFFICIENCY = 0.5  # FlashAttention-2/3 forward on H100: ~50-70
 DEFAULT_LAUNCH_SECONDS = 4e-6
 
 HOST_PHASE_FEATURES: dict[str, tuple[str, ...]] = {
-    "router": ("1", "tokens x hidden x experts", "tokens x experts"),
-    "permute": ("1", "tokens x top_k", "tokens x top_k x hidden"),
-    "unpermute": ("1", "tokens x top_k", "tokens x top_k x hidden"),
+    "router": ("1", "tokens x hidden x experts", "tokens x experts", "tokens x top_k"),
+    "permute": ("1", "slots", "slots x hidden"),
+    "unpermute": ("1", "slots", "slots x hidden", "tokens x hidden"),
     "experts": ("FFN arithmetic seconds", "active experts", "rows x hidden"),
 }
-"""What each calibrated phase is linear in: the router's GEMM and its element-wise work over the score
-matrix; the permutations' per-slot index work and copied hidden vectors; for the experts phase, the
-FFN time the GEMM curve predicts (its coefficient: how the expert loop inside the layer compares with
-the micro-benchmarks, whose caches stay warm), per-expert bookkeeping and the local sort of the rows."""
+"""What each calibrated phase is linear in (slots: the rank's served token-expert pairs): the router's
+GEMM, its element-wise work over the score matrix and its per-choice work (capacity positions); the
+permutation's index work and gathered hidden vectors; the un-permutation's weighted scatter-add into a
+fresh output of every token; for the experts phase, the FFN time the GEMM curve predicts (its
+coefficient: how the expert loop inside the layer compares with the micro-benchmarks, whose caches stay
+warm), per-expert bookkeeping and the local sort of the rows."""
 
 
-def host_phase_features(phase: str, tokens: float, hidden: int, experts: int, top_k: int,
+def host_phase_features(phase: str, tokens: float, hidden: int, experts: int, top_k: int, slots: Optional[float] = None,
                         active_experts: int = 0, rows: float = 0.0, ffn_seconds: float = 0.0) -> tuple[float, ...]:
-    """The feature vector of `HOST_PHASE_FEATURES[phase]` for one layer on one rank."""
-    slots = tokens * top_k
+    """The feature vector of `HOST_PHASE_FEATURES[phase]` for one layer on one rank (slots default: tokens x top_k)."""
+    slots = tokens * top_k if slots is None else slots
     values = {
-        "router": (1.0, tokens * hidden * experts, tokens * experts),
+        "router": (1.0, tokens * hidden * experts, tokens * experts, tokens * top_k),
         "permute": (1.0, slots, slots * hidden),
-        "unpermute": (1.0, slots, slots * hidden),
+        "unpermute": (1.0, slots, slots * hidden, tokens * hidden),
         "experts": (ffn_seconds, float(active_experts), rows * hidden),
     }
     return tuple(float(value) for value in values[phase])

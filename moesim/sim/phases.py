@@ -100,9 +100,9 @@ class PhaseBuilder:
         """Time of FFN(s) with `rows` tokens (see `CostModel.ffn_seconds`)."""
         return self.cost.ffn_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element)
 
-    def host_features(self, phase: str, top_k: int) -> tuple[float, ...]:
+    def host_features(self, phase: str, top_k: int, slots: Optional[float] = None) -> tuple[float, ...]:
         """This rank's features of a calibrated host-side phase (see `host_phase_features`)."""
-        return host_phase_features(phase, self.tokens, self.model.hidden_size, self.model.num_experts, top_k)
+        return host_phase_features(phase, self.tokens, self.model.hidden_size, self.model.num_experts, top_k, slots)
 
     def experts_seconds(self, rank_rows: np.ndarray, top_k: int) -> float:
         """One rank's experts phase: its experts' FFNs, or the calibrated model of the phase built on them."""
@@ -157,8 +157,9 @@ class PhaseBuilder:
                 router = _or(cost.fitted(router_fit_key(routing_rule.strategy, routing_rule.capacity_factor),
                                          self.host_features("router", top_k)), router)
                 permute_bytes = 2 * self.tokens * top_k * model.hidden_size * self.element
-                permute = _or(cost.fitted("permute", self.host_features("permute", top_k)), cost.memory_seconds(permute_bytes))
-                unpermute = _or(cost.fitted("unpermute", self.host_features("unpermute", top_k)), cost.memory_seconds(permute_bytes))
+                served = float(routing_here.expert_tokens.sum()) / self.ranks  # slots a rank permutes (drops excluded)
+                permute = _or(cost.fitted("permute", self.host_features("permute", top_k, served)), cost.memory_seconds(permute_bytes))
+                unpermute = _or(cost.fitted("unpermute", self.host_features("unpermute", top_k, served)), cost.memory_seconds(permute_bytes))
                 rows = routing_here.rank_rows
                 gemm = np.array([self.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
                 shared = 0.0

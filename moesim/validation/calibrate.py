@@ -43,11 +43,12 @@ GEMM_ROWS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 QUICK_GEMM_ROWS = (1, 4, 16, 64, 256, 1024)
 
 LAYER_CONFIGS = (
-    (384, 96, 6, 1), (768, 192, 12, 2), (1536, 160, 6, 3), (3072, 128, 16, 1), (6144, 96, 6, 2), (2048, 320, 12, 1),
-    (512, 448, 16, 2), (5120, 64, 12, 3), (2560, 224, 6, 2), (1280, 384, 10, 1), (3072, 384, 6, 2),
+    (384, 96, 12, 1), (768, 192, 12, 2), (1536, 160, 12, 3), (3072, 128, 16, 1), (6144, 96, 12, 2), (2048, 320, 12, 1),
+    (512, 448, 16, 2), (5120, 64, 12, 3), (2560, 224, 12, 2), (1280, 384, 20, 1), (3072, 384, 12, 2),
 )
 """(tokens per rank, hidden, experts, top-k) of the expert-parallel layers that calibrate the phases;
-deliberately unlike the validation grid (tokens 1024/4096, hidden 256/512, experts 4/8, top-k 1/2)."""
+deliberately unlike the validation grid (tokens 1024/4096, hidden 256/512, experts 4/8, top-k 1/2).
+Expert counts divide by 2 and 4 ranks."""
 
 ROUTER_VARIANTS: tuple[tuple[str, Optional[float], int], ...] = (
     ("top_k", None, 11), ("top_k", 1.5, 10), ("expert_choice", 1.5, 10), ("noisy_top_k", None, 6), ("sinkhorn", None, 6),
@@ -57,10 +58,12 @@ ROUTER_VARIANTS: tuple[tuple[str, Optional[float], int], ...] = (
 expert and exchange models use every layer. Rules not here fall back to the roofline router."""
 
 
-def device_name(device: torch.device, threads: Optional[int] = None) -> str:
+def device_name(device: torch.device, ranks: int, threads: Optional[int] = None) -> str:
+    """The profile's name: the GPU's, or on CPU the machine, the ranks sharing it and each rank's threads."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "-")
-    return f"cpu-{platform.machine()}-{threads or torch.get_num_threads()}threads-per-rank"
+    threads = threads or torch.get_num_threads()
+    return f"cpu-{platform.machine()}-{ranks}ranks-{threads}thread{'s' if threads > 1 else ''}-each"
 
 
 def _synchronizer(device: torch.device) -> Optional[Callable[[], None]]:
@@ -133,24 +136,17 @@ def calibration_layers(ranks: int, quick: bool) -> list[tuple[tuple[int, int, in
     """(layer config, rule, capacity factor) of every layer the calibration runs."""
     configs = LAYER_CONFIGS[:3] if quick else LAYER_CONFIGS
     variants = ROUTER_VARIANTS[:3] if quick else ROUTER_VARIANTS
-    return [(config, rule, factor) for rule, factor, count in variants for config in configs[:count]]
+    return [(config, rule, factor) for rule, factor, count in variants for config in configs[:count] if config[2] % ranks == 0]
 
 
-def measure_layer_phases(model: CostModel, ranks: int, rounds: int, repeats: int, quick: bool
-                         ) -> tuple[dict[str, dict[str, Any]], tuple[float, float], list[dict[str, float]]]:
-    """Fit every phase as it runs inside the expert-parallel layer, at calibration sizes.
-
-    Returns the `phase_fit` section (non-negative relative least squares of each phase
-    key over its features), the exchange's (latency, bandwidth) fitted as dispatch =
-    2 x latency + bytes / bandwidth (the count exchange, then the tokens) and combine =
-    latency + bytes / bandwidth, and the exchange points.
-    """
-    from moesim.executor.launch import measure_layers
+def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[tuple[tuple[int, int, int, int], str, Optional[float]]], list[Any]]:
+    """The calibration layers and a one-layer inference scenario for each (what `measure_layers` runs)."""
     from moesim.scenario import scenario_from_dict
 
     layers = calibration_layers(ranks, quick)
     scenarios = [
         scenario_from_dict({
+            "name": f"calibration {rule} cf {factor} T={tokens} h={hidden} E={experts} k={top_k}",
             "model": {"preset": "tiny-moe", "hidden_size": hidden, "num_attention_heads": 4, "num_key_value_heads": 4,
                       "moe_intermediate_size": 2 * hidden, "num_experts": experts, "top_k": top_k},
             "cluster": {"num_nodes": 1, "gpus_per_node": ranks}, "parallelism": {"ep_size": ranks},
@@ -159,15 +155,29 @@ def measure_layer_phases(model: CostModel, ranks: int, rounds: int, repeats: int
         })
         for (tokens, hidden, experts, top_k), rule, factor in layers
     ]
-    measured = measure_layers(scenarios, ranks, rounds=rounds, repeats=repeats)
+    return layers, scenarios
+
+
+def fit_layer_phases(model: CostModel, layers: Sequence[tuple[tuple[int, int, int, int], str, Optional[float]]],
+                     measured: Sequence[dict[str, Any]], ranks: int
+                     ) -> tuple[dict[str, dict[str, Any]], tuple[float, float], list[dict[str, float]]]:
+    """Fit every phase as it ran inside the expert-parallel calibration layers.
+
+    Returns the `phase_fit` section (non-negative relative least squares of each phase
+    key over its features), the exchange's (latency, bandwidth) fitted as dispatch =
+    2 x latency + bytes / bandwidth (the count exchange, then the tokens) and combine =
+    latency + bytes / bandwidth, and the exchange points.
+    """
     samples: dict[str, list[tuple[tuple[float, ...], float]]] = {}
     exchange_design, exchange_seconds, points = [], [], []
     for ((tokens, hidden, experts, top_k), rule, factor), report in zip(layers, measured):
         phases = report["phases_s"]
         samples.setdefault(router_fit_key(rule, factor), []).append(
             (host_phase_features("router", tokens, hidden, experts, top_k), float(np.mean(phases["router"]))))
+        served = float(np.mean(report["served_slots"]))
         for phase in ("permute", "unpermute"):
-            samples.setdefault(phase, []).append((host_phase_features(phase, tokens, hidden, experts, top_k), float(np.mean(phases[phase]))))
+            features = host_phase_features(phase, tokens, hidden, experts, top_k, served)
+            samples.setdefault(phase, []).append((features, float(np.mean(phases[phase]))))
         for rank, load in enumerate(report["local_load"]):
             rows = np.asarray(load, dtype=float)
             arithmetic = float(model.ffn_seconds(rows, hidden, 2 * hidden, True, 4).sum())
@@ -200,54 +210,65 @@ def _compute_worker(rank: int, world: int, device: str, rows: list[int], rounds:
     return {"rates": rates, "memory": memory, "launch": launch, "threads": torch.get_num_threads()}
 
 
-def calibrate(
-    device: str = "cpu", ranks: int = 2, out_dir: str | Path = "validation/profiles", quick: bool = False,
-    on_step: Optional[Callable[[str], None]] = None,
-) -> Path:
-    """Measure, fit and write the profile; returns its path.
-
-    The compute benchmarks run on `ranks` spawned processes at once, each with its share
-    of the cores, so the profile describes a rank as it runs inside the executor.
-    """
+def measure_device(device: str, ranks: int, quick: bool, on_step: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """The micro-benchmarks: GEMM curve, memory, launch (every rank at once) and all_to_all_single against bytes."""
     from moesim.executor.launch import spawn
 
     step = on_step or (lambda _: None)
-    rounds, repeats = (2, 2) if quick else (5, 3)
+    rounds, repeats = calibration_rounds(quick)
     rows = list(QUICK_GEMM_ROWS if quick else GEMM_ROWS)
     step("GEMMs, memory and launches on every rank at once")
     per_rank = spawn(_compute_worker, max(1, ranks), device, rows, rounds, repeats, quick)
     rates = list(np.mean([result["rates"] for result in per_rank], axis=0))
-    peak = max(rates)
-    memory = float(np.mean([result["memory"] for result in per_rank]))
-    launch = float(np.mean([result["launch"] for result in per_rank]))
     step("all-to-all against bytes")
     sizes = [2**12, 2**16, 2**20] + ([] if quick else [2**22, 2**24])
     alltoall = measure_alltoall(ranks, sizes, rounds, repeats) if ranks > 1 else []
-    isolated = fit_latency_bandwidth(alltoall, ranks) if alltoall else (0.0, float("inf"))
-    step("router, permutation, experts and exchanges inside the expert-parallel layer")
-    model = CostModel(
-        name="fit", peak_flops=peak, memory_bytes_per_s=memory, memory_efficiency=1.0, kernel_launch_s=launch,
-        measured_rows=tuple(float(r) for r in rows), measured_efficiency=tuple(rate / peak for rate in rates),
+    return {
+        "device": device, "ranks": ranks, "quick": quick, "threads": per_rank[0]["threads"], "rows": rows, "rates": rates,
+        "memory": float(np.mean([result["memory"] for result in per_rank])),
+        "launch": float(np.mean([result["launch"] for result in per_rank])), "alltoall": alltoall,
+    }
+
+
+def calibration_rounds(quick: bool) -> tuple[int, int]:
+    """(rounds, repeats per round) of the calibration's benchmarks."""
+    return (2, 2) if quick else (5, 3)
+
+
+def gemm_model(measured: dict[str, Any]) -> CostModel:
+    """The compute model the micro-benchmarks give (before any in-layer fit)."""
+    peak = max(measured["rates"])
+    return CostModel(
+        name="fit", peak_flops=peak, memory_bytes_per_s=measured["memory"], memory_efficiency=1.0, kernel_launch_s=measured["launch"],
+        measured_rows=tuple(float(r) for r in measured["rows"]), measured_efficiency=tuple(rate / peak for rate in measured["rates"]),
     )
+
+
+def write_profile(measured: dict[str, Any], layers: Sequence[Any], layer_reports: Sequence[dict[str, Any]],
+                  out_dir: str | Path) -> Path:
+    """Fit the calibration layers' phases on top of the micro-benchmarks and write the profile JSON."""
+    ranks, alltoall = measured["ranks"], measured["alltoall"]
+    isolated = fit_latency_bandwidth(alltoall, ranks) if alltoall else (0.0, float("inf"))
     fits: dict[str, Any] = {}
     (latency, bandwidth), layer_points = isolated, []
-    if ranks > 1:
+    if layers:
         # the simulator uses the exchange as the layer performs it (count exchange, uneven splits, ranks
         # that arrive at different times); the bare all_to_all_single fit is kept for reference
-        fits, (latency, bandwidth), layer_points = measure_layer_phases(model, ranks, rounds, repeats, quick)
-    name = device_name(torch.device(device), per_rank[0]["threads"])
+        fits, (latency, bandwidth), layer_points = fit_layer_phases(gemm_model(measured), layers, layer_reports, ranks)
+    name = device_name(torch.device(measured["device"]), ranks, measured["threads"])
     profile = {
         "device": name,
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "torch": torch.__version__,
-        "peak_flops": peak,
-        "memory_bytes_per_s": memory,
+        "peak_flops": max(measured["rates"]),
+        "memory_bytes_per_s": measured["memory"],
         "memory_efficiency": 1.0,
-        "kernel_launch_s": launch,
-        "gemm_efficiency": {"rows": rows, "efficiency": [rate / peak for rate in rates], "shapes": [list(s) for s in gemm_shapes(quick)]},
+        "kernel_launch_s": measured["launch"],
+        "gemm_efficiency": {"rows": measured["rows"], "efficiency": [rate / max(measured["rates"]) for rate in measured["rates"]],
+                            "shapes": [list(s) for s in gemm_shapes(measured["quick"])]},
         "phase_fit": fits,
         "alltoall": {
-            "ranks": ranks, "backend": "nccl" if device == "cuda" else "gloo",
+            "ranks": ranks, "backend": "nccl" if measured["device"] == "cuda" else "gloo",
             "bytes_per_rank": [size for size, _ in alltoall], "seconds": [value for _, value in alltoall],
             "latency_s": latency, "bytes_per_s": bandwidth,
             "isolated_latency_s": isolated[0], "isolated_bytes_per_s": isolated[1], "layer_points": layer_points,
@@ -258,3 +279,27 @@ def calibrate(
     path = folder / f"{name}.json"
     path.write_text(json.dumps(profile, indent=2))
     return path
+
+
+def calibrate(
+    device: str = "cpu", ranks: int = 2, out_dir: str | Path = "validation/profiles", quick: bool = False,
+    on_step: Optional[Callable[[str], None]] = None,
+) -> Path:
+    """Measure, fit and write the profile; returns its path.
+
+    The compute benchmarks run on `ranks` spawned processes at once, each with its share
+    of the cores, so the profile describes a rank as it runs inside the executor.
+    (`moesim validate` runs the same calibration with its layers interleaved among the
+    validation layers instead, so that both see the machine at the same times.)
+    """
+    from moesim.executor.launch import measure_layers
+
+    measured = measure_device(device, ranks, quick, on_step)
+    layers, scenarios = calibration_scenarios(ranks, quick) if ranks > 1 else ([], [])
+    reports = []
+    if layers:
+        if on_step:
+            on_step("router, permutation, experts and exchanges inside the expert-parallel layer")
+        rounds, repeats = calibration_rounds(quick)
+        reports = measure_layers(scenarios, ranks, rounds=rounds, repeats=repeats)
+    return write_profile(measured, layers, reports, out_dir)

@@ -40,6 +40,7 @@ class Config:
     capacity_factor: Optional[float]
     strategy: str
     skew: float = 0.0
+    ranks: int = 2
 
     @property
     def rule_label(self) -> str:
@@ -48,52 +49,61 @@ class Config:
     @property
     def shape_label(self) -> str:
         skew = f" skew {self.skew:g}" if self.skew else ""
-        return f"T={self.tokens} h={self.hidden} E={self.experts} k={self.top_k}{skew}"
+        return f"R={self.ranks} T={self.tokens} h={self.hidden} E={self.experts} k={self.top_k}{skew}"
 
     @property
     def label(self) -> str:
         factor = "dropless" if self.capacity_factor is None else f"cf {self.capacity_factor}"
         skew = f" skew {self.skew:g}" if self.skew else ""
-        return f"{self.strategy} T={self.tokens} h={self.hidden} E={self.experts} k={self.top_k} {factor}{skew}"
+        return f"{self.strategy} R={self.ranks} T={self.tokens} h={self.hidden} E={self.experts} k={self.top_k} {factor}{skew}"
 
 
-def default_grid(quick: bool = False) -> list[Config]:
+def default_grid(quick: bool = False, ranks: int = 2) -> list[Config]:
     """Configurations unlike the calibration's: every size here differs from the sizes calibration timed.
 
-    The full grid crosses tokens per rank, hidden size, experts, top-k and the routing
-    rule (top-k dropless, top-k with capacity factor 1.25, expert choice), then repeats
-    the top-k rows of the smaller hidden size with a Zipf-skewed expert popularity.
+    On 2 ranks the full grid crosses tokens per rank, hidden size, experts, top-k and the
+    routing rule (top-k dropless, top-k with capacity factor 1.25, expert choice), then
+    repeats the top-k rows of the smaller hidden size with a Zipf-skewed expert popularity.
+    Other rank counts run the unskewed rows of the smaller hidden size.
     """
     if quick:
-        return [Config(512, 128, 4, 2, None, "top_k"), Config(1024, 256, 8, 2, 1.25, "top_k", skew=1.0)]
+        return [Config(512, 128, 4, 2, None, "top_k", ranks=ranks), Config(1024, 256, 8, 2, 1.25, "top_k", skew=1.0, ranks=ranks)]
     grid = []
     rules = ((None, "top_k"), (1.25, "top_k"), (1.25, "expert_choice"))
-    for tokens, hidden, experts, top_k, (factor, strategy) in itertools.product((1024, 4096), (256, 512), (4, 8), (1, 2), rules):
-        grid.append(Config(tokens, hidden, experts, top_k, factor, strategy))
-    for tokens, experts, top_k, factor in itertools.product((1024, 4096), (4, 8), (1, 2), (None, 1.25)):
-        grid.append(Config(tokens, 256, experts, top_k, factor, "top_k", skew=1.0))
-    return grid
+    hiddens = (256, 512) if ranks == 2 else (256,)
+    for tokens, hidden, experts, top_k, (factor, strategy) in itertools.product((1024, 4096), hiddens, (4, 8), (1, 2), rules):
+        grid.append(Config(tokens, hidden, experts, top_k, factor, strategy, ranks=ranks))
+    if ranks == 2:
+        for tokens, experts, top_k, factor in itertools.product((1024, 4096), (4, 8), (1, 2), (None, 1.25)):
+            grid.append(Config(tokens, 256, experts, top_k, factor, "top_k", skew=1.0, ranks=ranks))
+    return [config for config in grid if config.experts % ranks == 0]
 
 
-def scenario_for(config: Config, ranks: int, profile: dict[str, Any], profile_path: Path, trace: Optional[Path]) -> Scenario:
-    """A one-MoE-layer scenario whose cluster is this machine as the calibration measured it."""
-    alltoall = profile["alltoall"]
+def scenario_for(config: Config, profile: Optional[dict[str, Any]] = None, profile_path: Optional[Path] = None,
+                 trace: Optional[Path] = None) -> Scenario:
+    """A one-MoE-layer scenario; with a profile, its cluster is this machine as the calibration measured it."""
+    ranks = config.ranks
+    cluster: dict[str, Any] = {"num_nodes": 1, "gpus_per_node": ranks}
+    if profile is not None:
+        alltoall = profile["alltoall"]
+        cluster.update(gpu={
+            "name": profile["device"], "peak_bf16_tflops": profile["peak_flops"] / 1e12, "hbm_gb": 1000,
+            "hbm_tb_per_s": profile["memory_bytes_per_s"] / 1e12, "scale_up_gb_per_s": alltoall["bytes_per_s"] / 1e9,
+            "nic_gbps": 100}, scale_up_latency_us=alltoall["latency_s"] * 1e6)
     document: dict[str, Any] = {
         "name": config.label,
         "model": {"preset": "tiny-moe", "num_layers": 1, "hidden_size": config.hidden, "num_attention_heads": 4,
                   "num_key_value_heads": 4, "moe_intermediate_size": 2 * config.hidden, "intermediate_size": 2 * config.hidden,
                   "num_experts": config.experts, "top_k": config.top_k},
-        "cluster": {"num_nodes": 1, "gpus_per_node": ranks, "gpu": {
-            "name": profile["device"], "peak_bf16_tflops": profile["peak_flops"] / 1e12, "hbm_gb": 1000,
-            "hbm_tb_per_s": profile["memory_bytes_per_s"] / 1e12, "scale_up_gb_per_s": alltoall["bytes_per_s"] / 1e9,
-            "nic_gbps": 100}, "scale_up_latency_us": alltoall["latency_s"] * 1e6},
+        "cluster": cluster,
         "parallelism": {"ep_size": ranks},
         "workload": {"mode": "inference", "micro_batch_size": 1, "seq_len": config.tokens, "expert_popularity_skew": config.skew,
                      "precision": {"activations": "fp32", "weights": "fp32"}},
         "routing": {"strategy": config.strategy, "capacity_factor": config.capacity_factor},
-        "simulation": {"network_mode": "fast", "cost_profile": str(profile_path), "max_routed_tokens": config.tokens * ranks,
-                       "overlap_shared_experts": False},
+        "simulation": {"network_mode": "fast", "max_routed_tokens": config.tokens * ranks, "overlap_shared_experts": False},
     }
+    if profile_path is not None:
+        document["simulation"]["cost_profile"] = str(profile_path)
     if trace is not None:
         document["workload"].update(scores="trace", trace_path=str(trace))
     return scenario_from_dict(document)
@@ -125,33 +135,53 @@ def measured_phases(report: dict[str, Any], ranks: int) -> dict[str, float]:
 
 
 def validate(
-    profile_path: str | Path, ranks: int = 2, quick: bool = False, rounds: int = 5, repeats: int = 4,
-    on_progress: Optional[Callable[[int, int], None]] = None,
-) -> list[dict[str, Any]]:
-    """Measure every configuration (one process group, `rounds` interleaved passes), then predict each; rows per phase."""
-    from moesim.executor.launch import measure_layers
+    profile_path: Optional[str | Path] = None, ranks: int = 2, quick: bool = False, rounds: int = 10, repeats: int = 2,
+    profile_dir: str | Path = "validation/profiles", device: str = "cpu",
+    on_progress: Optional[Callable[[int, int], None]] = None, on_step: Optional[Callable[[str], None]] = None,
+) -> tuple[list[dict[str, Any]], Path]:
+    """Measure every configuration, then predict each; rows per configuration and phase, and the profile used.
 
-    profile_path = Path(profile_path)
-    profile = json.loads(profile_path.read_text())
-    grid = default_grid(quick)
+    All layers run in one process group, their repetitions spread over `rounds` passes.
+    Without `profile_path` the calibration runs in the same passes: its micro-benchmarks
+    first, then its layers (sizes unlike the grid's) interleaved with the grid's, so a
+    change in the machine's speed during the run reaches calibration and validation
+    alike; the profile fitted to them alone is written to `profile_dir`.
+    """
+    from moesim.executor.launch import measure_layers
+    from moesim.validation.calibrate import calibration_scenarios, measure_device, write_profile
+
+    grid = default_grid(quick, ranks)
+    layers: list[Any] = []
+    calibration: list[Scenario] = []
+    device_measured = None
+    if profile_path is None:
+        device_measured = measure_device(device, ranks, quick, on_step)
+        layers, calibration = calibration_scenarios(ranks, quick)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         traces = [Path(folder) / f"trace{index}.npz" for index in range(len(grid))]
-        reports = measure_layers([scenario_for(config, ranks, profile, profile_path, None) for config in grid], ranks,
-                                 rounds=rounds, repeats=repeats, trace_paths=[str(path) for path in traces], on_progress=on_progress)
-        for config, report, trace in zip(grid, reports, traces):
+        if on_step:
+            on_step("calibration and validation layers, interleaved" if calibration else "validation layers")
+        reports = measure_layers(calibration + [scenario_for(config) for config in grid], ranks, rounds=rounds, repeats=repeats,
+                                 trace_paths=[None] * len(calibration) + [str(path) for path in traces], on_progress=on_progress)
+        if device_measured is not None:
+            profile_path = write_profile(device_measured, layers, reports[: len(calibration)], profile_dir)
+        profile_path = Path(profile_path)  # type: ignore[arg-type]
+        profile = json.loads(profile_path.read_text())
+        for config, report, trace in zip(grid, reports[len(calibration):], traces):
             measured = measured_phases(report, ranks)
-            predicted = predict(scenario_for(config, ranks, profile, profile_path, trace))
+            predicted = predict(scenario_for(config, profile, profile_path, trace))
+            common = {"config": config.label, "ranks": ranks, "rule": config.rule_label, "shape": config.shape_label,
+                      "samples": report["samples"], "calibrated_alongside": device_measured is not None}
+            per_rank = {name: [float(value) for value in values] for name, values in report["phases_s"].items()}
             for phase in (*MOE_PHASES, "layer"):
-                rows.append({"config": config.label, "rule": config.rule_label, "shape": config.shape_label, "phase": phase,
-                             "samples": report["samples"],
-                             "measured_s": measured[phase], "predicted_s": predicted[phase],
+                rows.append({**common, "phase": phase, "measured_s": measured[phase], "predicted_s": predicted[phase],
+                             "measured_per_rank_s": per_rank.get(phase, []),
                              "error": abs(predicted[phase] - measured[phase]) / measured[phase] if measured[phase] > 0 else 0.0})
             wall = float(max(report["phases_s"]["layer"]))
-            rows.append({"config": config.label, "rule": config.rule_label, "shape": config.shape_label, "phase": "layer_wall",
-                         "samples": report["samples"],
-                         "measured_s": wall, "predicted_s": predicted["layer"], "error": abs(predicted["layer"] - wall) / wall})
-    return rows
+            rows.append({**common, "phase": "layer_wall", "measured_s": wall, "predicted_s": predicted["layer"],
+                         "error": abs(predicted["layer"] - wall) / wall})
+    return rows, profile_path
 
 
 def summary(rows: list[dict[str, Any]], phase: str = "layer") -> dict[str, float]:
@@ -224,21 +254,24 @@ def scatter_svg(rows: list[dict[str, Any]], width: int = 480) -> str:
     return "\n".join(parts)
 
 
-def write_report(rows: list[dict[str, Any]], profile: dict[str, Any], ranks: int, folder: str | Path,
-                 rounds: int = 5, repeats: int = 4) -> Path:
-    """validation/REPORT.md (+ the plot and the raw rows as JSON)."""
+def write_report(rows: list[dict[str, Any]], profiles: dict[int, dict[str, Any]], folder: str | Path,
+                 rounds: int = 10, repeats: int = 2) -> Path:
+    """validation/REPORT.md (+ the plot and the raw rows as JSON); `profiles`: the profile used for each rank count."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "validation_layer_time.svg").write_text(scatter_svg(rows))
     (folder / "validation_rows.json").write_text(json.dumps(rows, indent=1))
     layer, wall = summary(rows), summary(rows, "layer_wall")
     ordered, matching, compared = rule_orderings(rows)
+    devices = "; ".join(
+        f"{ranks} ranks: profile {profile['device']} (calibrated {profile['measured_at']}, torch {profile['torch']}, "
+        f"{profile['alltoall']['backend']})" for ranks, profile in sorted(profiles.items())
+    )
     lines = [
         "# Validation: simulator against the executor",
         "",
-        f"Device: {profile['device']} (calibrated {profile['measured_at']}, torch {profile['torch']}); "
-        f"{ranks} expert-parallel ranks over {profile['alltoall']['backend']}; one MoE layer forward; "
-        f"{layer['count']} configurations. Produced by `moesim validate --rounds {rounds} --repeats {repeats}`.",
+        f"{devices}. One expert-parallel MoE layer forward per configuration; {layer['count']} configurations. "
+        f"Produced by `moesim validate --ranks {','.join(str(r) for r in sorted(profiles))} --rounds {rounds} --repeats {repeats}`.",
         "",
         f"**Layer time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%}** "
         f"(targets on CPU: 5% and 15%). Routing rules ({', '.join(sorted({row['rule'] for row in rows}))}) ordered "
@@ -246,12 +279,15 @@ def write_report(rows: list[dict[str, Any]], profile: dict[str, Any], ranks: int
         f"{RULE_TIE:.0%} of each other count as tied): **{'yes' if ordered else 'no'}**; shape by shape, of the "
         f"{compared} pairs of rules measured more than {RULE_TIE:.0%} apart, {matching} are predicted in the same order.",
         "",
-        "How it is measured: every configuration runs in one process group, "
+        "How it is measured: every configuration of a rank count runs in one process group, "
         f"{repeats} timed runs in each of {rounds} passes over the whole grid ({rounds * repeats} per configuration, "
         "after 2 warm-up runs), so a slow spell of the machine touches every configuration a little. A phase's "
         "measured time is the mean over ranks of each rank's median; the layer's is the slowest rank's sum of its "
-        "phase medians. The simulator replays the router scores each run recorded, with the calibrated profile, "
-        "whose sizes are all unlike this grid's. "
+        "phase medians. The simulator replays the router scores each run recorded, with the profile calibrated "
+        "on the same number of ranks, whose sizes are all unlike this grid's"
+        + (" and whose layers ran interleaved with these in the same passes (the machine's speed drifts by several "
+           "percent over minutes; interleaving lets calibration and validation see the same machine). "
+           if all(row.get("calibrated_alongside") for row in rows) else ". ") +
         f"Against the median wall-clock time of the whole layer instead (which keeps the scheduler's occasional "
         f"multi-millisecond wake-ups): median {wall['median']:.1%}, 90th percentile {wall['p90']:.1%}.",
         "",
@@ -261,6 +297,10 @@ def write_report(rows: list[dict[str, Any]], profile: dict[str, Any], ranks: int
     for phase in (*MOE_PHASES, "layer", "layer_wall"):
         stats = summary(rows, phase)
         lines.append(f"| {phase} | {stats['median']:.1%} | {stats['p90']:.1%} |")
+    if len(profiles) > 1:
+        for ranks in sorted(profiles):
+            stats = summary([row for row in rows if row["ranks"] == ranks])
+            lines.append(f"| layer, {ranks} ranks ({stats['count']} configurations) | {stats['median']:.1%} | {stats['p90']:.1%} |")
     lines += ["", "![predicted against measured layer time](validation_layer_time.svg)", "",
               "| configuration | phase | measured (ms) | predicted (ms) | error |", "| --- | --- | ---: | ---: | ---: |"]
     for row in rows:
