@@ -614,7 +614,7 @@ def train_small(
     """Train a small MoE language model on the standard library's source; plot expert balance per set-up."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from moesim.executor.train_small import BALANCING, SmallConfig, imbalance_curve, plot_balance, train
+    from moesim.executor.train_small import BALANCING, SmallConfig, busiest_share_curve, imbalance_curve, plot_balance, train
 
     modes = [mode.strip() for mode in balancing.split(",") if mode.strip()]
     for mode in modes:
@@ -626,12 +626,14 @@ def train_small(
             task = progress.add_task(mode, total=steps)
             logs.append(train(SmallConfig(steps=steps), mode, out, on_step=lambda done, task=task: progress.update(task, completed=done)))
     plot = plot_balance(logs, out / "load_balance.png")
-    table = Table(title="expert load max / mean (mean over layers)")
-    for column in ("set-up", "first 10 steps", "last 50 steps", "final loss (nats/byte)", "trace"):
+    table = Table(title="expert load (mean over layers)")
+    for column in ("set-up", "max / mean, first 10 steps", "max / mean, last 50 steps", "2 busiest experts' share, last 50",
+                   "final loss (nats/byte)", "trace"):
         table.add_column(column)
     for log in logs:
         curve = imbalance_curve(log)
         table.add_row(log["balancing"], f"{curve[:10].mean():.2f}", f"{curve[-50:].mean():.2f}",
+                      f"{busiest_share_curve(log)[-50:].mean():.0%}",
                       f"{sum(log['loss'][-20:]) / min(20, len(log['loss'])):.3f}", log["trace"])
     console.print(table)
     console.print(f"plot written to {plot}")

@@ -152,27 +152,40 @@ def imbalance_curve(log: dict[str, Any]) -> np.ndarray:
     return (loads.max(axis=2) / np.maximum(loads.mean(axis=2), 1e-9)).mean(axis=1)
 
 
+def busiest_share_curve(log: dict[str, Any], count: int = 2) -> np.ndarray:
+    """Share of all routed tokens that the `count` busiest experts carry, per step, averaged over layers."""
+    loads = np.array(log["loads"], dtype=float)  # [steps, layers, experts]
+    busiest = np.sort(loads, axis=2)[:, :, ::-1][:, :, :count].sum(axis=2)
+    return (busiest / np.maximum(loads.sum(axis=2), 1e-9)).mean(axis=1)
+
+
 def plot_balance(logs: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4), dpi=110)
+    smooth = np.ones(20) / 20
     for log in logs:
         left.plot(imbalance_curve(log), label=log["balancing"])
+        middle.plot(np.convolve(busiest_share_curve(log), smooth, mode="valid"), label=log["balancing"])
         right.plot(np.convolve(log["loss"], np.ones(10) / 10, mode="valid"), label=log["balancing"])
+    experts = np.array(logs[0]["loads"]).shape[2] if logs else 1
     left.set_xlabel("training step")
     left.set_ylabel("max / mean expert load")
     left.set_title("Expert load balance (mean over layers)")
     left.axhline(1.0, color="grey", linestyle=":")
+    middle.set_xlabel("training step")
+    middle.set_ylabel("share of routed tokens (20-step mean)")
+    middle.set_title("Tokens on the 2 busiest experts")
+    middle.axhline(2 / experts, color="grey", linestyle=":", label=f"even ({2 / experts:.0%})")
     right.set_xlabel("training step")
     right.set_ylabel("language-model loss (nats/byte, 10-step mean)")
     right.set_title("Training loss")
-    left.legend()
-    right.legend()
+    for axes in (left, middle, right):
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
     return path
-
