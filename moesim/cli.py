@@ -480,6 +480,8 @@ def validate(
     quick: bool = typer.Option(False, "--quick", help="Two configurations instead of the full grid."),
     rounds: int = typer.Option(10, "--rounds", min=1, help="Passes over the whole grid (repetitions are spread over them)."),
     repeats: int = typer.Option(2, "--repeats", min=1, help="Timed runs of each configuration per pass."),
+    experts_only: bool = typer.Option(False, "--experts-only", help="One device: the experts phase against load and "
+                                      "imbalance (what --device cuda runs on one GPU)."),
 ) -> None:
     """Measure MoE layers with the executor, predict them with the simulator, and report the error."""
     import json as json_module
@@ -488,8 +490,23 @@ def validate(
 
     from moesim.validation.validate import summary, validate as run_validate, write_report
 
-    if device != "cpu":
-        raise MoesimError("--device: validation runs the executor on CPU processes here; cuda validation needs one GPU per rank")
+    if device not in ("cpu", "cuda"):
+        raise MoesimError(f"--device: '{device}' is neither cpu nor cuda")
+    if device == "cuda" and not __import__("torch").cuda.is_available():
+        raise MoesimError("--device cuda: no CUDA device here; use --device cpu")
+    if device == "cuda" or experts_only:
+        import numpy as np
+
+        from moesim.validation.experts import validate_experts, write_experts_report
+
+        with console.status("expert compute on one device ...", spinner="dots") as status:
+            expert_rows, used = validate_experts(device, quick, rounds, repeats, out / "profiles",
+                                                 on_step=lambda step: status.update(f"{step} ..."))
+        path = write_experts_report(expert_rows, used, out, rounds, repeats)
+        errors = [row["error"] for row in expert_rows]
+        console.print(f"experts-phase error: median {float(np.median(errors)):.1%}, 90th percentile "
+                      f"{float(np.percentile(errors, 90)):.1%} over {len(errors)} configurations; report written to {path}")
+        return
     try:
         rank_counts = sorted({int(value) for value in ranks.split(",")})
     except ValueError:

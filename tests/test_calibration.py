@@ -137,3 +137,16 @@ def test_validate_calibrates_alongside_when_given_no_profile(tmp_path: Path) -> 
     assert profile.parent == tmp_path and profile.exists()
     assert {"router:top_k", "permute", "experts"} <= set(json.loads(profile.read_text())["phase_fit"])
     assert len(rows) == 2 * 8 and all(row["calibrated_alongside"] for row in rows)
+
+
+def test_single_device_expert_validation(tmp_path: Path) -> None:
+    from moesim.validation.experts import expert_grids, validate_experts, write_experts_report
+
+    calibration, validation = expert_grids("cpu", quick=False)
+    assert not {c.hidden for c in calibration} & {c.hidden for c in validation}
+    assert {c.skew for c in validation} == {0.0, 1.0, 2.0}
+    rows, profile = validate_experts("cpu", quick=True, rounds=2, repeats=1, profile_dir=tmp_path)
+    assert json.loads(profile.read_text())["phase_fit"]["experts"]["coefficients"]
+    assert rows and all(row["measured_s"] > 0 and row["predicted_s"] > 0 and row["imbalance"] >= 1 for row in rows)
+    report = write_experts_report(rows, profile, tmp_path, rounds=2, repeats=1).read_text()
+    assert "Experts-phase error" in report and "busiest / mean expert load" in report

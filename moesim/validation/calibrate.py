@@ -63,7 +63,7 @@ def device_name(device: torch.device, ranks: int, threads: Optional[int] = None)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "-")
     threads = threads or torch.get_num_threads()
-    return f"cpu-{platform.machine()}-{ranks}ranks-{threads}thread{'s' if threads > 1 else ''}-each"
+    return f"cpu-{platform.machine()}-{ranks}rank{'s' if ranks > 1 else ''}-{threads}thread{'s' if threads > 1 else ''}-each"
 
 
 def _synchronizer(device: torch.device) -> Optional[Callable[[], None]]:
