@@ -127,39 +127,40 @@ def _save_scores(layer: Any, x: torch.Tensor, token_ids: torch.Tensor, rank: int
 
 
 def _layers_worker(rank: int, world: int, documents: list[dict[str, Any]], tokens: list[int], warmup: int, rounds: int,
-                   repeats: int, backward: bool, trace_paths: list[Optional[str]]) -> list[dict[str, Any]]:
+                   repeats: int, trace_paths: list[Optional[str]]) -> list[dict[str, Any]]:
     from moesim.scenario import scenario_from_dict
 
     device = torch.device(f"cuda:{rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
     setups = []
     for document, count in zip(documents, tokens):
         scenario = scenario_from_dict(document)
+        backward = scenario.workload.mode == "training"
         layer = _layer_for(scenario, device)
         generator = torch.Generator().manual_seed(scenario.seed * 1000 + rank)
         x = skewed_tokens(torch.randn(count, scenario.model.hidden_size, generator=generator),
                           layer.router_weight.detach().cpu(), scenario.workload.expert_popularity_skew)
         x = x.to(device).requires_grad_(backward)
         token_ids = torch.randint(0, scenario.model.vocab_size, (count,), generator=generator).to(device)
-        setups.append((layer, x, token_ids))
+        setups.append((layer, x, token_ids, backward))
     samples: list[dict[str, list[float]]] = [{} for _ in setups]
-    with torch.set_grad_enabled(backward):
-        for round_index in range(rounds):
-            for index, (layer, x, token_ids) in enumerate(setups):
-                for repeat in range(repeats + (warmup if round_index == 0 else 0)):
-                    layer.timings = {}
-                    dist.barrier()
-                    began = time.perf_counter()
+    for round_index in range(rounds):
+        for index, (layer, x, token_ids, backward) in enumerate(setups):
+            for repeat in range(repeats + (warmup if round_index == 0 else 0)):
+                layer.timings = {}
+                dist.barrier()
+                began = time.perf_counter()
+                with torch.set_grad_enabled(backward):
                     out = layer(x, token_ids)
                     if backward:
                         with layer.phase("backward"):
                             out.pow(2).mean().backward()
-                    layer.timings["layer"] = time.perf_counter() - began
-                    if round_index > 0 or repeat >= warmup:
-                        for name, seconds in layer.timings.items():
-                            samples[index].setdefault(name, []).append(seconds)
-                report_progress(round_index * len(setups) + index + 1, rounds * len(setups))
+                layer.timings["layer"] = time.perf_counter() - began
+                if round_index > 0 or repeat >= warmup:
+                    for name, seconds in layer.timings.items():
+                        samples[index].setdefault(name, []).append(seconds)
+            report_progress(round_index * len(setups) + index + 1, rounds * len(setups))
     results = []
-    for (layer, x, token_ids), phase_samples, trace_path in zip(setups, samples, trace_paths):
+    for (layer, x, token_ids, _), phase_samples, trace_path in zip(setups, samples, trace_paths):
         if trace_path:
             _save_scores(layer, x, token_ids, rank, world, trace_path)
         assignment = layer.last_assignment
@@ -184,10 +185,9 @@ def measure_layers(
     `warmup` untimed runs in the first); the median is over all rounds x repeats.
     """
     tokens = list(tokens_per_rank or [s.workload.micro_batch_size * s.workload.seq_len for s in scenarios])
-    backward = any(s.workload.mode == "training" for s in scenarios)
     documents = [s.model_dump(mode="json") for s in scenarios]
     paths = list(trace_paths or [None] * len(scenarios))
-    per_rank = spawn(_layers_worker, ranks, documents, tokens, warmup, rounds, repeats, backward, paths, on_progress=on_progress)
+    per_rank = spawn(_layers_worker, ranks, documents, tokens, warmup, rounds, repeats, paths, on_progress=on_progress)
     measured = []
     for index, scenario in enumerate(scenarios):
         results = [rank_results[index] for rank_results in per_rank]

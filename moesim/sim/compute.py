@@ -33,6 +33,7 @@ DEFAULT_HALF_ROWS = 128.0  # rows at which a GEMM reaches half of that
 DEFAULT_MEMORY_EFFICIENCY = 0.8
 DEFAULT_ATTENTION_EFFICIENCY = 0.5  # FlashAttention-2/3 forward on H100: ~50-70% of peak
 DEFAULT_LAUNCH_SECONDS = 4e-6
+DEFAULT_BACKWARD_GEMM_FACTOR = 2.0  # a GEMM's backward: two GEMMs of its size (input and weight gradients)
 
 HOST_PHASE_FEATURES: dict[str, tuple[str, ...]] = {
     "router": ("1", "tokens x hidden x experts", "tokens x experts", "tokens x top_k"),
@@ -94,6 +95,8 @@ class CostModel:
     coefficients over `HOST_PHASE_FEATURES` of the key's phase), seconds = coefficients . features.
     Keys: `router:<rule>` (`+capacity` when a capacity factor applies), `permute`, `unpermute` and
     `experts` (the experts phase of a rank, from its FFN arithmetic and bookkeeping)."""
+    backward_gemm_factor: float = DEFAULT_BACKWARD_GEMM_FACTOR
+    """Backward time of an FFN's GEMMs over their forward time (measured by calibration, else 2)."""
     source: str = field(default="datasheet peak x assumed efficiency curve")
 
     @classmethod
@@ -119,6 +122,7 @@ class CostModel:
                 measured_rows=tuple(float(x) for x in rows) if rows else None,
                 measured_efficiency=tuple(float(x) for x in efficiency) if efficiency else None,
                 phase_fit=tuple(sorted(_phase_fit_entry(key, value) for key, value in data.get("phase_fit", {}).items())),
+                backward_gemm_factor=float(data.get("backward_gemm_factor", DEFAULT_BACKWARD_GEMM_FACTOR)),
                 source=f"measured profile {path.name}",
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:

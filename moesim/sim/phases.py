@@ -27,7 +27,6 @@ from moesim.sim.plan import Layer, StagePlan
 from moesim.sim.routing_load import LayerRouting
 from moesim.cluster.topology import Topology
 
-BACKWARD_GEMM_FACTOR = 2.0
 BACKWARD_ATTENTION_FACTOR = 2.5
 BACKWARD_MEMORY_FACTOR = 2.0
 
@@ -145,7 +144,7 @@ class PhaseBuilder:
             if not layer.is_moe:
                 dense = float(self.ffn_seconds(self.tokens, model.intermediate_size // self.tp, model.dense_ffn_activation))
                 layer_forward.append(Phase("dense_ffn", layer.index, self.same(dense)))
-                layer_backward.append(Phase("dense_ffn", layer.index, self.same(BACKWARD_GEMM_FACTOR * dense)))
+                layer_backward.append(Phase("dense_ffn", layer.index, self.same(cost.backward_gemm_factor * dense)))
             else:
                 routing_index = moe_layer % len(routing)
                 routing_here = routing[routing_index]
@@ -185,17 +184,17 @@ class PhaseBuilder:
                           bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
                     Phase("unpermute", layer.index, self.same(unpermute)),
                 ]
-                shared_backward = Phase("shared_experts", layer.index, self.same(BACKWARD_GEMM_FACTOR * shared)) if shared else None
+                shared_backward = Phase("shared_experts", layer.index, self.same(cost.backward_gemm_factor * shared)) if shared else None
                 layer_backward += [
-                    Phase("router", layer.index, self.same(BACKWARD_GEMM_FACTOR * router)),
+                    Phase("router", layer.index, self.same(cost.backward_gemm_factor * router)),
                     Phase("permute", layer.index, self.same(BACKWARD_MEMORY_FACTOR * permute)),
                     Phase("dispatch", layer.index, np.array([dispatch.seconds]), collective=True,
                           overlapped=shared_backward if sim.overlap_shared_experts else None, chunks=sim.moe_chunks,
                           bytes_across_nodes=dispatch.bytes_across_nodes, detail={"latency": dispatch.latency_seconds}),
-                    Phase("experts", layer.index, BACKWARD_GEMM_FACTOR * gemm, chunks=sim.moe_chunks),
+                    Phase("experts", layer.index, cost.backward_gemm_factor * gemm, chunks=sim.moe_chunks),
                     Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
                           bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
-                    Phase("unpermute", layer.index, self.same(BACKWARD_MEMORY_FACTOR * permute)),
+                    Phase("unpermute", layer.index, self.same(BACKWARD_MEMORY_FACTOR * unpermute)),
                 ]
                 if shared_backward and not sim.overlap_shared_experts:
                     layer_backward.append(shared_backward)
@@ -206,7 +205,7 @@ class PhaseBuilder:
             vocab = model.vocab_size // self.tp
             head = float(cost.gemm_seconds(self.tokens, model.hidden_size, vocab)) + cost.memory_seconds(8 * self.tokens * vocab)
             forward.append(Phase("lm_head", -1, self.same(head)))
-            backward.insert(0, Phase("lm_head", -1, self.same(BACKWARD_GEMM_FACTOR * head)))
+            backward.insert(0, Phase("lm_head", -1, self.same(cost.backward_gemm_factor * head)))
         return StageProgram(forward, backward)
 
 

@@ -8,6 +8,7 @@ as it runs inside the executor, sharing the machine with the others:
   each row count's share of it the efficiency curve the simulator interpolates;
 * copies of a few sizes for memory bandwidth (activations and gathers are copies);
 * a tiny kernel for the per-kernel launch overhead;
+* a SwiGLU FFN forward and forward + backward under autograd: the backward/forward ratio;
 * `all_to_all_single` against bytes (gloo on CPU, NCCL on GPU), fitted to latency +
   bytes / bandwidth;
 * the expert-parallel executor's own layer at sizes unlike the validation grid, for every
@@ -96,6 +97,33 @@ def measure_memory(device: torch.device, megabytes: Sequence[int], rounds: int, 
         tasks[size] = lambda source=source, target=target: target.copy_(source)
     samples = interleaved_samples(tasks, rounds, repeats, _synchronizer(device))
     return float(np.median([2 * size * 2**20 / statistics.median(samples[size]) for size in megabytes]))
+
+
+BACKWARD_SIZES = ((768, 192), (3072, 384), (1536, 768))
+"""(rows, hidden) of the SwiGLU FFNs (ffn = 2 x hidden) whose backward the calibration times."""
+
+
+def measure_backward_factor(device: torch.device, sizes: Sequence[tuple[int, int]], rounds: int, repeats: int) -> float:
+    """An FFN's backward time (input and weight gradients) over its forward time under autograd; median over sizes."""
+    from moesim.executor.layer import activate
+
+    tasks: dict[tuple[int, str], Callable[[], Any]] = {}
+    for index, (rows, hidden) in enumerate(sizes):
+        x = torch.randn(rows, hidden, device=device, requires_grad=True)
+        up = torch.randn(hidden, 4 * hidden, device=device, requires_grad=True)
+        down = torch.randn(2 * hidden, hidden, device=device, requires_grad=True)
+
+        def forward(x: torch.Tensor = x, up: torch.Tensor = up, down: torch.Tensor = down, hidden: int = hidden) -> torch.Tensor:
+            return activate(x @ up, "swiglu", 2 * hidden) @ down
+
+        tasks[(index, "forward")] = forward
+        tasks[(index, "both")] = lambda forward=forward: forward().sum().backward()
+    samples = interleaved_samples(tasks, rounds, repeats, _synchronizer(device))
+    ratios = []
+    for index in range(len(sizes)):
+        forward_s = statistics.median(samples[(index, "forward")])
+        ratios.append((statistics.median(samples[(index, "both")]) - forward_s) / forward_s)
+    return float(np.median(ratios))
 
 
 def measure_launch(device: torch.device, repeats: int) -> float:
@@ -207,7 +235,8 @@ def _compute_worker(rank: int, world: int, device: str, rows: list[int], rounds:
     rates = measure_gemm_rates(target, rows, rounds, repeats, gemm_shapes(quick))
     memory = measure_memory(target, (2, 8) if quick else (2, 8, 32), rounds, repeats)
     launch = measure_launch(target, repeats)
-    return {"rates": rates, "memory": memory, "launch": launch, "threads": torch.get_num_threads()}
+    backward = measure_backward_factor(target, ((64, 48), (256, 96)) if quick else BACKWARD_SIZES, rounds, repeats)
+    return {"rates": rates, "memory": memory, "launch": launch, "backward": backward, "threads": torch.get_num_threads()}
 
 
 def measure_device(device: str, ranks: int, quick: bool, on_step: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
@@ -227,6 +256,7 @@ def measure_device(device: str, ranks: int, quick: bool, on_step: Optional[Calla
         "device": device, "ranks": ranks, "quick": quick, "threads": per_rank[0]["threads"], "rows": rows, "rates": rates,
         "memory": float(np.mean([result["memory"] for result in per_rank])),
         "launch": float(np.mean([result["launch"] for result in per_rank])), "alltoall": alltoall,
+        "backward_gemm_factor": float(np.mean([result["backward"] for result in per_rank])),
     }
 
 
@@ -264,6 +294,7 @@ def write_profile(measured: dict[str, Any], layers: Sequence[Any], layer_reports
         "memory_bytes_per_s": measured["memory"],
         "memory_efficiency": 1.0,
         "kernel_launch_s": measured["launch"],
+        "backward_gemm_factor": measured["backward_gemm_factor"],
         "gemm_efficiency": {"rows": measured["rows"], "efficiency": [rate / max(measured["rates"]) for rate in measured["rates"]],
                             "shapes": [list(s) for s in gemm_shapes(measured["quick"])]},
         "phase_fit": fits,

@@ -107,7 +107,7 @@ def validate_experts(
         "device": device, "ranks": 1, "quick": quick, "threads": torch.get_num_threads(), "rows": rows, "alltoall": [],
         "rates": measure_gemm_rates(target, rows, micro_rounds, micro_repeats, gemm_shapes(quick)),
         "memory": measure_memory(target, (2, 8) if quick else (8, 64, 256), micro_rounds, micro_repeats),
-        "launch": measure_launch(target, micro_repeats),
+        "launch": measure_launch(target, micro_repeats), "backward_gemm_factor": 2.0,
     }
     calibration, validation = expert_grids(device, quick)
     step("calibration and validation expert loops, interleaved")

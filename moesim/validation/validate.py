@@ -41,6 +41,7 @@ class Config:
     strategy: str
     skew: float = 0.0
     ranks: int = 2
+    mode: str = "inference"
 
     @property
     def rule_label(self) -> str:
@@ -49,13 +50,15 @@ class Config:
     @property
     def shape_label(self) -> str:
         skew = f" skew {self.skew:g}" if self.skew else ""
-        return f"R={self.ranks} T={self.tokens} h={self.hidden} E={self.experts} k={self.top_k}{skew}"
+        training = " training" if self.mode == "training" else ""
+        return f"R={self.ranks} T={self.tokens} h={self.hidden} E={self.experts} k={self.top_k}{skew}{training}"
 
     @property
     def label(self) -> str:
         factor = "dropless" if self.capacity_factor is None else f"cf {self.capacity_factor}"
         skew = f" skew {self.skew:g}" if self.skew else ""
-        return f"{self.strategy} R={self.ranks} T={self.tokens} h={self.hidden} E={self.experts} k={self.top_k} {factor}{skew}"
+        training = " training" if self.mode == "training" else ""
+        return f"{self.strategy} R={self.ranks} T={self.tokens} h={self.hidden} E={self.experts} k={self.top_k} {factor}{skew}{training}"
 
 
 def default_grid(quick: bool = False, ranks: int = 2) -> list[Config]:
@@ -63,8 +66,9 @@ def default_grid(quick: bool = False, ranks: int = 2) -> list[Config]:
 
     On 2 ranks the full grid crosses tokens per rank, hidden size, experts, top-k and the
     routing rule (top-k dropless, top-k with capacity factor 1.25, expert choice), then
-    repeats the top-k rows of the smaller hidden size with a Zipf-skewed expert popularity.
-    Other rank counts run the unskewed rows of the smaller hidden size.
+    repeats the top-k rows of the smaller hidden size with a Zipf-skewed expert popularity,
+    and the dropless top-k rows as training steps (forward and backward). Other rank
+    counts run the unskewed forward rows of the smaller hidden size.
     """
     if quick:
         return [Config(512, 128, 4, 2, None, "top_k", ranks=ranks), Config(1024, 256, 8, 2, 1.25, "top_k", skew=1.0, ranks=ranks)]
@@ -76,6 +80,8 @@ def default_grid(quick: bool = False, ranks: int = 2) -> list[Config]:
     if ranks == 2:
         for tokens, experts, top_k, factor in itertools.product((1024, 4096), (4, 8), (1, 2), (None, 1.25)):
             grid.append(Config(tokens, 256, experts, top_k, factor, "top_k", skew=1.0, ranks=ranks))
+        for tokens, hidden, experts, top_k in itertools.product((1024, 4096), (256, 512), (4, 8), (1, 2)):
+            grid.append(Config(tokens, hidden, experts, top_k, None, "top_k", ranks=ranks, mode="training"))
     return [config for config in grid if config.experts % ranks == 0]
 
 
@@ -97,7 +103,7 @@ def scenario_for(config: Config, profile: Optional[dict[str, Any]] = None, profi
                   "num_experts": config.experts, "top_k": config.top_k},
         "cluster": cluster,
         "parallelism": {"ep_size": ranks},
-        "workload": {"mode": "inference", "micro_batch_size": 1, "seq_len": config.tokens, "expert_popularity_skew": config.skew,
+        "workload": {"mode": config.mode, "micro_batch_size": 1, "seq_len": config.tokens, "expert_popularity_skew": config.skew,
                      "precision": {"activations": "fp32", "weights": "fp32"}},
         "routing": {"strategy": config.strategy, "capacity_factor": config.capacity_factor},
         "simulation": {"network_mode": "fast", "max_routed_tokens": config.tokens * ranks, "overlap_shared_experts": False},
@@ -124,13 +130,18 @@ def predict(scenario: Scenario) -> dict[str, float]:
     # experts, and a rank shows it inside its measured combine
     predicted["combine"] += busy.get("wait", 0.0)
     predicted["layer"] = seconds
+    if scenario.workload.mode == "training":
+        backward = [phase for phase in program.backward if phase.name in MOE_PHASES]
+        predicted["backward"], _ = run_stage_fast(backward, scenario.parallelism.ep_size)
+        predicted["layer"] += predicted["backward"]
     return predicted
 
 
 def measured_phases(report: dict[str, Any], ranks: int) -> dict[str, float]:
     """Per MoE phase the mean over ranks of each rank's median; the layer: the slowest rank's sum of its medians."""
-    measured = {name: float(np.mean(report["phases_s"].get(name, [0.0]))) for name in MOE_PHASES}
-    measured["layer"] = float(max(sum(report["phases_s"][name][rank] for name in MOE_PHASES) for rank in range(ranks)))
+    timed = [name for name in (*MOE_PHASES, "backward") if name in report["phases_s"]]
+    measured = {name: float(np.mean(report["phases_s"][name])) for name in timed}
+    measured["layer"] = float(max(sum(report["phases_s"][name][rank] for name in timed) for rank in range(ranks)))
     return measured
 
 
@@ -171,10 +182,10 @@ def validate(
         for config, report, trace in zip(grid, reports[len(calibration):], traces):
             measured = measured_phases(report, ranks)
             predicted = predict(scenario_for(config, profile, profile_path, trace))
-            common = {"config": config.label, "ranks": ranks, "rule": config.rule_label, "shape": config.shape_label,
+            common = {"config": config.label, "ranks": ranks, "mode": config.mode, "rule": config.rule_label, "shape": config.shape_label,
                       "samples": report["samples"], "calibrated_alongside": device_measured is not None}
             per_rank = {name: [float(value) for value in values] for name, values in report["phases_s"].items()}
-            for phase in (*MOE_PHASES, "layer"):
+            for phase in (*MOE_PHASES, *(["backward"] if "backward" in measured else []), "layer"):
                 rows.append({**common, "phase": phase, "measured_s": measured[phase], "predicted_s": predicted[phase],
                              "measured_per_rank_s": per_rank.get(phase, []),
                              "error": abs(predicted[phase] - measured[phase]) / measured[phase] if measured[phase] > 0 else 0.0})
@@ -270,7 +281,8 @@ def write_report(rows: list[dict[str, Any]], profiles: dict[int, dict[str, Any]]
     lines = [
         "# Validation: simulator against the executor",
         "",
-        f"{devices}. One expert-parallel MoE layer forward per configuration; {layer['count']} configurations. "
+        f"{devices}. One expert-parallel MoE layer per configuration, forward (training: forward and backward); "
+        f"{layer['count']} configurations. "
         f"Produced by `moesim validate --ranks {','.join(str(r) for r in sorted(profiles))} --rounds {rounds} --repeats {repeats}`.",
         "",
         f"**Layer time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%}** "
@@ -294,13 +306,17 @@ def write_report(rows: list[dict[str, Any]], profiles: dict[int, dict[str, Any]]
         "| phase | median error | 90th percentile |",
         "| --- | ---: | ---: |",
     ]
-    for phase in (*MOE_PHASES, "layer", "layer_wall"):
-        stats = summary(rows, phase)
-        lines.append(f"| {phase} | {stats['median']:.1%} | {stats['p90']:.1%} |")
-    if len(profiles) > 1:
-        for ranks in sorted(profiles):
-            stats = summary([row for row in rows if row["ranks"] == ranks])
-            lines.append(f"| layer, {ranks} ranks ({stats['count']} configurations) | {stats['median']:.1%} | {stats['p90']:.1%} |")
+    for phase in (*MOE_PHASES, "backward", "layer", "layer_wall"):
+        if any(row["phase"] == phase for row in rows):
+            stats = summary(rows, phase)
+            lines.append(f"| {phase} | {stats['median']:.1%} | {stats['p90']:.1%} |")
+    groups = [(f"{ranks} ranks", lambda row, ranks=ranks: row["ranks"] == ranks) for ranks in sorted(profiles)]
+    groups += [(mode, lambda row, mode=mode: row.get("mode", "inference") == mode) for mode in ("inference", "training")]
+    for name, member in groups:
+        chosen = [row for row in rows if member(row)]
+        if chosen and len(chosen) < len(rows):
+            stats = summary(chosen)
+            lines.append(f"| layer, {name} ({stats['count']} configurations) | {stats['median']:.1%} | {stats['p90']:.1%} |")
     lines += ["", "![predicted against measured layer time](validation_layer_time.svg)", "",
               "| configuration | phase | measured (ms) | predicted (ms) | error |", "| --- | --- | ---: | ---: | ---: |"]
     for row in rows:
