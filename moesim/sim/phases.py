@@ -4,7 +4,8 @@ Per layer, forward (Megatron-Core's split for MoE layers):
 attention -> [tp all-reduce] -> router -> permute -> dispatch -> experts (+ shared
 experts, overlapping the dispatch when enabled) -> combine -> unpermute; dense layers
 run a dense FFN instead of router ... unpermute. Backward runs the layers in reverse:
-GEMMs cost twice their forward, attention scores 2.5 times (FlashAttention backward),
+GEMMs cost `CostModel.backward_gemm_factor` times their forward (2 unless a calibrated
+profile measured it), attention scores 2.5 times (FlashAttention backward),
 memory-bound kernels twice, each all-to-all once more; full recomputation replays the
 forward first. Compute phases carry one duration per rank (only the expert phase
 differs between ranks: it follows each rank's expert loads); collectives carry their
