@@ -51,6 +51,9 @@ LAYER_CONFIGS = (
 deliberately unlike the validation grid (tokens 1024/4096, hidden 256/512, experts 4/8, top-k 1/2).
 Expert counts divide by 2 and 4 ranks."""
 
+CalibrationLayer = tuple[tuple[int, int, int, int], str, Optional[float]]
+"""(tokens per rank, hidden, experts, top-k), routing rule, capacity factor."""
+
 ROUTER_VARIANTS: tuple[tuple[str, Optional[float], int], ...] = (
     ("top_k", None, 11), ("top_k", 1.5, 10), ("expert_choice", 1.5, 10), ("noisy_top_k", None, 6), ("sinkhorn", None, 6),
     ("bias_balanced", None, 6), ("bias_balanced", 1.5, 6),
@@ -160,14 +163,14 @@ def fit_latency_bandwidth(points: Sequence[tuple[int, float]], ranks: int) -> tu
     return max(float(latency), 0.0), 1.0 / max(float(per_byte), 1e-30)
 
 
-def calibration_layers(ranks: int, quick: bool) -> list[tuple[tuple[int, int, int, int], str, Optional[float]]]:
+def calibration_layers(ranks: int, quick: bool) -> list[CalibrationLayer]:
     """(layer config, rule, capacity factor) of every layer the calibration runs."""
     configs = LAYER_CONFIGS[:3] if quick else LAYER_CONFIGS
     variants = ROUTER_VARIANTS[:3] if quick else ROUTER_VARIANTS
     return [(config, rule, factor) for rule, factor, count in variants for config in configs[:count] if config[2] % ranks == 0]
 
 
-def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[tuple[tuple[int, int, int, int], str, Optional[float]]], list[Any]]:
+def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[CalibrationLayer], list[Any]]:
     """The calibration layers and a one-layer inference scenario for each (what `measure_layers` runs)."""
     from moesim.scenario import scenario_from_dict
 
@@ -186,7 +189,7 @@ def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[tuple[tuple[int
     return layers, scenarios
 
 
-def fit_layer_phases(model: CostModel, layers: Sequence[tuple[tuple[int, int, int, int], str, Optional[float]]],
+def fit_layer_phases(model: CostModel, layers: Sequence[CalibrationLayer],
                      measured: Sequence[dict[str, Any]], ranks: int
                      ) -> tuple[dict[str, dict[str, Any]], tuple[float, float], list[dict[str, float]]]:
     """Fit every phase as it ran inside the expert-parallel calibration layers.
@@ -274,7 +277,7 @@ def gemm_model(measured: dict[str, Any]) -> CostModel:
     )
 
 
-def write_profile(measured: dict[str, Any], layers: Sequence[Any], layer_reports: Sequence[dict[str, Any]],
+def write_profile(measured: dict[str, Any], layers: Sequence[CalibrationLayer], layer_reports: Sequence[dict[str, Any]],
                   out_dir: str | Path) -> Path:
     """Fit the calibration layers' phases on top of the micro-benchmarks and write the profile JSON."""
     ranks, alltoall = measured["ranks"], measured["alltoall"]
