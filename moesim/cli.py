@@ -459,7 +459,7 @@ def calibrate(
     out: Path = typer.Option(Path("validation/profiles"), "--out", help="Folder for the profile JSON."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repetitions."),
 ) -> None:
-    """Measure this device (GEMMs, memory, launches, all-to-all) and write a CostModel profile."""
+    """Measure this device (GEMMs, memory, launches, backward ratio, all-to-all, the executor layer's phases); write a CostModel profile."""
     from moesim.validation.calibrate import calibrate as run_calibrate
 
     if device == "cuda" and not __import__("torch").cuda.is_available():
