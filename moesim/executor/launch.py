@@ -36,6 +36,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def default_backend(world: int) -> str:
+    """NCCL when there is a GPU for every rank, else gloo on the CPU."""
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo"
+
+
 def threads_per_rank(world: int) -> int:
     """Each spawned rank's torch threads: its share of this machine's cores (at least one)."""
     return max(1, (os.cpu_count() or 1) // world)
@@ -70,7 +75,7 @@ def spawn(function: Callable[..., Any], world: int, *args: Any, backend: Optiona
 
     `on_progress(done, total)` hears what rank 0 passes to `report_progress`, twice a second.
     """
-    backend = backend or ("nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world else "gloo")
+    backend = backend or default_backend(world)
     with tempfile.TemporaryDirectory() as out_dir:
         context = mp.start_processes(_entry, args=(world, free_port(), backend, function, args, out_dir), nprocs=world,
                                      start_method="spawn", join=False)
@@ -207,7 +212,7 @@ def measure_layers(
 def execute(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = None, warmup: int = 2, repeats: int = 5,
             trace_path: Optional[str] = None) -> dict[str, Any]:
     """Run the scenario's MoE layer on `ranks` processes; per-phase median seconds of every rank."""
-    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= ranks else "gloo"
+    backend = default_backend(ranks)
     (measured,) = measure_layers([scenario], ranks, [tokens_per_rank] if tokens_per_rank else None, warmup, 1, repeats,
                                  [trace_path])
     return {

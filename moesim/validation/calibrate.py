@@ -189,6 +189,14 @@ def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[CalibrationLaye
     return layers, scenarios
 
 
+def experts_features(model: CostModel, tokens: int, hidden: int, experts: int, top_k: int, load: Sequence[int]) -> tuple[float, ...]:
+    """Features of an experts phase that ran the executor's SwiGLU experts (ffn = 2 x hidden, fp32) on these loads."""
+    rows = np.asarray(load, dtype=float)
+    arithmetic = float(model.ffn_seconds(rows, hidden, 2 * hidden, True, 4).sum())
+    return host_phase_features("experts", tokens, hidden, experts, top_k, active_experts=int(np.count_nonzero(rows)),
+                               rows=float(rows.sum()), ffn_seconds=arithmetic)
+
+
 def fit_layer_phases(model: CostModel, layers: Sequence[CalibrationLayer],
                      measured: Sequence[dict[str, Any]], ranks: int
                      ) -> tuple[dict[str, dict[str, Any]], tuple[float, float], list[dict[str, float]]]:
@@ -210,11 +218,7 @@ def fit_layer_phases(model: CostModel, layers: Sequence[CalibrationLayer],
             features = host_phase_features(phase, tokens, hidden, experts, top_k, served)
             samples.setdefault(phase, []).append((features, float(np.mean(phases[phase]))))
         for rank, load in enumerate(report["local_load"]):
-            rows = np.asarray(load, dtype=float)
-            arithmetic = float(model.ffn_seconds(rows, hidden, 2 * hidden, True, 4).sum())
-            features = host_phase_features("experts", tokens, hidden, experts, top_k, active_experts=int(np.count_nonzero(rows)),
-                                           rows=float(rows.sum()), ffn_seconds=arithmetic)
-            samples.setdefault("experts", []).append((features, phases["experts"][rank]))
+            samples.setdefault("experts", []).append((experts_features(model, tokens, hidden, experts, top_k, load), phases["experts"][rank]))
         sent = tokens * top_k * hidden * 4 * (ranks - 1) / ranks
         dispatch, combine = float(np.mean(phases["dispatch"])), float(np.mean(phases["combine"]))
         exchange_design += [[2.0, sent], [1.0, sent]]
@@ -277,17 +281,26 @@ def gemm_model(measured: dict[str, Any]) -> CostModel:
     )
 
 
+NO_EXCHANGE_BYTES_PER_S = 1e12
+"""Stand-in bandwidth of a profile measured on one rank, which never exchanges tokens."""
+
+
 def write_profile(measured: dict[str, Any], layers: Sequence[CalibrationLayer], layer_reports: Sequence[dict[str, Any]],
-                  out_dir: str | Path) -> Path:
-    """Fit the calibration layers' phases on top of the micro-benchmarks and write the profile JSON."""
+                  out_dir: str | Path, fits: Optional[dict[str, Any]] = None, suffix: str = "") -> Path:
+    """Fit the calibration layers' phases on top of the micro-benchmarks and write the profile JSON.
+
+    `fits` adds phase models fitted elsewhere (the single-device experts validation);
+    the file is `<device name><suffix>.json` in `out_dir`.
+    """
     ranks, alltoall = measured["ranks"], measured["alltoall"]
-    isolated = fit_latency_bandwidth(alltoall, ranks) if alltoall else (0.0, float("inf"))
-    fits: dict[str, Any] = {}
+    isolated = fit_latency_bandwidth(alltoall, ranks) if alltoall else (0.0, NO_EXCHANGE_BYTES_PER_S)
+    fits = dict(fits or {})
     (latency, bandwidth), layer_points = isolated, []
     if layers:
         # the simulator uses the exchange as the layer performs it (count exchange, uneven splits, ranks
         # that arrive at different times); the bare all_to_all_single fit is kept for reference
-        fits, (latency, bandwidth), layer_points = fit_layer_phases(gemm_model(measured), layers, layer_reports, ranks)
+        layer_fits, (latency, bandwidth), layer_points = fit_layer_phases(gemm_model(measured), layers, layer_reports, ranks)
+        fits.update(layer_fits)
     name = device_name(torch.device(measured["device"]), ranks, measured["threads"])
     profile = {
         "device": name,
@@ -302,7 +315,7 @@ def write_profile(measured: dict[str, Any], layers: Sequence[CalibrationLayer], 
                             "shapes": [list(s) for s in gemm_shapes(measured["quick"])]},
         "phase_fit": fits,
         "alltoall": {
-            "ranks": ranks, "backend": "nccl" if measured["device"] == "cuda" else "gloo",
+            "ranks": ranks, "backend": ("nccl" if measured["device"] == "cuda" else "gloo") if alltoall else "none",
             "bytes_per_rank": [size for size, _ in alltoall], "seconds": [value for _, value in alltoall],
             "latency_s": latency, "bytes_per_s": bandwidth,
             "isolated_latency_s": isolated[0], "isolated_bytes_per_s": isolated[1], "layer_points": layer_points,
@@ -310,7 +323,7 @@ def write_profile(measured: dict[str, Any], layers: Sequence[CalibrationLayer], 
     }
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
+    path = folder / f"{name}{suffix}.json"
     path.write_text(json.dumps(profile, indent=2))
     return path
 

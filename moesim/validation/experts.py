@@ -15,7 +15,6 @@ import itertools
 import json
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,7 +22,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from moesim.sim.compute import HOST_PHASE_FEATURES, host_phase_features
+from moesim.sim.compute import HOST_PHASE_FEATURES
 from moesim.validation.timing import interleaved_samples, nonnegative_relative_fit
 
 
@@ -94,7 +93,8 @@ def validate_experts(
     on_step: Optional[Callable[[str], None]] = None,
 ) -> tuple[list[dict[str, Any]], Path]:
     """Calibrate and validate the experts phase on one device; rows per validation configuration, and the profile."""
-    from moesim.validation.calibrate import QUICK_GEMM_ROWS, GEMM_ROWS, device_name, gemm_model, gemm_shapes, measure_gemm_rates, measure_launch, measure_memory
+    from moesim.validation.calibrate import (GEMM_ROWS, QUICK_GEMM_ROWS, experts_features, gemm_model, gemm_shapes, measure_gemm_rates,
+                                             measure_launch, measure_memory, write_profile)
     from moesim.validation.validate import Config, predict, scenario_for
     from moesim.workload import RouterScores, save_trace
 
@@ -113,26 +113,12 @@ def validate_experts(
     step("calibration and validation expert loops, interleaved")
     results = measure_experts(calibration + validation, target, rounds, repeats)
     model = gemm_model(measured_device)
-    samples = []
-    for config, (seconds, loads, _) in zip(calibration, results):
-        load = np.asarray(loads, dtype=float)
-        arithmetic = float(model.ffn_seconds(load, config.hidden, 2 * config.hidden, True, 4).sum())
-        samples.append((host_phase_features("experts", config.tokens, config.hidden, config.experts, config.top_k,
-                                            active_experts=int(np.count_nonzero(load)), rows=float(load.sum()), ffn_seconds=arithmetic), seconds))
+    samples = [(experts_features(model, config.tokens, config.hidden, config.experts, config.top_k, loads), seconds)
+               for config, (seconds, loads, _) in zip(calibration, results)]
     coefficients = nonnegative_relative_fit([features for features, _ in samples], [seconds for _, seconds in samples])
-    name = device_name(target, 1, measured_device["threads"])
-    profile = {
-        "device": name, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
-        "peak_flops": model.peak_flops, "memory_bytes_per_s": model.memory_bytes_per_s, "memory_efficiency": 1.0,
-        "kernel_launch_s": model.kernel_launch_s,
-        "gemm_efficiency": {"rows": rows, "efficiency": list(model.measured_efficiency or ()), "shapes": [list(s) for s in gemm_shapes(quick)]},
-        "phase_fit": {"experts": {"features": list(HOST_PHASE_FEATURES["experts"]), "coefficients": coefficients}},
-        "alltoall": {"ranks": 1, "backend": "none", "latency_s": 0.0, "bytes_per_s": 1e12},
-    }
-    folder = Path(profile_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    profile_path = folder / f"{name}-experts.json"
-    profile_path.write_text(json.dumps(profile, indent=2))
+    fits = {"experts": {"features": list(HOST_PHASE_FEATURES["experts"]), "coefficients": coefficients}}
+    profile_path = write_profile(measured_device, [], [], profile_dir, fits=fits, suffix="-experts")
+    profile = json.loads(profile_path.read_text())
     out = []
     with tempfile.TemporaryDirectory() as scratch:
         for index, (config, (seconds, loads, logits)) in enumerate(zip(validation, results[len(calibration):])):
@@ -143,7 +129,7 @@ def validate_experts(
                                     profile, profile_path, trace)
             predicted = predict(scenario)["experts"]
             load = np.asarray(loads, dtype=float)
-            out.append({"config": config.label, "device": name, "imbalance": float(load.max() / load.mean()),
+            out.append({"config": config.label, "device": profile["device"], "imbalance": float(load.max() / load.mean()),
                         "tokens_per_expert_max": int(load.max()), "measured_s": seconds, "predicted_s": predicted,
                         "error": abs(predicted - seconds) / seconds})
     return out, profile_path
