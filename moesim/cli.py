@@ -478,10 +478,13 @@ def validate(
                                            "instead of calibrating in the same run, interleaved with the validation layers."),
     out: Path = typer.Option(Path("validation"), "--out", help="Folder for REPORT.md, the plot and the raw rows."),
     quick: bool = typer.Option(False, "--quick", help="Two configurations instead of the full grid."),
-    rounds: int = typer.Option(10, "--rounds", min=1, help="Passes over the whole grid (repetitions are spread over them)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="Passes over the whole grid (repetitions are spread "
+                                         "over them); default 10 across ranks, 3 on a single device."),
     repeats: int = typer.Option(2, "--repeats", min=1, help="Timed runs of each configuration per pass."),
-    experts_only: bool = typer.Option(False, "--experts-only", help="One device: the experts phase against load and "
-                                      "imbalance (what --device cuda runs on one GPU)."),
+    single_device: bool = typer.Option(False, "--single-device", help="One device: the whole MoE layer (router, permute, "
+                                       "experts, unpermute, shared experts, backward) at model sizes; what --device cuda runs."),
+    from_raw: Optional[Path] = typer.Option(None, "--from-raw", help="Fit and report again from a single-device run's raw.json "
+                                            "(no device needed)."),
 ) -> None:
     """Measure MoE layers with the executor, predict them with the simulator, and report the error."""
     import json as json_module
@@ -492,21 +495,12 @@ def validate(
 
     if device not in ("cpu", "cuda"):
         raise MoesimError(f"--device: '{device}' is neither cpu nor cuda")
-    if device == "cuda" and not __import__("torch").cuda.is_available():
+    if device == "cuda" and from_raw is None and not __import__("torch").cuda.is_available():
         raise MoesimError("--device cuda: no CUDA device here; use --device cpu")
-    if device == "cuda" or experts_only:
-        import numpy as np
-
-        from moesim.validation.experts import validate_experts, write_experts_report
-
-        with console.status("expert compute on one device ...", spinner="dots") as status:
-            expert_rows, used = validate_experts(device, quick, rounds, repeats, out / "profiles",
-                                                 on_step=lambda step: status.update(f"{step} ..."))
-        path = write_experts_report(expert_rows, used, out, rounds, repeats)
-        errors = [row["error"] for row in expert_rows]
-        console.print(f"experts-phase error: median {float(np.median(errors)):.1%}, 90th percentile "
-                      f"{float(np.percentile(errors, 90)):.1%} over {len(errors)} configurations; report written to {path}")
+    if device == "cuda" or single_device or from_raw is not None:
+        _validate_single_device(device, quick, rounds or 3, repeats, out, from_raw)
         return
+    rounds = rounds or 10
     try:
         rank_counts = sorted({int(value) for value in ranks.split(",")})
     except ValueError:
@@ -532,6 +526,43 @@ def validate(
     layer = summary(rows)
     console.print(f"layer-time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%} over {layer['count']} configurations")
     console.print(f"report written to {report}")
+
+
+def _validate_single_device(device: str, quick: bool, rounds: int, repeats: int, out: Path, from_raw: Optional[Path]) -> None:
+    """`moesim validate --device cuda` / `--single-device` / `--from-raw`: the whole layer on one device."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from moesim.validation.single_device import report_from_raw, run_single_device
+    from moesim.validation.single_device_report import error_stats, write_single_device_report
+
+    if from_raw is not None:
+        try:
+            raw = json.loads(from_raw.read_text())
+        except (OSError, ValueError) as error:
+            raise MoesimError(f"--from-raw: cannot read {from_raw} ({error})") from None
+        command = f"moesim validate --from-raw {from_raw}"
+    else:
+        def on_step(step: str) -> None:
+            progress.update(task, description=step)
+            progress.console.log(step)
+
+        with Progress(TextColumn("[bold]single device"), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("kernel micro-benchmarks", total=None)
+            raw = run_single_device(device, quick, rounds, repeats, on_step=on_step,
+                                    on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+        folder = out / raw["device"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "raw.json").write_text(json.dumps(raw))  # kept first: the fit can be made again from it
+        command = f"moesim validate --device {device}{' --single-device' if device == 'cpu' else ''}{' --quick' if quick else ''}"
+    try:
+        rows, profile_path = report_from_raw(raw, out / "profiles")
+    except (KeyError, ValueError) as error:
+        raise MoesimError(f"--from-raw: {from_raw} is not a single-device run of this version ({error})") from None
+    report = write_single_device_report(rows, raw, profile_path, out / raw["device"], command)
+    layer = error_stats([row for row in rows if row["phase"] == "layer"])
+    console.print(f"layer-time error on {raw['device']}: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%}, "
+                  f"max {layer['max']:.1%} over {layer['count']} layers; report written to {report}")
 
 
 @app.command("plan")

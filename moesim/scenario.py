@@ -20,7 +20,7 @@ from moesim.errors import MoesimError, ScenarioError
 from moesim.models.precision import Precision
 from moesim.models.presets import model_preset
 from moesim.models.spec import ModelSpec
-from moesim.routing.names import RoutingStrategy
+from moesim.routing.names import RoutingStrategy, unhonoured_settings
 
 
 class _Section(BaseModel):
@@ -171,7 +171,9 @@ class WorkloadSpec(_Section):
 class RoutingSpec(_Section):
     """The routing rule and its capacity policy."""
 
-    strategy: RoutingStrategy = Field("top_k", description="Routing rule (see `moesim.routing.RULES`).")
+    strategy: Optional[RoutingStrategy] = Field(
+        None, description="Routing rule (see `moesim.routing.RULES`); default: the model's own (`model.router_strategy`)."
+    )
     top_k: Optional[int] = Field(None, gt=0, description="Experts per token; default: the model's.")
     capacity_factor: Optional[float] = Field(
         None,
@@ -183,6 +185,12 @@ class RoutingSpec(_Section):
     )
     score_function: Optional[Literal["softmax", "sigmoid"]] = Field(
         None, description="Router logits to affinities; default: the model's."
+    )
+    normalize_weights: Optional[bool] = Field(
+        None, description="Renormalise each token's weights to sum to 1; default: the model's (`router_normalize_weights`)."
+    )
+    group_score: Optional[Literal["max", "top2_sum"]] = Field(
+        None, description="Score of an expert group (group-limited rules); default: the model's (`router_group_score`)."
     )
     num_expert_groups: Optional[int] = Field(
         None, gt=0, description="Group/node-limited routing: number of groups; default: the model's."
@@ -306,7 +314,8 @@ class Scenario(_Section):
                 f"set top_k <= {model.num_experts}"
             )
         groups = routing.num_expert_groups or model.num_expert_groups
-        groups_per_token = routing.topk_groups or model.topk_groups
+        # the model's groups per token go with the model's groups; other groups default to no restriction
+        groups_per_token = routing.topk_groups or (model.topk_groups if groups == model.num_expert_groups else groups)
         if groups is not None:
             if model.num_experts % groups:
                 raise ValueError(
@@ -329,9 +338,15 @@ class Scenario(_Section):
             )
         self.workload.global_batch_size = global_batch
         routing.top_k = top_k
+        routing.strategy = routing.strategy or model.router_strategy
         routing.score_function = routing.score_function or model.router_score_function
+        routing.normalize_weights = model.router_normalize_weights if routing.normalize_weights is None else routing.normalize_weights
+        routing.group_score = routing.group_score or model.router_group_score
         routing.num_expert_groups = groups
         routing.topk_groups = groups_per_token
+        problems = unhonoured_settings(routing.strategy, routing.score_function, groups, groups_per_token, model.router_bias)
+        if problems:
+            raise ValueError(f"routing.strategy: '{routing.strategy}' cannot honour {'; '.join(problems)}")
         return self
 
 

@@ -11,7 +11,7 @@ import torch
 
 from moesim.errors import MoesimError
 from moesim.executor.launch import skewed_tokens
-from moesim.sim.compute import HOST_PHASE_FEATURES, CostModel, host_phase_features, router_fit_key
+from moesim.sim.compute import HOST_PHASE_FEATURES, CostModel, PhaseWork, host_phase_features, router_fit_key
 from moesim.validation.calibrate import LAYER_CONFIGS, calibrate, fit_latency_bandwidth
 from moesim.validation.timing import interleaved_samples, nonnegative_relative_fit
 from moesim.validation.validate import Config, default_grid, rule_orderings
@@ -69,11 +69,18 @@ def _profile(tmp_path: Path, phase_fit: dict) -> Path:
 
 def test_profile_phase_fits_are_used_and_checked(tmp_path: Path) -> None:
     model = CostModel.from_profile(_profile(tmp_path, {"router:top_k": {"coefficients": [1e-4, 1e-10, 2e-8, 0.0]}}))
-    assert model.fitted("router:top_k", host_phase_features("router", 1000, 100, 10, 1)) == pytest.approx(1e-4 + 1e-4 + 2e-4)
-    assert model.fitted("permute", (1.0, 1.0, 1.0)) is None
+    work = PhaseWork(1000, 100, 10, 1)
+    assert model.fitted("router:top_k", work) == pytest.approx(1e-4 + 1e-4 + 2e-4)
+    assert model.fitted("permute", work) is None
     with pytest.raises(MoesimError, match="phase_fit 'permute' needs 3 coefficients"):
         CostModel.from_profile(_profile(tmp_path, {"permute": {"coefficients": [1.0]}}))
-    assert set(HOST_PHASE_FEATURES) == {"router", "permute", "unpermute", "experts"}
+    # a profile names its features: a single-device profile's router is linear in its projection's seconds
+    named = {"router:top_k": {"features": ["1", "router GEMM seconds"], "coefficients": [1e-4, 2.0]}}
+    device_model = CostModel.from_profile(_profile(tmp_path, named))
+    assert device_model.fitted("router:top_k", PhaseWork(1000, 100, 10, 1, router_gemm_seconds=1e-5)) == pytest.approx(1.2e-4)
+    with pytest.raises(MoesimError, match="unknown features"):
+        CostModel.from_profile(_profile(tmp_path, {"router:top_k": {"features": ["1", "bogus"], "coefficients": [1.0, 1.0]}}))
+    assert set(HOST_PHASE_FEATURES) == {"router", "permute", "unpermute", "experts", "shared_experts", "backward"}
 
 
 def test_calibration_sizes_are_unlike_the_validation_grid() -> None:
@@ -111,7 +118,7 @@ def test_quick_calibration_profile_loads(tmp_path: Path) -> None:
     assert all(value >= 0 for fit in profile["phase_fit"].values() for value in fit["coefficients"])
     model = CostModel.from_profile(path)
     assert model.efficiency(1024) > model.efficiency(1)
-    assert model.fitted("permute", host_phase_features("permute", 4096, 256, 8, 2)) > model.fitted("permute", host_phase_features("permute", 256, 64, 8, 1))
+    assert model.fitted("permute", PhaseWork(4096, 256, 8, 2, slots=8192)) > model.fitted("permute", PhaseWork(256, 64, 8, 1, slots=256))
 
 
 def test_validate_writes_a_report(tmp_path: Path) -> None:
@@ -139,14 +146,43 @@ def test_validate_calibrates_alongside_when_given_no_profile(tmp_path: Path) -> 
     assert len(rows) == 2 * 8 and all(row["calibrated_alongside"] for row in rows)
 
 
-def test_single_device_expert_validation(tmp_path: Path) -> None:
-    from moesim.validation.experts import expert_grids, validate_experts, write_experts_report
+def test_single_device_grids_keep_calibration_and_validation_apart() -> None:
+    from moesim.validation.layer_cases import layer_grids
 
-    calibration, validation = expert_grids("cpu", quick=False)
-    assert not {c.hidden for c in calibration} & {c.hidden for c in validation}
-    assert {c.skew for c in validation} == {0.0, 1.0, 2.0}
-    rows, profile = validate_experts("cpu", quick=True, rounds=2, repeats=1, profile_dir=tmp_path)
-    assert json.loads(profile.read_text())["phase_fit"]["experts"]["coefficients"]
-    assert rows and all(row["measured_s"] > 0 and row["predicted_s"] > 0 and row["imbalance"] >= 1 for row in rows)
-    report = write_experts_report(rows, profile, tmp_path, rounds=2, repeats=1).read_text()
-    assert "Experts-phase error" in report and "busiest / mean expert load" in report
+    for device, quick in (("cuda", False), ("cpu", False), ("cpu", True)):
+        calibration, validation = layer_grids(device, quick)
+        shapes = {case.shape for case in calibration}
+        assert shapes.isdisjoint({case.shape for case in validation})
+        assert {case.shape.hidden for case in calibration}.isdisjoint({case.shape.hidden for case in validation})
+        assert any(case.training for case in calibration) and any(case.training for case in validation)
+        assert {case.rule_label for case in validation} <= {case.rule_label for case in calibration} | {"top_k cf 1.25", "expert_choice cf 1"}
+    calibration, validation = layer_grids("cuda")
+    assert {case.shape.name for case in validation} >= {"mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b"}
+    assert {case.tokens for case in validation} >= {1024, 32768} and {case.top_k for case in validation} >= {1, 8}
+    assert any(case.skew for case in validation) and any(case.shape.shared for case in validation)
+
+
+def test_single_device_validation_runs_and_refits_from_its_raw_data(tmp_path: Path) -> None:
+    """The whole pipeline on the CPU: measure, keep the raw data, fit, predict, report; --from-raw gives the same rows."""
+    from typer.testing import CliRunner
+
+    from moesim.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["validate", "--single-device", "--quick", "--rounds", "1", "--repeats", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (folder,) = [path for path in tmp_path.iterdir() if path.name != "profiles"]
+    report = (folder / "REPORT.md").read_text()
+    assert "Layer-time error" in report and "phase backward" in report and "phase shared_experts" in report
+    rows = json.loads((folder / "rows.json").read_text())
+    assert {row["phase"] for row in rows} >= {"router", "permute", "experts", "unpermute", "backward", "layer"}
+    assert all(row["measured_s"] > 0 and row["predicted_s"] > 0 for row in rows)
+    profile = json.loads((tmp_path / "profiles" / f"{folder.name}.json").read_text())
+    assert {"experts", "permute", "unpermute", "backward", "shared_experts"} <= set(profile["phase_fit"])
+    again = runner.invoke(app, ["validate", "--from-raw", str(folder / "raw.json"), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "again" / folder.name / "rows.json").read_text()) == rows
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    refused = runner.invoke(app, ["validate", "--from-raw", str(broken)])
+    assert refused.exit_code == 2 and "not a single-device run" in refused.output

@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 HIDDEN, FFN, EXPERTS = 16, 24, 8
 
 
-def make_layer(rule: str, parallel: ExpertParallel | None = None, shared: int = 1, **options: Any) -> MoELayer:
+def make_layer(rule: str, parallel: ExpertParallel | None = None, shared: int = 1, kernel: str = "auto",
+               dtype: torch.dtype = torch.float32, **options: Any) -> MoELayer:
     router = make_router(rule, num_experts=EXPERTS, top_k=2 if rule != "hash" else 1, **options)
-    return MoELayer(HIDDEN, FFN, EXPERTS, router, num_shared_experts=shared, parallel=parallel, seed=3)
+    return MoELayer(HIDDEN, FFN, EXPERTS, router, num_shared_experts=shared, parallel=parallel, seed=3, experts_kernel=kernel,
+                    dtype=dtype)
 
 
 @pytest.mark.parametrize("rule, options", [("top_k", {}), ("top_k", {"capacity_factor": 0.5}), ("expert_choice", {"capacity_factor": 1.0}),
@@ -35,6 +37,53 @@ def test_single_process_equals_slow_reference(rule: str, options: dict[str, Any]
     ids = torch.arange(40)
     out = layer(x, ids)
     assert torch.allclose(out, reference_moe(layer, x, layer.last_assignment), atol=1e-5)
+
+
+@pytest.mark.parametrize("rule, options", [("top_k", {}), ("top_k", {"capacity_factor": 0.5}), ("expert_choice", {"capacity_factor": 1.0}),
+                                           ("gshard_top2", {})])
+def test_grouped_gemm_experts_equal_the_loop_forward_and_backward(rule: str, options: dict[str, Any]) -> None:
+    """`torch._grouped_mm` (the GPU kernel; it runs on the CPU too) computes what the per-expert loop does.
+
+    With drops or empty slots the permutation carries rows without a token: their grouped-GEMM
+    output is unspecified, so the layer masks them, and no gradient may leak from them.
+    """
+    grouped, loop = make_layer(rule, kernel="grouped", **options), make_layer(rule, kernel="loop", **options)
+    x = torch.randn(40, HIDDEN, generator=torch.Generator().manual_seed(2))
+    x_grouped, x_loop = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_grouped, out_loop = grouped(x_grouped), loop(x_loop)
+    assert torch.allclose(out_grouped, out_loop, atol=1e-5)
+    out_grouped.pow(2).sum().backward()
+    out_loop.pow(2).sum().backward()
+    assert torch.isfinite(x_grouped.grad).all()
+    assert torch.allclose(x_grouped.grad, x_loop.grad, atol=1e-4)
+    for name in ("router_weight", "expert_up", "expert_down", "shared_up"):
+        assert torch.allclose(getattr(grouped, name).grad, getattr(loop, name).grad, atol=1e-4), name
+
+
+def test_bf16_layer_follows_the_fp32_layer() -> None:
+    """The default GPU precision: same weights drawn, rounded to bf16; the output within bf16 rounding."""
+    full, half = make_layer("top_k", kernel="grouped"), make_layer("top_k", kernel="grouped", dtype=torch.bfloat16)
+    assert half.expert_up.dtype == torch.bfloat16 and torch.equal(half.expert_up, full.expert_up.to(torch.bfloat16))
+    x = torch.randn(64, HIDDEN, generator=torch.Generator().manual_seed(4))
+    reference = full(x)
+    out = half(x.to(torch.bfloat16))
+    same_choice = torch.equal(half.last_assignment.routing_map(), full.last_assignment.routing_map())
+    error = (out.float() - reference).norm() / reference.norm()
+    assert same_choice and error < 2e-2
+
+
+def test_permutation_rows_are_known_on_the_host() -> None:
+    """The permutation's size never depends on the routing: tokens x slots, or experts x capacity when smaller."""
+    layer = make_layer("top_k", capacity_factor=0.5, kernel="grouped")
+    x = torch.randn(40, HIDDEN, generator=torch.Generator().manual_seed(5))
+    assignment = layer.route(x)
+    rows, may_be_empty = layer.rows_for(assignment)
+    assert (rows, may_be_empty) == (EXPERTS * assignment.capacity, True)
+    permutation = layer.permute(x, assignment)
+    assert permutation.tokens.shape[0] == rows
+    assert permutation.padded and int((permutation.token_of < 40).sum()) == int(assignment.expert_load.sum()) == int(permutation.expert_counts.sum())
+    dropless = make_layer("top_k", kernel="grouped")
+    assert dropless.rows_for(dropless.route(x)) == (40 * 2, False)
 
 
 def test_gelu_experts_and_dropped_tokens_pass_nothing() -> None:
@@ -65,12 +114,16 @@ def _ep_worker(rank: int, world: int, rule: str, use_alltoall: bool) -> dict[str
     ids = torch.arange(24) + 100 * rank
     out = distributed(x, ids)
     reference = whole(x.detach(), ids)
-    out.sum().backward()
+    out.pow(2).sum().backward()
     x_ref = x.detach().clone().requires_grad_()
-    whole(x_ref, ids).sum().backward()
+    whole(x_ref, ids).pow(2).sum().backward()
     return {
         "match": bool(torch.allclose(out, reference, atol=1e-5)),
         "grad_match": bool(torch.allclose(x.grad, x_ref.grad, atol=1e-5)),
+        "router_grad_match": bool(torch.allclose(distributed.router_weight.grad, whole.router_weight.grad, atol=1e-5)),
+        "shared_grad_match": bool(torch.allclose(distributed.shared_up.grad, whole.shared_up.grad, atol=1e-5)),
+        "local_down": distributed.expert_down.grad.tolist(),
+        "whole_down": whole.expert_down.grad.tolist(),
         "received": int(distributed.last_assignment.expert_load.sum()),
         "alltoall": parallel.use_alltoall,
     }
@@ -78,8 +131,18 @@ def _ep_worker(rank: int, world: int, rule: str, use_alltoall: bool) -> dict[str
 
 @pytest.mark.parametrize("use_alltoall", [True, False])
 def test_expert_parallel_equals_single_process(use_alltoall: bool) -> None:
+    """Outputs, input gradients and parameter gradients of an expert-parallel layer equal the one-process layer's.
+
+    Each rank's expert gradients come from every rank's tokens: their sum over the two
+    one-process layers (each on one rank's tokens) is what each expert's slice must hold.
+    """
     results = spawn(_ep_worker, 2, "top_k", use_alltoall, backend="gloo")
     assert all(result["match"] and result["grad_match"] for result in results)
+    assert all(result["router_grad_match"] and result["shared_grad_match"] for result in results)
+    every_token = sum(torch.tensor(result["whole_down"]) for result in results)  # [experts, ffn, hidden]
+    local = EXPERTS // 2
+    for rank, result in enumerate(results):
+        assert torch.allclose(torch.tensor(result["local_down"]), every_token[rank * local:(rank + 1) * local], atol=1e-5)
     assert [result["alltoall"] for result in results] == [use_alltoall] * 2
 
 
@@ -129,3 +192,28 @@ def test_execute_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["ranks"] == 2 and "dispatch" in data["phases_s"] and "backward" not in data["phases_s"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("rule, options", [("top_k", {}), ("top_k", {"capacity_factor": 0.75}), ("expert_choice", {"capacity_factor": 1.0}),
+                                           ("bias_balanced", {"num_expert_groups": 4, "topk_groups": 2})])
+def test_cuda_layer_runs_without_host_synchronisation_and_matches_the_loop(rule: str, options: dict[str, Any]) -> None:
+    """On a GPU: bf16, grouped-GEMM experts, forward and backward without the host waiting once; same result as the loop."""
+    router = make_router(rule, num_experts=EXPERTS, top_k=2, **options)
+    grouped = MoELayer(64, 96, EXPERTS, router, num_shared_experts=1, seed=5, dtype=torch.bfloat16, device="cuda")
+    loop = MoELayer(64, 96, EXPERTS, router, num_shared_experts=1, seed=5, dtype=torch.bfloat16, device="cuda",
+                    experts_kernel="loop")
+    assert grouped.experts_kernel == "grouped" and grouped.expert_up.is_cuda
+    x = torch.randn(256, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grouped(x).sum().backward()  # warm-up: a bias moves to the GPU once, kernels load
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = grouped(x)
+        out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    timings = grouped.clock.read()
+    assert timings["experts"] > 0 and timings["span"] >= timings["experts"]
+    reference = loop(x.detach())
+    assert (out.float() - reference.float()).norm() / reference.float().norm() < 2e-2

@@ -90,36 +90,54 @@ def spawn(function: Callable[..., Any], world: int, *args: Any, backend: Optiona
         return [json.loads(Path(out_dir, f"rank{rank}.json").read_text()) for rank in range(world)]
 
 
-def _layer_for(scenario: Scenario, device: torch.device):  # type: ignore[no-untyped-def]
-    from moesim.executor.dispatch import ExpertParallel
+EXECUTOR_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The scenario precisions the executor computes in (`workload.precision.activations`)."""
+
+
+def executor_dtype(scenario: Scenario) -> torch.dtype:
+    """The torch dtype of the scenario's activations (bf16 by default); fp8 compute is not executed."""
+    name = scenario.workload.precision.activations
+    if name not in EXECUTOR_DTYPES:
+        from moesim.errors import MoesimError
+
+        raise MoesimError(f"workload.precision.activations: the executor computes in {', '.join(EXECUTOR_DTYPES)}, "
+                          f"not {name}; set workload.precision.activations=bf16")
+    return EXECUTOR_DTYPES[name]
+
+
+def layer_for(scenario: Scenario, device: torch.device, parallel: Any = None, experts_kernel: str = "auto"):  # type: ignore[no-untyped-def]
+    """The scenario's MoE layer on `device` in the scenario's precision (expert-parallel when `parallel` is given)."""
     from moesim.executor.layer import MoELayer
     from moesim.routing.from_scenario import router_for_scenario
 
     model = scenario.model
-    layer = MoELayer(
+    return MoELayer(
         model.hidden_size, model.moe_intermediate_size, model.num_experts, router_for_scenario(scenario),
         activation=model.expert_ffn_activation, num_shared_experts=model.num_shared_experts,
-        parallel=ExpertParallel.from_process_group(device), seed=scenario.seed,
+        shared_ffn_size=model.shared_expert_size * model.num_shared_experts, parallel=parallel, seed=scenario.seed,
+        dtype=executor_dtype(scenario), device=device, experts_kernel=experts_kernel,
     )
-    return layer.to(device)
 
 
 def skewed_tokens(x: torch.Tensor, router_weight: torch.Tensor, skew: float) -> torch.Tensor:
     """Tokens whose router logits carry a Zipf popularity bias: expert e's logit shifted by -skew x log(e + 1).
 
     The shift is the minimum-norm hidden vector v with router_weight @ v = bias, added to
-    every token, so expert popularity follows `workload.expert_popularity_skew` on the real router.
+    every token, so expert popularity follows `workload.expert_popularity_skew` on the real
+    router. Solved on the router weight's device in fp32 (or the weight's own, if wider), added in x's dtype.
     """
     if skew == 0:
         return x
-    bias = -skew * torch.log(torch.arange(1, router_weight.shape[0] + 1, dtype=x.dtype))
-    shift = torch.linalg.lstsq(router_weight.to(x.dtype), bias.unsqueeze(1)).solution.squeeze(1)
-    return x + shift
+    weight = router_weight.detach().to(torch.promote_types(router_weight.dtype, torch.float32))
+    bias = -skew * torch.log(torch.arange(1, weight.shape[0] + 1, dtype=weight.dtype, device=weight.device))
+    # the minimum-norm solution W^T (W W^T)^-1 b: a small [experts x experts] solve, supported on every device
+    shift = weight.t() @ torch.linalg.solve(weight @ weight.t(), bias)
+    return x + shift.to(device=x.device, dtype=x.dtype)
 
 
 def _save_scores(layer: Any, x: torch.Tensor, token_ids: torch.Tensor, rank: int, world: int, trace_path: str) -> None:
     """Gather every rank's router logits and token ids; rank 0 writes them as a trace file."""
-    logits = (x.detach() @ layer.router_weight.detach().t()).cpu()
+    logits = (x.detach() @ layer.router_weight.detach().t()).float().cpu()
     gathered = [torch.empty_like(logits) for _ in range(world)]
     ids = [torch.empty_like(token_ids.cpu()) for _ in range(world)]
     dist.all_gather(gathered, logits)
@@ -135,33 +153,34 @@ def _layers_worker(rank: int, world: int, documents: list[dict[str, Any]], token
                    repeats: int, trace_paths: list[Optional[str]]) -> list[dict[str, Any]]:
     from moesim.scenario import scenario_from_dict
 
+    from moesim.executor.dispatch import ExpertParallel
+
     device = torch.device(f"cuda:{rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
     setups = []
     for document, count in zip(documents, tokens):
         scenario = scenario_from_dict(document)
         backward = scenario.workload.mode == "training"
-        layer = _layer_for(scenario, device)
+        layer = layer_for(scenario, device, ExpertParallel.from_process_group(device))
         generator = torch.Generator().manual_seed(scenario.seed * 1000 + rank)
-        x = skewed_tokens(torch.randn(count, scenario.model.hidden_size, generator=generator),
-                          layer.router_weight.detach().cpu(), scenario.workload.expert_popularity_skew)
-        x = x.to(device).requires_grad_(backward)
+        x = torch.randn(count, scenario.model.hidden_size, generator=generator).to(device=device, dtype=executor_dtype(scenario))
+        x = skewed_tokens(x, layer.router_weight, scenario.workload.expert_popularity_skew).requires_grad_(backward)
         token_ids = torch.randint(0, scenario.model.vocab_size, (count,), generator=generator).to(device)
         setups.append((layer, x, token_ids, backward))
     samples: list[dict[str, list[float]]] = [{} for _ in setups]
     for round_index in range(rounds):
         for index, (layer, x, token_ids, backward) in enumerate(setups):
             for repeat in range(repeats + (warmup if round_index == 0 else 0)):
-                layer.timings = {}
                 dist.barrier()
                 began = time.perf_counter()
                 with torch.set_grad_enabled(backward):
                     out = layer(x, token_ids)
                     if backward:
                         with layer.phase("backward"):
-                            out.pow(2).mean().backward()
-                layer.timings["layer"] = time.perf_counter() - began
+                            out.float().pow(2).mean().backward()
+                timings = layer.clock.read()  # waits for a GPU's queued work
+                timings["layer"] = time.perf_counter() - began
                 if round_index > 0 or repeat >= warmup:
-                    for name, seconds in layer.timings.items():
+                    for name, seconds in timings.items():
                         samples[index].setdefault(name, []).append(seconds)
             report_progress(round_index * len(setups) + index + 1, rounds * len(setups))
     results = []

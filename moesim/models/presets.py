@@ -19,6 +19,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_layers=32, hidden_size=4096, vocab_size=32000, max_seq_len=32768,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128,
         intermediate_size=14336, moe_intermediate_size=14336, num_experts=8, top_k=2,
+        router_normalize_weights=True,  # transformers' MixtralSparseMoeBlock: softmax, top-2, divide by the sum
         source="huggingface.co/mistralai/Mixtral-8x7B-v0.1 config.json",
     ),
     # Mistral AI, huggingface.co/mistralai/Mixtral-8x22B-v0.1/blob/main/config.json
@@ -26,6 +27,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_layers=56, hidden_size=6144, vocab_size=32768, max_seq_len=65536,
         num_attention_heads=48, num_key_value_heads=8, head_dim=128,
         intermediate_size=16384, moe_intermediate_size=16384, num_experts=8, top_k=2,
+        router_normalize_weights=True,  # as Mixtral 8x7B
         source="huggingface.co/mistralai/Mixtral-8x22B-v0.1 config.json",
     ),
     # Fedus et al. 2021 (Switch Transformers) on T5-Base; huggingface.co/google/switch-base-8 config.json
@@ -58,7 +60,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=16, norm_type="layernorm",
         intermediate_size=8192, dense_ffn_activation="relu",
         moe_intermediate_size=8192, expert_ffn_activation="relu",
-        num_experts=2048, top_k=2, moe_layer_frequency=2,
+        num_experts=2048, top_k=2, moe_layer_frequency=2, router_strategy="gshard_top2",
         source="Lepikhin et al. 2020 (GShard), Table 3, MoE(2048E, 36L)",
     ),
     # Du et al. 2022 (GLaM), Table 4, GLaM (64B/64E): L=64, M=8192, H=32768, 128 heads x 128, E=64,
@@ -68,7 +70,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=128, head_dim=128,
         intermediate_size=32768, dense_ffn_activation="geglu",
         moe_intermediate_size=32768, expert_ffn_activation="gelu",
-        num_experts=64, top_k=2, moe_layer_frequency=2,
+        num_experts=64, top_k=2, moe_layer_frequency=2, router_strategy="gshard_top2",  # GLaM uses GShard's top-2 gating
         source="Du et al. 2022 (GLaM), Table 4 and section 4",
     ),
     # DeepSeek-AI 2024, huggingface.co/deepseek-ai/DeepSeek-V2/blob/main/config.json
@@ -78,6 +80,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
         intermediate_size=12288, moe_intermediate_size=1536, num_experts=160, num_shared_experts=2,
         top_k=6, first_k_dense_layers=1, num_expert_groups=8, topk_groups=3, routed_scaling_factor=16.0,
+        # scoring_func softmax, topk_method group_limited_greedy (group score: best expert), norm_topk_prob false
+        router_strategy="group_limited", router_group_score="max", router_normalize_weights=False,
         source="huggingface.co/deepseek-ai/DeepSeek-V2 config.json",
     ),
     # DeepSeek-AI 2024, huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json (main model; the
@@ -88,7 +92,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
         intermediate_size=18432, moe_intermediate_size=2048, num_experts=256, num_shared_experts=1,
         top_k=8, first_k_dense_layers=3, num_expert_groups=8, topk_groups=4, routed_scaling_factor=2.5,
-        router_score_function="sigmoid", router_bias=True,
+        # scoring_func sigmoid, topk_method noaux_tc (e_score_correction_bias, group score: best two), norm_topk_prob true
+        router_score_function="sigmoid", router_bias=True, router_strategy="bias_balanced", router_group_score="top2_sum",
+        router_normalize_weights=True,
         source="huggingface.co/deepseek-ai/DeepSeek-V3 config.json",
     ),
     # Databricks 2024, huggingface.co/databricks/dbrx-base/blob/main/config.json
@@ -97,6 +103,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_layers=40, hidden_size=6144, vocab_size=100352, max_seq_len=32768,
         num_attention_heads=48, num_key_value_heads=8,
         intermediate_size=10752, moe_intermediate_size=10752, num_experts=16, top_k=4,
+        router_normalize_weights=True,  # ffn_config moe_normalize_expert_weights 1: top-4 weights / their L1 norm
         source="huggingface.co/databricks/dbrx-base config.json",
     ),
     # NLLB Team 2022, huggingface.co/facebook/nllb-moe-54b/blob/main/config.json
@@ -115,6 +122,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_layers=16, hidden_size=2048, vocab_size=50304, max_seq_len=4096,
         num_attention_heads=16, qk_norm=True,
         intermediate_size=1024, moe_intermediate_size=1024, num_experts=64, top_k=8,
+        router_normalize_weights=False,  # norm_topk_prob false
         source="huggingface.co/allenai/OLMoE-1B-7B-0924 config.json",
     ),
     # Qwen Team 2025, huggingface.co/Qwen/Qwen3-30B-A3B/blob/main/config.json
@@ -122,6 +130,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_layers=48, hidden_size=2048, vocab_size=151936, max_seq_len=40960,
         num_attention_heads=32, num_key_value_heads=4, head_dim=128, qk_norm=True,
         intermediate_size=6144, moe_intermediate_size=768, num_experts=128, top_k=8,
+        router_normalize_weights=True,  # norm_topk_prob true
         source="huggingface.co/Qwen/Qwen3-30B-A3B config.json",
     ),
     # A model small enough to run anywhere in tests and on a laptop CPU.

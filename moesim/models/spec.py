@@ -13,6 +13,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from moesim.routing.names import RoutingStrategy
+
 FfnActivation = Literal["swiglu", "geglu", "gelu", "relu", "silu"]
 """FFN kinds: the gated ones (`swiglu`, `geglu`) have three weight matrices, the rest two."""
 
@@ -74,10 +76,23 @@ class ModelSpec(BaseModel):
     moe_layer_frequency: int = Field(
         1, gt=0, description="Every n-th layer (after the dense ones) is MoE: 1 = all, 2 = every other (Switch, GShard, GLaM), 4 = NLLB."
     )
+    # the model's own router: the defaults of a scenario's `routing` section
+    router_strategy: RoutingStrategy = Field(
+        "top_k", description="The model's own routing rule, the default of `routing.strategy`."
+    )
     router_score_function: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="How router logits become affinities (DeepSeek-V3 uses sigmoid)."
     )
-    router_bias: bool = Field(False, description="Router has a per-expert bias term (DeepSeek-V3 score correction).")
+    router_normalize_weights: bool = Field(
+        False, description="Renormalise each token's top-k weights to sum to 1 (Hugging Face `norm_topk_prob`)."
+    )
+    router_group_score: Literal["max", "top2_sum"] = Field(
+        "max", description="Score of an expert group in group-limited routing: its best expert (V2) or best two (V3)."
+    )
+    router_bias: bool = Field(
+        False, description="Per-expert correction bias added to the scores for the choice only (DeepSeek-V3); "
+        "only `bias_balanced` routing honours it."
+    )
     num_expert_groups: Optional[int] = Field(
         None, gt=0, description="Group-limited routing: experts split into this many groups (DeepSeek `n_group`)."
     )

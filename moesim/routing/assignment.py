@@ -46,11 +46,16 @@ class Assignment:
         """Boolean [tokens, slots]: slots that reach an expert."""
         return self.expert_ids >= 0
 
+    def _served_or_spare(self) -> torch.Tensor:
+        """expert_ids with empty slots pointing at a spare column `num_experts` (fixed shape, no wait for a GPU)."""
+        return torch.where(self.served, self.expert_ids, self.num_experts)
+
     @property
     def expert_load(self) -> torch.Tensor:
-        """Tokens each routed expert processes, [num_experts] (int64)."""
-        ids = self.expert_ids[self.served]
-        return torch.bincount(ids, minlength=self.num_experts)
+        """Tokens each routed expert processes, [num_experts] (int64), on the assignment's device."""
+        ids = self._served_or_spare().reshape(-1)
+        counts = torch.zeros(self.num_experts + 1, dtype=torch.long, device=ids.device)
+        return counts.scatter_add_(0, ids, torch.ones_like(ids))[: self.num_experts]
 
     @property
     def num_dropped(self) -> int:
@@ -76,11 +81,16 @@ class Assignment:
 
     def routing_map(self) -> torch.Tensor:
         """Boolean [tokens, num_experts]: token t is served by expert e (Megatron's routing_map)."""
-        tokens = torch.arange(self.num_tokens).unsqueeze(1).expand_as(self.expert_ids)
-        mask = torch.zeros(self.num_tokens, self.num_experts, dtype=torch.bool)
-        served = self.served
-        mask[tokens[served], self.expert_ids[served]] = True
-        return mask
+        mask = torch.zeros(self.num_tokens, self.num_experts + 1, dtype=torch.bool, device=self.expert_ids.device)
+        return mask.scatter_(1, self._served_or_spare(), True)[:, : self.num_experts]
+
+    def to(self, device: torch.device | str) -> "Assignment":
+        """The same assignment with its tensors on `device` (metrics read values: they work on a host copy)."""
+        def move(value: Any) -> Any:
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        return Assignment(move(self.expert_ids), move(self.weights), self.num_experts, move(self.dropped), self.capacity,
+                          self.num_shared_experts, move(self.dense_path), {key: move(value) for key, value in self.info.items()})
 
     def equals(self, other: "Assignment") -> bool:
         """Bit-for-bit equality of the routing result."""

@@ -14,6 +14,9 @@ the relative loss in total affinity. A capacity factor above 1 loosens the balan
 below 1 some tokens cannot be served and are marked dropped.
 
 The gate weight of an assigned expert is sigmoid(logit), as in the paper.
+
+The solver runs on the host by nature: GPU scores are copied to the CPU for it (the host
+waits for them) and the assignment is copied back to the scores' device.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class BaseRouter(Router):
     """Balanced assignment with the largest total token-expert affinity."""
 
     name = "base"
+    leaves_empty_slots = True
 
     def __init__(
         self,
@@ -94,11 +98,12 @@ class BaseRouter(Router):
         self.compare_exact = compare_exact
 
     def choose(self, logits: torch.Tensor, token_ids: Optional[torch.Tensor]) -> Choice:
-        num_tokens = logits.shape[0]
+        num_tokens, device = logits.shape[0], logits.device
         capacity = expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor or 1.0) or 0
-        values = logits.detach().double().numpy()
+        host_logits = logits.detach().cpu()  # the solver's side of the move (see the module docstring)
+        values = host_logits.double().numpy()
         if num_tokens == 0:
-            empty = torch.zeros(0, self.top_k, dtype=torch.long)
+            empty = torch.zeros(0, self.top_k, dtype=torch.long, device=device)
             return Choice(empty - 1, empty.float(), empty.float(), capacity=capacity, capacity_done=True)
         info: dict[str, object] = {}
         candidates = self.candidates
@@ -117,7 +122,7 @@ class BaseRouter(Router):
             info["gap_to_exact"] = (exact - affinity) / max(abs(exact), 1e-12)
         tokens_t = torch.from_numpy(tokens)
         experts_t = torch.from_numpy(experts)
-        gates = torch.sigmoid(logits[tokens_t, experts_t])
+        gates = torch.sigmoid(host_logits[tokens_t, experts_t])
         expert_ids, weights = group_slots(tokens_t, experts_t, gates, num_tokens)
         if expert_ids.shape[1] < self.top_k:
             pad = self.top_k - expert_ids.shape[1]
@@ -125,6 +130,7 @@ class BaseRouter(Router):
             weights = torch.nn.functional.pad(weights, (0, pad), value=0.0)
         served = (expert_ids >= 0).sum(dim=1)
         # pairs the balance could not serve (capacity factor below 1) count as dropped
-        dropped = torch.arange(self.top_k).unsqueeze(0) >= served.unsqueeze(1)
+        dropped = torch.arange(self.top_k, device=served.device).unsqueeze(0) >= served.unsqueeze(1)
         info["unserved_pairs"] = int(dropped.sum())
+        expert_ids, weights, dropped = (tensor.to(device) for tensor in (expert_ids, weights, dropped))
         return Choice(expert_ids, weights, weights, capacity=capacity, info=info, capacity_done=True, dropped=dropped)

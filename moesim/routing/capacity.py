@@ -35,21 +35,27 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_fact
     return max(1, min(num_tokens, math.ceil(exact)))
 
 
+_NO_EXPERT = 2**31
+"""Sort key of empty slots: after every expert (keys are expert x bound + priority, bound < 2^31)."""
+
+
 def rank_within_expert(expert_ids: torch.Tensor, priority_rank: torch.Tensor, rank_bound: int) -> torch.Tensor:
     """For each (flat) assignment, its place in its expert's queue (0 = served first).
 
     `priority_rank` holds distinct integers in [0, rank_bound): lower is served first.
-    One sort of a combined key, no Python loop.
+    One sort of a combined key; each expert's queue starts where its id first appears in
+    the sorted keys (a binary search), so no count of experts is needed and nothing waits
+    for the device.
     """
     count = expert_ids.numel()
+    device = expert_ids.device
     if count == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=device)
     order = torch.argsort(expert_ids.long() * rank_bound + priority_rank)
-    sorted_experts = expert_ids[order]
-    counts = torch.bincount(sorted_experts)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty(count, dtype=torch.long)
-    rank[order] = torch.arange(count) - starts[sorted_experts]
+    sorted_experts = expert_ids[order].long().contiguous()
+    starts = torch.searchsorted(sorted_experts, sorted_experts, side="left")
+    rank = torch.empty(count, dtype=torch.long, device=device)
+    rank[order] = torch.arange(count, device=device) - starts
     return rank
 
 
@@ -63,7 +69,8 @@ def apply_capacity(
 
     Returns (kept_ids, dropped): kept_ids has -1 where a slot was dropped or empty;
     dropped marks the slots refused for capacity. `probs` ([tokens, k]) ranks
-    assignments under the `probability` policy.
+    assignments under the `probability` policy. Every slot is ranked (empty ones queue
+    behind all experts), so the shapes never depend on the data.
     """
     dropped = torch.zeros_like(expert_ids, dtype=torch.bool)
     if capacity is None:
@@ -71,23 +78,20 @@ def apply_capacity(
     if policy not in ("position", "probability"):
         raise ValueError(f"drop_policy must be 'position' or 'probability', got {policy!r}")
     num_tokens, slots = expert_ids.shape
-    valid = expert_ids >= 0
-    flat_valid = valid.reshape(-1)
-    flat_ids = expert_ids.reshape(-1)[flat_valid]
+    device = expert_ids.device
+    valid = (expert_ids >= 0).reshape(-1)
+    flat_ids = torch.where(valid, expert_ids.reshape(-1), _NO_EXPERT)
+    bound = max(1, num_tokens * slots)
     if policy == "position":
         # slot-major order: every first choice before any second choice, then token order
-        slot = torch.arange(slots).repeat(num_tokens)
-        token = torch.arange(num_tokens).repeat_interleave(slots)
-        priority_rank = (slot * num_tokens + token)[flat_valid]
-        bound = num_tokens * slots
+        slot = torch.arange(slots, device=device).repeat(num_tokens)
+        token = torch.arange(num_tokens, device=device).repeat_interleave(slots)
+        priority_rank = slot * num_tokens + token
     else:
-        by_probability = torch.argsort(-probs.reshape(-1)[flat_valid].float(), stable=True)
+        by_probability = torch.argsort(-probs.reshape(-1).float(), stable=True)
         priority_rank = torch.empty_like(by_probability)
-        priority_rank[by_probability] = torch.arange(by_probability.numel())
-        bound = max(1, by_probability.numel())
+        priority_rank[by_probability] = torch.arange(by_probability.numel(), device=device)
     over = rank_within_expert(flat_ids, priority_rank, bound) >= capacity
-    flat_dropped = torch.zeros(num_tokens * slots, dtype=torch.bool)
-    flat_dropped[flat_valid.nonzero().squeeze(1)[over]] = True
-    dropped = flat_dropped.view(num_tokens, slots)
+    dropped = (over & valid).view(num_tokens, slots)
     kept = expert_ids.masked_fill(dropped, -1)
     return kept, dropped

@@ -4,7 +4,12 @@ c = ceil(capacity_factor x tokens x top_k / num_experts) (the paper's k = n x c 
 `top_k` as the average experts per token), so every expert is exactly full and nothing
 is dropped; a token may get several experts or none (reported as
 `tokens_without_expert`). `capacity_factor=None` means 1.0. Weights are the softmax
-probabilities of the chosen token-expert pairs.
+(or sigmoid) probabilities of the chosen token-expert pairs.
+
+A token's slots are as many as the experts that took it. On the CPU the slot width is
+the largest such count in the batch; on a GPU it is `num_experts` (any token could be
+taken by every expert), because finding the largest count would make the host wait for
+the device. Both give the same served pairs and weights.
 """
 
 from __future__ import annotations
@@ -14,22 +19,31 @@ from typing import Optional
 import torch
 
 from moesim.routing.capacity import expert_capacity
-from moesim.routing.router import Choice, Router, group_slots
+from moesim.routing.router import Choice, Router, check_score_function, group_slots, scores_to_probs
 
 
 class ExpertChoiceRouter(Router):
     """Experts choose tokens; perfectly balanced by construction."""
 
     name = "expert_choice"
+    leaves_empty_slots = True
+
+    def __init__(self, num_experts: int, top_k: int = 1, capacity_factor: Optional[float] = None,
+                 score_function: str = "softmax", **options: object) -> None:
+        super().__init__(num_experts, top_k, capacity_factor, **options)  # type: ignore[arg-type]
+        check_score_function(score_function)
+        self.score_function = score_function
 
     def choose(self, logits: torch.Tensor, token_ids: Optional[torch.Tensor]) -> Choice:
-        num_tokens = logits.shape[0]
+        num_tokens, device = logits.shape[0], logits.device
         per_expert = expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor or 1.0)
-        probs = torch.softmax(logits, dim=-1)
+        probs = scores_to_probs(logits, self.score_function)
         if num_tokens == 0:
-            empty = torch.zeros(0, 1, dtype=torch.long)
+            empty = torch.zeros(0, 1, dtype=torch.long, device=device)
             return Choice(empty - 1, empty.float(), empty.float(), capacity=0, capacity_done=True)
         gate, token_index = torch.topk(probs.t(), per_expert, dim=-1)  # [experts, c]
-        experts = torch.arange(self.num_experts).unsqueeze(1).expand_as(token_index)
-        expert_ids, weights = group_slots(token_index.reshape(-1), experts.reshape(-1), gate.reshape(-1), num_tokens)
+        experts = torch.arange(self.num_experts, device=device).unsqueeze(1).expand_as(token_index)
+        width = None if device.type == "cpu" else self.num_experts
+        expert_ids, weights = group_slots(token_index.reshape(-1), experts.reshape(-1), gate.reshape(-1), num_tokens,
+                                          width=width)
         return Choice(expert_ids, weights, weights, capacity=per_expert, capacity_done=True)

@@ -1,8 +1,9 @@
 """Routers and router scores configured from a `Scenario`.
 
-The scenario's `routing` section (with the model's defaults filled in by the loader)
-becomes `make_router` arguments; options a rule does not take are left out, so one
-scenario can be routed under every rule for a comparison.
+The scenario's `routing` section (with the model's router conventions filled in by the
+loader) becomes `make_router` arguments. One scenario can be routed under several rules
+for a comparison, as long as each rule honours the settings that decide the choice
+(score function, expert groups, correction bias); weight conventions apply to all.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any, Optional
 import torch
 
 from moesim.cluster.placement import Placement
+from moesim.errors import MoesimError
 from moesim.routing.bias_balanced import BiasBalancedRouter
 from moesim.routing.metrics import RoutingMetrics, summarize_routing
+from moesim.routing.names import unhonoured_settings
 from moesim.routing.registry import make_router, rule_options
 from moesim.routing.router import Router
 from moesim.scenario import Scenario
@@ -25,30 +28,40 @@ from moesim.workload.trace import TraceError, load_trace
 
 
 def router_for_scenario(scenario: Scenario, strategy: Optional[str] = None) -> Router:
-    """The router a scenario asks for (or `strategy` instead, with the same settings)."""
+    """The router a scenario asks for (or `strategy` instead, with the same settings).
+
+    The model's router conventions (filled into `routing` by the loader) become rule
+    options: weight conventions go to every rule; the score function, expert groups and
+    the correction bias go to the rules that take them, and a rule that cannot honour one
+    that is set is an error naming it (see `unhonoured_settings`). `routing.options` are
+    the rule's own options: one the rule does not take is an error too.
+    """
     routing, model = scenario.routing, scenario.model
     name = strategy or routing.strategy
-    candidates: dict[str, Any] = {
+    assert name is not None and routing.score_function is not None  # filled by the loader
+    groups, groups_per_token = routing.num_expert_groups, routing.topk_groups
+    problems = unhonoured_settings(name, routing.score_function, groups, groups_per_token, model.router_bias)
+    if problems:
+        raise MoesimError(f"routing.strategy: '{name}' cannot honour {'; '.join(problems)}")
+    settings: dict[str, Any] = {
         "drop_policy": routing.drop_policy,
         "num_shared_experts": model.num_shared_experts,
         "seed": scenario.seed,
-        "score_function": routing.score_function,
+        "normalize_weights": bool(routing.normalize_weights),
         "routed_scaling_factor": model.routed_scaling_factor,
-        "num_expert_groups": routing.num_expert_groups,
-        "topk_groups": routing.topk_groups,
+        "score_function": routing.score_function,
+        "group_score": routing.group_score,
     }
-    if routing.num_expert_groups is None:
-        candidates.pop("num_expert_groups")
-        candidates.pop("topk_groups")
-    if name == "group_limited" and routing.num_expert_groups is None:
+    if groups is not None:
+        settings.update(num_expert_groups=groups, topk_groups=groups_per_token)
+    elif name == "group_limited":
         # no groups in the model: one group per node of the expert-parallel group
-        groups = Placement(model.num_experts, scenario.parallelism.ep_size, scenario.cluster.gpus_per_node).num_nodes
-        candidates.update(num_expert_groups=groups, topk_groups=groups)
-    if name == "bias_balanced" and candidates.get("score_function") == "softmax":
-        candidates.pop("score_function")  # the rule uses sigmoid affinities by definition
-    candidates.update(routing.options)
+        nodes = Placement(model.num_experts, scenario.parallelism.ep_size, scenario.cluster.gpus_per_node).num_nodes
+        settings.update(num_expert_groups=nodes, topk_groups=nodes)
     accepted = set(rule_options(name))
-    options = {key: value for key, value in candidates.items() if key in accepted and value is not None}
+    # a setting the rule does not take is one it need not honour (checked above): leave it out
+    options = {key: value for key, value in settings.items() if key in accepted and value is not None}
+    options.update(routing.options)
     return make_router(name, model.num_experts, routing.top_k or model.top_k, routing.capacity_factor, **options)
 
 

@@ -7,7 +7,9 @@ those groups only, which bounds how many devices or nodes its dispatch reaches.
 A group's score is the best expert score in it (`group_score="max"`, DeepSeek-V2) or
 the sum of its two best (`"top2_sum"`, DeepSeek-V3). DeepSeek-V2's weights are the
 softmax probabilities of the chosen experts times `routed_scaling_factor`, not
-renormalised.
+renormalised (`Router` applies both conventions). Experts outside the chosen groups are
+out of the running, as DeepSeek's own inference code masks them with -inf (Hugging
+Face's port masks with 0.0, which differs only when a chosen group's scores are negative).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from moesim.routing.router import Choice, Router, scores_to_probs
+from moesim.routing.router import Choice, Router, check_score_function, scores_to_probs
 
 
 def group_scores(grouped: torch.Tensor, group_score: str) -> torch.Tensor:
@@ -66,27 +68,23 @@ class GroupLimitedRouter(Router):
         topk_groups: int = 1,
         group_score: str = "max",
         score_function: str = "softmax",
-        normalize_weights: bool = False,
-        routed_scaling_factor: float = 1.0,
         **options: object,
     ) -> None:
         super().__init__(num_experts, top_k, capacity_factor, **options)  # type: ignore[arg-type]
         _check_groups(num_experts, top_k, num_expert_groups, topk_groups)
+        if group_score not in ("max", "top2_sum"):
+            raise ValueError(f"group_score must be 'max' or 'top2_sum', got {group_score!r}")
+        check_score_function(score_function)
         self.num_expert_groups = num_expert_groups
         self.topk_groups = topk_groups
         self.group_score = group_score
         self.score_function = score_function
-        self.normalize_weights = normalize_weights
-        self.routed_scaling_factor = routed_scaling_factor
 
     def choose(self, logits: torch.Tensor, token_ids: Optional[torch.Tensor]) -> Choice:
         probs = scores_to_probs(logits, self.score_function)
         weights, expert_ids = topk_within_groups(
             probs, self.top_k, self.num_expert_groups, self.topk_groups, self.group_score
         )
-        if self.normalize_weights:
-            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
-        weights = weights * self.routed_scaling_factor
         return Choice(expert_ids, weights, weights)
 
 

@@ -112,7 +112,8 @@ def summarize_routing(
     gpus_per_node: int = 8,
     bytes_per_token: float = 0.0,
 ) -> RoutingMetrics:
-    """Every metric at once; traffic figures are zero without a placement."""
+    """Every metric at once; traffic figures are zero without a placement. Reads values: GPU tensors are copied to the host."""
+    assignment, logits = assignment.to("cpu"), logits.cpu()
     dispatch = across = mean_nodes = 0.0
     if expert_rank is not None and source_rank is not None:
         traffic = rank_traffic_tokens(assignment, expert_rank, source_rank, num_ranks).double() * bytes_per_token

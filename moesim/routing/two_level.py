@@ -26,6 +26,7 @@ class TwoLevelRouter(Router):
     """A first gate (dense-vs-experts or expert group), then top-k experts."""
 
     name = "two_level"
+    leaves_empty_slots = True
 
     def __init__(
         self,
@@ -57,13 +58,14 @@ class TwoLevelRouter(Router):
             dense = gate < self.dense_threshold
             expert_ids = expert_ids.masked_fill(dense.unsqueeze(1), -1)
             weights = weights * gate.unsqueeze(1)
-            return Choice(expert_ids, weights, weights, dense_path=dense, info={"dense_tokens": int(dense.sum())})
+            # a 0-dim tensor on the scores' device: reading it is the caller's choice (int() waits for a GPU)
+            return Choice(expert_ids, weights, weights, dense_path=dense, info={"dense_tokens": dense.sum()})
         num_tokens = logits.shape[0]
         grouped = logits.view(num_tokens, self.num_expert_groups, self.num_experts // self.num_expert_groups)
         group_probs = torch.softmax(torch.logsumexp(grouped, dim=-1), dim=-1)
         best_groups = torch.topk(group_probs, self.topk_groups, dim=-1).indices
         within = torch.softmax(grouped, dim=-1) * group_probs.unsqueeze(-1)
-        allowed = torch.zeros(num_tokens, self.num_expert_groups, dtype=torch.bool)
+        allowed = torch.zeros(num_tokens, self.num_expert_groups, dtype=torch.bool, device=logits.device)
         allowed.scatter_(1, best_groups, True)
         candidate = within.masked_fill(~allowed.unsqueeze(-1), -1.0).reshape(num_tokens, self.num_experts)
         weights, expert_ids = torch.topk(candidate, self.top_k, dim=-1)

@@ -15,7 +15,7 @@ network time, and every rank of the group waits for the slowest to arrive.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -23,13 +23,29 @@ from moesim.models import accounting
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all
-from moesim.sim.compute import CostModel, host_phase_features, router_fit_key
+from moesim.routing.capacity import expert_capacity
+from moesim.sim.compute import CostModel, PhaseWork, router_fit_key
 from moesim.sim.plan import Layer, StagePlan
 from moesim.sim.routing_load import LayerRouting
 from moesim.cluster.topology import Topology
 
 BACKWARD_ATTENTION_FACTOR = 2.5
 BACKWARD_MEMORY_FACTOR = 2.0
+
+
+def moe_work(strategy: str, capacity_factor: Optional[float], tokens: float, hidden: int, experts: int, top_k: int,
+             served: Optional[float] = None, **extra: Any) -> PhaseWork:
+    """One rank's work in one MoE layer (`PhaseWork`): the permutation's slots per token, the rows it carries
+    (tokens x slots, or experts x capacity when a capacity bounds them; expert choice lays a token's slots over
+    every expert, as the executor does on a GPU) and the served slots (default: every carried row)."""
+    width, carried = top_k, float(tokens * top_k)
+    if strategy == "expert_choice":
+        width = experts
+        carried = float(experts * (expert_capacity(int(tokens), experts, top_k, capacity_factor or 1.0) or 0))
+    elif capacity_factor is not None:
+        carried = float(min(carried, experts * (expert_capacity(int(tokens), experts, top_k, capacity_factor) or 0)))
+    return PhaseWork(tokens, hidden, experts, top_k, slots=carried if served is None else served, carried_rows=carried,
+                     sort_keys=float(tokens * width), **extra)
 
 
 @dataclass
@@ -100,18 +116,28 @@ class PhaseBuilder:
         """Time of FFN(s) with `rows` tokens (see `CostModel.ffn_seconds`)."""
         return self.cost.ffn_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element)
 
-    def host_features(self, phase: str, top_k: int, slots: Optional[float] = None) -> tuple[float, ...]:
-        """This rank's features of a calibrated host-side phase (see `host_phase_features`)."""
-        return host_phase_features(phase, self.tokens, self.model.hidden_size, self.model.num_experts, top_k, slots)
+    def work(self, top_k: int, served: Optional[float] = None, **extra: Any) -> PhaseWork:
+        """This rank's work in one MoE layer (see `moe_work`)."""
+        routing = self.scenario.routing
+        extra.setdefault("recording", self.scenario.workload.mode == "training")
+        return moe_work(routing.strategy or "top_k", routing.capacity_factor, self.tokens, self.model.hidden_size,
+                        self.model.num_experts, top_k, served, **extra)
 
     def experts_seconds(self, rank_rows: np.ndarray, top_k: int) -> float:
-        """One rank's experts phase: its experts' FFNs, or the calibrated model of the phase built on them."""
+        """One rank's experts phase: its experts' FFNs (one grouped GEMM per projection where the profile models it),
+        or the calibrated model of the phase built on them."""
         model = self.model
-        arithmetic = float(self.ffn_seconds(rank_rows, model.moe_intermediate_size, model.expert_ffn_activation).sum())
-        features = host_phase_features("experts", self.tokens, model.hidden_size, model.num_experts, top_k,
-                                       active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()),
-                                       ffn_seconds=arithmetic)
-        return _or(self.cost.fitted("experts", features), arithmetic)
+        arithmetic = self.cost.experts_ffn_seconds(rank_rows, model.hidden_size, model.moe_intermediate_size,
+                                                   model.expert_ffn_activation in GATED_ACTIVATIONS, self.element)
+        work = self.work(top_k, active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()),
+                         ffn_seconds=arithmetic)
+        return _or(self.cost.fitted("experts", work), arithmetic)
+
+    def experts_backward_seconds(self, rank_rows: np.ndarray) -> float:
+        """One rank's experts backward (input and weight gradients) from the cost model."""
+        model = self.model
+        return self.cost.experts_ffn_backward_seconds(rank_rows, model.hidden_size, model.moe_intermediate_size,
+                                                      model.expert_ffn_activation in GATED_ACTIVATIONS, self.element)
 
     def tp_allreduce(self) -> float:
         if self.tp == 1:
@@ -150,21 +176,21 @@ class PhaseBuilder:
                 routing_index = moe_layer % len(routing)
                 routing_here = routing[routing_index]
                 moe_layer += 1
-                router = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts)) + cost.memory_seconds(
-                    3 * 4 * self.tokens * model.num_experts
-                )
+                router_gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts))
+                router = router_gemm + cost.memory_seconds(3 * 4 * self.tokens * model.num_experts)
                 routing_rule = self.scenario.routing
                 router = _or(cost.fitted(router_fit_key(routing_rule.strategy, routing_rule.capacity_factor),
-                                         self.host_features("router", top_k)), router)
+                                         self.work(top_k, router_gemm_seconds=router_gemm)), router)
                 permute_bytes = 2 * self.tokens * top_k * model.hidden_size * self.element
                 served = float(routing_here.expert_tokens.sum()) / self.ranks  # slots a rank permutes (drops excluded)
-                permute = _or(cost.fitted("permute", self.host_features("permute", top_k, served)), cost.memory_seconds(permute_bytes))
-                unpermute = _or(cost.fitted("unpermute", self.host_features("unpermute", top_k, served)), cost.memory_seconds(permute_bytes))
+                permute = _or(cost.fitted("permute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
+                unpermute = _or(cost.fitted("unpermute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
                 rows = routing_here.rank_rows
                 gemm = np.array([self.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
                 shared = 0.0
                 if model.num_shared_experts:
                     shared = float(self.ffn_seconds(self.tokens, model.shared_expert_size * model.num_shared_experts, model.expert_ffn_activation))
+                    shared = _or(cost.fitted("shared_experts", self.work(top_k, ffn_seconds=shared)), shared)
                 dispatch, combine = self.alltoalls(routing_index, routing_here)
                 # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
                 count_exchange = dispatch.latency_seconds
@@ -185,17 +211,30 @@ class PhaseBuilder:
                           bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
                     Phase("unpermute", layer.index, self.same(unpermute)),
                 ]
-                shared_backward = Phase("shared_experts", layer.index, self.same(cost.backward_gemm_factor * shared)) if shared else None
+                # backward: a calibrated MoE-block model (grouped-GEMM backward of the experts, the other phases
+                # relative to their forward), else the fixed ratios
+                fit = cost.coefficients("backward")
+                if fit is not None:  # DEVICE_PHASE_FEATURES["backward"]
+                    experts_factor, shuffle_factor, other_factor, fixed = fit
+                    gemm_backward = np.array([experts_factor * self.experts_backward_seconds(rank_rows) + fixed for rank_rows in rows])
+                    router_backward, permute_backward, unpermute_backward, shared_factor = (
+                        other_factor * router, shuffle_factor * permute, shuffle_factor * unpermute, other_factor)
+                else:
+                    gemm_backward = cost.backward_gemm_factor * gemm
+                    router_backward, permute_backward, unpermute_backward, shared_factor = (
+                        cost.backward_gemm_factor * router, BACKWARD_MEMORY_FACTOR * permute,
+                        BACKWARD_MEMORY_FACTOR * unpermute, cost.backward_gemm_factor)
+                shared_backward = Phase("shared_experts", layer.index, self.same(shared_factor * shared)) if shared else None
                 layer_backward += [
-                    Phase("router", layer.index, self.same(cost.backward_gemm_factor * router)),
-                    Phase("permute", layer.index, self.same(BACKWARD_MEMORY_FACTOR * permute)),
+                    Phase("router", layer.index, self.same(router_backward)),
+                    Phase("permute", layer.index, self.same(permute_backward)),
                     Phase("dispatch", layer.index, np.array([dispatch.seconds]), collective=True,
                           overlapped=shared_backward if sim.overlap_shared_experts else None, chunks=sim.moe_chunks,
                           bytes_across_nodes=dispatch.bytes_across_nodes, detail={"latency": dispatch.latency_seconds}),
-                    Phase("experts", layer.index, cost.backward_gemm_factor * gemm, chunks=sim.moe_chunks),
+                    Phase("experts", layer.index, gemm_backward, chunks=sim.moe_chunks),
                     Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
                           bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
-                    Phase("unpermute", layer.index, self.same(BACKWARD_MEMORY_FACTOR * unpermute)),
+                    Phase("unpermute", layer.index, self.same(unpermute_backward)),
                 ]
                 if shared_backward and not sim.overlap_shared_experts:
                     layer_backward.append(shared_backward)

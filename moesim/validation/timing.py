@@ -8,6 +8,7 @@ round, so a spell touches each a little and the median sees through it.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from typing import Any, Callable, Hashable, Mapping, Optional, Sequence, TypeVar
@@ -25,14 +26,39 @@ def median_seconds(work: Callable[[], Any], repeats: int, synchronize: Optional[
 
 def interleaved_samples(
     tasks: Mapping[Key, Callable[[], Any]], rounds: int, repeats: int, synchronize: Optional[Callable[[], None]] = None,
+    device: Any = None,
 ) -> dict[Key, list[float]]:
-    """Seconds of every run of every task: one untimed run each, then `rounds` passes of `repeats` runs per task."""
+    """Seconds of every run of every task: one untimed run each, then `rounds` passes of `repeats` runs per task.
+
+    On a CUDA `device` each run is the device time between two events around it (read
+    once per round), so the host's clock and its synchronisations stay out of the figure;
+    and because a GPU that idled for a moment runs its next kernels at a lower clock, each
+    round starts with a short burst of work and visits the tasks in a fresh order (a fixed
+    shuffle), so no task is always the first after an idle spell.
+    """
     for work in tasks.values():
         work()
     samples: dict[Key, list[float]] = {key: [] for key in tasks}
+    on_gpu = device is not None and getattr(device, "type", str(device)) == "cuda"
+    order = list(tasks)
+    shuffler = random.Random(0)
     for _ in range(rounds):
-        for key, work in tasks.items():
+        events = []
+        if on_gpu:
+            _spin_up(device)
+            shuffler.shuffle(order)
+        for key in order:
+            work = tasks[key]
             for _ in range(repeats):
+                if on_gpu:
+                    import torch
+
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    work()
+                    end.record()
+                    events.append((key, start, end))
+                    continue
                 if synchronize:
                     synchronize()
                 started = time.perf_counter()
@@ -40,7 +66,22 @@ def interleaved_samples(
                 if synchronize:
                     synchronize()
                 samples[key].append(time.perf_counter() - started)
+        if events:
+            events[-1][2].synchronize()
+            for key, start, end in events:
+                samples[key].append(start.elapsed_time(end) / 1e3)
     return samples
+
+
+def _spin_up(device: Any, seconds: float = 0.02) -> None:
+    """Keep the GPU busy for about `seconds` so that its clocks are up when timing starts."""
+    import torch
+
+    block = torch.ones(2048, 2048, device=device, dtype=torch.bfloat16)
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        block @ block
+    torch.cuda.synchronize(device)
 
 
 def nonnegative_relative_fit(
