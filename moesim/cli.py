@@ -454,16 +454,28 @@ def execute(
 @app.command()
 @user_errors_exit_2
 def calibrate(
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    ranks: int = typer.Option(2, "--ranks", min=1, help="Ranks for the all-to-all measurement (and threads per rank on CPU)."),
+    device: str = typer.Option("cpu", "--device", help="cpu (ranks sharing this machine) or cuda (one GPU)."),
+    ranks: int = typer.Option(2, "--ranks", min=1, help="CPU: ranks for the all-to-all measurement (and threads per rank)."),
     out: Path = typer.Option(Path("validation/profiles"), "--out", help="Folder for the profile JSON."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repetitions."),
 ) -> None:
-    """Measure this device (GEMMs, memory, launches, backward ratio, all-to-all, the executor layer's phases); write a CostModel profile."""
+    """Measure this device and write a CostModel profile: on a CPU GEMMs, memory, launches, backward ratio, all-to-all and
+    the expert-parallel layer's phases; on one GPU grouped GEMMs, GEMMs, a copy and whole MoE layers of other shapes than
+    the validation's (router, permute, experts, unpermute, shared experts, backward)."""
     from moesim.validation.calibrate import calibrate as run_calibrate
 
-    if device == "cuda" and not __import__("torch").cuda.is_available():
-        raise MoesimError("--device cuda: no CUDA device here; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise MoesimError(f"--device: '{device}' is neither cpu nor cuda")
+    if device == "cuda":
+        if not __import__("torch").cuda.is_available():
+            raise MoesimError("--device cuda: no CUDA device here; use --device cpu")
+        from moesim.validation.single_device import calibrate_single_device
+
+        with console.status("calibrating one GPU ...", spinner="dots") as status:
+            path = calibrate_single_device("cuda", quick, profile_dir=out,
+                                           on_step=lambda step: status.update(f"calibrating: {step} ..."))
+        console.print(f"profile written to {path}; use it with --set simulation.cost_profile={path}")
+        return
     with console.status("calibrating ...", spinner="dots") as status:
         path = run_calibrate(device, ranks, out_dir=out, quick=quick, on_step=lambda step: status.update(f"calibrating: {step} ..."))
     console.print(f"profile written to {path}; use it with --set simulation.cost_profile={path}")

@@ -186,3 +186,14 @@ def test_single_device_validation_runs_and_refits_from_its_raw_data(tmp_path: Pa
     broken.write_text("{}")
     refused = runner.invoke(app, ["validate", "--from-raw", str(broken)])
     assert refused.exit_code == 2 and "not a single-device run" in refused.output
+
+
+def test_single_device_calibration_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
+    """`moesim calibrate --device cuda` on any GPU runs this; on the CPU it runs the same steps at small sizes."""
+    from moesim.validation.single_device import calibrate_single_device
+
+    path = calibrate_single_device("cpu", quick=True, rounds=1, repeats=1, profile_dir=tmp_path)
+    model = CostModel.from_profile(path)
+    keys = {key for key, _, _ in model.phase_fit}
+    assert {"permute", "unpermute", "experts", "backward", "router:top_k"} <= keys
+    assert model.fitted("permute", PhaseWork(512, 64, 8, 2, slots=1024, carried_rows=1024, sort_keys=1024)) > 0

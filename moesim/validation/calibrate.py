@@ -181,7 +181,8 @@ def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[CalibrationLaye
             "model": {"preset": "tiny-moe", "hidden_size": hidden, "num_attention_heads": 4, "num_key_value_heads": 4,
                       "moe_intermediate_size": 2 * hidden, "num_experts": experts, "top_k": top_k},
             "cluster": {"num_nodes": 1, "gpus_per_node": ranks}, "parallelism": {"ep_size": ranks},
-            "workload": {"mode": "inference", "micro_batch_size": 1, "seq_len": tokens},
+            "workload": {"mode": "inference", "micro_batch_size": 1, "seq_len": tokens,
+                         "precision": {"activations": "fp32", "weights": "fp32"}},  # the CPU's precision, as the grid's
             "routing": {"strategy": rule, "capacity_factor": factor},
         })
         for (tokens, hidden, experts, top_k), rule, factor in layers

@@ -277,16 +277,40 @@ def run_single_device(device: str = "cuda", quick: bool = False, rounds: int = 3
     }
 
 
+def fit_profile(device: str, kernels: dict[str, Any], memory_gb: float, cases: list[LayerCase],
+                measured: list[dict[str, Any]], profile_dir: Path) -> tuple[dict[str, Any], Path]:
+    """The device's profile, fitted to its kernels and the calibration layers that ran, at `profile_dir/<device>.json`."""
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    path = profile_dir / f"{device}.json"
+    usable = [(case, result) for case, result in zip(cases, measured) if "error" not in result]
+    profile = fit_phases(base_profile(device, kernels, memory_gb), path, [case for case, _ in usable],
+                         [result for _, result in usable])
+    return profile, path
+
+
+def calibrate_single_device(device: str = "cuda", quick: bool = False, rounds: int = 3, repeats: int = 2,
+                            profile_dir: Path = Path("validation/profiles"), on_step: Optional[Callable[[str], None]] = None,
+                            on_progress: Optional[Callable[[int, int], None]] = None) -> Path:
+    """`moesim calibrate --device cuda`: the kernels and the calibration layers alone; the profile's path."""
+    from moesim.validation.calibrate import device_name
+    from moesim.validation.kernels import measure_kernels
+
+    target = torch.device(device)
+    calibration, _ = layer_grids(device, quick)
+    kernels = measure_kernels(device, quick, on_step)
+    if on_step:
+        on_step("calibration layers")
+    measured = measure_cases(calibration, target, rounds, repeats, on_progress=on_progress)
+    memory_gb = torch.cuda.get_device_properties(target).total_memory / 1e9 if target.type == "cuda" else 0.0
+    return fit_profile(device_name(target, 1), kernels, memory_gb, calibration, measured, profile_dir)[1]
+
+
 def report_from_raw(raw: dict[str, Any], profile_dir: Path) -> tuple[list[dict[str, Any]], Path]:
     """Fit the profile to the raw data's kernels and calibration layers, then compare on its validation layers."""
     calibration, validation = layer_grids("cuda" if "cpu" not in raw["device"] else "cpu", raw["quick"])
     if [c.label for c in calibration] != [r["case"] for r in raw["calibration"]] or \
             [c.label for c in validation] != [r["case"] for r in raw["validation"]]:
         raise ValueError("the raw data's layers are not this version's grid; measure again")
-    profile_dir.mkdir(parents=True, exist_ok=True)
-    path = profile_dir / f"{raw['device']}.json"
-    profile = base_profile(raw["device"], raw["kernels"], raw["memory_gb"])
-    usable = [(case, result) for case, result in zip(calibration, raw["calibration"]) if "error" not in result]
-    profile = fit_phases(profile, path, [case for case, _ in usable], [result for _, result in usable])
+    profile, path = fit_profile(raw["device"], raw["kernels"], raw["memory_gb"], calibration, raw["calibration"], profile_dir)
     usable = [(case, result) for case, result in zip(validation, raw["validation"]) if "error" not in result]
     return comparison_rows([case for case, _ in usable], [result for _, result in usable], profile, path), path
