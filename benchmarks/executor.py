@@ -9,7 +9,11 @@ on the CPU), 4,096 tokens routed by each model's own rule with a Zipf-skewed pop
   SwiGLU FFN of grouped GEMMs (`torch._grouped_mm` up, silu x up, grouped down) on the
   same rows per expert; target on a GPU: at most 1.2x;
 * every routing rule on the layer's router scores against a bare `torch.topk` on them;
-  target: at most 3x (BASE, an exact solver on the host, excepted).
+  target: at most 3x (BASE, an exact solver on the host, excepted). On a GPU twice: the
+  wall time of a call from an idle device (CUDA events: a rule of many small kernels is
+  bound by their launches), and the device time of its kernels alone (the profiler's sum
+  over 20 calls), which is what a call costs when the host runs ahead of the GPU, as in a
+  whole model or a CUDA graph.
 Times are medians of device-timed runs (CUDA events on a GPU), interleaved over rounds.
 """
 
@@ -48,6 +52,19 @@ def median_seconds(tasks: dict[str, Any], device: torch.device, rounds: int, rep
     synchronize = torch.cuda.synchronize if device.type == "cuda" else None
     samples = interleaved_samples(tasks, rounds, repeats, synchronize, device=device)
     return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def kernel_seconds(work: Any, calls: int = 20) -> float:
+    """Device time of the kernels one call of `work` launches (CUDA profiler), averaged over `calls`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    work()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            work()
+        torch.cuda.synchronize()
+    return sum(event.self_device_time_total for event in prof.key_averages()) / calls / 1e6
 
 
 def bench_layer(name: str, hidden: int, ffn: int, experts: int, top_k: int, options: dict[str, Any], tokens: int,
@@ -92,10 +109,12 @@ def bench_layer(name: str, hidden: int, ffn: int, experts: int, top_k: int, opti
                 capped = make_router("top_k", experts, top_k, capacity_factor=1.25)
                 tasks["top_k cf 1.25"] = lambda router=capped: router.route(logits, token_ids)
         routers = median_seconds(tasks, device, rounds, repeats)
+        kernels = {rule: kernel_seconds(task) for rule, task in tasks.items() if rule != "base"} if device.type == "cuda" else {}
     load = counts.double()
     return {"layer": name, "hidden": hidden, "ffn": ffn, "experts": experts, "top_k": top_k, "tokens": tokens,
             "kernel": layer.experts_kernel, "busiest_over_mean": float(load.max() / load.mean()),
-            "experts_phase_s": statistics.median(experts_phase), "bare_ffn_s": bare, "routers_s": routers}
+            "experts_phase_s": statistics.median(experts_phase), "bare_ffn_s": bare, "routers_s": routers,
+            "router_kernels_s": kernels}
 
 
 def main() -> None:
@@ -123,9 +142,12 @@ def main() -> None:
         print(f"  {'experts phase':28s} {result['experts_phase_s'] * 1e3:9.3f} ms   bare grouped FFN "
               f"{result['bare_ffn_s'] * 1e3:9.3f} ms   ratio {ratio:5.2f} (target <= 1.2 on a GPU)")
         floor = result["routers_s"]["torch.topk"]
+        kernels = result["router_kernels_s"]
         for rule, seconds in result["routers_s"].items():
             note = "" if rule != "base" else "  (exact solver on the host; no target)"
-            print(f"  {rule:28s} {seconds * 1e3:9.3f} ms   x torch.topk {seconds / floor:7.2f}{note}")
+            device_time = (f"   kernels {kernels[rule] * 1e3:7.3f} ms  x {kernels[rule] / kernels['torch.topk']:6.2f}"
+                           if rule in kernels else "")
+            print(f"  {rule:28s} {seconds * 1e3:9.3f} ms   x torch.topk {seconds / floor:7.2f}{device_time}{note}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"device": name, "dtype": str(dtype), "results": results}, indent=1))
