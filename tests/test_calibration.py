@@ -11,7 +11,7 @@ import torch
 
 from moesim.errors import MoesimError
 from moesim.executor.launch import skewed_tokens
-from moesim.sim.compute import HOST_PHASE_FEATURES, CostModel, PhaseWork, host_phase_features, router_fit_key
+from moesim.sim.compute import DEVICE_PHASE_FEATURES, HOST_PHASE_FEATURES, CostModel, PhaseWork, host_phase_features, router_fit_key
 from moesim.validation.calibrate import LAYER_CONFIGS, calibrate, fit_latency_bandwidth
 from moesim.validation.timing import interleaved_samples, nonnegative_relative_fit
 from moesim.validation.validate import Config, default_grid, rule_orderings
@@ -80,7 +80,8 @@ def test_profile_phase_fits_are_used_and_checked(tmp_path: Path) -> None:
     assert device_model.fitted("router:top_k", PhaseWork(1000, 100, 10, 1, router_gemm_seconds=1e-5)) == pytest.approx(1.2e-4)
     with pytest.raises(MoesimError, match="unknown features"):
         CostModel.from_profile(_profile(tmp_path, {"router:top_k": {"features": ["1", "bogus"], "coefficients": [1.0, 1.0]}}))
-    assert set(HOST_PHASE_FEATURES) == {"router", "permute", "unpermute", "experts", "shared_experts", "backward"}
+    assert set(HOST_PHASE_FEATURES) == {"router", "permute", "unpermute", "experts"}
+    assert set(DEVICE_PHASE_FEATURES) == {*HOST_PHASE_FEATURES, "shared_experts", "backward"}
 
 
 def test_calibration_sizes_are_unlike_the_validation_grid() -> None:

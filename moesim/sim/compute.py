@@ -57,7 +57,7 @@ class PhaseWork:
     ffn_seconds: float = 0.0  # the FFN arithmetic the kernel models predict
     router_gemm_seconds: float = 0.0
     backward_seconds: float = 0.0  # the experts' backward the kernel models predict
-    other_seconds: float = 0.0  # the other MoE phases' forward
+    other_seconds: float = 0.0  # the router's and shared experts' forward
     shuffle_seconds: float = 0.0  # the permute and unpermute forward (their backward: a scatter-add and a gather)
     recording: bool = False  # autograd records the pass for a backward (more host work per kernel)
 
@@ -78,7 +78,6 @@ FEATURES: dict[str, Any] = {
     "active experts": lambda w: float(w.active_experts),
     "rows x hidden": lambda w: w.rows * w.hidden,
     "experts backward seconds": lambda w: w.backward_seconds,
-    "other forward seconds": lambda w: w.other_seconds,
     "permute and unpermute forward seconds": lambda w: w.shuffle_seconds,
     "router and shared forward seconds": lambda w: w.other_seconds,
     "autograd": lambda w: 1.0 if w.recording else 0.0,
@@ -90,17 +89,13 @@ HOST_PHASE_FEATURES: dict[str, tuple[str, ...]] = {
     "permute": ("1", "slots", "slots x hidden"),
     "unpermute": ("1", "slots", "slots x hidden", "tokens x hidden"),
     "experts": ("FFN arithmetic seconds", "active experts", "rows x hidden"),
-    "shared_experts": ("FFN arithmetic seconds", "1"),
-    "backward": ("experts backward seconds", "other forward seconds", "1"),
 }
 """What each calibrated phase is linear in on the CPU across ranks (the multi-rank calibration): the router's
 GEMM, its element-wise work over the score matrix and its per-choice work (capacity positions); the
 permutation's index work and gathered hidden vectors; the un-permutation's weighted scatter-add into a
 fresh output of every token; for the experts phase, the FFN time the GEMM curve predicts (its
 coefficient: how the expert loop inside the layer compares with the micro-benchmarks, whose caches stay
-warm), per-expert bookkeeping and the local sort of the rows; the shared experts' dense FFN time and
-a fixed cost; the MoE block's backward: the experts' backward from the kernel models (input and
-weight gradients), the other phases' forward time (their backward relative to it) and a fixed cost."""
+warm), per-expert bookkeeping and the local sort of the rows."""
 
 DEVICE_PHASE_FEATURES: dict[str, tuple[str, ...]] = {
     "router": ("1", "autograd", "router GEMM seconds", "tokens x experts", "tokens x top_k"),
@@ -147,7 +142,7 @@ def _phase_fit_entry(key: str, value: Any) -> tuple[str, tuple[str, ...], tuple[
     names = tuple(value.get("features") or HOST_PHASE_FEATURES.get(phase, ()))
     coefficients = tuple(float(c) for c in value["coefficients"])
     unknown = [name for name in names if name not in FEATURES]
-    if phase not in HOST_PHASE_FEATURES or unknown or len(coefficients) != len(names):
+    if phase not in DEVICE_PHASE_FEATURES or unknown or len(coefficients) != len(names):
         raise ValueError(f"phase_fit '{key}' needs {len(names)} coefficients for {names}"
                          + (f"; unknown features {unknown}" if unknown else ""))
     return key, names, coefficients
@@ -216,11 +211,11 @@ class CostModel:
             raise MoesimError(f"{path}: gemm_efficiency needs 'rows' and 'efficiency' lists of equal length")
         return model
 
-    def coefficients(self, key: str) -> Optional[tuple[float, ...]]:
-        """The measured linear model of a phase key, or None when the profile has none."""
-        for name, _, coefficients in self.phase_fit:
+    def coefficients(self, key: str) -> Optional[dict[str, float]]:
+        """The measured linear model of a phase key by feature name, or None when the profile has none."""
+        for name, names, coefficients in self.phase_fit:
             if name == key:
-                return coefficients
+                return dict(zip(names, coefficients))
         return None
 
     def fitted(self, key: str, work: PhaseWork) -> Optional[float]:

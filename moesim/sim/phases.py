@@ -214,8 +214,10 @@ class PhaseBuilder:
                 # backward: a calibrated MoE-block model (grouped-GEMM backward of the experts, the other phases
                 # relative to their forward), else the fixed ratios
                 fit = cost.coefficients("backward")
-                if fit is not None:  # DEVICE_PHASE_FEATURES["backward"]
-                    experts_factor, shuffle_factor, other_factor, fixed = fit
+                if fit is not None:  # DEVICE_PHASE_FEATURES["backward"]; a feature a sparse fit left out counts 0
+                    experts_factor, shuffle_factor, other_factor, fixed = (fit.get(name, 0.0) for name in (
+                        "experts backward seconds", "permute and unpermute forward seconds",
+                        "router and shared forward seconds", "1"))
                     gemm_backward = np.array([experts_factor * self.experts_backward_seconds(rank_rows) + fixed for rank_rows in rows])
                     router_backward, permute_backward, unpermute_backward, shared_factor = (
                         other_factor * router, shuffle_factor * permute, shuffle_factor * unpermute, other_factor)

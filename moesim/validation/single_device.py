@@ -202,14 +202,15 @@ def fit_phases(profile: dict[str, Any], path: Path, cases: list[LayerCase], meas
     for key, pairs in sorted(samples.items()):
         names = DEVICE_PHASE_FEATURES[key.split(":")[0]]
         # at least three layers per feature: a phase seen in few calibration layers keeps only its first features
-        kept = len(names) if key == "backward" else max(1, min(len(names), len(pairs) // 3))
+        kept = max(1, min(len(names), len(pairs) // 3))
         coefficients = nonnegative_relative_fit([f[:kept] for f, _ in pairs], [t for _, t in pairs])
         profile["phase_fit"][key] = {"features": list(names[:kept]), "coefficients": coefficients}
     path.write_text(json.dumps(profile, indent=1))
     return profile
 
 
-def predict_case(case: LayerCase, measured: dict[str, Any], profile: dict[str, Any], path: Path) -> dict[str, float]:
+def predict_case(case: LayerCase, measured: dict[str, Any], profile: dict[str, Any], path: Path,
+                 cost: Optional[CostModel] = None) -> dict[str, float]:
     """The simulator's seconds per phase of one case, replaying the expert loads its router produced."""
     from moesim.cluster.topology import Topology
     from moesim.scenario import scenario_from_dict
@@ -224,8 +225,8 @@ def predict_case(case: LayerCase, measured: dict[str, Any], profile: dict[str, A
     routing = LayerRouting(expert_tokens=loads, traffic=Traffic(np.arange(1), np.zeros((1, 1)), np.zeros((1, 1))),
                            dropped_pairs=max(requested - loads.sum(), 0.0), requested_pairs=requested,
                            load_imbalance=float(loads.max() / max(loads.mean(), 1e-12)), rank_rows=[loads])
-    builder = PhaseBuilder(scenario, StagePlan(scenario), CostModel.from_profile(path), Topology.from_cluster(scenario.cluster),
-                           case.tokens, case.tokens)
+    builder = PhaseBuilder(scenario, StagePlan(scenario), cost or CostModel.from_profile(path),
+                           Topology.from_cluster(scenario.cluster), case.tokens, case.tokens)
     program = builder.stage_program(0, [routing], 0)
     predicted = {phase.name: float(phase.seconds[0]) for phase in program.forward if phase.name in FORWARD_PHASES}
     predicted["forward"] = sum(predicted.values())
@@ -239,8 +240,9 @@ def predict_case(case: LayerCase, measured: dict[str, Any], profile: dict[str, A
 def comparison_rows(cases: list[LayerCase], measured: list[dict[str, Any]], profile: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     """One row per validation case and phase: measured, predicted, signed relative error."""
     rows = []
+    cost = CostModel.from_profile(path)
     for case, result in zip(cases, measured):
-        predicted = predict_case(case, result, profile, path)
+        predicted = predict_case(case, result, profile, path, cost)
         phases = dict(result["phases_s"])
         phases["layer"] = phases["forward"] + phases.get("backward", 0.0)
         loads = np.asarray(result["loads"], dtype=float)
