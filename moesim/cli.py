@@ -540,6 +540,14 @@ def validate(
     console.print(f"report written to {report}")
 
 
+def _write_raw(out: Path, raw: dict) -> Path:
+    """`out/<device>/raw.json`: a single-device run's measurements; returns the folder."""
+    folder = out / raw["device"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "raw.json").write_text(json.dumps(raw))
+    return folder
+
+
 def _validate_single_device(device: str, quick: bool, rounds: int, repeats: int, out: Path, from_raw: Optional[Path]) -> None:
     """`moesim validate --device cuda` / `--single-device` / `--from-raw`: the whole layer on one device."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -563,15 +571,14 @@ def _validate_single_device(device: str, quick: bool, rounds: int, repeats: int,
             task = progress.add_task("kernel micro-benchmarks", total=None)
             raw = run_single_device(device, quick, rounds, repeats, on_step=on_step,
                                     on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-        folder = out / raw["device"]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "raw.json").write_text(json.dumps(raw))  # kept first: the fit can be made again from it
         command = f"moesim validate --device {device}{' --single-device' if device == 'cpu' else ''}{' --quick' if quick else ''}"
+        _write_raw(out, raw)  # first: if the fit fails, the measurements are kept and it can be made again from them
     try:
         rows, profile_path = report_from_raw(raw, out / "profiles")
     except (KeyError, ValueError) as error:
         raise MoesimError(f"--from-raw: {from_raw} is not a single-device run of this version ({error})") from None
-    report = write_single_device_report(rows, raw, profile_path, out / raw["device"], command)
+    folder = _write_raw(out, raw) if from_raw is not None else out / raw["device"]
+    report = write_single_device_report(rows, raw, profile_path, folder, command)
     layer = error_stats([row for row in rows if row["phase"] == "layer"])
     console.print(f"layer-time error on {raw['device']}: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%}, "
                   f"max {layer['max']:.1%} over {layer['count']} layers; report written to {report}")

@@ -105,7 +105,7 @@ def executor_dtype(scenario: Scenario) -> torch.dtype:
     return EXECUTOR_DTYPES[name]
 
 
-def layer_for(scenario: Scenario, device: torch.device, parallel: Any = None, experts_kernel: str = "auto"):  # type: ignore[no-untyped-def]
+def layer_for(scenario: Scenario, device: torch.device, parallel: Any = None):  # type: ignore[no-untyped-def]
     """The scenario's MoE layer on `device` in the scenario's precision (expert-parallel when `parallel` is given)."""
     from moesim.executor.layer import MoELayer
     from moesim.routing.from_scenario import router_for_scenario
@@ -115,7 +115,7 @@ def layer_for(scenario: Scenario, device: torch.device, parallel: Any = None, ex
         model.hidden_size, model.moe_intermediate_size, model.num_experts, router_for_scenario(scenario),
         activation=model.expert_ffn_activation, num_shared_experts=model.num_shared_experts,
         shared_ffn_size=model.shared_expert_size * model.num_shared_experts, parallel=parallel, seed=scenario.seed,
-        dtype=executor_dtype(scenario), device=device, experts_kernel=experts_kernel,
+        dtype=executor_dtype(scenario), device=device,
     )
 
 

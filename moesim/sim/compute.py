@@ -245,13 +245,6 @@ class CostModel:
         busy = np.where(rows_array > 0, np.maximum(compute, memory), 0.0)
         return busy + self.kernel_launch_s
 
-    def grouped_gemm_seconds(self, rows_per_group: Sequence[float] | np.ndarray, inner: int, cols: int) -> float:
-        """One grouped GEMM over experts (rows per expert may be zero): the grouped model, else the groups one after another."""
-        rows = np.asarray(rows_per_group, dtype=float)
-        if self.grouped is not None:
-            return self.grouped.seconds(rows, inner, cols)
-        return float((self.gemm_seconds(rows, inner, cols) - self.kernel_launch_s).sum() + self.kernel_launch_s)
-
     def ffn_seconds(
         self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2
     ) -> np.ndarray:

@@ -59,21 +59,25 @@ class LayerCase:
         mode = " fwd+bwd" if self.training else ""
         return f"{self.shape.name} T={self.tokens} k={self.top_k} {self.rule_label}{skew}{mode}"
 
+    @property
+    def renormalises(self) -> bool:
+        """Whether the weights are renormalised (top-k as Mixtral and Qwen3 do, and DeepSeek-V3's rule)."""
+        return self.rule in ("top_k", "bias_balanced")
+
     def router_options(self) -> dict[str, Any]:
         """`make_router` options: the rule of the model the shape comes from (weights renormalised, groups)."""
-        options: dict[str, Any] = {"capacity_factor": self.capacity_factor, "num_shared_experts": self.shape.shared}
+        options: dict[str, Any] = {"capacity_factor": self.capacity_factor, "num_shared_experts": self.shape.shared,
+                                   "normalize_weights": self.renormalises}
         if self.rule == "bias_balanced":
             groups, per_token = self.groups or (1, 1)
             options.update(num_expert_groups=groups, topk_groups=per_token)
-        elif self.rule in ("top_k", "expert_choice"):
-            options["normalize_weights"] = self.rule == "top_k"
         return options
 
     def scenario_document(self, gpu: dict[str, Any], profile_path: str) -> dict[str, Any]:
         """A one-layer, one-device scenario of this case for the simulator, on the profiled device."""
         shape = self.shape
         routing: dict[str, Any] = {"strategy": self.rule, "capacity_factor": self.capacity_factor,
-                                   "normalize_weights": self.rule == "top_k" or self.rule == "bias_balanced"}
+                                   "normalize_weights": self.renormalises}
         model: dict[str, Any] = {
             "preset": "tiny-moe", "num_layers": 1, "hidden_size": shape.hidden, "num_attention_heads": 8,
             "num_key_value_heads": 8, "moe_intermediate_size": shape.ffn, "intermediate_size": shape.ffn,

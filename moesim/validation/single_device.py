@@ -259,22 +259,24 @@ def comparison_rows(cases: list[LayerCase], measured: list[dict[str, Any]], prof
 
 def run_single_device(device: str = "cuda", quick: bool = False, rounds: int = 3, repeats: int = 2,
                       on_step: Optional[Callable[[str], None]] = None,
-                      on_progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
-    """Measure kernels, calibration and validation layers on this device; everything a report needs, as raw data."""
+                      on_progress: Optional[Callable[[int, int], None]] = None, validation: bool = True) -> dict[str, Any]:
+    """Measure kernels, calibration and (unless `validation` is False) validation layers on this device, interleaved;
+    everything a profile and a report need, as raw data."""
     from moesim.validation.calibrate import device_name
     from moesim.validation.kernels import measure_kernels
 
     step = on_step or (lambda _: None)
     target = torch.device(device)
-    calibration, validation = layer_grids(device, quick)
+    calibration, held_out = layer_grids(device, quick)
+    held_out = held_out if validation else []
     kernels = measure_kernels(device, quick, step)
-    step("calibration and validation layers, interleaved")
+    step("calibration and validation layers, interleaved" if held_out else "calibration layers")
     started = time.perf_counter()
-    measured = measure_cases(calibration + validation, target, rounds, repeats, on_progress=on_progress)
-    memory_gb = torch.cuda.get_device_properties(target).total_memory / 1e9 if target.type == "cuda" else 0.0
+    measured = measure_cases(calibration + held_out, target, rounds, repeats, on_progress=on_progress)
     return {
         "device": device_name(target, 1), "torch": torch.__version__, "quick": quick, "rounds": rounds, "repeats": repeats,
-        "memory_gb": memory_gb, "layer_seconds": time.perf_counter() - started, "kernels": kernels,
+        "memory_gb": torch.cuda.get_device_properties(target).total_memory / 1e9 if target.type == "cuda" else 0.0,
+        "layer_seconds": time.perf_counter() - started, "kernels": kernels,
         "calibration": measured[: len(calibration)], "validation": measured[len(calibration):],
     }
 
@@ -294,17 +296,9 @@ def calibrate_single_device(device: str = "cuda", quick: bool = False, rounds: i
                             profile_dir: Path = Path("validation/profiles"), on_step: Optional[Callable[[str], None]] = None,
                             on_progress: Optional[Callable[[int, int], None]] = None) -> Path:
     """`moesim calibrate --device cuda`: the kernels and the calibration layers alone; the profile's path."""
-    from moesim.validation.calibrate import device_name
-    from moesim.validation.kernels import measure_kernels
-
-    target = torch.device(device)
+    raw = run_single_device(device, quick, rounds, repeats, on_step, on_progress, validation=False)
     calibration, _ = layer_grids(device, quick)
-    kernels = measure_kernels(device, quick, on_step)
-    if on_step:
-        on_step("calibration layers")
-    measured = measure_cases(calibration, target, rounds, repeats, on_progress=on_progress)
-    memory_gb = torch.cuda.get_device_properties(target).total_memory / 1e9 if target.type == "cuda" else 0.0
-    return fit_profile(device_name(target, 1), kernels, memory_gb, calibration, measured, profile_dir)[1]
+    return fit_profile(raw["device"], raw["kernels"], raw["memory_gb"], calibration, raw["calibration"], profile_dir)[1]
 
 
 def report_from_raw(raw: dict[str, Any], profile_dir: Path) -> tuple[list[dict[str, Any]], Path]:

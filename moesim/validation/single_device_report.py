@@ -28,11 +28,10 @@ def _line(name: str, stats: dict[str, float]) -> str:
 
 def write_single_device_report(rows: list[dict[str, Any]], raw: dict[str, Any], profile_path: Path, folder: Path,
                                command: str) -> Path:
-    """Write the report, `rows.json`, `raw.json` and `layer_time.svg` into `folder`; returns the report's path."""
+    """Write the report, `rows.json` and `layer_time.svg` into `folder` (beside the run's `raw.json`); the report's path."""
     from moesim.validation.validate import scatter_svg
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "raw.json").write_text(json.dumps(raw))
     (folder / "rows.json").write_text(json.dumps(rows, indent=1))
     (folder / "layer_time.svg").write_text(scatter_svg(rows))
     profile = json.loads(profile_path.read_text())
