@@ -14,10 +14,12 @@ from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from moesim import units
 from moesim.errors import MoesimError
+from moesim.sim.sources import grade
 
 app = typer.Typer(
     name="moesim",
@@ -28,6 +30,8 @@ app = typer.Typer(
 )
 presets_app = typer.Typer(help="Published model and GPU presets.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
+profiles_app = typer.Typer(help="GPU cost-model profiles: measured, derived, or datasheet.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -67,6 +71,40 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
 ) -> None:
     """moesim: how fast is an MoE step on this cluster, how many tokens drop, and what fits."""
+
+
+# ---------------------------------------------------------------- profiles
+@profiles_app.command("show")
+@user_errors_exit_2
+def profiles_show(gpu: str = typer.Argument(..., help="GPU preset, e.g. H200."),
+                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """What the GPU's cost model rests on, part by part, with the error measured for each."""
+    from moesim.cluster.hardware import gpu_preset
+    from moesim.sim.compute import CostModel
+
+    cost = CostModel.for_gpu(gpu_preset(gpu))
+    if as_json:
+        print_json({"gpu": cost.name, "source": cost.source, "parts": dict(cost.sources)})
+        return
+    table = Table(title=f"{cost.name}: {cost.source}")
+    table.add_column("part")
+    table.add_column("basis")
+    table.add_column("source and error (|predicted / measured - 1|)")
+    for part, label in cost.sources:
+        table.add_row(part, grade(label), label)
+    console.print(table)
+
+
+@profiles_app.command("build")
+@user_errors_exit_2
+def profiles_build() -> None:
+    """Fit the shipped profiles to the measured tables (moesim/profiles/tables) and write moesim/profiles/shipped."""
+    from moesim.profiles.shipping import build_shipped
+
+    with console.status("fitting ...", spinner="dots") as status:
+        written = build_shipped(on_step=lambda name: status.update(f"fitting {name} ..."))
+    for path in written:
+        console.print(f"wrote {path}")
 
 
 # ---------------------------------------------------------------- presets
@@ -191,6 +229,7 @@ def _model_table(spec: Any, summary: Any, published: Any) -> Table:
 
 def _show_gpu(name: str, as_json: bool) -> None:
     from moesim.cluster.hardware import gpu_preset
+    from moesim.sim.compute import CostModel
 
     gpu = gpu_preset(name)
     if as_json:
@@ -207,6 +246,7 @@ def _show_gpu(name: str, as_json: bool) -> None:
         ("scale-up bandwidth (one direction)", f"{gpu.scale_up_gb_per_s:g} GB/s"),
         ("NIC line rate", f"{gpu.nic_gbps:g} Gb/s"),
         ("board power", f"{gpu.tdp_watts:g} W" if gpu.tdp_watts else "-"),
+        ("compute cost model", CostModel.for_gpu(gpu).source + " (moesim profiles show)"),
     ]
     for row in rows:
         table.add_row(*row)
@@ -305,6 +345,7 @@ def run(
         return
     console.print(step_table(result))
     console.print(summary_table(result))
+    print_sources(result)
     for note in result.notes:
         console.print(f"[dim]note: {note}[/dim]")
     if trace is not None:
@@ -318,12 +359,24 @@ def step_table(result: Any) -> Table:
     table.add_column("phase")
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")
+    table.add_column("basis")
     table.add_column("")
     total = sum(result.phase_seconds.values()) or 1.0
     for name, seconds in sorted(result.phase_seconds.items(), key=lambda item: -item[1]):
         share = seconds / total
-        table.add_row(name, f"{seconds:.4f}", f"{share:.1%}", "█" * max(1, round(share * 40)) if share > 0.002 else "")
+        table.add_row(name, f"{seconds:.4f}", f"{share:.1%}", grade(result.sources.get(name, "assumed")),
+                      "█" * max(1, round(share * 30)) if share > 0.002 else "")
     return table
+
+
+def print_sources(result: Any) -> None:
+    """Under the tables: what each basis means for this result (every distinct source, with its measured error)."""
+    distinct: dict[str, list[str]] = {}
+    for phase, label in result.sources.items():
+        distinct.setdefault(label, []).append(phase.split("/")[-1])
+    console.print("[bold]basis of the figures[/bold] (measured error: |predicted / measured - 1| on the tables)")
+    for label, phases in distinct.items():
+        console.print(escape(f"  [{grade(label)}] {', '.join(dict.fromkeys(phases))}: {label}"), soft_wrap=True)
 
 
 def summary_table(result: Any) -> Table:

@@ -307,6 +307,11 @@ class Scenario(_Section):
                 f"parallelism.pp_size: {par.pp_size} pipeline stages for {model.num_layers} layers; "
                 f"use at most {model.num_layers} (stages may hold uneven layer counts)"
             )
+        if self.workload.precision.gemm == "fp8" and not cluster.gpu.peak_fp8_tflops:
+            raise ValueError(
+                f"workload.precision.gemm: {cluster.gpu.name} has no fp8 tensor cores (peak_fp8_tflops is null); "
+                "use gemm: bf16 or a GPU with fp8 (H100-SXM, H800, H200, B200)"
+            )
         top_k = routing.top_k or model.top_k
         if top_k > model.num_experts:
             raise ValueError(

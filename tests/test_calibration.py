@@ -11,7 +11,8 @@ import torch
 
 from moesim.errors import MoesimError
 from moesim.executor.launch import skewed_tokens
-from moesim.sim.compute import DEVICE_PHASE_FEATURES, HOST_PHASE_FEATURES, CostModel, PhaseWork, host_phase_features, router_fit_key
+from moesim.sim.compute import CostModel
+from moesim.sim.phase_features import DEVICE_PHASE_FEATURES, HOST_PHASE_FEATURES, PhaseWork, host_phase_features, router_fit_key
 from moesim.validation.calibrate import LAYER_CONFIGS, calibrate, fit_latency_bandwidth
 from moesim.validation.timing import interleaved_samples, nonnegative_relative_fit
 from moesim.validation.validate import Config, default_grid, rule_orderings

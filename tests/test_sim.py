@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import moesim
 from moesim import scenario_from_dict
 from moesim.cli import app
 from moesim.cluster.topology import Topology
@@ -107,12 +109,26 @@ def test_one_moe_layer_matches_the_hand_calculation() -> None:
     combine = program.forward[names.index("combine")]
     assert float(dispatch.seconds[0]) == pytest.approx(2e-6 + expected_alltoall, rel=1e-6)
     assert float(combine.seconds[0]) == pytest.approx(expected_alltoall, rel=1e-6)
-    # experts: one expert per rank with `tokens` rows, SwiGLU: [T x h] @ [h x 2f], activation, [T x f] @ [f x h]
+    # experts: one expert per rank with `tokens` rows, SwiGLU: [T x h] @ [h x 2f], activation, [T x f] @ [f x h],
+    # each projection a grouped GEMM of the shipped H100 profile written out: whole tiles in whole waves over 132
+    # multiprocessors against bytes moved, blended by a p-norm, plus the overhead left inside a stream
     f = 4096
-    gemm = cost.gemm_seconds(tokens, hidden, 2 * f) + cost.gemm_seconds(tokens, f, hidden)
-    activation = tokens * 3 * f * 2 / (cost.memory_bytes_per_s * cost.memory_efficiency)
+    profile = json.loads((Path(moesim.__file__).parent / "profiles" / "shipped" / "H100-SXM.json").read_text())
+    g = profile["grouped_gemm"]
+    overhead = max(profile["kernel_launch_s"], g["overhead_s"] - profile["timing_overhead_s"])
+
+    def grouped_by_hand(rows: int, inner: int, cols: int) -> float:
+        waves = math.ceil(math.ceil(rows / g["tile_rows"]) * math.ceil(cols / g["tile_cols"]) / 132)
+        compute = waves * (2 * g["tile_rows"] * g["tile_cols"] * inner / (g["peak_flops"] / 132 * g["compute_efficiency"])
+                           + g["tile_overhead_s"])
+        memory = 2 * (inner * cols + rows * inner + rows * cols) / (g["bandwidth_bytes_per_s"] * g["memory_efficiency"])
+        p = g["sharpness"]
+        return overhead + (compute**p + memory**p) ** (1 / p)
+
+    bandwidth = profile["memory_bytes_per_s"] * profile["memory_efficiency"]
+    activation = tokens * 5 * f * 2 / bandwidth  # gate activation (read, write), product (two reads, a write)
     experts = program.forward[names.index("experts")]
-    assert np.allclose(experts.seconds, gemm + activation)
+    assert np.allclose(experts.seconds, grouped_by_hand(tokens, hidden, 2 * f) + activation + grouped_by_hand(tokens, f, hidden))
     # the whole pass is the sum of its phases (every rank equal, nobody waits), in both timelines
     total = sum(float(phase.seconds[0]) for phase in program.forward)
     simpy_time, slices = run_stage(program.forward, 8, "forward")

@@ -96,12 +96,15 @@ EXECUTOR_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.
 
 def executor_dtype(scenario: Scenario) -> torch.dtype:
     """The torch dtype of the scenario's activations (bf16 by default); fp8 compute is not executed."""
+    from moesim.errors import MoesimError
+
     name = scenario.workload.precision.activations
     if name not in EXECUTOR_DTYPES:
-        from moesim.errors import MoesimError
-
         raise MoesimError(f"workload.precision.activations: the executor computes in {', '.join(EXECUTOR_DTYPES)}, "
                           f"not {name}; set workload.precision.activations=bf16")
+    if scenario.workload.precision.gemm != "bf16":
+        raise MoesimError("workload.precision.gemm: the executor runs its GEMMs in the activations' precision, not fp8; "
+                          "set workload.precision.gemm=bf16 to execute the scenario (the simulator models fp8)")
     return EXECUTOR_DTYPES[name]
 
 

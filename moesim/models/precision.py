@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,6 +10,9 @@ DType = Literal["fp32", "bf16", "fp16", "fp8"]
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 """Bytes per element of each numeric format."""
+
+FP8_SCALE_BLOCK = 128
+"""Elements sharing one fp32 scale in fine-grained fp8 (DeepSeek-V3 technical report, section 3.3.2)."""
 
 OPTIMIZER_STATES_PER_PARAM: dict[str, int] = {"adam": 2, "sgd_momentum": 1, "sgd": 0}
 """Optimizer state tensors kept per parameter (Adam: first and second moment)."""
@@ -33,6 +36,13 @@ class Precision(BaseModel):
     optimizer: Literal["adam", "sgd_momentum", "sgd"] = Field("adam", description="Optimizer (sets the state count).")
     optimizer_state: DType = Field("fp32", description="Format of optimizer states (Adam moments).")
     activations: DType = Field("bf16", description="Format of stored activations and the KV cache.")
+    gemm: Literal["bf16", "fp8"] = Field(
+        "bf16", description="Compute precision of the linear layers' GEMMs, forward and backward (fp8: e4m3 with "
+        "fine-grained scales, DeepSeek-V3's recipe; the router, embedding and output head stay bf16).")
+    dispatch: Optional[DType] = Field(
+        None, description="Format of the tokens sent to the experts (null: the activations'; DeepSeek-V3: fp8).")
+    combine: Optional[DType] = Field(
+        None, description="Format of the expert outputs sent back (null: the activations'; DeepSeek-V3: bf16).")
 
     @property
     def weight_bytes(self) -> int:
@@ -51,3 +61,9 @@ class Precision(BaseModel):
     @property
     def activation_bytes(self) -> int:
         return DTYPE_BYTES[self.activations]
+
+    def token_bytes(self, hidden: int, direction: str) -> float:
+        """Bytes of one token's hidden vector sent in an all-to-all ('dispatch' or 'combine'): fp8 carries one fp32
+        scale per 128 elements beside the values (DeepSeek-V3's fine-grained quantisation, DeepEP's fp8 dispatch)."""
+        dtype = (self.dispatch if direction == "dispatch" else self.combine) or self.activations
+        return hidden * DTYPE_BYTES[dtype] + (4 * -(-hidden // FP8_SCALE_BLOCK) if dtype == "fp8" else 0)

@@ -14,7 +14,7 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -168,11 +168,17 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         "cost plot: $3 per GPU-hour (an assumption)",
         *result.notes,
     ]
-    return write_pages(scenario.name, scenario.description or "How fast is a step?", answer, assumptions, plots, out_dir)
+    basis: dict[str, list[str]] = {}
+    for phase, label in result.sources.items():
+        basis.setdefault(label, []).append(phase.split("/")[-1])
+    lines = [f"{', '.join(dict.fromkeys(phases))}: {label}" for label, phases in basis.items()]
+    return write_pages(scenario.name, scenario.description or "How fast is a step?", answer, assumptions, plots, out_dir,
+                       basis=lines)
 
 
 def write_pages(
-    name: str, question: str, answer: str, assumptions: list[str], plots: dict[str, bytes], out_dir: str | Path
+    name: str, question: str, answer: str, assumptions: list[str], plots: dict[str, bytes], out_dir: str | Path,
+    basis: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """report.html (plots embedded as data URIs) and report.md (plots as PNG files beside it)."""
     validation = _validation_error()
@@ -187,7 +193,9 @@ def write_pages(
                   f"configurations, CPU): median {validation['median']:.1%}, 90th percentile {validation['p90']:.1%} "
                   "(validation/REPORT.md)." if validation else "No validation run found (run `moesim validate`).")
     markdown = [f"# Sizing report: {name}", "", f"**Question.** {question}", "", f"**Answer.** {answer}", "",
-                "## Assumptions", "", *[f"- {item}" for item in assumptions], "", f"## How sure\n\n{error_line}", ""]
+                "## Assumptions", "", *[f"- {item}" for item in assumptions], "", f"## How sure\n\n{error_line}", "",
+                *(["What each phase's time rests on (measured error: |predicted / measured - 1|):", "",
+                   *[f"- {line}" for line in basis], ""] if basis else [])]
     for title, (file_name, _) in figures.items():
         markdown += [f"## {title}", "", f"![{title}]({file_name})", ""]
     md_path = out / "report.md"
@@ -196,6 +204,9 @@ def write_pages(
             f"<p><b>Answer.</b> {html.escape(answer)}</p>", "<h2>Assumptions</h2><ul>",
             *[f"<li>{html.escape(item)}</li>" for item in assumptions], "</ul>",
             f"<h2>How sure</h2><p>{html.escape(error_line)}</p>"]
+    if basis:
+        body += ["<p>What each phase's time rests on (measured error: |predicted / measured - 1|):</p><ul>",
+                 *[f"<li>{html.escape(line)}</li>" for line in basis], "</ul>"]
     for title, (_, data) in figures.items():
         body += [f"<h2>{html.escape(title)}</h2>", f'<img class="plot" alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
     script = ("<script>document.querySelectorAll('img.plot').forEach(function(img){function mark(){"

@@ -40,9 +40,9 @@ class Traffic:
     rank_bytes: np.ndarray  # [members, members]
     node_bytes: np.ndarray  # [members, nodes the group spans], deduplicated per destination node
 
-    def transposed(self) -> "Traffic":
-        """The combine: the same bytes in the opposite direction."""
-        return Traffic(self.ranks, self.rank_bytes.T.copy(), self.node_bytes)
+    def transposed(self, scale: float = 1.0) -> "Traffic":
+        """The combine: the same tokens in the opposite direction, bytes x `scale` (its own precision)."""
+        return Traffic(self.ranks, self.rank_bytes.T * scale, self.node_bytes * scale)
 
 
 def _same_layout(topology: Topology, ranks: np.ndarray) -> bool:

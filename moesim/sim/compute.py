@@ -1,151 +1,79 @@
-"""`CostModel`: how long a compute kernel takes on one GPU.
+"""`CostModel`: how long a compute kernel takes on one GPU, and what each figure rests on.
 
-Roofline with an efficiency curve: a GEMM of `rows x inner` by `inner x cols` takes
+Three grades of model, each labelled in `sources` (`source_of(part)`) with its error
+where one was measured:
+* a shipped device profile (`moesim.profiles`: H200, H100-SXM measured, H800 derived
+  from the H100) or one measured by `moesim calibrate` (`from_profile`): GEMMs by shape
+  (`moesim.sim.grouped`: tiles, waves, the library's tile choice, split contraction),
+  grouped expert GEMMs from every group's rows together, backward GEMMs (input gradients
+  of the transposed shape, weight gradients contracting over the rows), fp8 speedups by
+  shape and rows (`moesim.sim.fp8`), attention and copies as measured;
+* a datasheet GPU (`for_gpu` on any other preset): datasheet peaks with an assumed
+  efficiency curve, a GEMM of `rows x inner` by `inner x cols` taking
 
     max(2 x rows x inner x cols / (peak x efficiency(rows)),  bytes moved / (HBM bandwidth x memory_efficiency))
     + kernel_launch_s
 
-where efficiency(rows) = max_efficiency x rows / (rows + half_rows): small GEMMs (a
-lightly loaded expert, a decode step) reach a small share of peak, large ones approach
-`max_efficiency`. Memory-bound kernels (permutation, softmax, optimizer step) take
-bytes / (bandwidth x memory_efficiency). Attention scores run at `attention_efficiency`
-of peak (FlashAttention-class kernels).
+  with efficiency(rows) = max_efficiency x rows / (rows + half_rows), experts as separate
+  GEMMs one after another, backward GEMMs `backward_gemm_factor` (2) x forward, and fp8
+  an assumed share of the datasheet's fp8/bf16 ratio;
+* a CPU profile (`moesim calibrate` on CPU): a measured efficiency curve by rows,
+  interpolated in log(rows), and linear phase models fitted to the executor's layers.
 
-Without a measured profile the efficiencies are assumptions (documented defaults; the
-output says so). `CostModel.from_profile(path)` loads a measured curve (JSON written by
-the calibration of the executor issue): it replaces the curve by interpolation of
-measured (rows, efficiency) points in log(rows).
-
-A rank's experts are one grouped GEMM per projection on a GPU. A profile that carries a
-`grouped_gemm` model (`moesim.sim.grouped`, fitted to measured grouped GEMMs) costs them
-so, from every expert's rows together, forward and backward (input and weight
-gradients); without one they are costed as separate GEMMs one after another.
+Measured phase models (`phase_fit`, linear in named `FEATURES`) replace the roofline of
+a phase where a profile has one: the router, permutation and un-permutation as the
+kernels and host launches they are (a top-k over the scores, a sort, gathers, a
+scatter-add: shipped profiles carry the H200 executor's measured costs).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from moesim.errors import MoesimError
+from moesim.sim.fp8 import Fp8Speedup, assumed_speedup
 from moesim.sim.grouped import GroupedGemmModel
+from moesim.sim.phase_features import PhaseWork, feature_vector, phase_fit_entry
 
 DEFAULT_MAX_EFFICIENCY = 0.75  # large bf16 GEMMs reach about 70-80% of dense peak on Hopper/Ampere
 DEFAULT_HALF_ROWS = 128.0  # rows at which a GEMM reaches half of that
 DEFAULT_MEMORY_EFFICIENCY = 0.8
 DEFAULT_ATTENTION_EFFICIENCY = 0.5  # FlashAttention-2/3 forward on H100: ~50-70% of peak
 DEFAULT_LAUNCH_SECONDS = 4e-6
-DEFAULT_BACKWARD_GEMM_FACTOR = 2.0  # a GEMM's backward: two GEMMs of its size (input and weight gradients)
+DEFAULT_BACKWARD_GEMM_FACTOR = 2.0
+KERNEL_FIELDS = ("peak_bf16_tflops", "peak_fp8_tflops", "hbm_tb_per_s")
+"""The GPU preset fields a measured kernel profile stands for (interconnect fields are the network model's)."""  # a GEMM's backward: two GEMMs of its size (input and weight gradients)
 
-@dataclass(frozen=True)
-class PhaseWork:
-    """What one rank does in one MoE layer: the quantities the calibrated phase models are linear in."""
-
-    tokens: float
-    hidden: int
-    experts: int
-    top_k: int
-    slots: float = 0.0  # served token-expert pairs (drops excluded)
-    carried_rows: float = 0.0  # rows the permutation carries (a bound known before routing: padded for drops)
-    sort_keys: float = 0.0  # entries the permutation sorts: tokens x slots per token
-    active_experts: int = 0
-    rows: float = 0.0  # rows the rank's experts process
-    ffn_seconds: float = 0.0  # the FFN arithmetic the kernel models predict
-    router_gemm_seconds: float = 0.0
-    backward_seconds: float = 0.0  # the experts' backward the kernel models predict
-    other_seconds: float = 0.0  # the router's and shared experts' forward
-    shuffle_seconds: float = 0.0  # the permute and unpermute forward (their backward: a scatter-add and a gather)
-    recording: bool = False  # autograd records the pass for a backward (more host work per kernel)
+def _in_stream(data: Optional[dict[str, Any]], timing: float, launch: float) -> Optional[GroupedGemmModel]:
+    """A measured kernel model with the measurement's host synchronisation taken off its overheads."""
+    if not data:
+        return None
+    model = GroupedGemmModel.from_dict(data)
+    if timing <= 0:
+        return model
+    return replace(model, overhead_s=max(launch, model.overhead_s - timing),
+                   weight_grad_overhead_s=max(launch, model.weight_grad_overhead_s - timing))
 
 
-FEATURES: dict[str, Any] = {
-    "1": lambda w: 1.0,
-    "tokens x hidden x experts": lambda w: w.tokens * w.hidden * w.experts,
-    "router GEMM seconds": lambda w: w.router_gemm_seconds,
-    "tokens x experts": lambda w: w.tokens * w.experts,
-    "tokens x top_k": lambda w: w.tokens * w.top_k,
-    "slots": lambda w: w.slots,
-    "slots x hidden": lambda w: w.slots * w.hidden,
-    "sort keys": lambda w: w.sort_keys,
-    "carried rows": lambda w: w.carried_rows,
-    "carried rows x hidden": lambda w: w.carried_rows * w.hidden,
-    "tokens x hidden": lambda w: w.tokens * w.hidden,
-    "FFN arithmetic seconds": lambda w: w.ffn_seconds,
-    "active experts": lambda w: float(w.active_experts),
-    "rows x hidden": lambda w: w.rows * w.hidden,
-    "experts backward seconds": lambda w: w.backward_seconds,
-    "permute and unpermute forward seconds": lambda w: w.shuffle_seconds,
-    "router and shared forward seconds": lambda w: w.other_seconds,
-    "autograd": lambda w: 1.0 if w.recording else 0.0,
-}
-"""Every quantity a phase model may be linear in, by the name a profile records."""
-
-HOST_PHASE_FEATURES: dict[str, tuple[str, ...]] = {
-    "router": ("1", "tokens x hidden x experts", "tokens x experts", "tokens x top_k"),
-    "permute": ("1", "slots", "slots x hidden"),
-    "unpermute": ("1", "slots", "slots x hidden", "tokens x hidden"),
-    "experts": ("FFN arithmetic seconds", "active experts", "rows x hidden"),
-}
-"""What each calibrated phase is linear in on the CPU across ranks (the multi-rank calibration): the router's
-GEMM, its element-wise work over the score matrix and its per-choice work (capacity positions); the
-permutation's index work and gathered hidden vectors; the un-permutation's weighted scatter-add into a
-fresh output of every token; for the experts phase, the FFN time the GEMM curve predicts (its
-coefficient: how the expert loop inside the layer compares with the micro-benchmarks, whose caches stay
-warm), per-expert bookkeeping and the local sort of the rows."""
-
-DEVICE_PHASE_FEATURES: dict[str, tuple[str, ...]] = {
-    "router": ("1", "autograd", "router GEMM seconds", "tokens x experts", "tokens x top_k"),
-    "permute": ("1", "autograd", "sort keys", "carried rows x hidden"),
-    "unpermute": ("1", "autograd", "carried rows", "carried rows x hidden", "tokens x hidden"),
-    "experts": ("FFN arithmetic seconds", "1", "autograd", "active experts", "rows x hidden"),
-    "shared_experts": ("FFN arithmetic seconds", "1"),
-    "backward": ("experts backward seconds", "permute and unpermute forward seconds", "router and shared forward seconds",
-                 "1"),
-}
-"""The same on one device (the single-device calibration, GPUs). Features come in order of weight: a fit to
-few layers keeps the first ones only. A GPU phase of small kernels lasts as long as the host takes to launch
-them ("1"; more while autograd records the pass) unless the device work is longer: the router's projection
-costed by the dense GEMM model, the permutation's sort of every slot and the rows it carries (a capacity pads
-them), the un-permutation's scatter-add. The backward of the MoE block: the experts' from the kernel models,
-the permutation's and un-permutation's (a scatter-add and a gather of the same rows) relative to their
-forward, the router's and the shared experts' relative to theirs."""
-
-
-def feature_vector(names: Sequence[str], work: PhaseWork) -> tuple[float, ...]:
-    """The values of the named features for `work`."""
-    return tuple(float(FEATURES[name](work)) for name in names)
-
-
-def host_phase_features(phase: str, tokens: float, hidden: int, experts: int, top_k: int, slots: Optional[float] = None,
-                        active_experts: int = 0, rows: float = 0.0, ffn_seconds: float = 0.0,
-                        backward_seconds: float = 0.0, other_seconds: float = 0.0) -> tuple[float, ...]:
-    """The feature vector of `HOST_PHASE_FEATURES[phase]` for one layer on one rank (slots default: tokens x top_k)."""
-    slots = tokens * top_k if slots is None else slots
-    work = PhaseWork(tokens, hidden, experts, top_k, slots=slots, carried_rows=slots, sort_keys=tokens * top_k,
-                     active_experts=active_experts, rows=rows, ffn_seconds=ffn_seconds, backward_seconds=backward_seconds,
-                     other_seconds=other_seconds)
-    return feature_vector(HOST_PHASE_FEATURES[phase], work)
-
-
-def router_fit_key(strategy: str, capacity_factor: Optional[float]) -> str:
-    """The `phase_fit` key of a routing rule's router phase (expert choice always has a capacity)."""
-    capped = capacity_factor is not None and strategy != "expert_choice"
-    return f"router:{strategy}{'+capacity' if capped else ''}"
-
-
-def _phase_fit_entry(key: str, value: Any) -> tuple[str, tuple[str, ...], tuple[float, ...]]:
-    phase = key.split(":")[0]
-    names = tuple(value.get("features") or HOST_PHASE_FEATURES.get(phase, ()))
-    coefficients = tuple(float(c) for c in value["coefficients"])
-    unknown = [name for name in names if name not in FEATURES]
-    if phase not in DEVICE_PHASE_FEATURES or unknown or len(coefficients) != len(names):
-        raise ValueError(f"phase_fit '{key}' needs {len(names)} coefficients for {names}"
-                         + (f"; unknown features {unknown}" if unknown else ""))
-    return key, names, coefficients
+def _labelled_sources(data: dict[str, Any], path: Path) -> tuple[tuple[str, str], ...]:
+    """Each part's source from a profile, with its measured error where the profile records one."""
+    errors = data.get("errors", {})
+    labelled = []
+    for part, label in data.get("sources", {}).items():
+        error, kind = errors.get(f"{part}_leave_one_out"), "leave-one-out error"
+        if not error:
+            error, kind = errors.get(part), "error"
+        if error:
+            label += f" ({kind} median {100 * error['median']:.1f}%, p90 {100 * error['p90']:.1f}%, n={error['count']})"
+        labelled.append((part, label))
+    if not labelled:
+        labelled.append(("all", f"measured profile {path.name}"))
+    return tuple(labelled)
 
 
 @dataclass(frozen=True)
@@ -174,11 +102,46 @@ class CostModel:
     dense: Optional[GroupedGemmModel] = None
     """Plain GEMMs as a tile and wave roofline fitted to measured GEMMs (shape-aware); None: the efficiency curve."""
     source: str = field(default="datasheet peak x assumed efficiency curve")
+    peak_fp8_flops: Optional[float] = None
+    fp8_dense: Optional[Fp8Speedup] = None
+    """Measured fp8 speedups of plain GEMMs by shape and rows; None: `assumed_speedup`."""
+    fp8_grouped: Optional[Fp8Speedup] = None
+    """The same for grouped expert GEMMs (rows per group)."""
+    attention_overhead_s: float = DEFAULT_LAUNCH_SECONDS
+    ffn_backward_overhead_s: float = 0.0
+    """Autograd's fixed cost of an FFN's backward beyond its kernels (measured with the dense backward)."""
+    sources: tuple[tuple[str, str], ...] = ()
+    """What each part of the model rests on (part, label with its measured error)."""
 
     @classmethod
     def for_gpu(cls, gpu: Any) -> "CostModel":
-        """The default model of a `GpuSpec`: datasheet peaks, assumed efficiencies."""
-        return cls(name=gpu.name, peak_flops=gpu.peak_bf16_tflops * 1e12, memory_bytes_per_s=gpu.hbm_tb_per_s * 1e12)
+        """The model of a `GpuSpec`: its shipped profile when it is a preset that has one, its compute and memory
+        unchanged (measured or derived), else datasheet peaks with assumed efficiencies, and the H200's measured router and permutation
+        kernels at this GPU's bandwidth."""
+        from moesim.cluster.hardware import gpu_preset, gpu_preset_names
+        from moesim.profiles import shipped_profile, shipped_profile_path
+
+        path = shipped_profile_path(gpu.name)
+        if path is not None and gpu.name in gpu_preset_names():
+            preset = gpu_preset(gpu.name)
+            if all(getattr(gpu, name) == getattr(preset, name) for name in KERNEL_FIELDS):
+                return cls.from_profile(path)
+        bandwidth = gpu.hbm_tb_per_s * 1e12
+        reference = shipped_profile("H200")
+        phases: tuple[tuple[str, tuple[str, ...], tuple[float, ...]], ...] = ()
+        sources = [("GEMMs, attention, memory", "datasheet peak x assumed efficiency (no measurement of this GPU)")]
+        if reference and reference.get("phase_fit"):
+            from moesim.profiles.shipping import scaled_phase_fit
+
+            measured = reference["memory_bytes_per_s"] * reference["memory_efficiency"]
+            fits = scaled_phase_fit({"memory_bytes_per_s": measured, "phase_fit": reference["phase_fit"]},
+                                    bandwidth * DEFAULT_MEMORY_EFFICIENCY)
+            phases = tuple(sorted(phase_fit_entry(key, value) for key, value in fits.items()))
+            sources.append(("moe_kernels",
+                            "assumed: the H200's measured kernel costs at this GPU's datasheet bandwidth"))
+        return cls(name=gpu.name, peak_flops=gpu.peak_bf16_tflops * 1e12, memory_bytes_per_s=bandwidth,
+                   peak_fp8_flops=(gpu.peak_fp8_tflops * 1e12) if gpu.peak_fp8_tflops else None, phase_fit=phases,
+                   sources=tuple(sources))
 
     @classmethod
     def from_profile(cls, path: str | Path) -> "CostModel":
@@ -188,20 +151,28 @@ class CostModel:
             data = json.loads(path.read_text())
             curve = data.get("gemm_efficiency", {})
             rows, efficiency = curve.get("rows"), curve.get("efficiency")
+            launch = float(data.get("kernel_launch_s", DEFAULT_LAUNCH_SECONDS))
+            timing = float(data.get("timing_overhead_s", 0.0))  # host synchronisation inside measured kernel times
             model = cls(
                 name=str(data["device"]),
                 peak_flops=float(data["peak_flops"]),
                 memory_bytes_per_s=float(data["memory_bytes_per_s"]),
                 memory_efficiency=float(data.get("memory_efficiency", DEFAULT_MEMORY_EFFICIENCY)),
                 attention_efficiency=float(data.get("attention_efficiency", DEFAULT_ATTENTION_EFFICIENCY)),
-                kernel_launch_s=float(data.get("kernel_launch_s", DEFAULT_LAUNCH_SECONDS)),
+                kernel_launch_s=launch,
                 measured_rows=tuple(float(x) for x in rows) if rows else None,
                 measured_efficiency=tuple(float(x) for x in efficiency) if efficiency else None,
-                phase_fit=tuple(sorted(_phase_fit_entry(key, value) for key, value in data.get("phase_fit", {}).items())),
+                phase_fit=tuple(sorted(phase_fit_entry(key, value) for key, value in data.get("phase_fit", {}).items())),
                 backward_gemm_factor=float(data.get("backward_gemm_factor", DEFAULT_BACKWARD_GEMM_FACTOR)),
-                grouped=GroupedGemmModel.from_dict(data["grouped_gemm"]) if data.get("grouped_gemm") else None,
-                dense=GroupedGemmModel.from_dict(data["dense_gemm"]) if data.get("dense_gemm") else None,
-                source=f"measured profile {path.name}",
+                grouped=_in_stream(data.get("grouped_gemm"), timing, launch),
+                dense=_in_stream(data.get("dense_gemm"), timing, launch),
+                source=f"{data['source']} (profile {path.name})" if data.get("source") else f"measured profile {path.name}",
+                peak_fp8_flops=float(data["peak_fp8_flops"]) if data.get("peak_fp8_flops") else None,
+                fp8_dense=Fp8Speedup.from_list(data["fp8_dense_speedup"]) if data.get("fp8_dense_speedup") else None,
+                fp8_grouped=Fp8Speedup.from_list(data["fp8_grouped_speedup"]) if data.get("fp8_grouped_speedup") else None,
+                attention_overhead_s=max(launch, float(data.get("attention_overhead_s", launch)) - timing),
+                ffn_backward_overhead_s=max(0.0, float(data.get("ffn_backward_overhead_s", 0.0)) - timing),
+                sources=_labelled_sources(data, path),
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise MoesimError(f"{path}: not a usable cost profile ({type(error).__name__}: {error})") from None
@@ -225,6 +196,10 @@ class CostModel:
                 return float(np.dot(coefficients, feature_vector(names, work)))
         return None
 
+    def source_of(self, part: str) -> str:
+        """What a part of the model rests on ('dense_gemm', 'grouped_gemm', 'fp8_dense', ...), else the whole's source."""
+        return dict(self.sources).get(part, self.source)
+
     # ------------------------------------------------------------ kernels
     def efficiency(self, rows: np.ndarray | float) -> np.ndarray:
         """Fraction of peak a GEMM with `rows` rows reaches."""
@@ -233,38 +208,77 @@ class CostModel:
             return np.interp(np.log(rows), np.log(self.measured_rows), self.measured_efficiency)
         return self.max_efficiency * rows / (rows + self.half_rows)
 
-    def gemm_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2) -> np.ndarray:
+    def fp8_speedup(self, rows: np.ndarray | float, inner: int, cols: int, grouped: bool = False) -> np.ndarray:
+        """How much faster the GEMM runs in fp8 than in bf16 (rows per group for a grouped GEMM)."""
+        if not self.peak_fp8_flops:
+            raise MoesimError(f"{self.name} has no fp8 tensor cores: set workload.precision.gemm to bf16")
+        table = (self.fp8_grouped or self.fp8_dense) if grouped else self.fp8_dense
+        rows = np.asarray(rows, dtype=float)
+        if table is None:
+            return np.vectorize(assumed_speedup)(rows, self.peak_fp8_flops / self.peak_flops)
+        return np.vectorize(lambda r: table.speedup(float(r), inner, cols))(rows)
+
+    def gemm_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2,
+                     fp8: bool = False) -> np.ndarray:
         """Time of GEMM(s) [rows x inner] @ [inner x cols]; `rows` may be an array (one GEMM each)."""
         rows_array = np.asarray(rows, dtype=float)
         if self.dense is not None:
-            return self.dense.dense_seconds(rows_array, inner, cols, element_bytes)
-        flops = 2.0 * rows_array * inner * cols
-        moved = element_bytes * (rows_array * inner + inner * cols + rows_array * cols)
-        compute = flops / (self.peak_flops * self.efficiency(rows_array))
-        memory = moved / (self.memory_bytes_per_s * self.memory_efficiency)
-        busy = np.where(rows_array > 0, np.maximum(compute, memory), 0.0)
-        return busy + self.kernel_launch_s
+            seconds = self.dense.dense_seconds(rows_array, inner, cols, element_bytes)
+        else:
+            flops = 2.0 * rows_array * inner * cols
+            moved = element_bytes * (rows_array * inner + inner * cols + rows_array * cols)
+            compute = flops / (self.peak_flops * self.efficiency(rows_array))
+            memory = moved / (self.memory_bytes_per_s * self.memory_efficiency)
+            seconds = np.where(rows_array > 0, np.maximum(compute, memory), 0.0) + self.kernel_launch_s
+        return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
 
-    def ffn_seconds(
-        self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2
-    ) -> np.ndarray:
+    def gemm_backward_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2,
+                              fp8: bool = False) -> np.ndarray:
+        """The GEMM's backward: the input gradient (a GEMM of the transposed shape) and the weight gradient (a GEMM
+        contracting over the rows) from a measured model, else `backward_gemm_factor` x the forward."""
+        rows_array = np.asarray(rows, dtype=float)
+        if self.dense is None:
+            return self.backward_gemm_factor * self.gemm_seconds(rows_array, inner, cols, element_bytes, fp8)
+        seconds = (self.dense.dense_seconds(rows_array, cols, inner, element_bytes)
+                   + self.dense.dense_weight_grad_seconds(rows_array, inner, cols, element_bytes))
+        return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
+
+    def ffn_seconds(self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2,
+                    fp8: bool = False) -> np.ndarray:
         """FFN(s) on `rows` tokens: up (and gate) projection, activation, down projection."""
         width = 2 * inner if gated else inner
         rows = np.asarray(rows, dtype=float)
         activation = rows * (width + inner) * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
-        return self.gemm_seconds(rows, hidden, width, element_bytes) + self.gemm_seconds(rows, inner, hidden, element_bytes) + activation
+        return (self.gemm_seconds(rows, hidden, width, element_bytes, fp8) + self.gemm_seconds(rows, inner, hidden, element_bytes, fp8)
+                + activation)
+
+    def ffn_backward_seconds(self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2,
+                             fp8: bool = False) -> np.ndarray:
+        """Their backward: both projections' gradients, the activation's and autograd's fixed cost."""
+        width = 2 * inner if gated else inner
+        rows = np.asarray(rows, dtype=float)
+        if self.dense is None:
+            return self.backward_gemm_factor * self.ffn_seconds(rows, hidden, inner, gated, element_bytes, fp8)
+        return (self.gemm_backward_seconds(rows, hidden, width, element_bytes, fp8)
+                + self.gemm_backward_seconds(rows, inner, hidden, element_bytes, fp8)
+                + self.activation_seconds(rows, inner, gated, element_bytes, backward=True) + self.ffn_backward_overhead_s)
+
+    def _grouped_fp8(self, rows: np.ndarray, inner: int, cols: int, fp8: bool) -> float:
+        active = rows[rows > 0]
+        return float(self.fp8_speedup(active.mean(), inner, cols, grouped=True)) if fp8 and active.size else 1.0
 
     def experts_ffn_seconds(self, rows_per_expert: Sequence[float] | np.ndarray, hidden: int, inner: int, gated: bool,
-                            element_bytes: int = 2) -> float:
+                            element_bytes: int = 2, fp8: bool = False) -> float:
         """A rank's experts' FFNs forward: grouped GEMMs (up, down) and the activation, or the FFNs one after another."""
         rows = np.asarray(rows_per_expert, dtype=float)
         if self.grouped is None:
-            return float(self.ffn_seconds(rows, hidden, inner, gated, element_bytes).sum())
+            return float(self.ffn_seconds(rows, hidden, inner, gated, element_bytes, fp8).sum())
         width = 2 * inner if gated else inner
-        return (self.grouped.seconds(rows, hidden, width, element_bytes) + self.activation_seconds(rows.sum(), inner, gated)
-                + self.grouped.seconds(rows, inner, hidden, element_bytes))
+        return (self.grouped.seconds(rows, hidden, width, element_bytes) / self._grouped_fp8(rows, hidden, width, fp8)
+                + self.activation_seconds(rows.sum(), inner, gated, element_bytes)
+                + self.grouped.seconds(rows, inner, hidden, element_bytes) / self._grouped_fp8(rows, inner, hidden, fp8))
 
-    def activation_seconds(self, rows: float, inner: int, gated: bool, element_bytes: int = 2, backward: bool = False) -> float:
+    def activation_seconds(self, rows: Any, inner: int, gated: bool, element_bytes: int = 2, backward: bool = False) -> Any:
         """The FFN nonlinearity as eager torch runs it, in passes over memory: gated, the activation of the gate half
         (read, write) then its product with the other half (two reads, a write), 5 x inner per row; the backward
         reads the gradient, both halves and the activation, and writes both halves' gradients, 7 x inner."""
@@ -272,22 +286,23 @@ class CostModel:
         return rows * passes * inner * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
 
     def experts_ffn_backward_seconds(self, rows_per_expert: Sequence[float] | np.ndarray, hidden: int, inner: int, gated: bool,
-                                     element_bytes: int = 2) -> float:
-        """Their backward: per projection the input gradient (a grouped GEMM of the transposed shape) and the weight gradient."""
+                                     element_bytes: int = 2, fp8: bool = False) -> float:
+        """Their backward: per projection the input gradient (a grouped GEMM of the transposed shape) and the weight
+        gradient; fp8 gains the forward's measured speedup (DeepSeek-V3 runs both gradients in fp8)."""
         rows = np.asarray(rows_per_expert, dtype=float)
         if self.grouped is None:
-            return self.backward_gemm_factor * self.experts_ffn_seconds(rows, hidden, inner, gated, element_bytes)
+            return self.backward_gemm_factor * self.experts_ffn_seconds(rows, hidden, inner, gated, element_bytes, fp8)
         width = 2 * inner if gated else inner
         model = self.grouped
-        activation = self.activation_seconds(rows.sum(), inner, gated, element_bytes, backward=True)
-        return (model.seconds(rows, hidden, inner, element_bytes) + model.weight_grad_seconds(rows, inner, hidden, element_bytes)
-                + activation
-                + model.seconds(rows, width, hidden, element_bytes) + model.weight_grad_seconds(rows, hidden, width, element_bytes))
+        down = model.seconds(rows, hidden, inner, element_bytes) + model.weight_grad_seconds(rows, inner, hidden, element_bytes)
+        up = model.seconds(rows, width, hidden, element_bytes) + model.weight_grad_seconds(rows, hidden, width, element_bytes)
+        return (down / self._grouped_fp8(rows, inner, hidden, fp8) + up / self._grouped_fp8(rows, hidden, width, fp8)
+                + self.activation_seconds(rows.sum(), inner, gated, element_bytes, backward=True))
 
     def memory_seconds(self, size_bytes: float) -> float:
         """A memory-bound kernel moving `size_bytes`."""
         return size_bytes / (self.memory_bytes_per_s * self.memory_efficiency) + self.kernel_launch_s
 
     def attention_seconds(self, flops: float) -> float:
-        """Attention scores (QK^T, softmax, AV) of `flops`."""
-        return flops / (self.peak_flops * self.attention_efficiency) + self.kernel_launch_s
+        """Attention scores (QK^T, softmax, AV) of `flops`: a fixed cost, then FLOPs at the attention kernel's rate."""
+        return flops / (self.peak_flops * self.attention_efficiency) + self.attention_overhead_s

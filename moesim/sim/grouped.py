@@ -1,4 +1,4 @@
-"""`GroupedGemmModel`: the time of one grouped expert GEMM on a GPU, from every group's rows together.
+"""`GroupedGemmModel`: the time of a GEMM or grouped expert GEMM on a GPU, from its tiles and waves.
 
 Production MoE layers run a rank's experts as one grouped GEMM per projection
 (Megatron-Core's `GroupedMLP`, `torch._grouped_mm`: CUTLASS on Hopper), not as separate
@@ -8,41 +8,55 @@ tiles of all groups together. So, for groups with rows m_g over an `[m_g x K] @ 
 product:
 
     tiles    = sum_g ceil(m_g / tile_rows) x ceil(N / tile_cols)
-    compute  = ceil(tiles / sms) x (2 x tile_rows x tile_cols x K) / (peak / sms x compute_efficiency)
-    memory   = 2 bytes x (active groups x K x N  +  sum_g m_g x (K + N)) / (bandwidth x memory_efficiency)
+    waves    = ceil(tiles / sms)
+    compute  = waves x (2 x tile_rows x tile_cols x K / (peak / sms x compute_efficiency) + tile_overhead)
+    memory   = bytes x (active groups x K x N  +  sum_g m_g x (K + N)) / (bandwidth x memory_efficiency)
     seconds  = overhead + (compute^p + memory^p)^(1/p)
 
 Compute counts whole tiles in whole waves (a group of 16 rows costs a tile of
-`tile_rows`; 133 tiles on 132 multiprocessors cost two waves); memory reads each active
-expert's weights once, and each row once in and once out. The p-norm (`sharpness`)
-blends the two bounds where they meet, as measured kernels do. Skewed loads come out by
-construction: a hot expert adds its own tiles, an idle one costs nothing.
+`tile_rows`; 133 tiles on 132 multiprocessors cost two waves), and each tile pays a fixed
+prologue and epilogue (`tile_overhead_s`: why a short contraction, inner 768, runs far
+below peak); memory reads each active expert's weights once, and each row once in and
+once out. The p-norm (`sharpness`) blends the two bounds where they meet, as measured
+kernels do. Skewed loads come out by construction: a hot expert adds its own tiles, an
+idle one costs nothing.
 
-The weight gradient of the same projection (`[K x m_g] @ [m_g x N]` per group, in the
+A plain GEMM (`dense_seconds`, cuBLAS) is the one-group case with two freedoms the
+library uses: it picks the fastest of several tile shapes (`dense_tiles`), and when the
+output has fewer tiles than multiprocessors it splits the contraction over them
+(stream-K / split-K: no wave quantisation, partial sums written and read once more in
+fp32). Both are choices of the library, so the model takes the fastest.
+
+The weight gradient of a grouped projection (`[K x m_g] @ [m_g x N]` per group, in the
 backward pass) contracts over the rows instead: each of the `K x N` output tiles of an
 active group runs `ceil(m_g / 64)` steps of 64 rows, and every group's gradient, idle or
-not, is written (`weight_grad_seconds`).
+not, is written (`weight_grad_seconds`). A plain GEMM's weight gradient is a plain GEMM
+of the shape `[K x m] @ [m x N]` and needs nothing more.
 
-The parameters are fitted to measured grouped GEMMs (`fit_grouped_model`): the device's
-own calibration (`moesim validate --device cuda` measures them) or the shipped kernel
-tables. A plain GEMM is the one-group case; fitted to measured GEMMs (`fit_dense_model`)
-the same roofline describes cuBLAS (`dense_seconds`), whose tile choice differs.
+`element_bytes` is the size of an input element (2 for bf16, 1 for fp8); outputs are
+bf16 (2 bytes) in both cases, as in production fp8 recipes. The parameters are fitted
+(`moesim.sim.gemm_fit`) to measured kernels: the device's own calibration (`moesim
+calibrate --device cuda`) or the shipped kernel tables (`moesim.profiles`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 
 CONTRACTION_STEP = 64
 """Rows per main-loop step of the weight-gradient GEMM (the K tile of Hopper bf16 kernels)."""
+OUTPUT_BYTES = 2
+"""Outputs are written in bf16, whatever the inputs' precision."""
+PARTIAL_SUM_BYTES = 8
+"""A split contraction writes and reads back each output element once in fp32."""
 
 
 @dataclass(frozen=True)
 class GroupedGemmModel:
-    """Tile and wave roofline of a grouped GEMM; see the module docstring."""
+    """Tile and wave roofline of a (grouped) GEMM; see the module docstring."""
 
     peak_flops: float
     bandwidth_bytes_per_s: float
@@ -56,30 +70,42 @@ class GroupedGemmModel:
     weight_grad_compute_efficiency: float = 0.7
     weight_grad_memory_efficiency: float = 0.7
     weight_grad_overhead_s: float = 10e-6
+    tile_overhead_s: float = 0.0
+    dense_tiles: tuple[tuple[int, int], ...] = ()
+    """Tile shapes a plain-GEMM library picks among (empty: the one tile above, no split contraction)."""
+
+    def _moved(self, weights: float, rows: Any, inner: int, cols: int, element_bytes: int) -> Any:
+        return element_bytes * (weights * inner * cols + rows * inner) + OUTPUT_BYTES * rows * cols
+
+    def _blend(self, compute: Any, memory: Any) -> Any:
+        p = self.sharpness
+        return (compute**p + memory**p) ** (1.0 / p)
+
+    def _tile_seconds(self, inner: int, tile_rows: int, tile_cols: int, efficiency: float) -> float:
+        return 2.0 * tile_rows * tile_cols * inner / (self.peak_flops / self.sms * efficiency) + self.tile_overhead_s
 
     def forward_work(self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> tuple[float, float, float]:
-        """(waves of tiles, FLOPs per tile, bytes moved) of a grouped product: what its time is computed from."""
+        """(waves of tiles, seconds per wave of compute, bytes moved) of a grouped product."""
         tiles = float(np.ceil(rows / self.tile_rows).sum() * np.ceil(cols / self.tile_cols))
-        moved = element_bytes * (np.count_nonzero(rows) * inner * cols + rows.sum() * (inner + cols))
-        return float(np.ceil(tiles / self.sms)), 2.0 * self.tile_rows * self.tile_cols * inner, float(moved)
+        moved = self._moved(float(np.count_nonzero(rows)), float(rows.sum()), inner, cols, element_bytes)
+        return float(np.ceil(tiles / self.sms)), self._tile_seconds(inner, self.tile_rows, self.tile_cols,
+                                                                   self.compute_efficiency), float(moved)
 
     def weight_grad_work(self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> tuple[float, float, float]:
         """The same for the weight gradient: steps of `CONTRACTION_STEP` rows per output tile, spread over the grid."""
         steps = np.ceil(rows / CONTRACTION_STEP)
         output_tiles = np.ceil(inner / self.tile_rows) * np.ceil(cols / self.tile_cols)
-        spread = float(steps.sum() * output_tiles / self.sms)
-        moved = element_bytes * (rows.size * inner * cols + rows.sum() * (inner + cols))
-        return max(spread, float(steps.max(initial=0.0))), 2.0 * self.tile_rows * self.tile_cols * CONTRACTION_STEP, float(moved)
+        spread = max(float(steps.sum() * output_tiles / self.sms), float(steps.max(initial=0.0)))
+        step_seconds = 2.0 * self.tile_rows * self.tile_cols * CONTRACTION_STEP / (
+            self.peak_flops / self.sms * self.weight_grad_compute_efficiency)
+        moved = element_bytes * rows.sum() * (inner + cols) + OUTPUT_BYTES * rows.size * inner * cols
+        return spread, step_seconds, float(moved)
 
-    def time_of(self, units: Any, unit_flops: Any, moved: Any, weight_grad: bool = False) -> Any:
-        """Seconds from (compute units per multiprocessor, FLOPs per unit, bytes moved); numbers or arrays."""
-        compute_efficiency, memory_efficiency, overhead = (
-            (self.weight_grad_compute_efficiency, self.weight_grad_memory_efficiency, self.weight_grad_overhead_s)
-            if weight_grad else (self.compute_efficiency, self.memory_efficiency, self.overhead_s))
-        compute = units * unit_flops / (self.peak_flops / self.sms * compute_efficiency)
-        memory = moved / (self.bandwidth_bytes_per_s * memory_efficiency)
-        p = self.sharpness
-        return overhead + (compute**p + memory**p) ** (1.0 / p)
+    def time_of(self, units: Any, unit_seconds: Any, moved: Any, weight_grad: bool = False) -> Any:
+        """Seconds from (compute units per multiprocessor, seconds per unit, bytes moved); numbers or arrays."""
+        memory_efficiency, overhead = ((self.weight_grad_memory_efficiency, self.weight_grad_overhead_s) if weight_grad
+                                       else (self.memory_efficiency, self.overhead_s))
+        return overhead + self._blend(units * unit_seconds, moved / (self.bandwidth_bytes_per_s * memory_efficiency))
 
     def seconds(self, rows: Sequence[float] | np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> float:
         """One grouped GEMM: groups with `rows` rows each, `[rows x inner] @ [inner x cols]`."""
@@ -94,91 +120,44 @@ class GroupedGemmModel:
         return float(self.time_of(*self.weight_grad_work(rows, inner, cols, element_bytes), weight_grad=True))
 
     def dense_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2) -> np.ndarray:
-        """Plain GEMMs (one group each), vectorised over `rows`: the same tile and wave roofline."""
+        """Plain GEMMs (one group each), vectorised over `rows`: the fastest tile, split contraction where it helps."""
         rows = np.asarray(rows, dtype=float)
-        waves = np.ceil(np.ceil(rows / self.tile_rows) * np.ceil(cols / self.tile_cols) / self.sms)
-        moved = element_bytes * (inner * cols + rows * (inner + cols))
-        return np.where(rows > 0, self.time_of(waves, 2.0 * self.tile_rows * self.tile_cols * inner, moved), 0.0)
+        memory = self._moved(1.0, rows, inner, cols, element_bytes) / (self.bandwidth_bytes_per_s * self.memory_efficiency)
+        best = None
+        for tile_rows, tile_cols in self.dense_tiles or ((self.tile_rows, self.tile_cols),):
+            tiles = np.ceil(rows / tile_rows) * np.ceil(cols / tile_cols)
+            waves = np.ceil(tiles / self.sms)
+            per_tile = self._tile_seconds(inner, tile_rows, tile_cols, self.compute_efficiency)
+            compute = waves * per_tile
+            if self.dense_tiles:  # split contraction: the padded work spread evenly, partial sums through memory
+                split = (tiles / self.sms * (per_tile - self.tile_overhead_s) + waves * self.tile_overhead_s
+                         + tiles * tile_rows * tile_cols * PARTIAL_SUM_BYTES / (self.bandwidth_bytes_per_s * self.memory_efficiency))
+                compute = np.minimum(compute, split)
+            busy = self._blend(compute, memory)
+            best = busy if best is None else np.minimum(best, busy)
+        return np.where(rows > 0, self.overhead_s + best, 0.0)
+
+    def dense_weight_grad_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2) -> np.ndarray:
+        """A plain GEMM's weight gradient `[inner x rows] @ [rows x cols]`: a plain GEMM contracting over the rows, at
+        the weight gradient's efficiencies and overhead (its operands arrive transposed)."""
+        rows = np.asarray(rows, dtype=float)
+        gradient = replace(self, compute_efficiency=self.weight_grad_compute_efficiency,
+                           memory_efficiency=self.weight_grad_memory_efficiency, overhead_s=self.weight_grad_overhead_s)
+        return np.where(rows > 0, gradient.dense_seconds(np.full_like(rows, inner), rows, cols, element_bytes), 0.0)  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["dense_tiles"] = [list(tile) for tile in self.dense_tiles]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GroupedGemmModel":
-        return cls(**{key: (int(value) if key in ("sms", "tile_rows", "tile_cols") else float(value))
-                      for key, value in data.items() if key in cls.__dataclass_fields__})
-
-
-def nelder_mead(loss: Callable[[np.ndarray], float], start: np.ndarray, steps: int = 600, scale: float = 0.3) -> np.ndarray:
-    """Minimise `loss` from `start` by the Nelder-Mead simplex (enough for a handful of parameters)."""
-    points = [start] + [start + scale * np.eye(len(start))[i] for i in range(len(start))]
-    values = [loss(point) for point in points]
-    for _ in range(steps):
-        order = np.argsort(values)
-        points, values = [points[i] for i in order], [values[i] for i in order]
-        centre = np.mean(points[:-1], axis=0)
-        reflected = centre + (centre - points[-1])
-        value = loss(reflected)
-        if value < values[0]:
-            expanded = centre + 2.0 * (centre - points[-1])
-            expanded_value = loss(expanded)
-            points[-1], values[-1] = (expanded, expanded_value) if expanded_value < value else (reflected, value)
-        elif value < values[-2]:
-            points[-1], values[-1] = reflected, value
-        else:
-            contracted = centre + 0.5 * (points[-1] - centre)
-            contracted_value = loss(contracted)
-            if contracted_value < values[-1]:
-                points[-1], values[-1] = contracted, contracted_value
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in cls.__dataclass_fields__:
+                continue
+            if key == "dense_tiles":
+                values[key] = tuple((int(a), int(b)) for a, b in value)
             else:
-                points = [points[0] + 0.5 * (point - points[0]) for point in points]
-                values = [loss(point) for point in points]
-    return points[int(np.argmin(values))]
-
-
-GroupedSample = tuple[str, Sequence[float], int, int, float]
-"""(kind 'forward' or 'weight_grad', rows per group, inner, cols, measured seconds)."""
-
-
-def fit_grouped_model(samples: Sequence[GroupedSample], peak_flops: float, bandwidth: float, sms: int,
-                      tiles: Sequence[tuple[int, int]] = ((128, 128), (128, 256), (64, 128))) -> tuple[GroupedGemmModel, float]:
-    """The model (tile shape by search, efficiencies, overhead and sharpness by least squares of log time) and its median error."""
-    def model_of(params: np.ndarray, tile: tuple[int, int]) -> GroupedGemmModel:
-        ce, me, overhead, sharp, wce, wme, woverhead = np.exp(params)
-        return GroupedGemmModel(peak_flops, bandwidth, sms, tile[0], tile[1], min(ce, 1.0), min(me, 1.0), overhead,
-                                1.0 + sharp, min(wce, 1.0), min(wme, 1.0), woverhead)
-
-    measured = np.array([sample[4] for sample in samples])
-    backward = np.array([sample[0] == "weight_grad" for sample in samples])
-    best: tuple[float, GroupedGemmModel] | None = None
-    for tile in tiles:
-        shape = GroupedGemmModel(peak_flops, bandwidth, sms, tile[0], tile[1])
-        work = np.array([shape.weight_grad_work(np.asarray(rows, float), inner, cols) if kind == "weight_grad"
-                         else shape.forward_work(np.asarray(rows, float), inner, cols) for kind, rows, inner, cols, _ in samples])
-
-        def predict_all(model: GroupedGemmModel, work: np.ndarray = work) -> np.ndarray:
-            forward = model.time_of(work[:, 0], work[:, 1], work[:, 2])
-            return np.where(backward, model.time_of(work[:, 0], work[:, 1], work[:, 2], weight_grad=True), forward)
-
-        def loss(params: np.ndarray, tile: tuple[int, int] = tile, predict_all: Any = predict_all) -> float:
-            return float(np.mean(np.log(predict_all(model_of(params, tile)) / measured) ** 2))
-
-        start = np.log([0.8, 0.7, 10e-6, 3.0, 0.7, 0.7, 10e-6])
-        params = nelder_mead(loss, start)
-        params = nelder_mead(loss, params, scale=0.1)
-        value = loss(params)
-        if best is None or value < best[0]:
-            best = (value, model_of(params, tile))
-    assert best is not None
-    model = best[1]
-    errors = np.abs(np.array([
-        (model.weight_grad_seconds(rows, inner, cols) if kind == "weight_grad" else model.seconds(rows, inner, cols)) / seconds
-        for kind, rows, inner, cols, seconds in samples]) - 1.0)
-    return model, float(np.median(errors))
-
-
-def fit_dense_model(samples: Sequence[tuple[int, int, int, float]], peak_flops: float, bandwidth: float,
-                    sms: int) -> tuple[GroupedGemmModel, float]:
-    """The same roofline fitted to plain GEMMs (rows, inner, cols, seconds): cuBLAS picks its own tiles."""
-    return fit_grouped_model([("forward", [rows], inner, cols, seconds) for rows, inner, cols, seconds in samples],
-                             peak_flops, bandwidth, sms, tiles=((128, 128), (128, 256), (64, 128), (256, 128)))
+                values[key] = int(value) if key in ("sms", "tile_rows", "tile_cols") else float(value)
+        return cls(**values)

@@ -4,10 +4,13 @@ Per layer, forward (Megatron-Core's split for MoE layers):
 attention -> [tp all-reduce] -> router -> permute -> dispatch -> experts (+ shared
 experts, overlapping the dispatch when enabled) -> combine -> unpermute; dense layers
 run a dense FFN instead of router ... unpermute. Backward runs the layers in reverse:
-GEMMs cost `CostModel.backward_gemm_factor` times their forward (2 unless a calibrated
-profile measured it), attention scores 2.5 times (FlashAttention backward),
-memory-bound kernels twice, each all-to-all once more; full recomputation replays the
-forward first. Compute phases carry one duration per rank (only the expert phase
+GEMMs cost their input and weight gradients as the profile's kernel models cost them
+(`CostModel.gemm_backward_seconds`; 2x the forward on a datasheet GPU), the experts'
+grouped GEMMs likewise, attention scores 2.5 times (FlashAttention backward),
+memory-bound kernels twice, each all-to-all once more; a profile with a measured MoE
+backward model (`phase_fit['backward']`) costs that block from it instead; full
+recomputation replays the forward first. `workload.precision.gemm: fp8` runs the linear
+layers' GEMMs (not the router's or the output head's) at the measured fp8 speedup. Compute phases carry one duration per rank (only the expert phase
 differs between ranks: it follows each rank's expert loads); collectives carry their
 network time, and every rank of the group waits for the slowest to arrive.
 """
@@ -24,13 +27,17 @@ from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all
 from moesim.routing.capacity import expert_capacity
-from moesim.sim.compute import CostModel, PhaseWork, router_fit_key
+from moesim.sim.compute import CostModel
+from moesim.sim.phase_features import PhaseWork, router_fit_key
 from moesim.sim.plan import Layer, StagePlan
 from moesim.sim.routing_load import LayerRouting
 from moesim.cluster.topology import Topology
 
 BACKWARD_ATTENTION_FACTOR = 2.5
 BACKWARD_MEMORY_FACTOR = 2.0
+BACKWARD_SHUFFLE_FACTOR = 1.0
+"""The permutation and un-permutation's backward over their forward where kernels are modelled: the same rows moved
+the other way (measured on the H200 by moesim's executor: 0.93-1.02x, `validation/NVIDIA-H200`)."""
 
 
 def moe_work(strategy: str, capacity_factor: Optional[float], tokens: float, hidden: int, experts: int, top_k: int,
@@ -81,7 +88,11 @@ class PhaseBuilder:
         self.decode = decode
         self.ranks = scenario.parallelism.ep_size
         self.tp = scenario.parallelism.tp_size
-        self.element = scenario.workload.precision.activation_bytes
+        precision = scenario.workload.precision
+        self.element = precision.activation_bytes
+        self.fp8 = precision.gemm == "fp8"  # linear layers' GEMMs; the router and output head stay bf16
+        hidden = self.model.hidden_size
+        self.combine_scale = precision.token_bytes(hidden, "combine") / precision.token_bytes(hidden, "dispatch")
         self._alltoall_cache: dict[int, tuple] = {}
 
     def alltoalls(self, index: int, routing: LayerRouting) -> tuple:
@@ -90,7 +101,8 @@ class PhaseBuilder:
             sim = self.scenario.simulation
             self._alltoall_cache[index] = (
                 all_to_all(self.topology, routing.traffic, sim.alltoall_algorithm, sim.network_mode),
-                all_to_all(self.topology, routing.traffic.transposed(), sim.alltoall_algorithm, sim.network_mode),
+                all_to_all(self.topology, routing.traffic.transposed(self.combine_scale), sim.alltoall_algorithm,
+                           sim.network_mode),
             )
         return self._alltoall_cache[index]
 
@@ -98,10 +110,14 @@ class PhaseBuilder:
         return np.full(self.ranks, float(seconds))
 
     # ------------------------------------------------------------ per-layer pieces
-    def attention(self, layer: Layer) -> float:
+    def attention(self, layer: Layer) -> tuple[float, float]:
+        """(forward, backward) seconds of a layer's attention: projections (GEMMs), scores (FlashAttention: its
+        backward `BACKWARD_ATTENTION_FACTOR` x the forward), norms (memory passes, twice backward)."""
         model, cost = self.model, self.cost
         projections = accounting.attention_params(model) * (2 if layer.cross_attention else 1) / self.tp
-        gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, max(1, int(projections // model.hidden_size))))
+        cols = max(1, int(projections // model.hidden_size))
+        gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
+        gemm_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
         per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context) / max(1, model.num_layers + model.num_encoder_layers)
         # attention_score_flops_per_token halves the context for causal masks; 2 x context restores the full context
         score_flops = per_layer_scores * self.tokens / self.tp * (0.5 if not self.decode else 1.0)
@@ -110,11 +126,17 @@ class PhaseBuilder:
             kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
             scores = max(scores, cost.memory_seconds(kv_bytes * self.context * self.tokens / self.tp))
         norms = cost.memory_seconds(4 * self.tokens * model.hidden_size * self.element)
-        return gemm + scores + norms
+        return gemm + scores + norms, gemm_backward + BACKWARD_ATTENTION_FACTOR * scores + BACKWARD_MEMORY_FACTOR * norms
 
     def ffn_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:
         """Time of FFN(s) with `rows` tokens (see `CostModel.ffn_seconds`)."""
-        return self.cost.ffn_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element)
+        return self.cost.ffn_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element,
+                                     self.fp8)
+
+    def ffn_backward_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:
+        """Their backward (see `CostModel.ffn_backward_seconds`)."""
+        return self.cost.ffn_backward_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS,
+                                              self.element, self.fp8)
 
     def work(self, top_k: int, served: Optional[float] = None, **extra: Any) -> PhaseWork:
         """This rank's work in one MoE layer (see `moe_work`)."""
@@ -128,7 +150,7 @@ class PhaseBuilder:
         or the calibrated model of the phase built on them."""
         model = self.model
         arithmetic = self.cost.experts_ffn_seconds(rank_rows, model.hidden_size, model.moe_intermediate_size,
-                                                   model.expert_ffn_activation in GATED_ACTIVATIONS, self.element)
+                                                   model.expert_ffn_activation in GATED_ACTIVATIONS, self.element, self.fp8)
         work = self.work(top_k, active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()),
                          ffn_seconds=arithmetic)
         return _or(self.cost.fitted("experts", work), arithmetic)
@@ -137,7 +159,14 @@ class PhaseBuilder:
         """One rank's experts backward (input and weight gradients) from the cost model."""
         model = self.model
         return self.cost.experts_ffn_backward_seconds(rank_rows, model.hidden_size, model.moe_intermediate_size,
-                                                      model.expert_ffn_activation in GATED_ACTIVATIONS, self.element)
+                                                      model.expert_ffn_activation in GATED_ACTIVATIONS, self.element,
+                                                      self.fp8)
+
+    def router_fit(self, work: PhaseWork) -> Optional[float]:
+        """The router's measured model: the rule's own, else (a rule the profile did not calibrate) top-k's."""
+        rule = self.scenario.routing
+        measured = self.cost.fitted(router_fit_key(rule.strategy or "top_k", rule.capacity_factor), work)
+        return measured if measured is not None else self.cost.fitted(router_fit_key("top_k", rule.capacity_factor), work)
 
     def tp_allreduce(self) -> float:
         if self.tp == 1:
@@ -161,35 +190,40 @@ class PhaseBuilder:
         for layer in self.plan.stages[stage]:
             layer_forward: list[Phase] = []
             layer_backward: list[Phase] = []
-            attention = self.attention(layer)
+            attention, attention_backward = self.attention(layer)
             layer_forward.append(Phase("attention", layer.index, self.same(attention)))
-            layer_backward.append(Phase("attention", layer.index, self.same(BACKWARD_ATTENTION_FACTOR * attention)))
+            layer_backward.append(Phase("attention", layer.index, self.same(attention_backward)))
             tp_reduce = self.tp_allreduce()
             if tp_reduce:
                 layer_forward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
                 layer_backward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
             if not layer.is_moe:
-                dense = float(self.ffn_seconds(self.tokens, model.intermediate_size // self.tp, model.dense_ffn_activation))
+                inner = model.intermediate_size // self.tp
+                dense = float(self.ffn_seconds(self.tokens, inner, model.dense_ffn_activation))
+                dense_backward = float(self.ffn_backward_seconds(self.tokens, inner, model.dense_ffn_activation))
                 layer_forward.append(Phase("dense_ffn", layer.index, self.same(dense)))
-                layer_backward.append(Phase("dense_ffn", layer.index, self.same(cost.backward_gemm_factor * dense)))
+                layer_backward.append(Phase("dense_ffn", layer.index, self.same(dense_backward)))
             else:
                 routing_index = moe_layer % len(routing)
                 routing_here = routing[routing_index]
                 moe_layer += 1
                 router_gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts))
-                router = router_gemm + cost.memory_seconds(3 * 4 * self.tokens * model.num_experts)
-                routing_rule = self.scenario.routing
-                router = _or(cost.fitted(router_fit_key(routing_rule.strategy, routing_rule.capacity_factor),
-                                         self.work(top_k, router_gemm_seconds=router_gemm)), router)
+                scores_pass = cost.memory_seconds(3 * 4 * self.tokens * model.num_experts)
+                router = router_gemm + scores_pass
+                router_roofline_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, model.num_experts)) + \
+                    BACKWARD_MEMORY_FACTOR * scores_pass
+                router = _or(self.router_fit(self.work(top_k, router_gemm_seconds=router_gemm)), router)
                 permute_bytes = 2 * self.tokens * top_k * model.hidden_size * self.element
                 served = float(routing_here.expert_tokens.sum()) / self.ranks  # slots a rank permutes (drops excluded)
                 permute = _or(cost.fitted("permute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
                 unpermute = _or(cost.fitted("unpermute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
                 rows = routing_here.rank_rows
                 gemm = np.array([self.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
-                shared = 0.0
+                shared = shared_roofline_backward = 0.0
                 if model.num_shared_experts:
-                    shared = float(self.ffn_seconds(self.tokens, model.shared_expert_size * model.num_shared_experts, model.expert_ffn_activation))
+                    shared_inner = model.shared_expert_size * model.num_shared_experts
+                    shared = float(self.ffn_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
+                    shared_roofline_backward = float(self.ffn_backward_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
                     shared = _or(cost.fitted("shared_experts", self.work(top_k, ffn_seconds=shared)), shared)
                 dispatch, combine = self.alltoalls(routing_index, routing_here)
                 # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
@@ -219,14 +253,20 @@ class PhaseBuilder:
                         "experts backward seconds", "permute and unpermute forward seconds",
                         "router and shared forward seconds", "1"))
                     gemm_backward = np.array([experts_factor * self.experts_backward_seconds(rank_rows) + fixed for rank_rows in rows])
-                    router_backward, permute_backward, unpermute_backward, shared_factor = (
-                        other_factor * router, shuffle_factor * permute, shuffle_factor * unpermute, other_factor)
-                else:
+                    router_backward, permute_backward, unpermute_backward, shared_back = (
+                        other_factor * router, shuffle_factor * permute, shuffle_factor * unpermute, other_factor * shared)
+                elif cost.dense is None and cost.grouped is None:  # an efficiency curve only: the backward ratio
                     gemm_backward = cost.backward_gemm_factor * gemm
-                    router_backward, permute_backward, unpermute_backward, shared_factor = (
+                    router_backward, permute_backward, unpermute_backward, shared_back = (
                         cost.backward_gemm_factor * router, BACKWARD_MEMORY_FACTOR * permute,
-                        BACKWARD_MEMORY_FACTOR * unpermute, cost.backward_gemm_factor)
-                shared_backward = Phase("shared_experts", layer.index, self.same(shared_factor * shared)) if shared else None
+                        BACKWARD_MEMORY_FACTOR * unpermute, cost.backward_gemm_factor * shared)
+                else:  # the kernel models' backward: gradient GEMMs as measured; the permutation's backward is a
+                    # scatter of the rows it gathered and the un-permutation's a gather of the rows it scattered
+                    gemm_backward = np.array([self.experts_backward_seconds(rank_rows) for rank_rows in rows])
+                    router_backward, permute_backward, unpermute_backward, shared_back = (
+                        router_roofline_backward, BACKWARD_SHUFFLE_FACTOR * permute, BACKWARD_SHUFFLE_FACTOR * unpermute,
+                        shared_roofline_backward)
+                shared_backward = Phase("shared_experts", layer.index, self.same(shared_back)) if shared else None
                 layer_backward += [
                     Phase("router", layer.index, self.same(router_backward)),
                     Phase("permute", layer.index, self.same(permute_backward)),
@@ -245,9 +285,11 @@ class PhaseBuilder:
             backward[:0] = (list(layer_forward) if recompute else []) + _backward_order(layer_backward)
         if stage == self.plan.num_stages - 1:
             vocab = model.vocab_size // self.tp
-            head = float(cost.gemm_seconds(self.tokens, model.hidden_size, vocab)) + cost.memory_seconds(8 * self.tokens * vocab)
+            loss = cost.memory_seconds(8 * self.tokens * vocab)
+            head = float(cost.gemm_seconds(self.tokens, model.hidden_size, vocab)) + loss
+            head_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, vocab)) + BACKWARD_MEMORY_FACTOR * loss
             forward.append(Phase("lm_head", -1, self.same(head)))
-            backward.insert(0, Phase("lm_head", -1, self.same(cost.backward_gemm_factor * head)))
+            backward.insert(0, Phase("lm_head", -1, self.same(head_backward)))
         return StageProgram(forward, backward)
 
 

@@ -59,7 +59,7 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
     nodes = ranks // gpus_per_node
     node_index = np.unique(nodes, return_inverse=True)[1]
     expert_node = torch.from_numpy(node_index[placement.expert_rank.numpy()])
-    bytes_per_token = model.hidden_size * workload.precision.activation_bytes
+    bytes_per_token = workload.precision.token_bytes(model.hidden_size, "dispatch")
     if scenario.routing.strategy == "bias_balanced" and sim.bias_warmup_steps:
         notes.append(f"bias_balanced: each routed layer's bias warmed up over {sim.bias_warmup_steps} updates")
 

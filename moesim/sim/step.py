@@ -25,6 +25,7 @@ from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import LayerRouting, route_layers
+from moesim.sim.sources import phase_sources
 
 
 @dataclass
@@ -54,6 +55,8 @@ class StepResult:
     prefill_s: float = 0.0
     decode_step_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    """What each phase's time rests on (`moesim.sim.sources`): measured, derived or assumed, with errors."""
     slices: list[Slice] = field(default_factory=list, repr=False)
 
     def as_dict(self, with_slices: bool = False) -> dict[str, Any]:
@@ -135,9 +138,10 @@ def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
         check_fits(memory)
     topology = Topology.from_cluster(scenario.cluster)
     cost = cost_model_for(scenario)
-    if scenario.workload.mode == "training":
-        return _training_step(scenario, plan, topology, cost, memory)
-    return _inference(scenario, plan, topology, cost, memory)
+    training = scenario.workload.mode == "training"
+    result = (_training_step if training else _inference)(scenario, plan, topology, cost, memory)
+    result.sources = phase_sources(cost, result.phase_seconds, scenario.workload.precision.gemm == "fp8", training)
+    return result
 
 
 def _routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from moesim.sim.compute import HOST_PHASE_FEATURES, CostModel, host_phase_features, router_fit_key
+from moesim.sim.compute import CostModel
+from moesim.sim.phase_features import HOST_PHASE_FEATURES, host_phase_features, router_fit_key
 from moesim.validation.timing import interleaved_samples, median_seconds, nonnegative_relative_fit
 
 GEMM_SHAPES = ((96, 384), (192, 768), (384, 1536), (640, 1280), (384, 192), (768, 384), (1536, 640))

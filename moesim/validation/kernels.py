@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from moesim.sim.grouped import GroupedGemmModel, GroupedSample, fit_dense_model, fit_grouped_model
+from moesim.sim.gemm_fit import GroupedSample, dense_errors, fit_dense_model, fit_grouped_model, relative_errors
+from moesim.sim.grouped import GroupedGemmModel
 from moesim.validation.timing import interleaved_samples
 
 GROUPED_SHAPES_GPU = ((2560, 3072), (3072, 2560), (1536, 5120), (5120, 1536), (1024, 2048), (2048, 640))
@@ -170,10 +171,13 @@ def dense_peak(kernels: dict[str, Any]) -> float:
 def dense_model_from(kernels: dict[str, Any]) -> tuple[GroupedGemmModel, float]:
     """The shape-aware dense GEMM model fitted to the measured GEMMs, with its median error on them."""
     samples = [(row["rows"], row["inner"], row["cols"], row["seconds"]) for row in kernels["dense"]]
-    return fit_dense_model(samples, dense_peak(kernels), kernels["copy_bytes_per_s"], kernels["sms"])
+    model = fit_dense_model(samples, dense_peak(kernels), kernels["copy_bytes_per_s"], kernels["sms"])
+    return model, float(np.median(np.abs(dense_errors(model, samples))))
 
 
 def grouped_model_from(kernels: dict[str, Any]) -> tuple[GroupedGemmModel, float]:
     """`GroupedGemmModel` fitted to the measured grouped GEMMs, with its median error on them."""
-    samples = [(row["kind"], row["rows"], row["inner"], row["cols"], row["seconds"]) for row in kernels["grouped"]]
-    return fit_grouped_model(samples, dense_peak(kernels), kernels["copy_bytes_per_s"], kernels["sms"])
+    samples: list[GroupedSample] = [(row["kind"], row["rows"], row["inner"], row["cols"], row["seconds"])
+                                    for row in kernels["grouped"]]
+    model = fit_grouped_model(samples, dense_peak(kernels), kernels["copy_bytes_per_s"], kernels["sms"])
+    return model, float(np.median(np.abs(relative_errors(model, samples))))

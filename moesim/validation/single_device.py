@@ -28,7 +28,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from moesim.sim.compute import DEVICE_PHASE_FEATURES, CostModel, PhaseWork, feature_vector, router_fit_key
+from moesim.sim.compute import CostModel
+from moesim.sim.phase_features import DEVICE_PHASE_FEATURES, PhaseWork, feature_vector, router_fit_key
 from moesim.sim.phases import moe_work
 from moesim.validation.layer_cases import GATED, LayerCase, LayerShape, layer_grids
 from moesim.validation.timing import nonnegative_relative_fit

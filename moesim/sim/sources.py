@@ -1,0 +1,59 @@
+"""What each simulated phase rests on: measured kernels, a profile derived from another device, or assumptions.
+
+A phase's time comes from parts of the `CostModel` (`CostModel.sources` labels each with
+its source and measured error) or from the network model (datasheet link rates, never
+measured by moesim). `phase_sources` maps every phase of a result to the labels of the
+parts it uses, and `grade` sums a label up in one word for an 80-column table.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from moesim.sim.compute import CostModel
+
+KERNEL_PHASES = "moe_kernels"
+"""The router, permutation and un-permutation kernels (their measured phase models)."""
+NETWORK = "network model: datasheet NVLink and NIC rates, assumed protocol efficiency (not measured by moesim)"
+
+PHASE_PARTS: dict[str, tuple[str, ...]] = {
+    "attention": ("dense_gemm", "dense_backward", "attention"),
+    "dense_ffn": ("dense_gemm", "dense_backward"),
+    "shared_experts": ("dense_gemm", "dense_backward"),
+    "router": (KERNEL_PHASES, "dense_gemm"),
+    "permute": (KERNEL_PHASES,),
+    "unpermute": (KERNEL_PHASES,),
+    "experts": ("grouped_gemm", "grouped_backward"),
+    "lm_head": ("dense_gemm", "dense_backward"),
+    "embedding": ("memory",),
+}
+"""The cost-model parts behind each compute phase (a profile without a part falls back to its whole source)."""
+
+
+def phase_sources(cost: CostModel, phases: Iterable[str], fp8: bool, training: bool) -> dict[str, str]:
+    """Each phase (names as in a result, 'prefill/' and 'decode/' prefixes allowed) -> what its time rests on."""
+    labels = dict(cost.sources)
+    out: dict[str, str] = {}
+    for phase in phases:
+        name = phase.split("/")[-1]
+        parts = PHASE_PARTS.get(name)
+        if parts is None:
+            out[phase] = NETWORK
+            continue
+        if not training:
+            parts = tuple(part for part in parts if "backward" not in part)
+        if fp8 and name in ("experts", "attention", "dense_ffn", "shared_experts"):
+            parts += ("fp8_grouped",) if name == "experts" else ("fp8_dense",)
+        found = [f"{part}: {labels[part]}" for part in parts if part in labels]
+        out[phase] = "; ".join(found) if found else cost.source
+    return out
+
+
+def grade(label: str) -> str:
+    """'measured', 'derived' or 'assumed': the weakest basis named in a label."""
+    lowered = label.lower()
+    if "assumed" in lowered or "datasheet" in lowered:
+        return "assumed"
+    if "derived" in lowered:
+        return "derived"
+    return "measured"
