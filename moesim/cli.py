@@ -170,7 +170,8 @@ def presets_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 def presets_show(
     name: Optional[str] = typer.Argument(None, help="Model preset name, e.g. mixtral-8x7b."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Show a GPU preset instead, e.g. H100-SXM."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1, help="Sequence length for FLOPs (default: the model's context)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1,
+                                          help="Sequence length for FLOPs (default: 4,096 or the model's context if shorter)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a model preset's architecture and accounting, or a GPU preset."""
@@ -183,7 +184,7 @@ def presets_show(
     from moesim.models.presets import PUBLISHED, model_preset
 
     spec = model_preset(name)
-    summary = summarize(spec, seq_len)
+    summary = summarize(spec, seq_len or min(4096, spec.max_seq_len))
     published = PUBLISHED.get(spec.name)
     if as_json:
         print_json(
@@ -399,7 +400,8 @@ def summary_table(result: Any) -> Table:
     rows += [
         ("tokens / s", f"{result.tokens_per_s:,.0f}"),
         ("tokens / s per GPU", f"{result.tokens_per_s_per_gpu:,.1f}"),
-        ("MFU (bf16 dense peak)", f"{result.mfu:.1%}"),
+        ("MFU (model FLOPs / bf16 dense peak)", f"{result.mfu:.1%}"),
+        *([("HFU (with recomputed FLOPs)", f"{result.hfu:.1%}")] if result.hfu > result.mfu * 1.0001 else []),
         ("drop rate", f"{result.drop_rate:.2%}"),
         ("expert load imbalance (max / mean)", f"{result.load_imbalance:.3f}"),
         ("bytes across nodes per step", units.byte_size(result.bytes_across_nodes_per_step)),
@@ -680,10 +682,25 @@ def plan_command(
 
         result = run_plan(document, target_tokens_per_s, [g.strip() for g in gpu.split(",")], max_gpus, max_drop_rate,
                           strategies.split(",") if strategies else None, factors, price_table, on_progress=on_progress)
+    best = result.best_achievable
     if as_json:
         print_json({"options": [o.as_dict() for o in result.options], "pareto": [o.as_dict() for o in result.pareto],
-                    "harsher": [o.as_dict() for o in result.harsher], "evaluated": result.evaluated, "feasible": result.feasible})
+                    "harsher": [o.as_dict() for o in result.harsher], "evaluated": result.evaluated, "feasible": result.feasible,
+                    "best_achievable": best.as_dict() if best else None})
+        if not result.options:
+            raise typer.Exit(code=1)
         return
+    if not result.options:
+        reach = (f"the fastest layout within the limits reaches {best.tokens_per_s:,.0f} tokens/s "
+                 f"({best.gpus} x {best.candidate.gpu}, TP {best.candidate.tp_size} PP {best.candidate.pp_size} "
+                 f"EP {best.candidate.ep_size}, {best.candidate.strategy})" if best else "no layout fits in memory")
+        console.print(f"no plan: none of {result.evaluated} layouts reaches {target_tokens_per_s:,.0f} tokens/s; {reach}. "
+                      "Raise --max-gpus, add GPU types, or lower the target.")
+        raise typer.Exit(code=1)
+    top = result.options[0]
+    console.print(f"[bold]plan:[/bold] {top.gpus} x {top.candidate.gpu}, TP {top.candidate.tp_size} PP {top.candidate.pp_size} "
+                  f"EP {top.candidate.ep_size}, {top.candidate.strategy}: {top.tokens_per_s:,.0f} tokens/s "
+                  f"(target {target_tokens_per_s:,.0f}), ${top.dollars_per_million_tokens:.4g} per million tokens")
     console.print(f"{result.evaluated} layouts simulated in fast mode, {result.feasible} meet the target; finalists confirmed in full mode:")
     for title, rows in (("best plans (full timeline)", result.options), ("Pareto front: cost per hour against step time (fast)", result.pareto),
                         ("sensitivity: skew +0.5 and NICs at half speed", result.harsher)):
@@ -696,8 +713,8 @@ def plan_command(
             table.add_row(str(o.gpus), c.gpu, str(c.tp_size), str(c.pp_size), str(c.ep_size), c.strategy,
                           "dropless" if c.capacity_factor is None else str(c.capacity_factor), f"{o.step_time_s:.3f}",
                           f"{o.tokens_per_s:,.0f}", f"{o.drop_rate:.2%}", f"{o.memory_gb:.0f}",
-                          f"{o.gpu_hours_per_million_tokens:.3f}", f"{o.dollars_per_hour:,.0f}",
-                          f"{o.dollars_per_million_tokens:.3f}")
+                          f"{o.gpu_hours_per_million_tokens:.4g}", f"{o.dollars_per_hour:,.0f}",
+                          f"{o.dollars_per_million_tokens:.4g}")
         console.print(table)
     console.print("[dim]prices: $/GPU-hour assumptions (moesim.planning.plan.DEFAULT_PRICE_PER_GPU_HOUR) unless --price is given[/dim]")
 

@@ -302,3 +302,13 @@ def test_simulation_replays_a_recorded_trace(tmp_path: Path) -> None:
                            workload={"scores": "trace", "trace_path": str(trace)})
     with pytest.raises(MoesimError, match="the trace has 64 experts"):
         simulate(scenario_from_dict(wrong))
+
+
+def test_mfu_counts_model_flops_and_hfu_the_recomputed_ones_too() -> None:
+    from moesim.models import accounting
+
+    scenario = scenario_from_dict(small_training(workload={"activation_recompute": "full"}))
+    result = simulate(scenario)
+    model_flops = 6 * accounting.forward_flops_per_token(scenario.model, 1024) / 2 * result.tokens_per_step
+    assert result.mfu == pytest.approx(model_flops / (result.step_time_s * 8 * 989.4e12), rel=1e-9)
+    assert result.hfu == pytest.approx(result.mfu * 4 / 3, rel=1e-9)  # a full recomputation replays the forward

@@ -122,15 +122,46 @@ class Plan:
     harsher: list[Option]
     evaluated: int
     feasible: int
+    best_achievable: Optional[Option] = None
+    """The fastest layout within the drop-rate limit, target or not (what to say when nothing meets the target)."""
+
+
+PARETO_GAIN = 0.01
+"""A dearer option enters the Pareto front only if it is at least this much faster: smaller gains are below the
+simulator's resolution (and a layout with more GPUs but the same step time is no better)."""
 
 
 def pareto_front(options: Sequence[Option]) -> list[Option]:
-    """Options no other beats on both cost per hour and step time."""
-    front = []
+    """Options no other beats on both cost per hour and step time (by more than `PARETO_GAIN`)."""
+    front: list[Option] = []
     for option in sorted(options, key=lambda o: (o.dollars_per_hour, o.step_time_s)):
-        if not front or option.step_time_s < front[-1].step_time_s:
+        if not front or option.step_time_s < front[-1].step_time_s * (1 - PARETO_GAIN):
             front.append(option)
     return front
+
+
+def check_choices(gpus: Sequence[str], strategies: Sequence[str], factors: Sequence[Optional[float]],
+                  prices: dict[str, float]) -> None:
+    """Every name the planner is given exists and every number is usable; else an error naming the option."""
+    from moesim.cluster.hardware import gpu_preset_names
+    from moesim.errors import unknown_name_message
+    from moesim.routing.names import ROUTING_STRATEGIES
+
+    known_gpus = gpu_preset_names()
+    for name in [*gpus, *prices]:
+        if name not in known_gpus:
+            option = "--gpu" if name in gpus else "--price"
+            raise MoesimError(f"{option}: {unknown_name_message('GPU', name, known_gpus)}")
+    for name in strategies:
+        if name not in ROUTING_STRATEGIES:
+            raise MoesimError(f"--strategies: {unknown_name_message('routing rule', name, list(ROUTING_STRATEGIES))}")
+    for factor in factors:
+        if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0):
+            raise MoesimError(f"--capacity-factors: {factor!r} is not a capacity factor; use positive numbers or null "
+                              "(dropless), e.g. null,1.0,1.25")
+    for name, price in prices.items():
+        if price < 0:
+            raise MoesimError(f"--price: {name}={price} is negative; give dollars per GPU-hour, e.g. {name}=2.5")
 
 
 def plan(
@@ -147,15 +178,19 @@ def plan(
 ) -> Plan:
     """Search, prune fast, confirm in full, rank by cost."""
     base = scenario_from_dict(document)
-    prices = {**DEFAULT_PRICE_PER_GPU_HOUR, **(prices or {})}
     strategies = list(strategies or [base.routing.strategy])
     factors = list(capacity_factors) if capacity_factors is not None else [base.routing.capacity_factor]
+    check_choices(gpus, strategies, factors, prices or {})
+    prices = {**DEFAULT_PRICE_PER_GPU_HOUR, **(prices or {})}
     pool = list(candidates(base, gpus, max_gpus, strategies, factors))
     if not pool:
         raise MoesimError("plan: no cluster layout fits the constraints; raise --max-gpus or add GPU types")
     fast: list[Option] = []
+    best: Optional[Option] = None
     for index, candidate in enumerate(pool):
         option = _evaluate(document, candidate, "fast", prices)
+        if option and option.drop_rate <= max_drop_rate and (best is None or option.tokens_per_s > best.tokens_per_s):
+            best = option
         if option and option.tokens_per_s >= target_tokens_per_s and option.drop_rate <= max_drop_rate:
             fast.append(option)
         if on_progress:
@@ -177,4 +212,5 @@ def plan(
         if rerun:
             harsher.append(rerun)
     ranked = sorted(confirmed, key=lambda o: o.dollars_per_million_tokens)
-    return Plan(ranked, pareto_front(fast), sorted(harsher, key=lambda o: o.dollars_per_million_tokens), len(pool), len(fast))
+    return Plan(ranked, pareto_front(fast), sorted(harsher, key=lambda o: o.dollars_per_million_tokens), len(pool), len(fast),
+                best)

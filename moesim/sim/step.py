@@ -47,6 +47,7 @@ class StepResult:
     tokens_per_s: float
     tokens_per_s_per_gpu: float
     mfu: float
+    """Model FLOPs utilisation: the model's forward and backward FLOPs (no recomputation) over the bf16 dense peak."""
     drop_rate: float
     load_imbalance: float
     bytes_across_nodes_per_step: float
@@ -54,6 +55,8 @@ class StepResult:
     world_size: int
     prefill_s: float = 0.0
     decode_step_s: float = 0.0
+    hfu: float = 0.0
+    """Hardware FLOPs utilisation: MFU plus the FLOPs that recomputation replays (training; inference: = MFU)."""
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     """What each phase's time rests on (`moesim.sim.sources`): measured, derived or assumed, with errors."""
@@ -181,8 +184,12 @@ def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost
     step = pipeline + exposed + optimizer
     tokens_per_step = float((scenario.workload.global_batch_size or 1) * scenario.workload.seq_len)
     world = scenario.cluster.world_size
-    flops = accounting.training_flops_per_token(model, scenario.workload.seq_len, scenario.workload.activation_recompute == "full")
+    # MFU counts the model's FLOPs (forward + backward, no recomputation); HFU also what recomputation replays
+    flops = accounting.training_flops_per_token(model, scenario.workload.seq_len)
     mfu = flops * tokens_per_step / (step * world * cost.peak_flops)
+    recompute = scenario.workload.activation_recompute == "full"
+    hfu = accounting.training_flops_per_token(model, scenario.workload.seq_len, recompute) * tokens_per_step / (
+        step * world * cost.peak_flops)
     drop_rate, imbalance = _routing_summary(routing)
     phases = {name: seconds * micro for name, seconds in stages.busy[worst].items()}
     replicas = dp * par.tp_size * par.cp_size // par.ep_size
@@ -194,7 +201,7 @@ def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost
         stage_forward_s=forward_s, stage_backward_s=backward_s, pipeline_s=pipeline,
         pipeline_bubble_s=max(0.0, pipeline - busy), grad_allreduce_s=reduce, grad_allreduce_exposed_s=exposed,
         optimizer_s=optimizer, tokens_per_step=tokens_per_step, tokens_per_s=tokens_per_step / step,
-        tokens_per_s_per_gpu=tokens_per_step / step / world, mfu=mfu, drop_rate=drop_rate, load_imbalance=imbalance,
+        tokens_per_s_per_gpu=tokens_per_step / step / world, mfu=mfu, hfu=hfu, drop_rate=drop_rate, load_imbalance=imbalance,
         bytes_across_nodes_per_step=sum(stages.across_bytes) * micro * replicas, memory=memory.as_dict(),
         world_size=world, notes=notes, slices=stages.slices[worst] + pipeline_slices,
     )
@@ -238,7 +245,8 @@ def _inference(scenario: Scenario, plan: StagePlan, topology: Topology, cost: Co
         stage_forward_s=prefill_stages.forward_s, stage_backward_s=[], pipeline_s=prefill, pipeline_bubble_s=0.0,
         grad_allreduce_s=0.0, grad_allreduce_exposed_s=0.0, optimizer_s=0.0,
         tokens_per_step=float(generated), tokens_per_s=generated / total, tokens_per_s_per_gpu=generated / total / world,
-        mfu=flops * processed / (total * world * cost.peak_flops), drop_rate=drop_rate, load_imbalance=imbalance,
+        mfu=flops * processed / (total * world * cost.peak_flops), hfu=flops * processed / (total * world * cost.peak_flops),
+        drop_rate=drop_rate, load_imbalance=imbalance,
         bytes_across_nodes_per_step=sum(prefill_stages.across_bytes), memory=memory.as_dict(), world_size=world,
         prefill_s=prefill, decode_step_s=decode_step, notes=notes, slices=slices,
     )
