@@ -36,6 +36,8 @@ app.add_typer(profiles_app, name="profiles")
 console = Console(width=None if sys.stdout.isatty() else 160)
 Command = TypeVar("Command", bound=Callable[..., Any])
 
+ROUTE_SCORE_BYTES = 4 * 2**30
+"""The most router-score memory `moesim route` builds (a sizing question needs far fewer tokens)."""
 SET_HELP = "Override a scenario field, e.g. --set routing.top_k=2 (repeatable)."
 
 
@@ -51,6 +53,28 @@ def user_errors_exit_2(command: Command) -> Command:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def output_file(path: Optional[Path], option: str) -> Optional[Path]:
+    """A file the command will write, checked before any work: not a folder, in a folder that exists."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise MoesimError(f"{option}: {path} is a folder; give a file name, e.g. {path / 'out.json'}")
+    if not path.parent.is_dir():
+        raise MoesimError(f"{option}: the folder {path.parent} does not exist; create it or choose another path")
+    return path
+
+
+def output_folder(path: Path, option: str) -> Path:
+    """A folder the command will write into (created if missing), checked before any work."""
+    if path.exists() and not path.is_dir():
+        raise MoesimError(f"{option}: {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MoesimError(f"{option}: cannot create the folder {path} ({error.strerror})") from None
+    return path
 
 
 def print_json(data: Any) -> None:
@@ -267,7 +291,11 @@ def check(
 
     from moesim.scenario import load_scenario
 
+    from moesim.sim.memory import check_fits, memory_per_gpu
+    from moesim.sim.plan import StagePlan
+
     resolved = load_scenario(scenario, overrides)
+    check_fits(memory_per_gpu(resolved, StagePlan(resolved)))  # the feasibility `run` checks first
     data = resolved.model_dump(mode="json")
     if as_json:
         print_json(data)
@@ -297,6 +325,10 @@ def route(
     for name in chosen:
         if name not in ROUTING_STRATEGIES:
             raise MoesimError(f"--strategy: {unknown_name_message('routing rule', name, list(ROUTING_STRATEGIES))}")
+    if tokens is not None and tokens * resolved.model.num_experts * layers * 4 > ROUTE_SCORE_BYTES:
+        most = ROUTE_SCORE_BYTES // (resolved.model.num_experts * layers * 4)
+        raise MoesimError(f"--tokens: {tokens:,} tokens x {resolved.model.num_experts} experts x {layers} layers of fp32 "
+                          f"scores exceed {ROUTE_SCORE_BYTES / 2**30:.0f} GiB; use at most {most:,} tokens")
     scores = scores_for_scenario(resolved, layers=layers, num_tokens=tokens)
     reports = compare_rules(resolved, chosen, scores)
     if as_json:
@@ -334,6 +366,7 @@ def run(
     from moesim.scenario import load_scenario
     from moesim.sim.step import simulate
 
+    output_file(trace, "--trace")
     resolved = load_scenario(scenario, overrides)
     with console.status(f"simulating {resolved.name} on {resolved.cluster.world_size} GPUs ...", spinner="dots"):
         result = simulate(resolved)
@@ -433,6 +466,8 @@ def sweep(
     from moesim.planning.sweep import run_sweep
     from moesim.scenario import apply_overrides, read_document
 
+    output_file(csv_path, "--csv")
+    output_file(parquet_path, "--parquet")
     document = apply_overrides(read_document(scenario), overrides)
     grid_params = dict(parse_param(text) for text in params) or None
     with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -489,6 +524,8 @@ def execute(
     from moesim.executor.launch import execute as run_execute
     from moesim.scenario import load_scenario
 
+    output_file(out, "--out")
+    output_file(trace, "--save-trace")
     resolved = load_scenario(scenario, overrides)
     if resolved.model.num_experts % ranks:
         raise MoesimError(f"--ranks: num_experts ({resolved.model.num_experts}) is not divisible by {ranks}")
@@ -731,6 +768,7 @@ def report(
     from moesim.planning.report import write_report, write_results_report
     from moesim.scenario import load_scenario
 
+    output_folder(out, "--out")
     with console.status("simulating and plotting ...", spinner="dots"):
         if source.suffix.lower() in (".sqlite", ".db", ".sqlite3"):
             if not source.exists():

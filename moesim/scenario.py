@@ -279,6 +279,16 @@ class Scenario(_Section):
     @model_validator(mode="after")
     def _check_and_fill(self) -> "Scenario":
         model, par, cluster, routing = self.model, self.parallelism, self.cluster, self.routing
+        if cluster.world_size > MAX_WORLD_SIZE:
+            raise ValueError(
+                f"cluster.num_nodes: {cluster.num_nodes:,} nodes x {cluster.gpus_per_node} GPUs = {cluster.world_size:,} GPUs; "
+                f"moesim simulates clusters of at most {MAX_WORLD_SIZE:,} GPUs"
+            )
+        if self.workload.seq_len > model.max_seq_len:
+            raise ValueError(
+                f"workload.seq_len: {self.workload.seq_len:,} tokens is longer than {model.name}'s context "
+                f"({model.max_seq_len:,}); use at most {model.max_seq_len:,} or set model.max_seq_len"
+            )
         if par.dp_size is None:
             if cluster.world_size % par.model_parallel_size:
                 raise ValueError(
@@ -410,6 +420,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw
     return path, value
 
+
+MAX_WORLD_SIZE = 2**20
+"""The largest cluster a scenario may describe (the network model holds a few numbers per link)."""
 
 _PRESET_SECTIONS = {("model",), ("cluster", "gpu")}
 

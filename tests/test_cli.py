@@ -89,3 +89,24 @@ def test_validate_rejects_bad_rank_lists_with_one_line() -> None:
         result = invoke("validate", *args)
         assert result.exit_code == 2, result.output
         assert fragment in result.output
+
+
+def test_impossible_requests_get_one_line_and_exit_2(tmp_path: Path) -> None:
+    small = str(REPO / "scenarios" / "switch-base-8-capacity.toml")
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        (("run", small, "--trace", str(tmp_path / "missing" / "t.json")), "does not exist"),
+        (("run", small, "--trace", str(tmp_path)), "is a folder"),
+        (("run", small, "--set", "cluster.num_nodes=125000000000"), "at most 1,048,576 GPUs"),
+        (("check", small, "--set", "cluster.num_nodes=125000000000"), "at most 1,048,576 GPUs"),
+        (("check", small, "--set", "workload.seq_len=1000000"), "longer than"),
+        (("check", str(REPO / "scenarios" / "deepseek-v3-pretraining.yaml"), "--set", "cluster.num_nodes=1",
+          "--set", "parallelism.pp_size=1", "--set", "parallelism.ep_size=8"), "does not fit"),
+        (("route", small, "--tokens", "1000000000000"), "use at most"),
+        (("report", small, "--out", str(tmp_path / "a-file")), "is a file"),
+        (("sweep", small, "--csv", str(tmp_path / "missing" / "r.csv"), "--store", str(tmp_path / "s.sqlite")), "does not exist"),
+    ]
+    for args, fragment in cases:
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert fragment in result.output and "Traceback" not in result.output, (args, result.output)
