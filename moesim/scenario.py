@@ -271,6 +271,12 @@ class Scenario(_Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        _reject_booleans(cls, data, "")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _resolve_model(cls, data: Any) -> Any:
         if isinstance(data, dict) and "model" in data:
             data = {**data, "model": _expand_preset(data["model"], model_preset, "model")}
@@ -362,7 +368,30 @@ class Scenario(_Section):
         problems = unhonoured_settings(routing.strategy, routing.score_function, groups, groups_per_token, model.router_bias)
         if problems:
             raise ValueError(f"routing.strategy: '{routing.strategy}' cannot honour {'; '.join(problems)}")
+        from moesim.routing.registry import rule_options
+
+        accepted = rule_options(routing.strategy)
+        unknown = [key for key in routing.options if key not in accepted]
+        if unknown:
+            raise ValueError(f"routing.options: '{routing.strategy}' has no option {', '.join(map(repr, unknown))}; "
+                             f"its options: {', '.join(accepted) or 'none'}")
         return self
+
+
+def _reject_booleans(model: type[BaseModel], data: Any, prefix: str) -> None:
+    """true/false where a number belongs is an error (pydantic would read it as 1/0), in every section."""
+    if not isinstance(data, dict):
+        return
+    for key, field in model.model_fields.items():
+        if key not in data:
+            continue
+        value, annotation = data[key], field.annotation
+        kinds = {annotation, *getattr(annotation, "__args__", ())}
+        if isinstance(value, bool) and bool(kinds & {int, float}) and bool not in kinds:
+            raise ValueError(f"{prefix}{key}: {str(value).lower()} is not a number; give one")
+        section = _section_class(annotation)
+        if section is not None:
+            _reject_booleans(section, value, f"{prefix}{key}.")
 
 
 # ---------------------------------------------------------------- paths and overrides
