@@ -295,7 +295,7 @@ def check(
     from moesim.sim.plan import StagePlan
 
     resolved = load_scenario(scenario, overrides)
-    check_fits(memory_per_gpu(resolved, StagePlan(resolved)))  # the feasibility `run` checks first
+    check_fits(memory_per_gpu(resolved, StagePlan(resolved)), resolved.workload.mode == "training")  # as `run` does
     data = resolved.model_dump(mode="json")
     if as_json:
         print_json(data)

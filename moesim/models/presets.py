@@ -135,7 +135,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     ),
     # A model small enough to run anywhere in tests and on a laptop CPU.
     "tiny-moe": dict(
-        num_layers=2, hidden_size=64, vocab_size=256, max_seq_len=128,
+        num_layers=2, hidden_size=64, vocab_size=256, max_seq_len=65536,  # a context long enough for any test layer
         num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=128, moe_intermediate_size=32, num_experts=8, top_k=2,
         source="moesim test model",

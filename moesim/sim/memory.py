@@ -89,8 +89,13 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
     return worst
 
 
-def check_fits(memory: MemoryBreakdown) -> None:
-    """Stop with the shortfall when the most loaded GPU needs more than its memory."""
+TRAINING_ADVICE = "raise pp_size, ep_size or parallelism.zero_stage, or set workload.activation_recompute=full"
+INFERENCE_ADVICE = ("raise tp_size, pp_size or ep_size, or lower workload.micro_batch_size or seq_len (the KV cache and "
+                    "the prefill's activations)")
+
+
+def check_fits(memory: MemoryBreakdown, training: bool = True) -> None:
+    """Stop with the shortfall when the most loaded GPU needs more than its memory, with advice for the mode."""
     if memory.total_bytes > memory.capacity_bytes:
         short = (memory.total_bytes - memory.capacity_bytes) / GB
         raise MoesimError(
@@ -98,5 +103,5 @@ def check_fits(memory: MemoryBreakdown) -> None:
             f"grads {memory.grads_bytes / GB:.1f}, optimizer {memory.optimizer_bytes / GB:.1f}, activations "
             f"{memory.activations_bytes / GB:.1f}, KV cache {memory.kv_cache_bytes / GB:.1f}, all-to-all buffers "
             f"{memory.alltoall_buffer_bytes / GB:.1f}), the GPU has {memory.capacity_bytes / GB:.0f} GB: short by "
-            f"{short:.1f} GB; raise pp_size, ep_size or parallelism.zero_stage, or set workload.activation_recompute=full"
+            f"{short:.1f} GB; {TRAINING_ADVICE if training else INFERENCE_ADVICE}"
         )

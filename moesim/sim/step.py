@@ -138,7 +138,7 @@ def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
     plan = StagePlan(scenario)
     memory = memory_per_gpu(scenario, plan)
     if check_memory:
-        check_fits(memory)
+        check_fits(memory, scenario.workload.mode == "training")
     topology = Topology.from_cluster(scenario.cluster)
     cost = cost_model_for(scenario)
     training = scenario.workload.mode == "training"
