@@ -112,3 +112,11 @@ def test_impossible_requests_get_one_line_and_exit_2(tmp_path: Path) -> None:
         result = invoke(*args)
         assert result.exit_code == 2, (args, result.output)
         assert fragment in result.output and "Traceback" not in result.output, (args, result.output)
+
+
+def test_the_command_line_starts_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, moesim.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "moesim --help would import torch"
