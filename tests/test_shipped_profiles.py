@@ -132,3 +132,20 @@ def test_a_calibrated_profile_replaces_the_shipped_one(tmp_path) -> None:  # typ
     assert "h100-2026-11-26" in cost_model_for(scenario_from_dict(base)).source
     replaced = cost_model_for(scenario_from_dict({**base, "simulation": {"cost_profile": str(path)}}))
     assert "my GPU" in replaced.source
+
+
+def test_shipped_router_and_permutation_are_the_executors_device_work() -> None:
+    from pathlib import Path
+
+    from moesim.profiles.shipping import LAUNCHES
+
+    calibrated = json.loads((Path(__file__).resolve().parent.parent / "validation" / "profiles" / "NVIDIA-H200.json").read_text())
+    h100 = CostModel.for_gpu(gpu_preset("H100-SXM"))
+    router, permute = h100.coefficients("router:top_k"), h100.coefficients("permute")
+    # host launches (0.4-1.3 ms measured for a layer timed alone) give way to 4 us per kernel
+    assert router["1"] == pytest.approx(LAUNCHES["router"] * 4e-6) and router["autograd"] == 0.0
+    assert router["router GEMM seconds"] == 1.0
+    # per-element device work as measured on the H200, at the H100's copy bandwidth
+    measured = dict(zip(calibrated["phase_fit"]["permute"]["features"], calibrated["phase_fit"]["permute"]["coefficients"]))
+    ratio = calibrated["memory_bytes_per_s"] / shipped_tables(DEVICES["H100-SXM"]).copy_bytes_per_s
+    assert permute["sort keys"] == pytest.approx(measured["sort keys"] * ratio, rel=1e-9)

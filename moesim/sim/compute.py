@@ -138,7 +138,8 @@ class CostModel:
                                     bandwidth * DEFAULT_MEMORY_EFFICIENCY)
             phases = tuple(sorted(phase_fit_entry(key, value) for key, value in fits.items()))
             sources.append(("moe_kernels",
-                            "assumed: the H200's measured kernel costs at this GPU's datasheet bandwidth"))
+                            "assumed: the H200 executor's per-element device costs at this GPU's datasheet bandwidth, "
+                            "host launches hidden"))
         return cls(name=gpu.name, peak_flops=gpu.peak_bf16_tflops * 1e12, memory_bytes_per_s=bandwidth,
                    peak_fp8_flops=(gpu.peak_fp8_tflops * 1e12) if gpu.peak_fp8_tflops else None, phase_fit=phases,
                    sources=tuple(sources))
