@@ -132,7 +132,9 @@ def test_validate_writes_a_report(tmp_path: Path) -> None:
     assert len(rows) == 2 * 8 and all(row["measured_s"] > 0 and row["predicted_s"] > 0 for row in rows)
     assert all(row["samples"] == 2 and not row["calibrated_alongside"] for row in rows)
     stats = summary(rows)
-    assert stats["count"] == 2 and stats["median"] >= 0
+    layer_errors = [row["error"] for row in rows if row["phase"] == "layer"]
+    assert stats["count"] == 2 and stats["median"] == pytest.approx(float(np.median(layer_errors)))
+    assert stats["p90"] >= stats["median"] > 0  # two real runs against a model never agree exactly
     report = write_report(rows, {2: json.loads(Path(profile).read_text())}, tmp_path / "out", rounds=2, repeats=1)
     text = report.read_text()
     assert "Layer time error" in text and "| router |" in text and "| layer_wall |" in text

@@ -29,9 +29,10 @@ PUBLISHED_RUNS = [
         "deepseek-v3-pretraining.yaml",
         180e3,  # 2,664K H800 GPU-hours for 14.8T tokens of pre-training
         "DeepSeek-V3 technical report, Table 1 and section 1: 180K H800 GPU-hours per trillion tokens",
-        "moesim times GEMMs at the bf16 peak (DeepSeek computes them in FP8, twice the peak), does not model "
-        "DualPipe's overlap of all-to-all with compute, uses full recomputation where DeepSeek recomputes "
-        "selectively, and uses its default efficiency curve (not calibrated on an H800).",
+        "moesim does not model DualPipe's overlap of all-to-all with compute (it runs 1F1B), uses full "
+        "recomputation where DeepSeek recomputes selectively, costs the un-permutation as eager PyTorch's "
+        "scatter-add (DeepSeek fuses it into its combine kernel), and its network model is not measured; compute "
+        "rests on the H800 profile derived from H100 kernel measurements, with FP8 GEMMs at their measured speedup.",
     ),
 ]
 
