@@ -16,6 +16,7 @@ RoutingStrategy = Literal[
     "bias_balanced",  # DeepSeek-V3 auxiliary-loss-free balancing with a per-expert bias
     "group_limited",  # DeepSeek-V2/V3 device/node-limited routing: top groups first, then top-k
     "two_level",  # NLLB-style gate between the dense path / expert groups, then experts
+    "balanced",  # forced balance: round-robin over experts (Megatron's --moe-router-force-load-balancing)
 ]
 
 ROUTING_STRATEGIES: tuple[str, ...] = RoutingStrategy.__args__  # type: ignore[attr-defined]
@@ -23,7 +24,7 @@ ROUTING_STRATEGIES: tuple[str, ...] = RoutingStrategy.__args__  # type: ignore[a
 SCORE_FUNCTION_RULES = frozenset({"top_k", "noisy_top_k", "expert_choice", "group_limited", "bias_balanced"})
 """Rules that take a score function (softmax or sigmoid); the others define their own."""
 
-SCORE_FREE_RULES = frozenset({"hash", "balanced_hash"})
+SCORE_FREE_RULES = frozenset({"hash", "balanced_hash", "balanced"})
 """Rules that ignore the scores' values (so no score convention concerns them)."""
 
 GROUP_RULES = frozenset({"group_limited", "bias_balanced"})
@@ -41,6 +42,8 @@ def unhonoured_settings(strategy: str, score_function: str, num_expert_groups: i
     rule; these are the ones that decide which experts are chosen. An empty list: the rule
     honours them all.
     """
+    if strategy == "balanced":  # forced balance replaces the model's routing on purpose (a benchmark setting)
+        return []
     problems = []
     if score_function != "softmax" and strategy not in SCORE_FUNCTION_RULES | SCORE_FREE_RULES:
         problems.append(f"{score_function} scores (set routing.score_function=softmax, or use one of "

@@ -9,6 +9,7 @@ from moesim.errors import MoesimError, unknown_name_message
 from moesim.routing.base import BaseRouter
 from moesim.routing.bias_balanced import BiasBalancedRouter
 from moesim.routing.expert_choice import ExpertChoiceRouter
+from moesim.routing.forced import ForcedBalanceRouter
 from moesim.routing.group_limited import GroupLimitedRouter
 from moesim.routing.hashing import BalancedHashRouter, HashRouter
 from moesim.routing.names import ROUTING_STRATEGIES
@@ -31,6 +32,7 @@ _CLASSES: dict[str, type[Router]] = {
         BiasBalancedRouter,
         GroupLimitedRouter,
         TwoLevelRouter,
+        ForcedBalanceRouter,
     )
 }
 assert tuple(_CLASSES) == ROUTING_STRATEGIES, "every strategy name a scenario accepts has a router"
