@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, TypeVar
@@ -33,7 +34,15 @@ app.add_typer(presets_app, name="presets")
 profiles_app = typer.Typer(help="GPU cost-model profiles: measured, derived, or datasheet.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+def _console_width() -> Optional[int]:
+    """COLUMNS when set (also when piped), the terminal's own width, else 100 for a file or pipe."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else 100
+
+
+console = Console(width=_console_width())
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 ROUTE_SCORE_BYTES = 4 * 2**30
@@ -410,7 +419,7 @@ def print_sources(result: Any) -> None:
         distinct.setdefault(label, []).append(phase.split("/")[-1])
     console.print("[bold]basis of the figures[/bold] (measured error: |predicted / measured - 1| on the tables)")
     for label, phases in distinct.items():
-        console.print(escape(f"  [{grade(label)}] {', '.join(dict.fromkeys(phases))}: {label}"), soft_wrap=True)
+        console.print(escape(f"  [{grade(label)}] {', '.join(dict.fromkeys(phases))}: {label}"))
 
 
 def summary_table(result: Any) -> Table:

@@ -120,3 +120,14 @@ def test_the_command_line_starts_without_torch() -> None:
 
     code = "import sys, moesim.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "moesim --help would import torch"
+
+
+def test_output_fits_the_columns_asked_for_when_piped() -> None:
+    import os
+    import subprocess
+    import sys
+
+    for args in (["presets", "list"], ["run", str(REPO / "scenarios" / "switch-base-8-capacity.toml")]):
+        out = subprocess.run([sys.executable, "-m", "moesim", *args], capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "COLUMNS": "80"}, check=True).stdout
+        assert max(len(line) for line in out.splitlines()) <= 80, args
