@@ -466,8 +466,11 @@ def sweep(
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Export this sweep's results to CSV."),
     parquet_path: Optional[Path] = typer.Option(None, "--parquet", help="Export this sweep's results to Parquet (needs pyarrow)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the points stored with an error again."),
 ) -> None:
-    """Simulate every combination of the parameters; results go to the store as each point finishes."""
+    """Simulate every combination of the parameters; results go to the store as each point finishes.
+
+    Exits 1 when no point of the sweep ran without an error."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from moesim.planning.grid import parse_param
@@ -489,6 +492,7 @@ def sweep(
         summary = run_sweep(
             document, grid_params, store, workers,
             ray_address=None if ray in (None, "local") else ray, use_ray=ray is not None, on_progress=on_progress,
+            retry_failed=retry_failed,
         )
     with ResultsStore(summary.store) as results:
         rows = results.rows(summary.sweep_id)
@@ -496,25 +500,34 @@ def sweep(
         export_csv(rows, csv_path)
     if parquet_path:
         export_parquet(rows, parquet_path)
+    failed = [row for row in rows if row["status"] != "ok"]
     if as_json:
         print_json(rows)
-        return
-    console.print(
-        f"{summary.total_points} points: {summary.already_done} already in {summary.store}, {summary.ran} simulated now"
-        f"{f', {summary.errors} could not run' if summary.errors else ''}"
-    )
-    swept = list(grid_params or read_document(scenario).get("sweep", {}).get("params", {}))
-    table = Table(title="sweep results (fastest first)")
-    for column in [*swept, "step time (s)", "tokens/s/GPU", "MFU", "drop rate", "memory (GB)"]:
-        table.add_column(column, justify="right")
-    ok = sorted((row for row in rows if row["status"] == "ok"), key=lambda row: row["step_time_s"])
-    for row in ok:
-        table.add_row(*[str(row.get(path)) for path in swept], f"{row['step_time_s']:.4f}", f"{row['tokens_per_s_per_gpu']:,.0f}",
-                      f"{row['mfu']:.1%}", f"{row['drop_rate']:.2%}", f"{row['memory_gb']:.1f}")
-    for row in rows:
-        if row["status"] != "ok":
-            table.add_row(*[str(row.get(path)) for path in swept], "-", "-", "-", "-", f"[red]{row['error'][:60]}[/red]")
-    console.print(table)
+    else:
+        console.print(
+            f"{summary.total_points} points: {summary.already_done} already in {summary.store}, {summary.ran} simulated now; "
+            f"{len(rows) - len(failed)} ran, {len(failed)} failed"
+            + (" (--retry-failed runs them again)" if failed else "")
+        )
+        swept = list(grid_params or read_document(scenario).get("sweep", {}).get("params", {}))
+        table = Table(title="sweep results (fastest first)")
+        for column in [*swept, "step time (s)", "tokens/s/GPU", "MFU", "drop rate", "memory (GB)"]:
+            table.add_column(column, justify="right")
+        ok = sorted((row for row in rows if row["status"] == "ok"), key=lambda row: row["step_time_s"])
+        for row in ok:
+            table.add_row(*[str(row.get(path)) for path in swept], f"{row['step_time_s']:.4f}",
+                          f"{row['tokens_per_s_per_gpu']:,.0f}", f"{row['mfu']:.1%}", f"{row['drop_rate']:.2%}",
+                          f"{row['memory_gb']:.1f}")
+        console.print(table)
+        if failed:
+            errors = Table(title="failed points")
+            for column in [*swept, "error"]:
+                errors.add_column(column, justify="left" if column == "error" else "right")
+            for row in failed:
+                errors.add_row(*[str(row.get(path)) for path in swept], escape(str(row["error"])))
+            console.print(errors)
+    if rows and len(failed) == len(rows):
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -150,3 +150,23 @@ def test_empty_sweep_is_an_error(tmp_path: Path) -> None:
     document.pop("sweep")
     with pytest.raises(MoesimError, match="nothing to sweep"):
         run_sweep(document)
+
+
+def test_failures_are_counted_exit_1_when_all_fail_and_can_be_retried(tmp_path: Path) -> None:
+    document = tiny_document(tmp_path / "r.sqlite")
+    document["sweep"]["params"] = {"workload.micro_batch_size": [4096, 8192]}
+    document["model"] = {"preset": "tiny-moe", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+                         "intermediate_size": 16384, "moe_intermediate_size": 16384}
+    scenario = tmp_path / "s.json"
+    scenario.write_text(json.dumps(document))
+    runner = CliRunner()
+    def words(args: list[str]) -> tuple[int, str]:
+        result = runner.invoke(app, ["sweep", str(scenario), *args])
+        return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
+
+    code, output = words([])
+    assert code == 1 and "0 ran, 2 failed" in output and "does not fit" in output
+    # a failure is stored like a result: a second run does not repeat it, --retry-failed does
+    assert "2 already" in words([])[1]
+    code, output = words(["--retry-failed"])
+    assert code == 1 and "0 already" in output and "2 simulated now" in output

@@ -54,9 +54,16 @@ class ResultsStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def done_keys(self, sweep_id: str) -> set[str]:
-        rows = self.connection.execute("SELECT point_key FROM points WHERE sweep_id = ?", (sweep_id,))
-        return {row[0] for row in rows}
+    def done_keys(self, sweep_id: str, failed_too: bool = True) -> set[str]:
+        """Keys of the stored points of a sweep (without `failed_too`: those that ran without an error)."""
+        query = "SELECT point_key FROM points WHERE sweep_id = ?" + ("" if failed_too else " AND status = 'ok'")
+        return {row[0] for row in self.connection.execute(query, (sweep_id,))}
+
+    def forget_failed(self, sweep_id: str) -> int:
+        """Remove a sweep's failed points (to run them again); how many were removed."""
+        cursor = self.connection.execute("DELETE FROM points WHERE sweep_id = ? AND status = 'error'", (sweep_id,))
+        self.connection.commit()
+        return cursor.rowcount
 
     def write(
         self, sweep_id: str, point_key: str, overrides: dict[str, Any], result: Optional[dict[str, Any]],

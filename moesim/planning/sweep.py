@@ -71,10 +71,12 @@ def run_sweep(
     use_ray: bool = False,
     max_points: Optional[int] = None,
     on_progress: Optional[Callable[[int, int], None]] = None,
+    retry_failed: bool = False,
 ) -> SweepSummary:
     """Run the sweep of `document` (its `sweep:` section, or `params`), skipping stored points.
 
-    `max_points` stops after that many new points (an interruption on purpose).
+    `max_points` stops after that many new points (an interruption on purpose); `retry_failed` runs the points
+    stored with an error again (a stored failure is otherwise final, like a stored result).
     `on_progress(done, total)` is called as points finish.
     """
     base: Scenario = scenario_from_dict(document)  # validates the base scenario first
@@ -87,6 +89,8 @@ def run_sweep(
     identity = sweep_id(document, list(params))
     store = ResultsStore(store_path or base.sweep.store)
     try:
+        if retry_failed:
+            store.forget_failed(identity)
         done = store.done_keys(identity)
         remaining = [point for point in points if point.key not in done]
         already = len(points) - len(remaining)
