@@ -785,6 +785,7 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, report.md and the plots."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     fast: bool = typer.Option(False, "--fast", help="Fast network mode for the headline run."),
+    sweep_id: Optional[str] = typer.Option(None, "--sweep", help="Which sweep of a results store (default: the latest)."),
 ) -> None:
     """Write a cluster sizing report (self-contained HTML with plots, and Markdown)."""
     from moesim.planning.report import write_report, write_results_report
@@ -795,7 +796,7 @@ def report(
         if source.suffix.lower() in (".sqlite", ".db", ".sqlite3"):
             if not source.exists():
                 raise MoesimError(f"{source}: no such results store")
-            html_path, md_path = write_results_report(source, out)
+            html_path, md_path = write_results_report(source, out, sweep_id)
         else:
             html_path, md_path = write_report(load_scenario(source, overrides), out, fast)
     console.print(f"report written to {html_path} and {md_path}")

@@ -66,10 +66,18 @@ def test_report_from_a_results_store(tmp_path: Path) -> None:
     store = tmp_path / "results.sqlite"
     document = small_scenario().model_dump(mode="json")
     document["sweep"] = {"params": {"routing.capacity_factor": [1.0, 2.0]}, "store": str(store), "workers": 1}
-    run_sweep(document)
+    first = run_sweep(document)
+    document["sweep"]["params"] = {"routing.top_k": [1, 2, 4]}  # a second sweep in the same store, the latest
+    second = run_sweep(document)
     result = CliRunner().invoke(app, ["report", str(store), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     page = (tmp_path / "out" / "report.html").read_text()
-    assert page.count('<img class="plot"') == 4 and "fastest of 2 points" in page
+    assert page.count('<img class="plot"') == 4 and "fastest of 3 points" in page  # the latest sweep only
+    assert f"other sweeps in the store (report one with --sweep ID): {first.sweep_id} (2 points)" in page
+    assert page.count("<tr>") == 1 + 3 and "top_k=1" in page  # the numbers: a header and one row per point
+    chosen = CliRunner().invoke(app, ["report", str(store), "--out", str(tmp_path / "one"), "--sweep", first.sweep_id])
+    assert chosen.exit_code == 0 and "fastest of 2 points" in (tmp_path / "one" / "report.md").read_text()
+    unknown = CliRunner().invoke(app, ["report", str(store), "--out", str(tmp_path / "x"), "--sweep", "nope"])
+    assert unknown.exit_code == 2 and second.sweep_id in unknown.output
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "none.sqlite")])
     assert missing.exit_code == 2

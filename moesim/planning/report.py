@@ -196,7 +196,7 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
 
 def write_pages(
     name: str, question: str, answer: str, assumptions: list[str], plots: dict[str, bytes], out_dir: str | Path,
-    basis: Sequence[str] = (),
+    basis: Sequence[str] = (), table: Sequence[Sequence[str]] = (),
 ) -> tuple[Path, Path]:
     """report.html (plots embedded as data URIs) and report.md (plots as PNG files beside it)."""
     out = Path(out_dir)
@@ -211,6 +211,9 @@ def write_pages(
                 "## Assumptions", "", *[f"- {item}" for item in assumptions], "", f"## How sure\n\n{error_line}", "",
                 *(["What each phase's time rests on (measured error: |predicted / measured - 1|):", "",
                    *[f"- {line}" for line in basis], ""] if basis else [])]
+    if table:
+        markdown += ["## The numbers", "", "| " + " | ".join(table[0]) + " |", "|" + " --- |" * len(table[0]),
+                     *["| " + " | ".join(row) + " |" for row in table[1:]], ""]
     for title, (file_name, _) in figures.items():
         markdown += [f"## {title}", "", f"![{title}]({file_name})", ""]
     md_path = out / "report.md"
@@ -222,6 +225,9 @@ def write_pages(
     if basis:
         body += ["<p>What each phase's time rests on (measured error: |predicted / measured - 1|):</p><ul>",
                  *[f"<li>{html.escape(line)}</li>" for line in basis], "</ul>"]
+    if table:
+        body += ["<h2>The numbers</h2><table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>",
+                 *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:]], "</table>"]
     for title, (_, data) in figures.items():
         body += [f"<h2>{html.escape(title)}</h2>", f'<img class="plot" alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
     script = ("<script>document.querySelectorAll('img.plot').forEach(function(img){function mark(){"
@@ -235,15 +241,23 @@ def write_pages(
     return html_path, md_path
 
 
-def write_results_report(store_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """A report over a sweep's results store: every point's step time, throughput and drops; the fastest point."""
+def write_results_report(store_path: str | Path, out_dir: str | Path, sweep_id: Optional[str] = None) -> tuple[Path, Path]:
+    """A report over one sweep of a results store (default: the latest): every point's step time, throughput and
+    drops in plots and a table; the fastest point; the store's other sweeps listed."""
     from moesim.planning.store import ResultsStore
 
     with ResultsStore(store_path) as store:
-        rows = store.rows()
+        sweeps = store.sweeps()
+        if not sweeps:
+            raise MoesimError(f"{store_path}: no finished points to report on")
+        known = [sweep for sweep, _, _ in sweeps]
+        if sweep_id is not None and sweep_id not in known:
+            raise MoesimError(f"--sweep: no sweep '{sweep_id}' in {store_path}; its sweeps: {', '.join(known)}")
+        chosen = sweep_id or known[0]
+        rows = store.rows(chosen)
     ok = [row for row in rows if row["status"] == "ok"]
     if not ok:
-        raise MoesimError(f"{store_path}: no finished points to report on")
+        raise MoesimError(f"{store_path}: sweep {chosen} has no finished points to report on")
     fixed = {"sweep_id", "status", "error", "sim_seconds"}
     swept = [key for key in ok[0] if key not in fixed and "." in key and not key.startswith("phase.")]
     labels = [", ".join(f"{key.split('.')[-1]}={row.get(key)}" for key in swept) or str(index) for index, row in enumerate(ok)]
@@ -266,7 +280,13 @@ def write_results_report(store_path: str | Path, out_dir: str | Path) -> tuple[P
     answer = (f"fastest of {len(ok)} points: {labels[best]} with step time {ok[best]['step_time_s']:.3f} s, "
               f"{ok[best]['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, drop rate {ok[best]['drop_rate']:.2%}.")
     failed = len(rows) - len(ok)
-    assumptions = [f"results store {Path(store_path).name}: {len(rows)} points ({failed} could not run)",
-                   f"swept: {', '.join(swept) or 'nothing'}"]
+    others = [f"{sweep} ({count} points)" for sweep, count, _ in sweeps if sweep != chosen]
+    assumptions = [f"results store {Path(store_path).name}, sweep {chosen}: {len(rows)} points ({failed} could not run)",
+                   f"swept: {', '.join(swept) or 'nothing'}",
+                   *([f"other sweeps in the store (report one with --sweep ID): {', '.join(others)}"] if others else [])]
+    order = sorted(range(len(ok)), key=lambda index: ok[index]["step_time_s"])
+    table = [["point", "step time (s)", "tokens/s per GPU", "MFU", "drop rate", "memory (GB)"]] + [
+        [labels[i], f"{ok[i]['step_time_s']:.4f}", f"{ok[i]['tokens_per_s_per_gpu']:,.0f}", f"{ok[i]['mfu']:.1%}",
+         f"{ok[i]['drop_rate']:.2%}", f"{ok[i]['memory_gb']:.1f}"] for i in order]
     return write_pages(Path(store_path).stem, "Which point of the sweep is fastest, and at what cost in drops and memory?",
-                       answer, assumptions, plots, out_dir)
+                       answer, assumptions, plots, out_dir, table=table)

@@ -78,6 +78,11 @@ class ResultsStore:
         self.connection.commit()
         return cursor.rowcount == 1
 
+    def sweeps(self) -> list[tuple[str, int, float]]:
+        """(sweep id, points stored, when its last point finished) of every sweep in the store, latest first."""
+        query = "SELECT sweep_id, COUNT(*), MAX(finished_at) FROM points GROUP BY sweep_id ORDER BY MAX(finished_at) DESC"
+        return [(str(sweep), int(count), float(last)) for sweep, count, last in self.connection.execute(query)]
+
     def rows(self, sweep_id: Optional[str] = None) -> list[dict[str, Any]]:
         """Every stored point as a flat dict: the overrides, status, error and the result figures."""
         query = "SELECT sweep_id, overrides, status, result, error, seconds FROM points"
