@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, TypeVar
@@ -84,6 +85,10 @@ def output_folder(path: Path, option: str) -> Path:
     except OSError as error:
         raise MoesimError(f"{option}: cannot create the folder {path} ({error.strerror})") from None
     return path
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def print_json(data: Any) -> None:
@@ -489,11 +494,20 @@ def sweep(
         def on_progress(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        summary = run_sweep(
-            document, grid_params, store, workers,
-            ray_address=None if ray in (None, "local") else ray, use_ray=ray is not None, on_progress=on_progress,
-            retry_failed=retry_failed,
-        )
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # a polite kill stops like Ctrl-C
+        try:
+            summary = run_sweep(
+                document, grid_params, store, workers,
+                ray_address=None if ray in (None, "local") else ray, use_ray=ray is not None, on_progress=on_progress,
+                retry_failed=retry_failed,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            typer.echo("interrupted: finished points are kept in the store, the rest cancelled; run the same command "
+                       "again to resume", err=True)
+            raise typer.Exit(code=130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     with ResultsStore(summary.store) as results:
         rows = results.rows(summary.sweep_id)
     if csv_path:

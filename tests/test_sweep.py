@@ -170,3 +170,45 @@ def test_failures_are_counted_exit_1_when_all_fail_and_can_be_retried(tmp_path: 
     assert "2 already" in words([])[1]
     code, output = words(["--retry-failed"])
     assert code == 1 and "0 already" in output and "2 simulated now" in output
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        found |= {int(child) for child in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the workers")
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_one_interrupt_stops_a_sweep_keeps_its_points_and_leaves_no_process(tmp_path: Path, stop: int) -> None:
+    store = tmp_path / "stopped.sqlite"
+    scenario = tmp_path / "s.json"
+    document = tiny_document(store)
+    document["sweep"]["params"] = {"workload.seq_len": [64 + 16 * i for i in range(40)]}
+    document["model"] = {"preset": "tiny-moe", "num_layers": 16}
+    scenario.write_text(json.dumps(document))
+    process = subprocess.Popen([sys.executable, "-m", "moesim.cli", "sweep", str(scenario), "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, stored, workers = time.time() + 90, 0, set()
+    while time.time() < deadline and process.poll() is None and stored < 2:
+        workers |= _children(process.pid)
+        if store.exists():
+            try:
+                stored = sqlite3.connect(store).execute("SELECT COUNT(*) FROM points").fetchone()[0]
+            except sqlite3.OperationalError:
+                stored = 0
+        time.sleep(0.05)
+    assert process.poll() is None, "the sweep finished before it could be interrupted"
+    workers |= _children(process.pid)
+    sent = time.time()
+    process.send_signal(stop)
+    _, errors = process.communicate(timeout=30)
+    assert time.time() - sent < 10 and process.returncode == 130 and "interrupted" in errors
+    time.sleep(0.5)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    assert workers and not alive, f"workers left behind: {alive}"
+    kept = sqlite3.connect(store).execute("SELECT COUNT(*) FROM points").fetchone()[0]
+    summary = run_sweep(json.loads(scenario.read_text()), max_points=1)
+    assert kept >= 2 and summary.already_done == kept  # nothing finished was lost

@@ -9,8 +9,9 @@ is an answer too.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import json
+import multiprocessing
+import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -124,12 +125,27 @@ def _run_local(document: dict[str, Any], todo: list[Point], record: Callable[...
             record(point, run_point(document, point.overrides))
         return
     # spawn, not fork: a forked copy of a process whose torch thread pool is running can deadlock
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(run_point, document, point.overrides): point for point in todo}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_leave_interrupts_to_the_parent)
+    pending = {pool.submit(run_point, document, point.overrides): point for point in todo}
+    try:
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 record(pending.pop(future), future.result())
+    except BaseException:  # Ctrl-C (or an error): what finished is stored; cancel the rest, stop the workers now
+        for future in pending:
+            future.cancel()
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """In a worker: Ctrl-C reaches the whole process group; the parent decides, and stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_on_ray(document: dict[str, Any], todo: list[Point], record: Callable[..., None], address: Optional[str]) -> None:
