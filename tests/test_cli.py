@@ -103,6 +103,7 @@ def test_impossible_requests_get_one_line_and_exit_2(tmp_path: Path) -> None:
         (("check", str(REPO / "scenarios" / "deepseek-v3-pretraining.yaml"), "--set", "cluster.num_nodes=1",
           "--set", "parallelism.pp_size=1", "--set", "parallelism.ep_size=8"), "does not fit"),
         (("route", small, "--tokens", "1000000000000"), "use at most"),
+        (("execute", small, "--ranks", "2", "--set", "model.moe_intermediate_size=100000000"), "GB available"),
         (("check", small, "--set", "parallelism.ep_size=true"), "parallelism.ep_size: true is not a number"),
         (("check", small, "--set", "routing.options.bogus=1"), "has no option 'bogus'"),
         (("report", small, "--out", str(tmp_path / "a-file")), "is a file"),

@@ -231,10 +231,44 @@ def measure_layers(
     return measured
 
 
+def layer_bytes(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = None) -> float:
+    """Bytes one rank holds to run the scenario's MoE layer: its experts' weights (and their gradients when
+    training), the router and shared experts, and a few copies of its tokens' activations (a rough bound)."""
+    from moesim.models.spec import GATED_ACTIVATIONS
+
+    model = scenario.model
+    element = 4 if executor_dtype(scenario) == torch.float32 else 2
+    gated = 3 if model.expert_ffn_activation in GATED_ACTIVATIONS else 2
+    experts = model.num_experts // ranks * gated * model.hidden_size * model.moe_intermediate_size
+    shared = model.num_shared_experts * gated * model.hidden_size * model.shared_expert_size
+    weights = (experts + shared + model.hidden_size * model.num_experts) * element
+    tokens = tokens_per_rank or scenario.workload.micro_batch_size * scenario.workload.seq_len
+    activations = 8 * tokens * model.top_k * max(model.hidden_size, model.moe_intermediate_size) * element
+    return weights * (2 if scenario.workload.mode == "training" else 1) + activations
+
+
+def check_host_memory(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = None) -> None:
+    """Stop before launching when the ranks' layers cannot fit in this machine's available memory."""
+    from moesim.errors import MoesimError
+
+    try:
+        available = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        return  # not Linux: let the ranks try
+    needed = ranks * layer_bytes(scenario, ranks, tokens_per_rank)
+    if needed > 0.8 * available:
+        raise MoesimError(
+            f"execute: {ranks} ranks of {scenario.model.name}'s MoE layer need about {needed / 1e9:,.1f} GB, this machine "
+            f"has {available / 1e9:,.1f} GB available; use a smaller model (--set model=tiny-moe), fewer tokens or more "
+            "ranks")
+
+
 def execute(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = None, warmup: int = 2, repeats: int = 5,
             trace_path: Optional[str] = None) -> dict[str, Any]:
     """Run the scenario's MoE layer on `ranks` processes; per-phase median seconds of every rank."""
     backend = default_backend(ranks)
+    if backend != "nccl":
+        check_host_memory(scenario, ranks, tokens_per_rank)
     (measured,) = measure_layers([scenario], ranks, [tokens_per_rank] if tokens_per_rank else None, warmup, 1, repeats,
                                  [trace_path])
     return {
