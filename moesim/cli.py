@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -349,23 +350,28 @@ def route(
         print_json([report.as_dict() for report in reports])
         return
     table = Table(
+        box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
         title=f"{resolved.name}: {scores[0].num_tokens} tokens x {resolved.model.num_experts} experts, "
         f"top-{resolved.routing.top_k}, capacity factor {resolved.routing.capacity_factor or 'dropless'}, EP {resolved.parallelism.ep_size}"
     )
-    columns = ("rule", "layer", "drop rate", "imbalance (max/mean)", "no expert", "affinity captured",
-               "dispatch", "across nodes", "nodes / token", "routing time")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=column == "rule")
-    for report in reports:
-        m = report.metrics
-        table.add_row(
-            report.strategy, str(report.layer), f"{m.drop_rate:.2%}", f"{m.load_imbalance:.3f}",
-            str(m.tokens_without_expert), f"{m.affinity_captured:.3f}", units.byte_size(m.dispatch_bytes),
-            units.byte_size(m.bytes_across_nodes), f"{m.mean_nodes_per_token:.2f}", f"{report.routing_seconds * 1e3:.1f} ms",
-        )
+    rows = [{"rule": report.strategy, "layer": str(report.layer), "drop rate": f"{report.metrics.drop_rate:.2%}",
+             "max / mean load": f"{report.metrics.load_imbalance:.3f}", "no expert": str(report.metrics.tokens_without_expert),
+             "affinity": f"{report.metrics.affinity_captured:.3f}", "dispatch": units.byte_size(report.metrics.dispatch_bytes),
+             "across nodes": units.byte_size(report.metrics.bytes_across_nodes),
+             "nodes / token": f"{report.metrics.mean_nodes_per_token:.2f}", "routing time": f"{report.routing_seconds * 1e3:.1f} ms"}
+            for report in reports]
+    # columns that say nothing here are left out: one layer, one node
+    unused = {"layer"} if layers == 1 else set()
+    if all(report.metrics.bytes_across_nodes == 0 for report in reports):
+        unused |= {"across nodes", "nodes / token"}
+    for column in (name for name in rows[0] if name not in unused):
+        table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=column == "rule",
+                         min_width=max(len(word) for word in column.split()))
+    for row in rows:
+        table.add_row(*[value for name, value in row.items() if name not in unused])
     console.print(table)
     console.print("dispatch bytes: one copy of the hidden vector per distinct destination rank (activation dtype); "
-                  "affinity captured: router probability served / unconstrained top-k.")
+                  "affinity: router probability served / unconstrained top-k.")
 
 
 @app.command()

@@ -126,6 +126,9 @@ class ParallelismSpec(_Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(
         1, description="ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also weights, across data-parallel ranks."
     )
+    virtual_pipeline_size: int = Field(
+        1, gt=0, description="Model chunks per pipeline stage (Megatron-Core's interleaved 1F1B; 1 = plain 1F1B): the "
+        "bubble shrinks by this factor, point-to-point transfers grow by it.")
 
     @property
     def model_parallel_size(self) -> int:
@@ -358,6 +361,14 @@ class Scenario(_Section):
                 f"({sequences_per_step})"
             )
         self.workload.global_batch_size = global_batch
+        if par.virtual_pipeline_size > 1:
+            micro_batches = global_batch // sequences_per_step
+            if par.pp_size == 1 or micro_batches % par.pp_size:
+                raise ValueError(
+                    f"parallelism.virtual_pipeline_size: the interleaved schedule needs pp_size > 1 and micro-batches per "
+                    f"step ({micro_batches}) a multiple of pp_size ({par.pp_size}); change global_batch_size or set "
+                    "virtual_pipeline_size=1"
+                )
         routing.top_k = top_k
         routing.strategy = routing.strategy or model.router_strategy
         routing.score_function = routing.score_function or model.router_score_function

@@ -312,3 +312,37 @@ def test_mfu_counts_model_flops_and_hfu_the_recomputed_ones_too() -> None:
     model_flops = 6 * accounting.forward_flops_per_token(scenario.model, 1024) / 2 * result.tokens_per_step
     assert result.mfu == pytest.approx(model_flops / (result.step_time_s * 8 * 989.4e12), rel=1e-9)
     assert result.hfu == pytest.approx(result.mfu * 4 / 3, rel=1e-9)  # a full recomputation replays the forward
+
+
+@pytest.mark.parametrize("stages, micro, chunks", [(4, 8, 1), (4, 8, 2), (4, 12, 3), (2, 4, 4)])
+def test_interleaved_1f1b_bubble_shrinks_by_the_chunks(stages: int, micro: int, chunks: int) -> None:
+    """Equal stages, no transfer time: (m + (p - 1) / v) x (f + b), Narayanan et al. 2021 (interleaved schedule)."""
+    forward, backward = 1.0, 2.0
+    total, slices = run_pipeline([forward] * stages, [backward] * stages, micro, 0.0, chunks)
+    assert total == pytest.approx((micro + (stages - 1) / chunks) * (forward + backward))
+    assert len(slices) == 2 * stages * micro * chunks  # every chunk of every micro-batch, forward and backward
+
+
+def test_virtual_pipeline_size_is_checked_and_shortens_the_step() -> None:
+    document = small_training(model={"preset": "olmoe-1b-7b", "num_layers": 8}, parallelism={"ep_size": 4, "pp_size": 2},
+                              workload={"micro_batch_size": 1, "global_batch_size": 16})
+    plain = simulate(scenario_from_dict(document), check_memory=False)
+    interleaved = simulate(scenario_from_dict(small_training(**{**document, "parallelism": {
+        **document["parallelism"], "virtual_pipeline_size": 2}})), check_memory=False)
+    assert interleaved.pipeline_bubble_s < plain.pipeline_bubble_s
+    with pytest.raises(MoesimError, match="virtual_pipeline_size"):
+        scenario_from_dict(small_training(parallelism={"virtual_pipeline_size": 2}))
+
+
+def test_interleaving_holds_more_activations_in_flight() -> None:
+    from moesim.sim.memory import memory_per_gpu
+    from moesim.sim.plan import StagePlan
+
+    document = small_training(model={"preset": "olmoe-1b-7b", "num_layers": 8}, parallelism={"ep_size": 2, "pp_size": 4},
+                              workload={"micro_batch_size": 1, "global_batch_size": 16})
+    plain = scenario_from_dict(document)
+    interleaved = scenario_from_dict(small_training(**{**document, "parallelism": {**document["parallelism"],
+                                                                                      "virtual_pipeline_size": 2}}))
+    ratio = (memory_per_gpu(interleaved, StagePlan(interleaved)).activations_bytes
+             / memory_per_gpu(plain, StagePlan(plain)).activations_bytes)
+    assert ratio == pytest.approx(1 + (4 - 1) / (4 * 2))  # Narayanan et al. 2021, section 2.2

@@ -144,51 +144,78 @@ def run_stage(phases: list[Phase], ranks: int, pass_name: str, start: float = 0.
 
 def one_f_one_b(stages: int, micro_batches: int) -> list[list[tuple[str, int]]]:
     """Each stage's order of work under 1F1B: warm-up forwards, then one forward one backward, then cool-down."""
+    return [[(kind, micro) for kind, micro, _ in order] for order in interleaved_one_f_one_b(stages, micro_batches, 1)]
+
+
+def interleaved_one_f_one_b(stages: int, micro_batches: int, chunks: int) -> list[list[tuple[str, int, int]]]:
+    """Each stage's order of (F or B, micro-batch, model chunk) under Megatron-Core's interleaved 1F1B.
+
+    With `chunks` = v model chunks per stage the model is v x stages virtual stages, chunk c
+    of stage s being virtual stage c x stages + s. The k-th forward of a stage runs chunk
+    (k // stages) % v of micro-batch (k // (stages v)) stages + k % stages; backwards go
+    through the chunks in reverse. Stage s first runs (stages - s - 1) x 2 + (v - 1) x stages
+    forwards (stages - s - 1 for v = 1), then alternates one forward, one backward.
+    """
+    total = micro_batches * chunks
+
+    def unit(k: int, backward: bool) -> tuple[int, int]:
+        chunk = (k // stages) % chunks
+        micro = (k // (stages * chunks)) * stages + k % stages if chunks > 1 else k
+        return micro, (chunks - 1 - chunk if backward else chunk)
+
     orders = []
     for stage in range(stages):
-        warmup = min(stages - stage - 1, micro_batches)
-        order = [("F", m) for m in range(warmup)]
+        warmup = stages - stage - 1 if chunks == 1 else (stages - stage - 1) * 2 + (chunks - 1) * stages
+        warmup = min(warmup, total)
+        order = [("F", *unit(k, False)) for k in range(warmup)]
         forward_next, backward_next = warmup, 0
-        while backward_next < micro_batches:
-            if forward_next < micro_batches:
-                order.append(("F", forward_next))
+        while backward_next < total:
+            if forward_next < total:
+                order.append(("F", *unit(forward_next, False)))
                 forward_next += 1
-            order.append(("B", backward_next))
+            order.append(("B", *unit(backward_next, True)))
             backward_next += 1
         orders.append(order)
     return orders
 
 
 def run_pipeline(
-    forward_seconds: Iterable[float], backward_seconds: Iterable[float], micro_batches: int, p2p_seconds: float
+    forward_seconds: Iterable[float], backward_seconds: Iterable[float], micro_batches: int, p2p_seconds: float,
+    chunks: int = 1,
 ) -> tuple[float, list[Slice]]:
-    """Play the 1F1B schedule; returns (seconds until the last backward finishes, one slice per F/B)."""
+    """Play the (interleaved) 1F1B schedule; returns (seconds until the last backward finishes, one slice per F/B).
+
+    With `chunks` > 1 each stage's layers are split evenly over its chunks (a chunk takes 1/chunks of the stage's
+    time) and every chunk boundary is a point-to-point transfer."""
     forward, backward = list(forward_seconds), list(backward_seconds)
     stages = len(forward)
+    virtual = stages * chunks
     env = simpy.Environment()
-    forward_done = {(s, m): env.event() for s in range(stages) for m in range(micro_batches)}
-    backward_done = {(s, m): env.event() for s in range(stages) for m in range(micro_batches)}
+    forward_done = {(v, m): env.event() for v in range(virtual) for m in range(micro_batches)}
+    backward_done = {(v, m): env.event() for v in range(virtual) for m in range(micro_batches)}
     slices: list[Slice] = []
 
-    def stage_process(stage: int, order: list[tuple[str, int]]) -> Generator[simpy.Event, None, None]:
-        for kind, micro in order:
+    def stage_process(stage: int, order: list[tuple[str, int, int]]) -> Generator[simpy.Event, None, None]:
+        for kind, micro, chunk in order:
+            here = chunk * stages + stage  # this chunk's virtual stage
             if kind == "F":
-                if stage > 0:
-                    yield forward_done[(stage - 1, micro)]
+                if here > 0:
+                    yield forward_done[(here - 1, micro)]
                     yield env.timeout(p2p_seconds)
                 began = env.now
-                yield env.timeout(forward[stage])
-                forward_done[(stage, micro)].succeed()
+                yield env.timeout(forward[stage] / chunks)
+                forward_done[(here, micro)].succeed()
             else:
-                if stage < stages - 1:
-                    yield backward_done[(stage + 1, micro)]
+                if here < virtual - 1:
+                    yield backward_done[(here + 1, micro)]
                     yield env.timeout(p2p_seconds)
                 began = env.now
-                yield env.timeout(backward[stage])
-                backward_done[(stage, micro)].succeed()
-            slices.append(Slice(stage, f"{kind}{micro}", -1, began, env.now, "pipeline"))
+                yield env.timeout(backward[stage] / chunks)
+                backward_done[(here, micro)].succeed()
+            label = f"{kind}{micro}" + (f".{chunk}" if chunks > 1 else "")
+            slices.append(Slice(stage, label, -1, began, env.now, "pipeline"))
 
-    for stage, order in enumerate(one_f_one_b(stages, micro_batches)):
+    for stage, order in enumerate(interleaved_one_f_one_b(stages, micro_batches, chunks)):
         env.process(stage_process(stage, order))
     env.run()
     return env.now, slices

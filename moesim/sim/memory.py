@@ -5,7 +5,8 @@ dense FFN weights split over tensor parallelism, routed experts over expert para
 (expert tensor parallelism 1), layers over pipeline stages; ZeRO stage 1 shards the
 optimizer states over data-parallel ranks (expert states over the expert-data-parallel
 ranks, dp x tp / ep), stage 2 also gradients, stage 3 also weights. Activations are
-kept for the micro-batches in flight under 1F1B (pp on the first stage).
+kept for the micro-batches in flight under 1F1B (pp on the first stage; the interleaved schedule
+keeps 1 + (p - 1) / (p v) times that, Narayanan et al. 2021).
 """
 
 from __future__ import annotations
@@ -72,7 +73,11 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
             if par.zero_stage >= 3:
                 weights = dense_params * precision.weight_bytes / dp + expert_params * precision.weight_bytes / expert_dp
             optimizer += expert_optimizer
-            in_flight = min(par.pp_size - stage, plan.micro_batches)
+            in_flight = float(min(par.pp_size - stage, plan.micro_batches))
+            chunks = par.virtual_pipeline_size
+            if chunks > 1:  # interleaved: (p - s - 1) x 2 + (v - 1) x p + 1 chunk forwards of 1/v of the layers in flight
+                in_flight = min((par.pp_size - stage - 1) * 2 + (chunks - 1) * par.pp_size + 1,
+                                plan.micro_batches * chunks) / chunks
             activations = per_layer_activation * plan.stage_layer_count(stage) * tokens_per_micro * in_flight
         else:
             context = workload.seq_len + workload.decode_tokens

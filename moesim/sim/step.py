@@ -163,7 +163,8 @@ def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost
     worst = int(np.argmax(np.add(forward_s, backward_s)))
     micro = plan.micro_batches
     p2p = tokens * model.hidden_size * scenario.workload.precision.activation_bytes / topology.nic_bytes_per_s + topology.network_latency_s
-    pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p if par.pp_size > 1 else 0.0)
+    pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p if par.pp_size > 1 else 0.0,
+                                             par.virtual_pipeline_size)
     busy = micro * (max(forward_s) + max(backward_s))
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision
