@@ -106,14 +106,19 @@ def test_process_pool_and_cli(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "did you mean" in bad.output
 
 
-def test_interrupted_cli_sweep_resumes_without_losing_or_repeating(tmp_path: Path) -> None:
-    """Kill a running sweep after its first points land, start it again, count the rows."""
-    store = tmp_path / "killed.sqlite"
-    scenario = tmp_path / "s.json"
+def slow_sweep(tmp_path: Path, points: int) -> tuple[Path, Path]:
+    """(store, scenario file) of a sweep whose points take a moment each: time to interrupt it."""
+    store, scenario = tmp_path / "sweep.sqlite", tmp_path / "s.json"
     document = tiny_document(store)
-    document["sweep"]["params"] = {"workload.seq_len": [64 + 16 * i for i in range(24)]}
+    document["sweep"]["params"] = {"workload.seq_len": [64 + 16 * i for i in range(points)]}
     document["model"] = {"preset": "tiny-moe", "num_layers": 16}
     scenario.write_text(json.dumps(document))
+    return store, scenario
+
+
+def test_interrupted_cli_sweep_resumes_without_losing_or_repeating(tmp_path: Path) -> None:
+    """Kill a running sweep after its first points land, start it again, count the rows."""
+    store, scenario = slow_sweep(tmp_path, 24)
     command = [sys.executable, "-m", "moesim.cli", "sweep", str(scenario), "--workers", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -182,12 +187,7 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the workers")
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_one_interrupt_stops_a_sweep_keeps_its_points_and_leaves_no_process(tmp_path: Path, stop: int) -> None:
-    store = tmp_path / "stopped.sqlite"
-    scenario = tmp_path / "s.json"
-    document = tiny_document(store)
-    document["sweep"]["params"] = {"workload.seq_len": [64 + 16 * i for i in range(40)]}
-    document["model"] = {"preset": "tiny-moe", "num_layers": 16}
-    scenario.write_text(json.dumps(document))
+    store, scenario = slow_sweep(tmp_path, 40)
     process = subprocess.Popen([sys.executable, "-m", "moesim.cli", "sweep", str(scenario), "--workers", "2"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline, stored, workers = time.time() + 90, 0, set()
