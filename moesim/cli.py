@@ -670,7 +670,8 @@ def validate(
         profiles[count] = json_module.loads(Path(used).read_text())
     report = write_report(rows, profiles, out, rounds, repeats)
     layer = summary(rows)
-    console.print(f"layer-time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%} over {layer['count']} configurations")
+    console.print(f"layer-time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%} "
+                  f"over {layer['count']} configurations")
     console.print(f"report written to {report}")
 
 
@@ -726,7 +727,8 @@ def plan_command(
     gpu: str = typer.Option("H100-SXM", "--gpu", help="GPU types to consider, comma-separated."),
     max_gpus: int = typer.Option(512, "--max-gpus", min=1),
     max_drop_rate: float = typer.Option(1.0, "--max-drop-rate", min=0, max=1),
-    strategies: Optional[str] = typer.Option(None, "--strategies", help="Routing rules to consider, comma-separated (default: the scenario's)."),
+    strategies: Optional[str] = typer.Option(None, "--strategies",
+                                             help="Routing rules to consider, comma-separated (default: the scenario's)."),
     capacity_factors: Optional[str] = typer.Option(None, "--capacity-factors", help="e.g. null,1.0,1.25 (default: the scenario's)."),
     prices: Optional[str] = typer.Option(None, "--price", help="Dollars per GPU-hour, e.g. H100-SXM=2.5,H200=3.5."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
@@ -780,8 +782,10 @@ def plan_command(
     console.print(f"[bold]plan:[/bold] {top.gpus} x {top.candidate.gpu}, TP {top.candidate.tp_size} PP {top.candidate.pp_size} "
                   f"EP {top.candidate.ep_size}, {top.candidate.strategy}: {top.tokens_per_s:,.0f} tokens/s "
                   f"(target {target_tokens_per_s:,.0f}), ${top.dollars_per_million_tokens:.4g} per million tokens")
-    console.print(f"{result.evaluated} layouts simulated in fast mode, {result.feasible} meet the target; finalists confirmed in full mode:")
-    for title, rows in (("best plans (full timeline)", result.options), ("Pareto front: cost per hour against step time (fast)", result.pareto),
+    console.print(f"{result.evaluated} layouts simulated in fast mode, {result.feasible} meet the target; "
+                  "finalists confirmed in full mode:")
+    for title, rows in (("best plans (full timeline)", result.options),
+                        ("Pareto front: cost per hour against step time (fast)", result.pareto),
                         ("sensitivity: skew +0.5 and NICs at half speed", result.harsher)):
         table = Table(title=title)
         for column in ("GPUs", "GPU", "TP", "PP", "EP", "rule", "cf", "step (s)", "tokens/s", "drops", "memory (GB)",
@@ -839,7 +843,8 @@ def train_small(
         if mode not in BALANCING:
             raise MoesimError(f"--balancing: unknown set-up '{mode}'; choose from {', '.join(BALANCING)}")
     logs = []
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
         for mode in modes:
             task = progress.add_task(mode, total=steps)
             logs.append(train(SmallConfig(steps=steps), mode, out, on_step=lambda done, task=task: progress.update(task, completed=done)))

@@ -66,7 +66,8 @@ class ClusterSpec(_Section):
         description="Scale-out network: one non-blocking switch, rail-optimised leaves, or a leaf/spine fat-tree.",
     )
     nodes_per_leaf: Optional[int] = Field(
-        None, gt=0, description="Nodes whose NICs (of one rail, when rail_optimized) share a leaf switch; default 32 rail-optimised, 4 fat-tree."
+        None, gt=0,
+        description="Nodes whose NICs (of one rail, when rail_optimized) share a leaf switch; default 32 rail-optimised, 4 fat-tree."
     )
     oversubscription: float = Field(
         1.0, ge=1.0, description="Leaf-to-spine oversubscription ratio (1 = non-blocking, 2 = half the uplinks)."
@@ -606,7 +607,8 @@ def scenario_json_schema() -> dict[str, Any]:
     cluster = defs["ClusterSpec"]["properties"]
     from moesim.cluster.presets import cluster_preset_names
 
-    cluster["preset"] = {"type": "string", "enum": cluster_preset_names(), "description": "A cluster preset whose fields the others override."}
+    cluster["preset"] = {"type": "string", "enum": cluster_preset_names(),
+                         "description": "A cluster preset whose fields the others override."}
     cluster["gpu"] = {
         **preset_or_spec("#/$defs/GpuSpec", gpu_preset_names(), "GPU"),
         "description": ClusterSpec.model_fields["gpu"].description,

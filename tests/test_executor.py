@@ -81,7 +81,8 @@ def test_permutation_rows_are_known_on_the_host() -> None:
     assert (rows, may_be_empty) == (EXPERTS * assignment.capacity, True)
     permutation = layer.permute(x, assignment)
     assert permutation.tokens.shape[0] == rows
-    assert permutation.padded and int((permutation.token_of < 40).sum()) == int(assignment.expert_load.sum()) == int(permutation.expert_counts.sum())
+    served = int(assignment.expert_load.sum())
+    assert permutation.padded and int((permutation.token_of < 40).sum()) == served == int(permutation.expert_counts.sum())
     dropless = make_layer("top_k", kernel="grouped")
     assert dropless.rows_for(dropless.route(x)) == (40 * 2, False)
 

@@ -294,7 +294,8 @@ def test_cost_profile_replaces_the_curve(tmp_path: Path) -> None:
 def test_simulation_replays_a_recorded_trace(tmp_path: Path) -> None:
     from moesim.workload import SyntheticScores, save_trace
 
-    trace = save_trace(tmp_path / "scores.npz", list(SyntheticScores(num_tokens=2048, num_experts=64, num_layers=2, expert_popularity_skew=1.0).step(0)))
+    scores = SyntheticScores(num_tokens=2048, num_experts=64, num_layers=2, expert_popularity_skew=1.0)
+    trace = save_trace(tmp_path / "scores.npz", list(scores.step(0)))
     document = small_training(workload={"scores": "trace", "trace_path": str(trace)})
     replayed = simulate(scenario_from_dict(document))
     assert replayed.load_imbalance > 1.5  # the trace's skew, not the scenario's synthetic knobs

@@ -42,7 +42,8 @@ def test_layer_correlation() -> None:
 def test_drift_and_token_ids() -> None:
     generator = SyntheticScores(num_tokens=10000, num_experts=8, step_drift=0.5, token_id_skew=1.2, vocab_size=1000)
     assert not np.allclose(generator.popularity(0, 0), generator.popularity(5, 0))
-    assert np.allclose(SyntheticScores(num_tokens=10, num_experts=8).popularity(5, 0), SyntheticScores(num_tokens=10, num_experts=8).popularity(0, 0))
+    scores = SyntheticScores(num_tokens=10, num_experts=8)
+    assert np.allclose(scores.popularity(5, 0), scores.popularity(0, 0))
     ids = generator.token_ids(0)
     counts = torch.bincount(ids, minlength=1000).sort(descending=True).values
     assert counts[0] > 10 * counts[100]  # Zipf-like head
@@ -72,7 +73,8 @@ def test_bad_traces_fail_with_one_line(tmp_path: Path) -> None:
     cases = [
         (write(logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(4, np.int64)), "missing array"),
         (write(format_version=np.array(2), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(4, np.int64)), "not supported"),
-        (write(format_version=np.array(1), logits=np.zeros((4, 8), np.float32), token_ids=np.zeros(4, np.int64)), "[layers, tokens, experts]"),
+        (write(format_version=np.array(1), logits=np.zeros((4, 8), np.float32), token_ids=np.zeros(4, np.int64)),
+         "[layers, tokens, experts]"),
         (write(format_version=np.array(1), logits=np.zeros((1, 4, 8), np.int32), token_ids=np.zeros(4, np.int64)), "floating point"),
         (write(format_version=np.array(1), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(5, np.int64)), "token_ids"),
         (write(format_version=np.array(1), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(4, np.float32)), "integer"),

@@ -77,7 +77,8 @@ class SmallMoELM(nn.Module):
         rule = "bias_balanced" if balancing == "bias" else "top_k"
         options = {"bias_update_rate": 0.01} if balancing == "bias" else {}
         self.moe = nn.ModuleList(
-            MoELayer(config.hidden, config.ffn, config.experts, make_router(rule, num_experts=config.experts, top_k=config.top_k, **options),
+            MoELayer(config.hidden, config.ffn, config.experts,
+                     make_router(rule, num_experts=config.experts, top_k=config.top_k, **options),
                      seed=config.seed + index)
             for index in range(config.layers)
         )

@@ -152,7 +152,8 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
     loads = np.stack([layer.expert_tokens for layer in routed]) if routed else np.ones((1, scenario.model.num_experts))
     drops = []
     for factor in (0.75, 1.0, 1.25, 1.5, 2.0):
-        point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"routing.capacity_factor={factor}"]), check_memory=False)
+        point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"routing.capacity_factor={factor}"]),
+                         check_memory=False)
         drops.append((factor, point.drop_rate, point.step_time_s))
     nearby = []
     for scale in (0.5, 1.0, 2.0):
@@ -168,7 +169,8 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         "Step time by phase": _phase_plot(result),
         "Expert load across layers": _load_heatmap(loads),
         "Drop rate against capacity factor": _drop_plot(drops),
-        "Cost against throughput": _pareto_plot(nearby) if nearby else _pareto_plot([{"gpus": result.world_size, "tokens_per_s": result.tokens_per_s, "dollars_per_hour": 3.0 * result.world_size}]),
+        "Cost against throughput": _pareto_plot(nearby) if nearby else _pareto_plot(
+            [{"gpus": result.world_size, "tokens_per_s": result.tokens_per_s, "dollars_per_hour": 3.0 * result.world_size}]),
         "Memory per GPU": _memory_plot(result.memory),
     }
     answer = (

@@ -45,9 +45,9 @@ DEFAULT_HALF_ROWS = 128.0  # rows at which a GEMM reaches half of that
 DEFAULT_MEMORY_EFFICIENCY = 0.8
 DEFAULT_ATTENTION_EFFICIENCY = 0.5  # FlashAttention-2/3 forward on H100: ~50-70% of peak
 DEFAULT_LAUNCH_SECONDS = 4e-6
-DEFAULT_BACKWARD_GEMM_FACTOR = 2.0
+DEFAULT_BACKWARD_GEMM_FACTOR = 2.0  # a GEMM's backward: two GEMMs of its size (input and weight gradients)
 KERNEL_FIELDS = ("peak_bf16_tflops", "peak_fp8_tflops", "hbm_tb_per_s")
-"""The GPU preset fields a measured kernel profile stands for (interconnect fields are the network model's)."""  # a GEMM's backward: two GEMMs of its size (input and weight gradients)
+"""The GPU preset fields a measured kernel profile stands for (interconnect fields are the network model's)."""
 
 def _in_stream(data: Optional[dict[str, Any]], timing: float, launch: float) -> Optional[GroupedGemmModel]:
     """A measured kernel model with the measurement's host synchronisation taken off its overheads."""

@@ -143,7 +143,8 @@ class GroupedGemmModel:
         rows = np.asarray(rows, dtype=float)
         gradient = replace(self, compute_efficiency=self.weight_grad_compute_efficiency,
                            memory_efficiency=self.weight_grad_memory_efficiency, overhead_s=self.weight_grad_overhead_s)
-        return np.where(rows > 0, gradient.dense_seconds(np.full_like(rows, inner), rows, cols, element_bytes), 0.0)  # type: ignore[arg-type]
+        seconds = gradient.dense_seconds(np.full_like(rows, inner), rows, cols, element_bytes)  # type: ignore[arg-type]
+        return np.where(rows > 0, seconds, 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -10,9 +10,10 @@ grouped GEMMs likewise, attention scores 2.5 times (FlashAttention backward),
 memory-bound kernels twice, each all-to-all once more; a profile with a measured MoE
 backward model (`phase_fit['backward']`) costs that block from it instead; full
 recomputation replays the forward first. `workload.precision.gemm: fp8` runs the linear
-layers' GEMMs (not the router's or the output head's) at the measured fp8 speedup. Compute phases carry one duration per rank (only the expert phase
-differs between ranks: it follows each rank's expert loads); collectives carry their
-network time, and every rank of the group waits for the slowest to arrive.
+layers' GEMMs (not the router's or the output head's) at the measured fp8 speedup.
+Compute phases carry one duration per rank (only the expert phase differs between ranks:
+it follows each rank's expert loads); collectives carry their network time, and every
+rank of the group waits for the slowest to arrive.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class StageProgram:
 class PhaseBuilder:
     """Turns a stage's layers, its routing and the cost model into phases."""
 
-    def __init__(self, scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int, decode: bool = False):
+    def __init__(self, scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int,
+                 decode: bool = False):
         self.scenario, self.plan, self.cost, self.topology = scenario, plan, cost, topology
         self.model = scenario.model
         self.tokens = tokens  # tokens per rank in this micro-batch (or decode step)
@@ -118,7 +120,8 @@ class PhaseBuilder:
         cols = max(1, int(projections // model.hidden_size))
         gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
         gemm_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
-        per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context) / max(1, model.num_layers + model.num_encoder_layers)
+        layers = max(1, model.num_layers + model.num_encoder_layers)
+        per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context) / layers
         # attention_score_flops_per_token halves the context for causal masks; 2 x context restores the full context
         score_flops = per_layer_scores * self.tokens / self.tp * (0.5 if not self.decode else 1.0)
         scores = cost.attention_seconds(score_flops)

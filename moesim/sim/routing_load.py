@@ -44,7 +44,8 @@ def ep_group_ranks(scenario: Scenario) -> np.ndarray:
     return np.arange(scenario.parallelism.ep_size)
 
 
-def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
+def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int,
+                 gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
     """Routing of the first `max_routed_layers` of the listed MoE layers for a group of `group_tokens` tokens.
 
     MoE layer number i of the model uses entry i % len(result).

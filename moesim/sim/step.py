@@ -195,7 +195,8 @@ def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost
     phases = {name: seconds * micro for name, seconds in stages.busy[worst].items()}
     replicas = dp * par.tp_size * par.cp_size // par.ep_size
     notes.append(f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} identical replicas")
-    notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {'SimPy' if sim.network_mode == 'full' else 'per-rank clocks (fast mode)'}")
+    timeline = "SimPy" if sim.network_mode == "full" else "per-rank clocks (fast mode)"
+    notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {timeline}")
     notes.append(f"compute: {cost.source}")
     return StepResult(
         scenario=scenario.name, mode="training", step_time_s=step, phase_seconds=phases,

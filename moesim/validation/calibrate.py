@@ -220,7 +220,8 @@ def fit_layer_phases(model: CostModel, layers: Sequence[CalibrationLayer],
             features = host_phase_features(phase, tokens, hidden, experts, top_k, served)
             samples.setdefault(phase, []).append((features, float(np.mean(phases[phase]))))
         for rank, load in enumerate(report["local_load"]):
-            samples.setdefault("experts", []).append((experts_features(model, tokens, hidden, experts, top_k, load), phases["experts"][rank]))
+            features = experts_features(model, tokens, hidden, experts, top_k, load)
+            samples.setdefault("experts", []).append((features, phases["experts"][rank]))
         sent = tokens * top_k * hidden * 4 * (ranks - 1) / ranks
         dispatch, combine = float(np.mean(phases["dispatch"])), float(np.mean(phases["combine"]))
         exchange_design += [[2.0, sent], [1.0, sent]]

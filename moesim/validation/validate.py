@@ -254,7 +254,8 @@ def scatter_svg(rows: list[dict[str, Any]], width: int = 480) -> str:
              f'<rect width="{width}" height="{width}" fill="white"/>',
              f'<line x1="{margin}" y1="{width - margin}" x2="{width - margin}" y2="{margin}" stroke="#999" stroke-dasharray="4"/>']
     for measured, predicted in points:
-        parts.append(f'<circle cx="{position(measured):.1f}" cy="{width - position(predicted):.1f}" r="4" fill="#1f77b4" fill-opacity="0.7"/>')
+        parts.append(f'<circle cx="{position(measured):.1f}" cy="{width - position(predicted):.1f}" r="4" '
+                     'fill="#1f77b4" fill-opacity="0.7"/>')
     parts.append(f'<text x="{width / 2}" y="{width - 12}" text-anchor="middle">measured layer time (s, log)</text>')
     parts.append(f'<text x="14" y="{width / 2}" text-anchor="middle" transform="rotate(-90 14 {width / 2})">predicted (s, log)</text>')
     for exponent in range(int(np.ceil(low)), int(np.floor(high)) + 1):
@@ -320,7 +321,8 @@ def write_report(rows: list[dict[str, Any]], profiles: dict[int, dict[str, Any]]
     lines += ["", "![predicted against measured layer time](validation_layer_time.svg)", "",
               "| configuration | phase | measured (ms) | predicted (ms) | error |", "| --- | --- | ---: | ---: | ---: |"]
     for row in rows:
-        lines.append(f"| {row['config']} | {row['phase']} | {row['measured_s'] * 1e3:.3f} | {row['predicted_s'] * 1e3:.3f} | {row['error']:.1%} |")
+        lines.append(f"| {row['config']} | {row['phase']} | {row['measured_s'] * 1e3:.3f} | "
+                     f"{row['predicted_s'] * 1e3:.3f} | {row['error']:.1%} |")
     path = folder / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
