@@ -441,8 +441,12 @@ def summary_table(result: Any) -> Table:
     memory = result.memory
     rows = [("step time", f"{result.step_time_s:.3f} s")]
     if result.mode == "training":
+        busiest = max(range(len(result.stage_forward_s)),
+                      key=lambda stage: result.stage_forward_s[stage] + result.stage_backward_s[stage])
         rows += [
             ("pipeline (incl. bubble)", f"{result.pipeline_s:.3f} s ({result.pipeline_bubble_s:.3f} s bubble)"),
+            ("1F / 1B, one micro-batch, busiest stage",
+             f"{result.stage_forward_s[busiest] * 1e3:,.1f} / {result.stage_backward_s[busiest] * 1e3:,.1f} ms"),
             ("gradient all-reduce (exposed)", f"{result.grad_allreduce_s:.3f} s ({result.grad_allreduce_exposed_s:.3f} s)"),
             ("optimizer step", f"{result.optimizer_s:.4f} s"),
             ("tokens per step", f"{result.tokens_per_step:,.0f}"),
