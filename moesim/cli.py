@@ -22,7 +22,7 @@ from rich.table import Table
 
 from moesim import units
 from moesim.errors import MoesimError
-from moesim.sim.sources import grade
+from moesim.sim.sources import grade, phases_by_source
 
 app = typer.Typer(
     name="moesim",
@@ -425,12 +425,9 @@ def step_table(result: Any) -> Table:
 
 def print_sources(result: Any) -> None:
     """Under the tables: what each basis means for this result (every distinct source, with its measured error)."""
-    distinct: dict[str, list[str]] = {}
-    for phase, label in result.sources.items():
-        distinct.setdefault(label, []).append(phase.split("/")[-1])
     console.print("[bold]basis of the figures[/bold] (measured error: |predicted / measured - 1| on the tables)")
-    for label, phases in distinct.items():
-        console.print(escape(f"  [{grade(label)}] {', '.join(dict.fromkeys(phases))}: {label}"))
+    for label, phases in phases_by_source(result.sources):
+        console.print(escape(f"  [{grade(label)}] {', '.join(phases)}: {label}"))
 
 
 def summary_table(result: Any) -> Table:

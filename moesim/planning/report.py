@@ -108,14 +108,12 @@ def _memory_plot(memory: dict[str, float]) -> bytes:
     return _figure_png(draw, width=5.0)
 
 
-def _validation_error(rows_path: Path, phase: str = "layer") -> Optional[dict[str, float]]:
-    if not rows_path.exists():
-        return None
-    rows = [row for row in json.loads(rows_path.read_text()) if row["phase"] == phase]
-    errors = [abs(row.get("error", row.get("signed_error", 0.0))) for row in rows]
-    if not errors:
-        return None
-    return {"median": float(np.median(errors)), "p90": float(np.percentile(errors, 90)), "count": len(errors)}
+def _validation_error(rows_path: Path) -> Optional[dict[str, float]]:
+    """Layer-time error (median, 90th percentile, count) of a committed validation's rows, if it has any."""
+    from moesim.validation.validate import summary
+
+    rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
+    return summary(rows) if any(row["phase"] == "layer" for row in rows) else None
 
 
 def validation_line() -> str:
@@ -188,10 +186,9 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         "cost plot: $3 per GPU-hour (an assumption)",
         *result.notes,
     ]
-    basis: dict[str, list[str]] = {}
-    for phase, label in result.sources.items():
-        basis.setdefault(label, []).append(phase.split("/")[-1])
-    lines = [f"{', '.join(dict.fromkeys(phases))}: {label}" for label, phases in basis.items()]
+    from moesim.sim.sources import phases_by_source
+
+    lines = [f"{', '.join(phases)}: {label}" for label, phases in phases_by_source(result.sources)]
     return write_pages(scenario.name, scenario.description or "How fast is a step?", answer, assumptions, plots, out_dir,
                        basis=lines)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from moesim.cluster.hardware import gpu_preset
 from moesim.profiles import SHIPPED, SHIPPED_PROFILES
-from moesim.profiles.build import build_profile
+from moesim.profiles.build import KERNEL_LAUNCH_S, build_profile
 from moesim.profiles.tables import shipped_tables
 
 PHASE_SOURCE = Path(__file__).resolve().parents[2] / "validation" / "profiles" / "NVIDIA-H200.json"
@@ -92,8 +92,6 @@ def build_shipped(target: Path = SHIPPED, phase_source: Path = PHASE_SOURCE,
             tables = shipped_tables(folder)
             assert tables is not None, folder
             donor = shipped_tables(donor_folder) if donor_folder else None
-            from moesim.profiles.build import KERNEL_LAUNCH_S
-
             fits = scaled_phase_fit(phases, tables.copy_bytes_per_s, KERNEL_LAUNCH_S) if phases else None
             profile = build_profile(tables, gpu_preset(name), donor, fits)
             if fits:

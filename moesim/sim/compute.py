@@ -28,6 +28,7 @@ scatter-add: shipped profiles carry the H200 executor's measured costs).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,6 +77,27 @@ def _labelled_sources(data: dict[str, Any], path: Path) -> tuple[tuple[str, str]
     return tuple(labelled)
 
 
+@functools.lru_cache(maxsize=32)
+def _profile_model(path: str, content: bytes) -> "CostModel":
+    """The model of a profile file's content (the content is the key: a rewritten file is parsed again)."""
+    return CostModel._parse_profile(Path(path), content)
+
+
+@functools.lru_cache(maxsize=32)
+def _assumed_moe_kernels(bandwidth: float) -> tuple[tuple[str, tuple[str, ...], tuple[float, ...]], ...]:
+    """The H200 executor's router, permutation and un-permutation device costs (the shipped H200 profile's) at an
+    effective `bandwidth` (bytes/s): what a GPU without a measured profile is assumed to spend there."""
+    from moesim.profiles import shipped_profile
+    from moesim.profiles.shipping import scaled_phase_fit
+
+    reference = shipped_profile("H200")
+    if not reference or not reference.get("phase_fit"):
+        return ()
+    measured = reference["memory_bytes_per_s"] * reference["memory_efficiency"]
+    fits = scaled_phase_fit({"memory_bytes_per_s": measured, "phase_fit": reference["phase_fit"]}, bandwidth)
+    return tuple(sorted(phase_fit_entry(key, value) for key, value in fits.items()))
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Compute-time model of one device."""
@@ -116,10 +138,10 @@ class CostModel:
     @classmethod
     def for_gpu(cls, gpu: Any) -> "CostModel":
         """The model of a `GpuSpec`: its shipped profile when it is a preset that has one, its compute and memory
-        unchanged (measured or derived), else datasheet peaks with assumed efficiencies, and the H200's measured router and permutation
-        kernels at this GPU's bandwidth."""
+        unchanged (measured or derived), else datasheet peaks with assumed efficiencies, and the H200's measured
+        router and permutation kernels at this GPU's bandwidth."""
         from moesim.cluster.hardware import gpu_preset, gpu_preset_names
-        from moesim.profiles import shipped_profile, shipped_profile_path
+        from moesim.profiles import shipped_profile_path
 
         path = shipped_profile_path(gpu.name)
         if path is not None and gpu.name in gpu_preset_names():
@@ -127,16 +149,9 @@ class CostModel:
             if all(getattr(gpu, name) == getattr(preset, name) for name in KERNEL_FIELDS):
                 return cls.from_profile(path)
         bandwidth = gpu.hbm_tb_per_s * 1e12
-        reference = shipped_profile("H200")
-        phases: tuple[tuple[str, tuple[str, ...], tuple[float, ...]], ...] = ()
+        phases = _assumed_moe_kernels(bandwidth * DEFAULT_MEMORY_EFFICIENCY)
         sources = [("GEMMs, attention, memory", "datasheet peak x assumed efficiency (no measurement of this GPU)")]
-        if reference and reference.get("phase_fit"):
-            from moesim.profiles.shipping import scaled_phase_fit
-
-            measured = reference["memory_bytes_per_s"] * reference["memory_efficiency"]
-            fits = scaled_phase_fit({"memory_bytes_per_s": measured, "phase_fit": reference["phase_fit"]},
-                                    bandwidth * DEFAULT_MEMORY_EFFICIENCY)
-            phases = tuple(sorted(phase_fit_entry(key, value) for key, value in fits.items()))
+        if phases:
             sources.append(("moe_kernels",
                             "assumed: the H200 executor's per-element device costs at this GPU's datasheet bandwidth, "
                             "host launches hidden"))
@@ -146,10 +161,20 @@ class CostModel:
 
     @classmethod
     def from_profile(cls, path: str | Path) -> "CostModel":
-        """A measured profile (JSON): peak_flops, memory_bytes_per_s, gemm_efficiency {rows, efficiency}, ..."""
+        """A measured profile (JSON): peak_flops, memory_bytes_per_s, gemm_efficiency {rows, efficiency}, ...
+
+        Parsed once per content (a planner simulates hundreds of layouts on one profile)."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            content = path.read_bytes()
+        except OSError as error:
+            raise MoesimError(f"{path}: not a usable cost profile ({type(error).__name__}: {error})") from None
+        return _profile_model(str(path), content)
+
+    @classmethod
+    def _parse_profile(cls, path: Path, content: bytes) -> "CostModel":
+        try:
+            data = json.loads(content)
             curve = data.get("gemm_efficiency", {})
             rows, efficiency = curve.get("rows"), curve.get("efficiency")
             launch = float(data.get("kernel_launch_s", DEFAULT_LAUNCH_SECONDS))

@@ -19,6 +19,7 @@ falling to no gain for small ones, the shape of the H100 and H200 measurements.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -35,9 +36,13 @@ class Fp8Speedup:
 
     points: tuple[tuple[float, float, float, float], ...]
 
+    @cached_property
+    def _array(self) -> np.ndarray:
+        return np.asarray(self.points, dtype=float)
+
     def speedup(self, rows: float, inner: float, cols: float) -> float:
         """The speedup of a GEMM `[rows x inner] @ [inner x cols]` (rows per group, for a grouped GEMM)."""
-        data = np.asarray(self.points, dtype=float)
+        data = self._array
         distance = np.abs(np.log(data[:, :2]) - np.log([inner, cols])).sum(axis=1)
         nearest = data[np.isclose(distance, distance.min())]
         sizes = np.unique(nearest[:, 2])

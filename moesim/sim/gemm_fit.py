@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from moesim.sim.grouped import CONTRACTION_STEP, GroupedGemmModel
+from moesim.sim.grouped import GroupedGemmModel
 
 GROUPED_TILES = ((128, 128), (128, 256), (64, 128))
 """Tile shapes tried for a grouped kernel (one is kept: CUTLASS grouped kernels use one per launch)."""
@@ -61,32 +61,16 @@ def minimise_log(loss: Callable[[np.ndarray], float], start: Sequence[float]) ->
     return params
 
 
-def predicted_seconds(model: GroupedGemmModel, sample: GroupedSample, element_bytes: int = 2) -> float:
-    """What `model` says a sample's kernel takes."""
-    kind, rows, inner, cols, _ = sample
-    if kind == "weight_grad":
-        return model.weight_grad_seconds(rows, inner, cols, element_bytes)
-    if kind == "backward":
-        return model.seconds(rows, cols, inner, element_bytes) + model.weight_grad_seconds(rows, inner, cols, element_bytes)
-    return model.seconds(rows, inner, cols, element_bytes)
-
-
-def relative_errors(model: GroupedGemmModel, samples: Sequence[GroupedSample], element_bytes: int = 2) -> np.ndarray:
-    """`predicted / measured - 1` of every sample."""
-    return np.array([predicted_seconds(model, sample, element_bytes) / sample[4] - 1.0 for sample in samples])
-
-
-def _forward_model(params: np.ndarray, base: GroupedGemmModel) -> GroupedGemmModel:
-    ce, me, overhead, sharp, tile_overhead = np.exp(params)
-    return replace(base, compute_efficiency=min(ce, 1.0), memory_efficiency=min(me, 1.0), overhead_s=overhead,
-                   sharpness=1.0 + sharp, tile_overhead_s=tile_overhead)
-
-
 FORWARD_START = (0.8, 0.8, 20e-6, 3.0, 2e-6)
+"""Starting values of the forward parameters: efficiencies of compute and memory, overhead, sharpness - 1, tile cost."""
+WEIGHT_GRAD_START = (0.7, 0.7, 10e-6)
+"""Of the weight gradient's: efficiencies of compute and memory, overhead (kept as they are without gradient samples)."""
 
 
-def _grouped_model(params: np.ndarray, base: GroupedGemmModel) -> GroupedGemmModel:
-    ce, me, overhead, sharp, tile_overhead, wce, wme, woverhead = np.exp(params)
+def _model_of(params: np.ndarray, base: GroupedGemmModel) -> GroupedGemmModel:
+    """The model of log-parameters: the five forward ones, then (when fitted) the weight gradient's three."""
+    values = np.exp(np.concatenate([params, np.log(WEIGHT_GRAD_START)]) if len(params) == 5 else params)
+    ce, me, overhead, sharp, tile_overhead, wce, wme, woverhead = values
     return replace(base, compute_efficiency=min(ce, 1.0), memory_efficiency=min(me, 1.0), overhead_s=overhead,
                    sharpness=1.0 + sharp, tile_overhead_s=tile_overhead, weight_grad_compute_efficiency=min(wce, 1.0),
                    weight_grad_memory_efficiency=min(wme, 1.0), weight_grad_overhead_s=woverhead)
@@ -109,12 +93,16 @@ def _work_arrays(base: GroupedGemmModel, samples: Sequence[GroupedSample], eleme
 
 
 def _predict_arrays(model: GroupedGemmModel, work: dict[str, np.ndarray]) -> np.ndarray:
-    unit = 2.0 * model.tile_rows * model.tile_cols * work["inner"] / (model.peak_flops / model.sms * model.compute_efficiency)
-    forward = model.time_of(work["waves"], unit + model.tile_overhead_s, work["moved"])
-    step = 2.0 * model.tile_rows * model.tile_cols * CONTRACTION_STEP / (
-        model.peak_flops / model.sms * model.weight_grad_compute_efficiency)
-    wgrad = model.time_of(work["steps"], step, work["wmoved"], weight_grad=True)
+    """Every sample's seconds at once (the model's `seconds` and `weight_grad_seconds`, vectorised over samples)."""
+    forward = model.time_of(work["waves"], model.tile_seconds(work["inner"], model.tile_rows, model.tile_cols), work["moved"])
+    wgrad = model.time_of(work["steps"], model.weight_grad_step_seconds(), work["wmoved"], weight_grad=True)
     return np.where(work["forward"] > 0, forward, 0.0) + np.where(work["wgrad"] > 0, wgrad, 0.0)
+
+
+def relative_errors(model: GroupedGemmModel, samples: Sequence[GroupedSample], element_bytes: int = 2) -> np.ndarray:
+    """`predicted / measured - 1` of every sample."""
+    measured = np.array([sample[4] for sample in samples])
+    return _predict_arrays(model, _work_arrays(model, samples, element_bytes)) / measured - 1.0
 
 
 def fit_grouped_model(samples: Sequence[GroupedSample], peak_flops: float, bandwidth: float, sms: int,
@@ -123,23 +111,19 @@ def fit_grouped_model(samples: Sequence[GroupedSample], peak_flops: float, bandw
     input gradient of a backward), for each tile shape; the best fit's tile is kept. Without gradient samples the
     weight gradient's parameters stay at their defaults."""
     measured = np.array([sample[4] for sample in samples])
-    has_gradients = any(sample[0] != "forward" for sample in samples)
-    defaults = np.log([0.7, 0.7, 10e-6])
+    start = (*FORWARD_START, *WEIGHT_GRAD_START) if any(sample[0] != "forward" for sample in samples) else FORWARD_START
     best: tuple[float, GroupedGemmModel] | None = None
     for tile in tiles:
         base = GroupedGemmModel(peak_flops, bandwidth, sms, tile[0], tile[1])
         work = _work_arrays(base, samples, element_bytes)
 
-        def full(params: np.ndarray) -> np.ndarray:
-            return params if has_gradients else np.concatenate([params, defaults])
-
         def loss(params: np.ndarray, base: GroupedGemmModel = base, work: dict[str, np.ndarray] = work) -> float:
-            return float(np.mean(np.log(_predict_arrays(_grouped_model(full(params), base), work) / measured) ** 2))
+            return float(np.mean(np.log(_predict_arrays(_model_of(params, base), work) / measured) ** 2))
 
-        params = minimise_log(loss, (*FORWARD_START, 0.7, 0.7, 10e-6) if has_gradients else FORWARD_START)
+        params = minimise_log(loss, start)
         value = loss(params)
         if best is None or value < best[0]:
-            best = (value, _grouped_model(full(params), base))
+            best = (value, _model_of(params, base))
     assert best is not None
     return best[1]
 
@@ -151,10 +135,10 @@ def fit_dense_model(samples: Sequence[tuple[int, int, int, float]], peak_flops: 
     base = GroupedGemmModel(peak_flops, bandwidth, sms, dense_tiles=DENSE_TILES)
 
     def loss(params: np.ndarray) -> float:
-        predicted = _forward_model(params, base).dense_seconds(rows, inner, cols, element_bytes)  # type: ignore[arg-type]
+        predicted = _model_of(params, base).dense_seconds(rows, inner, cols, element_bytes)  # type: ignore[arg-type]
         return float(np.mean(np.log(predicted / measured) ** 2))
 
-    return _forward_model(minimise_log(loss, FORWARD_START), base)
+    return _model_of(minimise_log(loss, FORWARD_START), base)
 
 
 def dense_errors(model: GroupedGemmModel, samples: Sequence[tuple[int, int, int, float]], element_bytes: int = 2) -> np.ndarray:

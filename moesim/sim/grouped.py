@@ -81,25 +81,28 @@ class GroupedGemmModel:
         p = self.sharpness
         return (compute**p + memory**p) ** (1.0 / p)
 
-    def _tile_seconds(self, inner: int, tile_rows: int, tile_cols: int, efficiency: float) -> float:
-        return 2.0 * tile_rows * tile_cols * inner / (self.peak_flops / self.sms * efficiency) + self.tile_overhead_s
+    def tile_seconds(self, inner: Any, tile_rows: int, tile_cols: int) -> Any:
+        """Compute time of one output tile contracting over `inner` (a number or an array), its fixed cost included."""
+        return 2.0 * tile_rows * tile_cols * inner / (self.peak_flops / self.sms * self.compute_efficiency) + self.tile_overhead_s
+
+    def weight_grad_step_seconds(self) -> float:
+        """Compute time of one `CONTRACTION_STEP`-row step of a weight-gradient output tile."""
+        return 2.0 * self.tile_rows * self.tile_cols * CONTRACTION_STEP / (
+            self.peak_flops / self.sms * self.weight_grad_compute_efficiency)
 
     def forward_work(self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> tuple[float, float, float]:
         """(waves of tiles, seconds per wave of compute, bytes moved) of a grouped product."""
         tiles = float(np.ceil(rows / self.tile_rows).sum() * np.ceil(cols / self.tile_cols))
         moved = self._moved(float(np.count_nonzero(rows)), float(rows.sum()), inner, cols, element_bytes)
-        return float(np.ceil(tiles / self.sms)), self._tile_seconds(inner, self.tile_rows, self.tile_cols,
-                                                                   self.compute_efficiency), float(moved)
+        return float(np.ceil(tiles / self.sms)), self.tile_seconds(inner, self.tile_rows, self.tile_cols), float(moved)
 
     def weight_grad_work(self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> tuple[float, float, float]:
         """The same for the weight gradient: steps of `CONTRACTION_STEP` rows per output tile, spread over the grid."""
         steps = np.ceil(rows / CONTRACTION_STEP)
         output_tiles = np.ceil(inner / self.tile_rows) * np.ceil(cols / self.tile_cols)
         spread = max(float(steps.sum() * output_tiles / self.sms), float(steps.max(initial=0.0)))
-        step_seconds = 2.0 * self.tile_rows * self.tile_cols * CONTRACTION_STEP / (
-            self.peak_flops / self.sms * self.weight_grad_compute_efficiency)
         moved = element_bytes * rows.sum() * (inner + cols) + OUTPUT_BYTES * rows.size * inner * cols
-        return spread, step_seconds, float(moved)
+        return spread, self.weight_grad_step_seconds(), float(moved)
 
     def time_of(self, units: Any, unit_seconds: Any, moved: Any, weight_grad: bool = False) -> Any:
         """Seconds from (compute units per multiprocessor, seconds per unit, bytes moved); numbers or arrays."""
@@ -127,7 +130,7 @@ class GroupedGemmModel:
         for tile_rows, tile_cols in self.dense_tiles or ((self.tile_rows, self.tile_cols),):
             tiles = np.ceil(rows / tile_rows) * np.ceil(cols / tile_cols)
             waves = np.ceil(tiles / self.sms)
-            per_tile = self._tile_seconds(inner, tile_rows, tile_cols, self.compute_efficiency)
+            per_tile = self.tile_seconds(inner, tile_rows, tile_cols)
             compute = waves * per_tile
             if self.dense_tiles:  # split contraction: the padded work spread evenly, partial sums through memory
                 split = (tiles / self.sms * (per_tile - self.tile_overhead_s) + waves * self.tile_overhead_s

@@ -49,6 +49,17 @@ def phase_sources(cost: CostModel, phases: Iterable[str], fp8: bool, training: b
     return out
 
 
+def phases_by_source(sources: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """(source label, the phases resting on it) for every distinct label, phases named once ('prefill/' and
+    'decode/' prefixes dropped)."""
+    grouped: dict[str, list[str]] = {}
+    for phase, label in sources.items():
+        names = grouped.setdefault(label, [])
+        if phase.split("/")[-1] not in names:
+            names.append(phase.split("/")[-1])
+    return list(grouped.items())
+
+
 def grade(label: str) -> str:
     """'measured', 'derived' or 'assumed': the weakest basis named in a label."""
     lowered = label.lower()
