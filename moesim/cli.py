@@ -449,11 +449,12 @@ def summary_table(result: Any) -> Table:
             ("tokens per step", f"{result.tokens_per_step:,.0f}"),
         ]
     else:
-        rows += [("prefill (time to first token)", f"{result.prefill_s:.3f} s"),
-                 ("decode step (time per output token)", f"{result.decode_step_s * 1e3:.2f} ms")]
+        rows += [("prefill, whole batch at once", f"{result.prefill_s:.3f} s"),
+                 ("decode step (one token per sequence)", f"{result.decode_step_s * 1e3:.2f} ms")]
+    counted = "tokens" if result.mode == "training" else "output tokens"
     rows += [
-        ("tokens / s", f"{result.tokens_per_s:,.0f}"),
-        ("tokens / s per GPU", f"{result.tokens_per_s_per_gpu:,.1f}"),
+        (f"{counted} / s", f"{result.tokens_per_s:,.0f}"),
+        (f"{counted} / s per GPU", f"{result.tokens_per_s_per_gpu:,.1f}"),
         ("MFU (model FLOPs / bf16 dense peak)", f"{result.mfu:.1%}"),
         *([("HFU (with recomputed FLOPs)", f"{result.hfu:.1%}")] if result.hfu > result.mfu * 1.0001 else []),
         ("drop rate", f"{result.drop_rate:.2%}"),

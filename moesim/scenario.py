@@ -187,6 +187,11 @@ class RoutingSpec(_Section):
     drop_policy: Literal["position", "probability"] = Field(
         "position", description="Which over-capacity tokens are dropped: later positions, or lower router probability."
     )
+    pad_to_capacity: bool = Field(
+        False,
+        description="Pad every expert's input to its capacity and send capacity-sized all-to-all buffers (GShard, "
+        "DeepSpeed, Tutel, Megatron-Core's --moe-pad-expert-input-to-capacity); needs a capacity.",
+    )
     score_function: Optional[Literal["softmax", "sigmoid"]] = Field(
         None, description="Router logits to affinities; default: the model's."
     )
@@ -201,6 +206,13 @@ class RoutingSpec(_Section):
     )
     topk_groups: Optional[int] = Field(None, gt=0, description="Group/node-limited routing: groups per token.")
     options: dict[str, Any] = Field(default_factory=dict, description="Rule-specific options (see each rule's docs).")
+
+    @model_validator(mode="after")
+    def _padding_needs_capacity(self) -> "RoutingSpec":
+        if self.pad_to_capacity and self.capacity_factor is None and self.strategy != "expert_choice":
+            raise ValueError("routing.pad_to_capacity: padding needs a capacity; set routing.capacity_factor "
+                             "(or pad_to_capacity: false for dropless routing)")
+        return self
 
 
 class SweepSpec(_Section):
@@ -442,7 +454,11 @@ def _is_mapping(annotation: Any) -> bool:
 def _nearest_key_message(key: str, valid: list[str], where: str) -> str:
     import difflib
 
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    def likeness(name: str) -> tuple[float, bool]:  # equally alike: the key's own completion first
+        return difflib.SequenceMatcher(None, key, name).ratio(), name.startswith(key)
+
+    best = max(valid, key=likeness, default=None)
+    close = [best] if best is not None and likeness(best)[0] >= 0.5 else []
     hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
     return f"unknown key '{key}' in {where}; {hint}"
 

@@ -81,3 +81,30 @@ def test_report_from_a_results_store(tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and second.sweep_id in unknown.output
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "none.sqlite")])
     assert missing.exit_code == 2
+
+
+def test_phase_bar_keeps_its_colours_distinct() -> None:
+    from moesim.planning.report import PHASE_SEGMENTS, phase_segments
+
+    phases = {f"phase{index}": float(index) for index in range(20)}  # 19 with time, one at zero
+    segments = phase_segments(phases)
+    assert len(segments) == PHASE_SEGMENTS + 1 and segments[0] == ("phase19", 19.0)
+    assert segments[-1] == ("other (10 phases)", float(sum(range(1, 11))))  # phases 1-10 summed, the zero one dropped
+    assert phase_segments({"a": 2.0, "b": 1.0}) == [("a", 2.0), ("b", 1.0)]
+
+
+def test_serving_cost_plot_scales_replicas_and_names_what_cannot_run() -> None:
+    from moesim.planning.report import nearby_sizes
+
+    serving = scenario_from_dict({
+        "model": {"preset": "olmoe-1b-7b", "num_layers": 2}, "cluster": {"num_nodes": 2, "gpus_per_node": 8},
+        "parallelism": {"ep_size": 8}, "workload": {"mode": "inference", "micro_batch_size": 4, "seq_len": 512,
+                                                     "decode_tokens": 16},
+    })
+    points, unrunnable = nearby_sizes(serving, serving.model_dump(mode="json"))
+    assert [point["gpus"] for point in points] == [8, 16, 32] and not unrunnable
+    throughput = [point["tokens_per_s"] for point in points]
+    assert throughput[0] < throughput[1] < throughput[2]  # each replica serves its own batch
+    training = scenario_from_dict({**serving.model_dump(mode="json"), "workload": {"global_batch_size": 16}})
+    _, unrunnable = nearby_sizes(training, training.model_dump(mode="json"))
+    assert unrunnable and "global_batch_size" in unrunnable[-1][1]  # 64 GPUs cannot split 16 sequences

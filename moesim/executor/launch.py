@@ -95,7 +95,8 @@ EXECUTOR_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.
 
 
 def executor_dtype(scenario: Scenario) -> torch.dtype:
-    """The torch dtype of the scenario's activations (bf16 by default); fp8 compute is not executed."""
+    """The torch dtype of the scenario's activations (bf16 by default); fp8 compute and padding to capacity are not
+    executed."""
     from moesim.errors import MoesimError
 
     name = scenario.workload.precision.activations
@@ -105,6 +106,9 @@ def executor_dtype(scenario: Scenario) -> torch.dtype:
     if scenario.workload.precision.gemm != "bf16":
         raise MoesimError("workload.precision.gemm: the executor runs its GEMMs in the activations' precision, not fp8; "
                           "set workload.precision.gemm=bf16 to execute the scenario (the simulator models fp8)")
+    if scenario.routing.pad_to_capacity:
+        raise MoesimError("routing.pad_to_capacity: the executor sends and computes only the routed tokens; set "
+                          "routing.pad_to_capacity=false to execute the scenario (the simulator models the padding)")
     return EXECUTOR_DTYPES[name]
 
 

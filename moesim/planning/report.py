@@ -32,26 +32,42 @@ def _figure_png(draw: Any, width: float = 7.0, height: float = 3.6) -> bytes:
 
     figure, axes = plt.subplots(figsize=(width, height), dpi=110)
     draw(axes)
-    figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.15)  # keeps outside legends and long labels
     plt.close(figure)
     return buffer.getvalue()
 
 
+PHASE_SEGMENTS = 9
+"""Phases drawn in their own colour; the rest share one grey "other" segment (tab10 has ten distinct colours)."""
+
+
+def phase_segments(phase_seconds: dict[str, float], limit: int = PHASE_SEGMENTS) -> list[tuple[str, float]]:
+    """The largest phases, largest first, and the rest summed as "other (n phases)"; zero-time phases left out."""
+    phases = sorted(((name, seconds) for name, seconds in phase_seconds.items() if seconds > 0), key=lambda item: -item[1])
+    if len(phases) <= limit + 1:
+        return phases
+    rest = phases[limit:]
+    return phases[:limit] + [(f"other ({len(rest)} phases)", sum(seconds for _, seconds in rest))]
+
+
 def _phase_plot(result: Any) -> bytes:
-    phases = sorted(result.phase_seconds.items(), key=lambda item: -item[1])
+    segments = phase_segments(result.phase_seconds)
 
     def draw(axes: Any) -> None:
+        import matplotlib
+
+        colours = matplotlib.colormaps["tab10"].colors
         left = 0.0
-        for name, seconds in phases:
-            axes.barh(["step"], [seconds], left=left, label=name)
+        for index, (name, seconds) in enumerate(segments):
+            colour = "0.6" if name.startswith("other") else colours[index % len(colours)]
+            axes.barh(["step"], [seconds], left=left, color=colour, label=f"{name} ({seconds:.3g} s)")
             left += seconds
         axes.set_xlabel("seconds per step (busiest stage, mean per rank)")
-        axes.legend(ncol=2, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         axes.set_title("Step time by phase")
 
-    return _figure_png(draw, width=9.0, height=3.6)
+    return _figure_png(draw, width=7.0, height=2.8)
 
 
 def _load_heatmap(loads: np.ndarray) -> bytes:
@@ -79,12 +95,13 @@ def _drop_plot(points: list[tuple[float, float, float]]) -> bytes:
     return _figure_png(draw)
 
 
-def _pareto_plot(points: list[dict[str, float]]) -> bytes:
+def _pareto_plot(points: list[dict[str, float]], counted: str = "tokens") -> bytes:
     def draw(axes: Any) -> None:
-        axes.scatter([p["tokens_per_s"] for p in points], [p["dollars_per_hour"] for p in points])
+        axes.plot([p["tokens_per_s"] for p in points], [p["dollars_per_hour"] for p in points], marker="o")
         for p in points:
-            axes.annotate(f"{int(p['gpus'])} GPUs", (p["tokens_per_s"], p["dollars_per_hour"]), fontsize=7)
-        axes.set_xlabel("tokens / s")
+            axes.annotate(f"{int(p['gpus'])} GPUs", (p["tokens_per_s"], p["dollars_per_hour"]), fontsize=7,
+                          xytext=(4, -10), textcoords="offset points")
+        axes.set_xlabel(f"{counted} / s")
         axes.set_ylabel("$ / hour")
         axes.set_title("Cost against throughput (nearby cluster sizes)")
 
@@ -98,11 +115,14 @@ def _memory_plot(memory: dict[str, float]) -> bytes:
         bottom = 0.0
         for part in parts:
             value = memory[part] / 1e9
-            axes.bar(["per GPU"], [value], bottom=bottom, label=part.replace("_bytes", ""))
+            if value > 0:
+                axes.bar(["per GPU"], [value], bottom=bottom, label=f"{part.replace('_bytes', '')} ({value:.1f} GB)")
             bottom += value
-        axes.axhline(memory["capacity_bytes"] / 1e9, color="black", linestyle="--", label="HBM capacity")
+        capacity = memory["capacity_bytes"] / 1e9
+        axes.axhline(capacity, color="black", linestyle="--", label=f"HBM capacity ({capacity:.0f} GB)")
+        axes.set_ylim(0, max(bottom, capacity) * 1.08)
         axes.set_ylabel("GB")
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the bar, never over the line
         axes.set_title("Memory per GPU (most loaded stage)")
 
     return _figure_png(draw, width=5.0)
@@ -153,27 +173,20 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"routing.capacity_factor={factor}"]),
                          check_memory=False)
         drops.append((factor, point.drop_rate, point.step_time_s))
-    nearby = []
-    for scale in (0.5, 1.0, 2.0):
-        nodes = max(1, int(scenario.cluster.num_nodes * scale))
-        try:
-            point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"cluster.num_nodes={nodes}",
-                                                           "parallelism.dp_size=null"]))
-        except MoesimError:
-            continue
-        price = 3.0 * point.world_size
-        nearby.append({"gpus": point.world_size, "tokens_per_s": point.tokens_per_s, "dollars_per_hour": price})
+    nearby, unrunnable = nearby_sizes(scenario, document)
+    counted = "tokens" if scenario.workload.mode == "training" else "output tokens"
     plots = {
         "Step time by phase": _phase_plot(result),
         "Expert load across layers": _load_heatmap(loads),
         "Drop rate against capacity factor": _drop_plot(drops),
-        "Cost against throughput": _pareto_plot(nearby) if nearby else _pareto_plot(
-            [{"gpus": result.world_size, "tokens_per_s": result.tokens_per_s, "dollars_per_hour": 3.0 * result.world_size}]),
+        "Cost against throughput": _pareto_plot(nearby or [
+            {"gpus": result.world_size, "tokens_per_s": result.tokens_per_s, "dollars_per_hour": 3.0 * result.world_size}],
+            counted),
         "Memory per GPU": _memory_plot(result.memory),
     }
     answer = (
         f"{scenario.model.name} on {scenario.cluster.world_size} x {scenario.cluster.gpu.name}: step time "
-        f"{result.step_time_s:.3f} s, {result.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, MFU {result.mfu:.1%}, "
+        f"{result.step_time_s:.3f} s, {result.tokens_per_s_per_gpu:,.0f} {counted}/s per GPU, MFU {result.mfu:.1%}, "
         f"drop rate {result.drop_rate:.2%}, peak memory {result.memory['total_bytes'] / 1e9:.1f} of "
         f"{result.memory['capacity_bytes'] / 1e9:.0f} GB per GPU."
     )
@@ -183,7 +196,9 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         f"(skew {scenario.workload.expert_popularity_skew})",
         f"parallelism: DP {scenario.parallelism.dp_size}, TP {scenario.parallelism.tp_size}, PP {scenario.parallelism.pp_size}, "
         f"EP {scenario.parallelism.ep_size}, ZeRO {scenario.parallelism.zero_stage}",
-        "cost plot: $3 per GPU-hour (an assumption)",
+        "cost plot: $3 per GPU-hour (an assumption); "
+        + ("the global batch fixed" if scenario.workload.mode == "training" else "every replica serving its own batch"),
+        *[f"cost plot: {size} could not run: {reason}" for size, reason in unrunnable],
         *result.notes,
     ]
     from moesim.sim.sources import phases_by_source
@@ -191,6 +206,24 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
     lines = [f"{', '.join(phases)}: {label}" for label, phases in phases_by_source(result.sources)]
     return write_pages(scenario.name, scenario.description or "How fast is a step?", answer, assumptions, plots, out_dir,
                        basis=lines)
+
+
+def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, float]], list[tuple[str, str]]]:
+    """Throughput and price at half, the same and twice the nodes (fast network mode), and the sizes that cannot
+    run with why. Training keeps its global batch; serving gives each data-parallel replica its own batch."""
+    from moesim.sim.step import simulate
+
+    points, unrunnable = [], []
+    per_replica = ["workload.global_batch_size=null"] if scenario.workload.mode == "inference" else []
+    for nodes in sorted({max(1, scenario.cluster.num_nodes // 2), scenario.cluster.num_nodes, 2 * scenario.cluster.num_nodes}):
+        try:
+            point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"cluster.num_nodes={nodes}",
+                                                           "parallelism.dp_size=null", *per_replica]))
+        except MoesimError as error:
+            unrunnable.append((f"{nodes} x {scenario.cluster.gpus_per_node} GPUs", str(error).splitlines()[0]))
+            continue
+        points.append({"gpus": point.world_size, "tokens_per_s": point.tokens_per_s, "dollars_per_hour": 3.0 * point.world_size})
+    return points, unrunnable
 
 
 def write_pages(
@@ -272,7 +305,7 @@ def write_results_report(store_path: str | Path, out_dir: str | Path, sweep_id: 
     best = min(range(len(ok)), key=lambda index: ok[index]["step_time_s"])
     plots = {
         "Step time per point": bars("step_time_s", "step time (s)"),
-        "Throughput per point": bars("tokens_per_s_per_gpu", "tokens / s per GPU"),
+        "Throughput per point": bars("tokens_per_s_per_gpu", "tokens / s per GPU (output tokens when serving)"),
         "Drop rate per point": bars("drop_rate", "dropped pairs (%)", 100.0),
         "Memory per GPU per point": bars("memory_gb", "GB per GPU"),
     }

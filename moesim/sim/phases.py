@@ -42,16 +42,18 @@ the other way (measured on the H200 by moesim's executor: 0.93-1.02x, `validatio
 
 
 def moe_work(strategy: str, capacity_factor: Optional[float], tokens: float, hidden: int, experts: int, top_k: int,
-             served: Optional[float] = None, **extra: Any) -> PhaseWork:
+             served: Optional[float] = None, padded: bool = False, **extra: Any) -> PhaseWork:
     """One rank's work in one MoE layer (`PhaseWork`): the permutation's slots per token, the rows it carries
-    (tokens x slots, or experts x capacity when a capacity bounds them; expert choice lays a token's slots over
-    every expert, as the executor does on a GPU) and the served slots (default: every carried row)."""
+    (tokens x slots, or experts x capacity when a capacity bounds them or every expert is padded to it; expert
+    choice lays a token's slots over every expert, as the executor does on a GPU) and the served slots (default:
+    every carried row)."""
     width, carried = top_k, float(tokens * top_k)
     if strategy == "expert_choice":
         width = experts
         carried = float(experts * (expert_capacity(int(tokens), experts, top_k, capacity_factor or 1.0) or 0))
     elif capacity_factor is not None:
-        carried = float(min(carried, experts * (expert_capacity(int(tokens), experts, top_k, capacity_factor) or 0)))
+        buffer = float(experts * (expert_capacity(int(tokens), experts, top_k, capacity_factor) or 0))
+        carried = buffer if padded else min(carried, buffer)
     return PhaseWork(tokens, hidden, experts, top_k, slots=carried if served is None else served, carried_rows=carried,
                      sort_keys=float(tokens * width), **extra)
 
@@ -146,7 +148,7 @@ class PhaseBuilder:
         routing = self.scenario.routing
         extra.setdefault("recording", self.scenario.workload.mode == "training")
         return moe_work(routing.strategy or "top_k", routing.capacity_factor, self.tokens, self.model.hidden_size,
-                        self.model.num_experts, top_k, served, **extra)
+                        self.model.num_experts, top_k, served, routing.pad_to_capacity, **extra)
 
     def experts_seconds(self, rank_rows: np.ndarray, top_k: int) -> float:
         """One rank's experts phase: its experts' FFNs (one grouped GEMM per projection where the profile models it),
@@ -216,8 +218,9 @@ class PhaseBuilder:
                 router_roofline_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, model.num_experts)) + \
                     BACKWARD_MEMORY_FACTOR * scores_pass
                 router = _or(self.router_fit(self.work(top_k, router_gemm_seconds=router_gemm)), router)
-                permute_bytes = 2 * self.tokens * top_k * model.hidden_size * self.element
-                served = float(routing_here.expert_tokens.sum()) / self.ranks  # slots a rank permutes (drops excluded)
+                served = float(sum(rank_rows.sum() for rank_rows in routing_here.rank_rows)) / self.ranks
+                permuted_rows = served if self.scenario.routing.pad_to_capacity else self.tokens * top_k
+                permute_bytes = 2 * permuted_rows * model.hidden_size * self.element
                 permute = _or(cost.fitted("permute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
                 unpermute = _or(cost.fitted("unpermute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
                 rows = routing_here.rank_rows

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from moesim.cluster.placement import Placement
+from moesim.routing.capacity import expert_capacity
 from moesim.routing.from_scenario import router_for_scenario, scores_for_layers, warm_up_bias
 from moesim.routing.metrics import rank_traffic_tokens
 from moesim.routing.router import Router
@@ -79,31 +80,41 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
         )
     routed = []
     num_nodes = int(node_index.max()) + 1
+    routing = scenario.routing
+    padded_capacity = None
+    if routing.pad_to_capacity:
+        top_k = routing.top_k or model.top_k
+        padded_capacity = float(expert_capacity(group_tokens, model.num_experts, top_k, routing.capacity_factor or 1.0))
+        notes.append(f"routing: every expert's input padded to its capacity ({padded_capacity:,.0f} slots), "
+                     "all-to-all buffers capacity-sized")
     for layer_id, layer_scores in zip(distinct, scores):
         router: Router = router_for_scenario(scenario)  # each MoE layer has its own router state (bias)
         warm_up_bias(router, scenario, layer_id)
         assignment = router.route(layer_scores.logits, layer_scores.token_ids)
         source = layer_scores.source_rank.clamp(max=ep - 1)
         load = assignment.expert_load.double().numpy() * scale
-        if sim.redundant_experts:
-            layer_placement = placement.with_hot_replicas(load, sim.redundant_experts)
+        layer_placement = placement.with_hot_replicas(load, sim.redundant_experts) if sim.redundant_experts else placement
+        if padded_capacity is not None:
+            rank_tokens, node_tokens, rank_rows = padded_slots(padded_capacity, layer_placement.shares(), node_index,
+                                                               num_nodes)
+        elif sim.redundant_experts:
             share = layer_placement.shares()
             # per (source rank, expert) copies, split over the expert's replicas (no per-rank dedup)
             every_expert = torch.arange(model.num_experts)  # each expert its own destination: no dedup
             pairs = rank_traffic_tokens(assignment, every_expert, source, ep, model.num_experts).double().numpy()
-            rank_tokens = pairs @ share
+            rank_tokens = pairs @ share * scale
             node_share = np.zeros((model.num_experts, num_nodes))
             np.add.at(node_share.T, node_index, share.T)
-            node_tokens = np.minimum(pairs @ node_share, rank_tokens.sum(axis=1, keepdims=True))
+            node_tokens = np.minimum(pairs @ node_share * scale, rank_tokens.sum(axis=1, keepdims=True))
             rank_rows = [load[share[:, rank] > 0] * share[share[:, rank] > 0, rank] for rank in range(ep)]
         else:
-            rank_tokens = rank_traffic_tokens(assignment, placement.expert_rank, source, ep).double().numpy()
-            node_tokens = rank_traffic_tokens(assignment, expert_node, source, ep, num_nodes).double().numpy()
+            rank_tokens = rank_traffic_tokens(assignment, placement.expert_rank, source, ep).double().numpy() * scale
+            node_tokens = rank_traffic_tokens(assignment, expert_node, source, ep, num_nodes).double().numpy() * scale
             rank_rows = list(load.reshape(ep, placement.experts_per_rank))
         routed.append(
             LayerRouting(
                 expert_tokens=load,
-                traffic=Traffic(ranks, rank_tokens * bytes_per_token * scale, node_tokens * bytes_per_token * scale),
+                traffic=Traffic(ranks, rank_tokens * bytes_per_token, node_tokens * bytes_per_token),
                 dropped_pairs=assignment.num_dropped * scale,
                 requested_pairs=assignment.num_requested * scale,
                 load_imbalance=float(load.max() / load.mean()) if load.mean() > 0 else 1.0,
@@ -111,3 +122,16 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
             )
         )
     return routed, notes
+
+
+def padded_slots(capacity: float, share: np.ndarray, node_index: np.ndarray,
+                 num_nodes: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Token slots each source rank sends to each rank and node, and each rank's expert rows, when every expert's
+    input is padded to its capacity (GShard's einsum dispatch, Megatron-Core's pad-to-capacity): every source sends
+    capacity / ep slots per expert whatever it routed, split over the expert's copies (`share`: experts x ranks)."""
+    ep = share.shape[1]
+    rank_tokens = np.full((ep, share.shape[0]), capacity / ep) @ share
+    node_tokens = np.zeros((ep, num_nodes))
+    np.add.at(node_tokens.T, node_index, rank_tokens.T)  # padding is never deduplicated per node
+    rank_rows = [capacity * share[share[:, rank] > 0, rank] for rank in range(ep)]
+    return rank_tokens, node_tokens, rank_rows
