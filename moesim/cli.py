@@ -449,7 +449,7 @@ def summary_table(result: Any) -> Table:
             ("tokens per step", f"{result.tokens_per_step:,.0f}"),
         ]
     else:
-        rows += [("prefill, whole batch at once", f"{result.prefill_s:.3f} s"),
+        rows += [("prefill of the whole batch", f"{result.prefill_s:.3f} s"),
                  ("decode step (one token per sequence)", f"{result.decode_step_s * 1e3:.2f} ms")]
     counted = "tokens" if result.mode == "training" else "output tokens"
     rows += [

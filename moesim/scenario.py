@@ -151,6 +151,11 @@ class WorkloadSpec(_Section):
         None, gt=0, description="Sequences per optimizer step, all ranks; default: micro_batch_size x dp_size."
     )
     decode_tokens: int = Field(0, ge=0, description="Inference: tokens generated per sequence after the prompt.")
+    prefill_chunk_tokens: Optional[int] = Field(
+        8192, gt=0,
+        description="Inference: chunked prefill, tokens per prefill iteration of a replica (a serving engine's "
+        "chunked-prefill size; 8,192 is a common default); null = the whole batch's prompts in one pass.",
+    )
     scores: Literal["synthetic", "trace"] = Field(
         "synthetic", description="Router scores: `synthetic` (generated from the knobs below) or `trace` (recorded file)."
     )

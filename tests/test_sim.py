@@ -347,3 +347,21 @@ def test_interleaving_holds_more_activations_in_flight() -> None:
     ratio = (memory_per_gpu(interleaved, StagePlan(interleaved)).activations_bytes
              / memory_per_gpu(plain, StagePlan(plain)).activations_bytes)
     assert ratio == pytest.approx(1 + (4 - 1) / (4 * 2))  # Narayanan et al. 2021, section 2.2
+
+
+def test_chunked_prefill_bounds_activations_and_keeps_the_prefill_work() -> None:
+    base = {"model": {"preset": "olmoe-1b-7b", "num_layers": 2}, "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+            "parallelism": {"ep_size": 8}, "simulation": {"network_mode": "fast"},
+            "workload": {"mode": "inference", "micro_batch_size": 8, "seq_len": 4096, "decode_tokens": 4}}
+
+    def run(chunk):  # type: ignore[no-untyped-def]
+        return simulate(scenario_from_dict({**base, "workload": {**base["workload"], "prefill_chunk_tokens": chunk}}))
+
+    whole, chunked, tiny = run(None), run(8192), run(512)
+    assert chunked.memory["activations_bytes"] == pytest.approx(whole.memory["activations_bytes"] / 4)  # 32K -> 8K
+    assert chunked.memory["alltoall_buffer_bytes"] == pytest.approx(whole.memory["alltoall_buffer_bytes"] / 4)
+    # four chunks do the whole pass's work: the same FLOPs, a little more fixed cost per kernel
+    assert whole.prefill_s <= chunked.prefill_s < 1.15 * whole.prefill_s
+    assert tiny.prefill_s > chunked.prefill_s  # 64 small chunks pay their fixed costs 64 times
+    assert chunked.decode_step_s == whole.decode_step_s
+    assert any("in 4 chunks of 8,192 tokens per rank" in note for note in chunked.notes)

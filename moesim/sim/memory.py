@@ -83,7 +83,7 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
             context = workload.seq_len + workload.decode_tokens
             kv_per_layer = accounting.kv_cache_bytes_per_token(model, precision) / model.num_layers
             kv_cache = kv_per_layer * plan.stage_layer_count(stage) * context * workload.micro_batch_size / tp
-            activations = per_layer_activation * tokens_per_micro  # one layer's working set at a time
+            activations = per_layer_activation * plan.pass_tokens_per_rank  # one layer's working set, one chunk
         if plan.stage_moe_layer_count(stage):
             slots = plan.buffer_slots_per_rank
             buffers = 2 * slots * model.hidden_size * precision.activation_bytes  # dispatch + combine
@@ -95,8 +95,8 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
 
 
 TRAINING_ADVICE = "raise pp_size, ep_size or parallelism.zero_stage, or set workload.activation_recompute=full"
-INFERENCE_ADVICE = ("raise tp_size, pp_size or ep_size, or lower workload.micro_batch_size or seq_len (the KV cache and "
-                    "the prefill's activations)")
+INFERENCE_ADVICE = ("raise tp_size, pp_size or ep_size, or lower workload.micro_batch_size or seq_len (the KV cache) "
+                    "or workload.prefill_chunk_tokens (the prefill's activations)")
 
 
 def check_fits(memory: MemoryBreakdown, training: bool = True) -> None:

@@ -90,13 +90,36 @@ class StagePlan:
         return max(1, workload.micro_batch_size * workload.seq_len // (par.cp_size * par.tp_size))
 
     @property
+    def prefill_chunks(self) -> int:
+        """Inference: prefill iterations per batch (chunked prefill; 1 when the whole batch fits one chunk)."""
+        workload, par = self.scenario.workload, self.scenario.parallelism
+        if workload.mode != "inference" or workload.prefill_chunk_tokens is None:
+            return 1
+        chunk_per_rank = max(1, workload.prefill_chunk_tokens // (par.cp_size * par.tp_size))
+        return -(-self.tokens_per_rank // chunk_per_rank)
+
+    @property
+    def prefill_tokens_per_rank(self) -> int:
+        """Tokens one rank holds in one prefill iteration (the batch split into equal chunks)."""
+        return -(-self.tokens_per_rank // self.prefill_chunks)
+
+    @property
+    def pass_tokens_per_rank(self) -> int:
+        """Tokens one rank holds in its largest pass: a training micro-batch, or a prefill chunk (or the decode
+        batch when that is larger)."""
+        workload, par = self.scenario.workload, self.scenario.parallelism
+        if workload.mode != "inference":
+            return self.tokens_per_rank
+        return max(self.prefill_tokens_per_rank, workload.micro_batch_size // par.tp_size if workload.decode_tokens else 1)
+
+    @property
     def buffer_slots_per_rank(self) -> int:
         """Token slots a rank's all-to-all receive buffer holds: its experts' capacity (top_k x 2 when dropless)."""
         routing, par = self.scenario.routing, self.scenario.parallelism
-        group_tokens = self.tokens_per_rank * par.ep_size
+        group_tokens = self.pass_tokens_per_rank * par.ep_size
         top_k = routing.top_k or self.scenario.model.top_k
         capacity = expert_capacity(group_tokens, self.scenario.model.num_experts, top_k, routing.capacity_factor)
         experts_per_rank = self.scenario.model.num_experts // par.ep_size
         if capacity is None:  # dropless: a buffer for twice the mean load
-            return 2 * self.tokens_per_rank * top_k
+            return 2 * self.pass_tokens_per_rank * top_k
         return capacity * experts_per_rank

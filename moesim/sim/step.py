@@ -211,14 +211,17 @@ def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost
 
 def _inference(scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown) -> StepResult:
     par, workload = scenario.parallelism, scenario.workload
+    # chunked prefill: equal chunks, each attending (causally) over the prompt as the whole pass would, so the
+    # chunks' attention FLOPs add up to the unchunked prefill's
+    chunks = plan.prefill_chunks
     prefill_stages, routing, notes = _simulate_stages(
-        scenario, plan, cost, topology, plan.tokens_per_rank, workload.seq_len, False, False
+        scenario, plan, cost, topology, plan.prefill_tokens_per_rank, workload.seq_len, False, False
     )
-    prefill = sum(prefill_stages.forward_s)
+    prefill = chunks * sum(prefill_stages.forward_s)
     phases: dict[str, float] = {}
     for busy in prefill_stages.busy:
         for name, value in busy.items():
-            phases[f"prefill/{name}"] = phases.get(f"prefill/{name}", 0.0) + value
+            phases[f"prefill/{name}"] = phases.get(f"prefill/{name}", 0.0) + value * chunks
     slices = [piece for stage_slices in prefill_stages.slices for piece in stage_slices]
     decode_step = 0.0
     if workload.decode_tokens:
@@ -237,8 +240,10 @@ def _inference(scenario: Scenario, plan: StagePlan, topology: Topology, cost: Co
     drop_rate, imbalance = _routing_summary(routing)
     flops = accounting.forward_flops_per_token(scenario.model, workload.seq_len)
     processed = sequences * (workload.seq_len + workload.decode_tokens)
+    chunking = (f" in {chunks} chunks of {plan.prefill_tokens_per_rank:,} tokens per rank" if chunks > 1 else
+                " in one pass")
     notes.append(
-        f"inference: prefill of {workload.micro_batch_size} x {workload.seq_len} tokens per replica, then "
+        f"inference: prefill of {workload.micro_batch_size} x {workload.seq_len} tokens per replica{chunking}, then "
         f"{workload.decode_tokens} decode steps at context {workload.seq_len + workload.decode_tokens // 2}"
     )
     notes.append(f"compute: {cost.source}")
@@ -249,6 +254,6 @@ def _inference(scenario: Scenario, plan: StagePlan, topology: Topology, cost: Co
         tokens_per_step=float(generated), tokens_per_s=generated / total, tokens_per_s_per_gpu=generated / total / world,
         mfu=flops * processed / (total * world * cost.peak_flops), hfu=flops * processed / (total * world * cost.peak_flops),
         drop_rate=drop_rate, load_imbalance=imbalance,
-        bytes_across_nodes_per_step=sum(prefill_stages.across_bytes), memory=memory.as_dict(), world_size=world,
+        bytes_across_nodes_per_step=chunks * sum(prefill_stages.across_bytes), memory=memory.as_dict(), world_size=world,
         prefill_s=prefill, decode_step_s=decode_step, notes=notes, slices=slices,
     )
