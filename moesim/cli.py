@@ -388,6 +388,9 @@ def run(
 
     output_file(trace, "--trace")
     resolved = load_scenario(scenario, overrides)
+    if trace is not None and resolved.simulation.network_mode != "full":
+        raise MoesimError("--trace: a timeline needs simulation.network_mode=full (the fast mode keeps per-rank "
+                          "clocks, not events); drop --trace or set simulation.network_mode=full")
     with console.status(f"simulating {resolved.name} on {resolved.cluster.world_size} GPUs ...", spinner="dots"):
         result = simulate(resolved)
     if trace is not None:

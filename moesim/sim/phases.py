@@ -18,7 +18,7 @@ rank of the group waits for the slowest to arrive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -98,6 +98,7 @@ class PhaseBuilder:
         hidden = self.model.hidden_size
         self.combine_scale = precision.token_bytes(hidden, "combine") / precision.token_bytes(hidden, "dispatch")
         self._alltoall_cache: dict[int, tuple] = {}
+        self._layer_cache: dict[tuple, tuple[list[Phase], list[Phase]]] = {}
 
     def alltoalls(self, index: int, routing: LayerRouting) -> tuple:
         """(dispatch, combine) transfer results of a routed layer, computed once per distinct layer."""
@@ -180,112 +181,132 @@ class PhaseBuilder:
         return all_reduce_time(self.topology, group, self.tokens * self.model.hidden_size * self.element, "ring")
 
     # ------------------------------------------------------------ programs
+    def layer_phases(self, layer: Layer, routing: list[LayerRouting],
+                     routing_index: Optional[int]) -> tuple[list[Phase], list[Phase]]:
+        """A layer's forward and backward phases (backward in forward order). Layers alike (dense or routed as
+        the same routed layer, with or without cross-attention) cost the same: computed once, relabelled."""
+        key = (layer.is_moe, layer.cross_attention, routing_index)
+        if key not in self._layer_cache:
+            self._layer_cache[key] = self._layer_phases(Layer(-1, layer.is_moe, layer.cross_attention), routing,
+                                                        routing_index)
+        forward, backward = self._layer_cache[key]
+        return _relabel(forward, layer.index), _relabel(backward, layer.index)
+
+    def _layer_phases(self, layer: Layer, routing: list[LayerRouting],
+                      routing_index: Optional[int]) -> tuple[list[Phase], list[Phase]]:
+        model, cost, sim = self.model, self.cost, self.scenario.simulation
+        top_k = self.scenario.routing.top_k or model.top_k
+        layer_forward: list[Phase] = []
+        layer_backward: list[Phase] = []
+        attention, attention_backward = self.attention(layer)
+        layer_forward.append(Phase("attention", layer.index, self.same(attention)))
+        layer_backward.append(Phase("attention", layer.index, self.same(attention_backward)))
+        tp_reduce = self.tp_allreduce()
+        if tp_reduce:
+            layer_forward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
+            layer_backward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
+        if not layer.is_moe:
+            inner = model.intermediate_size // self.tp
+            dense = float(self.ffn_seconds(self.tokens, inner, model.dense_ffn_activation))
+            dense_backward = float(self.ffn_backward_seconds(self.tokens, inner, model.dense_ffn_activation))
+            layer_forward.append(Phase("dense_ffn", layer.index, self.same(dense)))
+            layer_backward.append(Phase("dense_ffn", layer.index, self.same(dense_backward)))
+        else:
+            assert routing_index is not None
+            routing_here = routing[routing_index]
+            router_gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts))
+            scores_pass = cost.memory_seconds(3 * 4 * self.tokens * model.num_experts)
+            router = router_gemm + scores_pass
+            router_roofline_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, model.num_experts)) + \
+                BACKWARD_MEMORY_FACTOR * scores_pass
+            router = _or(self.router_fit(self.work(top_k, router_gemm_seconds=router_gemm)), router)
+            served = float(sum(rank_rows.sum() for rank_rows in routing_here.rank_rows)) / self.ranks
+            permuted_rows = served if self.scenario.routing.pad_to_capacity else self.tokens * top_k
+            permute_bytes = 2 * permuted_rows * model.hidden_size * self.element
+            permute = _or(cost.fitted("permute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
+            unpermute = _or(cost.fitted("unpermute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
+            rows = routing_here.rank_rows
+            gemm = np.array([self.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
+            shared = shared_roofline_backward = 0.0
+            if model.num_shared_experts:
+                shared_inner = model.shared_expert_size * model.num_shared_experts
+                shared = float(self.ffn_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
+                shared_roofline_backward = float(self.ffn_backward_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
+                shared = _or(cost.fitted("shared_experts", self.work(top_k, ffn_seconds=shared)), shared)
+            dispatch, combine = self.alltoalls(routing_index, routing_here)
+            # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
+            count_exchange = dispatch.latency_seconds
+            shared_phase = Phase("shared_experts", layer.index, self.same(shared)) if shared else None
+            overlapped = shared_phase if (shared_phase and sim.overlap_shared_experts) else None
+            layer_forward += [
+                Phase("router", layer.index, self.same(router)),
+                Phase("permute", layer.index, self.same(permute)),
+                Phase("dispatch", layer.index, np.array([dispatch.seconds + count_exchange]), collective=True,
+                      overlapped=overlapped, chunks=sim.moe_chunks, bytes_across_nodes=dispatch.bytes_across_nodes,
+                      detail={"latency": dispatch.latency_seconds + count_exchange}),
+            ]
+            if shared_phase and not overlapped:
+                layer_forward.append(shared_phase)
+            layer_forward += [
+                Phase("experts", layer.index, gemm, chunks=sim.moe_chunks),
+                Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
+                      bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
+                Phase("unpermute", layer.index, self.same(unpermute)),
+            ]
+            # backward: a calibrated MoE-block model (grouped-GEMM backward of the experts, the other phases
+            # relative to their forward), else the fixed ratios
+            fit = cost.coefficients("backward")
+            if fit is not None:  # DEVICE_PHASE_FEATURES["backward"]; a feature a sparse fit left out counts 0
+                experts_factor, shuffle_factor, other_factor, fixed = (fit.get(name, 0.0) for name in (
+                    "experts backward seconds", "permute and unpermute forward seconds",
+                    "router and shared forward seconds", "1"))
+                gemm_backward = np.array([experts_factor * self.experts_backward_seconds(rank_rows) + fixed for rank_rows in rows])
+                router_backward, permute_backward, unpermute_backward, shared_back = (
+                    other_factor * router, shuffle_factor * permute, shuffle_factor * unpermute, other_factor * shared)
+            elif cost.dense is None and cost.grouped is None:  # an efficiency curve only: the backward ratio
+                gemm_backward = cost.backward_gemm_factor * gemm
+                router_backward, permute_backward, unpermute_backward, shared_back = (
+                    cost.backward_gemm_factor * router, BACKWARD_MEMORY_FACTOR * permute,
+                    BACKWARD_MEMORY_FACTOR * unpermute, cost.backward_gemm_factor * shared)
+            else:  # the kernel models' backward: gradient GEMMs as measured; the permutation's backward is a
+                # scatter of the rows it gathered and the un-permutation's a gather of the rows it scattered
+                gemm_backward = np.array([self.experts_backward_seconds(rank_rows) for rank_rows in rows])
+                router_backward, permute_backward, unpermute_backward, shared_back = (
+                    router_roofline_backward, BACKWARD_SHUFFLE_FACTOR * permute, BACKWARD_SHUFFLE_FACTOR * unpermute,
+                    shared_roofline_backward)
+            shared_backward = Phase("shared_experts", layer.index, self.same(shared_back)) if shared else None
+            layer_backward += [
+                Phase("router", layer.index, self.same(router_backward)),
+                Phase("permute", layer.index, self.same(permute_backward)),
+                Phase("dispatch", layer.index, np.array([dispatch.seconds]), collective=True,
+                      overlapped=shared_backward if sim.overlap_shared_experts else None, chunks=sim.moe_chunks,
+                      bytes_across_nodes=dispatch.bytes_across_nodes, detail={"latency": dispatch.latency_seconds}),
+                Phase("experts", layer.index, gemm_backward, chunks=sim.moe_chunks),
+                Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
+                      bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
+                Phase("unpermute", layer.index, self.same(unpermute_backward)),
+            ]
+            if shared_backward and not sim.overlap_shared_experts:
+                layer_backward.append(shared_backward)
+        return layer_forward, layer_backward
+
     def stage_program(self, stage: int, routing: list[LayerRouting], first_moe_layer: int) -> StageProgram:
         """Phases of `stage`; its n-th MoE layer is model MoE layer first_moe_layer + n, routed as routing[that % len]."""
-        model, cost, sim = self.model, self.cost, self.scenario.simulation
+        model, cost = self.model, self.cost
         forward: list[Phase] = []
         backward: list[Phase] = []
         moe_layer = first_moe_layer
-        top_k = self.scenario.routing.top_k or model.top_k
         recompute = self.scenario.workload.activation_recompute == "full"
         if stage == 0:
             embed = cost.memory_seconds(2 * self.tokens * model.hidden_size * self.element)
             forward.append(Phase("embedding", -1, self.same(embed)))
             backward.append(Phase("embedding", -1, self.same(BACKWARD_MEMORY_FACTOR * embed)))
         for layer in self.plan.stages[stage]:
-            layer_forward: list[Phase] = []
-            layer_backward: list[Phase] = []
-            attention, attention_backward = self.attention(layer)
-            layer_forward.append(Phase("attention", layer.index, self.same(attention)))
-            layer_backward.append(Phase("attention", layer.index, self.same(attention_backward)))
-            tp_reduce = self.tp_allreduce()
-            if tp_reduce:
-                layer_forward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
-                layer_backward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
-            if not layer.is_moe:
-                inner = model.intermediate_size // self.tp
-                dense = float(self.ffn_seconds(self.tokens, inner, model.dense_ffn_activation))
-                dense_backward = float(self.ffn_backward_seconds(self.tokens, inner, model.dense_ffn_activation))
-                layer_forward.append(Phase("dense_ffn", layer.index, self.same(dense)))
-                layer_backward.append(Phase("dense_ffn", layer.index, self.same(dense_backward)))
-            else:
+            routing_index = None
+            if layer.is_moe:
                 routing_index = moe_layer % len(routing)
-                routing_here = routing[routing_index]
                 moe_layer += 1
-                router_gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts))
-                scores_pass = cost.memory_seconds(3 * 4 * self.tokens * model.num_experts)
-                router = router_gemm + scores_pass
-                router_roofline_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, model.num_experts)) + \
-                    BACKWARD_MEMORY_FACTOR * scores_pass
-                router = _or(self.router_fit(self.work(top_k, router_gemm_seconds=router_gemm)), router)
-                served = float(sum(rank_rows.sum() for rank_rows in routing_here.rank_rows)) / self.ranks
-                permuted_rows = served if self.scenario.routing.pad_to_capacity else self.tokens * top_k
-                permute_bytes = 2 * permuted_rows * model.hidden_size * self.element
-                permute = _or(cost.fitted("permute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
-                unpermute = _or(cost.fitted("unpermute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
-                rows = routing_here.rank_rows
-                gemm = np.array([self.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
-                shared = shared_roofline_backward = 0.0
-                if model.num_shared_experts:
-                    shared_inner = model.shared_expert_size * model.num_shared_experts
-                    shared = float(self.ffn_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
-                    shared_roofline_backward = float(self.ffn_backward_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
-                    shared = _or(cost.fitted("shared_experts", self.work(top_k, ffn_seconds=shared)), shared)
-                dispatch, combine = self.alltoalls(routing_index, routing_here)
-                # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
-                count_exchange = dispatch.latency_seconds
-                shared_phase = Phase("shared_experts", layer.index, self.same(shared)) if shared else None
-                overlapped = shared_phase if (shared_phase and sim.overlap_shared_experts) else None
-                layer_forward += [
-                    Phase("router", layer.index, self.same(router)),
-                    Phase("permute", layer.index, self.same(permute)),
-                    Phase("dispatch", layer.index, np.array([dispatch.seconds + count_exchange]), collective=True,
-                          overlapped=overlapped, chunks=sim.moe_chunks, bytes_across_nodes=dispatch.bytes_across_nodes,
-                          detail={"latency": dispatch.latency_seconds + count_exchange}),
-                ]
-                if shared_phase and not overlapped:
-                    layer_forward.append(shared_phase)
-                layer_forward += [
-                    Phase("experts", layer.index, gemm, chunks=sim.moe_chunks),
-                    Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
-                          bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
-                    Phase("unpermute", layer.index, self.same(unpermute)),
-                ]
-                # backward: a calibrated MoE-block model (grouped-GEMM backward of the experts, the other phases
-                # relative to their forward), else the fixed ratios
-                fit = cost.coefficients("backward")
-                if fit is not None:  # DEVICE_PHASE_FEATURES["backward"]; a feature a sparse fit left out counts 0
-                    experts_factor, shuffle_factor, other_factor, fixed = (fit.get(name, 0.0) for name in (
-                        "experts backward seconds", "permute and unpermute forward seconds",
-                        "router and shared forward seconds", "1"))
-                    gemm_backward = np.array([experts_factor * self.experts_backward_seconds(rank_rows) + fixed for rank_rows in rows])
-                    router_backward, permute_backward, unpermute_backward, shared_back = (
-                        other_factor * router, shuffle_factor * permute, shuffle_factor * unpermute, other_factor * shared)
-                elif cost.dense is None and cost.grouped is None:  # an efficiency curve only: the backward ratio
-                    gemm_backward = cost.backward_gemm_factor * gemm
-                    router_backward, permute_backward, unpermute_backward, shared_back = (
-                        cost.backward_gemm_factor * router, BACKWARD_MEMORY_FACTOR * permute,
-                        BACKWARD_MEMORY_FACTOR * unpermute, cost.backward_gemm_factor * shared)
-                else:  # the kernel models' backward: gradient GEMMs as measured; the permutation's backward is a
-                    # scatter of the rows it gathered and the un-permutation's a gather of the rows it scattered
-                    gemm_backward = np.array([self.experts_backward_seconds(rank_rows) for rank_rows in rows])
-                    router_backward, permute_backward, unpermute_backward, shared_back = (
-                        router_roofline_backward, BACKWARD_SHUFFLE_FACTOR * permute, BACKWARD_SHUFFLE_FACTOR * unpermute,
-                        shared_roofline_backward)
-                shared_backward = Phase("shared_experts", layer.index, self.same(shared_back)) if shared else None
-                layer_backward += [
-                    Phase("router", layer.index, self.same(router_backward)),
-                    Phase("permute", layer.index, self.same(permute_backward)),
-                    Phase("dispatch", layer.index, np.array([dispatch.seconds]), collective=True,
-                          overlapped=shared_backward if sim.overlap_shared_experts else None, chunks=sim.moe_chunks,
-                          bytes_across_nodes=dispatch.bytes_across_nodes, detail={"latency": dispatch.latency_seconds}),
-                    Phase("experts", layer.index, gemm_backward, chunks=sim.moe_chunks),
-                    Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
-                          bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
-                    Phase("unpermute", layer.index, self.same(unpermute_backward)),
-                ]
-                if shared_backward and not sim.overlap_shared_experts:
-                    layer_backward.append(shared_backward)
+            layer_forward, layer_backward = self.layer_phases(layer, routing, routing_index)
             forward += layer_forward
             # later layers' backward runs first: prepend; full recomputation replays the forward first
             backward[:0] = (list(layer_forward) if recompute else []) + _backward_order(layer_backward)
@@ -302,6 +323,19 @@ class PhaseBuilder:
 def _or(measured: Optional[float], modelled: float) -> float:
     """A calibrated phase time where the profile has one, else the roofline's."""
     return modelled if measured is None else measured
+
+
+def _relabel(phases: list[Phase], index: int) -> list[Phase]:
+    """Copies of a layer's phases (and the work they overlap) as layer `index`'s."""
+    copies: dict[int, Phase] = {}
+
+    def copy(phase: Phase) -> Phase:
+        if id(phase) not in copies:
+            overlapped = copy(phase.overlapped) if phase.overlapped is not None else None
+            copies[id(phase)] = replace(phase, layer=index, overlapped=overlapped)
+        return copies[id(phase)]
+
+    return [copy(phase) for phase in phases]
 
 
 def _backward_order(layer_backward: list[Phase]) -> list[Phase]:

@@ -9,6 +9,9 @@ layers reuse them in turn); both shortcuts are listed in the result's notes.
 
 from __future__ import annotations
 
+import json
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,12 +48,45 @@ def ep_group_ranks(scenario: Scenario) -> np.ndarray:
     return np.arange(scenario.parallelism.ep_size)
 
 
+ROUTING_CACHE_SIZE = 32
+"""Routed layers kept for reuse: a plan's layouts share a handful of (EP size, tokens) routings."""
+
+_routing_cache: OrderedDict[str, tuple[list[LayerRouting], list[str]]] = OrderedDict()
+
+
+def routing_cache_key(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int) -> str:
+    """What routing an EP group depends on: model, routing, workload, simulation settings, seed and EP size (not
+    the GPU, the node count or the other parallel sizes); a trace by its file's size and modification time."""
+    document = scenario.model_dump(mode="json", include={"model", "routing", "workload", "simulation", "seed"},
+                                   exclude={"workload": {"global_batch_size"}})
+    trace = scenario.workload.trace_path if scenario.workload.scores == "trace" else None
+    stamp = list(os.stat(trace)[6:9]) if trace and os.path.exists(trace) else None
+    return json.dumps([document, scenario.parallelism.ep_size, moe_layer_ids, group_tokens, gpus_per_node, stamp],
+                      sort_keys=True)
+
+
 def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int,
                  gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
-    """Routing of the first `max_routed_layers` of the listed MoE layers for a group of `group_tokens` tokens.
+    """Routing of the first `max_routed_layers` of the listed MoE layers for a group of `group_tokens` tokens
+    (computed once per `routing_cache_key`; treat the result as read-only).
 
     MoE layer number i of the model uses entry i % len(result).
     """
+    key = routing_cache_key(scenario, moe_layer_ids, group_tokens, gpus_per_node)
+    cached = _routing_cache.get(key)
+    if cached is None:
+        cached = _route_layers(scenario, moe_layer_ids, group_tokens, gpus_per_node)
+        _routing_cache[key] = cached
+        while len(_routing_cache) > ROUTING_CACHE_SIZE:
+            _routing_cache.popitem(last=False)
+    else:
+        _routing_cache.move_to_end(key)
+    routed, notes = cached
+    return routed, list(notes)
+
+
+def _route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int,
+                  gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
     model, workload, sim = scenario.model, scenario.workload, scenario.simulation
     notes: list[str] = []
     if not moe_layer_ids:

@@ -10,6 +10,8 @@ decode steps at the mean context length.
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,7 +22,7 @@ from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time
 from moesim.sim.compute import CostModel
-from moesim.sim.engine import Slice, busy_by_phase, run_pipeline, run_stage, run_stage_fast
+from moesim.sim.engine import Slice, busy_by_phase, run_pipeline, run_pipeline_fast, run_stage, run_stage_fast
 from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
@@ -85,7 +87,42 @@ class _StagePasses:
     across_bytes: list[float]
 
 
+STAGE_CACHE_SIZE = 16
+"""Stage simulations kept for reuse (a plan evaluates many layouts that differ only in their data-parallel size)."""
+
+_stage_cache: OrderedDict[str, tuple[_StagePasses, list[LayerRouting], list[str]]] = OrderedDict()
+
+
+def stage_cache_key(scenario: Scenario, tokens: int, context: int, decode: bool, backward: bool) -> str:
+    """What one expert-parallel group's stage programs depend on: the scenario without its data-parallel size
+    (node count, dp_size, global batch: they set the micro-batch count and the gradient all-reduce, which the
+    callers add) and without its labels. The group's ranks and links are the same in any cluster that holds it."""
+    document = scenario.model_dump(mode="json", exclude={
+        "name": True, "description": True, "sweep": True, "cluster": {"num_nodes"}, "parallelism": {"dp_size"},
+        "workload": {"global_batch_size"}})
+    return json.dumps([document, tokens, context, decode, backward], sort_keys=True)
+
+
 def _simulate_stages(
+    scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int,
+    decode: bool, backward: bool,
+) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
+    """Each stage's pass times, busy times and slices, its routing and notes: simulated, or reused from a scenario
+    that differs only in its data-parallel size (`stage_cache_key`)."""
+    key = stage_cache_key(scenario, tokens, context, decode, backward)
+    cached = _stage_cache.get(key)
+    if cached is None:
+        cached = _run_stages(scenario, plan, cost, topology, tokens, context, decode, backward)
+        _stage_cache[key] = cached
+        while len(_stage_cache) > STAGE_CACHE_SIZE:
+            _stage_cache.popitem(last=False)
+    else:
+        _stage_cache.move_to_end(key)
+    stages, routing, notes = cached
+    return stages, routing, list(notes)  # callers add notes of their own
+
+
+def _run_stages(
     scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int,
     decode: bool, backward: bool,
 ) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
@@ -163,8 +200,11 @@ def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost
     worst = int(np.argmax(np.add(forward_s, backward_s)))
     micro = plan.micro_batches
     p2p = tokens * model.hidden_size * scenario.workload.precision.activation_bytes / topology.nic_bytes_per_s + topology.network_latency_s
-    pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p if par.pp_size > 1 else 0.0,
-                                             par.virtual_pipeline_size)
+    p2p = p2p if par.pp_size > 1 else 0.0
+    if sim.network_mode == "full":
+        pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size)
+    else:
+        pipeline, pipeline_slices = run_pipeline_fast(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size), []
     busy = micro * (max(forward_s) + max(backward_s))
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision
