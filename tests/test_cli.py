@@ -125,6 +125,22 @@ def test_the_command_line_starts_without_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "moesim --help would import torch"
 
 
+def test_every_option_has_help_and_the_shell_can_complete() -> None:
+    import typer.main
+
+    def undocumented(command, path):  # type: ignore[no-untyped-def]
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from undocumented(sub, [*path, name])
+        else:
+            yield from (f"{' '.join(path)} {param.name}" for param in command.params if not getattr(param, "help", None))
+
+    assert list(undocumented(typer.main.get_command(app), [])) == []
+    script = invoke("--show-completion", "bash")
+    assert script.exit_code == 0 and "_moesim_completion" in script.output and "complete " in script.output
+    assert "--install-completion" in invoke("--help").output
+
+
 def test_output_fits_the_columns_asked_for_when_piped() -> None:
     import os
     import subprocess

@@ -1,0 +1,5 @@
+"""`python -m moesim.cli`."""
+
+from moesim.cli import app
+
+app()

@@ -1,0 +1,105 @@
+"""What every `moesim` command shares: the Typer app and its sub-apps, the console (COLUMNS-aware), the
+one-line-error decorator and the checks of output paths."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from moesim.errors import MoesimError
+
+app = typer.Typer(
+    name="moesim",
+    help="Simulation-driven routing and systems planner for Mixture-of-Experts models.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+presets_app = typer.Typer(help="Published model and GPU presets.", no_args_is_help=True)
+app.add_typer(presets_app, name="presets")
+profiles_app = typer.Typer(help="GPU cost-model profiles: measured, derived, or datasheet.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+def _console_width() -> Optional[int]:
+    """COLUMNS when set (also when piped), the terminal's own width, else 100 for a file or pipe."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else 100
+
+
+console = Console(width=_console_width())
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+ROUTE_SCORE_BYTES = 4 * 2**30
+"""The most router-score memory `moesim route` builds (a sizing question needs far fewer tokens)."""
+SET_HELP = "Override a scenario field, e.g. --set routing.top_k=2 (repeatable)."
+
+
+def user_errors_exit_2(command: Command) -> Command:
+    """Turn a MoesimError into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MoesimError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def output_file(path: Optional[Path], option: str) -> Optional[Path]:
+    """A file the command will write, checked before any work: not a folder, in a folder that exists."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise MoesimError(f"{option}: {path} is a folder; give a file name, e.g. {path / 'out.json'}")
+    if not path.parent.is_dir():
+        raise MoesimError(f"{option}: the folder {path.parent} does not exist; create it or choose another path")
+    return path
+
+
+def output_folder(path: Path, option: str) -> Path:
+    """A folder the command will write into (created if missing), checked before any work."""
+    if path.exists() and not path.is_dir():
+        raise MoesimError(f"{option}: {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MoesimError(f"{option}: cannot create the folder {path} ({error.strerror})") from None
+    return path
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout for machines (no colour, no wrapping)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from moesim import __version__
+
+        typer.echo(f"moesim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+) -> None:
+    """moesim: how fast is an MoE step on this cluster, how many tokens drop, and what fits."""
+
+
