@@ -67,13 +67,28 @@ def kernel_seconds(work: Any, calls: int = 20) -> float:
     return sum(event.self_device_time_total for event in prof.key_averages()) / calls / 1e6
 
 
-def bench_layer(name: str, hidden: int, ffn: int, experts: int, top_k: int, options: dict[str, Any], tokens: int,
-                device: torch.device, dtype: torch.dtype, rounds: int, repeats: int) -> dict[str, Any]:
+def bench_layer(
+    name: str,
+    hidden: int,
+    ffn: int,
+    experts: int,
+    top_k: int,
+    options: dict[str, Any],
+    tokens: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    rounds: int,
+    repeats: int,
+) -> dict[str, Any]:
     options = dict(options)
     rule = options.pop("rule", "top_k")
-    layer = MoELayer(hidden, ffn, experts, make_router(rule, experts, top_k, **options), seed=1, dtype=dtype, device=device)
+    layer = MoELayer(
+        hidden, ffn, experts, make_router(rule, experts, top_k, **options), seed=1, dtype=dtype, device=device
+    )
     generator = torch.Generator(device=device).manual_seed(2)
-    x = skewed_tokens(torch.randn(tokens, hidden, generator=generator, device=device).to(dtype), layer.router_weight, 0.5)
+    x = skewed_tokens(
+        torch.randn(tokens, hidden, generator=generator, device=device).to(dtype), layer.router_weight, 0.5
+    )
     with torch.no_grad():
         layer(x)
         layer.clock.read()
@@ -85,9 +100,16 @@ def bench_layer(name: str, hidden: int, ffn: int, experts: int, top_k: int, opti
         def bare_ffn() -> Any:
             if device.type != "cuda":  # no grouped kernel on the CPU: the per-expert matmuls are the floor there
                 sizes = counts.tolist()
-                return torch.cat([activate(chunk @ up[e], "swiglu", ffn) @ down[e]
-                                  for e, chunk in enumerate(torch.split(rows, sizes)) if chunk.shape[0]])
-            return torch._grouped_mm(activate(torch._grouped_mm(rows, up, offs=offsets), "swiglu", ffn), down, offs=offsets)
+                return torch.cat(
+                    [
+                        activate(chunk @ up[e], "swiglu", ffn) @ down[e]
+                        for e, chunk in enumerate(torch.split(rows, sizes))
+                        if chunk.shape[0]
+                    ]
+                )
+            return torch._grouped_mm(
+                activate(torch._grouped_mm(rows, up, offs=offsets), "swiglu", ffn), down, offs=offsets
+            )
 
         experts_phase = []
         for _ in range(rounds * repeats):
@@ -109,12 +131,26 @@ def bench_layer(name: str, hidden: int, ffn: int, experts: int, top_k: int, opti
                 capped = make_router("top_k", experts, top_k, capacity_factor=1.25)
                 tasks["top_k cf 1.25"] = lambda router=capped: router.route(logits, token_ids)
         routers = median_seconds(tasks, device, rounds, repeats)
-        kernels = {rule: kernel_seconds(task) for rule, task in tasks.items() if rule != "base"} if device.type == "cuda" else {}
+        kernels = (
+            {rule: kernel_seconds(task) for rule, task in tasks.items() if rule != "base"}
+            if device.type == "cuda"
+            else {}
+        )
     load = counts.double()
-    return {"layer": name, "hidden": hidden, "ffn": ffn, "experts": experts, "top_k": top_k, "tokens": tokens,
-            "kernel": layer.experts_kernel, "busiest_over_mean": float(load.max() / load.mean()),
-            "experts_phase_s": statistics.median(experts_phase), "bare_ffn_s": bare, "routers_s": routers,
-            "router_kernels_s": kernels}
+    return {
+        "layer": name,
+        "hidden": hidden,
+        "ffn": ffn,
+        "experts": experts,
+        "top_k": top_k,
+        "tokens": tokens,
+        "kernel": layer.experts_kernel,
+        "busiest_over_mean": float(load.max() / load.mean()),
+        "experts_phase_s": statistics.median(experts_phase),
+        "bare_ffn_s": bare,
+        "routers_s": routers,
+        "router_kernels_s": kernels,
+    }
 
 
 def main() -> None:
@@ -122,7 +158,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scale", type=int, default=None, help="Divide hidden and FFN sizes (default: 1 on a GPU, 8 on the CPU).")
+    parser.add_argument(
+        "--scale", type=int, default=None, help="Divide hidden and FFN sizes (default: 1 on a GPU, 8 on the CPU)."
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,23 +168,44 @@ def main() -> None:
     scale = args.scale or (1 if device.type == "cuda" else 8)
     tokens = args.tokens if device.type == "cuda" else args.tokens // 4
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"Executor against bare kernels on {name} ({str(dtype).replace('torch.', '')}), {tokens:,} tokens, sizes / {scale}")
+    print(
+        f"Executor against bare kernels on {name} ({str(dtype).replace('torch.', '')}), {tokens:,} tokens, "
+        f"sizes / {scale}"
+    )
     results = []
     for layer_name, hidden, ffn, experts, top_k, options in LAYERS:
-        result = bench_layer(layer_name, hidden // scale, ffn // scale, experts, top_k, options, tokens, device, dtype,
-                             args.rounds, args.repeats)
+        result = bench_layer(
+            layer_name,
+            hidden // scale,
+            ffn // scale,
+            experts,
+            top_k,
+            options,
+            tokens,
+            device,
+            dtype,
+            args.rounds,
+            args.repeats,
+        )
         results.append(result)
         ratio = result["experts_phase_s"] / result["bare_ffn_s"]
-        print(f"\n{layer_name}: hidden {result['hidden']}, ffn {result['ffn']}, {experts} experts, top-{top_k}, "
-              f"busiest expert {result['busiest_over_mean']:.2f}x the mean ({result['kernel']} kernel)")
-        print(f"  {'experts phase':28s} {result['experts_phase_s'] * 1e3:9.3f} ms   bare grouped FFN "
-              f"{result['bare_ffn_s'] * 1e3:9.3f} ms   ratio {ratio:5.2f} (target <= 1.2 on a GPU)")
+        print(
+            f"\n{layer_name}: hidden {result['hidden']}, ffn {result['ffn']}, {experts} experts, top-{top_k}, "
+            f"busiest expert {result['busiest_over_mean']:.2f}x the mean ({result['kernel']} kernel)"
+        )
+        print(
+            f"  {'experts phase':28s} {result['experts_phase_s'] * 1e3:9.3f} ms   bare grouped FFN "
+            f"{result['bare_ffn_s'] * 1e3:9.3f} ms   ratio {ratio:5.2f} (target <= 1.2 on a GPU)"
+        )
         floor = result["routers_s"]["torch.topk"]
         kernels = result["router_kernels_s"]
         for rule, seconds in result["routers_s"].items():
             note = "" if rule != "base" else "  (exact solver on the host; no target)"
-            device_time = (f"   kernels {kernels[rule] * 1e3:7.3f} ms  x {kernels[rule] / kernels['torch.topk']:6.2f}"
-                           if rule in kernels else "")
+            device_time = (
+                f"   kernels {kernels[rule] * 1e3:7.3f} ms  x {kernels[rule] / kernels['torch.topk']:6.2f}"
+                if rule in kernels
+                else ""
+            )
             print(f"  {rule:28s} {seconds * 1e3:9.3f} ms   x torch.topk {seconds / floor:7.2f}{device_time}{note}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

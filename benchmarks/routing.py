@@ -72,7 +72,10 @@ def base_against_scipy(tokens: int, experts: int, repeats: int) -> None:
     r, c = linear_sum_assignment(expanded, maximize=True)
     print(f"\nBASE exact vs scipy linear_sum_assignment, {tokens:,} tokens x {experts} experts (capacity {capacity})")
     print(f"  moesim BASE (OR-Tools min-cost flow): {ours:9.1f} ms, total affinity {ours_total:.4f}")
-    print(f"  scipy on the {tokens}x{tokens} expanded matrix: {scipy_ms:9.1f} ms, total affinity {expanded[r, c].sum():.4f}")
+    print(
+        f"  scipy on the {tokens}x{tokens} expanded matrix: {scipy_ms:9.1f} ms, total affinity "
+        f"{expanded[r, c].sum():.4f}"
+    )
     print(f"  speed-up: {scipy_ms / ours:.1f}x")
 
 
@@ -86,7 +89,8 @@ def base_large(tokens: int, experts: int, k: int) -> None:
         label = "exact" if candidates is None else f"top-{candidates} candidates"
         print(
             f"BASE {label}, {tokens:,} x {experts}, k = {top_k}: {elapsed:.2f} s, "
-            f"max load {int(assignment.expert_load.max())} / capacity {assignment.capacity}, dropped {assignment.num_dropped}"
+            f"max load {int(assignment.expert_load.max())} / capacity {assignment.capacity}, dropped "
+            f"{assignment.num_dropped}"
         )
 
 

@@ -42,14 +42,20 @@ def deepseek(gpus: int, mode: str) -> float:
     data_parallel = gpus // stages
     scenario = load_scenario(
         REPO / "scenarios" / "deepseek-v3-pretraining.yaml",
-        [f"cluster.num_nodes={gpus // 8}", f"parallelism.pp_size={stages}", f"simulation.network_mode={mode}",
-         f"workload.global_batch_size={8 * data_parallel}"],
+        [
+            f"cluster.num_nodes={gpus // 8}",
+            f"parallelism.pp_size={stages}",
+            f"simulation.network_mode={mode}",
+            f"workload.global_batch_size={8 * data_parallel}",
+        ],
     )
     started = time.perf_counter()
     result = simulate(scenario, check_memory=False)
     elapsed = time.perf_counter() - started
-    print(f"  {gpus:5d} GPUs  {mode:4s}  wall {elapsed:6.2f} s   simulated step {result.step_time_s:7.3f} s, "
-          f"{result.tokens_per_s_per_gpu:7.0f} tokens/s/GPU, MFU {result.mfu:.1%}")
+    print(
+        f"  {gpus:5d} GPUs  {mode:4s}  wall {elapsed:6.2f} s   simulated step {result.step_time_s:7.3f} s, "
+        f"{result.tokens_per_s_per_gpu:7.0f} tokens/s/GPU, MFU {result.mfu:.1%}"
+    )
     return elapsed
 
 
@@ -65,7 +71,10 @@ def main() -> None:
     times = {(gpus, mode): deepseek(gpus, mode) for mode in ("fast", "full") for gpus in (64, 256, 1024, 2048)}
     for mode in ("fast", "full"):
         growth = times[(2048, mode)] / times[(256, mode)]
-        print(f"  {mode}: 256 -> 2048 GPUs wall-time growth {growth:.2f}x (GPUs grew 8x); 1024 GPUs in {times[(1024, mode)]:.2f} s")
+        print(
+            f"  {mode}: 256 -> 2048 GPUs wall-time growth {growth:.2f}x (GPUs grew 8x); 1024 GPUs in "
+            f"{times[(1024, mode)]:.2f} s"
+        )
     if args.no_sweep:
         return
     sweep_side_by_side()
@@ -88,22 +97,39 @@ def sweep_side_by_side() -> None:
             walls[workers] = time.perf_counter() - started
             with ResultsStore(store) as results:
                 rows[workers] = sorted(
-                    (tuple(sorted((k, v) for k, v in row.items() if k != "sim_seconds")) for row in results.rows()), key=str)
-            print(f"Mixtral 8x7B serving sweep, full mode: {summary.ran} points, {summary.errors} errors, "
-                  f"{workers} worker(s): {walls[workers]:.1f} s wall")
-    print(f"  2 workers / 1 process: {walls[2] / walls[1]:.2f}x the time; same rows: {rows[1] == rows[2]}; "
-          f"target at most 60 s with 2 workers: {'met' if walls[2] <= 60 else 'MISSED'}")
+                    (tuple(sorted((k, v) for k, v in row.items() if k != "sim_seconds")) for row in results.rows()),
+                    key=str,
+                )
+            print(
+                f"Mixtral 8x7B serving sweep, full mode: {summary.ran} points, {summary.errors} errors, "
+                f"{workers} worker(s): {walls[workers]:.1f} s wall"
+            )
+    print(
+        f"  2 workers / 1 process: {walls[2] / walls[1]:.2f}x the time; same rows: {rows[1] == rows[2]}; "
+        f"target at most 60 s with 2 workers: {'met' if walls[2] <= 60 else 'MISSED'}"
+    )
 
 
 def plan_search() -> None:
-    document = {"model": "olmoe-1b-7b", "cluster": {"preset": "dgx-h100", "num_nodes": 1},
-                "parallelism": {"ep_size": 8}, "routing": {"capacity_factor": 1.25},
-                "workload": {"mode": "training", "micro_batch_size": 1, "seq_len": 2048, "global_batch_size": 64,
-                             "expert_popularity_skew": 0.5}}
+    document = {
+        "model": "olmoe-1b-7b",
+        "cluster": {"preset": "dgx-h100", "num_nodes": 1},
+        "parallelism": {"ep_size": 8},
+        "routing": {"capacity_factor": 1.25},
+        "workload": {
+            "mode": "training",
+            "micro_batch_size": 1,
+            "seq_len": 2048,
+            "global_batch_size": 64,
+            "expert_popularity_skew": 0.5,
+        },
+    }
     pool = list(candidates(scenario_from_dict(document), ["H100-SXM", "A100-80GB"], 64, ["top_k"], [1.25]))
     figures, rates = {}, {}
-    for label, stage_size, routing_size in (("without reuse", 0, 0), ("with reuse", step.STAGE_CACHE_SIZE,
-                                                                        routing_load.ROUTING_CACHE_SIZE)):
+    for label, stage_size, routing_size in (
+        ("without reuse", 0, 0),
+        ("with reuse", step.STAGE_CACHE_SIZE, routing_load.ROUTING_CACHE_SIZE),
+    ):
         step.STAGE_CACHE_SIZE, routing_load.ROUTING_CACHE_SIZE = stage_size, routing_size
         step._stage_cache.clear()
         routing_load._routing_cache.clear()
@@ -111,9 +137,11 @@ def plan_search() -> None:
         figures[label] = [_evaluate(document, candidate, "fast", DEFAULT_PRICE_PER_GPU_HOUR) for candidate in pool]
         rates[label] = len(pool) / (time.perf_counter() - started)
         print(f"plan fast search, OLMoE-1B-7B, {len(pool)} layouts {label}: {rates[label]:.1f} layouts/s")
-    print(f"  reuse speeds it up {rates['with reuse'] / rates['without reuse']:.2f}x; identical figures: "
-          f"{figures['with reuse'] == figures['without reuse']}; target at least 100 layouts/s: "
-          f"{'met' if rates['with reuse'] >= 100 else 'MISSED'}")
+    print(
+        f"  reuse speeds it up {rates['with reuse'] / rates['without reuse']:.2f}x; identical figures: "
+        f"{figures['with reuse'] == figures['without reuse']}; target at least 100 layouts/s: "
+        f"{'met' if rates['with reuse'] >= 100 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

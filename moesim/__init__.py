@@ -37,6 +37,13 @@ def plan(document: dict[str, Any], target_tokens_per_s: float, **options: Any) -
 
 
 __all__ = [
-    "Scenario", "load_scenario", "scenario_from_dict", "simulate", "sweep", "plan", "MoesimError", "ScenarioError",
+    "Scenario",
+    "load_scenario",
+    "scenario_from_dict",
+    "simulate",
+    "sweep",
+    "plan",
+    "MoesimError",
+    "ScenarioError",
     "__version__",
 ]

@@ -33,8 +33,14 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
 
     lowered = str(name).lower()
     # a known name that the given one begins ('H100' -> 'H100-SXM') beats the closest spelling ('H800')
-    extended = [k for k in known if k.lower().startswith(lowered) or lowered.replace("_", "") == k.lower().replace("_", "")]
-    close = [extended[0].lower()] if lowered and extended else difflib.get_close_matches(lowered, [k.lower() for k in known], n=1)
+    extended = [
+        k for k in known if k.lower().startswith(lowered) or lowered.replace("_", "") == k.lower().replace("_", "")
+    ]
+    close = (
+        [extended[0].lower()]
+        if lowered and extended
+        else difflib.get_close_matches(lowered, [k.lower() for k in known], n=1)
+    )
     hint = ""
     if close:
         original = next(k for k in known if k.lower() == close[0])

@@ -66,8 +66,10 @@ class ClusterSpec(_Section):
         description="Scale-out network: one non-blocking switch, rail-optimised leaves, or a leaf/spine fat-tree.",
     )
     nodes_per_leaf: Optional[int] = Field(
-        None, gt=0,
-        description="Nodes whose NICs (of one rail, when rail_optimized) share a leaf switch; default 32 rail-optimised, 4 fat-tree."
+        None,
+        gt=0,
+        description="Nodes whose NICs (of one rail, when rail_optimized) share a leaf switch; default 32 "
+        "rail-optimised, 4 fat-tree.",
     )
     oversubscription: float = Field(
         1.0, ge=1.0, description="Leaf-to-spine oversubscription ratio (1 = non-blocking, 2 = half the uplinks)."
@@ -125,11 +127,16 @@ class ParallelismSpec(_Section):
     cp_size: int = Field(1, gt=0, description="Context-parallel degree (sequence split across GPUs).")
     ep_size: int = Field(1, gt=0, description="Expert-parallel degree: GPUs that share one layer's experts.")
     zero_stage: Literal[0, 1, 2, 3] = Field(
-        1, description="ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also weights, across data-parallel ranks."
+        1,
+        description="ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also weights, across data-parallel "
+        "ranks.",
     )
     virtual_pipeline_size: int = Field(
-        1, gt=0, description="Model chunks per pipeline stage (Megatron-Core's interleaved 1F1B; 1 = plain 1F1B): the "
-        "bubble shrinks by this factor, point-to-point transfers grow by it.")
+        1,
+        gt=0,
+        description="Model chunks per pipeline stage (Megatron-Core's interleaved 1F1B; 1 = plain 1F1B): the "
+        "bubble shrinks by this factor, point-to-point transfers grow by it.",
+    )
 
     @property
     def model_parallel_size(self) -> int:
@@ -144,7 +151,9 @@ class ParallelismSpec(_Section):
 class WorkloadSpec(_Section):
     """What runs: training or inference batches, and the router scores that drive routing."""
 
-    mode: Literal["training", "inference"] = Field("training", description="Training step or inference (prefill + decode).")
+    mode: Literal["training", "inference"] = Field(
+        "training", description="Training step or inference (prefill + decode)."
+    )
     micro_batch_size: int = Field(1, gt=0, description="Sequences per micro-batch per data-parallel rank.")
     seq_len: int = Field(4096, gt=0, description="Tokens per sequence (the prompt length for inference).")
     global_batch_size: Optional[int] = Field(
@@ -152,19 +161,23 @@ class WorkloadSpec(_Section):
     )
     decode_tokens: int = Field(0, ge=0, description="Inference: tokens generated per sequence after the prompt.")
     prefill_chunk_tokens: Optional[int] = Field(
-        8192, gt=0,
+        8192,
+        gt=0,
         description="Inference: chunked prefill, tokens per prefill iteration of a replica (a serving engine's "
         "chunked-prefill size; 8,192 is a common default); null = the whole batch's prompts in one pass.",
     )
     scores: Literal["synthetic", "trace"] = Field(
-        "synthetic", description="Router scores: `synthetic` (generated from the knobs below) or `trace` (recorded file)."
+        "synthetic",
+        description="Router scores: `synthetic` (generated from the knobs below) or `trace` (recorded file).",
     )
     trace_path: Optional[str] = Field(None, description="Recorded router-score trace (.npz) when scores = trace.")
     expert_popularity_skew: float = Field(
         0.0, ge=0, description="Zipf exponent of expert popularity: 0 = uniform, 1 = strongly skewed."
     )
     score_temperature: float = Field(1.0, gt=0, description="Temperature of synthetic router logits (lower = sharper).")
-    layer_correlation: float = Field(0.0, ge=0, le=1, description="Correlation of a token's scores between layers (0-1).")
+    layer_correlation: float = Field(
+        0.0, ge=0, le=1, description="Correlation of a token's scores between layers (0-1)."
+    )
     step_drift: float = Field(0.0, ge=0, le=1, description="How much expert popularity changes between steps (0-1).")
     token_id_skew: float = Field(1.0, ge=0, description="Zipf exponent of token ids (for hash routing).")
     precision: Precision = Field(default_factory=Precision, description="Numeric formats of weights, grads, states.")
@@ -181,7 +194,8 @@ class RoutingSpec(_Section):
     """The routing rule and its capacity policy."""
 
     strategy: Optional[RoutingStrategy] = Field(
-        None, description="Routing rule (see `moesim.routing.RULES`); default: the model's own (`model.router_strategy`)."
+        None,
+        description="Routing rule (see `moesim.routing.RULES`); default: the model's own (`model.router_strategy`).",
     )
     top_k: Optional[int] = Field(None, gt=0, description="Experts per token; default: the model's.")
     capacity_factor: Optional[float] = Field(
@@ -201,7 +215,8 @@ class RoutingSpec(_Section):
         None, description="Router logits to affinities; default: the model's."
     )
     normalize_weights: Optional[bool] = Field(
-        None, description="Renormalise each token's weights to sum to 1; default: the model's (`router_normalize_weights`)."
+        None,
+        description="Renormalise each token's weights to sum to 1; default: the model's (`router_normalize_weights`).",
     )
     group_score: Optional[Literal["max", "top2_sum"]] = Field(
         None, description="Score of an expert group (group-limited rules); default: the model's (`router_group_score`)."
@@ -215,8 +230,10 @@ class RoutingSpec(_Section):
     @model_validator(mode="after")
     def _padding_needs_capacity(self) -> "RoutingSpec":
         if self.pad_to_capacity and self.capacity_factor is None and self.strategy != "expert_choice":
-            raise ValueError("routing.pad_to_capacity: padding needs a capacity; set routing.capacity_factor "
-                             "(or pad_to_capacity: false for dropless routing)")
+            raise ValueError(
+                "routing.pad_to_capacity: padding needs a capacity; set routing.capacity_factor "
+                "(or pad_to_capacity: false for dropless routing)"
+            )
         return self
 
 
@@ -246,10 +263,12 @@ class SimulationSpec(_Section):
     """How the simulator models the step: network mode, collective algorithms, overlap, sampling."""
 
     network_mode: Literal["full", "fast"] = Field(
-        "full", description="`full`: max-min fair sharing of every link; `fast`: the most loaded link decides (a bound)."
+        "full",
+        description="`full`: max-min fair sharing of every link; `fast`: the most loaded link decides (a bound).",
     )
     alltoall_algorithm: Literal["flat", "hierarchical", "deepep"] = Field(
-        "flat", description="MoE all-to-all: flat (NCCL), hierarchical two-stage (Tutel/DeepSpeed), deepep (node dedup)."
+        "flat",
+        description="MoE all-to-all: flat (NCCL), hierarchical two-stage (Tutel/DeepSpeed), deepep (node dedup).",
     )
     allreduce_algorithm: Literal["auto", "ring", "hierarchical"] = Field(
         "auto", description="Data-parallel gradient all-reduce algorithm (auto = the faster)."
@@ -257,21 +276,35 @@ class SimulationSpec(_Section):
     overlap_shared_experts: bool = Field(True, description="Shared experts compute while the dispatch is in flight.")
     overlap_grad_reduce: bool = Field(True, description="Gradient all-reduce overlaps the last backward pass.")
     moe_chunks: int = Field(
-        1, gt=0, le=64, description="Split each MoE layer's tokens into chunks whose dispatch, experts and combine pipeline."
+        1,
+        gt=0,
+        le=64,
+        description="Split each MoE layer's tokens into chunks whose dispatch, experts and combine pipeline.",
     )
     max_routed_tokens: int = Field(
-        65536, gt=0, description="Route at most this many tokens per layer and scale the loads (a sample; said in the output)."
+        65536,
+        gt=0,
+        description="Route at most this many tokens per layer and scale the loads (a sample; said in the output).",
     )
     max_routed_layers: Optional[int] = Field(
-        None, gt=0, description="Distinct routed MoE layers; the others reuse them in turn. Default: 4 in full mode, 1 in fast mode."
+        None,
+        gt=0,
+        description="Distinct routed MoE layers; the others reuse them in turn. Default: 4 in full mode, 1 in fast "
+        "mode.",
     )
     redundant_experts: int = Field(
-        0, ge=0, description="Extra copies of the hottest experts spread over the EP ranks (DeepSeek-V3 EPLB); 0 = none."
+        0,
+        ge=0,
+        description="Extra copies of the hottest experts spread over the EP ranks (DeepSeek-V3 EPLB); 0 = none.",
     )
     bias_warmup_steps: int = Field(
-        40, ge=0, description="bias_balanced routing: steps of bias updates on synthetic scores before the simulated step."
+        40,
+        ge=0,
+        description="bias_balanced routing: steps of bias updates on synthetic scores before the simulated step.",
     )
-    cost_profile: Optional[str] = Field(None, description="Measured compute profile (JSON) replacing the default curves.")
+    cost_profile: Optional[str] = Field(
+        None, description="Measured compute profile (JSON) replacing the default curves."
+    )
 
 
 class Scenario(_Section):
@@ -308,7 +341,8 @@ class Scenario(_Section):
         model, par, cluster, routing = self.model, self.parallelism, self.cluster, self.routing
         if cluster.world_size > MAX_WORLD_SIZE:
             raise ValueError(
-                f"cluster.num_nodes: {cluster.num_nodes:,} nodes x {cluster.gpus_per_node} GPUs = {cluster.world_size:,} GPUs; "
+                f"cluster.num_nodes: {cluster.num_nodes:,} nodes x {cluster.gpus_per_node} GPUs = "
+                f"{cluster.world_size:,} GPUs; "
                 f"moesim simulates clusters of at most {MAX_WORLD_SIZE:,} GPUs"
             )
         if self.workload.seq_len > model.max_seq_len:
@@ -383,18 +417,23 @@ class Scenario(_Section):
             micro_batches = global_batch // sequences_per_step
             if par.pp_size == 1 or micro_batches % par.pp_size:
                 raise ValueError(
-                    f"parallelism.virtual_pipeline_size: the interleaved schedule needs pp_size > 1 and micro-batches per "
+                    "parallelism.virtual_pipeline_size: the interleaved schedule needs pp_size > 1 and "
+                    "micro-batches per "
                     f"step ({micro_batches}) a multiple of pp_size ({par.pp_size}); change global_batch_size or set "
                     "virtual_pipeline_size=1"
                 )
         routing.top_k = top_k
         routing.strategy = routing.strategy or model.router_strategy
         routing.score_function = routing.score_function or model.router_score_function
-        routing.normalize_weights = model.router_normalize_weights if routing.normalize_weights is None else routing.normalize_weights
+        routing.normalize_weights = (
+            model.router_normalize_weights if routing.normalize_weights is None else routing.normalize_weights
+        )
         routing.group_score = routing.group_score or model.router_group_score
         routing.num_expert_groups = groups
         routing.topk_groups = groups_per_token
-        problems = unhonoured_settings(routing.strategy, routing.score_function, groups, groups_per_token, model.router_bias)
+        problems = unhonoured_settings(
+            routing.strategy, routing.score_function, groups, groups_per_token, model.router_bias
+        )
         if problems:
             raise ValueError(f"routing.strategy: '{routing.strategy}' cannot honour {'; '.join(problems)}")
         from moesim.routing.registry import rule_options
@@ -402,8 +441,10 @@ class Scenario(_Section):
         accepted = rule_options(routing.strategy)
         unknown = [key for key in routing.options if key not in accepted]
         if unknown:
-            raise ValueError(f"routing.options: '{routing.strategy}' has no option {', '.join(map(repr, unknown))}; "
-                             f"its options: {', '.join(accepted) or 'none'}")
+            raise ValueError(
+                f"routing.options: '{routing.strategy}' has no option {', '.join(map(repr, unknown))}; "
+                f"its options: {', '.join(accepted) or 'none'}"
+            )
         return self
 
 
@@ -628,8 +669,11 @@ def scenario_json_schema() -> dict[str, Any]:
     cluster = defs["ClusterSpec"]["properties"]
     from moesim.cluster.presets import cluster_preset_names
 
-    cluster["preset"] = {"type": "string", "enum": cluster_preset_names(),
-                         "description": "A cluster preset whose fields the others override."}
+    cluster["preset"] = {
+        "type": "string",
+        "enum": cluster_preset_names(),
+        "description": "A cluster preset whose fields the others override.",
+    }
     cluster["gpu"] = {
         **preset_or_spec("#/$defs/GpuSpec", gpu_preset_names(), "GPU"),
         "description": ClusterSpec.model_fields["gpu"].description,

@@ -146,9 +146,7 @@ def test_training_state_is_16_bytes_per_param_by_default() -> None:
     spec = model_preset("mixtral-8x7b")
     state = training_state_bytes(spec)
     assert state.total_bytes == 16 * total_params(spec)
-    fp32_sgd = training_state_bytes(
-        spec, Precision(weights="fp32", grads="fp32", master_weights=None, optimizer="sgd")
-    )
+    fp32_sgd = training_state_bytes(spec, Precision(weights="fp32", grads="fp32", master_weights=None, optimizer="sgd"))
     assert fp32_sgd.total_bytes == 8 * total_params(spec)
 
 

@@ -12,10 +12,17 @@ import torch
 from moesim.errors import MoesimError
 from moesim.executor.launch import skewed_tokens
 from moesim.sim.compute import CostModel
-from moesim.sim.phase_features import DEVICE_PHASE_FEATURES, HOST_PHASE_FEATURES, PhaseWork, host_phase_features, router_fit_key
+from moesim.sim.phase_features import (
+    DEVICE_PHASE_FEATURES,
+    HOST_PHASE_FEATURES,
+    PhaseWork,
+    host_phase_features,
+    router_fit_key,
+)
 from moesim.validation.calibrate import LAYER_CONFIGS, calibrate, fit_latency_bandwidth
 from moesim.validation.timing import interleaved_samples, nonnegative_relative_fit
-from moesim.validation.validate import Config, default_grid, rule_orderings
+from moesim.validation.validate import Config, default_grid
+from moesim.validation.validate_report import rule_orderings
 
 
 def test_fit_recovers_latency_and_bandwidth() -> None:
@@ -55,8 +62,17 @@ def test_skewed_tokens_shift_the_router_logits_by_the_zipf_bias() -> None:
 def test_host_phase_features_and_keys() -> None:
     assert host_phase_features("router", 1024, 256, 8, 2) == (1.0, 1024 * 256 * 8, 1024 * 8, 2048)
     assert host_phase_features("permute", 1024, 256, 8, 2) == (1.0, 2048, 2048 * 256)
-    assert host_phase_features("unpermute", 1024, 256, 8, 2, slots=1500) == (1.0, 1500, 1500 * 256, 1024 * 256)  # drops excluded
-    assert host_phase_features("experts", 1024, 256, 8, 2, active_experts=4, rows=2048, ffn_seconds=0.01) == (0.01, 4, 2048 * 256)
+    assert host_phase_features("unpermute", 1024, 256, 8, 2, slots=1500) == (
+        1.0,
+        1500,
+        1500 * 256,
+        1024 * 256,
+    )  # drops excluded
+    assert host_phase_features("experts", 1024, 256, 8, 2, active_experts=4, rows=2048, ffn_seconds=0.01) == (
+        0.01,
+        4,
+        2048 * 256,
+    )
     assert router_fit_key("top_k", None) == "router:top_k"
     assert router_fit_key("top_k", 1.25) == "router:top_k+capacity"
     assert router_fit_key("expert_choice", None) == router_fit_key("expert_choice", 2.0) == "router:expert_choice"
@@ -64,7 +80,9 @@ def test_host_phase_features_and_keys() -> None:
 
 def _profile(tmp_path: Path, phase_fit: dict) -> Path:
     path = tmp_path / "profile.json"
-    path.write_text(json.dumps({"device": "test", "peak_flops": 1e11, "memory_bytes_per_s": 2e10, "phase_fit": phase_fit}))
+    path.write_text(
+        json.dumps({"device": "test", "peak_flops": 1e11, "memory_bytes_per_s": 2e10, "phase_fit": phase_fit})
+    )
     return path
 
 
@@ -78,9 +96,13 @@ def test_profile_phase_fits_are_used_and_checked(tmp_path: Path) -> None:
     # a profile names its features: a single-device profile's router is linear in its projection's seconds
     named = {"router:top_k": {"features": ["1", "router GEMM seconds"], "coefficients": [1e-4, 2.0]}}
     device_model = CostModel.from_profile(_profile(tmp_path, named))
-    assert device_model.fitted("router:top_k", PhaseWork(1000, 100, 10, 1, router_gemm_seconds=1e-5)) == pytest.approx(1.2e-4)
+    assert device_model.fitted("router:top_k", PhaseWork(1000, 100, 10, 1, router_gemm_seconds=1e-5)) == pytest.approx(
+        1.2e-4
+    )
     with pytest.raises(MoesimError, match="unknown features"):
-        CostModel.from_profile(_profile(tmp_path, {"router:top_k": {"features": ["1", "bogus"], "coefficients": [1.0, 1.0]}}))
+        CostModel.from_profile(
+            _profile(tmp_path, {"router:top_k": {"features": ["1", "bogus"], "coefficients": [1.0, 1.0]}})
+        )
     assert set(HOST_PHASE_FEATURES) == {"router", "permute", "unpermute", "experts"}
     assert set(DEVICE_PHASE_FEATURES) == {*HOST_PHASE_FEATURES, "shared_experts", "backward"}
 
@@ -100,10 +122,15 @@ def test_rule_orderings_compare_rules_on_shared_shapes() -> None:
     def row(rule: str, shape: str, measured: float, predicted: float) -> dict:
         return {"phase": "layer", "rule": rule, "shape": shape, "measured_s": measured, "predicted_s": predicted}
 
-    rows = [row("a", "s1", 1.0, 1.1), row("b", "s1", 2.0, 2.2),  # b slower in both
-            row("a", "s2", 2.5, 2.0), row("b", "s2", 2.0, 2.6),  # order flipped
-            row("a", "s3", 5.0, 5.0), row("b", "s3", 5.1, 4.95),  # tied in both: not counted
-            row("a", "only-a", 100.0, 1.0)]
+    rows = [
+        row("a", "s1", 1.0, 1.1),
+        row("b", "s1", 2.0, 2.2),  # b slower in both
+        row("a", "s2", 2.5, 2.0),
+        row("b", "s2", 2.0, 2.6),  # order flipped
+        row("a", "s3", 5.0, 5.0),
+        row("b", "s3", 5.1, 4.95),  # tied in both: not counted
+        row("a", "only-a", 100.0, 1.0),
+    ]
     assert rule_orderings(rows) == (True, 1, 2)  # totals: a 8.5 / 8.1 before b 9.1 / 9.75 in both
     rows_tied = [row("a", "s1", 1.0, 1.0), row("b", "s1", 1.02, 1.5)]
     assert rule_orderings(rows_tied) == (False, 0, 0)  # measured tied, predicted 50% apart
@@ -116,15 +143,20 @@ def test_quick_calibration_profile_loads(tmp_path: Path) -> None:
     assert profile["peak_flops"] > 0 and profile["memory_bytes_per_s"] > 0
     assert max(profile["gemm_efficiency"]["efficiency"]) == pytest.approx(1.0)
     assert profile["alltoall"]["bytes_per_s"] > 0 and len(profile["alltoall"]["seconds"]) == 3
-    assert {"router:top_k", "router:top_k+capacity", "router:expert_choice", "permute", "unpermute", "experts"} <= set(profile["phase_fit"])
+    assert {"router:top_k", "router:top_k+capacity", "router:expert_choice", "permute", "unpermute", "experts"} <= set(
+        profile["phase_fit"]
+    )
     assert all(value >= 0 for fit in profile["phase_fit"].values() for value in fit["coefficients"])
     model = CostModel.from_profile(path)
     assert model.efficiency(1024) > model.efficiency(1)
-    assert model.fitted("permute", PhaseWork(4096, 256, 8, 2, slots=8192)) > model.fitted("permute", PhaseWork(256, 64, 8, 1, slots=256))
+    assert model.fitted("permute", PhaseWork(4096, 256, 8, 2, slots=8192)) > model.fitted(
+        "permute", PhaseWork(256, 64, 8, 1, slots=256)
+    )
 
 
 def test_validate_writes_a_report(tmp_path: Path) -> None:
-    from moesim.validation.validate import summary, validate, write_report
+    from moesim.validation.validate import validate
+    from moesim.validation.validate_report import summary, write_report
 
     profile = calibrate("cpu", ranks=2, out_dir=tmp_path, quick=True)
     rows, used = validate(profile, ranks=2, quick=True, rounds=2, repeats=1)
@@ -135,10 +167,35 @@ def test_validate_writes_a_report(tmp_path: Path) -> None:
     layer_errors = [row["error"] for row in rows if row["phase"] == "layer"]
     assert stats["count"] == 2 and stats["median"] == pytest.approx(float(np.median(layer_errors)))
     assert stats["p90"] >= stats["median"] > 0  # two real runs against a model never agree exactly
-    report = write_report(rows, {2: json.loads(Path(profile).read_text())}, tmp_path / "out", rounds=2, repeats=1)
+    assert stats["max"] >= stats["p90"] and stats["under"] == sum(
+        row["predicted_s"] < row["measured_s"] for row in rows if row["phase"] == "layer"
+    )
+    # the router scores each prediction replayed regenerate from the configuration alone, to the last bit
+    from moesim.validation.traces import check_rows
+
+    assert all(len(row["trace_sha256"]) == 64 for row in rows) and check_rows(rows) == (2, [])
+    held = [{**row, "held_out": True, "config": row["config"] + " h"} for row in rows]
+    report = write_report(rows + held, {2: json.loads(Path(profile).read_text())}, tmp_path / "out", 2, 1)
     text = report.read_text()
     assert "Layer time error" in text and "| router |" in text and "| layer_wall |" in text
+    assert "## Held-out grid" in text and "(held out)" in text and "under-predicted" in text
+    assert summary(rows + held, held_out=True)["median"] == stats["median"]  # held-out rows kept apart
     assert (tmp_path / "out" / "validation_layer_time.svg").read_text().startswith("<svg")
+
+
+def test_the_held_out_grid_is_drawn_once_from_sizes_nobody_tuned_on() -> None:
+    from moesim.validation.calibrate import LAYER_CONFIGS
+    from moesim.validation.validate import held_out_grid
+
+    for ranks in (2, 4):
+        grid = held_out_grid(ranks)
+        assert grid == held_out_grid(ranks) and len(grid) == (16 if ranks == 2 else 8)
+        assert all(config.held_out and config.experts % ranks == 0 for config in grid)
+        main = default_grid(False, ranks)
+        assert {c.tokens for c in grid}.isdisjoint({c.tokens for c in main} | {c[0] for c in LAYER_CONFIGS})
+        assert {c.hidden for c in grid}.isdisjoint({c.hidden for c in main} | {c[1] for c in LAYER_CONFIGS})
+    two_ranks = held_out_grid(2)
+    assert len({config.strategy for config in two_ranks}) == 2 and any(c.mode == "training" for c in two_ranks)
 
 
 def test_validate_calibrates_alongside_when_given_no_profile(tmp_path: Path) -> None:
@@ -168,13 +225,16 @@ def test_single_device_grids_keep_calibration_and_validation_apart() -> None:
 
 
 def test_single_device_validation_runs_and_refits_from_its_raw_data(tmp_path: Path) -> None:
-    """The whole pipeline on the CPU: measure, keep the raw data, fit, predict, report; --from-raw gives the same rows."""
+    """The whole pipeline on the CPU: measure, keep the raw data, fit, predict, report; --from-raw gives the same
+    rows."""
     from typer.testing import CliRunner
 
     from moesim.cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["validate", "--single-device", "--quick", "--rounds", "1", "--repeats", "1", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["validate", "--single-device", "--quick", "--rounds", "1", "--repeats", "1", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     (folder,) = [path for path in tmp_path.iterdir() if path.name != "profiles"]
     report = (folder / "REPORT.md").read_text()

@@ -84,8 +84,11 @@ def test_version() -> None:
 
 
 def test_validate_rejects_bad_rank_lists_with_one_line() -> None:
-    for args, fragment in ((("--ranks", "two"), "comma-separated"), (("--ranks", "1"), "at least 2 ranks"),
-                           (("--ranks", "2,4", "--profile", "p.json"), "one rank count")):
+    for args, fragment in (
+        (("--ranks", "two"), "comma-separated"),
+        (("--ranks", "1"), "at least 2 ranks"),
+        (("--ranks", "2,4", "--profile", "p.json"), "one rank count"),
+    ):
         result = invoke("validate", *args)
         assert result.exit_code == 2, result.output
         assert fragment in result.output
@@ -100,16 +103,41 @@ def test_impossible_requests_get_one_line_and_exit_2(tmp_path: Path) -> None:
         (("run", small, "--set", "cluster.num_nodes=125000000000"), "at most 1,048,576 GPUs"),
         (("check", small, "--set", "cluster.num_nodes=125000000000"), "at most 1,048,576 GPUs"),
         (("check", small, "--set", "workload.seq_len=1000000"), "longer than"),
-        (("check", str(REPO / "scenarios" / "deepseek-v3-pretraining.yaml"), "--set", "cluster.num_nodes=1",
-          "--set", "parallelism.pp_size=1", "--set", "parallelism.ep_size=8"), "does not fit"),
+        (
+            (
+                "check",
+                str(REPO / "scenarios" / "deepseek-v3-pretraining.yaml"),
+                "--set",
+                "cluster.num_nodes=1",
+                "--set",
+                "parallelism.pp_size=1",
+                "--set",
+                "parallelism.ep_size=8",
+            ),
+            "does not fit",
+        ),
         (("route", small, "--tokens", "1000000000000"), "use at most"),
-        (("execute", small, "--ranks", "2", "--set", "model.moe_intermediate_size=100000000",
-          "--set", "routing.pad_to_capacity=false"), "GB available"),
+        (
+            (
+                "execute",
+                small,
+                "--ranks",
+                "2",
+                "--set",
+                "model.moe_intermediate_size=100000000",
+                "--set",
+                "routing.pad_to_capacity=false",
+            ),
+            "GB available",
+        ),
         (("execute", small, "--ranks", "2"), "routing.pad_to_capacity: the executor"),
         (("check", small, "--set", "parallelism.ep_size=true"), "parallelism.ep_size: true is not a number"),
         (("check", small, "--set", "routing.options.bogus=1"), "has no option 'bogus'"),
         (("report", small, "--out", str(tmp_path / "a-file")), "is a file"),
-        (("sweep", small, "--csv", str(tmp_path / "missing" / "r.csv"), "--store", str(tmp_path / "s.sqlite")), "does not exist"),
+        (
+            ("sweep", small, "--csv", str(tmp_path / "missing" / "r.csv"), "--store", str(tmp_path / "s.sqlite")),
+            "does not exist",
+        ),
     ]
     for args, fragment in cases:
         result = invoke(*args)
@@ -133,7 +161,9 @@ def test_every_option_has_help_and_the_shell_can_complete() -> None:
             for name, sub in command.commands.items():
                 yield from undocumented(sub, [*path, name])
         else:
-            yield from (f"{' '.join(path)} {param.name}" for param in command.params if not getattr(param, "help", None))
+            yield from (
+                f"{' '.join(path)} {param.name}" for param in command.params if not getattr(param, "help", None)
+            )
 
     assert list(undocumented(typer.main.get_command(app), [])) == []
     script = invoke("--show-completion", "bash")
@@ -147,6 +177,12 @@ def test_output_fits_the_columns_asked_for_when_piped() -> None:
     import sys
 
     for args in (["presets", "list"], ["run", str(REPO / "scenarios" / "switch-base-8-capacity.toml")]):
-        out = subprocess.run([sys.executable, "-m", "moesim", *args], capture_output=True, text=True, cwd=REPO,
-                             env={**os.environ, "COLUMNS": "80"}, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "moesim", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "COLUMNS": "80"},
+            check=True,
+        ).stdout
         assert max(len(line) for line in out.splitlines()) <= 80, args

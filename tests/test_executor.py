@@ -22,15 +22,38 @@ REPO = Path(__file__).resolve().parent.parent
 HIDDEN, FFN, EXPERTS = 16, 24, 8
 
 
-def make_layer(rule: str, parallel: ExpertParallel | None = None, shared: int = 1, kernel: str = "auto",
-               dtype: torch.dtype = torch.float32, **options: Any) -> MoELayer:
+def make_layer(
+    rule: str,
+    parallel: ExpertParallel | None = None,
+    shared: int = 1,
+    kernel: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    **options: Any,
+) -> MoELayer:
     router = make_router(rule, num_experts=EXPERTS, top_k=2 if rule != "hash" else 1, **options)
-    return MoELayer(HIDDEN, FFN, EXPERTS, router, num_shared_experts=shared, parallel=parallel, seed=3, experts_kernel=kernel,
-                    dtype=dtype)
+    return MoELayer(
+        HIDDEN,
+        FFN,
+        EXPERTS,
+        router,
+        num_shared_experts=shared,
+        parallel=parallel,
+        seed=3,
+        experts_kernel=kernel,
+        dtype=dtype,
+    )
 
 
-@pytest.mark.parametrize("rule, options", [("top_k", {}), ("top_k", {"capacity_factor": 0.5}), ("expert_choice", {"capacity_factor": 1.0}),
-                                           ("bias_balanced", {}), ("hash", {})])
+@pytest.mark.parametrize(
+    "rule, options",
+    [
+        ("top_k", {}),
+        ("top_k", {"capacity_factor": 0.5}),
+        ("expert_choice", {"capacity_factor": 1.0}),
+        ("bias_balanced", {}),
+        ("hash", {}),
+    ],
+)
 def test_single_process_equals_slow_reference(rule: str, options: dict[str, Any]) -> None:
     layer = make_layer(rule, **options)
     x = torch.randn(40, HIDDEN, generator=torch.Generator().manual_seed(1))
@@ -39,8 +62,15 @@ def test_single_process_equals_slow_reference(rule: str, options: dict[str, Any]
     assert torch.allclose(out, reference_moe(layer, x, layer.last_assignment), atol=1e-5)
 
 
-@pytest.mark.parametrize("rule, options", [("top_k", {}), ("top_k", {"capacity_factor": 0.5}), ("expert_choice", {"capacity_factor": 1.0}),
-                                           ("gshard_top2", {})])
+@pytest.mark.parametrize(
+    "rule, options",
+    [
+        ("top_k", {}),
+        ("top_k", {"capacity_factor": 0.5}),
+        ("expert_choice", {"capacity_factor": 1.0}),
+        ("gshard_top2", {}),
+    ],
+)
 def test_grouped_gemm_experts_equal_the_loop_forward_and_backward(rule: str, options: dict[str, Any]) -> None:
     """`torch._grouped_mm` (the GPU kernel; it runs on the CPU too) computes what the per-expert loop does.
 
@@ -82,7 +112,9 @@ def test_permutation_rows_are_known_on_the_host() -> None:
     permutation = layer.permute(x, assignment)
     assert permutation.tokens.shape[0] == rows
     served = int(assignment.expert_load.sum())
-    assert permutation.padded and int((permutation.token_of < 40).sum()) == served == int(permutation.expert_counts.sum())
+    assert permutation.padded and int((permutation.token_of < 40).sum()) == served == int(
+        permutation.expert_counts.sum()
+    )
     dropless = make_layer("top_k", kernel="grouped")
     assert dropless.rows_for(dropless.route(x)) == (40 * 2, False)
 
@@ -143,7 +175,9 @@ def test_expert_parallel_equals_single_process(use_alltoall: bool) -> None:
     every_token = sum(torch.tensor(result["whole_down"]) for result in results)  # [experts, ffn, hidden]
     local = EXPERTS // 2
     for rank, result in enumerate(results):
-        assert torch.allclose(torch.tensor(result["local_down"]), every_token[rank * local:(rank + 1) * local], atol=1e-5)
+        assert torch.allclose(
+            torch.tensor(result["local_down"]), every_token[rank * local : (rank + 1) * local], atol=1e-5
+        )
     assert [result["alltoall"] for result in results] == [use_alltoall] * 2
 
 
@@ -168,13 +202,27 @@ def test_a_rank_that_receives_no_tokens() -> None:
 
 
 def test_execute_times_every_phase_and_saves_a_trace(tmp_path: Path) -> None:
-    scenario = scenario_from_dict({
-        "model": {"preset": "tiny-moe", "num_shared_experts": 1}, "cluster": {"num_nodes": 1, "gpus_per_node": 2},
-        "parallelism": {"ep_size": 2}, "workload": {"micro_batch_size": 1, "seq_len": 64},
-    })
+    scenario = scenario_from_dict(
+        {
+            "model": {"preset": "tiny-moe", "num_shared_experts": 1},
+            "cluster": {"num_nodes": 1, "gpus_per_node": 2},
+            "parallelism": {"ep_size": 2},
+            "workload": {"micro_batch_size": 1, "seq_len": 64},
+        }
+    )
     trace = tmp_path / "scores.npz"
     report = execute(scenario, ranks=2, warmup=1, repeats=2, trace_path=str(trace))
-    for name in ("router", "permute", "dispatch", "experts", "combine", "unpermute", "shared_experts", "backward", "layer"):
+    for name in (
+        "router",
+        "permute",
+        "dispatch",
+        "experts",
+        "combine",
+        "unpermute",
+        "shared_experts",
+        "backward",
+        "layer",
+    ):
         assert len(report["phases_s"][name]) == 2 and all(value > 0 for value in report["phases_s"][name])
     assert report["backend"] == "gloo" and report["alltoall_single"] is True
     assert sum(report["served_slots"]) == 2 * 64 * 2  # every token to top-2 experts, dropless
@@ -196,14 +244,31 @@ def test_execute_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("rule, options", [("top_k", {}), ("top_k", {"capacity_factor": 0.75}), ("expert_choice", {"capacity_factor": 1.0}),
-                                           ("bias_balanced", {"num_expert_groups": 4, "topk_groups": 2})])
+@pytest.mark.parametrize(
+    "rule, options",
+    [
+        ("top_k", {}),
+        ("top_k", {"capacity_factor": 0.75}),
+        ("expert_choice", {"capacity_factor": 1.0}),
+        ("bias_balanced", {"num_expert_groups": 4, "topk_groups": 2}),
+    ],
+)
 def test_cuda_layer_runs_without_host_synchronisation_and_matches_the_loop(rule: str, options: dict[str, Any]) -> None:
-    """On a GPU: bf16, grouped-GEMM experts, forward and backward without the host waiting once; same result as the loop."""
+    """On a GPU: bf16, grouped-GEMM experts, forward and backward without the host waiting once; same result as the
+    loop."""
     router = make_router(rule, num_experts=EXPERTS, top_k=2, **options)
     grouped = MoELayer(64, 96, EXPERTS, router, num_shared_experts=1, seed=5, dtype=torch.bfloat16, device="cuda")
-    loop = MoELayer(64, 96, EXPERTS, router, num_shared_experts=1, seed=5, dtype=torch.bfloat16, device="cuda",
-                    experts_kernel="loop")
+    loop = MoELayer(
+        64,
+        96,
+        EXPERTS,
+        router,
+        num_shared_experts=1,
+        seed=5,
+        dtype=torch.bfloat16,
+        device="cuda",
+        experts_kernel="loop",
+    )
     assert grouped.experts_kernel == "grouped" and grouped.expert_up.is_cuda
     x = torch.randn(256, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     grouped(x).sum().backward()  # warm-up: a bias moves to the GPU once, kernels load

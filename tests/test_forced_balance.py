@@ -22,9 +22,12 @@ def test_every_expert_gets_the_same_tokens() -> None:
 
 
 def test_forced_balance_is_what_vendor_benchmarks_time() -> None:
-    base = {"model": {"preset": "deepseek-v3", "num_layers": 2, "first_k_dense_layers": 1}, "cluster": {"num_nodes": 1, "gpu": "H100-SXM"},
-            "parallelism": {"ep_size": 8}, "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 8,
-                                                       "expert_popularity_skew": 1.0}}
+    base = {
+        "model": {"preset": "deepseek-v3", "num_layers": 2, "first_k_dense_layers": 1},
+        "cluster": {"num_nodes": 1, "gpu": "H100-SXM"},
+        "parallelism": {"ep_size": 8},
+        "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 8, "expert_popularity_skew": 1.0},
+    }
     skewed = simulate(scenario_from_dict(base))
     forced = simulate(scenario_from_dict({**base, "routing": {"strategy": "balanced"}}))
     assert forced.load_imbalance < 1.01 < skewed.load_imbalance

@@ -16,9 +16,12 @@ from moesim.sim.step import cost_model_for, simulate
 
 
 def _scenario(gpu: str = "H800", **precision: str) -> dict:
-    return {"model": {"preset": "deepseek-v3", "num_layers": 2, "first_k_dense_layers": 1},
-            "cluster": {"num_nodes": 1, "gpu": gpu}, "parallelism": {"ep_size": 8},
-            "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 8, "precision": precision}}
+    return {
+        "model": {"preset": "deepseek-v3", "num_layers": 2, "first_k_dense_layers": 1},
+        "cluster": {"num_nodes": 1, "gpu": gpu},
+        "parallelism": {"ep_size": 8},
+        "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 8, "precision": precision},
+    }
 
 
 def test_fp8_tokens_carry_their_scales() -> None:

@@ -55,9 +55,13 @@ def test_the_kernel_models_describe_the_measured_kernels(refitted: tuple[list[di
     assert cost.grouped is not None and cost.dense is not None
     # GEMMs long enough for the kernel to dominate (under ~50 us the host's launch does, and the layer fits model it)
     long_enough = [row for row in raw["kernels"]["dense"] if row["seconds"] >= 50e-6]
-    errors = [abs(float(cost.gemm_seconds(row["rows"], row["inner"], row["cols"])) / row["seconds"] - 1) for row in long_enough]
+    errors = [
+        abs(float(cost.gemm_seconds(row["rows"], row["inner"], row["cols"])) / row["seconds"] - 1)
+        for row in long_enough
+    ]
     assert len(errors) >= 12 and np.median(errors) <= 0.10
-    # a grouped GEMM over many small experts beats the same experts one GEMM after another (measured: 10x at 96 x 32 rows)
+    # a grouped GEMM over many small experts beats the same experts one GEMM after another (measured: 10x at 96 x
+    # 32 rows)
     rows = [32.0] * 96
     one_by_one = 96 * float(cost.gemm_seconds(32, 2560, 3072))
     assert cost.grouped.seconds(rows, 2560, 3072) * 3 < one_by_one

@@ -26,7 +26,9 @@ def test_balanced_values_per_slot_and_per_token() -> None:
     routing_map = torch.zeros(tokens, experts, dtype=torch.bool)
     for token in range(tokens):
         routing_map[token, [(2 * token) % experts, (2 * token + 1) % experts]] = True
-    assert switch_load_balancing_loss(probs, routing_map, "per_slot").item() == pytest.approx(1.0)  # Megatron, DeepSpeed
+    assert switch_load_balancing_loss(probs, routing_map, "per_slot").item() == pytest.approx(
+        1.0
+    )  # Megatron, DeepSpeed
     assert switch_load_balancing_loss(probs, routing_map, "per_token").item() == pytest.approx(k)  # transformers
 
 

@@ -54,8 +54,14 @@ def deepseek_v3(logits: torch.Tensor, bias: torch.Tensor, k: int, groups: int, g
 
 
 def scenario_for(preset: str, **routing):  # type: ignore[no-untyped-def]
-    return scenario_from_dict({"model": preset, "cluster": {"num_nodes": 1, "gpus_per_node": 8},
-                               "parallelism": {"ep_size": 8}, "routing": routing})
+    return scenario_from_dict(
+        {
+            "model": preset,
+            "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+            "parallelism": {"ep_size": 8},
+            "routing": routing,
+        }
+    )
 
 
 def same_routing(assignment, experts: torch.Tensor, weights: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
@@ -66,9 +72,16 @@ def same_routing(assignment, experts: torch.Tensor, weights: torch.Tensor) -> No
     assert torch.allclose(ours, reference, rtol=1e-5, atol=1e-6), "different weights"
 
 
-@pytest.mark.parametrize("preset, renormalise", [
-    ("mixtral-8x7b", True), ("mixtral-8x22b", True), ("qwen3-30b-a3b", True), ("olmoe-1b-7b", False), ("dbrx", True),
-])
+@pytest.mark.parametrize(
+    "preset, renormalise",
+    [
+        ("mixtral-8x7b", True),
+        ("mixtral-8x22b", True),
+        ("qwen3-30b-a3b", True),
+        ("olmoe-1b-7b", False),
+        ("dbrx", True),
+    ],
+)
 def test_softmax_top_k_models(preset: str, renormalise: bool) -> None:
     scenario = scenario_for(preset)
     model = scenario.model
@@ -112,7 +125,12 @@ def test_a_rule_that_cannot_honour_the_model_is_an_error() -> None:
     with pytest.raises(MoesimError, match="no option 'bogus'"):
         router_for_scenario(scenario_for("mixtral-8x7b", options={"bogus": 1}))
     # opting out explicitly is honoured: no groups, no bias, softmax
-    free = scenario_from_dict({"model": {"preset": "deepseek-v3", "router_bias": False},
-                               "cluster": {"num_nodes": 1, "gpus_per_node": 8}, "parallelism": {"ep_size": 8},
-                               "routing": {"strategy": "expert_choice", "num_expert_groups": 1, "score_function": "softmax"}})
+    free = scenario_from_dict(
+        {
+            "model": {"preset": "deepseek-v3", "router_bias": False},
+            "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+            "parallelism": {"ep_size": 8},
+            "routing": {"strategy": "expert_choice", "num_expert_groups": 1, "score_function": "softmax"},
+        }
+    )
     assert router_for_scenario(free).name == "expert_choice"

@@ -16,8 +16,16 @@ NIC = 400e9 / 8  # 400 Gb/s
 
 
 def topology(**overrides: object) -> Topology:
-    settings = dict(num_nodes=1, gpus_per_node=8, scale_up_bytes_per_s=NVLINK, nics_per_node=8, nic_bytes_per_s=NIC,
-                    kind="rail_optimized", scale_up_latency_s=2e-6, network_latency_s=5e-6)
+    settings = dict(
+        num_nodes=1,
+        gpus_per_node=8,
+        scale_up_bytes_per_s=NVLINK,
+        nics_per_node=8,
+        nic_bytes_per_s=NIC,
+        kind="rail_optimized",
+        scale_up_latency_s=2e-6,
+        network_latency_s=5e-6,
+    )
     settings.update(overrides)
     return Topology(**settings)  # type: ignore[arg-type]
 

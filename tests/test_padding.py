@@ -12,14 +12,20 @@ from moesim.scenario import scenario_from_dict
 from moesim.sim.routing_load import route_layers
 from moesim.sim.step import simulate
 
-SWITCH = {"model": "switch-base-8", "cluster": {"num_nodes": 1, "gpus_per_node": 8, "gpu": "A100-80GB"},
-          "parallelism": {"ep_size": 8}, "workload": {"mode": "training", "micro_batch_size": 32, "seq_len": 512,
-                                                       "expert_popularity_skew": 0.5}}
+SWITCH = {
+    "model": "switch-base-8",
+    "cluster": {"num_nodes": 1, "gpus_per_node": 8, "gpu": "A100-80GB"},
+    "parallelism": {"ep_size": 8},
+    "workload": {"mode": "training", "micro_batch_size": 32, "seq_len": 512, "expert_popularity_skew": 0.5},
+}
 
 
 def _switch(capacity_factor: float, pad: bool, skew: float = 0.5) -> dict:
-    return {**SWITCH, "workload": {**SWITCH["workload"], "expert_popularity_skew": skew},
-            "routing": {"strategy": "top_k", "capacity_factor": capacity_factor, "pad_to_capacity": pad}}
+    return {
+        **SWITCH,
+        "workload": {**SWITCH["workload"], "expert_popularity_skew": skew},
+        "routing": {"strategy": "top_k", "capacity_factor": capacity_factor, "pad_to_capacity": pad},
+    }
 
 
 def test_padded_buffers_are_capacity_sized_whatever_the_routing() -> None:

@@ -27,8 +27,14 @@ def document() -> dict[str, Any]:
 
 
 def test_plan_meets_the_target_at_the_lowest_cost() -> None:
-    result = plan(document(), target_tokens_per_s=2e6, gpus=["H100-SXM", "A100-80GB"], max_gpus=32,
-                  strategies=["top_k", "expert_choice"], prices={"H100-SXM": 2.0})
+    result = plan(
+        document(),
+        target_tokens_per_s=2e6,
+        gpus=["H100-SXM", "A100-80GB"],
+        max_gpus=32,
+        strategies=["top_k", "expert_choice"],
+        prices={"H100-SXM": 2.0},
+    )
     assert result.options, "some layout meets the target"
     assert all(option.tokens_per_s >= 2e6 and option.confirmed for option in result.options)
     costs = [option.dollars_per_million_tokens for option in result.options]
@@ -43,10 +49,15 @@ def test_pareto_front_has_no_dominated_option() -> None:
     result = plan(document(), target_tokens_per_s=1e5, max_gpus=16)
     front = result.pareto
     for option in front:
-        assert not any(o.dollars_per_hour <= option.dollars_per_hour and o.step_time_s < option.step_time_s
-                       for o in front if o is not option)
-    fake = [Option(result.options[0].candidate, 8, step, 1.0, 0.0, 1.0, cost, 1.0, False)
-            for step, cost in [(2.0, 1.0), (1.0, 2.0), (3.0, 2.0), (0.5, 4.0), (0.499, 8.0)]]
+        assert not any(
+            o.dollars_per_hour <= option.dollars_per_hour and o.step_time_s < option.step_time_s
+            for o in front
+            if o is not option
+        )
+    fake = [
+        Option(result.options[0].candidate, 8, step, 1.0, 0.0, 1.0, cost, 1.0, False)
+        for step, cost in [(2.0, 1.0), (1.0, 2.0), (3.0, 2.0), (0.5, 4.0), (0.499, 8.0)]
+    ]
     # the last is dearer and only 0.2% faster: no better within the simulator's resolution
     assert [(o.step_time_s, o.dollars_per_hour) for o in pareto_front(fake)] == [(2.0, 1.0), (1.0, 2.0), (0.5, 4.0)]
 
@@ -61,18 +72,26 @@ def test_impossible_targets_and_cli(tmp_path: Any) -> None:
     cli = CliRunner().invoke(app, ["plan", str(scenario), "--target-tokens-per-s", "1e6", "--max-gpus", "16", "--json"])
     assert cli.exit_code == 0, cli.output
     data = json.loads(cli.output)
-    assert data["options"] and {"gpus", "tp_size", "ep_size", "dollars_per_million_tokens",
-                                "gpu_hours_per_million_tokens"} <= set(data["options"][0])
+    assert data["options"] and {
+        "gpus",
+        "tp_size",
+        "ep_size",
+        "dollars_per_million_tokens",
+        "gpu_hours_per_million_tokens",
+    } <= set(data["options"][0])
 
 
 def test_plan_names_and_numbers_are_checked(tmp_path: Any) -> None:
     scenario = tmp_path / "s.json"
     scenario.write_text(json.dumps(document()))
     base = ["plan", str(scenario), "--target-tokens-per-s", "1e6", "--max-gpus", "8"]
-    for extra, fragment in ((["--gpu", "H100"], "did you mean 'H100-SXM'"), (["--strategies", "topk"], "unknown routing rule 'topk'"),
-                            (["--capacity-factors", "0"], "--capacity-factors: 0"),
-                            (["--capacity-factors", "abc"], "--capacity-factors: 'abc'"),
-                            (["--price", "H100-SXM=-1"], "negative")):
+    for extra, fragment in (
+        (["--gpu", "H100"], "did you mean 'H100-SXM'"),
+        (["--strategies", "topk"], "unknown routing rule 'topk'"),
+        (["--capacity-factors", "0"], "--capacity-factors: 0"),
+        (["--capacity-factors", "abc"], "--capacity-factors: 'abc'"),
+        (["--price", "H100-SXM=-1"], "negative"),
+    ):
         cli = CliRunner().invoke(app, base + extra)
         assert cli.exit_code == 2 and fragment in cli.output, (extra, cli.output)
 

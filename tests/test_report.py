@@ -16,13 +16,18 @@ PLOTS = 5
 
 
 def small_scenario():  # type: ignore[no-untyped-def]
-    return scenario_from_dict({
-        "name": "report-test", "description": "How fast is a small MoE step on one node?",
-        "model": {"preset": "olmoe-1b-7b", "num_layers": 2},
-        "cluster": {"num_nodes": 1, "gpus_per_node": 8}, "parallelism": {"ep_size": 8},
-        "workload": {"micro_batch_size": 1, "seq_len": 1024, "expert_popularity_skew": 0.5},
-        "routing": {"capacity_factor": 1.25}, "simulation": {"max_routed_tokens": 4096},
-    })
+    return scenario_from_dict(
+        {
+            "name": "report-test",
+            "description": "How fast is a small MoE step on one node?",
+            "model": {"preset": "olmoe-1b-7b", "num_layers": 2},
+            "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+            "parallelism": {"ep_size": 8},
+            "workload": {"micro_batch_size": 1, "seq_len": 1024, "expert_popularity_skew": 0.5},
+            "routing": {"capacity_factor": 1.25},
+            "simulation": {"max_routed_tokens": 4096},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +51,24 @@ def test_report_renders_in_headless_chromium(report: tuple[Path, Path], tmp_path
     if browser is None:
         pytest.skip("chromium is not installed (make test installs it where apt-get works)")
     dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-         report[0].resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            report[0].resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     sizes = re.findall(r'data-rendered="(\d+)x(\d+)"', dom)
     assert len(sizes) == PLOTS, dom[:500]
@@ -96,11 +114,14 @@ def test_phase_bar_keeps_its_colours_distinct() -> None:
 def test_serving_cost_plot_scales_replicas_and_names_what_cannot_run() -> None:
     from moesim.planning.report import nearby_sizes
 
-    serving = scenario_from_dict({
-        "model": {"preset": "olmoe-1b-7b", "num_layers": 2}, "cluster": {"num_nodes": 2, "gpus_per_node": 8},
-        "parallelism": {"ep_size": 8}, "workload": {"mode": "inference", "micro_batch_size": 4, "seq_len": 512,
-                                                     "decode_tokens": 16},
-    })
+    serving = scenario_from_dict(
+        {
+            "model": {"preset": "olmoe-1b-7b", "num_layers": 2},
+            "cluster": {"num_nodes": 2, "gpus_per_node": 8},
+            "parallelism": {"ep_size": 8},
+            "workload": {"mode": "inference", "micro_batch_size": 4, "seq_len": 512, "decode_tokens": 16},
+        }
+    )
     points, unrunnable = nearby_sizes(serving, serving.model_dump(mode="json"))
     assert [point["gpus"] for point in points] == [8, 16, 32] and not unrunnable
     throughput = [point["tokens_per_s"] for point in points]

@@ -14,14 +14,27 @@ from moesim.sim import routing_load, step
 from moesim.sim.engine import run_pipeline, run_pipeline_fast
 from moesim.sim.step import simulate
 
-OLMOE = {"model": {"preset": "olmoe-1b-7b", "num_layers": 4}, "cluster": {"num_nodes": 1, "gpus_per_node": 8},
-         "parallelism": {"ep_size": 8}, "workload": {"mode": "training", "micro_batch_size": 1, "seq_len": 2048,
-                                                      "global_batch_size": 32, "expert_popularity_skew": 0.5}}
+OLMOE = {
+    "model": {"preset": "olmoe-1b-7b", "num_layers": 4},
+    "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+    "parallelism": {"ep_size": 8},
+    "workload": {
+        "mode": "training",
+        "micro_batch_size": 1,
+        "seq_len": 2048,
+        "global_batch_size": 32,
+        "expert_popularity_skew": 0.5,
+    },
+}
 
 
 def _figures(nodes: int, mode: str, pp: int = 1) -> str:
-    document = {**OLMOE, "cluster": {**OLMOE["cluster"], "num_nodes": nodes},
-                "parallelism": {"ep_size": 8, "pp_size": pp}, "simulation": {"network_mode": mode}}
+    document = {
+        **OLMOE,
+        "cluster": {**OLMOE["cluster"], "num_nodes": nodes},
+        "parallelism": {"ep_size": 8, "pp_size": pp},
+        "simulation": {"network_mode": mode},
+    }
     result = simulate(scenario_from_dict(document)).as_dict()
     result.pop("slices", None)
     return json.dumps(result, sort_keys=True, default=str)
@@ -51,5 +64,7 @@ def test_fast_pipeline_plays_the_simpy_schedule_exactly() -> None:
         forward = [rng.uniform(0.1, 1.0) for _ in range(stages)]
         backward = [rng.uniform(0.1, 2.0) for _ in range(stages)]
         p2p = rng.choice([0.0, 0.01, 0.3])
-        assert run_pipeline_fast(forward, backward, micro, p2p, chunks) == run_pipeline(forward, backward, micro, p2p,
-                                                                                         chunks)[0]
+        assert (
+            run_pipeline_fast(forward, backward, micro, p2p, chunks)
+            == run_pipeline(forward, backward, micro, p2p, chunks)[0]
+        )

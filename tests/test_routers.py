@@ -155,7 +155,9 @@ def test_hash_routing_is_a_fixed_function_of_the_token_id() -> None:
     assert torch.equal(assignment.expert_ids[0], assignment.expert_ids[2])
     assert torch.equal(assignment.expert_ids[1], assignment.expert_ids[4])
     assert all(len(set(row)) == 2 for row in assignment.expert_ids.tolist())
-    assert torch.equal(assignment.expert_ids, make_router("hash", num_experts=8, top_k=2).route(torch.randn(5, 8), ids).expert_ids)
+    assert torch.equal(
+        assignment.expert_ids, make_router("hash", num_experts=8, top_k=2).route(torch.randn(5, 8), ids).expert_ids
+    )
     with pytest.raises(ValueError, match="token_ids"):
         router.route(torch.zeros(5, 8))
 
@@ -208,7 +210,9 @@ def test_bias_balancing_evens_out_load_over_steps() -> None:
 @pytest.mark.parametrize("group_score", ["max", "top2_sum"])
 def test_group_limited_stays_in_its_groups(group_score: str) -> None:
     logits = logits_for(512, 32)
-    router = make_router("group_limited", num_experts=32, top_k=6, num_expert_groups=8, topk_groups=3, group_score=group_score)
+    router = make_router(
+        "group_limited", num_experts=32, top_k=6, num_expert_groups=8, topk_groups=3, group_score=group_score
+    )
     assignment = router.route(logits)
     groups_used = [len(set(row)) for row in (assignment.expert_ids // 4).tolist()]
     assert max(groups_used) <= 3
@@ -221,7 +225,9 @@ def test_deepseek_v3_group_choice_uses_top2_sum_of_biased_scores() -> None:
     logits = torch.logit(torch.tensor([[0.9, 0.1, 0.6, 0.6]]))
     router = make_router("bias_balanced", num_experts=4, top_k=1, num_expert_groups=2, topk_groups=1)
     assert router.route(logits).expert_ids.tolist() == [[2]]  # 0.6 + 0.6 > 0.9 + 0.1
-    with_max = make_router("group_limited", num_experts=4, top_k=1, num_expert_groups=2, topk_groups=1, score_function="sigmoid")
+    with_max = make_router(
+        "group_limited", num_experts=4, top_k=1, num_expert_groups=2, topk_groups=1, score_function="sigmoid"
+    )
     assert with_max.route(logits).expert_ids.tolist() == [[0]]  # DeepSeek-V2: the best single expert's group
 
 

@@ -38,9 +38,20 @@ def options_for(rule: str) -> dict[str, Any]:
 
 
 def routers(capacity_factor: float | None, policy: str = "position") -> list[tuple[str, Any]]:
-    return [(rule, make_router(rule, num_experts=EXPERTS, top_k=TOP_K, capacity_factor=capacity_factor, drop_policy=policy,
-                               **options_for(rule)))
-            for rule in RULES]
+    return [
+        (
+            rule,
+            make_router(
+                rule,
+                num_experts=EXPERTS,
+                top_k=TOP_K,
+                capacity_factor=capacity_factor,
+                drop_policy=policy,
+                **options_for(rule),
+            ),
+        )
+        for rule in RULES
+    ]
 
 
 def scores_on(device: str, rule: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +62,9 @@ def scores_on(device: str, rule: str = "") -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("capacity_factor, policy", [(None, "position"), (1.0, "position"), (1.25, "probability")])
-def test_rules_run_on_a_device_other_than_the_cpu_without_reading_values(capacity_factor: float | None, policy: str) -> None:
+def test_rules_run_on_a_device_other_than_the_cpu_without_reading_values(
+    capacity_factor: float | None, policy: str
+) -> None:
     for rule, router in routers(capacity_factor, policy):
         if rule in HOST_BY_NATURE:
             continue

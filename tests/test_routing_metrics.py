@@ -67,8 +67,23 @@ def test_route_command() -> None:
     scenario = REPO / "scenarios" / "mixtral-8x7b-serving.yaml"
     result = runner.invoke(
         app,
-        ["route", str(scenario), "-s", "top_k", "-s", "expert_choice", "-s", "base", "-s", "hash",
-         "--tokens", "2048", "--set", "routing.capacity_factor=1.0", "--json"],
+        [
+            "route",
+            str(scenario),
+            "-s",
+            "top_k",
+            "-s",
+            "expert_choice",
+            "-s",
+            "base",
+            "-s",
+            "hash",
+            "--tokens",
+            "2048",
+            "--set",
+            "routing.capacity_factor=1.0",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = {row["strategy"]: row for row in json.loads(result.output)}
@@ -105,8 +120,17 @@ def test_route_warms_up_the_deepseek_bias() -> None:
     """Under strong skew a fresh bias routes like top-k; warmed up, it evens the load out."""
     runner = CliRunner()
     scenario = REPO / "scenarios" / "deepseek-v3-pretraining.yaml"
-    args = ["route", str(scenario), "-s", "bias_balanced", "--tokens", "8192", "--json",
-            "--set", "workload.expert_popularity_skew=0.8"]
+    args = [
+        "route",
+        str(scenario),
+        "-s",
+        "bias_balanced",
+        "--tokens",
+        "8192",
+        "--json",
+        "--set",
+        "workload.expert_popularity_skew=0.8",
+    ]
     (warm,) = json.loads(runner.invoke(app, args).output)
     (cold,) = json.loads(runner.invoke(app, [*args, "--set", "simulation.bias_warmup_steps=0"]).output)
     assert cold["load_imbalance"] > 10 and warm["load_imbalance"] < 2

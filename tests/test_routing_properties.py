@@ -46,7 +46,11 @@ def test_routing_invariants(case: tuple[str, torch.Tensor, torch.Tensor, int, An
     rule, logits, token_ids, top_k, capacity_factor, policy = case
     experts = logits.shape[1]
     router = make_router(
-        rule, num_experts=experts, top_k=top_k, capacity_factor=capacity_factor, drop_policy=policy,
+        rule,
+        num_experts=experts,
+        top_k=top_k,
+        capacity_factor=capacity_factor,
+        drop_policy=policy,
         **options_for(rule, experts, top_k),
     )
     assignment = router.route(logits, token_ids)
@@ -76,7 +80,11 @@ def test_routing_invariants(case: tuple[str, torch.Tensor, torch.Tensor, int, An
         assert assignment.num_dropped == 0  # dropless
     # same seed, same assignment
     again = make_router(
-        rule, num_experts=experts, top_k=top_k, capacity_factor=capacity_factor, drop_policy=policy,
+        rule,
+        num_experts=experts,
+        top_k=top_k,
+        capacity_factor=capacity_factor,
+        drop_policy=policy,
         **options_for(rule, experts, top_k),
     ).route(logits, token_ids)
     assert assignment.equals(again)

@@ -127,7 +127,9 @@ def test_world_size_mismatch(base_document: dict[str, Any]) -> None:
 
 
 def test_unknown_presets_list_the_known(base_document: dict[str, Any]) -> None:
-    expect_error({**base_document, "model": "mixtral-8x8b"}, "unknown model preset", "did you mean 'mixtral-8x7b'", "deepseek-v3")
+    expect_error(
+        {**base_document, "model": "mixtral-8x8b"}, "unknown model preset", "did you mean 'mixtral-8x7b'", "deepseek-v3"
+    )
     expect_error(base_document, "unknown GPU preset 'H1000'", "H100-SXM", overrides=("cluster.gpu=H1000",))
 
 

@@ -54,7 +54,8 @@ def _plausible() -> st.SearchStrategy[dict[str, Any]]:
                 },
             ),
             "parallelism": st.fixed_dictionaries(
-                {}, optional={name: st.integers(-1, 9) for name in ("dp_size", "tp_size", "pp_size", "ep_size", "cp_size")}
+                {},
+                optional={name: st.integers(-1, 9) for name in ("dp_size", "tp_size", "pp_size", "ep_size", "cp_size")},
             ),
             "routing": st.fixed_dictionaries(
                 {},

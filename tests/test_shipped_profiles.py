@@ -36,8 +36,11 @@ def test_gemm_model_reproduces_every_measured_gemm(gpu: str) -> None:
     median, p90 = _stats(dense_errors(dense, tables.gemm))
     assert median <= 0.08 and p90 <= 0.20, (median, p90)
     # shape-aware: at 1,024 rows Mixtral's up-projection runs near 70% of peak, Qwen3's down-projection near 10%
-    rates = {(inner, cols): 2 * rows * inner * cols / float(dense.dense_seconds(rows, inner, cols)) / 989.4e12
-             for rows, inner, cols, _ in tables.gemm if rows == 1024}
+    rates = {
+        (inner, cols): 2 * rows * inner * cols / float(dense.dense_seconds(rows, inner, cols)) / 989.4e12
+        for rows, inner, cols, _ in tables.gemm
+        if rows == 1024
+    }
     assert rates[(4096, 28672)] > 0.6 and rates[(768, 2048)] < 0.2
 
 
@@ -45,7 +48,9 @@ def test_gemm_model_reproduces_every_measured_gemm(gpu: str) -> None:
 def test_grouped_model_reproduces_every_measured_grouped_gemm(gpu: str) -> None:
     tables = shipped_tables(DEVICES[gpu])
     grouped = GroupedGemmModel.from_dict(shipped_profile(gpu)["grouped_gemm"])
-    samples = [("forward", [rows] * groups, inner, cols, seconds) for groups, rows, inner, cols, seconds in tables.grouped]
+    samples = [
+        ("forward", [rows] * groups, inner, cols, seconds) for groups, rows, inner, cols, seconds in tables.grouped
+    ]
     assert len(samples) == 40
     median, p90 = _stats(relative_errors(grouped, samples))
     assert median <= 0.08 and p90 <= 0.20, (median, p90)
@@ -63,20 +68,33 @@ def test_backward_models_reproduce_the_measured_backwards() -> None:
     for gpu in DEVICES:  # a SwiGLU FFN under autograd: input and weight gradients of both projections
         profile, tables = shipped_profile(gpu), shipped_tables(DEVICES[gpu])
         dense = GroupedGemmModel.from_dict(profile["dense_gemm"])
-        errors = np.array([float(ffn_backward_seconds(dense, rows, hidden, inner, tables.copy_bytes_per_s,
-                                                      profile["ffn_backward_overhead_s"])) / backward - 1
-                           for rows, hidden, inner, _, backward in tables.ffn_backward])
+        errors = np.array(
+            [
+                float(
+                    ffn_backward_seconds(
+                        dense, rows, hidden, inner, tables.copy_bytes_per_s, profile["ffn_backward_overhead_s"]
+                    )
+                )
+                / backward
+                - 1
+                for rows, hidden, inner, _, backward in tables.ffn_backward
+            ]
+        )
         median, _ = _stats(errors)
         assert median <= 0.10, (gpu, median)
     # the grouped backward (input + weight gradients) measured on the H100: 2.4-4.8x its forward
     tables = shipped_tables(DEVICES["H100-SXM"])
     grouped = GroupedGemmModel.from_dict(shipped_profile("H100-SXM")["grouped_gemm"])
-    samples = [("backward", [rows] * groups, inner, cols, bf16 * ratio) for groups, rows, inner, cols, bf16, _, ratio
-               in tables.grouped_fp8]
+    samples = [
+        ("backward", [rows] * groups, inner, cols, bf16 * ratio)
+        for groups, rows, inner, cols, bf16, _, ratio in tables.grouped_fp8
+    ]
     median, p90 = _stats(relative_errors(grouped, samples))
     assert median <= 0.08 and p90 <= 0.22, (median, p90)
-    ratios = [(grouped.seconds(r, c, i) + grouped.weight_grad_seconds(r, i, c)) / grouped.seconds(r, i, c)
-              for _, r, i, c, _ in samples]
+    ratios = [
+        (grouped.seconds(r, c, i) + grouped.weight_grad_seconds(r, i, c)) / grouped.seconds(r, i, c)
+        for _, r, i, c, _ in samples
+    ]
     assert 2.0 < min(ratios) and max(ratios) > 3.5
 
 
@@ -97,8 +115,10 @@ def test_shipped_dense_fit_is_what_the_build_command_fits() -> None:
     shipped = GroupedGemmModel.from_dict(shipped_profile("H200")["dense_gemm"])
     refitted = fit_dense_model(tables.gemm, 989.4e12, tables.copy_bytes_per_s, 132)
     rows = np.array([row[0] for row in tables.gemm], dtype=float)
-    for (r, inner, cols, _) in tables.gemm:
-        assert float(refitted.dense_seconds(r, inner, cols)) == pytest.approx(float(shipped.dense_seconds(r, inner, cols)), rel=1e-3)
+    for r, inner, cols, _ in tables.gemm:
+        assert float(refitted.dense_seconds(r, inner, cols)) == pytest.approx(
+            float(shipped.dense_seconds(r, inner, cols)), rel=1e-3
+        )
     assert rows.size == 66
     recorded = shipped_profile("H200")["errors"]["dense_gemm"]
     assert recorded["median"] == pytest.approx(_stats(dense_errors(shipped, tables.gemm))[0], rel=1e-6)
@@ -127,8 +147,12 @@ def test_a_calibrated_profile_replaces_the_shipped_one(tmp_path) -> None:  # typ
     profile.update(device="my-gpu", source="measured by moesim calibrate on my GPU")
     path = tmp_path / "my-gpu.json"
     path.write_text(json.dumps(profile))
-    base = {"model": "mixtral-8x7b", "cluster": {"num_nodes": 1, "gpu": "H100-SXM"},
-            "parallelism": {"ep_size": 8}, "workload": {"mode": "training", "seq_len": 512, "global_batch_size": 8}}
+    base = {
+        "model": "mixtral-8x7b",
+        "cluster": {"num_nodes": 1, "gpu": "H100-SXM"},
+        "parallelism": {"ep_size": 8},
+        "workload": {"mode": "training", "seq_len": 512, "global_batch_size": 8},
+    }
     assert "h100-2026-11-26" in cost_model_for(scenario_from_dict(base)).source
     replaced = cost_model_for(scenario_from_dict({**base, "simulation": {"cost_profile": str(path)}}))
     assert "my GPU" in replaced.source
@@ -139,13 +163,17 @@ def test_shipped_router_and_permutation_are_the_executors_device_work() -> None:
 
     from moesim.profiles.shipping import LAUNCHES
 
-    calibrated = json.loads((Path(__file__).resolve().parent.parent / "validation" / "profiles" / "NVIDIA-H200.json").read_text())
+    calibrated = json.loads(
+        (Path(__file__).resolve().parent.parent / "validation" / "profiles" / "NVIDIA-H200.json").read_text()
+    )
     h100 = CostModel.for_gpu(gpu_preset("H100-SXM"))
     router, permute = h100.coefficients("router:top_k"), h100.coefficients("permute")
     # host launches (0.4-1.3 ms measured for a layer timed alone) give way to 4 us per kernel
     assert router["1"] == pytest.approx(LAUNCHES["router"] * 4e-6) and router["autograd"] == 0.0
     assert router["router GEMM seconds"] == 1.0
     # per-element device work as measured on the H200, at the H100's copy bandwidth
-    measured = dict(zip(calibrated["phase_fit"]["permute"]["features"], calibrated["phase_fit"]["permute"]["coefficients"]))
+    measured = dict(
+        zip(calibrated["phase_fit"]["permute"]["features"], calibrated["phase_fit"]["permute"]["coefficients"])
+    )
     ratio = calibrated["memory_bytes_per_s"] / shipped_tables(DEVICES["H100-SXM"]).copy_bytes_per_s
     assert permute["sort keys"] == pytest.approx(measured["sort keys"] * ratio, rel=1e-9)

@@ -78,22 +78,36 @@ def uniform_routing(ranks: int, tokens_per_rank: int, bytes_per_token: float) ->
     per_pair = tokens_per_rank / ranks
     return LayerRouting(
         expert_tokens=np.full(ranks, float(tokens_per_rank)),
-        traffic=Traffic(np.arange(ranks), np.full((ranks, ranks), per_pair * bytes_per_token), np.full((ranks, 1), 0.0)),
-        dropped_pairs=0.0, requested_pairs=float(ranks * tokens_per_rank), load_imbalance=1.0,
+        traffic=Traffic(
+            np.arange(ranks), np.full((ranks, ranks), per_pair * bytes_per_token), np.full((ranks, 1), 0.0)
+        ),
+        dropped_pairs=0.0,
+        requested_pairs=float(ranks * tokens_per_rank),
+        load_imbalance=1.0,
         rank_rows=[np.array([float(tokens_per_rank)])] * ranks,
     )
 
 
 def test_one_moe_layer_matches_the_hand_calculation() -> None:
     """One node, one expert per GPU, perfectly uniform routing: every phase by hand."""
-    scenario = scenario_from_dict({
-        "model": {"preset": "tiny-moe", "num_layers": 1, "hidden_size": 1024, "num_attention_heads": 8,
-                  "num_key_value_heads": 8, "moe_intermediate_size": 4096, "num_experts": 8, "top_k": 1},
-        "cluster": {"num_nodes": 1, "gpus_per_node": 8, "gpu": "H100-SXM"},
-        "parallelism": {"ep_size": 8},
-        "workload": {"micro_batch_size": 1, "seq_len": 4096},
-        "simulation": {"overlap_shared_experts": False},
-    })
+    scenario = scenario_from_dict(
+        {
+            "model": {
+                "preset": "tiny-moe",
+                "num_layers": 1,
+                "hidden_size": 1024,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 8,
+                "moe_intermediate_size": 4096,
+                "num_experts": 8,
+                "top_k": 1,
+            },
+            "cluster": {"num_nodes": 1, "gpus_per_node": 8, "gpu": "H100-SXM"},
+            "parallelism": {"ep_size": 8},
+            "workload": {"micro_batch_size": 1, "seq_len": 4096},
+            "simulation": {"overlap_shared_experts": False},
+        }
+    )
     plan = StagePlan(scenario)
     topology = Topology.from_cluster(scenario.cluster)
     cost = CostModel.for_gpu(scenario.cluster.gpu)
@@ -101,8 +115,19 @@ def test_one_moe_layer_matches_the_hand_calculation() -> None:
     routing = uniform_routing(8, tokens, hidden * 2)
     program = PhaseBuilder(scenario, plan, cost, topology, tokens, 4096).stage_program(0, [routing], 0)
     names = [phase.name for phase in program.forward]
-    assert names == ["embedding", "attention", "router", "permute", "dispatch", "experts", "combine", "unpermute", "lm_head"]
-    # dispatch: the count exchange (alpha), then alpha + each rank's buffer x 7/8 over its NVLink port (450 GB/s one way)
+    assert names == [
+        "embedding",
+        "attention",
+        "router",
+        "permute",
+        "dispatch",
+        "experts",
+        "combine",
+        "unpermute",
+        "lm_head",
+    ]
+    # dispatch: the count exchange (alpha), then alpha + each rank's buffer x 7/8 over its NVLink port (450 GB/s
+    # one way)
     buffer = tokens * hidden * 2
     expected_alltoall = 2e-6 + buffer * 7 / 8 / 450e9
     dispatch = program.forward[names.index("dispatch")]
@@ -119,8 +144,10 @@ def test_one_moe_layer_matches_the_hand_calculation() -> None:
 
     def grouped_by_hand(rows: int, inner: int, cols: int) -> float:
         waves = math.ceil(math.ceil(rows / g["tile_rows"]) * math.ceil(cols / g["tile_cols"]) / 132)
-        compute = waves * (2 * g["tile_rows"] * g["tile_cols"] * inner / (g["peak_flops"] / 132 * g["compute_efficiency"])
-                           + g["tile_overhead_s"])
+        compute = waves * (
+            2 * g["tile_rows"] * g["tile_cols"] * inner / (g["peak_flops"] / 132 * g["compute_efficiency"])
+            + g["tile_overhead_s"]
+        )
         memory = 2 * (inner * cols + rows * inner + rows * cols) / (g["bandwidth_bytes_per_s"] * g["memory_efficiency"])
         p = g["sharpness"]
         return overhead + (compute**p + memory**p) ** (1 / p)
@@ -128,7 +155,9 @@ def test_one_moe_layer_matches_the_hand_calculation() -> None:
     bandwidth = profile["memory_bytes_per_s"] * profile["memory_efficiency"]
     activation = tokens * 5 * f * 2 / bandwidth  # gate activation (read, write), product (two reads, a write)
     experts = program.forward[names.index("experts")]
-    assert np.allclose(experts.seconds, grouped_by_hand(tokens, hidden, 2 * f) + activation + grouped_by_hand(tokens, f, hidden))
+    assert np.allclose(
+        experts.seconds, grouped_by_hand(tokens, hidden, 2 * f) + activation + grouped_by_hand(tokens, f, hidden)
+    )
     # the whole pass is the sum of its phases (every rank equal, nobody waits), in both timelines
     total = sum(float(phase.seconds[0]) for phase in program.forward)
     simpy_time, slices = run_stage(program.forward, 8, "forward")
@@ -142,11 +171,28 @@ def random_program(rng: np.random.Generator, ranks: int, chunks: int) -> list[Ph
     for layer in range(3):
         phases.append(Phase("attention", layer, rng.uniform(1, 2, ranks)))
         shared = Phase("shared_experts", layer, rng.uniform(0, 3, ranks))
-        phases.append(Phase("dispatch", layer, np.array([rng.uniform(0.5, 2)]), collective=True,
-                            overlapped=shared if layer != 1 else None, chunks=chunks, detail={"latency": 0.1}))
+        phases.append(
+            Phase(
+                "dispatch",
+                layer,
+                np.array([rng.uniform(0.5, 2)]),
+                collective=True,
+                overlapped=shared if layer != 1 else None,
+                chunks=chunks,
+                detail={"latency": 0.1},
+            )
+        )
         phases.append(Phase("experts", layer, rng.uniform(1, 5, ranks), chunks=chunks))
-        phases.append(Phase("combine", layer, np.array([rng.uniform(0.5, 2)]), collective=True, chunks=chunks,
-                            detail={"latency": 0.1}))
+        phases.append(
+            Phase(
+                "combine",
+                layer,
+                np.array([rng.uniform(0.5, 2)]),
+                collective=True,
+                chunks=chunks,
+                detail={"latency": 0.1},
+            )
+        )
     return phases
 
 
@@ -176,7 +222,10 @@ def test_one_f_one_b_closed_form() -> None:
         seconds, _ = run_pipeline([1.0] * stages, [2.0] * stages, micro, 0.0)
         assert seconds == pytest.approx((micro + stages - 1) * 3.0)
         order = one_f_one_b(stages, micro)
-        assert all(sorted(order[s]) == sorted([("F", m) for m in range(micro)] + [("B", m) for m in range(micro)]) for s in range(stages))
+        assert all(
+            sorted(order[s]) == sorted([("F", m) for m in range(micro)] + [("B", m) for m in range(micro)])
+            for s in range(stages)
+        )
 
 
 def test_all_reduce_closed_form() -> None:
@@ -211,7 +260,11 @@ def test_alltoall_algorithms_on_two_nodes() -> None:
 
 
 def test_memory_does_not_fit_says_by_how_much() -> None:
-    document = {"model": "mixtral-8x22b", "cluster": {"num_nodes": 1, "gpus_per_node": 8}, "parallelism": {"ep_size": 8}}
+    document = {
+        "model": "mixtral-8x22b",
+        "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+        "parallelism": {"ep_size": 8},
+    }
     with pytest.raises(MoesimError, match=r"does not fit: .* short by [0-9.]+ GB"):
         simulate(scenario_from_dict(document))
     plan = StagePlan(scenario_from_dict(document))
@@ -224,12 +277,17 @@ def test_memory_does_not_fit_says_by_how_much() -> None:
 
 
 def test_inference_reports_prefill_and_decode() -> None:
-    result = simulate(scenario_from_dict({
-        "model": {"preset": "mixtral-8x7b", "num_layers": 4},
-        "cluster": {"num_nodes": 1, "gpus_per_node": 8}, "parallelism": {"ep_size": 8},
-        "workload": {"mode": "inference", "micro_batch_size": 4, "seq_len": 512, "decode_tokens": 16},
-        "simulation": {"max_routed_tokens": 4096},
-    }))
+    result = simulate(
+        scenario_from_dict(
+            {
+                "model": {"preset": "mixtral-8x7b", "num_layers": 4},
+                "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+                "parallelism": {"ep_size": 8},
+                "workload": {"mode": "inference", "micro_batch_size": 4, "seq_len": 512, "decode_tokens": 16},
+                "simulation": {"max_routed_tokens": 4096},
+            }
+        )
+    )
     assert result.prefill_s > 0 and result.decode_step_s > 0
     assert result.step_time_s == pytest.approx(result.prefill_s + 16 * result.decode_step_s)
     assert result.memory["kv_cache_bytes"] > 0
@@ -238,7 +296,14 @@ def test_inference_reports_prefill_and_decode() -> None:
 def test_run_command_and_trace(tmp_path: Path) -> None:
     runner = CliRunner()
     scenario = REPO / "scenarios" / "mixtral-8x7b-serving.yaml"
-    overrides = ["--set", "model.num_layers=2", "--set", "simulation.max_routed_tokens=4096", "--set", "workload.decode_tokens=4"]
+    overrides = [
+        "--set",
+        "model.num_layers=2",
+        "--set",
+        "simulation.max_routed_tokens=4096",
+        "--set",
+        "workload.decode_tokens=4",
+    ]
     trace = tmp_path / "trace.json"
     result = runner.invoke(app, ["run", str(scenario), *overrides, "--trace", str(trace)])
     assert result.exit_code == 0, result.output
@@ -248,7 +313,9 @@ def test_run_command_and_trace(tmp_path: Path) -> None:
     assert tracks == set(range(8))
     data = json.loads(runner.invoke(app, ["run", str(scenario), *overrides, "--json"]).output)
     assert {"step_time_s", "phase_seconds", "tokens_per_s_per_gpu", "mfu", "drop_rate", "memory"} <= set(data)
-    too_big = runner.invoke(app, ["run", str(scenario), "--set", "model=mixtral-8x22b", "--set", "workload.micro_batch_size=512"])
+    too_big = runner.invoke(
+        app, ["run", str(scenario), "--set", "model=mixtral-8x22b", "--set", "workload.micro_batch_size=512"]
+    )
     assert too_big.exit_code == 2 and "does not fit" in too_big.output
 
 
@@ -276,10 +343,16 @@ def test_placement_replicas() -> None:
 
 def test_cost_profile_replaces_the_curve(tmp_path: Path) -> None:
     profile = tmp_path / "cpu.json"
-    profile.write_text(json.dumps({
-        "device": "test-cpu", "peak_flops": 1e12, "memory_bytes_per_s": 1e11,
-        "gemm_efficiency": {"rows": [1, 64, 4096], "efficiency": [0.01, 0.2, 0.6]},
-    }))
+    profile.write_text(
+        json.dumps(
+            {
+                "device": "test-cpu",
+                "peak_flops": 1e12,
+                "memory_bytes_per_s": 1e11,
+                "gemm_efficiency": {"rows": [1, 64, 4096], "efficiency": [0.01, 0.2, 0.6]},
+            }
+        )
+    )
     model = CostModel.from_profile(profile)
     assert model.efficiency(64) == pytest.approx(0.2) and model.efficiency(1e6) == pytest.approx(0.6)
     assert "measured profile" in model.source
@@ -299,8 +372,10 @@ def test_simulation_replays_a_recorded_trace(tmp_path: Path) -> None:
     document = small_training(workload={"scores": "trace", "trace_path": str(trace)})
     replayed = simulate(scenario_from_dict(document))
     assert replayed.load_imbalance > 1.5  # the trace's skew, not the scenario's synthetic knobs
-    wrong = small_training(model={"preset": "olmoe-1b-7b", "num_layers": 2, "num_experts": 32},
-                           workload={"scores": "trace", "trace_path": str(trace)})
+    wrong = small_training(
+        model={"preset": "olmoe-1b-7b", "num_layers": 2, "num_experts": 32},
+        workload={"scores": "trace", "trace_path": str(trace)},
+    )
     with pytest.raises(MoesimError, match="the trace has 64 experts"):
         simulate(scenario_from_dict(wrong))
 
@@ -325,11 +400,18 @@ def test_interleaved_1f1b_bubble_shrinks_by_the_chunks(stages: int, micro: int, 
 
 
 def test_virtual_pipeline_size_is_checked_and_shortens_the_step() -> None:
-    document = small_training(model={"preset": "olmoe-1b-7b", "num_layers": 8}, parallelism={"ep_size": 4, "pp_size": 2},
-                              workload={"micro_batch_size": 1, "global_batch_size": 16})
+    document = small_training(
+        model={"preset": "olmoe-1b-7b", "num_layers": 8},
+        parallelism={"ep_size": 4, "pp_size": 2},
+        workload={"micro_batch_size": 1, "global_batch_size": 16},
+    )
     plain = simulate(scenario_from_dict(document), check_memory=False)
-    interleaved = simulate(scenario_from_dict(small_training(**{**document, "parallelism": {
-        **document["parallelism"], "virtual_pipeline_size": 2}})), check_memory=False)
+    interleaved = simulate(
+        scenario_from_dict(
+            small_training(**{**document, "parallelism": {**document["parallelism"], "virtual_pipeline_size": 2}})
+        ),
+        check_memory=False,
+    )
     assert interleaved.pipeline_bubble_s < plain.pipeline_bubble_s
     with pytest.raises(MoesimError, match="virtual_pipeline_size"):
         scenario_from_dict(small_training(parallelism={"virtual_pipeline_size": 2}))
@@ -339,20 +421,30 @@ def test_interleaving_holds_more_activations_in_flight() -> None:
     from moesim.sim.memory import memory_per_gpu
     from moesim.sim.plan import StagePlan
 
-    document = small_training(model={"preset": "olmoe-1b-7b", "num_layers": 8}, parallelism={"ep_size": 2, "pp_size": 4},
-                              workload={"micro_batch_size": 1, "global_batch_size": 16})
+    document = small_training(
+        model={"preset": "olmoe-1b-7b", "num_layers": 8},
+        parallelism={"ep_size": 2, "pp_size": 4},
+        workload={"micro_batch_size": 1, "global_batch_size": 16},
+    )
     plain = scenario_from_dict(document)
-    interleaved = scenario_from_dict(small_training(**{**document, "parallelism": {**document["parallelism"],
-                                                                                      "virtual_pipeline_size": 2}}))
-    ratio = (memory_per_gpu(interleaved, StagePlan(interleaved)).activations_bytes
-             / memory_per_gpu(plain, StagePlan(plain)).activations_bytes)
+    interleaved = scenario_from_dict(
+        small_training(**{**document, "parallelism": {**document["parallelism"], "virtual_pipeline_size": 2}})
+    )
+    ratio = (
+        memory_per_gpu(interleaved, StagePlan(interleaved)).activations_bytes
+        / memory_per_gpu(plain, StagePlan(plain)).activations_bytes
+    )
     assert ratio == pytest.approx(1 + (4 - 1) / (4 * 2))  # Narayanan et al. 2021, section 2.2
 
 
 def test_chunked_prefill_bounds_activations_and_keeps_the_prefill_work() -> None:
-    base = {"model": {"preset": "olmoe-1b-7b", "num_layers": 2}, "cluster": {"num_nodes": 1, "gpus_per_node": 8},
-            "parallelism": {"ep_size": 8}, "simulation": {"network_mode": "fast"},
-            "workload": {"mode": "inference", "micro_batch_size": 8, "seq_len": 4096, "decode_tokens": 4}}
+    base = {
+        "model": {"preset": "olmoe-1b-7b", "num_layers": 2},
+        "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+        "parallelism": {"ep_size": 8},
+        "simulation": {"network_mode": "fast"},
+        "workload": {"mode": "inference", "micro_batch_size": 8, "seq_len": 4096, "decode_tokens": 4},
+    }
 
     def run(chunk):  # type: ignore[no-untyped-def]
         return simulate(scenario_from_dict({**base, "workload": {**base["workload"], "prefill_chunk_tokens": chunk}}))

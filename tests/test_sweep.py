@@ -31,8 +31,11 @@ def tiny_document(store: Path) -> dict[str, Any]:
         "cluster": {"num_nodes": 1, "gpus_per_node": 2, "gpu": "H100-SXM"},
         "parallelism": {"ep_size": 2},
         "workload": {"micro_batch_size": 2, "seq_len": 128},
-        "sweep": {"params": {"routing.capacity_factor": [1.0, 1.25, 2.0], "routing.strategy": ["top_k", "hash"]},
-                  "store": str(store), "workers": 1},
+        "sweep": {
+            "params": {"routing.capacity_factor": [1.0, 1.25, 2.0], "routing.strategy": ["top_k", "hash"]},
+            "store": str(store),
+            "workers": 1,
+        },
     }
 
 
@@ -69,8 +72,14 @@ def test_sweep_writes_each_point_once_and_resumes(tmp_path: Path) -> None:
 def test_points_that_cannot_run_are_stored_with_their_error(tmp_path: Path) -> None:
     document = tiny_document(tmp_path / "r.sqlite")
     document["sweep"]["params"] = {"workload.micro_batch_size": [2, 4096]}
-    document["model"] = {"preset": "tiny-moe", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
-                         "intermediate_size": 16384, "moe_intermediate_size": 16384}
+    document["model"] = {
+        "preset": "tiny-moe",
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 16384,
+        "moe_intermediate_size": 16384,
+    }
     document["workload"]["seq_len"] = 128
     summary = run_sweep(document)
     assert summary.errors == 1
@@ -94,8 +103,22 @@ def test_process_pool_and_cli(tmp_path: Path) -> None:
     runner = CliRunner()
     scenario = REPO / "scenarios" / "switch-base-8-capacity.toml"
     store = tmp_path / "cli.sqlite"
-    args = ["sweep", str(scenario), "--store", str(store), "--workers", "2", "--set", "simulation.max_routed_tokens=4096",
-            "--set", "model.num_layers=2", "--set", "model.num_encoder_layers=2", "--csv", str(tmp_path / "c.csv")]
+    args = [
+        "sweep",
+        str(scenario),
+        "--store",
+        str(store),
+        "--workers",
+        "2",
+        "--set",
+        "simulation.max_routed_tokens=4096",
+        "--set",
+        "model.num_layers=2",
+        "--set",
+        "model.num_encoder_layers=2",
+        "--csv",
+        str(tmp_path / "c.csv"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "4 points: 0 already" in result.output
@@ -160,11 +183,18 @@ def test_empty_sweep_is_an_error(tmp_path: Path) -> None:
 def test_failures_are_counted_exit_1_when_all_fail_and_can_be_retried(tmp_path: Path) -> None:
     document = tiny_document(tmp_path / "r.sqlite")
     document["sweep"]["params"] = {"workload.micro_batch_size": [4096, 8192]}
-    document["model"] = {"preset": "tiny-moe", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
-                         "intermediate_size": 16384, "moe_intermediate_size": 16384}
+    document["model"] = {
+        "preset": "tiny-moe",
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 16384,
+        "moe_intermediate_size": 16384,
+    }
     scenario = tmp_path / "s.json"
     scenario.write_text(json.dumps(document))
     runner = CliRunner()
+
     def words(args: list[str]) -> tuple[int, str]:
         result = runner.invoke(app, ["sweep", str(scenario), *args])
         return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
@@ -188,8 +218,12 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_one_interrupt_stops_a_sweep_keeps_its_points_and_leaves_no_process(tmp_path: Path, stop: int) -> None:
     store, scenario = slow_sweep(tmp_path, 40)
-    process = subprocess.Popen([sys.executable, "-m", "moesim.cli", "sweep", str(scenario), "--workers", "2"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moesim.cli", "sweep", str(scenario), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline, stored, workers = time.time() + 90, 0, set()
     while time.time() < deadline and process.poll() is None and stored < 2:
         workers |= _children(process.pid)
@@ -206,8 +240,11 @@ def test_one_interrupt_stops_a_sweep_keeps_its_points_and_leaves_no_process(tmp_
     _, errors = process.communicate(timeout=30)
     assert time.time() - sent < 10 and process.returncode == 130 and "interrupted" in errors
     time.sleep(0.5)
-    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
-             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    alive = [
+        pid
+        for pid in workers
+        if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    ]
     assert workers and not alive, f"workers left behind: {alive}"
     kept = sqlite3.connect(store).execute("SELECT COUNT(*) FROM points").fetchone()[0]
     summary = run_sweep(json.loads(scenario.read_text()), max_points=1)

@@ -25,7 +25,9 @@ def test_training_lowers_the_loss_and_logs_loads(tmp_path: Path) -> None:
     assert all(sum(layer) == 4 * 32 * 2 for step in log["loads"] for layer in step)  # dropless top-2
     assert imbalance_curve(log).shape == (25,)
     share = busiest_share_curve(log)
-    assert share.shape == (25,) and ((share >= 2 / 8 - 1e-9) & (share <= 1 + 1e-9)).all()  # 2 of 8 experts: at least even
+    assert (
+        share.shape == (25,) and ((share >= 2 / 8 - 1e-9) & (share <= 1 + 1e-9)).all()
+    )  # 2 of 8 experts: at least even
     layers = load_trace(log["trace"])
     assert len(layers) == 2 and layers[0].logits.shape == (128, 8)
     bias = train(config, "bias", tmp_path)

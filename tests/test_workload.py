@@ -72,13 +72,36 @@ def test_bad_traces_fail_with_one_line(tmp_path: Path) -> None:
 
     cases = [
         (write(logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(4, np.int64)), "missing array"),
-        (write(format_version=np.array(2), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(4, np.int64)), "not supported"),
-        (write(format_version=np.array(1), logits=np.zeros((4, 8), np.float32), token_ids=np.zeros(4, np.int64)),
-         "[layers, tokens, experts]"),
-        (write(format_version=np.array(1), logits=np.zeros((1, 4, 8), np.int32), token_ids=np.zeros(4, np.int64)), "floating point"),
-        (write(format_version=np.array(1), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(5, np.int64)), "token_ids"),
-        (write(format_version=np.array(1), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(4, np.float32)), "integer"),
-        (write(format_version=np.array(1), logits=np.full((1, 4, 8), np.nan, np.float32), token_ids=np.zeros(4, np.int64)), "NaN"),
+        (
+            write(format_version=np.array(2), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(4, np.int64)),
+            "not supported",
+        ),
+        (
+            write(format_version=np.array(1), logits=np.zeros((4, 8), np.float32), token_ids=np.zeros(4, np.int64)),
+            "[layers, tokens, experts]",
+        ),
+        (
+            write(format_version=np.array(1), logits=np.zeros((1, 4, 8), np.int32), token_ids=np.zeros(4, np.int64)),
+            "floating point",
+        ),
+        (
+            write(format_version=np.array(1), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(5, np.int64)),
+            "token_ids",
+        ),
+        (
+            write(
+                format_version=np.array(1), logits=np.zeros((1, 4, 8), np.float32), token_ids=np.zeros(4, np.float32)
+            ),
+            "integer",
+        ),
+        (
+            write(
+                format_version=np.array(1),
+                logits=np.full((1, 4, 8), np.nan, np.float32),
+                token_ids=np.zeros(4, np.int64),
+            ),
+            "NaN",
+        ),
     ]
     for path, fragment in cases:
         with pytest.raises(TraceError) as caught:

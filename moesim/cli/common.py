@@ -27,6 +27,7 @@ app.add_typer(presets_app, name="presets")
 profiles_app = typer.Typer(help="GPU cost-model profiles: measured, derived, or datasheet.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 
+
 def _console_width() -> Optional[int]:
     """COLUMNS when set (also when piped), the terminal's own width, else 100 for a file or pipe."""
     columns = os.environ.get("COLUMNS", "")
@@ -98,8 +99,8 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """moesim: how fast is an MoE step on this cluster, how many tokens drop, and what fits."""
-
-

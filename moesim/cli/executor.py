@@ -11,17 +11,26 @@ import typer
 from rich.table import Table
 
 from moesim.cli.common import (
-    SET_HELP, app, console, output_file, user_errors_exit_2,
+    SET_HELP,
+    app,
+    console,
+    output_file,
+    user_errors_exit_2,
 )
 from moesim.errors import MoesimError
+
 
 @app.command()
 @user_errors_exit_2
 def execute(
-    scenario: Path = typer.Argument(..., help="Scenario file; its model's MoE layer is run for real (use small models on CPU)."),
+    scenario: Path = typer.Argument(
+        ..., help="Scenario file; its model's MoE layer is run for real (use small models on CPU)."
+    ),
     ranks: int = typer.Option(2, "--ranks", min=1, help="Expert-parallel processes (gloo on CPU, NCCL on GPUs)."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
-    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help="Tokens per rank (default: micro_batch_size x seq_len)."),
+    tokens: Optional[int] = typer.Option(
+        None, "--tokens", min=1, help="Tokens per rank (default: micro_batch_size x seq_len)."
+    ),
     warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed passes before timing."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed passes (the median is reported)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the per-rank phase times as JSON."),
@@ -40,8 +49,10 @@ def execute(
         report = run_execute(resolved, ranks, tokens, warmup, repeats, str(trace) if trace else None)
     if out:
         out.write_text(json.dumps(report, indent=2))
-    table = Table(title=f"{report['scenario']}: measured on {report['device']} ({report['backend']}, {ranks} ranks, "
-                        f"{report['tokens_per_rank']} tokens per rank), median of {repeats}")
+    table = Table(
+        title=f"{report['scenario']}: measured on {report['device']} ({report['backend']}, {ranks} ranks, "
+        f"{report['tokens_per_rank']} tokens per rank), median of {repeats}"
+    )
     table.add_column("phase")
     for rank in range(ranks):
         table.add_column(f"rank {rank} (ms)", justify="right")
@@ -54,13 +65,15 @@ def execute(
 @user_errors_exit_2
 def calibrate(
     device: str = typer.Option("cpu", "--device", help="cpu (ranks sharing this machine) or cuda (one GPU)."),
-    ranks: int = typer.Option(2, "--ranks", min=1, help="CPU: ranks for the all-to-all measurement (and threads per rank)."),
+    ranks: int = typer.Option(
+        2, "--ranks", min=1, help="CPU: ranks for the all-to-all measurement (and threads per rank)."
+    ),
     out: Path = typer.Option(Path("validation/profiles"), "--out", help="Folder for the profile JSON."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repetitions."),
 ) -> None:
-    """Measure this device and write a CostModel profile: on a CPU GEMMs, memory, launches, backward ratio, all-to-all and
-    the expert-parallel layer's phases; on one GPU grouped GEMMs, GEMMs, a copy and whole MoE layers of other shapes than
-    the validation's (router, permute, experts, unpermute, shared experts, backward)."""
+    """Measure this device and write a CostModel profile: on a CPU GEMMs, memory, launches, backward ratio,
+    all-to-all and the expert-parallel layer's phases; on one GPU grouped GEMMs, GEMMs, a copy and whole MoE layers
+    of other shapes than the validation's (router, permute, experts, unpermute, shared experts, backward)."""
     from moesim.validation.calibrate import calibrate as run_calibrate
 
     if device not in ("cpu", "cuda"):
@@ -71,12 +84,15 @@ def calibrate(
         from moesim.validation.single_device import calibrate_single_device
 
         with console.status("calibrating one GPU ...", spinner="dots") as status:
-            path = calibrate_single_device("cuda", quick, profile_dir=out,
-                                           on_step=lambda step: status.update(f"calibrating: {step} ..."))
+            path = calibrate_single_device(
+                "cuda", quick, profile_dir=out, on_step=lambda step: status.update(f"calibrating: {step} ...")
+            )
         console.print(f"profile written to {path}; use it with --set simulation.cost_profile={path}")
         return
     with console.status("calibrating ...", spinner="dots") as status:
-        path = run_calibrate(device, ranks, out_dir=out, quick=quick, on_step=lambda step: status.update(f"calibrating: {step} ..."))
+        path = run_calibrate(
+            device, ranks, out_dir=out, quick=quick, on_step=lambda step: status.update(f"calibrating: {step} ...")
+        )
     console.print(f"profile written to {path}; use it with --set simulation.cost_profile={path}")
 
 
@@ -84,25 +100,42 @@ def calibrate(
 @user_errors_exit_2
 def validate(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    ranks: str = typer.Option("2,4", "--ranks", help="Expert-parallel rank counts of the measured layers, comma-separated."),
-    profile: Optional[Path] = typer.Option(None, "--profile", help="Use this calibrated profile (one rank count only) "
-                                           "instead of calibrating in the same run, interleaved with the validation layers."),
+    ranks: str = typer.Option(
+        "2,4", "--ranks", help="Expert-parallel rank counts of the measured layers, comma-separated."
+    ),
+    profile: Optional[Path] = typer.Option(
+        None,
+        "--profile",
+        help="Use this calibrated profile (one rank count only) "
+        "instead of calibrating in the same run, interleaved with the validation layers.",
+    ),
     out: Path = typer.Option(Path("validation"), "--out", help="Folder for REPORT.md, the plot and the raw rows."),
     quick: bool = typer.Option(False, "--quick", help="Two configurations instead of the full grid."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="Passes over the whole grid (repetitions are spread "
-                                         "over them); default 10 across ranks, 3 on a single device."),
+    rounds: Optional[int] = typer.Option(
+        None,
+        "--rounds",
+        min=1,
+        help="Passes over the whole grid (repetitions are spread "
+        "over them); default 10 across ranks, 3 on a single device.",
+    ),
     repeats: int = typer.Option(2, "--repeats", min=1, help="Timed runs of each configuration per pass."),
-    single_device: bool = typer.Option(False, "--single-device", help="One device: the whole MoE layer (router, permute, "
-                                       "experts, unpermute, shared experts, backward) at model sizes; what --device cuda runs."),
-    from_raw: Optional[Path] = typer.Option(None, "--from-raw", help="Fit and report again from a single-device run's raw.json "
-                                            "(no device needed)."),
+    single_device: bool = typer.Option(
+        False,
+        "--single-device",
+        help="One device: the whole MoE layer (router, permute, "
+        "experts, unpermute, shared experts, backward) at model sizes; what --device cuda runs.",
+    ),
+    from_raw: Optional[Path] = typer.Option(
+        None, "--from-raw", help="Fit and report again from a single-device run's raw.json (no device needed)."
+    ),
 ) -> None:
     """Measure MoE layers with the executor, predict them with the simulator, and report the error."""
     import json as json_module
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from moesim.validation.validate import summary, validate as run_validate, write_report
+    from moesim.validation.validate import validate as run_validate
+    from moesim.validation.validate_report import summary, write_report
 
     if device not in ("cpu", "cuda"):
         raise MoesimError(f"--device: '{device}' is neither cpu nor cuda")
@@ -123,20 +156,39 @@ def validate(
     rows: list = []
     profiles: dict = {}
     for count in rank_counts:
-        with Progress(TextColumn(f"[bold]{count} ranks"), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console) as progress:
+        with Progress(
+            TextColumn(f"[bold]{count} ranks"),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
             task = progress.add_task("calibrating" if profile is None else "measuring", total=None)
             count_rows, used = run_validate(
-                profile, count, quick, rounds, repeats, profile_dir=out / "profiles", device=device,
+                profile,
+                count,
+                quick,
+                rounds,
+                repeats,
+                profile_dir=out / "profiles",
+                device=device,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
                 on_step=lambda step: progress.update(task, description=step),
             )
         rows += count_rows
         profiles[count] = json_module.loads(Path(used).read_text())
     report = write_report(rows, profiles, out, rounds, repeats)
-    layer = summary(rows)
-    console.print(f"layer-time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%} "
-                  f"over {layer['count']} configurations")
+    layer, held = summary(rows), summary(rows, held_out=True)
+    console.print(
+        f"layer-time error: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%}, maximum "
+        f"{layer['max']:.1%} over {layer['count']} configurations"
+        + (
+            f"; held-out grid: median {held['median']:.1%}, 90th percentile {held['p90']:.1%} over {held['count']}"
+            if held["count"]
+            else ""
+        )
+    )
     console.print(f"report written to {report}")
 
 
@@ -148,7 +200,9 @@ def _write_raw(out: Path, raw: dict) -> Path:
     return folder
 
 
-def _validate_single_device(device: str, quick: bool, rounds: int, repeats: int, out: Path, from_raw: Optional[Path]) -> None:
+def _validate_single_device(
+    device: str, quick: bool, rounds: int, repeats: int, out: Path, from_raw: Optional[Path]
+) -> None:
     """`moesim validate --device cuda` / `--single-device` / `--from-raw`: the whole layer on one device."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -162,16 +216,30 @@ def _validate_single_device(device: str, quick: bool, rounds: int, repeats: int,
             raise MoesimError(f"--from-raw: cannot read {from_raw} ({error})") from None
         command = f"moesim validate --from-raw {from_raw}"
     else:
+
         def on_step(step: str) -> None:
             progress.update(task, description=step)
             progress.console.log(step)
 
-        with Progress(TextColumn("[bold]single device"), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console) as progress:
+        with Progress(
+            TextColumn("[bold]single device"),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
             task = progress.add_task("kernel micro-benchmarks", total=None)
-            raw = run_single_device(device, quick, rounds, repeats, on_step=on_step,
-                                    on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-        command = f"moesim validate --device {device}{' --single-device' if device == 'cpu' else ''}{' --quick' if quick else ''}"
+            raw = run_single_device(
+                device,
+                quick,
+                rounds,
+                repeats,
+                on_step=on_step,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        flags = (" --single-device" if device == "cpu" else "") + (" --quick" if quick else "")
+        command = f"moesim validate --device {device}{flags}"
         _write_raw(out, raw)  # first: if the fit fails, the measurements are kept and it can be made again from them
     try:
         rows, profile_path = report_from_raw(raw, out / "profiles")
@@ -180,10 +248,10 @@ def _validate_single_device(device: str, quick: bool, rounds: int, repeats: int,
     folder = _write_raw(out, raw) if from_raw is not None else out / raw["device"]
     report = write_single_device_report(rows, raw, profile_path, folder, command)
     layer = error_stats([row for row in rows if row["phase"] == "layer"])
-    console.print(f"layer-time error on {raw['device']}: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%}, "
-                  f"max {layer['max']:.1%} over {layer['count']} layers; report written to {report}")
-
-
+    console.print(
+        f"layer-time error on {raw['device']}: median {layer['median']:.1%}, 90th percentile {layer['p90']:.1%}, "
+        f"max {layer['max']:.1%} over {layer['count']} layers; report written to {report}"
+    )
 
 
 @app.command("train-small")
@@ -196,27 +264,53 @@ def train_small(
     """Train a small MoE language model on the standard library's source; plot expert balance per set-up."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from moesim.executor.train_small import BALANCING, SmallConfig, busiest_share_curve, imbalance_curve, plot_balance, train
+    from moesim.executor.train_small import (
+        BALANCING,
+        SmallConfig,
+        busiest_share_curve,
+        imbalance_curve,
+        plot_balance,
+        train,
+    )
 
     modes = [mode.strip() for mode in balancing.split(",") if mode.strip()]
     for mode in modes:
         if mode not in BALANCING:
             raise MoesimError(f"--balancing: unknown set-up '{mode}'; choose from {', '.join(BALANCING)}")
     logs = []
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         for mode in modes:
             task = progress.add_task(mode, total=steps)
-            logs.append(train(SmallConfig(steps=steps), mode, out, on_step=lambda done, task=task: progress.update(task, completed=done)))
+            logs.append(
+                train(
+                    SmallConfig(steps=steps),
+                    mode,
+                    out,
+                    on_step=lambda done, task=task: progress.update(task, completed=done),
+                )
+            )
     plot = plot_balance(logs, out / "load_balance.png")
     table = Table(title="expert load (mean over layers)")
-    for column in ("set-up", "max / mean, first 10 steps", "max / mean, last 50 steps", "2 busiest experts' share, last 50",
-                   "final loss (nats/byte)", "trace"):
+    for column in (
+        "set-up",
+        "max / mean, first 10 steps",
+        "max / mean, last 50 steps",
+        "2 busiest experts' share, last 50",
+        "final loss (nats/byte)",
+        "trace",
+    ):
         table.add_column(column)
     for log in logs:
         curve = imbalance_curve(log)
-        table.add_row(log["balancing"], f"{curve[:10].mean():.2f}", f"{curve[-50:].mean():.2f}",
-                      f"{busiest_share_curve(log)[-50:].mean():.0%}",
-                      f"{sum(log['loss'][-20:]) / min(20, len(log['loss'])):.3f}", log["trace"])
+        table.add_row(
+            log["balancing"],
+            f"{curve[:10].mean():.2f}",
+            f"{curve[-50:].mean():.2f}",
+            f"{busiest_share_curve(log)[-50:].mean():.0%}",
+            f"{sum(log['loss'][-20:]) / min(20, len(log['loss'])):.3f}",
+            log["trace"],
+        )
     console.print(table)
     console.print(f"plot written to {plot}")

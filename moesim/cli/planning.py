@@ -12,22 +12,37 @@ from rich.markup import escape
 from rich.table import Table
 
 from moesim.cli.common import (
-    SET_HELP, _interrupt, app, console, output_file, output_folder, print_json,
+    SET_HELP,
+    _interrupt,
+    app,
+    console,
+    output_file,
+    output_folder,
+    print_json,
     user_errors_exit_2,
 )
 from moesim.errors import MoesimError
+
 
 @app.command()
 @user_errors_exit_2
 def sweep(
     scenario: Path = typer.Argument(..., help="Scenario file (.yaml, .toml or .json)."),
-    params: List[str] = typer.Option([], "--param", "-p", help="PATH=V1,V2,... to sweep (repeatable; default: the file's sweep section)."),
+    params: List[str] = typer.Option(
+        [], "--param", "-p", help="PATH=V1,V2,... to sweep (repeatable; default: the file's sweep section)."
+    ),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Local worker processes (default: sweep.workers)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="Local worker processes (default: sweep.workers)."
+    ),
     store: Optional[Path] = typer.Option(None, "--store", help="Results store, SQLite (default: sweep.store)."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' starts one here, or give a cluster address."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", help="Run on Ray: 'local' starts one here, or give a cluster address."
+    ),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Export this sweep's results to CSV."),
-    parquet_path: Optional[Path] = typer.Option(None, "--parquet", help="Export this sweep's results to Parquet (needs pyarrow)."),
+    parquet_path: Optional[Path] = typer.Option(
+        None, "--parquet", help="Export this sweep's results to Parquet (needs pyarrow)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the points stored with an error again."),
 ) -> None:
@@ -45,8 +60,14 @@ def sweep(
     output_file(parquet_path, "--parquet")
     document = apply_overrides(read_document(scenario), overrides)
     grid_params = dict(parse_param(text) for text in params) or None
-    with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=as_json) as progress:
+    with Progress(
+        TextColumn("[bold]sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=as_json,
+    ) as progress:
         task = progress.add_task("points", total=None)
 
         def on_progress(done: int, total: int) -> None:
@@ -55,14 +76,22 @@ def sweep(
         previous = signal.signal(signal.SIGTERM, _interrupt)  # a polite kill stops like Ctrl-C
         try:
             summary = run_sweep(
-                document, grid_params, store, workers,
-                ray_address=None if ray in (None, "local") else ray, use_ray=ray is not None, on_progress=on_progress,
+                document,
+                grid_params,
+                store,
+                workers,
+                ray_address=None if ray in (None, "local") else ray,
+                use_ray=ray is not None,
+                on_progress=on_progress,
                 retry_failed=retry_failed,
             )
         except KeyboardInterrupt:
             progress.stop()
-            typer.echo("interrupted: finished points are kept in the store, the rest cancelled; run the same command "
-                       "again to resume", err=True)
+            typer.echo(
+                "interrupted: finished points are kept in the store, the rest cancelled; run the same command "
+                "again to resume",
+                err=True,
+            )
             raise typer.Exit(code=130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -77,7 +106,8 @@ def sweep(
         print_json(rows)
     else:
         console.print(
-            f"{summary.total_points} points: {summary.already_done} already in {summary.store}, {summary.ran} simulated now; "
+            f"{summary.total_points} points: {summary.already_done} already in {summary.store}, {summary.ran} "
+            "simulated now; "
             f"{len(rows) - len(failed)} ran, {len(failed)} failed"
             + (" (--retry-failed runs them again)" if failed else "")
         )
@@ -87,9 +117,14 @@ def sweep(
             table.add_column(column, justify="right")
         ok = sorted((row for row in rows if row["status"] == "ok"), key=lambda row: row["step_time_s"])
         for row in ok:
-            table.add_row(*[str(row.get(path)) for path in swept], f"{row['step_time_s']:.4f}",
-                          f"{row['tokens_per_s_per_gpu']:,.0f}", f"{row['mfu']:.1%}", f"{row['drop_rate']:.2%}",
-                          f"{row['memory_gb']:.1f}")
+            table.add_row(
+                *[str(row.get(path)) for path in swept],
+                f"{row['step_time_s']:.4f}",
+                f"{row['tokens_per_s_per_gpu']:,.0f}",
+                f"{row['mfu']:.1%}",
+                f"{row['drop_rate']:.2%}",
+                f"{row['memory_gb']:.1f}",
+            )
         console.print(table)
         if failed:
             errors = Table(title="failed points")
@@ -102,20 +137,24 @@ def sweep(
         raise typer.Exit(code=1)
 
 
-
-
 @app.command("plan")
 @user_errors_exit_2
 def plan_command(
     scenario: Path = typer.Argument(..., help="Scenario file: the model, workload and global batch to plan for."),
-    target_tokens_per_s: float = typer.Option(..., "--target-tokens-per-s", min=0, help="Throughput to reach (tokens/s)."),
+    target_tokens_per_s: float = typer.Option(
+        ..., "--target-tokens-per-s", min=0, help="Throughput to reach (tokens/s)."
+    ),
     gpu: str = typer.Option("H100-SXM", "--gpu", help="GPU types to consider, comma-separated."),
     max_gpus: int = typer.Option(512, "--max-gpus", min=1, help="Largest cluster to consider, GPUs."),
-    max_drop_rate: float = typer.Option(1.0, "--max-drop-rate", min=0, max=1,
-                                       help="Largest share of token-expert pairs a plan may drop (0-1)."),
-    strategies: Optional[str] = typer.Option(None, "--strategies",
-                                             help="Routing rules to consider, comma-separated (default: the scenario's)."),
-    capacity_factors: Optional[str] = typer.Option(None, "--capacity-factors", help="e.g. null,1.0,1.25 (default: the scenario's)."),
+    max_drop_rate: float = typer.Option(
+        1.0, "--max-drop-rate", min=0, max=1, help="Largest share of token-expert pairs a plan may drop (0-1)."
+    ),
+    strategies: Optional[str] = typer.Option(
+        None, "--strategies", help="Routing rules to consider, comma-separated (default: the scenario's)."
+    ),
+    capacity_factors: Optional[str] = typer.Option(
+        None, "--capacity-factors", help="e.g. null,1.0,1.25 (default: the scenario's)."
+    ),
     prices: Optional[str] = typer.Option(None, "--price", help="Dollars per GPU-hour, e.g. H100-SXM=2.5,H200=3.5."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
@@ -138,8 +177,14 @@ def plan_command(
     factors = None
     if capacity_factors:
         factors = [parse_override(f"x={value}")[1] for value in capacity_factors.split(",")]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=as_json) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=as_json,
+    ) as progress:
         tasks: dict[str, Any] = {}
 
         def on_progress(stage: str, done: int, total: int) -> None:
@@ -147,45 +192,101 @@ def plan_command(
                 tasks[stage] = progress.add_task(stage, total=total)
             progress.update(tasks[stage], completed=done, total=total)
 
-        result = run_plan(document, target_tokens_per_s, [g.strip() for g in gpu.split(",")], max_gpus, max_drop_rate,
-                          strategies.split(",") if strategies else None, factors, price_table, on_progress=on_progress)
+        result = run_plan(
+            document,
+            target_tokens_per_s,
+            [g.strip() for g in gpu.split(",")],
+            max_gpus,
+            max_drop_rate,
+            strategies.split(",") if strategies else None,
+            factors,
+            price_table,
+            on_progress=on_progress,
+        )
     best = result.best_achievable
     if as_json:
-        print_json({"options": [o.as_dict() for o in result.options], "pareto": [o.as_dict() for o in result.pareto],
-                    "harsher": [o.as_dict() for o in result.harsher], "evaluated": result.evaluated, "feasible": result.feasible,
-                    "best_achievable": best.as_dict() if best else None})
+        print_json(
+            {
+                "options": [o.as_dict() for o in result.options],
+                "pareto": [o.as_dict() for o in result.pareto],
+                "harsher": [o.as_dict() for o in result.harsher],
+                "evaluated": result.evaluated,
+                "feasible": result.feasible,
+                "best_achievable": best.as_dict() if best else None,
+            }
+        )
         if not result.options:
             raise typer.Exit(code=1)
         return
     if not result.options:
-        reach = (f"the fastest layout within the limits reaches {best.tokens_per_s:,.0f} tokens/s "
-                 f"({best.gpus} x {best.candidate.gpu}, TP {best.candidate.tp_size} PP {best.candidate.pp_size} "
-                 f"EP {best.candidate.ep_size}, {best.candidate.strategy})" if best else "no layout fits in memory")
-        console.print(f"no plan: none of {result.evaluated} layouts reaches {target_tokens_per_s:,.0f} tokens/s; {reach}. "
-                      "Raise --max-gpus, add GPU types, or lower the target.")
+        reach = (
+            f"the fastest layout within the limits reaches {best.tokens_per_s:,.0f} tokens/s "
+            f"({best.gpus} x {best.candidate.gpu}, TP {best.candidate.tp_size} PP {best.candidate.pp_size} "
+            f"EP {best.candidate.ep_size}, {best.candidate.strategy})"
+            if best
+            else "no layout fits in memory"
+        )
+        console.print(
+            f"no plan: none of {result.evaluated} layouts reaches {target_tokens_per_s:,.0f} tokens/s; {reach}. "
+            "Raise --max-gpus, add GPU types, or lower the target."
+        )
         raise typer.Exit(code=1)
     top = result.options[0]
-    console.print(f"[bold]plan:[/bold] {top.gpus} x {top.candidate.gpu}, TP {top.candidate.tp_size} PP {top.candidate.pp_size} "
-                  f"EP {top.candidate.ep_size}, {top.candidate.strategy}: {top.tokens_per_s:,.0f} tokens/s "
-                  f"(target {target_tokens_per_s:,.0f}), ${top.dollars_per_million_tokens:.4g} per million tokens")
-    console.print(f"{result.evaluated} layouts simulated in fast mode, {result.feasible} meet the target; "
-                  "finalists confirmed in full mode:")
-    for title, rows in (("best plans (full timeline)", result.options),
-                        ("Pareto front: cost per hour against step time (fast)", result.pareto),
-                        ("sensitivity: skew +0.5 and NICs at half speed", result.harsher)):
+    console.print(
+        f"[bold]plan:[/bold] {top.gpus} x {top.candidate.gpu}, TP {top.candidate.tp_size} PP {top.candidate.pp_size} "
+        f"EP {top.candidate.ep_size}, {top.candidate.strategy}: {top.tokens_per_s:,.0f} tokens/s "
+        f"(target {target_tokens_per_s:,.0f}), ${top.dollars_per_million_tokens:.4g} per million tokens"
+    )
+    console.print(
+        f"{result.evaluated} layouts simulated in fast mode, {result.feasible} meet the target; "
+        "finalists confirmed in full mode:"
+    )
+    for title, rows in (
+        ("best plans (full timeline)", result.options),
+        ("Pareto front: cost per hour against step time (fast)", result.pareto),
+        ("sensitivity: skew +0.5 and NICs at half speed", result.harsher),
+    ):
         table = Table(title=title)
-        for column in ("GPUs", "GPU", "TP", "PP", "EP", "rule", "cf", "step (s)", "tokens/s", "drops", "memory (GB)",
-                       "GPU-h/M tokens", "$/h", "$/M tokens"):
+        for column in (
+            "GPUs",
+            "GPU",
+            "TP",
+            "PP",
+            "EP",
+            "rule",
+            "cf",
+            "step (s)",
+            "tokens/s",
+            "drops",
+            "memory (GB)",
+            "GPU-h/M tokens",
+            "$/h",
+            "$/M tokens",
+        ):
             table.add_column(column, justify="right")
         for o in rows:
             c = o.candidate
-            table.add_row(str(o.gpus), c.gpu, str(c.tp_size), str(c.pp_size), str(c.ep_size), c.strategy,
-                          "dropless" if c.capacity_factor is None else str(c.capacity_factor), f"{o.step_time_s:.3f}",
-                          f"{o.tokens_per_s:,.0f}", f"{o.drop_rate:.2%}", f"{o.memory_gb:.0f}",
-                          f"{o.gpu_hours_per_million_tokens:.4g}", f"{o.dollars_per_hour:,.0f}",
-                          f"{o.dollars_per_million_tokens:.4g}")
+            table.add_row(
+                str(o.gpus),
+                c.gpu,
+                str(c.tp_size),
+                str(c.pp_size),
+                str(c.ep_size),
+                c.strategy,
+                "dropless" if c.capacity_factor is None else str(c.capacity_factor),
+                f"{o.step_time_s:.3f}",
+                f"{o.tokens_per_s:,.0f}",
+                f"{o.drop_rate:.2%}",
+                f"{o.memory_gb:.0f}",
+                f"{o.gpu_hours_per_million_tokens:.4g}",
+                f"{o.dollars_per_hour:,.0f}",
+                f"{o.dollars_per_million_tokens:.4g}",
+            )
         console.print(table)
-    console.print("[dim]prices: $/GPU-hour assumptions (moesim.planning.plan.DEFAULT_PRICE_PER_GPU_HOUR) unless --price is given[/dim]")
+    console.print(
+        "[dim]prices: $/GPU-hour assumptions (moesim.planning.plan.DEFAULT_PRICE_PER_GPU_HOUR) unless --price "
+        "is given[/dim]"
+    )
 
 
 @app.command()
@@ -195,7 +296,9 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, report.md and the plots."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     fast: bool = typer.Option(False, "--fast", help="Fast network mode for the headline run."),
-    sweep_id: Optional[str] = typer.Option(None, "--sweep", help="Which sweep of a results store (default: the latest)."),
+    sweep_id: Optional[str] = typer.Option(
+        None, "--sweep", help="Which sweep of a results store (default: the latest)."
+    ),
 ) -> None:
     """Write a cluster sizing report (self-contained HTML with plots, and Markdown)."""
     from moesim.planning.report import write_report, write_results_report

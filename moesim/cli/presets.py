@@ -10,17 +10,23 @@ from rich.table import Table
 
 from moesim import units
 from moesim.cli.common import (
-    console, presets_app, print_json,
-    profiles_app, user_errors_exit_2,
+    console,
+    presets_app,
+    print_json,
+    profiles_app,
+    user_errors_exit_2,
 )
 from moesim.errors import MoesimError
 from moesim.sim.sources import grade
 
+
 # ---------------------------------------------------------------- profiles
 @profiles_app.command("show")
 @user_errors_exit_2
-def profiles_show(gpu: str = typer.Argument(..., help="GPU preset, e.g. H200."),
-                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def profiles_show(
+    gpu: str = typer.Argument(..., help="GPU preset, e.g. H200."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
     """What the GPU's cost model rests on, part by part, with the error measured for each."""
     from moesim.cluster.hardware import gpu_preset
     from moesim.sim.compute import CostModel
@@ -113,8 +119,9 @@ def presets_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 def presets_show(
     name: Optional[str] = typer.Argument(None, help="Model preset name, e.g. mixtral-8x7b."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Show a GPU preset instead, e.g. H100-SXM."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=1,
-                                          help="Sequence length for FLOPs (default: 4,096 or the model's context if shorter)."),
+    seq_len: Optional[int] = typer.Option(
+        None, "--seq-len", min=1, help="Sequence length for FLOPs (default: 4,096 or the model's context if shorter)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a model preset's architecture and accounting, or a GPU preset."""
@@ -150,7 +157,9 @@ def _model_table(spec: Any, summary: Any, published: Any) -> Table:
     table.add_column("derived from")
     published_total = f"published {units.params(published.total_params)}" if published else "architecture"
     published_active = (
-        f"published {units.params(published.active_params)}" if published and published.active_params else "architecture"
+        f"published {units.params(published.active_params)}"
+        if published and published.active_params
+        else "architecture"
     )
     rows = [
         ("total parameters", units.params(summary.total_params), published_total),
@@ -160,10 +169,22 @@ def _model_table(spec: Any, summary: Any, published: Any) -> Table:
         ("experts (routed + shared)", f"{spec.num_experts} + {spec.num_shared_experts}", "config"),
         ("top-k", str(spec.top_k), "config"),
         ("MoE / dense layers", f"{summary.num_moe_layers} / {summary.num_dense_layers}", "config"),
-        (f"forward FLOPs / token @ {summary.seq_len} tokens", units.flops(summary.flops_per_token), "2 x active + attention"),
+        (
+            f"forward FLOPs / token @ {summary.seq_len} tokens",
+            units.flops(summary.flops_per_token),
+            "2 x active + attention",
+        ),
         ("training FLOPs / token", units.flops(summary.training_flops_per_token), "3 x forward"),
-        ("weights + grads + optimizer", units.byte_size(summary.training_state_bytes), "bf16 / bf16 / fp32 Adam, 16 B/param"),
-        ("activations / token (no recompute)", units.byte_size(summary.activation_bytes_per_token), "Korthikanti et al. 2022"),
+        (
+            "weights + grads + optimizer",
+            units.byte_size(summary.training_state_bytes),
+            "bf16 / bf16 / fp32 Adam, 16 B/param",
+        ),
+        (
+            "activations / token (no recompute)",
+            units.byte_size(summary.activation_bytes_per_token),
+            "Korthikanti et al. 2022",
+        ),
         ("KV cache / token (bf16)", units.byte_size(summary.kv_cache_bytes_per_token), spec.attention_type.upper()),
     ]
     for row in rows:

@@ -12,11 +12,17 @@ from rich.table import Table
 
 from moesim import units
 from moesim.cli.common import (
-    ROUTE_SCORE_BYTES, SET_HELP, app, console, output_file, print_json,
+    ROUTE_SCORE_BYTES,
+    SET_HELP,
+    app,
+    console,
+    output_file,
+    print_json,
     user_errors_exit_2,
 )
 from moesim.errors import MoesimError
 from moesim.sim.sources import grade, phases_by_source
+
 
 # ---------------------------------------------------------------- scenarios
 @app.command()
@@ -48,10 +54,14 @@ def check(
 @user_errors_exit_2
 def route(
     scenario: Path = typer.Argument(..., help="Scenario file (.yaml, .toml or .json)."),
-    strategies: List[str] = typer.Option([], "--strategy", "-s", help="Routing rule(s) to compare (repeatable; default: the scenario's)."),
+    strategies: List[str] = typer.Option(
+        [], "--strategy", "-s", help="Routing rule(s) to compare (repeatable; default: the scenario's)."
+    ),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     layers: int = typer.Option(1, "--layers", min=1, help="MoE layers to route (synthetic scores)."),
-    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help="Tokens per layer (default: micro-batch x seq_len x ep_size)."),
+    tokens: Optional[int] = typer.Option(
+        None, "--tokens", min=1, help="Tokens per layer (default: micro-batch x seq_len x ep_size)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Route the scenario's router scores under one or more rules and compare them."""
@@ -67,36 +77,56 @@ def route(
             raise MoesimError(f"--strategy: {unknown_name_message('routing rule', name, list(ROUTING_STRATEGIES))}")
     if tokens is not None and tokens * resolved.model.num_experts * layers * 4 > ROUTE_SCORE_BYTES:
         most = ROUTE_SCORE_BYTES // (resolved.model.num_experts * layers * 4)
-        raise MoesimError(f"--tokens: {tokens:,} tokens x {resolved.model.num_experts} experts x {layers} layers of fp32 "
-                          f"scores exceed {ROUTE_SCORE_BYTES / 2**30:.0f} GiB; use at most {most:,} tokens")
+        raise MoesimError(
+            f"--tokens: {tokens:,} tokens x {resolved.model.num_experts} experts x {layers} layers of fp32 "
+            f"scores exceed {ROUTE_SCORE_BYTES / 2**30:.0f} GiB; use at most {most:,} tokens"
+        )
     scores = scores_for_scenario(resolved, layers=layers, num_tokens=tokens)
     reports = compare_rules(resolved, chosen, scores)
     if as_json:
         print_json([report.as_dict() for report in reports])
         return
     table = Table(
-        box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
         title=f"{resolved.name}: {scores[0].num_tokens} tokens x {resolved.model.num_experts} experts, "
-        f"top-{resolved.routing.top_k}, capacity factor {resolved.routing.capacity_factor or 'dropless'}, EP {resolved.parallelism.ep_size}"
+        f"top-{resolved.routing.top_k}, capacity factor {resolved.routing.capacity_factor or 'dropless'}, EP "
+        f"{resolved.parallelism.ep_size}",
     )
-    rows = [{"rule": report.strategy, "layer": str(report.layer), "drop rate": f"{report.metrics.drop_rate:.2%}",
-             "max / mean load": f"{report.metrics.load_imbalance:.3f}", "no expert": str(report.metrics.tokens_without_expert),
-             "affinity": f"{report.metrics.affinity_captured:.3f}", "dispatch": units.byte_size(report.metrics.dispatch_bytes),
-             "across nodes": units.byte_size(report.metrics.bytes_across_nodes),
-             "nodes / token": f"{report.metrics.mean_nodes_per_token:.2f}", "routing time": f"{report.routing_seconds * 1e3:.1f} ms"}
-            for report in reports]
+    rows = [
+        {
+            "rule": report.strategy,
+            "layer": str(report.layer),
+            "drop rate": f"{report.metrics.drop_rate:.2%}",
+            "max / mean load": f"{report.metrics.load_imbalance:.3f}",
+            "no expert": str(report.metrics.tokens_without_expert),
+            "affinity": f"{report.metrics.affinity_captured:.3f}",
+            "dispatch": units.byte_size(report.metrics.dispatch_bytes),
+            "across nodes": units.byte_size(report.metrics.bytes_across_nodes),
+            "nodes / token": f"{report.metrics.mean_nodes_per_token:.2f}",
+            "routing time": f"{report.routing_seconds * 1e3:.1f} ms",
+        }
+        for report in reports
+    ]
     # columns that say nothing here are left out: one layer, one node
     unused = {"layer"} if layers == 1 else set()
     if all(report.metrics.bytes_across_nodes == 0 for report in reports):
         unused |= {"across nodes", "nodes / token"}
     for column in (name for name in rows[0] if name not in unused):
-        table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=column == "rule",
-                         min_width=max(len(word) for word in column.split()))
+        table.add_column(
+            column,
+            justify="left" if column == "rule" else "right",
+            no_wrap=column == "rule",
+            min_width=max(len(word) for word in column.split()),
+        )
     for row in rows:
         table.add_row(*[value for name, value in row.items() if name not in unused])
     console.print(table)
-    console.print("dispatch bytes: one copy of the hidden vector per distinct destination rank (activation dtype); "
-                  "affinity: router probability served / unconstrained top-k.")
+    console.print(
+        "dispatch bytes: one copy of the hidden vector per distinct destination rank (activation dtype); "
+        "affinity: router probability served / unconstrained top-k."
+    )
 
 
 @app.command()
@@ -105,7 +135,9 @@ def run(
     scenario: Path = typer.Argument(..., help="Scenario file (.yaml, .toml or .json)."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the StepResult as JSON."),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="Write the simulated timeline as Chrome trace / Perfetto JSON."),
+    trace: Optional[Path] = typer.Option(
+        None, "--trace", help="Write the simulated timeline as Chrome trace / Perfetto JSON."
+    ),
 ) -> None:
     """Simulate one step of the scenario and print where the time goes."""
     from moesim.scenario import load_scenario
@@ -114,8 +146,10 @@ def run(
     output_file(trace, "--trace")
     resolved = load_scenario(scenario, overrides)
     if trace is not None and resolved.simulation.network_mode != "full":
-        raise MoesimError("--trace: a timeline needs simulation.network_mode=full (the fast mode keeps per-rank "
-                          "clocks, not events); drop --trace or set simulation.network_mode=full")
+        raise MoesimError(
+            "--trace: a timeline needs simulation.network_mode=full (the fast mode keeps per-rank "
+            "clocks, not events); drop --trace or set simulation.network_mode=full"
+        )
     with console.status(f"simulating {resolved.name} on {resolved.cluster.world_size} GPUs ...", spinner="dots"):
         result = simulate(resolved)
     if trace is not None:
@@ -146,8 +180,13 @@ def step_table(result: Any) -> Table:
     total = sum(result.phase_seconds.values()) or 1.0
     for name, seconds in sorted(result.phase_seconds.items(), key=lambda item: -item[1]):
         share = seconds / total
-        table.add_row(name, f"{seconds:.4f}", f"{share:.1%}", grade(result.sources.get(name, "assumed")),
-                      "█" * max(1, round(share * 30)) if share > 0.002 else "")
+        table.add_row(
+            name,
+            f"{seconds:.4f}",
+            f"{share:.1%}",
+            grade(result.sources.get(name, "assumed")),
+            "█" * max(1, round(share * 30)) if share > 0.002 else "",
+        )
     return table
 
 
@@ -166,19 +205,28 @@ def summary_table(result: Any) -> Table:
     memory = result.memory
     rows = [("step time", f"{result.step_time_s:.3f} s")]
     if result.mode == "training":
-        busiest = max(range(len(result.stage_forward_s)),
-                      key=lambda stage: result.stage_forward_s[stage] + result.stage_backward_s[stage])
+        busiest = max(
+            range(len(result.stage_forward_s)),
+            key=lambda stage: result.stage_forward_s[stage] + result.stage_backward_s[stage],
+        )
         rows += [
             ("pipeline (incl. bubble)", f"{result.pipeline_s:.3f} s ({result.pipeline_bubble_s:.3f} s bubble)"),
-            ("1F / 1B, one micro-batch, busiest stage",
-             f"{result.stage_forward_s[busiest] * 1e3:,.1f} / {result.stage_backward_s[busiest] * 1e3:,.1f} ms"),
-            ("gradient all-reduce (exposed)", f"{result.grad_allreduce_s:.3f} s ({result.grad_allreduce_exposed_s:.3f} s)"),
+            (
+                "1F / 1B, one micro-batch, busiest stage",
+                f"{result.stage_forward_s[busiest] * 1e3:,.1f} / {result.stage_backward_s[busiest] * 1e3:,.1f} ms",
+            ),
+            (
+                "gradient all-reduce (exposed)",
+                f"{result.grad_allreduce_s:.3f} s ({result.grad_allreduce_exposed_s:.3f} s)",
+            ),
             ("optimizer step", f"{result.optimizer_s:.4f} s"),
             ("tokens per step", f"{result.tokens_per_step:,.0f}"),
         ]
     else:
-        rows += [("prefill of the whole batch", f"{result.prefill_s:.3f} s"),
-                 ("decode step (one token per sequence)", f"{result.decode_step_s * 1e3:.2f} ms")]
+        rows += [
+            ("prefill of the whole batch", f"{result.prefill_s:.3f} s"),
+            ("decode step (one token per sequence)", f"{result.decode_step_s * 1e3:.2f} ms"),
+        ]
     counted = "tokens" if result.mode == "training" else "output tokens"
     rows += [
         (f"{counted} / s", f"{result.tokens_per_s:,.0f}"),
@@ -193,9 +241,6 @@ def summary_table(result: Any) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
-
-
-
 
 
 @app.command()

@@ -12,8 +12,13 @@ _CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
     "dgx-h100": dict(gpus_per_node=8, gpu="H100-SXM", nics_per_node=8, nic_gbps=400, topology="rail_optimized"),
     # DeepSeek-V3 technical report, section 3.1 and DeepEP's README: 8 x H800 per node, NVLink
     # at about 160 GB/s per direction in practice, 400 Gb/s InfiniBand per GPU (about 50 GB/s).
-    "hgx-h800": dict(gpus_per_node=8, gpu={"preset": "H800", "scale_up_gb_per_s": 160}, nics_per_node=8, nic_gbps=400,
-                     topology="fat_tree"),
+    "hgx-h800": dict(
+        gpus_per_node=8,
+        gpu={"preset": "H800", "scale_up_gb_per_s": 160},
+        nics_per_node=8,
+        nic_gbps=400,
+        topology="fat_tree",
+    ),
     # NVIDIA DGX A100 user guide: 8 x A100 80GB, NVLink 600 GB/s both ways, 8 x HDR 200 Gb/s.
     "dgx-a100": dict(gpus_per_node=8, gpu="A100-80GB", nics_per_node=8, nic_gbps=200, topology="rail_optimized"),
     # NVIDIA GB200 NVL72: 72 Blackwell GPUs in one NVLink domain (1.8 TB/s per GPU both ways),

@@ -119,7 +119,14 @@ class Topology:
     @cached_property
     def _offsets(self) -> dict[str, int]:
         world, nics, leaves = self.world_size, self.num_nodes * self.nics_per_node, self.num_leaves
-        sizes = {"up_out": world, "up_in": world, "nic_out": nics, "nic_in": nics, "leaf_up": leaves, "leaf_down": leaves}
+        sizes = {
+            "up_out": world,
+            "up_in": world,
+            "nic_out": nics,
+            "nic_in": nics,
+            "leaf_up": leaves,
+            "leaf_down": leaves,
+        }
         offsets, start = {}, 0
         for name, size in sizes.items():
             offsets[name] = start
@@ -184,7 +191,8 @@ class Topology:
 
     # ------------------------------------------------------------ graph
     def to_networkx(self) -> Any:
-        """The cluster as a directed networkx graph; edges carry `bandwidth` (bytes/s), `latency` (s) and `link` (resource id)."""
+        """The cluster as a directed networkx graph; edges carry `bandwidth` (bytes/s), `latency` (s) and `link`
+        (resource id)."""
         import networkx as nx
 
         graph = nx.DiGraph()
@@ -199,20 +207,42 @@ class Topology:
         for rank in range(self.world_size):
             node = rank // self.gpus_per_node
             # weight 2: a path never relays through another GPU when the network has a direct route
-            connect(f"gpu{rank}", f"nvswitch{node}", offsets["up_out"] + rank, offsets["up_in"] + rank,
-                    self.scale_up_bytes_per_s, self.scale_up_latency_s, weight=2)
+            connect(
+                f"gpu{rank}",
+                f"nvswitch{node}",
+                offsets["up_out"] + rank,
+                offsets["up_in"] + rank,
+                self.scale_up_bytes_per_s,
+                self.scale_up_latency_s,
+                weight=2,
+            )
         for nic in range(self.num_nodes * self.nics_per_node):
             node = nic // self.nics_per_node
-            gpus = [r for r in range(node * self.gpus_per_node, (node + 1) * self.gpus_per_node)
-                    if int(self.nic_of(np.array([r]))[0]) == nic]
+            gpus = [
+                r
+                for r in range(node * self.gpus_per_node, (node + 1) * self.gpus_per_node)
+                if int(self.nic_of(np.array([r]))[0]) == nic
+            ]
             for rank in gpus:  # PCIe: not a modelled bottleneck
                 graph.add_edge(f"gpu{rank}", f"nic{nic}", bandwidth=float("inf"), latency=0.0, link=-1, weight=3)
                 graph.add_edge(f"nic{nic}", f"gpu{rank}", bandwidth=float("inf"), latency=0.0, link=-1, weight=3)
             leaf = int(self.leaf_of_nic(np.array([nic]))[0])
-            connect(f"nic{nic}", f"leaf{leaf}", offsets["nic_out"] + nic, offsets["nic_in"] + nic,
-                    self.nic_bytes_per_s, self.network_latency_s)
+            connect(
+                f"nic{nic}",
+                f"leaf{leaf}",
+                offsets["nic_out"] + nic,
+                offsets["nic_in"] + nic,
+                self.nic_bytes_per_s,
+                self.network_latency_s,
+            )
         capacity = self.link_capacity()
         for leaf in range(self.num_leaves):
-            connect(f"leaf{leaf}", "spine", offsets["leaf_up"] + leaf, offsets["leaf_down"] + leaf,
-                    float(capacity[offsets["leaf_up"] + leaf]), 0.0)
+            connect(
+                f"leaf{leaf}",
+                "spine",
+                offsets["leaf_up"] + leaf,
+                offsets["leaf_down"] + leaf,
+                float(capacity[offsets["leaf_up"] + leaf]),
+                0.0,
+            )
         return graph

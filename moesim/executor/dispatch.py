@@ -45,7 +45,9 @@ class ExpertParallel:
         except (RuntimeError, NotImplementedError):
             return False
 
-    def _plain_exchange(self, out: torch.Tensor, data: torch.Tensor, out_splits: list[int], in_splits: list[int]) -> None:
+    def _plain_exchange(
+        self, out: torch.Tensor, data: torch.Tensor, out_splits: list[int], in_splits: list[int]
+    ) -> None:
         if self.use_alltoall:
             dist.all_to_all_single(out, data, out_splits, in_splits)
             return
@@ -90,7 +92,9 @@ class ExpertParallel:
             local = torch.repeat_interleave(torch.arange(local_experts, device=tokens.device), expert_counts)
             return tokens, local, send_counts, send_counts
         received_counts = torch.empty_like(expert_counts)
-        self._plain_exchange(received_counts, expert_counts, [local_experts] * self.world_size, [local_experts] * self.world_size)
+        self._plain_exchange(
+            received_counts, expert_counts, [local_experts] * self.world_size, [local_experts] * self.world_size
+        )
         per_source = received_counts.view(self.world_size, local_experts)
         recv_counts = per_source.sum(dim=1)
         received = self._differentiable_exchange(tokens, recv_counts.tolist(), send_counts.tolist())

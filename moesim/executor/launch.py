@@ -55,7 +55,9 @@ def report_progress(done: int, total: int) -> None:
         _PROGRESS_FILE.write_text(f"{done} {total}")
 
 
-def _entry(rank: int, world: int, port: int, backend: str, function: Callable[..., Any], args: tuple, out_dir: str) -> None:
+def _entry(
+    rank: int, world: int, port: int, backend: str, function: Callable[..., Any], args: tuple, out_dir: str
+) -> None:
     global _PROGRESS_FILE
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads_per_rank(world))
@@ -69,16 +71,26 @@ def _entry(rank: int, world: int, port: int, backend: str, function: Callable[..
     os._exit(0)
 
 
-def spawn(function: Callable[..., Any], world: int, *args: Any, backend: Optional[str] = None,
-          on_progress: Optional[Callable[[int, int], None]] = None) -> list[Any]:
+def spawn(
+    function: Callable[..., Any],
+    world: int,
+    *args: Any,
+    backend: Optional[str] = None,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+) -> list[Any]:
     """Run function(rank, world, *args) in `world` processes with a process group; return each rank's JSON result.
 
     `on_progress(done, total)` hears what rank 0 passes to `report_progress`, twice a second.
     """
     backend = backend or default_backend(world)
     with tempfile.TemporaryDirectory() as out_dir:
-        context = mp.start_processes(_entry, args=(world, free_port(), backend, function, args, out_dir), nprocs=world,
-                                     start_method="spawn", join=False)
+        context = mp.start_processes(
+            _entry,
+            args=(world, free_port(), backend, function, args, out_dir),
+            nprocs=world,
+            start_method="spawn",
+            join=False,
+        )
         progress = Path(out_dir, "progress")
         while not context.join(timeout=0.5):
             if on_progress and progress.exists():
@@ -101,14 +113,20 @@ def executor_dtype(scenario: Scenario) -> torch.dtype:
 
     name = scenario.workload.precision.activations
     if name not in EXECUTOR_DTYPES:
-        raise MoesimError(f"workload.precision.activations: the executor computes in {', '.join(EXECUTOR_DTYPES)}, "
-                          f"not {name}; set workload.precision.activations=bf16")
+        raise MoesimError(
+            f"workload.precision.activations: the executor computes in {', '.join(EXECUTOR_DTYPES)}, "
+            f"not {name}; set workload.precision.activations=bf16"
+        )
     if scenario.workload.precision.gemm != "bf16":
-        raise MoesimError("workload.precision.gemm: the executor runs its GEMMs in the activations' precision, not fp8; "
-                          "set workload.precision.gemm=bf16 to execute the scenario (the simulator models fp8)")
+        raise MoesimError(
+            "workload.precision.gemm: the executor runs its GEMMs in the activations' precision, not fp8; "
+            "set workload.precision.gemm=bf16 to execute the scenario (the simulator models fp8)"
+        )
     if scenario.routing.pad_to_capacity:
-        raise MoesimError("routing.pad_to_capacity: the executor sends and computes only the routed tokens; set "
-                          "routing.pad_to_capacity=false to execute the scenario (the simulator models the padding)")
+        raise MoesimError(
+            "routing.pad_to_capacity: the executor sends and computes only the routed tokens; set "
+            "routing.pad_to_capacity=false to execute the scenario (the simulator models the padding)"
+        )
     return EXECUTOR_DTYPES[name]
 
 
@@ -119,10 +137,17 @@ def layer_for(scenario: Scenario, device: torch.device, parallel: Any = None):  
 
     model = scenario.model
     return MoELayer(
-        model.hidden_size, model.moe_intermediate_size, model.num_experts, router_for_scenario(scenario),
-        activation=model.expert_ffn_activation, num_shared_experts=model.num_shared_experts,
-        shared_ffn_size=model.shared_expert_size * model.num_shared_experts, parallel=parallel, seed=scenario.seed,
-        dtype=executor_dtype(scenario), device=device,
+        model.hidden_size,
+        model.moe_intermediate_size,
+        model.num_experts,
+        router_for_scenario(scenario),
+        activation=model.expert_ffn_activation,
+        num_shared_experts=model.num_shared_experts,
+        shared_ffn_size=model.shared_expert_size * model.num_shared_experts,
+        parallel=parallel,
+        seed=scenario.seed,
+        dtype=executor_dtype(scenario),
+        device=device,
     )
 
 
@@ -156,8 +181,16 @@ def _save_scores(layer: Any, x: torch.Tensor, token_ids: torch.Tensor, rank: int
         save_trace(trace_path, [RouterScores(torch.cat(gathered), torch.cat(ids), source, 0)])
 
 
-def _layers_worker(rank: int, world: int, documents: list[dict[str, Any]], tokens: list[int], warmup: int, rounds: int,
-                   repeats: int, trace_paths: list[Optional[str]]) -> list[dict[str, Any]]:
+def _layers_worker(
+    rank: int,
+    world: int,
+    documents: list[dict[str, Any]],
+    tokens: list[int],
+    warmup: int,
+    rounds: int,
+    repeats: int,
+    trace_paths: list[Optional[str]],
+) -> list[dict[str, Any]]:
     from moesim.scenario import scenario_from_dict
 
     from moesim.executor.dispatch import ExpertParallel
@@ -169,7 +202,9 @@ def _layers_worker(rank: int, world: int, documents: list[dict[str, Any]], token
         backward = scenario.workload.mode == "training"
         layer = layer_for(scenario, device, ExpertParallel.from_process_group(device))
         generator = torch.Generator().manual_seed(scenario.seed * 1000 + rank)
-        x = torch.randn(count, scenario.model.hidden_size, generator=generator).to(device=device, dtype=executor_dtype(scenario))
+        x = torch.randn(count, scenario.model.hidden_size, generator=generator).to(
+            device=device, dtype=executor_dtype(scenario)
+        )
         x = skewed_tokens(x, layer.router_weight, scenario.workload.expert_popularity_skew).requires_grad_(backward)
         token_ids = torch.randint(0, scenario.model.vocab_size, (count,), generator=generator).to(device)
         setups.append((layer, x, token_ids, backward))
@@ -195,19 +230,26 @@ def _layers_worker(rank: int, world: int, documents: list[dict[str, Any]], token
         if trace_path:
             _save_scores(layer, x, token_ids, rank, world, trace_path)
         assignment = layer.last_assignment
-        results.append({
-            "phases": {name: statistics.median(values) for name, values in phase_samples.items()},
-            "samples": len(phase_samples["layer"]),
-            "served_slots": int(assignment.expert_load.sum()) if assignment is not None else 0,
-            "local_load": layer.last_local_load,
-            "alltoall": layer.parallel.use_alltoall,
-        })
+        results.append(
+            {
+                "phases": {name: statistics.median(values) for name, values in phase_samples.items()},
+                "samples": len(phase_samples["layer"]),
+                "served_slots": int(assignment.expert_load.sum()) if assignment is not None else 0,
+                "local_load": layer.last_local_load,
+                "alltoall": layer.parallel.use_alltoall,
+            }
+        )
     return results
 
 
 def measure_layers(
-    scenarios: Sequence[Scenario], ranks: int, tokens_per_rank: Optional[Sequence[int]] = None, warmup: int = 2,
-    rounds: int = 1, repeats: int = 5, trace_paths: Optional[Sequence[Optional[str]]] = None,
+    scenarios: Sequence[Scenario],
+    ranks: int,
+    tokens_per_rank: Optional[Sequence[int]] = None,
+    warmup: int = 2,
+    rounds: int = 1,
+    repeats: int = 5,
+    trace_paths: Optional[Sequence[Optional[str]]] = None,
     on_progress: Optional[Callable[[int, int], None]] = None,
 ) -> list[dict[str, Any]]:
     """Each scenario's MoE layer on `ranks` processes: per phase, every rank's median seconds.
@@ -223,15 +265,17 @@ def measure_layers(
     for index, scenario in enumerate(scenarios):
         results = [rank_results[index] for rank_results in per_rank]
         phases = sorted({name for result in results for name in result["phases"]})
-        measured.append({
-            "scenario": scenario.name,
-            "tokens_per_rank": tokens[index],
-            "samples": results[0]["samples"],
-            "alltoall_single": results[0]["alltoall"],
-            "phases_s": {name: [result["phases"].get(name, 0.0) for result in results] for name in phases},
-            "served_slots": [result["served_slots"] for result in results],
-            "local_load": [result["local_load"] for result in results],
-        })
+        measured.append(
+            {
+                "scenario": scenario.name,
+                "tokens_per_rank": tokens[index],
+                "samples": results[0]["samples"],
+                "alltoall_single": results[0]["alltoall"],
+                "phases_s": {name: [result["phases"].get(name, 0.0) for result in results] for name in phases},
+                "served_slots": [result["served_slots"] for result in results],
+                "local_load": [result["local_load"] for result in results],
+            }
+        )
     return measured
 
 
@@ -256,25 +300,37 @@ def check_host_memory(scenario: Scenario, ranks: int, tokens_per_rank: Optional[
     from moesim.errors import MoesimError
 
     try:
-        available = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable"))
+        available = next(
+            int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable")
+        )
     except (OSError, StopIteration):
         return  # not Linux: let the ranks try
     needed = ranks * layer_bytes(scenario, ranks, tokens_per_rank)
     if needed > 0.8 * available:
         raise MoesimError(
-            f"execute: {ranks} ranks of {scenario.model.name}'s MoE layer need about {needed / 1e9:,.1f} GB, this machine "
-            f"has {available / 1e9:,.1f} GB available; use a smaller model (--set model=tiny-moe), fewer tokens or more "
-            "ranks")
+            f"execute: {ranks} ranks of {scenario.model.name}'s MoE layer need about {needed / 1e9:,.1f} GB, "
+            "this machine "
+            f"has {available / 1e9:,.1f} GB available; use a smaller model (--set model=tiny-moe), fewer "
+            "tokens or more "
+            "ranks"
+        )
 
 
-def execute(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = None, warmup: int = 2, repeats: int = 5,
-            trace_path: Optional[str] = None) -> dict[str, Any]:
+def execute(
+    scenario: Scenario,
+    ranks: int,
+    tokens_per_rank: Optional[int] = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    trace_path: Optional[str] = None,
+) -> dict[str, Any]:
     """Run the scenario's MoE layer on `ranks` processes; per-phase median seconds of every rank."""
     backend = default_backend(ranks)
     if backend != "nccl":
         check_host_memory(scenario, ranks, tokens_per_rank)
-    (measured,) = measure_layers([scenario], ranks, [tokens_per_rank] if tokens_per_rank else None, warmup, 1, repeats,
-                                 [trace_path])
+    (measured,) = measure_layers(
+        [scenario], ranks, [tokens_per_rank] if tokens_per_rank else None, warmup, 1, repeats, [trace_path]
+    )
     return {
         "scenario": scenario.name,
         "device": torch.cuda.get_device_name(0) if backend == "nccl" else "cpu",

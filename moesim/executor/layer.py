@@ -60,8 +60,9 @@ def grouped_mm_available(device: torch.device) -> bool:
     return device.type == "cuda" and hasattr(torch, "_grouped_mm")
 
 
-def draw(seed: int, tag: str, index: int, shape: tuple[int, ...], scale: float, device: torch.device,
-         dtype: torch.dtype) -> torch.Tensor:
+def draw(
+    seed: int, tag: str, index: int, shape: tuple[int, ...], scale: float, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Normal weights scaled by `scale`, from a generator on `device` seeded by (seed, tag, index)."""
     mixed = int(np.random.SeedSequence([seed, zlib.crc32(tag.encode()), index]).generate_state(1)[0])
     generator = torch.Generator(device=device).manual_seed(mixed)
@@ -115,20 +116,33 @@ class MoELayer(nn.Module):
         width = 2 * ffn_size if activation in GATED_ACTIVATIONS else ffn_size
         scale_in, scale_out = hidden_size**-0.5, ffn_size**-0.5
         self.router_weight = nn.Parameter(draw(seed, "router", 0, (num_experts, hidden_size), scale_in, target, dtype))
-        self.expert_up = nn.Parameter(torch.stack([
-            draw(seed, "up", expert, (hidden_size, width), scale_in, target, dtype) for expert in range(first, first + self.local_experts)
-        ]))  # [local experts, hidden, width]: a row-major operand of the grouped GEMM
-        self.expert_down = nn.Parameter(torch.stack([
-            draw(seed, "down", expert, (ffn_size, hidden_size), scale_out, target, dtype)
-            for expert in range(first, first + self.local_experts)
-        ]))
+        self.expert_up = nn.Parameter(
+            torch.stack(
+                [
+                    draw(seed, "up", expert, (hidden_size, width), scale_in, target, dtype)
+                    for expert in range(first, first + self.local_experts)
+                ]
+            )
+        )  # [local experts, hidden, width]: a row-major operand of the grouped GEMM
+        self.expert_down = nn.Parameter(
+            torch.stack(
+                [
+                    draw(seed, "down", expert, (ffn_size, hidden_size), scale_out, target, dtype)
+                    for expert in range(first, first + self.local_experts)
+                ]
+            )
+        )
         self.shared_up: Optional[nn.Parameter] = None
         self.shared_down: Optional[nn.Parameter] = None
         if num_shared_experts:
             shared_ffn = shared_ffn_size or ffn_size * num_shared_experts
             shared_width = 2 * shared_ffn if activation in GATED_ACTIVATIONS else shared_ffn
-            self.shared_up = nn.Parameter(draw(seed, "shared_up", 0, (hidden_size, shared_width), scale_in, target, dtype))
-            self.shared_down = nn.Parameter(draw(seed, "shared_down", 0, (shared_ffn, hidden_size), shared_ffn**-0.5, target, dtype))
+            self.shared_up = nn.Parameter(
+                draw(seed, "shared_up", 0, (hidden_size, shared_width), scale_in, target, dtype)
+            )
+            self.shared_down = nn.Parameter(
+                draw(seed, "shared_down", 0, (shared_ffn, hidden_size), shared_ffn**-0.5, target, dtype)
+            )
         if experts_kernel == "auto":
             experts_kernel = "grouped" if grouped_mm_available(target) else "loop"
         self.experts_kernel = experts_kernel
@@ -195,11 +209,14 @@ class MoELayer(nn.Module):
             if expert == len(sizes):
                 outputs.append(chunk.new_zeros(rest, self.hidden_size))
             elif chunk.shape[0]:
-                outputs.append(activate(chunk @ self.expert_up[expert], self.activation, self.ffn_size) @ self.expert_down[expert])
+                outputs.append(
+                    activate(chunk @ self.expert_up[expert], self.activation, self.ffn_size) @ self.expert_down[expert]
+                )
         return torch.cat(outputs) if outputs else tokens.new_zeros(0, self.hidden_size)
 
-    def experts_in_expert_order(self, received: torch.Tensor, local_expert: Optional[torch.Tensor],
-                                counts: torch.Tensor) -> torch.Tensor:
+    def experts_in_expert_order(
+        self, received: torch.Tensor, local_expert: Optional[torch.Tensor], counts: torch.Tensor
+    ) -> torch.Tensor:
         """The experts phase: rows from several ranks are sorted by local expert first, and put back after."""
         if local_expert is None:  # one rank: the permutation already sorted them
             return self.run_experts(received, counts)

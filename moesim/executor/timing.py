@@ -47,8 +47,10 @@ class PhaseClock:
             def seconds(start: Any, end: Any) -> float:
                 return start.elapsed_time(end) / 1e3
         else:
+
             def seconds(start: Any, end: Any) -> float:
                 return end - start
+
         result: dict[str, float] = {}
         for name, start, end in self.marks:
             result[name] = result.get(name, 0.0) + seconds(start, end)

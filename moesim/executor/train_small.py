@@ -72,14 +72,20 @@ class SmallMoELM(nn.Module):
         torch.manual_seed(config.seed)
         self.config, self.balancing = config, balancing
         self.embed = nn.Embedding(256, config.hidden)
-        self.attention = nn.ModuleList(nn.MultiheadAttention(config.hidden, config.heads, batch_first=True) for _ in range(config.layers))
+        self.attention = nn.ModuleList(
+            nn.MultiheadAttention(config.hidden, config.heads, batch_first=True) for _ in range(config.layers)
+        )
         self.norms = nn.ModuleList(nn.LayerNorm(config.hidden) for _ in range(2 * config.layers))
         rule = "bias_balanced" if balancing == "bias" else "top_k"
         options = {"bias_update_rate": 0.01} if balancing == "bias" else {}
         self.moe = nn.ModuleList(
-            MoELayer(config.hidden, config.ffn, config.experts,
-                     make_router(rule, num_experts=config.experts, top_k=config.top_k, **options),
-                     seed=config.seed + index)
+            MoELayer(
+                config.hidden,
+                config.ffn,
+                config.experts,
+                make_router(rule, num_experts=config.experts, top_k=config.top_k, **options),
+                seed=config.seed + index,
+            )
             for index in range(config.layers)
         )
         self.head = nn.Linear(config.hidden, 256)
@@ -110,8 +116,9 @@ class SmallMoELM(nn.Module):
         return loss
 
 
-def train(config: SmallConfig, balancing: str, out_dir: Path,
-          on_step: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+def train(
+    config: SmallConfig, balancing: str, out_dir: Path, on_step: Optional[Callable[[int], None]] = None
+) -> dict[str, Any]:
     """Train one set-up; returns its log (loss and per-layer expert loads per step)."""
     if balancing not in BALANCING:
         raise ValueError(f"balancing must be one of {BALANCING}, got {balancing!r}")

@@ -228,9 +228,7 @@ def _attention_activation_elements(spec: ModelSpec) -> int:
     return hidden + 2 * heads * head_dim + 2 * spec.kv_heads * head_dim
 
 
-def activation_bytes_per_token(
-    spec: ModelSpec, precision: Precision | None = None, recompute: str = "none"
-) -> int:
+def activation_bytes_per_token(spec: ModelSpec, precision: Precision | None = None, recompute: str = "none") -> int:
     """Activation memory kept for the backward pass, bytes per token, all layers.
 
     Follows the accounting of Korthikanti et al. 2022 ("Reducing Activation Recomputation
@@ -256,12 +254,7 @@ def activation_bytes_per_token(
     moe_ffn = (hidden + routed + shared) * element + 4 * spec.num_experts
     cross = spec.num_layers * (attention + hidden * element) if spec.architecture == "encoder_decoder" else 0
     layers = spec.num_layers + spec.num_encoder_layers
-    return (
-        layers * (attention + norms)
-        + spec.num_moe_layers * moe_ffn
-        + spec.num_dense_layers * dense_ffn
-        + cross
-    )
+    return layers * (attention + norms) + spec.num_moe_layers * moe_ffn + spec.num_dense_layers * dense_ffn + cross
 
 
 def kv_cache_bytes_per_token(spec: ModelSpec, precision: Precision | None = None) -> int:

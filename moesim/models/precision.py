@@ -37,12 +37,16 @@ class Precision(BaseModel):
     optimizer_state: DType = Field("fp32", description="Format of optimizer states (Adam moments).")
     activations: DType = Field("bf16", description="Format of stored activations and the KV cache.")
     gemm: Literal["bf16", "fp8"] = Field(
-        "bf16", description="Compute precision of the linear layers' GEMMs, forward and backward (fp8: e4m3 with "
-        "fine-grained scales, DeepSeek-V3's recipe; the router, embedding and output head stay bf16).")
+        "bf16",
+        description="Compute precision of the linear layers' GEMMs, forward and backward (fp8: e4m3 with "
+        "fine-grained scales, DeepSeek-V3's recipe; the router, embedding and output head stay bf16).",
+    )
     dispatch: Optional[DType] = Field(
-        None, description="Format of the tokens sent to the experts (null: the activations'; DeepSeek-V3: fp8).")
+        None, description="Format of the tokens sent to the experts (null: the activations'; DeepSeek-V3: fp8)."
+    )
     combine: Optional[DType] = Field(
-        None, description="Format of the expert outputs sent back (null: the activations'; DeepSeek-V3: bf16).")
+        None, description="Format of the expert outputs sent back (null: the activations'; DeepSeek-V3: bf16)."
+    )
 
     @property
     def weight_bytes(self) -> int:

@@ -40,14 +40,19 @@ class ModelSpec(BaseModel):
 
     # attention
     attention_type: Literal["gqa", "mla"] = Field(
-        "gqa", description="`gqa` (multi-head / grouped-query attention) or `mla` (DeepSeek multi-head latent attention)."
+        "gqa",
+        description="`gqa` (multi-head / grouped-query attention) or `mla` (DeepSeek multi-head latent attention).",
     )
     num_attention_heads: int = Field(..., gt=0, description="Query heads per layer.")
     num_key_value_heads: Optional[int] = Field(
         None, gt=0, description="Key/value heads (GQA); defaults to `num_attention_heads` (plain MHA)."
     )
-    head_dim: Optional[int] = Field(None, gt=0, description="Per-head size; defaults to hidden_size / num_attention_heads.")
-    q_lora_rank: Optional[int] = Field(None, gt=0, description="MLA: query compression rank (null = no query compression).")
+    head_dim: Optional[int] = Field(
+        None, gt=0, description="Per-head size; defaults to hidden_size / num_attention_heads."
+    )
+    q_lora_rank: Optional[int] = Field(
+        None, gt=0, description="MLA: query compression rank (null = no query compression)."
+    )
     kv_lora_rank: Optional[int] = Field(None, gt=0, description="MLA: key/value latent size (cached per token).")
     qk_nope_head_dim: Optional[int] = Field(None, gt=0, description="MLA: per-head query/key size without rotary part.")
     qk_rope_head_dim: Optional[int] = Field(None, gt=0, description="MLA: per-head decoupled rotary query/key size.")
@@ -72,9 +77,14 @@ class ModelSpec(BaseModel):
     shared_expert_intermediate_size: Optional[int] = Field(
         None, gt=0, description="Hidden size of one shared expert; defaults to `moe_intermediate_size`."
     )
-    first_k_dense_layers: int = Field(0, ge=0, description="Leading layers that stay dense (DeepSeek `first_k_dense_replace`).")
+    first_k_dense_layers: int = Field(
+        0, ge=0, description="Leading layers that stay dense (DeepSeek `first_k_dense_replace`)."
+    )
     moe_layer_frequency: int = Field(
-        1, gt=0, description="Every n-th layer (after the dense ones) is MoE: 1 = all, 2 = every other (Switch, GShard, GLaM), 4 = NLLB."
+        1,
+        gt=0,
+        description="Every n-th layer (after the dense ones) is MoE: 1 = all, 2 = every other (Switch, GShard, "
+        "GLaM), 4 = NLLB.",
     )
     # the model's own router: the defaults of a scenario's `routing` section
     router_strategy: RoutingStrategy = Field(
@@ -90,8 +100,9 @@ class ModelSpec(BaseModel):
         "max", description="Score of an expert group in group-limited routing: its best expert (V2) or best two (V3)."
     )
     router_bias: bool = Field(
-        False, description="Per-expert correction bias added to the scores for the choice only (DeepSeek-V3); "
-        "only `bias_balanced` routing honours it."
+        False,
+        description="Per-expert correction bias added to the scores for the choice only (DeepSeek-V3); "
+        "only `bias_balanced` routing honours it.",
     )
     num_expert_groups: Optional[int] = Field(
         None, gt=0, description="Group-limited routing: experts split into this many groups (DeepSeek `n_group`)."
@@ -119,13 +130,16 @@ class ModelSpec(BaseModel):
                 if getattr(self, name) is None
             ]
             if missing:
-                raise ValueError(f"attention_type 'mla' needs {', '.join(missing)}; set them or use attention_type 'gqa'")
+                raise ValueError(
+                    f"attention_type 'mla' needs {', '.join(missing)}; set them or use attention_type 'gqa'"
+                )
         if (self.num_expert_groups is None) != (self.topk_groups is None):
             raise ValueError("set both num_expert_groups and topk_groups for group-limited routing, or neither")
         if self.num_expert_groups is not None and self.topk_groups is not None:
             if self.num_experts % self.num_expert_groups:
                 raise ValueError(
-                    f"num_experts ({self.num_experts}) must be divisible by num_expert_groups ({self.num_expert_groups})"
+                    f"num_experts ({self.num_experts}) must be divisible by num_expert_groups "
+                    f"({self.num_expert_groups})"
                 )
             if self.topk_groups > self.num_expert_groups:
                 raise ValueError(

@@ -38,9 +38,14 @@ class Candidate:
     def overrides(self) -> list[str]:
         factor = "null" if self.capacity_factor is None else str(self.capacity_factor)
         return [
-            f"cluster.gpu={self.gpu}", f"cluster.num_nodes={self.num_nodes}", f"parallelism.tp_size={self.tp_size}",
-            f"parallelism.pp_size={self.pp_size}", f"parallelism.ep_size={self.ep_size}", "parallelism.dp_size=null",
-            f"routing.strategy={self.strategy}", f"routing.capacity_factor={factor}",
+            f"cluster.gpu={self.gpu}",
+            f"cluster.num_nodes={self.num_nodes}",
+            f"parallelism.tp_size={self.tp_size}",
+            f"parallelism.pp_size={self.pp_size}",
+            f"parallelism.ep_size={self.ep_size}",
+            "parallelism.dp_size=null",
+            f"routing.strategy={self.strategy}",
+            f"routing.capacity_factor={factor}",
         ]
 
 
@@ -75,7 +80,11 @@ def _divisors(value: int, limit: int) -> list[int]:
 
 
 def candidates(
-    base: Scenario, gpus: Sequence[str], max_gpus: int, strategies: Sequence[str], capacity_factors: Sequence[Optional[float]]
+    base: Scenario,
+    gpus: Sequence[str],
+    max_gpus: int,
+    strategies: Sequence[str],
+    capacity_factors: Sequence[Optional[float]],
 ) -> Iterable[Candidate]:
     """Every structurally valid combination (world size, divisibility), before simulation."""
     model = base.model
@@ -84,7 +93,9 @@ def candidates(
     tps = [t for t in (1, 2, 4, 8) if per_node % t == 0 and model.num_attention_heads % t == 0]
     pps = [p for p in (1, 2, 4, 8, 16) if p <= model.num_layers]
     eps = _divisors(model.num_experts, max_gpus)
-    for gpu, node_count, tp, pp, ep, strategy, factor in itertools.product(gpus, nodes, tps, pps, eps, strategies, capacity_factors):
+    for gpu, node_count, tp, pp, ep, strategy, factor in itertools.product(
+        gpus, nodes, tps, pps, eps, strategies, capacity_factors
+    ):
         world = node_count * per_node
         if world % (tp * pp):
             continue
@@ -97,8 +108,9 @@ def candidates(
         yield Candidate(gpu, node_count, tp, pp, ep, strategy, factor)
 
 
-def _evaluate(document: dict[str, Any], candidate: Candidate, mode: str, prices: dict[str, float],
-              extra: Sequence[str] = ()) -> Optional[Option]:
+def _evaluate(
+    document: dict[str, Any], candidate: Candidate, mode: str, prices: dict[str, float], extra: Sequence[str] = ()
+) -> Optional[Option]:
     from moesim.sim.step import simulate
 
     try:
@@ -108,9 +120,17 @@ def _evaluate(document: dict[str, Any], candidate: Candidate, mode: str, prices:
         return None  # does not fit, or not a valid layout for this model
     gpus = scenario.cluster.world_size
     per_hour = gpus * prices.get(candidate.gpu, DEFAULT_PRICE_PER_GPU_HOUR.get(candidate.gpu, 3.0))
-    return Option(candidate, gpus, result.step_time_s, result.tokens_per_s, result.drop_rate,
-                  result.memory["total_bytes"] / 1e9, per_hour, per_hour / (result.tokens_per_s * 3600) * 1e6,
-                  mode == "full")
+    return Option(
+        candidate,
+        gpus,
+        result.step_time_s,
+        result.tokens_per_s,
+        result.drop_rate,
+        result.memory["total_bytes"] / 1e9,
+        per_hour,
+        per_hour / (result.tokens_per_s * 3600) * 1e6,
+        mode == "full",
+    )
 
 
 @dataclass(frozen=True)
@@ -140,8 +160,9 @@ def pareto_front(options: Sequence[Option]) -> list[Option]:
     return front
 
 
-def check_choices(gpus: Sequence[str], strategies: Sequence[str], factors: Sequence[Optional[float]],
-                  prices: dict[str, float]) -> None:
+def check_choices(
+    gpus: Sequence[str], strategies: Sequence[str], factors: Sequence[Optional[float]], prices: dict[str, float]
+) -> None:
     """Every name the planner is given exists and every number is usable; else an error naming the option."""
     from moesim.cluster.hardware import gpu_preset_names
     from moesim.errors import unknown_name_message
@@ -157,8 +178,10 @@ def check_choices(gpus: Sequence[str], strategies: Sequence[str], factors: Seque
             raise MoesimError(f"--strategies: {unknown_name_message('routing rule', name, list(ROUTING_STRATEGIES))}")
     for factor in factors:
         if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0):
-            raise MoesimError(f"--capacity-factors: {factor!r} is not a capacity factor; use positive numbers or null "
-                              "(dropless), e.g. null,1.0,1.25")
+            raise MoesimError(
+                f"--capacity-factors: {factor!r} is not a capacity factor; use positive numbers or null "
+                "(dropless), e.g. null,1.0,1.25"
+            )
     for name, price in prices.items():
         if price < 0:
             raise MoesimError(f"--price: {name}={price} is negative; give dollars per GPU-hour, e.g. {name}=2.5")
@@ -207,10 +230,21 @@ def plan(
     nic = (base.cluster.nic_gbps or 400) / 2
     harsher = []
     for option in confirmed:
-        rerun = _evaluate(document, option.candidate, "fast", prices,
-                          [f"workload.expert_popularity_skew={harsher_skew}", f"cluster.nic_gbps={nic}"])
+        rerun = _evaluate(
+            document,
+            option.candidate,
+            "fast",
+            prices,
+            [f"workload.expert_popularity_skew={harsher_skew}", f"cluster.nic_gbps={nic}"],
+        )
         if rerun:
             harsher.append(rerun)
     ranked = sorted(confirmed, key=lambda o: o.dollars_per_million_tokens)
-    return Plan(ranked, pareto_front(fast), sorted(harsher, key=lambda o: o.dollars_per_million_tokens), len(pool), len(fast),
-                best)
+    return Plan(
+        ranked,
+        pareto_front(fast),
+        sorted(harsher, key=lambda o: o.dollars_per_million_tokens),
+        len(pool),
+        len(fast),
+        best,
+    )

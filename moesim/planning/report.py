@@ -44,7 +44,9 @@ PHASE_SEGMENTS = 9
 
 def phase_segments(phase_seconds: dict[str, float], limit: int = PHASE_SEGMENTS) -> list[tuple[str, float]]:
     """The largest phases, largest first, and the rest summed as "other (n phases)"; zero-time phases left out."""
-    phases = sorted(((name, seconds) for name, seconds in phase_seconds.items() if seconds > 0), key=lambda item: -item[1])
+    phases = sorted(
+        ((name, seconds) for name, seconds in phase_seconds.items() if seconds > 0), key=lambda item: -item[1]
+    )
     if len(phases) <= limit + 1:
         return phases
     rest = phases[limit:]
@@ -99,8 +101,13 @@ def _pareto_plot(points: list[dict[str, float]], counted: str = "tokens") -> byt
     def draw(axes: Any) -> None:
         axes.plot([p["tokens_per_s"] for p in points], [p["dollars_per_hour"] for p in points], marker="o")
         for p in points:
-            axes.annotate(f"{int(p['gpus'])} GPUs", (p["tokens_per_s"], p["dollars_per_hour"]), fontsize=7,
-                          xytext=(4, -10), textcoords="offset points")
+            axes.annotate(
+                f"{int(p['gpus'])} GPUs",
+                (p["tokens_per_s"], p["dollars_per_hour"]),
+                fontsize=7,
+                xytext=(4, -10),
+                textcoords="offset points",
+            )
         axes.set_xlabel(f"{counted} / s")
         axes.set_ylabel("$ / hour")
         axes.set_title("Cost against throughput (nearby cluster sizes)")
@@ -109,7 +116,14 @@ def _pareto_plot(points: list[dict[str, float]], counted: str = "tokens") -> byt
 
 
 def _memory_plot(memory: dict[str, float]) -> bytes:
-    parts = ["weights_bytes", "grads_bytes", "optimizer_bytes", "activations_bytes", "alltoall_buffer_bytes", "kv_cache_bytes"]
+    parts = [
+        "weights_bytes",
+        "grads_bytes",
+        "optimizer_bytes",
+        "activations_bytes",
+        "alltoall_buffer_bytes",
+        "kv_cache_bytes",
+    ]
 
     def draw(axes: Any) -> None:
         bottom = 0.0
@@ -128,12 +142,21 @@ def _memory_plot(memory: dict[str, float]) -> bytes:
     return _figure_png(draw, width=5.0)
 
 
-def _validation_error(rows_path: Path) -> Optional[dict[str, float]]:
-    """Layer-time error (median, 90th percentile, count) of a committed validation's rows, if it has any."""
-    from moesim.validation.validate import summary
+def _validation_error(rows_path: Path, held_out: bool = False) -> Optional[dict[str, float]]:
+    """Layer-time error (`validate_report.summary`) of a committed validation's rows (its main grid, or its
+    held-out grid), if it has any."""
+    from moesim.validation.validate_report import summary
 
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
-    return summary(rows) if any(row["phase"] == "layer" for row in rows) else None
+    chosen = [row for row in rows if row["phase"] == "layer" and bool(row.get("held_out")) == held_out]
+    return summary(rows, held_out=held_out) if chosen else None
+
+
+def _error_words(stats: dict[str, float]) -> str:
+    return (
+        f"median {stats['median']:.1%}, 90th percentile {stats['p90']:.1%}, maximum {stats['max']:.1%}, "
+        f"signed median {stats['signed']:+.1%}"
+    )
 
 
 def validation_line() -> str:
@@ -141,16 +164,23 @@ def validation_line() -> str:
     parts = []
     gpu = _validation_error(REPO / "validation" / "NVIDIA-H200" / "rows.json")
     if gpu:
-        parts.append(f"on one NVIDIA H200, {gpu['count']} MoE layers: median {gpu['median']:.1%}, 90th percentile "
-                     f"{gpu['p90']:.1%} (validation/NVIDIA-H200/REPORT.md)")
+        parts.append(
+            f"on one NVIDIA H200, {gpu['count']} MoE layers: {_error_words(gpu)} (validation/NVIDIA-H200/REPORT.md)"
+        )
     cpu = _validation_error(REPO / "validation" / "validation_rows.json")
     if cpu:
-        parts.append(f"on CPU ranks with all-to-all, {cpu['count']} layers: median {cpu['median']:.1%}, 90th percentile "
-                     f"{cpu['p90']:.1%} (validation/REPORT.md)")
+        held = _validation_error(REPO / "validation" / "validation_rows.json", held_out=True)
+        held_words = f"; held-out grid, {held['count']} layers: {_error_words(held)}" if held else ""
+        parts.append(
+            f"on CPU ranks with all-to-all, {cpu['count']} layers: {_error_words(cpu)}{held_words} "
+            "(validation/REPORT.md)"
+        )
     if not parts:
         return "No validation run found (run `moesim validate`)."
-    return ("Layer time, simulator against moesim's executor " + "; ".join(parts) + ". No multi-GPU run has checked the "
-            "network model yet: all-to-all and pipeline times rest on datasheet link rates.")
+    return (
+        "Layer time, simulator against moesim's executor " + "; ".join(parts) + ". No multi-GPU run has checked the "
+        "network model yet: all-to-all and pipeline times rest on datasheet link rates."
+    )
 
 
 def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) -> tuple[Path, Path]:
@@ -163,15 +193,18 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
     result = simulate(scenario_from_dict(document, mode))
     layers = min(scenario.model.num_moe_layers, 8)
     routed, _ = route_layers(
-        scenario_from_dict(document, [f"simulation.max_routed_layers={layers}"]), list(range(layers)),
+        scenario_from_dict(document, [f"simulation.max_routed_layers={layers}"]),
+        list(range(layers)),
         scenario.workload.micro_batch_size * scenario.workload.seq_len * scenario.parallelism.ep_size,
         scenario.cluster.gpus_per_node,
     )
     loads = np.stack([layer.expert_tokens for layer in routed]) if routed else np.ones((1, scenario.model.num_experts))
     drops = []
     for factor in (0.75, 1.0, 1.25, 1.5, 2.0):
-        point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"routing.capacity_factor={factor}"]),
-                         check_memory=False)
+        point = simulate(
+            scenario_from_dict(document, ["simulation.network_mode=fast", f"routing.capacity_factor={factor}"]),
+            check_memory=False,
+        )
         drops.append((factor, point.drop_rate, point.step_time_s))
     nearby, unrunnable = nearby_sizes(scenario, document)
     counted = "tokens" if scenario.workload.mode == "training" else "output tokens"
@@ -179,9 +212,17 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         "Step time by phase": _phase_plot(result),
         "Expert load across layers": _load_heatmap(loads),
         "Drop rate against capacity factor": _drop_plot(drops),
-        "Cost against throughput": _pareto_plot(nearby or [
-            {"gpus": result.world_size, "tokens_per_s": result.tokens_per_s, "dollars_per_hour": 3.0 * result.world_size}],
-            counted),
+        "Cost against throughput": _pareto_plot(
+            nearby
+            or [
+                {
+                    "gpus": result.world_size,
+                    "tokens_per_s": result.tokens_per_s,
+                    "dollars_per_hour": 3.0 * result.world_size,
+                }
+            ],
+            counted,
+        ),
         "Memory per GPU": _memory_plot(result.memory),
     }
     answer = (
@@ -194,7 +235,8 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         f"routing: {scenario.routing.strategy}, top-{scenario.routing.top_k}, capacity factor "
         f"{scenario.routing.capacity_factor or 'dropless'}; router scores: {scenario.workload.scores} "
         f"(skew {scenario.workload.expert_popularity_skew})",
-        f"parallelism: DP {scenario.parallelism.dp_size}, TP {scenario.parallelism.tp_size}, PP {scenario.parallelism.pp_size}, "
+        f"parallelism: DP {scenario.parallelism.dp_size}, TP {scenario.parallelism.tp_size}, PP "
+        f"{scenario.parallelism.pp_size}, "
         f"EP {scenario.parallelism.ep_size}, ZeRO {scenario.parallelism.zero_stage}",
         "cost plot: $3 per GPU-hour (an assumption); "
         + ("the global batch fixed" if scenario.workload.mode == "training" else "every replica serving its own batch"),
@@ -204,8 +246,9 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
     from moesim.sim.sources import phases_by_source
 
     lines = [f"{', '.join(phases)}: {label}" for label, phases in phases_by_source(result.sources)]
-    return write_pages(scenario.name, scenario.description or "How fast is a step?", answer, assumptions, plots, out_dir,
-                       basis=lines)
+    return write_pages(
+        scenario.name, scenario.description or "How fast is a step?", answer, assumptions, plots, out_dir, basis=lines
+    )
 
 
 def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, float]], list[tuple[str, str]]]:
@@ -215,20 +258,39 @@ def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, flo
 
     points, unrunnable = [], []
     per_replica = ["workload.global_batch_size=null"] if scenario.workload.mode == "inference" else []
-    for nodes in sorted({max(1, scenario.cluster.num_nodes // 2), scenario.cluster.num_nodes, 2 * scenario.cluster.num_nodes}):
+    for nodes in sorted(
+        {max(1, scenario.cluster.num_nodes // 2), scenario.cluster.num_nodes, 2 * scenario.cluster.num_nodes}
+    ):
         try:
-            point = simulate(scenario_from_dict(document, ["simulation.network_mode=fast", f"cluster.num_nodes={nodes}",
-                                                           "parallelism.dp_size=null", *per_replica]))
+            point = simulate(
+                scenario_from_dict(
+                    document,
+                    [
+                        "simulation.network_mode=fast",
+                        f"cluster.num_nodes={nodes}",
+                        "parallelism.dp_size=null",
+                        *per_replica,
+                    ],
+                )
+            )
         except MoesimError as error:
             unrunnable.append((f"{nodes} x {scenario.cluster.gpus_per_node} GPUs", str(error).splitlines()[0]))
             continue
-        points.append({"gpus": point.world_size, "tokens_per_s": point.tokens_per_s, "dollars_per_hour": 3.0 * point.world_size})
+        points.append(
+            {"gpus": point.world_size, "tokens_per_s": point.tokens_per_s, "dollars_per_hour": 3.0 * point.world_size}
+        )
     return points, unrunnable
 
 
 def write_pages(
-    name: str, question: str, answer: str, assumptions: list[str], plots: dict[str, bytes], out_dir: str | Path,
-    basis: Sequence[str] = (), table: Sequence[Sequence[str]] = (),
+    name: str,
+    question: str,
+    answer: str,
+    assumptions: list[str],
+    plots: dict[str, bytes],
+    out_dir: str | Path,
+    basis: Sequence[str] = (),
+    table: Sequence[Sequence[str]] = (),
 ) -> tuple[Path, Path]:
     """report.html (plots embedded as data URIs) and report.md (plots as PNG files beside it)."""
     out = Path(out_dir)
@@ -239,41 +301,90 @@ def write_pages(
         (out / file_name).write_bytes(png)
         figures[title] = (file_name, base64.b64encode(png).decode())
     error_line = validation_line()
-    markdown = [f"# Sizing report: {name}", "", f"**Question.** {question}", "", f"**Answer.** {answer}", "",
-                "## Assumptions", "", *[f"- {item}" for item in assumptions], "", f"## How sure\n\n{error_line}", "",
-                *(["What each phase's time rests on (measured error: |predicted / measured - 1|):", "",
-                   *[f"- {line}" for line in basis], ""] if basis else [])]
+    markdown = [
+        f"# Sizing report: {name}",
+        "",
+        f"**Question.** {question}",
+        "",
+        f"**Answer.** {answer}",
+        "",
+        "## Assumptions",
+        "",
+        *[f"- {item}" for item in assumptions],
+        "",
+        f"## How sure\n\n{error_line}",
+        "",
+        *(
+            [
+                "What each phase's time rests on (measured error: |predicted / measured - 1|):",
+                "",
+                *[f"- {line}" for line in basis],
+                "",
+            ]
+            if basis
+            else []
+        ),
+    ]
     if table:
-        markdown += ["## The numbers", "", "| " + " | ".join(table[0]) + " |", "|" + " --- |" * len(table[0]),
-                     *["| " + " | ".join(row) + " |" for row in table[1:]], ""]
+        markdown += [
+            "## The numbers",
+            "",
+            "| " + " | ".join(table[0]) + " |",
+            "|" + " --- |" * len(table[0]),
+            *["| " + " | ".join(row) + " |" for row in table[1:]],
+            "",
+        ]
     for title, (file_name, _) in figures.items():
         markdown += [f"## {title}", "", f"![{title}]({file_name})", ""]
     md_path = out / "report.md"
     md_path.write_text("\n".join(markdown))
-    body = [f"<h1>Sizing report: {html.escape(name)}</h1>", f"<p><b>Question.</b> {html.escape(question)}</p>",
-            f"<p><b>Answer.</b> {html.escape(answer)}</p>", "<h2>Assumptions</h2><ul>",
-            *[f"<li>{html.escape(item)}</li>" for item in assumptions], "</ul>",
-            f"<h2>How sure</h2><p>{html.escape(error_line)}</p>"]
+    body = [
+        f"<h1>Sizing report: {html.escape(name)}</h1>",
+        f"<p><b>Question.</b> {html.escape(question)}</p>",
+        f"<p><b>Answer.</b> {html.escape(answer)}</p>",
+        "<h2>Assumptions</h2><ul>",
+        *[f"<li>{html.escape(item)}</li>" for item in assumptions],
+        "</ul>",
+        f"<h2>How sure</h2><p>{html.escape(error_line)}</p>",
+    ]
     if basis:
-        body += ["<p>What each phase's time rests on (measured error: |predicted / measured - 1|):</p><ul>",
-                 *[f"<li>{html.escape(line)}</li>" for line in basis], "</ul>"]
+        body += [
+            "<p>What each phase's time rests on (measured error: |predicted / measured - 1|):</p><ul>",
+            *[f"<li>{html.escape(line)}</li>" for line in basis],
+            "</ul>",
+        ]
     if table:
-        body += ["<h2>The numbers</h2><table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>",
-                 *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:]], "</table>"]
+        body += [
+            "<h2>The numbers</h2><table>",
+            "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>",
+            *["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:]],
+            "</table>",
+        ]
     for title, (_, data) in figures.items():
-        body += [f"<h2>{html.escape(title)}</h2>", f'<img class="plot" alt="{html.escape(title)}" src="data:image/png;base64,{data}">']
-    script = ("<script>document.querySelectorAll('img.plot').forEach(function(img){function mark(){"
-              "img.setAttribute('data-rendered', img.naturalWidth + 'x' + img.naturalHeight);}"
-              "if (img.complete) mark(); else img.addEventListener('load', mark);});</script>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>moesim sizing report</title>"
-            "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}img{max-width:100%}</style></head><body>"
-            + "\n".join(body) + script + "</body></html>")
+        body += [
+            f"<h2>{html.escape(title)}</h2>",
+            f'<img class="plot" alt="{html.escape(title)}" src="data:image/png;base64,{data}">',
+        ]
+    script = (
+        "<script>document.querySelectorAll('img.plot').forEach(function(img){function mark(){"
+        "img.setAttribute('data-rendered', img.naturalWidth + 'x' + img.naturalHeight);}"
+        "if (img.complete) mark(); else img.addEventListener('load', mark);});</script>"
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>moesim sizing report</title>"
+        "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}img{max-width:100%}</style></head><body>"
+        + "\n".join(body)
+        + script
+        + "</body></html>"
+    )
     html_path = out / "report.html"
     html_path.write_text(page)
     return html_path, md_path
 
 
-def write_results_report(store_path: str | Path, out_dir: str | Path, sweep_id: Optional[str] = None) -> tuple[Path, Path]:
+def write_results_report(
+    store_path: str | Path, out_dir: str | Path, sweep_id: Optional[str] = None
+) -> tuple[Path, Path]:
     """A report over one sweep of a results store (default: the latest): every point's step time, throughput and
     drops in plots and a table; the fastest point; the store's other sweeps listed."""
     from moesim.planning.store import ResultsStore
@@ -292,7 +403,9 @@ def write_results_report(store_path: str | Path, out_dir: str | Path, sweep_id: 
         raise MoesimError(f"{store_path}: sweep {chosen} has no finished points to report on")
     fixed = {"sweep_id", "status", "error", "sim_seconds"}
     swept = [key for key in ok[0] if key not in fixed and "." in key and not key.startswith("phase.")]
-    labels = [", ".join(f"{key.split('.')[-1]}={row.get(key)}" for key in swept) or str(index) for index, row in enumerate(ok)]
+    labels = [
+        ", ".join(f"{key.split('.')[-1]}={row.get(key)}" for key in swept) or str(index) for index, row in enumerate(ok)
+    ]
 
     def bars(field: str, label: str, scale: float = 1.0) -> bytes:
         def draw(axes: Any) -> None:
@@ -309,16 +422,35 @@ def write_results_report(store_path: str | Path, out_dir: str | Path, sweep_id: 
         "Drop rate per point": bars("drop_rate", "dropped pairs (%)", 100.0),
         "Memory per GPU per point": bars("memory_gb", "GB per GPU"),
     }
-    answer = (f"fastest of {len(ok)} points: {labels[best]} with step time {ok[best]['step_time_s']:.3f} s, "
-              f"{ok[best]['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, drop rate {ok[best]['drop_rate']:.2%}.")
+    answer = (
+        f"fastest of {len(ok)} points: {labels[best]} with step time {ok[best]['step_time_s']:.3f} s, "
+        f"{ok[best]['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, drop rate {ok[best]['drop_rate']:.2%}."
+    )
     failed = len(rows) - len(ok)
     others = [f"{sweep} ({count} points)" for sweep, count, _ in sweeps if sweep != chosen]
-    assumptions = [f"results store {Path(store_path).name}, sweep {chosen}: {len(rows)} points ({failed} could not run)",
-                   f"swept: {', '.join(swept) or 'nothing'}",
-                   *([f"other sweeps in the store (report one with --sweep ID): {', '.join(others)}"] if others else [])]
+    assumptions = [
+        f"results store {Path(store_path).name}, sweep {chosen}: {len(rows)} points ({failed} could not run)",
+        f"swept: {', '.join(swept) or 'nothing'}",
+        *([f"other sweeps in the store (report one with --sweep ID): {', '.join(others)}"] if others else []),
+    ]
     order = sorted(range(len(ok)), key=lambda index: ok[index]["step_time_s"])
     table = [["point", "step time (s)", "tokens/s per GPU", "MFU", "drop rate", "memory (GB)"]] + [
-        [labels[i], f"{ok[i]['step_time_s']:.4f}", f"{ok[i]['tokens_per_s_per_gpu']:,.0f}", f"{ok[i]['mfu']:.1%}",
-         f"{ok[i]['drop_rate']:.2%}", f"{ok[i]['memory_gb']:.1f}"] for i in order]
-    return write_pages(Path(store_path).stem, "Which point of the sweep is fastest, and at what cost in drops and memory?",
-                       answer, assumptions, plots, out_dir, table=table)
+        [
+            labels[i],
+            f"{ok[i]['step_time_s']:.4f}",
+            f"{ok[i]['tokens_per_s_per_gpu']:,.0f}",
+            f"{ok[i]['mfu']:.1%}",
+            f"{ok[i]['drop_rate']:.2%}",
+            f"{ok[i]['memory_gb']:.1f}",
+        ]
+        for i in order
+    ]
+    return write_pages(
+        Path(store_path).stem,
+        "Which point of the sweep is fastest, and at what cost in drops and memory?",
+        answer,
+        assumptions,
+        plots,
+        out_dir,
+        table=table,
+    )

@@ -66,21 +66,36 @@ class ResultsStore:
         return cursor.rowcount
 
     def write(
-        self, sweep_id: str, point_key: str, overrides: dict[str, Any], result: Optional[dict[str, Any]],
-        error: Optional[str], seconds: float,
+        self,
+        sweep_id: str,
+        point_key: str,
+        overrides: dict[str, Any],
+        result: Optional[dict[str, Any]],
+        error: Optional[str],
+        seconds: float,
     ) -> bool:
         """Store one finished point; False if it was already stored (never a duplicate)."""
         cursor = self.connection.execute(
             "INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (sweep_id, point_key, json.dumps(overrides, default=str), "error" if error else "ok",
-             json.dumps(result) if result is not None else None, error, seconds, time.time()),
+            (
+                sweep_id,
+                point_key,
+                json.dumps(overrides, default=str),
+                "error" if error else "ok",
+                json.dumps(result) if result is not None else None,
+                error,
+                seconds,
+                time.time(),
+            ),
         )
         self.connection.commit()
         return cursor.rowcount == 1
 
     def sweeps(self) -> list[tuple[str, int, float]]:
         """(sweep id, points stored, when its last point finished) of every sweep in the store, latest first."""
-        query = "SELECT sweep_id, COUNT(*), MAX(finished_at) FROM points GROUP BY sweep_id ORDER BY MAX(finished_at) DESC"
+        query = (
+            "SELECT sweep_id, COUNT(*), MAX(finished_at) FROM points GROUP BY sweep_id ORDER BY MAX(finished_at) DESC"
+        )
         return [(str(sweep), int(count), float(last)) for sweep, count, last in self.connection.execute(query)]
 
     def rows(self, sweep_id: Optional[str] = None) -> list[dict[str, Any]]:
@@ -91,8 +106,16 @@ class ResultsStore:
             query += " WHERE sweep_id = ?"
             arguments = (sweep_id,)
         flat = []
-        for sweep, overrides, status, result, error, seconds in self.connection.execute(query + " ORDER BY rowid", arguments):
-            row: dict[str, Any] = {"sweep_id": sweep, **json.loads(overrides), "status": status, "error": error, "sim_seconds": seconds}
+        for sweep, overrides, status, result, error, seconds in self.connection.execute(
+            query + " ORDER BY rowid", arguments
+        ):
+            row: dict[str, Any] = {
+                "sweep_id": sweep,
+                **json.loads(overrides),
+                "status": status,
+                "error": error,
+                "sim_seconds": seconds,
+            }
             row.update(json.loads(result) if result else {})
             flat.append(row)
         return flat

@@ -24,8 +24,17 @@ from moesim.planning.store import ResultsStore
 from moesim.scenario import Scenario, scenario_from_dict
 
 SUMMARY_FIELDS = (
-    "step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "drop_rate", "load_imbalance",
-    "bytes_across_nodes_per_step", "pipeline_bubble_s", "grad_allreduce_exposed_s", "prefill_s", "decode_step_s",
+    "step_time_s",
+    "tokens_per_s",
+    "tokens_per_s_per_gpu",
+    "mfu",
+    "drop_rate",
+    "load_imbalance",
+    "bytes_across_nodes_per_step",
+    "pipeline_bubble_s",
+    "grad_allreduce_exposed_s",
+    "prefill_s",
+    "decode_step_s",
 )
 
 
@@ -125,8 +134,11 @@ def _run_local(document: dict[str, Any], todo: list[Point], record: Callable[...
             record(point, run_point(document, point.overrides))
         return
     # spawn, not fork: a forked copy of a process whose torch thread pool is running can deadlock
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_leave_interrupts_to_the_parent)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_leave_interrupts_to_the_parent,
+    )
     pending = {pool.submit(run_point, document, point.overrides): point for point in todo}
     try:
         while pending:
@@ -153,7 +165,9 @@ def _leave_interrupts_to_the_parent() -> None:
     torch.set_num_threads(1)
 
 
-def _run_on_ray(document: dict[str, Any], todo: list[Point], record: Callable[..., None], address: Optional[str]) -> None:
+def _run_on_ray(
+    document: dict[str, Any], todo: list[Point], record: Callable[..., None], address: Optional[str]
+) -> None:
     try:
         import ray
     except ModuleNotFoundError:

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | `H200` | `shipped/H200.json` | measured: `tables/h200-2026-11-26` (grouped backward and fp8 derived from the H100) |
 | `H100-SXM` | `shipped/H100-SXM.json` | measured: `tables/h100-2026-11-26` |
-| `H800` | `shipped/H800.json` | derived from the H100 measurements (same die, clocks and HBM; NVLink and NICs are the cluster's) |
+| `H800` | `shipped/H800.json` | derived from the H100's tables (same die, clocks, HBM; links: the cluster's) |
 
 Every other GPU preset is costed from its datasheet with assumed efficiencies
 (`CostModel.for_gpu` says so). The router, permutation and un-permutation of every

@@ -29,7 +29,14 @@ import numpy as np
 from moesim.cluster.hardware import GpuSpec
 from moesim.profiles.tables import KernelTables, causal_attention_flops
 from moesim.sim.fp8 import Fp8Speedup
-from moesim.sim.gemm_fit import GroupedSample, minimise_log, dense_errors, fit_dense_model, fit_grouped_model, relative_errors
+from moesim.sim.gemm_fit import (
+    GroupedSample,
+    minimise_log,
+    dense_errors,
+    fit_dense_model,
+    fit_grouped_model,
+    relative_errors,
+)
 from moesim.sim.grouped import GroupedGemmModel
 
 SMS = 132
@@ -46,34 +53,54 @@ GATED_PASSES_BACKWARD = 7
 def error_summary(errors: Sequence[float], table: str) -> dict[str, Any]:
     """|error| median, 90th percentile and maximum, the median signed error, the count, and the table."""
     values = np.asarray(errors, dtype=float)
-    return {"table": table, "count": int(values.size), "median": float(np.median(np.abs(values))),
-            "p90": float(np.percentile(np.abs(values), 90)), "max": float(np.abs(values).max()),
-            "signed_median": float(np.median(values))}
+    return {
+        "table": table,
+        "count": int(values.size),
+        "median": float(np.median(np.abs(values))),
+        "p90": float(np.percentile(np.abs(values), 90)),
+        "max": float(np.abs(values).max()),
+        "signed_median": float(np.median(values)),
+    }
 
 
-def ffn_backward_seconds(dense: GroupedGemmModel, rows: Any, hidden: int, inner: int, bandwidth: float,
-                         fixed_s: float) -> Any:
+def ffn_backward_seconds(
+    dense: GroupedGemmModel, rows: Any, hidden: int, inner: int, bandwidth: float, fixed_s: float
+) -> Any:
     """A SwiGLU FFN's backward from the plain-GEMM model: input gradients, weight gradients, activation, autograd."""
-    return (dense.dense_seconds(rows, hidden, inner) + dense.dense_weight_grad_seconds(rows, inner, hidden)
-            + dense.dense_seconds(rows, 2 * inner, hidden) + dense.dense_weight_grad_seconds(rows, hidden, 2 * inner)
-            + np.asarray(rows, dtype=float) * GATED_PASSES_BACKWARD * inner * 2 / bandwidth + fixed_s)
+    return (
+        dense.dense_seconds(rows, hidden, inner)
+        + dense.dense_weight_grad_seconds(rows, inner, hidden)
+        + dense.dense_seconds(rows, 2 * inner, hidden)
+        + dense.dense_weight_grad_seconds(rows, hidden, 2 * inner)
+        + np.asarray(rows, dtype=float) * GATED_PASSES_BACKWARD * inner * 2 / bandwidth
+        + fixed_s
+    )
 
 
-def fit_dense_backward(dense: GroupedGemmModel, samples: Sequence[tuple[int, int, int, float, float]],
-                       bandwidth: float) -> tuple[GroupedGemmModel, float, np.ndarray]:
+def fit_dense_backward(
+    dense: GroupedGemmModel, samples: Sequence[tuple[int, int, int, float, float]], bandwidth: float
+) -> tuple[GroupedGemmModel, float, np.ndarray]:
     """The weight gradients' efficiency and overhead and autograd's fixed cost per FFN, fitted to measured backwards."""
     rows = np.array([s[0] for s in samples], dtype=float)
     measured = np.array([s[4] for s in samples])
 
     def model_of(params: np.ndarray) -> tuple[GroupedGemmModel, float]:
         share, overhead, fixed = np.exp(params)
-        return replace(dense, weight_grad_compute_efficiency=min(share, 1.0) * dense.compute_efficiency,
-                       weight_grad_memory_efficiency=dense.memory_efficiency, weight_grad_overhead_s=overhead), fixed
+        return replace(
+            dense,
+            weight_grad_compute_efficiency=min(share, 1.0) * dense.compute_efficiency,
+            weight_grad_memory_efficiency=dense.memory_efficiency,
+            weight_grad_overhead_s=overhead,
+        ), fixed
 
     def predict(params: np.ndarray) -> np.ndarray:
         model, fixed = model_of(params)
-        return np.array([float(ffn_backward_seconds(model, r, hidden, inner, bandwidth, fixed))
-                         for r, (_, hidden, inner, _, _) in zip(rows, samples)])
+        return np.array(
+            [
+                float(ffn_backward_seconds(model, r, hidden, inner, bandwidth, fixed))
+                for r, (_, hidden, inner, _, _) in zip(rows, samples)
+            ]
+        )
 
     params = minimise_log(lambda p: float(np.mean(np.log(predict(p) / measured) ** 2)), (0.8, 20e-6, 50e-6))
     model, fixed = model_of(params)
@@ -91,15 +118,22 @@ def fit_attention(samples: Sequence[tuple[int, int, int, int, float]], peak: flo
 
 
 def _grouped_samples(tables: KernelTables) -> tuple[list[GroupedSample], list[GroupedSample]]:
-    forward: list[GroupedSample] = [("forward", [rows] * groups, inner, cols, seconds)
-                                    for groups, rows, inner, cols, seconds in tables.grouped]
-    backward: list[GroupedSample] = [("backward", [rows] * groups, inner, cols, bf16 * ratio)
-                                     for groups, rows, inner, cols, bf16, _, ratio in tables.grouped_fp8]
+    forward: list[GroupedSample] = [
+        ("forward", [rows] * groups, inner, cols, seconds) for groups, rows, inner, cols, seconds in tables.grouped
+    ]
+    backward: list[GroupedSample] = [
+        ("backward", [rows] * groups, inner, cols, bf16 * ratio)
+        for groups, rows, inner, cols, bf16, _, ratio in tables.grouped_fp8
+    ]
     return forward, backward
 
 
-def build_profile(tables: KernelTables, gpu: GpuSpec, gradients_from: Optional[KernelTables] = None,
-                  phase_fit: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def build_profile(
+    tables: KernelTables,
+    gpu: GpuSpec,
+    gradients_from: Optional[KernelTables] = None,
+    phase_fit: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """The profile of `gpu` fitted to `tables` (see the module docstring); `phase_fit` is carried as given."""
     peak, bandwidth = gpu.peak_bf16_flops, tables.copy_bytes_per_s
     label = f"measured: {tables.name}"
@@ -118,25 +152,42 @@ def build_profile(tables: KernelTables, gpu: GpuSpec, gradients_from: Optional[K
     errors["grouped_gemm"] = error_summary(relative_errors(grouped, forward), "grouped_gemm_uniform_bf16.csv")
     sources["grouped_gemm"] = f"{label}/grouped_gemm_uniform_bf16.csv"
     if backward:
-        errors["grouped_backward"] = error_summary(relative_errors(grouped, backward), "grouped_gemm_fp8_and_backward.csv")
+        errors["grouped_backward"] = error_summary(
+            relative_errors(grouped, backward), "grouped_gemm_fp8_and_backward.csv"
+        )
         sources["grouped_backward"] = f"{label}/grouped_gemm_fp8_and_backward.csv"
     elif gradients_from is not None and gradients_from.grouped_fp8:
         donor_forward, donor_backward = _grouped_samples(gradients_from)
         donor = fit_grouped_model(donor_forward + donor_backward, peak, gradients_from.copy_bytes_per_s, SMS)
-        grouped = replace(grouped, weight_grad_compute_efficiency=donor.weight_grad_compute_efficiency,
-                          weight_grad_memory_efficiency=donor.weight_grad_memory_efficiency,
-                          weight_grad_overhead_s=donor.weight_grad_overhead_s)
-        errors["grouped_backward"] = error_summary(relative_errors(donor, donor_backward),
-                                                   f"{gradients_from.name}/grouped_gemm_fp8_and_backward.csv")
-        sources["grouped_backward"] = (f"derived from {gradients_from.name}/grouped_gemm_fp8_and_backward.csv "
-                                       "(the weight gradient's efficiencies; error: the fit there)")
+        grouped = replace(
+            grouped,
+            weight_grad_compute_efficiency=donor.weight_grad_compute_efficiency,
+            weight_grad_memory_efficiency=donor.weight_grad_memory_efficiency,
+            weight_grad_overhead_s=donor.weight_grad_overhead_s,
+        )
+        errors["grouped_backward"] = error_summary(
+            relative_errors(donor, donor_backward), f"{gradients_from.name}/grouped_gemm_fp8_and_backward.csv"
+        )
+        sources["grouped_backward"] = (
+            f"derived from {gradients_from.name}/grouped_gemm_fp8_and_backward.csv "
+            "(the weight gradient's efficiencies; error: the fit there)"
+        )
 
     profile: dict[str, Any] = {
-        "device": gpu.name, "format": 2, "measured_at": tables.name.split("-", 1)[-1], "tables": tables.name,
-        "peak_flops": peak, "peak_fp8_flops": (gpu.peak_fp8_tflops or 0.0) * 1e12,
-        "memory_bytes_per_s": gpu.hbm_tb_per_s * 1e12, "memory_efficiency": bandwidth / (gpu.hbm_tb_per_s * 1e12),
-        "memory_gb": gpu.hbm_gb, "kernel_launch_s": KERNEL_LAUNCH_S, "timing_overhead_s": TIMING_OVERHEAD_S,
-        "backward_gemm_factor": 2.0, "dense_gemm": dense.as_dict(), "grouped_gemm": grouped.as_dict(),
+        "device": gpu.name,
+        "format": 2,
+        "measured_at": tables.name.split("-", 1)[-1],
+        "tables": tables.name,
+        "peak_flops": peak,
+        "peak_fp8_flops": (gpu.peak_fp8_tflops or 0.0) * 1e12,
+        "memory_bytes_per_s": gpu.hbm_tb_per_s * 1e12,
+        "memory_efficiency": bandwidth / (gpu.hbm_tb_per_s * 1e12),
+        "memory_gb": gpu.hbm_gb,
+        "kernel_launch_s": KERNEL_LAUNCH_S,
+        "timing_overhead_s": TIMING_OVERHEAD_S,
+        "backward_gemm_factor": 2.0,
+        "dense_gemm": dense.as_dict(),
+        "grouped_gemm": grouped.as_dict(),
         "ffn_backward_overhead_s": ffn_fixed,
     }
     sources["memory"] = f"{label}/hbm_copy.json ({bandwidth / 1e12:.2f} TB/s copy)"
@@ -153,14 +204,18 @@ def build_profile(tables: KernelTables, gpu: GpuSpec, gradients_from: Optional[K
         sources["fp8_dense"] = f"{label}/gemm_fp8_vs_bf16.csv"
     fp8_donor = tables if tables.grouped_fp8 else gradients_from
     if fp8_donor is not None and fp8_donor.grouped_fp8:
-        grouped_speedup = Fp8Speedup.from_list([(inner, cols, rows, bf16 / fp8)
-                                                for _, rows, inner, cols, bf16, fp8, _ in fp8_donor.grouped_fp8])
+        grouped_speedup = Fp8Speedup.from_list(
+            [(inner, cols, rows, bf16 / fp8) for _, rows, inner, cols, bf16, fp8, _ in fp8_donor.grouped_fp8]
+        )
         profile["fp8_grouped_speedup"] = grouped_speedup.as_list()
         table = f"{fp8_donor.name}/grouped_gemm_fp8_and_backward.csv"
         errors["fp8_grouped"] = error_summary(grouped_speedup.errors(), table)
         errors["fp8_grouped_leave_one_out"] = error_summary(grouped_speedup.leave_one_out_errors(), table)
-        sources["fp8_grouped"] = (f"{label}/grouped_gemm_fp8_and_backward.csv" if fp8_donor is tables
-                                  else f"derived from {fp8_donor.name}/grouped_gemm_fp8_and_backward.csv")
+        sources["fp8_grouped"] = (
+            f"{label}/grouped_gemm_fp8_and_backward.csv"
+            if fp8_donor is tables
+            else f"derived from {fp8_donor.name}/grouped_gemm_fp8_and_backward.csv"
+        )
     if phase_fit:
         profile["phase_fit"] = phase_fit
     profile["sources"] = sources

@@ -76,8 +76,9 @@ def derived_profile(profile: dict[str, Any], gpu_name: str, donor: str) -> dict[
     return derived
 
 
-def build_shipped(target: Path = SHIPPED, phase_source: Path = PHASE_SOURCE,
-                  on_step: Optional[Callable[[str], None]] = None) -> list[Path]:
+def build_shipped(
+    target: Path = SHIPPED, phase_source: Path = PHASE_SOURCE, on_step: Optional[Callable[[str], None]] = None
+) -> list[Path]:
     """Fit and write every shipped profile; the paths written."""
     step = on_step or (lambda _: None)
     phases = json.loads(phase_source.read_text()) if phase_source.exists() else {}
@@ -98,7 +99,8 @@ def build_shipped(target: Path = SHIPPED, phase_source: Path = PHASE_SOURCE,
                 profile["sources"]["moe_kernels"] = (
                     f"derived: the per-element device costs moesim's executor measured on an "
                     f"{phases.get('device', 'H200')} ({phase_source.name}) at this GPU's bandwidth; host launches "
-                    f"assumed hidden, {KERNEL_LAUNCH_S * 1e6:.0f} us per kernel")
+                    f"assumed hidden, {KERNEL_LAUNCH_S * 1e6:.0f} us per kernel"
+                )
         built[name] = profile
         path = target / f"{name}.json"
         path.write_text(json.dumps(profile, indent=1) + "\n")

@@ -52,24 +52,49 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def read_tables(folder: Path) -> KernelTables:
     """The tables in `folder` (see the module docstring)."""
     copy = json.loads((folder / "hbm_copy.json").read_text())
-    gemm = [(int(r["rows"]), int(r["inner"]), int(r["cols"]), float(r["seconds"])) for r in _rows(folder / "gemm_bf16.csv")]
+    gemm = [
+        (int(r["rows"]), int(r["inner"]), int(r["cols"]), float(r["seconds"])) for r in _rows(folder / "gemm_bf16.csv")
+    ]
     if not gemm:
         raise FileNotFoundError(f"{folder}: no gemm_bf16.csv")
     return KernelTables(
         folder=folder,
         copy_bytes_per_s=float(copy["copy_bytes_read_plus_written"]) / float(copy["seconds"]),
         gemm=gemm,
-        fp8_speedup=[(int(r["rows"]), int(r["inner"]), int(r["cols"]), float(r["fp8_speedup"]))
-                     for r in _rows(folder / "gemm_fp8_vs_bf16.csv")],
-        grouped=[(int(r["groups"]), int(r["rows_per_group"]), int(r["inner"]), int(r["cols"]), float(r["grouped_seconds"]))
-                 for r in _rows(folder / "grouped_gemm_uniform_bf16.csv")],
-        grouped_fp8=[(int(r["groups"]), int(r["rows_per_group"]), int(r["inner"]), int(r["cols"]), float(r["bf16_seconds"]),
-                      float(r["fp8_seconds"]), float(r["backward_over_forward_bf16"]))
-                     for r in _rows(folder / "grouped_gemm_fp8_and_backward.csv")],
-        ffn_backward=[(int(r["rows"]), int(r["hidden"]), int(r["expert_ffn"]), float(r["forward_seconds"]),
-                       float(r["backward_seconds"])) for r in _rows(folder / "ffn_backward_bf16.csv")],
-        attention=[(int(r["batch"]), int(r["heads"]), int(r["seq_len"]), int(r["head_dim"]), float(r["seconds"]))
-                   for r in _rows(folder / "attention_sdpa_bf16.csv")],
+        fp8_speedup=[
+            (int(r["rows"]), int(r["inner"]), int(r["cols"]), float(r["fp8_speedup"]))
+            for r in _rows(folder / "gemm_fp8_vs_bf16.csv")
+        ],
+        grouped=[
+            (int(r["groups"]), int(r["rows_per_group"]), int(r["inner"]), int(r["cols"]), float(r["grouped_seconds"]))
+            for r in _rows(folder / "grouped_gemm_uniform_bf16.csv")
+        ],
+        grouped_fp8=[
+            (
+                int(r["groups"]),
+                int(r["rows_per_group"]),
+                int(r["inner"]),
+                int(r["cols"]),
+                float(r["bf16_seconds"]),
+                float(r["fp8_seconds"]),
+                float(r["backward_over_forward_bf16"]),
+            )
+            for r in _rows(folder / "grouped_gemm_fp8_and_backward.csv")
+        ],
+        ffn_backward=[
+            (
+                int(r["rows"]),
+                int(r["hidden"]),
+                int(r["expert_ffn"]),
+                float(r["forward_seconds"]),
+                float(r["backward_seconds"]),
+            )
+            for r in _rows(folder / "ffn_backward_bf16.csv")
+        ],
+        attention=[
+            (int(r["batch"]), int(r["heads"]), int(r["seq_len"]), int(r["head_dim"]), float(r["seconds"]))
+            for r in _rows(folder / "attention_sdpa_bf16.csv")
+        ],
     )
 
 

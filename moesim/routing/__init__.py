@@ -14,10 +14,19 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "Assignment": "assignment", "apply_capacity": "capacity", "expert_capacity": "capacity",
-    "router_z_loss": "losses", "sequence_load_balancing_loss": "losses", "switch_load_balancing_loss": "losses",
-    "RoutingMetrics": "metrics", "summarize_routing": "metrics", "ROUTING_STRATEGIES": "names",
-    "RoutingStrategy": "names", "RULES": "registry", "make_router": "registry", "rule_options": "registry",
+    "Assignment": "assignment",
+    "apply_capacity": "capacity",
+    "expert_capacity": "capacity",
+    "router_z_loss": "losses",
+    "sequence_load_balancing_loss": "losses",
+    "switch_load_balancing_loss": "losses",
+    "RoutingMetrics": "metrics",
+    "summarize_routing": "metrics",
+    "ROUTING_STRATEGIES": "names",
+    "RoutingStrategy": "names",
+    "RULES": "registry",
+    "make_router": "registry",
+    "rule_options": "registry",
     "Router": "router",
 }
 

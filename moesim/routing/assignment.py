@@ -86,11 +86,20 @@ class Assignment:
 
     def to(self, device: torch.device | str) -> "Assignment":
         """The same assignment with its tensors on `device` (metrics read values: they work on a host copy)."""
+
         def move(value: Any) -> Any:
             return value.to(device) if isinstance(value, torch.Tensor) else value
 
-        return Assignment(move(self.expert_ids), move(self.weights), self.num_experts, move(self.dropped), self.capacity,
-                          self.num_shared_experts, move(self.dense_path), {key: move(value) for key, value in self.info.items()})
+        return Assignment(
+            move(self.expert_ids),
+            move(self.weights),
+            self.num_experts,
+            move(self.dropped),
+            self.capacity,
+            self.num_shared_experts,
+            move(self.dense_path),
+            {key: move(value) for key, value in self.info.items()},
+        )
 
     def equals(self, other: "Assignment") -> bool:
         """Bit-for-bit equality of the routing result."""

@@ -44,13 +44,25 @@ class BiasBalancedRouter(GroupLimitedRouter):
         **options: object,
     ) -> None:
         groups = num_expert_groups or 1
-        super().__init__(num_experts, top_k, capacity_factor, num_expert_groups=groups, topk_groups=topk_groups or groups,
-                         group_score=group_score, score_function=score_function, normalize_weights=normalize_weights,
-                         **options)
+        super().__init__(
+            num_experts,
+            top_k,
+            capacity_factor,
+            num_expert_groups=groups,
+            topk_groups=topk_groups or groups,
+            group_score=group_score,
+            score_function=score_function,
+            normalize_weights=normalize_weights,
+            **options,
+        )
         if bias_update_rate < 0:
             raise ValueError(f"bias_update_rate must be >= 0, got {bias_update_rate}")
         self.bias_update_rate = bias_update_rate
-        initial = torch.zeros(num_experts, device="cpu") if bias is None else torch.as_tensor(bias, dtype=torch.float32, device="cpu")
+        initial = (
+            torch.zeros(num_experts, device="cpu")
+            if bias is None
+            else torch.as_tensor(bias, dtype=torch.float32, device="cpu")
+        )
         self.bias = initial.clone()
         if self.bias.shape != (num_experts,):
             raise ValueError(f"bias must have {num_experts} entries, got {tuple(self.bias.shape)}")
@@ -60,13 +72,17 @@ class BiasBalancedRouter(GroupLimitedRouter):
         if self.bias.device != affinity.device:
             self.bias = self.bias.to(affinity.device)  # once: it stays where the scores are
         biased = affinity + self.bias.to(affinity.dtype)
-        _, expert_ids = topk_within_groups(biased, self.top_k, self.num_expert_groups, self.topk_groups, self.group_score)
+        _, expert_ids = topk_within_groups(
+            biased, self.top_k, self.num_expert_groups, self.topk_groups, self.group_score
+        )
         chosen = affinity.gather(1, expert_ids)
         return Choice(expert_ids, chosen, chosen)
 
     def update_bias(self, expert_loads: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
         """One update from this global batch: loads [num_experts] or one vector per DP rank."""
-        loads = as_tensor_here(torch.stack(list(expert_loads)) if isinstance(expert_loads, (list, tuple)) else expert_loads)
+        loads = as_tensor_here(
+            torch.stack(list(expert_loads)) if isinstance(expert_loads, (list, tuple)) else expert_loads
+        )
         loads = loads.to(self.bias.device).double()
         if loads.dim() == 2:
             loads = loads.sum(dim=0)  # the all-reduce over data-parallel ranks

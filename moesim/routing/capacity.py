@@ -30,7 +30,8 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_fact
         return None
     if capacity_factor <= 0:
         raise ValueError(f"capacity_factor must be > 0 or None (dropless), got {capacity_factor}")
-    # round away float noise (1.25 * 8 * 2 / 8 = 2.5000000000000004 must give 3, 1.1*10/1 = 11.000000000000002 must give 11)
+    # round away float noise (1.25 * 8 * 2 / 8 = 2.5000000000000004 must give 3, 1.1*10/1 = 11.000000000000002 must
+    # give 11)
     exact = round(capacity_factor * num_tokens * top_k / num_experts, 9)
     return max(1, min(num_tokens, math.ceil(exact)))
 

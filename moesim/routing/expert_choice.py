@@ -28,8 +28,14 @@ class ExpertChoiceRouter(Router):
     name = "expert_choice"
     leaves_empty_slots = True
 
-    def __init__(self, num_experts: int, top_k: int = 1, capacity_factor: Optional[float] = None,
-                 score_function: str = "softmax", **options: object) -> None:
+    def __init__(
+        self,
+        num_experts: int,
+        top_k: int = 1,
+        capacity_factor: Optional[float] = None,
+        score_function: str = "softmax",
+        **options: object,
+    ) -> None:
         super().__init__(num_experts, top_k, capacity_factor, **options)  # type: ignore[arg-type]
         check_score_function(score_function)
         self.score_function = score_function
@@ -44,6 +50,7 @@ class ExpertChoiceRouter(Router):
         gate, token_index = torch.topk(probs.t(), per_expert, dim=-1)  # [experts, c]
         experts = torch.arange(self.num_experts, device=device).unsqueeze(1).expand_as(token_index)
         width = None if device.type == "cpu" else self.num_experts
-        expert_ids, weights = group_slots(token_index.reshape(-1), experts.reshape(-1), gate.reshape(-1), num_tokens,
-                                          width=width)
+        expert_ids, weights = group_slots(
+            token_index.reshape(-1), experts.reshape(-1), gate.reshape(-1), num_tokens, width=width
+        )
         return Choice(expert_ids, weights, weights, capacity=per_expert, capacity_done=True)

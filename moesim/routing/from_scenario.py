@@ -112,8 +112,14 @@ def scores_for_layers(scenario: Scenario, layer_ids: list[int], num_tokens: int,
             )
         chosen = [recorded[index % len(recorded)] for index in layer_ids]
         return [
-            scores if int(scores.source_rank.max()) < ranks and int(scores.source_rank.max()) > 0
-            else RouterScores(scores.logits, scores.token_ids, (torch.arange(scores.num_tokens) * ranks) // scores.num_tokens, scores.layer)
+            scores
+            if int(scores.source_rank.max()) < ranks and int(scores.source_rank.max()) > 0
+            else RouterScores(
+                scores.logits,
+                scores.token_ids,
+                (torch.arange(scores.num_tokens) * ranks) // scores.num_tokens,
+                scores.layer,
+            )
             for scores in chosen
         ]
     generator = SyntheticScores(
@@ -149,7 +155,12 @@ class RuleReport:
     routing_seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "layer": self.layer, "routing_seconds": self.routing_seconds, **self.metrics.as_dict()}
+        return {
+            "strategy": self.strategy,
+            "layer": self.layer,
+            "routing_seconds": self.routing_seconds,
+            **self.metrics.as_dict(),
+        }
 
 
 def compare_rules(scenario: Scenario, strategies: list[str], scores: list[RouterScores]) -> list[RuleReport]:

@@ -112,7 +112,8 @@ def summarize_routing(
     gpus_per_node: int = 8,
     bytes_per_token: float = 0.0,
 ) -> RoutingMetrics:
-    """Every metric at once; traffic figures are zero without a placement. Reads values: GPU tensors are copied to the host."""
+    """Every metric at once; traffic figures are zero without a placement. Reads values: GPU tensors are copied to
+    the host."""
     assignment, logits = assignment.to("cpu"), logits.cpu()
     dispatch = across = mean_nodes = 0.0
     if expert_rank is not None and source_rank is not None:
@@ -122,7 +123,11 @@ def summarize_routing(
         off_rank = ~torch.eye(num_ranks, dtype=torch.bool)
         dispatch = float(traffic[off_rank].sum())
         across = float(traffic[crosses].sum())
-        mean_nodes = float(nodes_per_token(assignment, expert_rank, gpus_per_node).double().mean()) if assignment.num_tokens else 0.0
+        mean_nodes = (
+            float(nodes_per_token(assignment, expert_rank, gpus_per_node).double().mean())
+            if assignment.num_tokens
+            else 0.0
+        )
     return RoutingMetrics(
         tokens=assignment.num_tokens,
         drop_rate=drop_rate(assignment),

@@ -34,8 +34,9 @@ BIAS_RULES = frozenset({"bias_balanced"})
 """Rules that keep a per-expert correction bias for the choice (DeepSeek-V3)."""
 
 
-def unhonoured_settings(strategy: str, score_function: str, num_expert_groups: int | None, topk_groups: int | None,
-                        correction_bias: bool) -> list[str]:
+def unhonoured_settings(
+    strategy: str, score_function: str, num_expert_groups: int | None, topk_groups: int | None, correction_bias: bool
+) -> list[str]:
     """The router settings of a model or scenario that `strategy` cannot honour, each with its fix.
 
     Weight conventions (renormalised top-k weights, routed scaling) are honoured by every
@@ -46,12 +47,18 @@ def unhonoured_settings(strategy: str, score_function: str, num_expert_groups: i
         return []
     problems = []
     if score_function != "softmax" and strategy not in SCORE_FUNCTION_RULES | SCORE_FREE_RULES:
-        problems.append(f"{score_function} scores (set routing.score_function=softmax, or use one of "
-                        f"{', '.join(sorted(SCORE_FUNCTION_RULES))})")
+        problems.append(
+            f"{score_function} scores (set routing.score_function=softmax, or use one of "
+            f"{', '.join(sorted(SCORE_FUNCTION_RULES))})"
+        )
     if num_expert_groups and topk_groups and topk_groups < num_expert_groups and strategy not in GROUP_RULES:
-        problems.append(f"expert groups (num_expert_groups {num_expert_groups}, topk_groups {topk_groups}; "
-                        f"set routing.num_expert_groups=1, or use {' or '.join(sorted(GROUP_RULES))})")
+        problems.append(
+            f"expert groups (num_expert_groups {num_expert_groups}, topk_groups {topk_groups}; "
+            f"set routing.num_expert_groups=1, or use {' or '.join(sorted(GROUP_RULES))})"
+        )
     if correction_bias and strategy not in BIAS_RULES:
-        problems.append(f"the correction bias (model.router_bias; set model.router_bias=false, or use "
-                        f"{' or '.join(sorted(BIAS_RULES))})")
+        problems.append(
+            f"the correction bias (model.router_bias; set model.router_bias=false, or use "
+            f"{' or '.join(sorted(BIAS_RULES))})"
+        )
     return problems

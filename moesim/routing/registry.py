@@ -75,7 +75,9 @@ def make_router(
     accepted = rule_options(name)
     unknown = [key for key in rule_options_ if key not in accepted]
     if unknown:
-        raise MoesimError(f"routing rule '{name}' has no option {', '.join(map(repr, unknown))}; options: {', '.join(accepted)}")
+        raise MoesimError(
+            f"routing rule '{name}' has no option {', '.join(map(repr, unknown))}; options: {', '.join(accepted)}"
+        )
     try:
         if top_k is not None:
             rule_options_["top_k"] = top_k

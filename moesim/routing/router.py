@@ -160,8 +160,12 @@ class Router:
             raise ValueError(f"{self.name}: scores must be floating point, got {scores.dtype}")
         # one sum is a cheap screen (NaN and inf propagate); look closer only if it is not finite.
         # On a GPU the answer would make the host wait for the device: the check is for CPU scores.
-        if scores.device.type == "cpu" and scores.numel() and not torch.isfinite(scores.sum()) \
-                and not torch.isfinite(scores).all():
+        if (
+            scores.device.type == "cpu"
+            and scores.numel()
+            and not torch.isfinite(scores.sum())
+            and not torch.isfinite(scores).all()
+        ):
             raise ValueError(f"{self.name}: scores contain NaN or infinity")
         return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
 
@@ -195,8 +199,14 @@ def scores_to_probs(logits: torch.Tensor, score_function: str) -> torch.Tensor:
     raise ValueError(f"score_function must be 'softmax' or 'sigmoid', got {score_function!r}")
 
 
-def group_slots(group_ids: torch.Tensor, members: torch.Tensor, values: torch.Tensor, num_groups: int,
-                fill: float = 0.0, width: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def group_slots(
+    group_ids: torch.Tensor,
+    members: torch.Tensor,
+    values: torch.Tensor,
+    num_groups: int,
+    fill: float = 0.0,
+    width: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lay out (group, member, value) triples as [num_groups, width] rows, -1 padded.
 
     Used to turn per-expert picks (expert choice, BASE) into per-token slots without a
@@ -209,7 +219,8 @@ def group_slots(group_ids: torch.Tensor, members: torch.Tensor, values: torch.Te
     order = torch.argsort(group_ids, stable=True)
     sorted_groups = group_ids[order].long()
     counts = torch.zeros(num_groups, dtype=torch.long, device=device).scatter_add_(
-        0, sorted_groups, torch.ones_like(sorted_groups))
+        0, sorted_groups, torch.ones_like(sorted_groups)
+    )
     if width is None:
         width = int(counts.max()) if count else 0
     starts = torch.cumsum(counts, 0) - counts

@@ -47,8 +47,9 @@ class TopKRouter(Router):
 
     def choose(self, logits: torch.Tensor, token_ids: Optional[torch.Tensor]) -> Choice:
         if self.noise_std > 0:
-            noise = torch.randn(logits.shape, generator=self.generator(logits.device), dtype=logits.dtype,
-                                device=logits.device)
+            noise = torch.randn(
+                logits.shape, generator=self.generator(logits.device), dtype=logits.dtype, device=logits.device
+            )
             logits = noise.mul_(self.noise_std).add_(logits)
         if self.softmax_order == "after_topk" and self.score_function == "softmax":
             top_logits, expert_ids = torch.topk(logits, self.top_k, dim=-1)
@@ -84,8 +85,9 @@ class GShardTop2Router(Router):
         probs = torch.softmax(logits, dim=-1)
         top, expert_ids = torch.topk(probs, 2, dim=-1)
         gates = top / top.sum(dim=-1, keepdim=True).clamp_min(1e-20)
-        draws = torch.rand(logits.shape[0], generator=self.generator(logits.device), dtype=gates.dtype,
-                           device=logits.device)
+        draws = torch.rand(
+            logits.shape[0], generator=self.generator(logits.device), dtype=gates.dtype, device=logits.device
+        )
         keep_second = draws < 2.0 * gates[:, 1]
         expert_ids = expert_ids.clone()
         expert_ids[:, 1] = torch.where(keep_second, expert_ids[:, 1], torch.full_like(expert_ids[:, 1], -1))

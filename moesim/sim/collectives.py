@@ -123,8 +123,13 @@ def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, al
     ring = 2 * (members - 1) / members * size_bytes / ring_bandwidth + 2 * (members - 1) * alpha
     if algorithm == "ring" or nodes.size == 1 or per_node == 1:
         return ring
-    inside = 2 * (per_node - 1) / per_node * size_bytes / topology.scale_up_bytes_per_s + 2 * (per_node - 1) * topology.scale_up_latency_s
-    across = 2 * (nodes.size - 1) / nodes.size * (size_bytes / per_node) / network_bandwidth + 2 * (nodes.size - 1) * alpha
+    inside = (
+        2 * (per_node - 1) / per_node * size_bytes / topology.scale_up_bytes_per_s
+        + 2 * (per_node - 1) * topology.scale_up_latency_s
+    )
+    across = (
+        2 * (nodes.size - 1) / nodes.size * (size_bytes / per_node) / network_bandwidth + 2 * (nodes.size - 1) * alpha
+    )
     hierarchical = inside + across
     if algorithm == "hierarchical":
         return hierarchical

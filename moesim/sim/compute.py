@@ -50,6 +50,7 @@ DEFAULT_BACKWARD_GEMM_FACTOR = 2.0  # a GEMM's backward: two GEMMs of its size (
 KERNEL_FIELDS = ("peak_bf16_tflops", "peak_fp8_tflops", "hbm_tb_per_s")
 """The GPU preset fields a measured kernel profile stands for (interconnect fields are the network model's)."""
 
+
 def _in_stream(data: Optional[dict[str, Any]], timing: float, launch: float) -> Optional[GroupedGemmModel]:
     """A measured kernel model with the measurement's host synchronisation taken off its overheads."""
     if not data:
@@ -57,8 +58,11 @@ def _in_stream(data: Optional[dict[str, Any]], timing: float, launch: float) -> 
     model = GroupedGemmModel.from_dict(data)
     if timing <= 0:
         return model
-    return replace(model, overhead_s=max(launch, model.overhead_s - timing),
-                   weight_grad_overhead_s=max(launch, model.weight_grad_overhead_s - timing))
+    return replace(
+        model,
+        overhead_s=max(launch, model.overhead_s - timing),
+        weight_grad_overhead_s=max(launch, model.weight_grad_overhead_s - timing),
+    )
 
 
 def _labelled_sources(data: dict[str, Any], path: Path) -> tuple[tuple[str, str], ...]:
@@ -152,12 +156,21 @@ class CostModel:
         phases = _assumed_moe_kernels(bandwidth * DEFAULT_MEMORY_EFFICIENCY)
         sources = [("GEMMs, attention, memory", "datasheet peak x assumed efficiency (no measurement of this GPU)")]
         if phases:
-            sources.append(("moe_kernels",
-                            "assumed: the H200 executor's per-element device costs at this GPU's datasheet bandwidth, "
-                            "host launches hidden"))
-        return cls(name=gpu.name, peak_flops=gpu.peak_bf16_tflops * 1e12, memory_bytes_per_s=bandwidth,
-                   peak_fp8_flops=(gpu.peak_fp8_tflops * 1e12) if gpu.peak_fp8_tflops else None, phase_fit=phases,
-                   sources=tuple(sources))
+            sources.append(
+                (
+                    "moe_kernels",
+                    "assumed: the H200 executor's per-element device costs at this GPU's datasheet bandwidth, "
+                    "host launches hidden",
+                )
+            )
+        return cls(
+            name=gpu.name,
+            peak_flops=gpu.peak_bf16_tflops * 1e12,
+            memory_bytes_per_s=bandwidth,
+            peak_fp8_flops=(gpu.peak_fp8_tflops * 1e12) if gpu.peak_fp8_tflops else None,
+            phase_fit=phases,
+            sources=tuple(sources),
+        )
 
     @classmethod
     def from_profile(cls, path: str | Path) -> "CostModel":
@@ -188,14 +201,20 @@ class CostModel:
                 kernel_launch_s=launch,
                 measured_rows=tuple(float(x) for x in rows) if rows else None,
                 measured_efficiency=tuple(float(x) for x in efficiency) if efficiency else None,
-                phase_fit=tuple(sorted(phase_fit_entry(key, value) for key, value in data.get("phase_fit", {}).items())),
+                phase_fit=tuple(
+                    sorted(phase_fit_entry(key, value) for key, value in data.get("phase_fit", {}).items())
+                ),
                 backward_gemm_factor=float(data.get("backward_gemm_factor", DEFAULT_BACKWARD_GEMM_FACTOR)),
                 grouped=_in_stream(data.get("grouped_gemm"), timing, launch),
                 dense=_in_stream(data.get("dense_gemm"), timing, launch),
-                source=f"{data['source']} (profile {path.name})" if data.get("source") else f"measured profile {path.name}",
+                source=f"{data['source']} (profile {path.name})"
+                if data.get("source")
+                else f"measured profile {path.name}",
                 peak_fp8_flops=float(data["peak_fp8_flops"]) if data.get("peak_fp8_flops") else None,
                 fp8_dense=Fp8Speedup.from_list(data["fp8_dense_speedup"]) if data.get("fp8_dense_speedup") else None,
-                fp8_grouped=Fp8Speedup.from_list(data["fp8_grouped_speedup"]) if data.get("fp8_grouped_speedup") else None,
+                fp8_grouped=Fp8Speedup.from_list(data["fp8_grouped_speedup"])
+                if data.get("fp8_grouped_speedup")
+                else None,
                 attention_overhead_s=max(launch, float(data.get("attention_overhead_s", launch)) - timing),
                 ffn_backward_overhead_s=max(0.0, float(data.get("ffn_backward_overhead_s", 0.0)) - timing),
                 sources=_labelled_sources(data, path),
@@ -223,7 +242,8 @@ class CostModel:
         return None
 
     def source_of(self, part: str) -> str:
-        """What a part of the model rests on ('dense_gemm', 'grouped_gemm', 'fp8_dense', ...), else the whole's source."""
+        """What a part of the model rests on ('dense_gemm', 'grouped_gemm', 'fp8_dense', ...), else the whole's
+        source."""
         return dict(self.sources).get(part, self.source)
 
     # ------------------------------------------------------------ kernels
@@ -244,8 +264,9 @@ class CostModel:
             return np.vectorize(assumed_speedup)(rows, self.peak_fp8_flops / self.peak_flops)
         return np.vectorize(lambda r: table.speedup(float(r), inner, cols))(rows)
 
-    def gemm_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2,
-                     fp8: bool = False) -> np.ndarray:
+    def gemm_seconds(
+        self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2, fp8: bool = False
+    ) -> np.ndarray:
         """Time of GEMM(s) [rows x inner] @ [inner x cols]; `rows` may be an array (one GEMM each)."""
         rows_array = np.asarray(rows, dtype=float)
         if self.dense is not None:
@@ -258,61 +279,90 @@ class CostModel:
             seconds = np.where(rows_array > 0, np.maximum(compute, memory), 0.0) + self.kernel_launch_s
         return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
 
-    def gemm_backward_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2,
-                              fp8: bool = False) -> np.ndarray:
+    def gemm_backward_seconds(
+        self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2, fp8: bool = False
+    ) -> np.ndarray:
         """The GEMM's backward: the input gradient (a GEMM of the transposed shape) and the weight gradient (a GEMM
         contracting over the rows) from a measured model, else `backward_gemm_factor` x the forward."""
         rows_array = np.asarray(rows, dtype=float)
         if self.dense is None:
             return self.backward_gemm_factor * self.gemm_seconds(rows_array, inner, cols, element_bytes, fp8)
-        seconds = (self.dense.dense_seconds(rows_array, cols, inner, element_bytes)
-                   + self.dense.dense_weight_grad_seconds(rows_array, inner, cols, element_bytes))
+        seconds = self.dense.dense_seconds(
+            rows_array, cols, inner, element_bytes
+        ) + self.dense.dense_weight_grad_seconds(rows_array, inner, cols, element_bytes)
         return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
 
-    def ffn_seconds(self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2,
-                    fp8: bool = False) -> np.ndarray:
+    def ffn_seconds(
+        self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2, fp8: bool = False
+    ) -> np.ndarray:
         """FFN(s) on `rows` tokens: up (and gate) projection, activation, down projection."""
         width = 2 * inner if gated else inner
         rows = np.asarray(rows, dtype=float)
         activation = rows * (width + inner) * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
-        return (self.gemm_seconds(rows, hidden, width, element_bytes, fp8) + self.gemm_seconds(rows, inner, hidden, element_bytes, fp8)
-                + activation)
+        return (
+            self.gemm_seconds(rows, hidden, width, element_bytes, fp8)
+            + self.gemm_seconds(rows, inner, hidden, element_bytes, fp8)
+            + activation
+        )
 
-    def ffn_backward_seconds(self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2,
-                             fp8: bool = False) -> np.ndarray:
+    def ffn_backward_seconds(
+        self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2, fp8: bool = False
+    ) -> np.ndarray:
         """Their backward: both projections' gradients, the activation's and autograd's fixed cost."""
         width = 2 * inner if gated else inner
         rows = np.asarray(rows, dtype=float)
         if self.dense is None:
             return self.backward_gemm_factor * self.ffn_seconds(rows, hidden, inner, gated, element_bytes, fp8)
-        return (self.gemm_backward_seconds(rows, hidden, width, element_bytes, fp8)
-                + self.gemm_backward_seconds(rows, inner, hidden, element_bytes, fp8)
-                + self.activation_seconds(rows, inner, gated, element_bytes, backward=True) + self.ffn_backward_overhead_s)
+        return (
+            self.gemm_backward_seconds(rows, hidden, width, element_bytes, fp8)
+            + self.gemm_backward_seconds(rows, inner, hidden, element_bytes, fp8)
+            + self.activation_seconds(rows, inner, gated, element_bytes, backward=True)
+            + self.ffn_backward_overhead_s
+        )
 
     def _grouped_fp8(self, rows: np.ndarray, inner: int, cols: int, fp8: bool) -> float:
         active = rows[rows > 0]
         return float(self.fp8_speedup(active.mean(), inner, cols, grouped=True)) if fp8 and active.size else 1.0
 
-    def experts_ffn_seconds(self, rows_per_expert: Sequence[float] | np.ndarray, hidden: int, inner: int, gated: bool,
-                            element_bytes: int = 2, fp8: bool = False) -> float:
-        """A rank's experts' FFNs forward: grouped GEMMs (up, down) and the activation, or the FFNs one after another."""
+    def experts_ffn_seconds(
+        self,
+        rows_per_expert: Sequence[float] | np.ndarray,
+        hidden: int,
+        inner: int,
+        gated: bool,
+        element_bytes: int = 2,
+        fp8: bool = False,
+    ) -> float:
+        """A rank's experts' FFNs forward: grouped GEMMs (up, down) and the activation, or the FFNs one after
+        another."""
         rows = np.asarray(rows_per_expert, dtype=float)
         if self.grouped is None:
             return float(self.ffn_seconds(rows, hidden, inner, gated, element_bytes, fp8).sum())
         width = 2 * inner if gated else inner
-        return (self.grouped.seconds(rows, hidden, width, element_bytes) / self._grouped_fp8(rows, hidden, width, fp8)
-                + self.activation_seconds(rows.sum(), inner, gated, element_bytes)
-                + self.grouped.seconds(rows, inner, hidden, element_bytes) / self._grouped_fp8(rows, inner, hidden, fp8))
+        return (
+            self.grouped.seconds(rows, hidden, width, element_bytes) / self._grouped_fp8(rows, hidden, width, fp8)
+            + self.activation_seconds(rows.sum(), inner, gated, element_bytes)
+            + self.grouped.seconds(rows, inner, hidden, element_bytes) / self._grouped_fp8(rows, inner, hidden, fp8)
+        )
 
-    def activation_seconds(self, rows: Any, inner: int, gated: bool, element_bytes: int = 2, backward: bool = False) -> Any:
+    def activation_seconds(
+        self, rows: Any, inner: int, gated: bool, element_bytes: int = 2, backward: bool = False
+    ) -> Any:
         """The FFN nonlinearity as eager torch runs it, in passes over memory: gated, the activation of the gate half
         (read, write) then its product with the other half (two reads, a write), 5 x inner per row; the backward
         reads the gradient, both halves and the activation, and writes both halves' gradients, 7 x inner."""
         passes = (7 if backward else 5) if gated else (3 if backward else 2)
         return rows * passes * inner * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
 
-    def experts_ffn_backward_seconds(self, rows_per_expert: Sequence[float] | np.ndarray, hidden: int, inner: int, gated: bool,
-                                     element_bytes: int = 2, fp8: bool = False) -> float:
+    def experts_ffn_backward_seconds(
+        self,
+        rows_per_expert: Sequence[float] | np.ndarray,
+        hidden: int,
+        inner: int,
+        gated: bool,
+        element_bytes: int = 2,
+        fp8: bool = False,
+    ) -> float:
         """Their backward: per projection the input gradient (a grouped GEMM of the transposed shape) and the weight
         gradient; fp8 gains the forward's measured speedup (DeepSeek-V3 runs both gradients in fp8)."""
         rows = np.asarray(rows_per_expert, dtype=float)
@@ -320,10 +370,17 @@ class CostModel:
             return self.backward_gemm_factor * self.experts_ffn_seconds(rows, hidden, inner, gated, element_bytes, fp8)
         width = 2 * inner if gated else inner
         model = self.grouped
-        down = model.seconds(rows, hidden, inner, element_bytes) + model.weight_grad_seconds(rows, inner, hidden, element_bytes)
-        up = model.seconds(rows, width, hidden, element_bytes) + model.weight_grad_seconds(rows, hidden, width, element_bytes)
-        return (down / self._grouped_fp8(rows, inner, hidden, fp8) + up / self._grouped_fp8(rows, hidden, width, fp8)
-                + self.activation_seconds(rows.sum(), inner, gated, element_bytes, backward=True))
+        down = model.seconds(rows, hidden, inner, element_bytes) + model.weight_grad_seconds(
+            rows, inner, hidden, element_bytes
+        )
+        up = model.seconds(rows, width, hidden, element_bytes) + model.weight_grad_seconds(
+            rows, hidden, width, element_bytes
+        )
+        return (
+            down / self._grouped_fp8(rows, inner, hidden, fp8)
+            + up / self._grouped_fp8(rows, hidden, width, fp8)
+            + self.activation_seconds(rows.sum(), inner, gated, element_bytes, backward=True)
+        )
 
     def memory_seconds(self, size_bytes: float) -> float:
         """A memory-bound kernel moving `size_bytes`."""

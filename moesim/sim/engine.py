@@ -127,7 +127,9 @@ def run_stage(phases: list[Phase], ranks: int, pass_name: str, start: float = 0.
                 continue
             if phase.collective:
                 if phase.overlapped is not None:
-                    side = env.process(compute(rank, phase.overlapped.name, phase.layer, float(phase.overlapped.seconds[rank])))
+                    side = env.process(
+                        compute(rank, phase.overlapped.name, phase.layer, float(phase.overlapped.seconds[rank]))
+                    )
                     main = env.process(collective(rank, phase, (index, 0), float(phase.seconds[0])))
                     yield simpy.AllOf(env, [side, main])
                 else:
@@ -180,7 +182,10 @@ def interleaved_one_f_one_b(stages: int, micro_batches: int, chunks: int) -> lis
 
 
 def run_pipeline(
-    forward_seconds: Iterable[float], backward_seconds: Iterable[float], micro_batches: int, p2p_seconds: float,
+    forward_seconds: Iterable[float],
+    backward_seconds: Iterable[float],
+    micro_batches: int,
+    p2p_seconds: float,
     chunks: int = 1,
 ) -> tuple[float, list[Slice]]:
     """Play the (interleaved) 1F1B schedule; returns (seconds until the last backward finishes, one slice per F/B).
@@ -222,7 +227,10 @@ def run_pipeline(
 
 
 def run_pipeline_fast(
-    forward_seconds: Iterable[float], backward_seconds: Iterable[float], micro_batches: int, p2p_seconds: float,
+    forward_seconds: Iterable[float],
+    backward_seconds: Iterable[float],
+    micro_batches: int,
+    p2p_seconds: float,
     chunks: int = 1,
 ) -> float:
     """The same schedule as `run_pipeline`, played with per-stage clocks instead of SimPy processes: each F/B starts

@@ -57,7 +57,7 @@ class Fp8Speedup:
         """Relative error of each point's speedup predicted from the others (how well the table generalises)."""
         errors = []
         for index, point in enumerate(self.points):
-            others = Fp8Speedup(self.points[:index] + self.points[index + 1:])
+            others = Fp8Speedup(self.points[:index] + self.points[index + 1 :])
             errors.append(others.speedup(point[2], point[0], point[1]) / point[3] - 1.0)
         return np.asarray(errors)
 

@@ -26,7 +26,9 @@ GroupedSample = tuple[str, Sequence[float], int, int, float]
 """(kind: 'forward', 'weight_grad' or 'backward' (input and weight gradients), rows per group, inner, cols, seconds)."""
 
 
-def nelder_mead(loss: Callable[[np.ndarray], float], start: np.ndarray, steps: int = 600, scale: float = 0.3) -> np.ndarray:
+def nelder_mead(
+    loss: Callable[[np.ndarray], float], start: np.ndarray, steps: int = 600, scale: float = 0.3
+) -> np.ndarray:
     """Minimise `loss` from `start` by the Nelder-Mead simplex (enough for a handful of parameters)."""
     points = [start] + [start + scale * np.eye(len(start))[i] for i in range(len(start))]
     values = [loss(point) for point in points]
@@ -64,37 +66,57 @@ def minimise_log(loss: Callable[[np.ndarray], float], start: Sequence[float]) ->
 FORWARD_START = (0.8, 0.8, 20e-6, 3.0, 2e-6)
 """Starting values of the forward parameters: efficiencies of compute and memory, overhead, sharpness - 1, tile cost."""
 WEIGHT_GRAD_START = (0.7, 0.7, 10e-6)
-"""Of the weight gradient's: efficiencies of compute and memory, overhead (kept as they are without gradient samples)."""
+"""Of the weight gradient's: efficiencies of compute and memory, overhead (kept as they are without gradient
+samples)."""
 
 
 def _model_of(params: np.ndarray, base: GroupedGemmModel) -> GroupedGemmModel:
     """The model of log-parameters: the five forward ones, then (when fitted) the weight gradient's three."""
     values = np.exp(np.concatenate([params, np.log(WEIGHT_GRAD_START)]) if len(params) == 5 else params)
     ce, me, overhead, sharp, tile_overhead, wce, wme, woverhead = values
-    return replace(base, compute_efficiency=min(ce, 1.0), memory_efficiency=min(me, 1.0), overhead_s=overhead,
-                   sharpness=1.0 + sharp, tile_overhead_s=tile_overhead, weight_grad_compute_efficiency=min(wce, 1.0),
-                   weight_grad_memory_efficiency=min(wme, 1.0), weight_grad_overhead_s=woverhead)
+    return replace(
+        base,
+        compute_efficiency=min(ce, 1.0),
+        memory_efficiency=min(me, 1.0),
+        overhead_s=overhead,
+        sharpness=1.0 + sharp,
+        tile_overhead_s=tile_overhead,
+        weight_grad_compute_efficiency=min(wce, 1.0),
+        weight_grad_memory_efficiency=min(wme, 1.0),
+        weight_grad_overhead_s=woverhead,
+    )
 
 
 def _work_arrays(base: GroupedGemmModel, samples: Sequence[GroupedSample], element_bytes: int) -> dict[str, np.ndarray]:
     """Per sample, what its time is computed from: forward waves, contraction, bytes (for the forward product or a
     backward's input gradient) and the weight gradient's steps and bytes (zero where the sample has none)."""
-    columns: dict[str, list[float]] = {key: [] for key in ("waves", "inner", "moved", "forward", "steps", "wmoved", "wgrad")}
+    columns: dict[str, list[float]] = {
+        key: [] for key in ("waves", "inner", "moved", "forward", "steps", "wmoved", "wgrad")
+    }
     for kind, rows, inner, cols, _ in samples:
         array = np.asarray(rows, dtype=float)
         product = (array, cols, inner) if kind == "backward" else (array, inner, cols)
         waves, _, moved = base.forward_work(*product, element_bytes)
         steps, _, wmoved = base.weight_grad_work(array, inner, cols, element_bytes)
         forward, wgrad = kind != "weight_grad", kind != "forward"
-        for key, value in (("waves", waves), ("inner", product[1]), ("moved", moved), ("forward", forward),
-                           ("steps", steps), ("wmoved", wmoved), ("wgrad", wgrad)):
+        for key, value in (
+            ("waves", waves),
+            ("inner", product[1]),
+            ("moved", moved),
+            ("forward", forward),
+            ("steps", steps),
+            ("wmoved", wmoved),
+            ("wgrad", wgrad),
+        ):
             columns[key].append(float(value))
     return {key: np.asarray(values) for key, values in columns.items()}
 
 
 def _predict_arrays(model: GroupedGemmModel, work: dict[str, np.ndarray]) -> np.ndarray:
     """Every sample's seconds at once (the model's `seconds` and `weight_grad_seconds`, vectorised over samples)."""
-    forward = model.time_of(work["waves"], model.tile_seconds(work["inner"], model.tile_rows, model.tile_cols), work["moved"])
+    forward = model.time_of(
+        work["waves"], model.tile_seconds(work["inner"], model.tile_rows, model.tile_cols), work["moved"]
+    )
     wgrad = model.time_of(work["steps"], model.weight_grad_step_seconds(), work["wmoved"], weight_grad=True)
     return np.where(work["forward"] > 0, forward, 0.0) + np.where(work["wgrad"] > 0, wgrad, 0.0)
 
@@ -105,8 +127,14 @@ def relative_errors(model: GroupedGemmModel, samples: Sequence[GroupedSample], e
     return _predict_arrays(model, _work_arrays(model, samples, element_bytes)) / measured - 1.0
 
 
-def fit_grouped_model(samples: Sequence[GroupedSample], peak_flops: float, bandwidth: float, sms: int,
-                      element_bytes: int = 2, tiles: Sequence[tuple[int, int]] = GROUPED_TILES) -> GroupedGemmModel:
+def fit_grouped_model(
+    samples: Sequence[GroupedSample],
+    peak_flops: float,
+    bandwidth: float,
+    sms: int,
+    element_bytes: int = 2,
+    tiles: Sequence[tuple[int, int]] = GROUPED_TILES,
+) -> GroupedGemmModel:
     """The grouped model of the samples, every parameter fitted to all of them together (the forward's shared by the
     input gradient of a backward), for each tile shape; the best fit's tile is kept. Without gradient samples the
     weight gradient's parameters stay at their defaults."""
@@ -128,8 +156,13 @@ def fit_grouped_model(samples: Sequence[GroupedSample], peak_flops: float, bandw
     return best[1]
 
 
-def fit_dense_model(samples: Sequence[tuple[int, int, int, float]], peak_flops: float, bandwidth: float, sms: int,
-                    element_bytes: int = 2) -> GroupedGemmModel:
+def fit_dense_model(
+    samples: Sequence[tuple[int, int, int, float]],
+    peak_flops: float,
+    bandwidth: float,
+    sms: int,
+    element_bytes: int = 2,
+) -> GroupedGemmModel:
     """The plain-GEMM model of measured `(rows, inner, cols, seconds)`: the library picks its tile and may split."""
     rows, inner, cols, measured = (np.array([float(sample[i]) for sample in samples]) for i in range(4))
     base = GroupedGemmModel(peak_flops, bandwidth, sms, dense_tiles=DENSE_TILES)
@@ -141,7 +174,13 @@ def fit_dense_model(samples: Sequence[tuple[int, int, int, float]], peak_flops: 
     return _model_of(minimise_log(loss, FORWARD_START), base)
 
 
-def dense_errors(model: GroupedGemmModel, samples: Sequence[tuple[int, int, int, float]], element_bytes: int = 2) -> np.ndarray:
+def dense_errors(
+    model: GroupedGemmModel, samples: Sequence[tuple[int, int, int, float]], element_bytes: int = 2
+) -> np.ndarray:
     """`predicted / measured - 1` of every plain GEMM sample."""
-    return np.array([float(model.dense_seconds(r, inner, cols, element_bytes)) / seconds - 1.0
-                     for r, inner, cols, seconds in samples])
+    return np.array(
+        [
+            float(model.dense_seconds(r, inner, cols, element_bytes)) / seconds - 1.0
+            for r, inner, cols, seconds in samples
+        ]
+    )

@@ -83,20 +83,32 @@ class GroupedGemmModel:
 
     def tile_seconds(self, inner: Any, tile_rows: int, tile_cols: int) -> Any:
         """Compute time of one output tile contracting over `inner` (a number or an array), its fixed cost included."""
-        return 2.0 * tile_rows * tile_cols * inner / (self.peak_flops / self.sms * self.compute_efficiency) + self.tile_overhead_s
+        return (
+            2.0 * tile_rows * tile_cols * inner / (self.peak_flops / self.sms * self.compute_efficiency)
+            + self.tile_overhead_s
+        )
 
     def weight_grad_step_seconds(self) -> float:
         """Compute time of one `CONTRACTION_STEP`-row step of a weight-gradient output tile."""
-        return 2.0 * self.tile_rows * self.tile_cols * CONTRACTION_STEP / (
-            self.peak_flops / self.sms * self.weight_grad_compute_efficiency)
+        return (
+            2.0
+            * self.tile_rows
+            * self.tile_cols
+            * CONTRACTION_STEP
+            / (self.peak_flops / self.sms * self.weight_grad_compute_efficiency)
+        )
 
-    def forward_work(self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> tuple[float, float, float]:
+    def forward_work(
+        self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2
+    ) -> tuple[float, float, float]:
         """(waves of tiles, seconds per wave of compute, bytes moved) of a grouped product."""
         tiles = float(np.ceil(rows / self.tile_rows).sum() * np.ceil(cols / self.tile_cols))
         moved = self._moved(float(np.count_nonzero(rows)), float(rows.sum()), inner, cols, element_bytes)
         return float(np.ceil(tiles / self.sms)), self.tile_seconds(inner, self.tile_rows, self.tile_cols), float(moved)
 
-    def weight_grad_work(self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> tuple[float, float, float]:
+    def weight_grad_work(
+        self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2
+    ) -> tuple[float, float, float]:
         """The same for the weight gradient: steps of `CONTRACTION_STEP` rows per output tile, spread over the grid."""
         steps = np.ceil(rows / CONTRACTION_STEP)
         output_tiles = np.ceil(inner / self.tile_rows) * np.ceil(cols / self.tile_cols)
@@ -106,8 +118,11 @@ class GroupedGemmModel:
 
     def time_of(self, units: Any, unit_seconds: Any, moved: Any, weight_grad: bool = False) -> Any:
         """Seconds from (compute units per multiprocessor, seconds per unit, bytes moved); numbers or arrays."""
-        memory_efficiency, overhead = ((self.weight_grad_memory_efficiency, self.weight_grad_overhead_s) if weight_grad
-                                       else (self.memory_efficiency, self.overhead_s))
+        memory_efficiency, overhead = (
+            (self.weight_grad_memory_efficiency, self.weight_grad_overhead_s)
+            if weight_grad
+            else (self.memory_efficiency, self.overhead_s)
+        )
         return overhead + self._blend(units * unit_seconds, moved / (self.bandwidth_bytes_per_s * memory_efficiency))
 
     def seconds(self, rows: Sequence[float] | np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> float:
@@ -117,7 +132,9 @@ class GroupedGemmModel:
             return self.overhead_s
         return float(self.time_of(*self.forward_work(rows, inner, cols, element_bytes)))
 
-    def weight_grad_seconds(self, rows: Sequence[float] | np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> float:
+    def weight_grad_seconds(
+        self, rows: Sequence[float] | np.ndarray, inner: int, cols: int, element_bytes: int = 2
+    ) -> float:
         """The weight gradient of that GEMM: per group `[inner x rows_g] @ [rows_g x cols]`, every group written."""
         rows = np.asarray(rows, dtype=float)
         return float(self.time_of(*self.weight_grad_work(rows, inner, cols, element_bytes), weight_grad=True))
@@ -125,7 +142,9 @@ class GroupedGemmModel:
     def dense_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2) -> np.ndarray:
         """Plain GEMMs (one group each), vectorised over `rows`: the fastest tile, split contraction where it helps."""
         rows = np.asarray(rows, dtype=float)
-        memory = self._moved(1.0, rows, inner, cols, element_bytes) / (self.bandwidth_bytes_per_s * self.memory_efficiency)
+        memory = self._moved(1.0, rows, inner, cols, element_bytes) / (
+            self.bandwidth_bytes_per_s * self.memory_efficiency
+        )
         best = None
         for tile_rows, tile_cols in self.dense_tiles or ((self.tile_rows, self.tile_cols),):
             tiles = np.ceil(rows / tile_rows) * np.ceil(cols / tile_cols)
@@ -133,19 +152,32 @@ class GroupedGemmModel:
             per_tile = self.tile_seconds(inner, tile_rows, tile_cols)
             compute = waves * per_tile
             if self.dense_tiles:  # split contraction: the padded work spread evenly, partial sums through memory
-                split = (tiles / self.sms * (per_tile - self.tile_overhead_s) + waves * self.tile_overhead_s
-                         + tiles * tile_rows * tile_cols * PARTIAL_SUM_BYTES / (self.bandwidth_bytes_per_s * self.memory_efficiency))
+                split = (
+                    tiles / self.sms * (per_tile - self.tile_overhead_s)
+                    + waves * self.tile_overhead_s
+                    + tiles
+                    * tile_rows
+                    * tile_cols
+                    * PARTIAL_SUM_BYTES
+                    / (self.bandwidth_bytes_per_s * self.memory_efficiency)
+                )
                 compute = np.minimum(compute, split)
             busy = self._blend(compute, memory)
             best = busy if best is None else np.minimum(best, busy)
         return np.where(rows > 0, self.overhead_s + best, 0.0)
 
-    def dense_weight_grad_seconds(self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2) -> np.ndarray:
+    def dense_weight_grad_seconds(
+        self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2
+    ) -> np.ndarray:
         """A plain GEMM's weight gradient `[inner x rows] @ [rows x cols]`: a plain GEMM contracting over the rows, at
         the weight gradient's efficiencies and overhead (its operands arrive transposed)."""
         rows = np.asarray(rows, dtype=float)
-        gradient = replace(self, compute_efficiency=self.weight_grad_compute_efficiency,
-                           memory_efficiency=self.weight_grad_memory_efficiency, overhead_s=self.weight_grad_overhead_s)
+        gradient = replace(
+            self,
+            compute_efficiency=self.weight_grad_compute_efficiency,
+            memory_efficiency=self.weight_grad_memory_efficiency,
+            overhead_s=self.weight_grad_overhead_s,
+        )
         seconds = gradient.dense_seconds(np.full_like(rows, inner), rows, cols, element_bytes)  # type: ignore[arg-type]
         return np.where(rows > 0, seconds, 0.0)
 

@@ -36,8 +36,12 @@ class MemoryBreakdown:
     @property
     def total_bytes(self) -> float:
         return (
-            self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes
-            + self.alltoall_buffer_bytes + self.kv_cache_bytes
+            self.weights_bytes
+            + self.grads_bytes
+            + self.optimizer_bytes
+            + self.activations_bytes
+            + self.alltoall_buffer_bytes
+            + self.kv_cache_bytes
         )
 
     def as_dict(self) -> dict[str, float]:
@@ -71,13 +75,19 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
             if par.zero_stage >= 2:
                 grads = dense_params * precision.grad_bytes / dp + expert_params * precision.grad_bytes / expert_dp
             if par.zero_stage >= 3:
-                weights = dense_params * precision.weight_bytes / dp + expert_params * precision.weight_bytes / expert_dp
+                weights = (
+                    dense_params * precision.weight_bytes / dp + expert_params * precision.weight_bytes / expert_dp
+                )
             optimizer += expert_optimizer
             in_flight = float(min(par.pp_size - stage, plan.micro_batches))
             chunks = par.virtual_pipeline_size
-            if chunks > 1:  # interleaved: (p - s - 1) x 2 + (v - 1) x p + 1 chunk forwards of 1/v of the layers in flight
-                in_flight = min((par.pp_size - stage - 1) * 2 + (chunks - 1) * par.pp_size + 1,
-                                plan.micro_batches * chunks) / chunks
+            if (
+                chunks > 1
+            ):  # interleaved: (p - s - 1) x 2 + (v - 1) x p + 1 chunk forwards of 1/v of the layers in flight
+                in_flight = (
+                    min((par.pp_size - stage - 1) * 2 + (chunks - 1) * par.pp_size + 1, plan.micro_batches * chunks)
+                    / chunks
+                )
             activations = per_layer_activation * plan.stage_layer_count(stage) * tokens_per_micro * in_flight
         else:
             context = workload.seq_len + workload.decode_tokens
@@ -87,7 +97,9 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
         if plan.stage_moe_layer_count(stage):
             slots = plan.buffer_slots_per_rank
             buffers = 2 * slots * model.hidden_size * precision.activation_bytes  # dispatch + combine
-        breakdown = MemoryBreakdown(weights, grads, optimizer, activations, buffers, kv_cache, scenario.cluster.gpu.hbm_bytes)
+        breakdown = MemoryBreakdown(
+            weights, grads, optimizer, activations, buffers, kv_cache, scenario.cluster.gpu.hbm_bytes
+        )
         if worst is None or breakdown.total_bytes > worst.total_bytes:
             worst = breakdown
     assert worst is not None
@@ -95,8 +107,10 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
 
 
 TRAINING_ADVICE = "raise pp_size, ep_size or parallelism.zero_stage, or set workload.activation_recompute=full"
-INFERENCE_ADVICE = ("raise tp_size, pp_size or ep_size, or lower workload.micro_batch_size or seq_len (the KV cache) "
-                    "or workload.prefill_chunk_tokens (the prefill's activations)")
+INFERENCE_ADVICE = (
+    "raise tp_size, pp_size or ep_size, or lower workload.micro_batch_size or seq_len (the KV cache) "
+    "or workload.prefill_chunk_tokens (the prefill's activations)"
+)
 
 
 def check_fits(memory: MemoryBreakdown, training: bool = True) -> None:

@@ -74,8 +74,12 @@ DEVICE_PHASE_FEATURES: dict[str, tuple[str, ...]] = {
     "unpermute": ("1", "autograd", "carried rows", "carried rows x hidden", "tokens x hidden"),
     "experts": ("FFN arithmetic seconds", "1", "autograd", "active experts", "rows x hidden"),
     "shared_experts": ("FFN arithmetic seconds", "1"),
-    "backward": ("experts backward seconds", "permute and unpermute forward seconds", "router and shared forward seconds",
-                 "1"),
+    "backward": (
+        "experts backward seconds",
+        "permute and unpermute forward seconds",
+        "router and shared forward seconds",
+        "1",
+    ),
 }
 """The same on one device (the single-device calibration, GPUs). Features come in order of weight: a fit to
 few layers keeps the first ones only. A GPU phase of small kernels lasts as long as the host takes to launch
@@ -91,14 +95,35 @@ def feature_vector(names: Sequence[str], work: PhaseWork) -> tuple[float, ...]:
     return tuple(float(FEATURES[name](work)) for name in names)
 
 
-def host_phase_features(phase: str, tokens: float, hidden: int, experts: int, top_k: int, slots: Optional[float] = None,
-                        active_experts: int = 0, rows: float = 0.0, ffn_seconds: float = 0.0,
-                        backward_seconds: float = 0.0, other_seconds: float = 0.0) -> tuple[float, ...]:
+def host_phase_features(
+    phase: str,
+    tokens: float,
+    hidden: int,
+    experts: int,
+    top_k: int,
+    slots: Optional[float] = None,
+    active_experts: int = 0,
+    rows: float = 0.0,
+    ffn_seconds: float = 0.0,
+    backward_seconds: float = 0.0,
+    other_seconds: float = 0.0,
+) -> tuple[float, ...]:
     """The feature vector of `HOST_PHASE_FEATURES[phase]` for one layer on one rank (slots default: tokens x top_k)."""
     slots = tokens * top_k if slots is None else slots
-    work = PhaseWork(tokens, hidden, experts, top_k, slots=slots, carried_rows=slots, sort_keys=tokens * top_k,
-                     active_experts=active_experts, rows=rows, ffn_seconds=ffn_seconds, backward_seconds=backward_seconds,
-                     other_seconds=other_seconds)
+    work = PhaseWork(
+        tokens,
+        hidden,
+        experts,
+        top_k,
+        slots=slots,
+        carried_rows=slots,
+        sort_keys=tokens * top_k,
+        active_experts=active_experts,
+        rows=rows,
+        ffn_seconds=ffn_seconds,
+        backward_seconds=backward_seconds,
+        other_seconds=other_seconds,
+    )
     return feature_vector(HOST_PHASE_FEATURES[phase], work)
 
 
@@ -114,6 +139,8 @@ def phase_fit_entry(key: str, value: Any) -> tuple[str, tuple[str, ...], tuple[f
     coefficients = tuple(float(c) for c in value["coefficients"])
     unknown = [name for name in names if name not in FEATURES]
     if phase not in DEVICE_PHASE_FEATURES or unknown or len(coefficients) != len(names):
-        raise ValueError(f"phase_fit '{key}' needs {len(names)} coefficients for {names}"
-                         + (f"; unknown features {unknown}" if unknown else ""))
+        raise ValueError(
+            f"phase_fit '{key}' needs {len(names)} coefficients for {names}"
+            + (f"; unknown features {unknown}" if unknown else "")
+        )
     return key, names, coefficients

@@ -41,8 +41,17 @@ BACKWARD_SHUFFLE_FACTOR = 1.0
 the other way (measured on the H200 by moesim's executor: 0.93-1.02x, `validation/NVIDIA-H200`)."""
 
 
-def moe_work(strategy: str, capacity_factor: Optional[float], tokens: float, hidden: int, experts: int, top_k: int,
-             served: Optional[float] = None, padded: bool = False, **extra: Any) -> PhaseWork:
+def moe_work(
+    strategy: str,
+    capacity_factor: Optional[float],
+    tokens: float,
+    hidden: int,
+    experts: int,
+    top_k: int,
+    served: Optional[float] = None,
+    padded: bool = False,
+    **extra: Any,
+) -> PhaseWork:
     """One rank's work in one MoE layer (`PhaseWork`): the permutation's slots per token, the rows it carries
     (tokens x slots, or experts x capacity when a capacity bounds them or every expert is padded to it; expert
     choice lays a token's slots over every expert, as the executor does on a GPU) and the served slots (default:
@@ -54,8 +63,16 @@ def moe_work(strategy: str, capacity_factor: Optional[float], tokens: float, hid
     elif capacity_factor is not None:
         buffer = float(experts * (expert_capacity(int(tokens), experts, top_k, capacity_factor) or 0))
         carried = buffer if padded else min(carried, buffer)
-    return PhaseWork(tokens, hidden, experts, top_k, slots=carried if served is None else served, carried_rows=carried,
-                     sort_keys=float(tokens * width), **extra)
+    return PhaseWork(
+        tokens,
+        hidden,
+        experts,
+        top_k,
+        slots=carried if served is None else served,
+        carried_rows=carried,
+        sort_keys=float(tokens * width),
+        **extra,
+    )
 
 
 @dataclass
@@ -83,8 +100,16 @@ class StageProgram:
 class PhaseBuilder:
     """Turns a stage's layers, its routing and the cost model into phases."""
 
-    def __init__(self, scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int,
-                 decode: bool = False):
+    def __init__(
+        self,
+        scenario: Scenario,
+        plan: StagePlan,
+        cost: CostModel,
+        topology: Topology,
+        tokens: int,
+        context: int,
+        decode: bool = False,
+    ):
         self.scenario, self.plan, self.cost, self.topology = scenario, plan, cost, topology
         self.model = scenario.model
         self.tokens = tokens  # tokens per rank in this micro-batch (or decode step)
@@ -106,8 +131,12 @@ class PhaseBuilder:
             sim = self.scenario.simulation
             self._alltoall_cache[index] = (
                 all_to_all(self.topology, routing.traffic, sim.alltoall_algorithm, sim.network_mode),
-                all_to_all(self.topology, routing.traffic.transposed(self.combine_scale), sim.alltoall_algorithm,
-                           sim.network_mode),
+                all_to_all(
+                    self.topology,
+                    routing.traffic.transposed(self.combine_scale),
+                    sim.alltoall_algorithm,
+                    sim.network_mode,
+                ),
             )
         return self._alltoall_cache[index]
 
@@ -132,47 +161,75 @@ class PhaseBuilder:
             kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
             scores = max(scores, cost.memory_seconds(kv_bytes * self.context * self.tokens / self.tp))
         norms = cost.memory_seconds(4 * self.tokens * model.hidden_size * self.element)
-        return gemm + scores + norms, gemm_backward + BACKWARD_ATTENTION_FACTOR * scores + BACKWARD_MEMORY_FACTOR * norms
+        return (
+            gemm + scores + norms,
+            gemm_backward + BACKWARD_ATTENTION_FACTOR * scores + BACKWARD_MEMORY_FACTOR * norms,
+        )
 
     def ffn_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:
         """Time of FFN(s) with `rows` tokens (see `CostModel.ffn_seconds`)."""
-        return self.cost.ffn_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element,
-                                     self.fp8)
+        return self.cost.ffn_seconds(
+            rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element, self.fp8
+        )
 
     def ffn_backward_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:
         """Their backward (see `CostModel.ffn_backward_seconds`)."""
-        return self.cost.ffn_backward_seconds(rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS,
-                                              self.element, self.fp8)
+        return self.cost.ffn_backward_seconds(
+            rows, self.model.hidden_size, inner, activation in GATED_ACTIVATIONS, self.element, self.fp8
+        )
 
     def work(self, top_k: int, served: Optional[float] = None, **extra: Any) -> PhaseWork:
         """This rank's work in one MoE layer (see `moe_work`)."""
         routing = self.scenario.routing
         extra.setdefault("recording", self.scenario.workload.mode == "training")
-        return moe_work(routing.strategy or "top_k", routing.capacity_factor, self.tokens, self.model.hidden_size,
-                        self.model.num_experts, top_k, served, routing.pad_to_capacity, **extra)
+        return moe_work(
+            routing.strategy or "top_k",
+            routing.capacity_factor,
+            self.tokens,
+            self.model.hidden_size,
+            self.model.num_experts,
+            top_k,
+            served,
+            routing.pad_to_capacity,
+            **extra,
+        )
 
     def experts_seconds(self, rank_rows: np.ndarray, top_k: int) -> float:
         """One rank's experts phase: its experts' FFNs (one grouped GEMM per projection where the profile models it),
         or the calibrated model of the phase built on them."""
         model = self.model
-        arithmetic = self.cost.experts_ffn_seconds(rank_rows, model.hidden_size, model.moe_intermediate_size,
-                                                   model.expert_ffn_activation in GATED_ACTIVATIONS, self.element, self.fp8)
-        work = self.work(top_k, active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()),
-                         ffn_seconds=arithmetic)
+        arithmetic = self.cost.experts_ffn_seconds(
+            rank_rows,
+            model.hidden_size,
+            model.moe_intermediate_size,
+            model.expert_ffn_activation in GATED_ACTIVATIONS,
+            self.element,
+            self.fp8,
+        )
+        work = self.work(
+            top_k, active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()), ffn_seconds=arithmetic
+        )
         return _or(self.cost.fitted("experts", work), arithmetic)
 
     def experts_backward_seconds(self, rank_rows: np.ndarray) -> float:
         """One rank's experts backward (input and weight gradients) from the cost model."""
         model = self.model
-        return self.cost.experts_ffn_backward_seconds(rank_rows, model.hidden_size, model.moe_intermediate_size,
-                                                      model.expert_ffn_activation in GATED_ACTIVATIONS, self.element,
-                                                      self.fp8)
+        return self.cost.experts_ffn_backward_seconds(
+            rank_rows,
+            model.hidden_size,
+            model.moe_intermediate_size,
+            model.expert_ffn_activation in GATED_ACTIVATIONS,
+            self.element,
+            self.fp8,
+        )
 
     def router_fit(self, work: PhaseWork) -> Optional[float]:
         """The router's measured model: the rule's own, else (a rule the profile did not calibrate) top-k's."""
         rule = self.scenario.routing
         measured = self.cost.fitted(router_fit_key(rule.strategy or "top_k", rule.capacity_factor), work)
-        return measured if measured is not None else self.cost.fitted(router_fit_key("top_k", rule.capacity_factor), work)
+        return (
+            measured if measured is not None else self.cost.fitted(router_fit_key("top_k", rule.capacity_factor), work)
+        )
 
     def tp_allreduce(self) -> float:
         if self.tp == 1:
@@ -181,19 +238,22 @@ class PhaseBuilder:
         return all_reduce_time(self.topology, group, self.tokens * self.model.hidden_size * self.element, "ring")
 
     # ------------------------------------------------------------ programs
-    def layer_phases(self, layer: Layer, routing: list[LayerRouting],
-                     routing_index: Optional[int]) -> tuple[list[Phase], list[Phase]]:
+    def layer_phases(
+        self, layer: Layer, routing: list[LayerRouting], routing_index: Optional[int]
+    ) -> tuple[list[Phase], list[Phase]]:
         """A layer's forward and backward phases (backward in forward order). Layers alike (dense or routed as
         the same routed layer, with or without cross-attention) cost the same: computed once, relabelled."""
         key = (layer.is_moe, layer.cross_attention, routing_index)
         if key not in self._layer_cache:
-            self._layer_cache[key] = self._layer_phases(Layer(-1, layer.is_moe, layer.cross_attention), routing,
-                                                        routing_index)
+            self._layer_cache[key] = self._layer_phases(
+                Layer(-1, layer.is_moe, layer.cross_attention), routing, routing_index
+            )
         forward, backward = self._layer_cache[key]
         return _relabel(forward, layer.index), _relabel(backward, layer.index)
 
-    def _layer_phases(self, layer: Layer, routing: list[LayerRouting],
-                      routing_index: Optional[int]) -> tuple[list[Phase], list[Phase]]:
+    def _layer_phases(
+        self, layer: Layer, routing: list[LayerRouting], routing_index: Optional[int]
+    ) -> tuple[list[Phase], list[Phase]]:
         model, cost, sim = self.model, self.cost, self.scenario.simulation
         top_k = self.scenario.routing.top_k or model.top_k
         layer_forward: list[Phase] = []
@@ -217,8 +277,10 @@ class PhaseBuilder:
             router_gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts))
             scores_pass = cost.memory_seconds(3 * 4 * self.tokens * model.num_experts)
             router = router_gemm + scores_pass
-            router_roofline_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, model.num_experts)) + \
-                BACKWARD_MEMORY_FACTOR * scores_pass
+            router_roofline_backward = (
+                float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, model.num_experts))
+                + BACKWARD_MEMORY_FACTOR * scores_pass
+            )
             router = _or(self.router_fit(self.work(top_k, router_gemm_seconds=router_gemm)), router)
             served = float(sum(rank_rows.sum() for rank_rows in routing_here.rank_rows)) / self.ranks
             permuted_rows = served if self.scenario.routing.pad_to_capacity else self.tokens * top_k
@@ -231,7 +293,9 @@ class PhaseBuilder:
             if model.num_shared_experts:
                 shared_inner = model.shared_expert_size * model.num_shared_experts
                 shared = float(self.ffn_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
-                shared_roofline_backward = float(self.ffn_backward_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
+                shared_roofline_backward = float(
+                    self.ffn_backward_seconds(self.tokens, shared_inner, model.expert_ffn_activation)
+                )
                 shared = _or(cost.fitted("shared_experts", self.work(top_k, ffn_seconds=shared)), shared)
             dispatch, combine = self.alltoalls(routing_index, routing_here)
             # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
@@ -241,49 +305,95 @@ class PhaseBuilder:
             layer_forward += [
                 Phase("router", layer.index, self.same(router)),
                 Phase("permute", layer.index, self.same(permute)),
-                Phase("dispatch", layer.index, np.array([dispatch.seconds + count_exchange]), collective=True,
-                      overlapped=overlapped, chunks=sim.moe_chunks, bytes_across_nodes=dispatch.bytes_across_nodes,
-                      detail={"latency": dispatch.latency_seconds + count_exchange}),
+                Phase(
+                    "dispatch",
+                    layer.index,
+                    np.array([dispatch.seconds + count_exchange]),
+                    collective=True,
+                    overlapped=overlapped,
+                    chunks=sim.moe_chunks,
+                    bytes_across_nodes=dispatch.bytes_across_nodes,
+                    detail={"latency": dispatch.latency_seconds + count_exchange},
+                ),
             ]
             if shared_phase and not overlapped:
                 layer_forward.append(shared_phase)
             layer_forward += [
                 Phase("experts", layer.index, gemm, chunks=sim.moe_chunks),
-                Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
-                      bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
+                Phase(
+                    "combine",
+                    layer.index,
+                    np.array([combine.seconds]),
+                    collective=True,
+                    chunks=sim.moe_chunks,
+                    bytes_across_nodes=combine.bytes_across_nodes,
+                    detail={"latency": combine.latency_seconds},
+                ),
                 Phase("unpermute", layer.index, self.same(unpermute)),
             ]
             # backward: a calibrated MoE-block model (grouped-GEMM backward of the experts, the other phases
             # relative to their forward), else the fixed ratios
             fit = cost.coefficients("backward")
             if fit is not None:  # DEVICE_PHASE_FEATURES["backward"]; a feature a sparse fit left out counts 0
-                experts_factor, shuffle_factor, other_factor, fixed = (fit.get(name, 0.0) for name in (
-                    "experts backward seconds", "permute and unpermute forward seconds",
-                    "router and shared forward seconds", "1"))
-                gemm_backward = np.array([experts_factor * self.experts_backward_seconds(rank_rows) + fixed for rank_rows in rows])
+                experts_factor, shuffle_factor, other_factor, fixed = (
+                    fit.get(name, 0.0)
+                    for name in (
+                        "experts backward seconds",
+                        "permute and unpermute forward seconds",
+                        "router and shared forward seconds",
+                        "1",
+                    )
+                )
+                gemm_backward = np.array(
+                    [experts_factor * self.experts_backward_seconds(rank_rows) + fixed for rank_rows in rows]
+                )
                 router_backward, permute_backward, unpermute_backward, shared_back = (
-                    other_factor * router, shuffle_factor * permute, shuffle_factor * unpermute, other_factor * shared)
+                    other_factor * router,
+                    shuffle_factor * permute,
+                    shuffle_factor * unpermute,
+                    other_factor * shared,
+                )
             elif cost.dense is None and cost.grouped is None:  # an efficiency curve only: the backward ratio
                 gemm_backward = cost.backward_gemm_factor * gemm
                 router_backward, permute_backward, unpermute_backward, shared_back = (
-                    cost.backward_gemm_factor * router, BACKWARD_MEMORY_FACTOR * permute,
-                    BACKWARD_MEMORY_FACTOR * unpermute, cost.backward_gemm_factor * shared)
+                    cost.backward_gemm_factor * router,
+                    BACKWARD_MEMORY_FACTOR * permute,
+                    BACKWARD_MEMORY_FACTOR * unpermute,
+                    cost.backward_gemm_factor * shared,
+                )
             else:  # the kernel models' backward: gradient GEMMs as measured; the permutation's backward is a
                 # scatter of the rows it gathered and the un-permutation's a gather of the rows it scattered
                 gemm_backward = np.array([self.experts_backward_seconds(rank_rows) for rank_rows in rows])
                 router_backward, permute_backward, unpermute_backward, shared_back = (
-                    router_roofline_backward, BACKWARD_SHUFFLE_FACTOR * permute, BACKWARD_SHUFFLE_FACTOR * unpermute,
-                    shared_roofline_backward)
+                    router_roofline_backward,
+                    BACKWARD_SHUFFLE_FACTOR * permute,
+                    BACKWARD_SHUFFLE_FACTOR * unpermute,
+                    shared_roofline_backward,
+                )
             shared_backward = Phase("shared_experts", layer.index, self.same(shared_back)) if shared else None
             layer_backward += [
                 Phase("router", layer.index, self.same(router_backward)),
                 Phase("permute", layer.index, self.same(permute_backward)),
-                Phase("dispatch", layer.index, np.array([dispatch.seconds]), collective=True,
-                      overlapped=shared_backward if sim.overlap_shared_experts else None, chunks=sim.moe_chunks,
-                      bytes_across_nodes=dispatch.bytes_across_nodes, detail={"latency": dispatch.latency_seconds}),
+                Phase(
+                    "dispatch",
+                    layer.index,
+                    np.array([dispatch.seconds]),
+                    collective=True,
+                    overlapped=shared_backward if sim.overlap_shared_experts else None,
+                    chunks=sim.moe_chunks,
+                    bytes_across_nodes=dispatch.bytes_across_nodes,
+                    detail={"latency": dispatch.latency_seconds},
+                ),
                 Phase("experts", layer.index, gemm_backward, chunks=sim.moe_chunks),
-                Phase("combine", layer.index, np.array([combine.seconds]), collective=True, chunks=sim.moe_chunks,
-                      bytes_across_nodes=combine.bytes_across_nodes, detail={"latency": combine.latency_seconds}),
+                Phase(
+                    "combine",
+                    layer.index,
+                    np.array([combine.seconds]),
+                    collective=True,
+                    chunks=sim.moe_chunks,
+                    bytes_across_nodes=combine.bytes_across_nodes,
+                    detail={"latency": combine.latency_seconds},
+                ),
                 Phase("unpermute", layer.index, self.same(unpermute_backward)),
             ]
             if shared_backward and not sim.overlap_shared_experts:
@@ -291,7 +401,8 @@ class PhaseBuilder:
         return layer_forward, layer_backward
 
     def stage_program(self, stage: int, routing: list[LayerRouting], first_moe_layer: int) -> StageProgram:
-        """Phases of `stage`; its n-th MoE layer is model MoE layer first_moe_layer + n, routed as routing[that % len]."""
+        """Phases of `stage`; its n-th MoE layer is model MoE layer first_moe_layer + n, routed as routing[that %
+        len]."""
         model, cost = self.model, self.cost
         forward: list[Phase] = []
         backward: list[Phase] = []
@@ -314,7 +425,9 @@ class PhaseBuilder:
             vocab = model.vocab_size // self.tp
             loss = cost.memory_seconds(8 * self.tokens * vocab)
             head = float(cost.gemm_seconds(self.tokens, model.hidden_size, vocab)) + loss
-            head_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, vocab)) + BACKWARD_MEMORY_FACTOR * loss
+            head_backward = (
+                float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, vocab)) + BACKWARD_MEMORY_FACTOR * loss
+            )
             forward.append(Phase("lm_head", -1, self.same(head)))
             backward.insert(0, Phase("lm_head", -1, self.same(head_backward)))
         return StageProgram(forward, backward)

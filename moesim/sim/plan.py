@@ -110,7 +110,9 @@ class StagePlan:
         workload, par = self.scenario.workload, self.scenario.parallelism
         if workload.mode != "inference":
             return self.tokens_per_rank
-        return max(self.prefill_tokens_per_rank, workload.micro_batch_size // par.tp_size if workload.decode_tokens else 1)
+        return max(
+            self.prefill_tokens_per_rank, workload.micro_batch_size // par.tp_size if workload.decode_tokens else 1
+        )
 
     @property
     def buffer_slots_per_rank(self) -> int:

@@ -57,16 +57,21 @@ _routing_cache: OrderedDict[str, tuple[list[LayerRouting], list[str]]] = Ordered
 def routing_cache_key(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int) -> str:
     """What routing an EP group depends on: model, routing, workload, simulation settings, seed and EP size (not
     the GPU, the node count or the other parallel sizes); a trace by its file's size and modification time."""
-    document = scenario.model_dump(mode="json", include={"model", "routing", "workload", "simulation", "seed"},
-                                   exclude={"workload": {"global_batch_size"}})
+    document = scenario.model_dump(
+        mode="json",
+        include={"model", "routing", "workload", "simulation", "seed"},
+        exclude={"workload": {"global_batch_size"}},
+    )
     trace = scenario.workload.trace_path if scenario.workload.scores == "trace" else None
     stamp = list(os.stat(trace)[6:9]) if trace and os.path.exists(trace) else None
-    return json.dumps([document, scenario.parallelism.ep_size, moe_layer_ids, group_tokens, gpus_per_node, stamp],
-                      sort_keys=True)
+    return json.dumps(
+        [document, scenario.parallelism.ep_size, moe_layer_ids, group_tokens, gpus_per_node, stamp], sort_keys=True
+    )
 
 
-def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int,
-                 gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
+def route_layers(
+    scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int
+) -> tuple[list[LayerRouting], list[str]]:
     """Routing of the first `max_routed_layers` of the listed MoE layers for a group of `group_tokens` tokens
     (computed once per `routing_cache_key`; treat the result as read-only).
 
@@ -85,8 +90,9 @@ def route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int
     return routed, list(notes)
 
 
-def _route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int,
-                  gpus_per_node: int) -> tuple[list[LayerRouting], list[str]]:
+def _route_layers(
+    scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int
+) -> tuple[list[LayerRouting], list[str]]:
     model, workload, sim = scenario.model, scenario.workload, scenario.simulation
     notes: list[str] = []
     if not moe_layer_ids:
@@ -106,9 +112,13 @@ def _route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: in
     sample = scores[0].num_tokens
     scale = group_tokens / sample
     if scale > 1:
-        notes.append(f"routing: {sample:,} of {group_tokens:,} tokens routed per layer, loads and bytes scaled x{scale:.1f}")
+        notes.append(
+            f"routing: {sample:,} of {group_tokens:,} tokens routed per layer, loads and bytes scaled x{scale:.1f}"
+        )
     if len(moe_layer_ids) > len(distinct):
-        notes.append(f"routing: {len(distinct)} distinct layers routed, reused in turn for all {len(moe_layer_ids)} MoE layers")
+        notes.append(
+            f"routing: {len(distinct)} distinct layers routed, reused in turn for all {len(moe_layer_ids)} MoE layers"
+        )
     if sim.redundant_experts:
         notes.append(
             f"placement: {sim.redundant_experts} redundant copies of the hottest experts per layer, placed with "
@@ -121,18 +131,23 @@ def _route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: in
     if routing.pad_to_capacity:
         top_k = routing.top_k or model.top_k
         padded_capacity = float(expert_capacity(group_tokens, model.num_experts, top_k, routing.capacity_factor or 1.0))
-        notes.append(f"routing: every expert's input padded to its capacity ({padded_capacity:,.0f} slots), "
-                     "all-to-all buffers capacity-sized")
+        notes.append(
+            f"routing: every expert's input padded to its capacity ({padded_capacity:,.0f} slots), "
+            "all-to-all buffers capacity-sized"
+        )
     for layer_id, layer_scores in zip(distinct, scores):
         router: Router = router_for_scenario(scenario)  # each MoE layer has its own router state (bias)
         warm_up_bias(router, scenario, layer_id)
         assignment = router.route(layer_scores.logits, layer_scores.token_ids)
         source = layer_scores.source_rank.clamp(max=ep - 1)
         load = assignment.expert_load.double().numpy() * scale
-        layer_placement = placement.with_hot_replicas(load, sim.redundant_experts) if sim.redundant_experts else placement
+        layer_placement = (
+            placement.with_hot_replicas(load, sim.redundant_experts) if sim.redundant_experts else placement
+        )
         if padded_capacity is not None:
-            rank_tokens, node_tokens, rank_rows = padded_slots(padded_capacity, layer_placement.shares(), node_index,
-                                                               num_nodes)
+            rank_tokens, node_tokens, rank_rows = padded_slots(
+                padded_capacity, layer_placement.shares(), node_index, num_nodes
+            )
         elif sim.redundant_experts:
             share = layer_placement.shares()
             # per (source rank, expert) copies, split over the expert's replicas (no per-rank dedup)
@@ -160,8 +175,9 @@ def _route_layers(scenario: Scenario, moe_layer_ids: list[int], group_tokens: in
     return routed, notes
 
 
-def padded_slots(capacity: float, share: np.ndarray, node_index: np.ndarray,
-                 num_nodes: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def padded_slots(
+    capacity: float, share: np.ndarray, node_index: np.ndarray, num_nodes: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Token slots each source rank sends to each rank and node, and each rank's expert rows, when every expert's
     input is padded to its capacity (GShard's einsum dispatch, Megatron-Core's pad-to-capacity): every source sends
     capacity / ep slots per expert whatever it routed, split over the expert's copies (`share`: experts x ranks)."""

@@ -97,15 +97,29 @@ def stage_cache_key(scenario: Scenario, tokens: int, context: int, decode: bool,
     """What one expert-parallel group's stage programs depend on: the scenario without its data-parallel size
     (node count, dp_size, global batch: they set the micro-batch count and the gradient all-reduce, which the
     callers add) and without its labels. The group's ranks and links are the same in any cluster that holds it."""
-    document = scenario.model_dump(mode="json", exclude={
-        "name": True, "description": True, "sweep": True, "cluster": {"num_nodes"}, "parallelism": {"dp_size"},
-        "workload": {"global_batch_size"}})
+    document = scenario.model_dump(
+        mode="json",
+        exclude={
+            "name": True,
+            "description": True,
+            "sweep": True,
+            "cluster": {"num_nodes"},
+            "parallelism": {"dp_size"},
+            "workload": {"global_batch_size"},
+        },
+    )
     return json.dumps([document, tokens, context, decode, backward], sort_keys=True)
 
 
 def _simulate_stages(
-    scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int,
-    decode: bool, backward: bool,
+    scenario: Scenario,
+    plan: StagePlan,
+    cost: CostModel,
+    topology: Topology,
+    tokens: int,
+    context: int,
+    decode: bool,
+    backward: bool,
 ) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
     """Each stage's pass times, busy times and slices, its routing and notes: simulated, or reused from a scenario
     that differs only in its data-parallel size (`stage_cache_key`)."""
@@ -123,8 +137,14 @@ def _simulate_stages(
 
 
 def _run_stages(
-    scenario: Scenario, plan: StagePlan, cost: CostModel, topology: Topology, tokens: int, context: int,
-    decode: bool, backward: bool,
+    scenario: Scenario,
+    plan: StagePlan,
+    cost: CostModel,
+    topology: Topology,
+    tokens: int,
+    context: int,
+    decode: bool,
+    backward: bool,
 ) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
     """Route once, build each stage's phases, and run them (SimPy in full mode, per-rank clocks in fast mode)."""
     par = scenario.parallelism
@@ -137,7 +157,8 @@ def _run_stages(
     for stage in range(plan.num_stages):
         first_moe = sum(plan.stage_moe_layer_count(s) for s in range(stage))
         signature = (
-            stage == 0, stage == plan.num_stages - 1,
+            stage == 0,
+            stage == plan.num_stages - 1,
             tuple((layer.is_moe, layer.cross_attention) for layer in plan.stages[stage]),
             tuple((first_moe + n) % max(1, len(routing)) for n in range(plan.stage_moe_layer_count(stage))),
         )
@@ -157,7 +178,9 @@ def _run_stages(
                 seconds.append(took)
                 for key, value in pass_busy.items():
                     busy[key] = busy.get(key, 0.0) + value
-            across = sum(p.bytes_across_nodes for p in program.forward + (program.backward if backward else []) if p.collective)
+            across = sum(
+                p.bytes_across_nodes for p in program.forward + (program.backward if backward else []) if p.collective
+            )
             cache[signature] = (seconds, busy, slices, across)
         seconds, busy, slices, across = cache[signature]
         result.forward_s.append(seconds[0])
@@ -192,14 +215,21 @@ def _routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
     return (dropped / requested if requested else 0.0), float(np.mean([layer.load_imbalance for layer in routing]))
 
 
-def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown) -> StepResult:
+def _training_step(
+    scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown
+) -> StepResult:
     par, model, sim = scenario.parallelism, scenario.model, scenario.simulation
     tokens = plan.tokens_per_rank
-    stages, routing, notes = _simulate_stages(scenario, plan, cost, topology, tokens, scenario.workload.seq_len, False, True)
+    stages, routing, notes = _simulate_stages(
+        scenario, plan, cost, topology, tokens, scenario.workload.seq_len, False, True
+    )
     forward_s, backward_s = stages.forward_s, stages.backward_s
     worst = int(np.argmax(np.add(forward_s, backward_s)))
     micro = plan.micro_batches
-    p2p = tokens * model.hidden_size * scenario.workload.precision.activation_bytes / topology.nic_bytes_per_s + topology.network_latency_s
+    p2p = (
+        tokens * model.hidden_size * scenario.workload.precision.activation_bytes / topology.nic_bytes_per_s
+        + topology.network_latency_s
+    )
     p2p = p2p if par.pp_size > 1 else 0.0
     if sim.network_mode == "full":
         pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size)
@@ -218,7 +248,9 @@ def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost
     reduce += all_reduce_time(topology, np.unique(expert_group), grads_expert, sim.allreduce_algorithm)
     exposed = max(0.0, reduce - backward_s[worst]) if sim.overlap_grad_reduce else reduce
     params_on_gpu = plan.stage_dense_params(worst) / par.tp_size + plan.stage_expert_params(worst) / par.ep_size
-    optimizer_bytes = params_on_gpu * (2 * precision.optimizer_bytes_per_param + precision.weight_bytes + precision.grad_bytes)
+    optimizer_bytes = params_on_gpu * (
+        2 * precision.optimizer_bytes_per_param + precision.weight_bytes + precision.grad_bytes
+    )
     if par.zero_stage >= 1:
         optimizer_bytes /= dp
     optimizer = cost.memory_seconds(optimizer_bytes)
@@ -229,27 +261,51 @@ def _training_step(scenario: Scenario, plan: StagePlan, topology: Topology, cost
     flops = accounting.training_flops_per_token(model, scenario.workload.seq_len)
     mfu = flops * tokens_per_step / (step * world * cost.peak_flops)
     recompute = scenario.workload.activation_recompute == "full"
-    hfu = accounting.training_flops_per_token(model, scenario.workload.seq_len, recompute) * tokens_per_step / (
-        step * world * cost.peak_flops)
+    hfu = (
+        accounting.training_flops_per_token(model, scenario.workload.seq_len, recompute)
+        * tokens_per_step
+        / (step * world * cost.peak_flops)
+    )
     drop_rate, imbalance = _routing_summary(routing)
     phases = {name: seconds * micro for name, seconds in stages.busy[worst].items()}
     replicas = dp * par.tp_size * par.cp_size // par.ep_size
-    notes.append(f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} identical replicas")
+    notes.append(
+        f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} "
+        "identical replicas"
+    )
     timeline = "SimPy" if sim.network_mode == "full" else "per-rank clocks (fast mode)"
     notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {timeline}")
     notes.append(f"compute: {cost.source}")
     return StepResult(
-        scenario=scenario.name, mode="training", step_time_s=step, phase_seconds=phases,
-        stage_forward_s=forward_s, stage_backward_s=backward_s, pipeline_s=pipeline,
-        pipeline_bubble_s=max(0.0, pipeline - busy), grad_allreduce_s=reduce, grad_allreduce_exposed_s=exposed,
-        optimizer_s=optimizer, tokens_per_step=tokens_per_step, tokens_per_s=tokens_per_step / step,
-        tokens_per_s_per_gpu=tokens_per_step / step / world, mfu=mfu, hfu=hfu, drop_rate=drop_rate, load_imbalance=imbalance,
-        bytes_across_nodes_per_step=sum(stages.across_bytes) * micro * replicas, memory=memory.as_dict(),
-        world_size=world, notes=notes, slices=stages.slices[worst] + pipeline_slices,
+        scenario=scenario.name,
+        mode="training",
+        step_time_s=step,
+        phase_seconds=phases,
+        stage_forward_s=forward_s,
+        stage_backward_s=backward_s,
+        pipeline_s=pipeline,
+        pipeline_bubble_s=max(0.0, pipeline - busy),
+        grad_allreduce_s=reduce,
+        grad_allreduce_exposed_s=exposed,
+        optimizer_s=optimizer,
+        tokens_per_step=tokens_per_step,
+        tokens_per_s=tokens_per_step / step,
+        tokens_per_s_per_gpu=tokens_per_step / step / world,
+        mfu=mfu,
+        hfu=hfu,
+        drop_rate=drop_rate,
+        load_imbalance=imbalance,
+        bytes_across_nodes_per_step=sum(stages.across_bytes) * micro * replicas,
+        memory=memory.as_dict(),
+        world_size=world,
+        notes=notes,
+        slices=stages.slices[worst] + pipeline_slices,
     )
 
 
-def _inference(scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown) -> StepResult:
+def _inference(
+    scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown
+) -> StepResult:
     par, workload = scenario.parallelism, scenario.workload
     # chunked prefill: equal chunks, each attending (causally) over the prompt as the whole pass would, so the
     # chunks' attention FLOPs add up to the unchunked prefill's
@@ -267,7 +323,9 @@ def _inference(scenario: Scenario, plan: StagePlan, topology: Topology, cost: Co
     if workload.decode_tokens:
         batch_tokens = max(1, workload.micro_batch_size // max(1, par.tp_size))
         context = workload.seq_len + workload.decode_tokens // 2
-        decode_stages, _, decode_notes = _simulate_stages(scenario, plan, cost, topology, batch_tokens, context, True, False)
+        decode_stages, _, decode_notes = _simulate_stages(
+            scenario, plan, cost, topology, batch_tokens, context, True, False
+        )
         notes += [note for note in decode_notes if note not in notes]
         decode_step = sum(decode_stages.forward_s)
         for busy in decode_stages.busy:
@@ -280,20 +338,38 @@ def _inference(scenario: Scenario, plan: StagePlan, topology: Topology, cost: Co
     drop_rate, imbalance = _routing_summary(routing)
     flops = accounting.forward_flops_per_token(scenario.model, workload.seq_len)
     processed = sequences * (workload.seq_len + workload.decode_tokens)
-    chunking = (f" in {chunks} chunks of {plan.prefill_tokens_per_rank:,} tokens per rank" if chunks > 1 else
-                " in one pass")
+    chunking = (
+        f" in {chunks} chunks of {plan.prefill_tokens_per_rank:,} tokens per rank" if chunks > 1 else " in one pass"
+    )
     notes.append(
         f"inference: prefill of {workload.micro_batch_size} x {workload.seq_len} tokens per replica{chunking}, then "
         f"{workload.decode_tokens} decode steps at context {workload.seq_len + workload.decode_tokens // 2}"
     )
     notes.append(f"compute: {cost.source}")
     return StepResult(
-        scenario=scenario.name, mode="inference", step_time_s=total, phase_seconds=phases,
-        stage_forward_s=prefill_stages.forward_s, stage_backward_s=[], pipeline_s=prefill, pipeline_bubble_s=0.0,
-        grad_allreduce_s=0.0, grad_allreduce_exposed_s=0.0, optimizer_s=0.0,
-        tokens_per_step=float(generated), tokens_per_s=generated / total, tokens_per_s_per_gpu=generated / total / world,
-        mfu=flops * processed / (total * world * cost.peak_flops), hfu=flops * processed / (total * world * cost.peak_flops),
-        drop_rate=drop_rate, load_imbalance=imbalance,
-        bytes_across_nodes_per_step=chunks * sum(prefill_stages.across_bytes), memory=memory.as_dict(), world_size=world,
-        prefill_s=prefill, decode_step_s=decode_step, notes=notes, slices=slices,
+        scenario=scenario.name,
+        mode="inference",
+        step_time_s=total,
+        phase_seconds=phases,
+        stage_forward_s=prefill_stages.forward_s,
+        stage_backward_s=[],
+        pipeline_s=prefill,
+        pipeline_bubble_s=0.0,
+        grad_allreduce_s=0.0,
+        grad_allreduce_exposed_s=0.0,
+        optimizer_s=0.0,
+        tokens_per_step=float(generated),
+        tokens_per_s=generated / total,
+        tokens_per_s_per_gpu=generated / total / world,
+        mfu=flops * processed / (total * world * cost.peak_flops),
+        hfu=flops * processed / (total * world * cost.peak_flops),
+        drop_rate=drop_rate,
+        load_imbalance=imbalance,
+        bytes_across_nodes_per_step=chunks * sum(prefill_stages.across_bytes),
+        memory=memory.as_dict(),
+        world_size=world,
+        prefill_s=prefill,
+        decode_step_s=decode_step,
+        notes=notes,
+        slices=slices,
     )

@@ -45,8 +45,17 @@ GEMM_ROWS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 QUICK_GEMM_ROWS = (1, 4, 16, 64, 256, 1024)
 
 LAYER_CONFIGS = (
-    (384, 96, 12, 1), (768, 192, 12, 2), (1536, 160, 12, 3), (3072, 128, 16, 1), (6144, 96, 12, 2), (2048, 320, 12, 1),
-    (512, 448, 16, 2), (5120, 64, 12, 3), (2560, 224, 12, 2), (1280, 384, 20, 1), (3072, 384, 12, 2),
+    (384, 96, 12, 1),
+    (768, 192, 12, 2),
+    (1536, 160, 12, 3),
+    (3072, 128, 16, 1),
+    (6144, 96, 12, 2),
+    (2048, 320, 12, 1),
+    (512, 448, 16, 2),
+    (5120, 64, 12, 3),
+    (2560, 224, 12, 2),
+    (1280, 384, 20, 1),
+    (3072, 384, 12, 2),
 )
 """(tokens per rank, hidden, experts, top-k) of the expert-parallel layers that calibrate the phases;
 deliberately unlike the validation grid (tokens 1024/4096, hidden 256/512, experts 4/8, top-k 1/2).
@@ -56,8 +65,13 @@ CalibrationLayer = tuple[tuple[int, int, int, int], str, Optional[float]]
 """(tokens per rank, hidden, experts, top-k), routing rule, capacity factor."""
 
 ROUTER_VARIANTS: tuple[tuple[str, Optional[float], int], ...] = (
-    ("top_k", None, 11), ("top_k", 1.5, 10), ("expert_choice", 1.5, 10), ("noisy_top_k", None, 6), ("sinkhorn", None, 6),
-    ("bias_balanced", None, 6), ("bias_balanced", 1.5, 6),
+    ("top_k", None, 11),
+    ("top_k", 1.5, 10),
+    ("expert_choice", 1.5, 10),
+    ("noisy_top_k", None, 6),
+    ("sinkhorn", None, 6),
+    ("bias_balanced", None, 6),
+    ("bias_balanced", 1.5, 6),
 )
 """(rule, capacity factor, how many of LAYER_CONFIGS) whose layers the calibration runs; the permutation,
 expert and exchange models use every layer. Rules not here fall back to the roofline router."""
@@ -68,15 +82,21 @@ def device_name(device: torch.device, ranks: int, threads: Optional[int] = None)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "-")
     threads = threads or torch.get_num_threads()
-    return f"cpu-{platform.machine()}-{ranks}rank{'s' if ranks > 1 else ''}-{threads}thread{'s' if threads > 1 else ''}-each"
+    plural_ranks, plural_threads = ("s" if ranks > 1 else ""), ("s" if threads > 1 else "")
+    return f"cpu-{platform.machine()}-{ranks}rank{plural_ranks}-{threads}thread{plural_threads}-each"
 
 
 def _synchronizer(device: torch.device) -> Optional[Callable[[], None]]:
     return torch.cuda.synchronize if device.type == "cuda" else None
 
 
-def measure_gemm_rates(device: torch.device, rows: Sequence[int], rounds: int, repeats: int,
-                       shapes: Sequence[tuple[int, int]] = GEMM_SHAPES) -> list[float]:
+def measure_gemm_rates(
+    device: torch.device,
+    rows: Sequence[int],
+    rounds: int,
+    repeats: int,
+    shapes: Sequence[tuple[int, int]] = GEMM_SHAPES,
+) -> list[float]:
     """FLOP/s at each row count: the median over `shapes` of each shape's median rate."""
     tasks: dict[tuple[int, int], Callable[[], Any]] = {}
     for shape_index, (inner, cols) in enumerate(shapes):
@@ -86,8 +106,14 @@ def measure_gemm_rates(device: torch.device, rows: Sequence[int], rounds: int, r
             tasks[(shape_index, count)] = lambda tokens=tokens, weight=weight: tokens @ weight
     samples = interleaved_samples(tasks, rounds, repeats, _synchronizer(device))
     return [
-        float(np.median([2.0 * count * inner * cols / statistics.median(samples[(index, count)])
-                         for index, (inner, cols) in enumerate(shapes)]))
+        float(
+            np.median(
+                [
+                    2.0 * count * inner * cols / statistics.median(samples[(index, count)])
+                    for index, (inner, cols) in enumerate(shapes)
+                ]
+            )
+        )
         for count in rows
     ]
 
@@ -117,7 +143,9 @@ def measure_backward_factor(device: torch.device, sizes: Sequence[tuple[int, int
         up = torch.randn(hidden, 4 * hidden, device=device, requires_grad=True)
         down = torch.randn(2 * hidden, hidden, device=device, requires_grad=True)
 
-        def forward(x: torch.Tensor = x, up: torch.Tensor = up, down: torch.Tensor = down, hidden: int = hidden) -> torch.Tensor:
+        def forward(
+            x: torch.Tensor = x, up: torch.Tensor = up, down: torch.Tensor = down, hidden: int = hidden
+        ) -> torch.Tensor:
             return activate(x @ up, "swiglu", 2 * hidden) @ down
 
         tasks[(index, "forward")] = forward
@@ -168,7 +196,12 @@ def calibration_layers(ranks: int, quick: bool) -> list[CalibrationLayer]:
     """(layer config, rule, capacity factor) of every layer the calibration runs."""
     configs = LAYER_CONFIGS[:3] if quick else LAYER_CONFIGS
     variants = ROUTER_VARIANTS[:3] if quick else ROUTER_VARIANTS
-    return [(config, rule, factor) for rule, factor, count in variants for config in configs[:count] if config[2] % ranks == 0]
+    return [
+        (config, rule, factor)
+        for rule, factor, count in variants
+        for config in configs[:count]
+        if config[2] % ranks == 0
+    ]
 
 
 def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[CalibrationLayer], list[Any]]:
@@ -177,31 +210,55 @@ def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[CalibrationLaye
 
     layers = calibration_layers(ranks, quick)
     scenarios = [
-        scenario_from_dict({
-            "name": f"calibration {rule} cf {factor} T={tokens} h={hidden} E={experts} k={top_k}",
-            "model": {"preset": "tiny-moe", "hidden_size": hidden, "num_attention_heads": 4, "num_key_value_heads": 4,
-                      "moe_intermediate_size": 2 * hidden, "num_experts": experts, "top_k": top_k},
-            "cluster": {"num_nodes": 1, "gpus_per_node": ranks}, "parallelism": {"ep_size": ranks},
-            "workload": {"mode": "inference", "micro_batch_size": 1, "seq_len": tokens,
-                         "precision": {"activations": "fp32", "weights": "fp32"}},  # the CPU's precision, as the grid's
-            "routing": {"strategy": rule, "capacity_factor": factor},
-        })
+        scenario_from_dict(
+            {
+                "name": f"calibration {rule} cf {factor} T={tokens} h={hidden} E={experts} k={top_k}",
+                "model": {
+                    "preset": "tiny-moe",
+                    "hidden_size": hidden,
+                    "num_attention_heads": 4,
+                    "num_key_value_heads": 4,
+                    "moe_intermediate_size": 2 * hidden,
+                    "num_experts": experts,
+                    "top_k": top_k,
+                },
+                "cluster": {"num_nodes": 1, "gpus_per_node": ranks},
+                "parallelism": {"ep_size": ranks},
+                "workload": {
+                    "mode": "inference",
+                    "micro_batch_size": 1,
+                    "seq_len": tokens,
+                    "precision": {"activations": "fp32", "weights": "fp32"},
+                },  # the CPU's precision, as the grid's
+                "routing": {"strategy": rule, "capacity_factor": factor},
+            }
+        )
         for (tokens, hidden, experts, top_k), rule, factor in layers
     ]
     return layers, scenarios
 
 
-def experts_features(model: CostModel, tokens: int, hidden: int, experts: int, top_k: int, load: Sequence[int]) -> tuple[float, ...]:
+def experts_features(
+    model: CostModel, tokens: int, hidden: int, experts: int, top_k: int, load: Sequence[int]
+) -> tuple[float, ...]:
     """Features of an experts phase that ran the executor's SwiGLU experts (ffn = 2 x hidden, fp32) on these loads."""
     rows = np.asarray(load, dtype=float)
     arithmetic = float(model.ffn_seconds(rows, hidden, 2 * hidden, True, 4).sum())
-    return host_phase_features("experts", tokens, hidden, experts, top_k, active_experts=int(np.count_nonzero(rows)),
-                               rows=float(rows.sum()), ffn_seconds=arithmetic)
+    return host_phase_features(
+        "experts",
+        tokens,
+        hidden,
+        experts,
+        top_k,
+        active_experts=int(np.count_nonzero(rows)),
+        rows=float(rows.sum()),
+        ffn_seconds=arithmetic,
+    )
 
 
-def fit_layer_phases(model: CostModel, layers: Sequence[CalibrationLayer],
-                     measured: Sequence[dict[str, Any]], ranks: int
-                     ) -> tuple[dict[str, dict[str, Any]], tuple[float, float], list[dict[str, float]]]:
+def fit_layer_phases(
+    model: CostModel, layers: Sequence[CalibrationLayer], measured: Sequence[dict[str, Any]], ranks: int
+) -> tuple[dict[str, dict[str, Any]], tuple[float, float], list[dict[str, float]]]:
     """Fit every phase as it ran inside the expert-parallel calibration layers.
 
     Returns the `phase_fit` section (non-negative relative least squares of each phase
@@ -214,7 +271,8 @@ def fit_layer_phases(model: CostModel, layers: Sequence[CalibrationLayer],
     for ((tokens, hidden, experts, top_k), rule, factor), report in zip(layers, measured):
         phases = report["phases_s"]
         samples.setdefault(router_fit_key(rule, factor), []).append(
-            (host_phase_features("router", tokens, hidden, experts, top_k), float(np.mean(phases["router"]))))
+            (host_phase_features("router", tokens, hidden, experts, top_k), float(np.mean(phases["router"])))
+        )
         served = float(np.mean(report["served_slots"]))
         for phase in ("permute", "unpermute"):
             features = host_phase_features(phase, tokens, hidden, experts, top_k, served)
@@ -239,17 +297,27 @@ def gemm_shapes(quick: bool) -> tuple[tuple[int, int], ...]:
     return GEMM_SHAPES[:3] if quick else GEMM_SHAPES
 
 
-def _compute_worker(rank: int, world: int, device: str, rows: list[int], rounds: int, repeats: int, quick: bool) -> dict[str, Any]:
+def _compute_worker(
+    rank: int, world: int, device: str, rows: list[int], rounds: int, repeats: int, quick: bool
+) -> dict[str, Any]:
     """Compute micro-benchmarks on one rank while the others run theirs: contention included, as in the executor."""
     target = torch.device(f"cuda:{rank}") if device == "cuda" else torch.device("cpu")
     rates = measure_gemm_rates(target, rows, rounds, repeats, gemm_shapes(quick))
     memory = measure_memory(target, (2, 8) if quick else (2, 8, 32), rounds, repeats)
     launch = measure_launch(target, repeats)
     backward = measure_backward_factor(target, ((64, 48), (256, 96)) if quick else BACKWARD_SIZES, rounds, repeats)
-    return {"rates": rates, "memory": memory, "launch": launch, "backward": backward, "threads": torch.get_num_threads()}
+    return {
+        "rates": rates,
+        "memory": memory,
+        "launch": launch,
+        "backward": backward,
+        "threads": torch.get_num_threads(),
+    }
 
 
-def measure_device(device: str, ranks: int, quick: bool, on_step: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+def measure_device(
+    device: str, ranks: int, quick: bool, on_step: Optional[Callable[[str], None]] = None
+) -> dict[str, Any]:
     """The micro-benchmarks: GEMM curve, memory, launch (every rank at once) and all_to_all_single against bytes."""
     from moesim.executor.launch import spawn
 
@@ -263,9 +331,15 @@ def measure_device(device: str, ranks: int, quick: bool, on_step: Optional[Calla
     sizes = [2**12, 2**16, 2**20] + ([] if quick else [2**22, 2**24])
     alltoall = measure_alltoall(ranks, sizes, rounds, repeats) if ranks > 1 else []
     return {
-        "device": device, "ranks": ranks, "quick": quick, "threads": per_rank[0]["threads"], "rows": rows, "rates": rates,
+        "device": device,
+        "ranks": ranks,
+        "quick": quick,
+        "threads": per_rank[0]["threads"],
+        "rows": rows,
+        "rates": rates,
         "memory": float(np.mean([result["memory"] for result in per_rank])),
-        "launch": float(np.mean([result["launch"] for result in per_rank])), "alltoall": alltoall,
+        "launch": float(np.mean([result["launch"] for result in per_rank])),
+        "alltoall": alltoall,
         "backward_gemm_factor": float(np.mean([result["backward"] for result in per_rank])),
     }
 
@@ -279,8 +353,13 @@ def gemm_model(measured: dict[str, Any]) -> CostModel:
     """The compute model the micro-benchmarks give (before any in-layer fit)."""
     peak = max(measured["rates"])
     return CostModel(
-        name="fit", peak_flops=peak, memory_bytes_per_s=measured["memory"], memory_efficiency=1.0, kernel_launch_s=measured["launch"],
-        measured_rows=tuple(float(r) for r in measured["rows"]), measured_efficiency=tuple(rate / peak for rate in measured["rates"]),
+        name="fit",
+        peak_flops=peak,
+        memory_bytes_per_s=measured["memory"],
+        memory_efficiency=1.0,
+        kernel_launch_s=measured["launch"],
+        measured_rows=tuple(float(r) for r in measured["rows"]),
+        measured_efficiency=tuple(rate / peak for rate in measured["rates"]),
     )
 
 
@@ -288,8 +367,14 @@ NO_EXCHANGE_BYTES_PER_S = 1e12
 """Stand-in bandwidth of a profile measured on one rank, which never exchanges tokens."""
 
 
-def write_profile(measured: dict[str, Any], layers: Sequence[CalibrationLayer], layer_reports: Sequence[dict[str, Any]],
-                  out_dir: str | Path, fits: Optional[dict[str, Any]] = None, suffix: str = "") -> Path:
+def write_profile(
+    measured: dict[str, Any],
+    layers: Sequence[CalibrationLayer],
+    layer_reports: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    fits: Optional[dict[str, Any]] = None,
+    suffix: str = "",
+) -> Path:
     """Fit the calibration layers' phases on top of the micro-benchmarks and write the profile JSON.
 
     `fits` adds phase models fitted elsewhere (the single-device experts validation);
@@ -302,7 +387,9 @@ def write_profile(measured: dict[str, Any], layers: Sequence[CalibrationLayer], 
     if layers:
         # the simulator uses the exchange as the layer performs it (count exchange, uneven splits, ranks
         # that arrive at different times); the bare all_to_all_single fit is kept for reference
-        layer_fits, (latency, bandwidth), layer_points = fit_layer_phases(gemm_model(measured), layers, layer_reports, ranks)
+        layer_fits, (latency, bandwidth), layer_points = fit_layer_phases(
+            gemm_model(measured), layers, layer_reports, ranks
+        )
         fits.update(layer_fits)
     name = device_name(torch.device(measured["device"]), ranks, measured["threads"])
     profile = {
@@ -314,14 +401,22 @@ def write_profile(measured: dict[str, Any], layers: Sequence[CalibrationLayer], 
         "memory_efficiency": 1.0,
         "kernel_launch_s": measured["launch"],
         "backward_gemm_factor": measured["backward_gemm_factor"],
-        "gemm_efficiency": {"rows": measured["rows"], "efficiency": [rate / max(measured["rates"]) for rate in measured["rates"]],
-                            "shapes": [list(s) for s in gemm_shapes(measured["quick"])]},
+        "gemm_efficiency": {
+            "rows": measured["rows"],
+            "efficiency": [rate / max(measured["rates"]) for rate in measured["rates"]],
+            "shapes": [list(s) for s in gemm_shapes(measured["quick"])],
+        },
         "phase_fit": fits,
         "alltoall": {
-            "ranks": ranks, "backend": ("nccl" if measured["device"] == "cuda" else "gloo") if alltoall else "none",
-            "bytes_per_rank": [size for size, _ in alltoall], "seconds": [value for _, value in alltoall],
-            "latency_s": latency, "bytes_per_s": bandwidth,
-            "isolated_latency_s": isolated[0], "isolated_bytes_per_s": isolated[1], "layer_points": layer_points,
+            "ranks": ranks,
+            "backend": ("nccl" if measured["device"] == "cuda" else "gloo") if alltoall else "none",
+            "bytes_per_rank": [size for size, _ in alltoall],
+            "seconds": [value for _, value in alltoall],
+            "latency_s": latency,
+            "bytes_per_s": bandwidth,
+            "isolated_latency_s": isolated[0],
+            "isolated_bytes_per_s": isolated[1],
+            "layer_points": layer_points,
         },
     }
     folder = Path(out_dir)
@@ -332,7 +427,10 @@ def write_profile(measured: dict[str, Any], layers: Sequence[CalibrationLayer], 
 
 
 def calibrate(
-    device: str = "cpu", ranks: int = 2, out_dir: str | Path = "validation/profiles", quick: bool = False,
+    device: str = "cpu",
+    ranks: int = 2,
+    out_dir: str | Path = "validation/profiles",
+    quick: bool = False,
     on_step: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Measure, fit and write the profile; returns its path.

@@ -66,8 +66,9 @@ def grouped_cases(device: str, quick: bool) -> list[tuple[str, list[int], int, i
     return cases
 
 
-def _grouped_tasks(cases: Sequence[tuple[str, list[int], int, int]], weights: torch.Tensor, device: torch.device,
-                   dtype: torch.dtype) -> dict[int, Callable[[], Any]]:
+def _grouped_tasks(
+    cases: Sequence[tuple[str, list[int], int, int]], weights: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> dict[int, Callable[[], Any]]:
     """Runnable benchmarks of cases that share one weight tensor [groups, inner, cols]."""
     tasks: dict[int, Callable[[], Any]] = {}
     generator = torch.Generator(device=device).manual_seed(7919)
@@ -88,8 +89,13 @@ def event_synchronizer(device: torch.device) -> Optional[Callable[[], None]]:
     return torch.cuda.synchronize if device.type == "cuda" else None
 
 
-def measure_grouped(device: torch.device, dtype: torch.dtype, cases: Sequence[tuple[str, list[int], int, int]],
-                    rounds: int, repeats: int) -> list[GroupedSample]:
+def measure_grouped(
+    device: torch.device,
+    dtype: torch.dtype,
+    cases: Sequence[tuple[str, list[int], int, int]],
+    rounds: int,
+    repeats: int,
+) -> list[GroupedSample]:
     """Median seconds of every grouped case: (kind, rows per group, inner, cols, seconds).
 
     Cases that share a weight shape run as one block (their weights allocated once, their
@@ -115,8 +121,14 @@ ROUTER_SHAPES_GPU = ((3072, 8), (5120, 16), (2560, 48), (3584, 96), (5120, 160),
 ROUTER_ROWS_GPU = (1024, 8192, 32768)
 
 
-def measure_dense(device: torch.device, dtype: torch.dtype, shapes: Sequence[tuple[int, int]], rows: Sequence[int],
-                  rounds: int, repeats: int) -> list[dict[str, float]]:
+def measure_dense(
+    device: torch.device,
+    dtype: torch.dtype,
+    shapes: Sequence[tuple[int, int]],
+    rows: Sequence[int],
+    rounds: int,
+    repeats: int,
+) -> list[dict[str, float]]:
     """Median seconds of `[rows x inner] @ [inner x cols]` for every shape and row count."""
     tasks: dict[tuple[int, int, int], Callable[[], Any]] = {}
     for inner, cols in shapes:
@@ -125,15 +137,19 @@ def measure_dense(device: torch.device, dtype: torch.dtype, shapes: Sequence[tup
             tokens = torch.randn(count, inner, device=device).to(dtype)
             tasks[(count, inner, cols)] = lambda tokens=tokens, weight=weight: tokens @ weight
     samples = interleaved_samples(tasks, rounds, repeats, event_synchronizer(device), device=device)
-    return [{"rows": count, "inner": inner, "cols": cols, "seconds": statistics.median(samples[(count, inner, cols)])}
-            for count, inner, cols in tasks]
+    return [
+        {"rows": count, "inner": inner, "cols": cols, "seconds": statistics.median(samples[(count, inner, cols)])}
+        for count, inner, cols in tasks
+    ]
 
 
 def measure_copy(device: torch.device, megabytes: int, rounds: int, repeats: int) -> float:
     """Bytes read + written per second by a device copy of `megabytes`."""
     source = torch.empty(megabytes * 2**20 // 4, device=device)
     target = torch.empty_like(source)
-    samples = interleaved_samples({0: lambda: target.copy_(source)}, rounds, repeats, event_synchronizer(device), device=device)
+    samples = interleaved_samples(
+        {0: lambda: target.copy_(source)}, rounds, repeats, event_synchronizer(device), device=device
+    )
     return 2 * megabytes * 2**20 / statistics.median(samples[0])
 
 
@@ -157,8 +173,10 @@ def measure_kernels(device: str, quick: bool, on_step: Optional[Callable[[str], 
         "dtype": str(dtype).replace("torch.", ""),
         "copy_bytes_per_s": copy,
         "dense": dense,
-        "grouped": [{"kind": kind, "rows": loads, "inner": inner, "cols": cols, "seconds": seconds}
-                    for kind, loads, inner, cols, seconds in grouped],
+        "grouped": [
+            {"kind": kind, "rows": loads, "inner": inner, "cols": cols, "seconds": seconds}
+            for kind, loads, inner, cols, seconds in grouped
+        ],
         "sms": torch.cuda.get_device_properties(target).multi_processor_count if target.type == "cuda" else 1,
     }
 
@@ -177,7 +195,8 @@ def dense_model_from(kernels: dict[str, Any]) -> tuple[GroupedGemmModel, float]:
 
 def grouped_model_from(kernels: dict[str, Any]) -> tuple[GroupedGemmModel, float]:
     """`GroupedGemmModel` fitted to the measured grouped GEMMs, with its median error on them."""
-    samples: list[GroupedSample] = [(row["kind"], row["rows"], row["inner"], row["cols"], row["seconds"])
-                                    for row in kernels["grouped"]]
+    samples: list[GroupedSample] = [
+        (row["kind"], row["rows"], row["inner"], row["cols"], row["seconds"]) for row in kernels["grouped"]
+    ]
     model = fit_grouped_model(samples, dense_peak(kernels), kernels["copy_bytes_per_s"], kernels["sms"])
     return model, float(np.median(np.abs(relative_errors(model, samples))))

@@ -66,8 +66,11 @@ class LayerCase:
 
     def router_options(self) -> dict[str, Any]:
         """`make_router` options: the rule of the model the shape comes from (weights renormalised, groups)."""
-        options: dict[str, Any] = {"capacity_factor": self.capacity_factor, "num_shared_experts": self.shape.shared,
-                                   "normalize_weights": self.renormalises}
+        options: dict[str, Any] = {
+            "capacity_factor": self.capacity_factor,
+            "num_shared_experts": self.shape.shared,
+            "normalize_weights": self.renormalises,
+        }
         if self.rule == "bias_balanced":
             groups, per_token = self.groups or (1, 1)
             options.update(num_expert_groups=groups, topk_groups=per_token)
@@ -76,26 +79,47 @@ class LayerCase:
     def scenario_document(self, gpu: dict[str, Any], profile_path: str) -> dict[str, Any]:
         """A one-layer, one-device scenario of this case for the simulator, on the profiled device."""
         shape = self.shape
-        routing: dict[str, Any] = {"strategy": self.rule, "capacity_factor": self.capacity_factor,
-                                   "normalize_weights": self.renormalises}
+        routing: dict[str, Any] = {
+            "strategy": self.rule,
+            "capacity_factor": self.capacity_factor,
+            "normalize_weights": self.renormalises,
+        }
         model: dict[str, Any] = {
-            "preset": "tiny-moe", "num_layers": 1, "hidden_size": shape.hidden, "num_attention_heads": 8,
-            "num_key_value_heads": 8, "moe_intermediate_size": shape.ffn, "intermediate_size": shape.ffn,
-            "num_experts": shape.experts, "top_k": self.top_k, "num_shared_experts": shape.shared,
-            "expert_ffn_activation": GATED, "vocab_size": 256,
+            "preset": "tiny-moe",
+            "num_layers": 1,
+            "hidden_size": shape.hidden,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+            "moe_intermediate_size": shape.ffn,
+            "intermediate_size": shape.ffn,
+            "num_experts": shape.experts,
+            "top_k": self.top_k,
+            "num_shared_experts": shape.shared,
+            "expert_ffn_activation": GATED,
+            "vocab_size": 256,
         }
         if self.rule == "bias_balanced":
             groups, per_token = self.groups or (1, 1)
             model.update(router_score_function="sigmoid", router_bias=True, router_group_score="top2_sum")
             routing.update(num_expert_groups=groups, topk_groups=per_token)
         return {
-            "name": self.label, "model": model, "cluster": {"num_nodes": 1, "gpus_per_node": 1, "gpu": gpu},
+            "name": self.label,
+            "model": model,
+            "cluster": {"num_nodes": 1, "gpus_per_node": 1, "gpu": gpu},
             "parallelism": {"ep_size": 1},
-            "workload": {"mode": "training" if self.training else "inference", "micro_batch_size": 1, "seq_len": self.tokens,
-                         "expert_popularity_skew": self.skew},
+            "workload": {
+                "mode": "training" if self.training else "inference",
+                "micro_batch_size": 1,
+                "seq_len": self.tokens,
+                "expert_popularity_skew": self.skew,
+            },
             "routing": routing,
-            "simulation": {"network_mode": "fast", "max_routed_tokens": self.tokens, "overlap_shared_experts": False,
-                           "cost_profile": profile_path},
+            "simulation": {
+                "network_mode": "fast",
+                "max_routed_tokens": self.tokens,
+                "overlap_shared_experts": False,
+                "cost_profile": profile_path,
+            },
         }
 
 
@@ -107,8 +131,12 @@ DBRX = LayerShape("dbrx", 6144, 10752, 16)
 TOP1 = LayerShape("switch-style-32e", 4096, 8192, 32)
 
 VALIDATION_MODELS: tuple[tuple[LayerShape, int, str, Optional[tuple[int, int]]], ...] = (
-    (MIXTRAL, 2, "top_k", None), (DEEPSEEK_V3, 8, "bias_balanced", (8, 4)), (QWEN3, 8, "top_k", None),
-    (OLMOE, 8, "top_k", None), (DBRX, 4, "top_k", None), (TOP1, 1, "top_k", None),
+    (MIXTRAL, 2, "top_k", None),
+    (DEEPSEEK_V3, 8, "bias_balanced", (8, 4)),
+    (QWEN3, 8, "top_k", None),
+    (OLMOE, 8, "top_k", None),
+    (DBRX, 4, "top_k", None),
+    (TOP1, 1, "top_k", None),
 )
 """(shape, top-k, the model's own rule, its groups) of every validation layer."""
 
@@ -122,8 +150,14 @@ CALIBRATION_MODELS: tuple[tuple[LayerShape, int, str, Optional[tuple[int, int]]]
 )
 
 
-def _cases(models: Any, tokens: tuple[int, ...], training_tokens: tuple[int, ...], skews: tuple[float, ...],
-           variant_tokens: tuple[int, ...], variants: tuple[tuple[str, float], ...]) -> list[LayerCase]:
+def _cases(
+    models: Any,
+    tokens: tuple[int, ...],
+    training_tokens: tuple[int, ...],
+    skews: tuple[float, ...],
+    variant_tokens: tuple[int, ...],
+    variants: tuple[tuple[str, float], ...],
+) -> list[LayerCase]:
     cases = []
     for (shape, top_k, rule, groups), count, skew in itertools.product(models, tokens, skews):
         cases.append(LayerCase(shape, top_k, count, rule, None, skew, False, groups))
@@ -137,18 +171,41 @@ def _cases(models: Any, tokens: tuple[int, ...], training_tokens: tuple[int, ...
 def layer_grids(device: str, quick: bool = False) -> tuple[list[LayerCase], list[LayerCase]]:
     """(calibration, validation) cases for a device; on the CPU small stand-ins of the same structure."""
     if quick or device != "cuda":
-        small = (LayerShape("cpu-64x96x8", 64, 96, 8), 2, "top_k", None), (LayerShape("cpu-96x64x16", 96, 64, 16, 1), 4,
-                                                                          "bias_balanced", (4, 2))
-        held_out = (LayerShape("cpu-80x128x8", 80, 128, 8), 2, "top_k", None), (LayerShape("cpu-112x48x16", 112, 48, 16, 1),
-                                                                               4, "bias_balanced", (4, 2))
-        sizes = ((128, 512), (256,), (0.0, 1.0), (256,)) if quick else ((256, 1024, 2048), (512, 1024), (0.0, 1.2), (1024,))
+        small = (
+            (LayerShape("cpu-64x96x8", 64, 96, 8), 2, "top_k", None),
+            (LayerShape("cpu-96x64x16", 96, 64, 16, 1), 4, "bias_balanced", (4, 2)),
+        )
+        held_out = (
+            (LayerShape("cpu-80x128x8", 80, 128, 8), 2, "top_k", None),
+            (LayerShape("cpu-112x48x16", 112, 48, 16, 1), 4, "bias_balanced", (4, 2)),
+        )
+        sizes = (
+            ((128, 512), (256,), (0.0, 1.0), (256,)) if quick else ((256, 1024, 2048), (512, 1024), (0.0, 1.2), (1024,))
+        )
         variants = (("top_k", 1.25), ("expert_choice", 1.0))
-        return (_cases(small, sizes[0], sizes[1], sizes[2], sizes[3], variants),
-                _cases(held_out, tuple(t + t // 2 for t in sizes[0]), sizes[1], sizes[2], sizes[3], variants))
-    calibration = _cases(CALIBRATION_MODELS, (2048, 8192, 24576), (2048, 8192), (0.0, 1.0), (2048, 8192, 24576),
-                         (("top_k", 1.5), ("expert_choice", 1.25)))
-    validation = _cases(VALIDATION_MODELS, (1024, 4096, 16384), (4096, 16384), (0.0, 1.2), (4096, 16384),
-                        (("top_k", 1.25), ("expert_choice", 1.0)))
-    validation += [LayerCase(shape, top_k, 32768, rule, None, 0.0, False, groups)
-                   for shape, top_k, rule, groups in VALIDATION_MODELS if shape.weight_bytes < 4e9]
+        return (
+            _cases(small, sizes[0], sizes[1], sizes[2], sizes[3], variants),
+            _cases(held_out, tuple(t + t // 2 for t in sizes[0]), sizes[1], sizes[2], sizes[3], variants),
+        )
+    calibration = _cases(
+        CALIBRATION_MODELS,
+        (2048, 8192, 24576),
+        (2048, 8192),
+        (0.0, 1.0),
+        (2048, 8192, 24576),
+        (("top_k", 1.5), ("expert_choice", 1.25)),
+    )
+    validation = _cases(
+        VALIDATION_MODELS,
+        (1024, 4096, 16384),
+        (4096, 16384),
+        (0.0, 1.2),
+        (4096, 16384),
+        (("top_k", 1.25), ("expert_choice", 1.0)),
+    )
+    validation += [
+        LayerCase(shape, top_k, 32768, rule, None, 0.0, False, groups)
+        for shape, top_k, rule, groups in VALIDATION_MODELS
+        if shape.weight_bytes < 4e9
+    ]
     return calibration, validation

@@ -57,8 +57,11 @@ def published_table(network_mode: str = "full") -> str:
             f"{run.gpu_hours_per_trillion_tokens / 1e3:,.0f}K GPU-h | {predicted / 1e3:,.0f}K GPU-h | "
             f"{predicted / run.gpu_hours_per_trillion_tokens:.2f} | {run.source} | {run.differences} |"
         )
-    lines += ["", "No other preset's GPU training throughput is public: Switch, GShard and GLaM were trained on TPUs; "
-              "Mixtral, DBRX, NLLB-MoE, OLMoE and Qwen3 publish no step time or GPU-hours per token."]
+    lines += [
+        "",
+        "No other preset's GPU training throughput is public: Switch, GShard and GLaM were trained on TPUs; "
+        "Mixtral, DBRX, NLLB-MoE, OLMoE and Qwen3 publish no step time or GPU-hours per token.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -54,8 +54,17 @@ class ResidentLayers:
                 self.layers.popitem(last=False)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-            self.layers[shape] = MoELayer(shape.hidden, shape.ffn, shape.experts, router, activation=GATED,
-                                          num_shared_experts=shape.shared, seed=17, dtype=self.dtype, device=self.device)
+            self.layers[shape] = MoELayer(
+                shape.hidden,
+                shape.ffn,
+                shape.experts,
+                router,
+                activation=GATED,
+                num_shared_experts=shape.shared,
+                seed=17,
+                dtype=self.dtype,
+                device=self.device,
+            )
         layer = self.layers[shape]
         layer.router = router
         return layer
@@ -67,17 +76,27 @@ def _router(case: LayerCase) -> Any:
     return make_router(case.rule, case.shape.experts, case.top_k, **case.router_options())
 
 
-def _inputs(case: LayerCase, layer: Any, index: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(
+    case: LayerCase, layer: Any, index: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     from moesim.executor.launch import skewed_tokens
 
     generator = torch.Generator(device=device).manual_seed(1000 + index)
     x = torch.randn(case.tokens, case.shape.hidden, generator=generator, device=device).to(dtype)
     x = skewed_tokens(x, layer.router_weight, case.skew)
-    return x.requires_grad_(case.training), torch.randn(case.tokens, case.shape.hidden, generator=generator, device=device).to(dtype)
+    return x.requires_grad_(case.training), torch.randn(
+        case.tokens, case.shape.hidden, generator=generator, device=device
+    ).to(dtype)
 
 
-def measure_cases(cases: list[LayerCase], device: torch.device, rounds: int, repeats: int, warmup: int = 2,
-                  on_progress: Optional[Callable[[int, int], None]] = None) -> list[dict[str, Any]]:
+def measure_cases(
+    cases: list[LayerCase],
+    device: torch.device,
+    rounds: int,
+    repeats: int,
+    warmup: int = 2,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+) -> list[dict[str, Any]]:
     """Per case: median seconds of every phase (and their sum, 'forward'), the expert loads, the served slots."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     budget = 0.45 * torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else float("inf")
@@ -89,9 +108,17 @@ def measure_cases(cases: list[LayerCase], device: torch.device, rounds: int, rep
         for index, case in enumerate(cases):
             if "error" not in facts[index]:
                 try:
-                    _visit(case, resident.get(case.shape, routers[index]), index, device, dtype,
-                           repeats + (warmup if round_index == 0 else 0), warmup if round_index == 0 else 0,
-                           samples[index], facts[index])
+                    _visit(
+                        case,
+                        resident.get(case.shape, routers[index]),
+                        index,
+                        device,
+                        dtype,
+                        repeats + (warmup if round_index == 0 else 0),
+                        warmup if round_index == 0 else 0,
+                        samples[index],
+                        facts[index],
+                    )
                 except (RuntimeError, ValueError) as error:  # out of memory, a kernel's limit: keep the others
                     facts[index] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
                     if device.type == "cuda":
@@ -109,8 +136,17 @@ def measure_cases(cases: list[LayerCase], device: torch.device, rounds: int, rep
     return results
 
 
-def _visit(case: LayerCase, layer: Any, index: int, device: torch.device, dtype: torch.dtype, runs: int, untimed: int,
-           samples: dict[str, list[float]], facts: dict[str, Any]) -> None:
+def _visit(
+    case: LayerCase,
+    layer: Any,
+    index: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    runs: int,
+    untimed: int,
+    samples: dict[str, list[float]],
+    facts: dict[str, Any],
+) -> None:
     """`runs` passes of one case's layer (the first `untimed` not recorded); its loads noted on the first visit."""
     x, upstream = _inputs(case, layer, index, device, dtype)
     for run in range(runs):
@@ -131,8 +167,14 @@ def _visit(case: LayerCase, layer: Any, index: int, device: torch.device, dtype:
 
 
 def _gpu_of(profile: dict[str, Any]) -> dict[str, Any]:
-    return {"name": profile["device"], "peak_bf16_tflops": profile["peak_flops"] / 1e12, "hbm_gb": profile.get("memory_gb") or 1000,
-            "hbm_tb_per_s": profile["memory_bytes_per_s"] / 1e12, "scale_up_gb_per_s": 450, "nic_gbps": 400}
+    return {
+        "name": profile["device"],
+        "peak_bf16_tflops": profile["peak_flops"] / 1e12,
+        "hbm_gb": profile.get("memory_gb") or 1000,
+        "hbm_tb_per_s": profile["memory_bytes_per_s"] / 1e12,
+        "scale_up_gb_per_s": 450,
+        "nic_gbps": 400,
+    }
 
 
 def base_profile(device_name: str, kernels: dict[str, Any], memory_gb: float) -> dict[str, Any]:
@@ -143,41 +185,73 @@ def base_profile(device_name: str, kernels: dict[str, Any], memory_gb: float) ->
     peak = dense_peak(kernels)
     by_rows: dict[int, list[float]] = {}
     for row in kernels["dense"]:
-        by_rows.setdefault(row["rows"], []).append(2.0 * row["rows"] * row["inner"] * row["cols"] / row["seconds"] / peak)
+        by_rows.setdefault(row["rows"], []).append(
+            2.0 * row["rows"] * row["inner"] * row["cols"] / row["seconds"] / peak
+        )
     on_gpu = kernels["sms"] > 1
     grouped, grouped_error = grouped_model_from(kernels) if on_gpu else (None, None)
     dense, dense_error = dense_model_from(kernels) if on_gpu else (None, None)
     rows = sorted(by_rows)
     return {
-        "device": device_name, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
-        "peak_flops": peak, "memory_bytes_per_s": kernels["copy_bytes_per_s"], "memory_efficiency": 1.0, "memory_gb": memory_gb,
-        "kernel_launch_s": 0.0, "backward_gemm_factor": 2.0,
+        "device": device_name,
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+        "peak_flops": peak,
+        "memory_bytes_per_s": kernels["copy_bytes_per_s"],
+        "memory_efficiency": 1.0,
+        "memory_gb": memory_gb,
+        "kernel_launch_s": 0.0,
+        "backward_gemm_factor": 2.0,
         "gemm_efficiency": {"rows": rows, "efficiency": [float(np.median(by_rows[r])) for r in rows]},
-        "grouped_gemm": grouped.as_dict() if grouped else None, "grouped_gemm_median_error": grouped_error,
-        "dense_gemm": dense.as_dict() if dense else None, "dense_gemm_median_error": dense_error,
-        "phase_fit": {}, "alltoall": {"ranks": 1, "backend": "none", "latency_s": 0.0, "bytes_per_s": 1e12},
+        "grouped_gemm": grouped.as_dict() if grouped else None,
+        "grouped_gemm_median_error": grouped_error,
+        "dense_gemm": dense.as_dict() if dense else None,
+        "dense_gemm_median_error": dense_error,
+        "phase_fit": {},
+        "alltoall": {"ranks": 1, "backend": "none", "latency_s": 0.0, "bytes_per_s": 1e12},
     }
 
 
-def case_features(case: LayerCase, measured: dict[str, Any], cost: CostModel) -> dict[str, tuple[tuple[float, ...], float]]:
+def case_features(
+    case: LayerCase, measured: dict[str, Any], cost: CostModel
+) -> dict[str, tuple[tuple[float, ...], float]]:
     """(features, measured seconds) of every calibrated phase key of one measured case (`DEVICE_PHASE_FEATURES`)."""
     shape, phases, loads = case.shape, measured["phases_s"], np.asarray(measured["loads"], dtype=float)
     served = float(measured["served"])
 
     def work(**extra: Any) -> PhaseWork:
-        return moe_work(case.rule, case.capacity_factor, case.tokens, shape.hidden, shape.experts, case.top_k, served,
-                        recording=case.training, **extra)
+        return moe_work(
+            case.rule,
+            case.capacity_factor,
+            case.tokens,
+            shape.hidden,
+            shape.experts,
+            case.top_k,
+            served,
+            recording=case.training,
+            **extra,
+        )
 
     def features(phase: str, **extra: float) -> tuple[float, ...]:
         return feature_vector(DEVICE_PHASE_FEATURES[phase], work(**extra))
 
     router_gemm = float(cost.gemm_seconds(case.tokens, shape.hidden, shape.experts))
     out = {
-        router_fit_key(case.rule, case.capacity_factor): (features("router", router_gemm_seconds=router_gemm), phases["router"]),
+        router_fit_key(case.rule, case.capacity_factor): (
+            features("router", router_gemm_seconds=router_gemm),
+            phases["router"],
+        ),
         "permute": (features("permute"), phases["permute"]),
         "unpermute": (features("unpermute"), phases["unpermute"]),
-        "experts": (features("experts", active_experts=int(np.count_nonzero(loads)), rows=served,
-                             ffn_seconds=cost.experts_ffn_seconds(loads, shape.hidden, shape.ffn, True)), phases["experts"]),
+        "experts": (
+            features(
+                "experts",
+                active_experts=int(np.count_nonzero(loads)),
+                rows=served,
+                ffn_seconds=cost.experts_ffn_seconds(loads, shape.hidden, shape.ffn, True),
+            ),
+            phases["experts"],
+        ),
     }
     if shape.shared:
         dense = float(cost.ffn_seconds(case.tokens, shape.hidden, shape.ffn * shape.shared, True))
@@ -186,12 +260,16 @@ def case_features(case: LayerCase, measured: dict[str, Any], cost: CostModel) ->
         shuffle = phases["permute"] + phases["unpermute"]
         other = phases["router"] + phases.get("shared_experts", 0.0)
         backward = cost.experts_ffn_backward_seconds(loads, shape.hidden, shape.ffn, True)
-        out["backward"] = (features("backward", backward_seconds=backward, shuffle_seconds=shuffle, other_seconds=other),
-                           phases["backward"])
+        out["backward"] = (
+            features("backward", backward_seconds=backward, shuffle_seconds=shuffle, other_seconds=other),
+            phases["backward"],
+        )
     return out
 
 
-def fit_phases(profile: dict[str, Any], path: Path, cases: list[LayerCase], measured: list[dict[str, Any]]) -> dict[str, Any]:
+def fit_phases(
+    profile: dict[str, Any], path: Path, cases: list[LayerCase], measured: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The phase models fitted to the calibration cases, written into the profile at `path`."""
     path.write_text(json.dumps(profile, indent=1))
     cost = CostModel.from_profile(path)
@@ -210,8 +288,9 @@ def fit_phases(profile: dict[str, Any], path: Path, cases: list[LayerCase], meas
     return profile
 
 
-def predict_case(case: LayerCase, measured: dict[str, Any], profile: dict[str, Any], path: Path,
-                 cost: Optional[CostModel] = None) -> dict[str, float]:
+def predict_case(
+    case: LayerCase, measured: dict[str, Any], profile: dict[str, Any], path: Path, cost: Optional[CostModel] = None
+) -> dict[str, float]:
     """The simulator's seconds per phase of one case, replaying the expert loads its router produced."""
     from moesim.cluster.topology import Topology
     from moesim.scenario import scenario_from_dict
@@ -223,22 +302,36 @@ def predict_case(case: LayerCase, measured: dict[str, Any], profile: dict[str, A
     scenario = scenario_from_dict(case.scenario_document(_gpu_of(profile), str(path)))
     loads = np.asarray(measured["loads"], dtype=float)
     requested = float(case.tokens * case.top_k)
-    routing = LayerRouting(expert_tokens=loads, traffic=Traffic(np.arange(1), np.zeros((1, 1)), np.zeros((1, 1))),
-                           dropped_pairs=max(requested - loads.sum(), 0.0), requested_pairs=requested,
-                           load_imbalance=float(loads.max() / max(loads.mean(), 1e-12)), rank_rows=[loads])
-    builder = PhaseBuilder(scenario, StagePlan(scenario), cost or CostModel.from_profile(path),
-                           Topology.from_cluster(scenario.cluster), case.tokens, case.tokens)
+    routing = LayerRouting(
+        expert_tokens=loads,
+        traffic=Traffic(np.arange(1), np.zeros((1, 1)), np.zeros((1, 1))),
+        dropped_pairs=max(requested - loads.sum(), 0.0),
+        requested_pairs=requested,
+        load_imbalance=float(loads.max() / max(loads.mean(), 1e-12)),
+        rank_rows=[loads],
+    )
+    builder = PhaseBuilder(
+        scenario,
+        StagePlan(scenario),
+        cost or CostModel.from_profile(path),
+        Topology.from_cluster(scenario.cluster),
+        case.tokens,
+        case.tokens,
+    )
     program = builder.stage_program(0, [routing], 0)
     predicted = {phase.name: float(phase.seconds[0]) for phase in program.forward if phase.name in FORWARD_PHASES}
     predicted["forward"] = sum(predicted.values())
     if case.training:
-        predicted["backward"] = sum(float(phase.seconds[0]) for phase in program.backward
-                                    if phase.name in FORWARD_PHASES)
+        predicted["backward"] = sum(
+            float(phase.seconds[0]) for phase in program.backward if phase.name in FORWARD_PHASES
+        )
     predicted["layer"] = predicted["forward"] + predicted.get("backward", 0.0)
     return predicted
 
 
-def comparison_rows(cases: list[LayerCase], measured: list[dict[str, Any]], profile: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+def comparison_rows(
+    cases: list[LayerCase], measured: list[dict[str, Any]], profile: dict[str, Any], path: Path
+) -> list[dict[str, Any]]:
     """One row per validation case and phase: measured, predicted, signed relative error."""
     rows = []
     cost = CostModel.from_profile(path)
@@ -249,18 +342,32 @@ def comparison_rows(cases: list[LayerCase], measured: list[dict[str, Any]], prof
         loads = np.asarray(result["loads"], dtype=float)
         for name in (*FORWARD_PHASES, "backward", "forward", "layer"):
             if name in phases and name in predicted and phases[name] > 0:
-                rows.append({"config": case.label, "shape": case.shape.name, "rule": case.rule_label,
-                             "mode": "training" if case.training else "inference", "phase": name,
-                             "measured_s": phases[name], "predicted_s": predicted[name],
-                             "signed_error": predicted[name] / phases[name] - 1.0,
-                             "error": abs(predicted[name] / phases[name] - 1.0),
-                             "imbalance": float(loads.max() / max(loads.mean(), 1e-12))})
+                rows.append(
+                    {
+                        "config": case.label,
+                        "shape": case.shape.name,
+                        "rule": case.rule_label,
+                        "mode": "training" if case.training else "inference",
+                        "phase": name,
+                        "measured_s": phases[name],
+                        "predicted_s": predicted[name],
+                        "signed_error": predicted[name] / phases[name] - 1.0,
+                        "error": abs(predicted[name] / phases[name] - 1.0),
+                        "imbalance": float(loads.max() / max(loads.mean(), 1e-12)),
+                    }
+                )
     return rows
 
 
-def run_single_device(device: str = "cuda", quick: bool = False, rounds: int = 3, repeats: int = 2,
-                      on_step: Optional[Callable[[str], None]] = None,
-                      on_progress: Optional[Callable[[int, int], None]] = None, validation: bool = True) -> dict[str, Any]:
+def run_single_device(
+    device: str = "cuda",
+    quick: bool = False,
+    rounds: int = 3,
+    repeats: int = 2,
+    on_step: Optional[Callable[[str], None]] = None,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+    validation: bool = True,
+) -> dict[str, Any]:
     """Measure kernels, calibration and (unless `validation` is False) validation layers on this device, interleaved;
     everything a profile and a report need, as raw data."""
     from moesim.validation.calibrate import device_name
@@ -275,27 +382,47 @@ def run_single_device(device: str = "cuda", quick: bool = False, rounds: int = 3
     started = time.perf_counter()
     measured = measure_cases(calibration + held_out, target, rounds, repeats, on_progress=on_progress)
     return {
-        "device": device_name(target, 1), "torch": torch.__version__, "quick": quick, "rounds": rounds, "repeats": repeats,
+        "device": device_name(target, 1),
+        "torch": torch.__version__,
+        "quick": quick,
+        "rounds": rounds,
+        "repeats": repeats,
         "memory_gb": torch.cuda.get_device_properties(target).total_memory / 1e9 if target.type == "cuda" else 0.0,
-        "layer_seconds": time.perf_counter() - started, "kernels": kernels,
-        "calibration": measured[: len(calibration)], "validation": measured[len(calibration):],
+        "layer_seconds": time.perf_counter() - started,
+        "kernels": kernels,
+        "calibration": measured[: len(calibration)],
+        "validation": measured[len(calibration) :],
     }
 
 
-def fit_profile(device: str, kernels: dict[str, Any], memory_gb: float, cases: list[LayerCase],
-                measured: list[dict[str, Any]], profile_dir: Path) -> tuple[dict[str, Any], Path]:
-    """The device's profile, fitted to its kernels and the calibration layers that ran, at `profile_dir/<device>.json`."""
+def fit_profile(
+    device: str,
+    kernels: dict[str, Any],
+    memory_gb: float,
+    cases: list[LayerCase],
+    measured: list[dict[str, Any]],
+    profile_dir: Path,
+) -> tuple[dict[str, Any], Path]:
+    """The device's profile, fitted to its kernels and the calibration layers that ran, at
+    `profile_dir/<device>.json`."""
     profile_dir.mkdir(parents=True, exist_ok=True)
     path = profile_dir / f"{device}.json"
     usable = [(case, result) for case, result in zip(cases, measured) if "error" not in result]
-    profile = fit_phases(base_profile(device, kernels, memory_gb), path, [case for case, _ in usable],
-                         [result for _, result in usable])
+    profile = fit_phases(
+        base_profile(device, kernels, memory_gb), path, [case for case, _ in usable], [result for _, result in usable]
+    )
     return profile, path
 
 
-def calibrate_single_device(device: str = "cuda", quick: bool = False, rounds: int = 3, repeats: int = 2,
-                            profile_dir: Path = Path("validation/profiles"), on_step: Optional[Callable[[str], None]] = None,
-                            on_progress: Optional[Callable[[int, int], None]] = None) -> Path:
+def calibrate_single_device(
+    device: str = "cuda",
+    quick: bool = False,
+    rounds: int = 3,
+    repeats: int = 2,
+    profile_dir: Path = Path("validation/profiles"),
+    on_step: Optional[Callable[[str], None]] = None,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+) -> Path:
     """`moesim calibrate --device cuda`: the kernels and the calibration layers alone; the profile's path."""
     raw = run_single_device(device, quick, rounds, repeats, on_step, on_progress, validation=False)
     calibration, _ = layer_grids(device, quick)
@@ -305,9 +432,12 @@ def calibrate_single_device(device: str = "cuda", quick: bool = False, rounds: i
 def report_from_raw(raw: dict[str, Any], profile_dir: Path) -> tuple[list[dict[str, Any]], Path]:
     """Fit the profile to the raw data's kernels and calibration layers, then compare on its validation layers."""
     calibration, validation = layer_grids("cuda" if "cpu" not in raw["device"] else "cpu", raw["quick"])
-    if [c.label for c in calibration] != [r["case"] for r in raw["calibration"]] or \
-            [c.label for c in validation] != [r["case"] for r in raw["validation"]]:
+    if [c.label for c in calibration] != [r["case"] for r in raw["calibration"]] or [c.label for c in validation] != [
+        r["case"] for r in raw["validation"]
+    ]:
         raise ValueError("the raw data's layers are not this version's grid; measure again")
-    profile, path = fit_profile(raw["device"], raw["kernels"], raw["memory_gb"], calibration, raw["calibration"], profile_dir)
+    profile, path = fit_profile(
+        raw["device"], raw["kernels"], raw["memory_gb"], calibration, raw["calibration"], profile_dir
+    )
     usable = [(case, result) for case, result in zip(validation, raw["validation"]) if "error" not in result]
     return comparison_rows([case for case, _ in usable], [result for _, result in usable], profile, path), path

@@ -25,7 +25,10 @@ def median_seconds(work: Callable[[], Any], repeats: int, synchronize: Optional[
 
 
 def interleaved_samples(
-    tasks: Mapping[Key, Callable[[], Any]], rounds: int, repeats: int, synchronize: Optional[Callable[[], None]] = None,
+    tasks: Mapping[Key, Callable[[], Any]],
+    rounds: int,
+    repeats: int,
+    synchronize: Optional[Callable[[], None]] = None,
     device: Any = None,
 ) -> dict[Key, list[float]]:
     """Seconds of every run of every task: one untimed run each, then `rounds` passes of `repeats` runs per task.

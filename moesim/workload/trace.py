@@ -2,13 +2,15 @@
 
 Format (numpy `.npz`, version 1):
 
-| array          | dtype                      | shape                      | meaning                          |
-| -------------- | -------------------------- | -------------------------- | -------------------------------- |
-| format_version | int (scalar)               | ()                         | 1                                |
-| logits         | float16, bfloat16-as-float32, float32 or float64 | [layers, tokens, experts] | router logits of each MoE layer |
-| token_ids      | any integer type           | [tokens]                   | token id of each position        |
-| source_rank    | any integer type, optional | [tokens]                   | rank each token starts on (default 0) |
-| layer_index    | any integer type, optional | [layers]                   | model layer of each row (default 0..layers-1) |
+| array          | dtype                          | shape                     | meaning                              |
+| -------------- | ------------------------------ | ------------------------- | ------------------------------------ |
+| format_version | int (scalar)                   | ()                        | 1                                    |
+| logits         | float16, float32 or float64 (1)| [layers, tokens, experts] | router logits of each MoE layer      |
+| token_ids      | any integer type               | [tokens]                  | token id of each position            |
+| source_rank    | any integer type, optional     | [tokens]                  | rank each token starts on (default 0)|
+| layer_index    | any integer type, optional     | [layers]                  | model layer of each row (default 0..)|
+
+(1) bfloat16 logits are stored as float32. `layer_index` defaults to 0..layers-1.
 
 The executor's `train-small` writes these; `load_trace` checks every shape and dtype and
 says what is wrong in one line.
@@ -63,7 +65,9 @@ def load_trace(path: str | Path) -> list[RouterScores]:
         names = set(archive.files)
         missing = {"format_version", "logits", "token_ids"} - names
         if missing:
-            raise TraceError(f"{path}: missing array(s) {', '.join(sorted(missing))}; see moesim.workload.trace for the format")
+            raise TraceError(
+                f"{path}: missing array(s) {', '.join(sorted(missing))}; see moesim.workload.trace for the format"
+            )
         version = archive["format_version"]
         if version.shape != () or int(version) != FORMAT_VERSION:
             raise TraceError(f"{path}: format_version {version.tolist()} is not supported (expected {FORMAT_VERSION})")
@@ -76,8 +80,14 @@ def load_trace(path: str | Path) -> list[RouterScores]:
             raise TraceError(f"{path}: logits contain NaN or infinity")
         layers, tokens, _ = logits.shape
         token_ids = _integer_vector(path, archive, "token_ids", tokens)
-        source_rank = _integer_vector(path, archive, "source_rank", tokens) if "source_rank" in names else np.zeros(tokens, np.int64)
-        layer_index = _integer_vector(path, archive, "layer_index", layers) if "layer_index" in names else np.arange(layers)
+        source_rank = (
+            _integer_vector(path, archive, "source_rank", tokens)
+            if "source_rank" in names
+            else np.zeros(tokens, np.int64)
+        )
+        layer_index = (
+            _integer_vector(path, archive, "layer_index", layers) if "layer_index" in names else np.arange(layers)
+        )
     return [
         RouterScores(
             logits=torch.from_numpy(logits[index].astype(np.float32)),
@@ -92,5 +102,7 @@ def load_trace(path: str | Path) -> list[RouterScores]:
 def _integer_vector(path: Path, archive: np.lib.npyio.NpzFile, name: str, length: int) -> np.ndarray:
     values = archive[name]
     if values.shape != (length,) or not np.issubdtype(values.dtype, np.integer):
-        raise TraceError(f"{path}: {name} must be an integer array of shape ({length},), got {values.dtype} {values.shape}")
+        raise TraceError(
+            f"{path}: {name} must be an integer array of shape ({length},), got {values.dtype} {values.shape}"
+        )
     return values.astype(np.int64)
