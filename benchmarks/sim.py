@@ -49,6 +49,8 @@ def deepseek(gpus: int, mode: str) -> float:
             f"workload.global_batch_size={8 * data_parallel}",
         ],
     )
+    step._stage_cache.clear()  # a cold simulation: nothing reused from the previous size
+    routing_load._routing_cache.clear()
     started = time.perf_counter()
     result = simulate(scenario, check_memory=False)
     elapsed = time.perf_counter() - started

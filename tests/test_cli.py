@@ -176,7 +176,17 @@ def test_output_fits_the_columns_asked_for_when_piped() -> None:
     import subprocess
     import sys
 
-    for args in (["presets", "list"], ["run", str(REPO / "scenarios" / "switch-base-8-capacity.toml")]):
+    multi_node = [
+        "route",
+        str(REPO / "scenarios" / "deepseek-v3-pretraining.yaml"),
+        "-s",
+        "bias_balanced",
+        "-s",
+        "group_limited",
+        "--tokens",
+        "4096",
+    ]  # every column of route's table: off-node bytes, nodes
+    for args in (["presets", "list"], ["run", str(REPO / "scenarios" / "switch-base-8-capacity.toml")], multi_node):
         out = subprocess.run(
             [sys.executable, "-m", "moesim", *args],
             capture_output=True,
@@ -186,3 +196,4 @@ def test_output_fits_the_columns_asked_for_when_piped() -> None:
             check=True,
         ).stdout
         assert max(len(line) for line in out.splitlines()) <= 80, args
+        assert "…" not in out, args  # nothing cut short to fit

@@ -5,13 +5,13 @@
 #   3. benchmarks/executor.py: the executor against bare kernels                               -> BENCHMARK.md
 # About 5 minutes on one H100 or H200. Without a GPU it runs the same steps on the CPU, at small
 # sizes (to try it first). Where PyTorch is installed but simpy, ortools or pydantic are not, the
-# wheels in .whl/ are installed into a temporary folder first (README: "On a GPU machine").
+# wheels in .whl/ are installed into a temporary folder first (docs/executor.md: "On a GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if ! $PYTHON -c "import simpy, pydantic, ortools" 2>/dev/null; then
   if [ ! -d .whl ]; then
-    echo "simpy, pydantic or ortools is missing and there is no .whl/ folder: see the README, 'On a GPU machine'" >&2
+    echo "simpy, pydantic or ortools is missing and there is no .whl/ folder: see docs/executor.md, 'On a GPU'" >&2
     exit 2
   fi
   site="${TMPDIR:-/tmp}/moesim-site"

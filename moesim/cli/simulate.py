@@ -86,46 +86,43 @@ def route(
     if as_json:
         print_json([report.as_dict() for report in reports])
         return
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        pad_edge=False,
-        title=f"{resolved.name}: {scores[0].num_tokens} tokens x {resolved.model.num_experts} experts, "
+    console.print(  # a line of its own: it wraps where a table title would be cut
+        f"[bold]{resolved.name}[/bold]: {scores[0].num_tokens:,} tokens x {resolved.model.num_experts} experts, "
         f"top-{resolved.routing.top_k}, capacity factor {resolved.routing.capacity_factor or 'dropless'}, EP "
-        f"{resolved.parallelism.ep_size}",
+        f"{resolved.parallelism.ep_size}"
     )
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))  # the box puts a space between columns
     rows = [
         {
             "rule": report.strategy,
             "layer": str(report.layer),
-            "drop rate": f"{report.metrics.drop_rate:.2%}",
-            "max / mean load": f"{report.metrics.load_imbalance:.3f}",
+            "drops": f"{report.metrics.drop_rate:.2%}",
+            "max/mean": f"{report.metrics.load_imbalance:.3f}",
             "no expert": str(report.metrics.tokens_without_expert),
             "affinity": f"{report.metrics.affinity_captured:.3f}",
             "dispatch": units.byte_size(report.metrics.dispatch_bytes),
-            "across nodes": units.byte_size(report.metrics.bytes_across_nodes),
-            "nodes / token": f"{report.metrics.mean_nodes_per_token:.2f}",
-            "routing time": f"{report.routing_seconds * 1e3:.1f} ms",
+            "off-node": units.byte_size(report.metrics.bytes_across_nodes),
+            "nodes": f"{report.metrics.mean_nodes_per_token:.2f}",
+            "time": f"{report.routing_seconds * 1e3:.1f} ms",
         }
         for report in reports
     ]
     # columns that say nothing here are left out: one layer, one node
     unused = {"layer"} if layers == 1 else set()
     if all(report.metrics.bytes_across_nodes == 0 for report in reports):
-        unused |= {"across nodes", "nodes / token"}
+        unused |= {"off-node", "nodes"}
+    if all(report.metrics.tokens_without_expert == 0 for report in reports):
+        unused |= {"no expert"}
     for column in (name for name in rows[0] if name not in unused):
-        table.add_column(
-            column,
-            justify="left" if column == "rule" else "right",
-            no_wrap=column == "rule",
-            min_width=max(len(word) for word in column.split()),
-        )
+        table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=True)
     for row in rows:
         table.add_row(*[value for name, value in row.items() if name not in unused])
     console.print(table)
     console.print(
-        "dispatch bytes: one copy of the hidden vector per distinct destination rank (activation dtype); "
-        "affinity: router probability served / unconstrained top-k."
+        "drops: token-expert pairs dropped; max/mean: expert load, busiest over mean; no expert: tokens routed "
+        "nowhere; affinity: router probability served / unconstrained top-k; dispatch: bytes of one copy of the "
+        "hidden vector per distinct destination rank (activation dtype), off-node: of them across nodes; nodes: "
+        "distinct nodes per token; time: the rule's routing time on this machine."
     )
 
 
