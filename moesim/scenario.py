@@ -181,12 +181,32 @@ class WorkloadSpec(_Section):
     step_drift: float = Field(0.0, ge=0, le=1, description="How much expert popularity changes between steps (0-1).")
     token_id_skew: float = Field(1.0, ge=0, description="Zipf exponent of token ids (for hash routing).")
     precision: Precision = Field(default_factory=Precision, description="Numeric formats of weights, grads, states.")
-    activation_recompute: Literal["none", "full"] = Field("none", description="Activation recomputation in backward.")
+    activation_recompute: Literal["none", "selective", "full"] = Field(
+        "none",
+        description="Activation recomputation in backward: none, selective (the modules below, Megatron-Core's "
+        "--recompute-granularity selective) or full (each layer from its input).",
+    )
+    recompute_modules: list[Literal["core_attn", "mla_up_proj", "layernorm", "moe_act", "mlp", "moe"]] = Field(
+        default_factory=list,
+        description="Selective recomputation: the modules replayed in backward (Megatron-Core's --recompute-modules; "
+        "DeepSeek-V3 recomputes layernorm and mla_up_proj); default with selective: core_attn.",
+    )
 
     @model_validator(mode="after")
     def _trace_needs_path(self) -> "WorkloadSpec":
         if self.scores == "trace" and not self.trace_path:
             raise ValueError("workload.trace_path: scores = 'trace' needs a trace file; set trace_path")
+        return self
+
+    @model_validator(mode="after")
+    def _modules_need_selective(self) -> "WorkloadSpec":
+        if self.recompute_modules and self.activation_recompute != "selective":
+            raise ValueError(
+                f"workload.recompute_modules: only selective recomputation replays modules, and activation_recompute "
+                f"is {self.activation_recompute}; set workload.activation_recompute=selective or drop the modules"
+            )
+        if self.activation_recompute == "selective" and not self.recompute_modules:
+            self.recompute_modules = ["core_attn"]  # Megatron-Core's default module
         return self
 
 
@@ -275,6 +295,18 @@ class SimulationSpec(_Section):
     )
     overlap_shared_experts: bool = Field(True, description="Shared experts compute while the dispatch is in flight.")
     overlap_grad_reduce: bool = Field(True, description="Gradient all-reduce overlaps the last backward pass.")
+    alltoall_overlap: Literal["none", "1f1b"] = Field(
+        "none",
+        description="Training: 1f1b pairs each steady-state forward with another micro-batch's backward so that "
+        "one's all-to-alls run under the other's compute (Megatron-Core's EP all-to-all overlap, DeepSeek's "
+        "two-micro-batch overlap); none runs them in turn.",
+    )
+    comm_sms: int = Field(
+        0,
+        ge=0,
+        description="SMs the communication kernels occupy while they run, taken from overlapped compute "
+        "(DeepSeek-V3: 20 of the H800's 132 for DeepEP); 0 = copy engines or free.",
+    )
     moe_chunks: int = Field(
         1,
         gt=0,
@@ -349,6 +381,22 @@ class Scenario(_Section):
             raise ValueError(
                 f"workload.seq_len: {self.workload.seq_len:,} tokens is longer than {model.name}'s context "
                 f"({model.max_seq_len:,}); use at most {model.max_seq_len:,} or set model.max_seq_len"
+            )
+        sim = self.simulation
+        if sim.comm_sms and (cluster.gpu.sms is None or sim.comm_sms >= cluster.gpu.sms):
+            raise ValueError(
+                f"simulation.comm_sms: {sim.comm_sms} SMs for communication, and {cluster.gpu.name} has "
+                f"{cluster.gpu.sms or 'an unknown number of'} SMs; use fewer (DeepEP: 20 of 132) or set cluster.gpu.sms"
+            )
+        if sim.alltoall_overlap != "none" and (self.workload.mode != "training" or par.virtual_pipeline_size > 1):
+            raise ValueError(
+                "simulation.alltoall_overlap: modelled for training with the plain 1F1B schedule; set "
+                "alltoall_overlap=none (inference overlap belongs to the serving planner; interleaved: not yet)"
+            )
+        if "mla_up_proj" in self.workload.recompute_modules and model.attention_type != "mla":
+            raise ValueError(
+                f"workload.recompute_modules: mla_up_proj recomputes MLA's up-projections and {model.name} has "
+                f"{model.attention_type} attention; drop mla_up_proj (core_attn recomputes its attention)"
             )
         if par.dp_size is None:
             if cluster.world_size % par.model_parallel_size:

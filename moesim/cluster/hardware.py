@@ -35,6 +35,9 @@ class GpuSpec(BaseModel):
     )
     nic_gbps: float = Field(..., gt=0, description="Typical scale-out NIC line rate per GPU (Gb/s).")
     tdp_watts: Optional[float] = Field(None, gt=0, description="Board power (W).")
+    sms: Optional[int] = Field(
+        None, gt=0, description="Streaming multiprocessors (AMD: compute units); what communication kernels share."
+    )
 
     @property
     def hbm_bytes(self) -> float:
@@ -55,6 +58,7 @@ _GPU_PRESETS: dict[str, dict[str, Any]] = {
         hbm_tb_per_s=3.35,
         scale_up_gb_per_s=450,
         nic_gbps=400,
+        sms=132,
         tdp_watts=700,
         source="NVIDIA H100 datasheet (SXM5)",
     ),
@@ -67,6 +71,7 @@ _GPU_PRESETS: dict[str, dict[str, Any]] = {
         hbm_tb_per_s=3.35,
         scale_up_gb_per_s=200,
         nic_gbps=400,
+        sms=132,
         tdp_watts=700,
         source="NVIDIA H800 SXM specification; DeepSeek-V3 technical report section 3.1",
     ),
@@ -78,6 +83,7 @@ _GPU_PRESETS: dict[str, dict[str, Any]] = {
         hbm_tb_per_s=4.8,
         scale_up_gb_per_s=450,
         nic_gbps=400,
+        sms=132,
         tdp_watts=700,
         source="NVIDIA H200 datasheet (SXM)",
     ),
@@ -90,6 +96,7 @@ _GPU_PRESETS: dict[str, dict[str, Any]] = {
         hbm_tb_per_s=2.039,
         scale_up_gb_per_s=300,
         nic_gbps=200,
+        sms=108,
         tdp_watts=400,
         source="NVIDIA A100 datasheet (80GB SXM); DGX A100 user guide",
     ),
@@ -102,6 +109,7 @@ _GPU_PRESETS: dict[str, dict[str, Any]] = {
         hbm_tb_per_s=8.0,
         scale_up_gb_per_s=900,
         nic_gbps=400,
+        sms=148,
         tdp_watts=1000,
         source="NVIDIA DGX B200 datasheet",
     ),
@@ -114,6 +122,7 @@ _GPU_PRESETS: dict[str, dict[str, Any]] = {
         hbm_tb_per_s=5.3,
         scale_up_gb_per_s=448,
         nic_gbps=400,
+        sms=304,
         tdp_watts=750,
         source="AMD Instinct MI300X datasheet",
     ),

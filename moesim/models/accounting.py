@@ -19,6 +19,7 @@ own variant of a model is counted the same way as a preset. Conventions:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 from moesim.models.precision import Precision
 from moesim.models.spec import GATED_ACTIVATIONS, ModelSpec
@@ -182,6 +183,27 @@ def training_flops_per_token(spec: ModelSpec, seq_len: int, recompute: bool = Fa
     return (4.0 if recompute else 3.0) * forward_flops_per_token(spec, seq_len, causal)
 
 
+def recomputed_flops_per_token(spec: ModelSpec, seq_len: int, modules: Sequence[str], causal: bool = True) -> float:
+    """Matmul and attention FLOPs per token that selective recomputation of `modules` replays (norms and the
+    experts' activation function are element-wise: no FLOPs counted)."""
+    flops = 0.0
+    if "core_attn" in modules:
+        flops += attention_score_flops_per_token(spec, seq_len, causal)
+    if "mla_up_proj" in modules and spec.attention_type == "mla":
+        qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
+        heads = spec.num_attention_heads
+        up = (spec.q_lora_rank or 0) * heads * qk_dim + spec.kv_lora_rank * heads * (  # type: ignore[operator]
+            spec.qk_nope_head_dim + spec.v_head_dim  # type: ignore[operator]
+        )
+        flops += 2.0 * up * (spec.num_layers + spec.num_encoder_layers)
+    if "mlp" in modules:
+        flops += 2.0 * dense_ffn_params(spec) * spec.num_dense_layers
+    if "moe" in modules:
+        active = spec.top_k * expert_params(spec) + shared_expert_params(spec) + router_params(spec)
+        flops += 2.0 * active * spec.num_moe_layers
+    return flops
+
+
 # ---------------------------------------------------------------- memory
 @dataclass(frozen=True)
 class TrainingStateBytes:
@@ -228,33 +250,65 @@ def _attention_activation_elements(spec: ModelSpec) -> int:
     return hidden + 2 * heads * head_dim + 2 * spec.kv_heads * head_dim
 
 
-def activation_bytes_per_token(spec: ModelSpec, precision: Precision | None = None, recompute: str = "none") -> int:
+RECOMPUTE_MODULES = ("core_attn", "mla_up_proj", "layernorm", "moe_act", "mlp", "moe")
+"""Megatron-Core's selective recomputation modules (`--recompute-modules`): what each drops is in
+`activation_bytes_per_token`, what each replays in `moesim.sim.phases`."""
+
+
+def activation_bytes_per_token(
+    spec: ModelSpec, precision: Precision | None = None, recompute: str = "none", modules: Sequence[str] = ()
+) -> int:
     """Activation memory kept for the backward pass, bytes per token, all layers.
 
     Follows the accounting of Korthikanti et al. 2022 ("Reducing Activation Recomputation
     in Large Transformer Models"), with a fused attention kernel (no seq_len^2 score
     matrix, only the fp32 log-sum-exp per head) and no dropout masks. An MoE layer keeps
     the router logits (fp32) and, per routed copy of the token, the expert's input and
-    intermediate tensors. `recompute="full"` keeps only each layer's input.
+    intermediate tensors. `recompute="full"` keeps only each layer's input; `"selective"`
+    drops what the recomputed `modules` (`RECOMPUTE_MODULES`) rebuild in the backward:
+    `core_attn` the attention output and its log-sum-exp, `mla_up_proj` MLA's up-projected
+    queries, keys and values (the latents stay), `layernorm` the norms' outputs, `moe_act`
+    the experts' activation outputs, `mlp` a dense FFN's tensors but its input, `moe` an MoE
+    layer's routed and shared tensors and router logits but its input.
     """
     precision = precision or Precision()
     element = precision.activation_bytes
     hidden = spec.hidden_size
     if recompute == "full":
         return (spec.num_layers + spec.num_encoder_layers) * hidden * element
-    if recompute != "none":
-        raise ValueError(f"recompute must be 'none' or 'full', got {recompute!r}")
-    attention = _attention_activation_elements(spec) * element + 4 * spec.num_attention_heads
-    norms = 2 * hidden * element
+    if recompute not in ("none", "selective"):
+        raise ValueError(f"recompute must be 'none', 'selective' or 'full', got {recompute!r}")
+    dropped = set(modules) if recompute == "selective" else set()
+    unknown = dropped - set(RECOMPUTE_MODULES)
+    if unknown:
+        raise ValueError(f"unknown recompute modules {sorted(unknown)}; known: {', '.join(RECOMPUTE_MODULES)}")
+    heads = spec.num_attention_heads
+    attention = _attention_activation_elements(spec) * element + 4 * heads
+    if "core_attn" in dropped:
+        output = heads * (spec.v_head_dim if spec.attention_type == "mla" else spec.attention_head_dim)
+        attention -= output * element + 4 * heads  # type: ignore[operator]
+    if "mla_up_proj" in dropped and spec.attention_type == "mla":
+        qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
+        kept_output = "core_attn" not in dropped
+        attention -= (2 * heads * qk_dim + heads * spec.v_head_dim * (1 if kept_output else 0)) * element  # type: ignore[operator]
+    norms = 0 if "layernorm" in dropped else 2 * hidden * element
     dense_ffn = _ffn_activation_elements(hidden, spec.intermediate_size, spec.dense_ffn_activation) * element
-    routed = spec.top_k * _ffn_activation_elements(hidden, spec.moe_intermediate_size, spec.expert_ffn_activation)
-    shared = spec.num_shared_experts * _ffn_activation_elements(
-        hidden, spec.shared_expert_size, spec.expert_ffn_activation
+    if "mlp" in dropped:
+        dense_ffn = hidden * element
+    act_inner = spec.moe_intermediate_size if "moe_act" in dropped else 0
+    routed = spec.top_k * (
+        _ffn_activation_elements(hidden, spec.moe_intermediate_size, spec.expert_ffn_activation) - act_inner
+    )
+    shared_inner = spec.shared_expert_size if "moe_act" in dropped else 0
+    shared = spec.num_shared_experts * (
+        _ffn_activation_elements(hidden, spec.shared_expert_size, spec.expert_ffn_activation) - shared_inner
     )
     moe_ffn = (hidden + routed + shared) * element + 4 * spec.num_experts
+    if "moe" in dropped:
+        moe_ffn = hidden * element
     cross = spec.num_layers * (attention + hidden * element) if spec.architecture == "encoder_decoder" else 0
     layers = spec.num_layers + spec.num_encoder_layers
-    return layers * (attention + norms) + spec.num_moe_layers * moe_ffn + spec.num_dense_layers * dense_ffn + cross
+    return int(layers * (attention + norms) + spec.num_moe_layers * moe_ffn + spec.num_dense_layers * dense_ffn + cross)
 
 
 def kv_cache_bytes_per_token(spec: ModelSpec, precision: Precision | None = None) -> int:

@@ -16,7 +16,7 @@ per-micro-batch forward and backward times of each stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generator, Iterable
+from typing import Generator, Iterable, Optional, Sequence
 
 import numpy as np
 import simpy
@@ -149,14 +149,19 @@ def one_f_one_b(stages: int, micro_batches: int) -> list[list[tuple[str, int]]]:
     return [[(kind, micro) for kind, micro, _ in order] for order in interleaved_one_f_one_b(stages, micro_batches, 1)]
 
 
-def interleaved_one_f_one_b(stages: int, micro_batches: int, chunks: int) -> list[list[tuple[str, int, int]]]:
+def interleaved_one_f_one_b(
+    stages: int, micro_batches: int, chunks: int, extra_warmup: int = 0
+) -> list[list[tuple[str, int, int]]]:
     """Each stage's order of (F or B, micro-batch, model chunk) under Megatron-Core's interleaved 1F1B.
 
     With `chunks` = v model chunks per stage the model is v x stages virtual stages, chunk c
     of stage s being virtual stage c x stages + s. The k-th forward of a stage runs chunk
     (k // stages) % v of micro-batch (k // (stages v)) stages + k % stages; backwards go
     through the chunks in reverse. Stage s first runs (stages - s - 1) x 2 + (v - 1) x stages
-    forwards (stages - s - 1 for v = 1), then alternates one forward, one backward.
+    forwards (stages - s - 1 for v = 1), then alternates one forward, one backward. `extra_warmup` more
+    forwards shift the steady state so that every backward follows another micro-batch's forward, which the
+    all-to-all overlap runs with it (one more micro-batch of activations in flight, as in Megatron-Core's
+    combined 1F1B).
     """
     total = micro_batches * chunks
 
@@ -168,7 +173,7 @@ def interleaved_one_f_one_b(stages: int, micro_batches: int, chunks: int) -> lis
     orders = []
     for stage in range(stages):
         warmup = stages - stage - 1 if chunks == 1 else (stages - stage - 1) * 2 + (chunks - 1) * stages
-        warmup = min(warmup, total)
+        warmup = min(warmup + extra_warmup, total)
         order = [("F", *unit(k, False)) for k in range(warmup)]
         forward_next, backward_next = warmup, 0
         while backward_next < total:
@@ -181,47 +186,97 @@ def interleaved_one_f_one_b(stages: int, micro_batches: int, chunks: int) -> lis
     return orders
 
 
+Item = tuple[str, int, int, float, str]  # (F or B, micro-batch, chunk, seconds, label)
+
+
+def paired(order: list[tuple[str, int, int]]) -> list[tuple]:
+    """A stage's 1F1B order with each steady-state forward and the backward after it (of another micro-batch)
+    merged into one ("FB", (micro, chunk), (micro, chunk)) unit that runs them together, one's communication
+    under the other's compute."""
+    units: list[tuple] = []
+    index = 0
+    while index < len(order):
+        item = order[index]
+        following = order[index + 1] if index + 1 < len(order) else None
+        if item[0] == "F" and following is not None and following[0] == "B" and following[1] != item[1]:
+            units.append(("FB", item[1:], following[1:]))
+            index += 2
+        else:
+            units.append(item)
+            index += 1
+    return units
+
+
+def pair_split(forward: float, backward: float, pair: float) -> tuple[float, float]:
+    """A forward-backward pair of `pair` seconds as two halves: the forward's (its share of the pair's work; its
+    result leaves when it ends) and the backward's (which needs the next stage's gradient before it starts)."""
+    forward_part = pair * forward / (forward + backward) if forward + backward > 0 else 0.0
+    return forward_part, pair - forward_part
+
+
+def stage_items(
+    forward: Sequence[float],
+    backward: Sequence[float],
+    micro_batches: int,
+    chunks: int,
+    pair: Optional[Sequence[float]] = None,
+) -> list[list[Item]]:
+    """Each stage's F and B in schedule order with their durations. With `pair` (seconds per stage), the
+    all-to-all overlap: one more warm-up forward, and each steady-state forward and the backward after it run as
+    a pair whose two halves take `pair_split` of the pair's time."""
+    stages = len(forward)
+    items = []
+    orders = interleaved_one_f_one_b(stages, micro_batches, chunks, 1 if pair else 0)
+    for stage, order in enumerate(orders):
+        stage_list: list[Item] = []
+        for unit in paired(order) if pair else order:
+            if unit[0] == "FB":
+                halves = pair_split(forward[stage], backward[stage], pair[stage])  # type: ignore[index]
+                label = f"F{unit[1][0]}+B{unit[2][0]}"
+                stage_list.append(("F", unit[1][0], unit[1][1], halves[0], label))
+                stage_list.append(("B", unit[2][0], unit[2][1], halves[1], label))
+            else:
+                kind, micro, chunk = unit
+                seconds = (forward[stage] if kind == "F" else backward[stage]) / chunks
+                stage_list.append((kind, micro, chunk, seconds, f"{kind}{micro}" + (f".{chunk}" if chunks > 1 else "")))
+        items.append(stage_list)
+    return items
+
+
 def run_pipeline(
     forward_seconds: Iterable[float],
     backward_seconds: Iterable[float],
     micro_batches: int,
     p2p_seconds: float,
     chunks: int = 1,
+    pair_seconds: Optional[Sequence[float]] = None,
 ) -> tuple[float, list[Slice]]:
     """Play the (interleaved) 1F1B schedule; returns (seconds until the last backward finishes, one slice per F/B).
 
     With `chunks` > 1 each stage's layers are split evenly over its chunks (a chunk takes 1/chunks of the stage's
-    time) and every chunk boundary is a point-to-point transfer."""
+    time) and every chunk boundary is a point-to-point transfer. With `pair_seconds`, the all-to-all overlap
+    (`stage_items`)."""
     forward, backward = list(forward_seconds), list(backward_seconds)
     stages = len(forward)
     virtual = stages * chunks
     env = simpy.Environment()
-    forward_done = {(v, m): env.event() for v in range(virtual) for m in range(micro_batches)}
-    backward_done = {(v, m): env.event() for v in range(virtual) for m in range(micro_batches)}
+    done = {(kind, v, m): env.event() for kind in "FB" for v in range(virtual) for m in range(micro_batches)}
     slices: list[Slice] = []
 
-    def stage_process(stage: int, order: list[tuple[str, int, int]]) -> Generator[simpy.Event, None, None]:
-        for kind, micro, chunk in order:
+    def stage_process(stage: int, items: list[Item]) -> Generator[simpy.Event, None, None]:
+        for kind, micro, chunk, seconds, label in items:
             here = chunk * stages + stage  # this chunk's virtual stage
-            if kind == "F":
-                if here > 0:
-                    yield forward_done[(here - 1, micro)]
-                    yield env.timeout(p2p_seconds)
-                began = env.now
-                yield env.timeout(forward[stage] / chunks)
-                forward_done[(here, micro)].succeed()
-            else:
-                if here < virtual - 1:
-                    yield backward_done[(here + 1, micro)]
-                    yield env.timeout(p2p_seconds)
-                began = env.now
-                yield env.timeout(backward[stage] / chunks)
-                backward_done[(here, micro)].succeed()
-            label = f"{kind}{micro}" + (f".{chunk}" if chunks > 1 else "")
+            neighbour = here - 1 if kind == "F" else here + 1
+            if 0 <= neighbour < virtual:
+                yield done[(kind, neighbour, micro)]
+                yield env.timeout(p2p_seconds)
+            began = env.now
+            yield env.timeout(seconds)
+            done[(kind, here, micro)].succeed()
             slices.append(Slice(stage, label, -1, began, env.now, "pipeline"))
 
-    for stage, order in enumerate(interleaved_one_f_one_b(stages, micro_batches, chunks)):
-        env.process(stage_process(stage, order))
+    for stage, items in enumerate(stage_items(forward, backward, micro_batches, chunks, pair_seconds)):
+        env.process(stage_process(stage, items))
     env.run()
     return env.now, slices
 
@@ -232,6 +287,7 @@ def run_pipeline_fast(
     micro_batches: int,
     p2p_seconds: float,
     chunks: int = 1,
+    pair_seconds: Optional[Sequence[float]] = None,
 ) -> float:
     """The same schedule as `run_pipeline`, played with per-stage clocks instead of SimPy processes: each F/B starts
     when its stage is free and its neighbour's result has arrived (done + p2p). Equal to `run_pipeline`'s time (the
@@ -239,7 +295,7 @@ def run_pipeline_fast(
     forward, backward = list(forward_seconds), list(backward_seconds)
     stages = len(forward)
     virtual = stages * chunks
-    orders = interleaved_one_f_one_b(stages, micro_batches, chunks)
+    orders = stage_items(forward, backward, micro_batches, chunks, pair_seconds)
     done: dict[tuple[str, int, int], float] = {}
     clocks = [0.0] * stages
     position = [0] * stages
@@ -248,7 +304,7 @@ def run_pipeline_fast(
         progressed = False
         for stage, order in enumerate(orders):
             while position[stage] < len(order):
-                kind, micro, chunk = order[position[stage]]
+                kind, micro, chunk, seconds, _ = order[position[stage]]
                 here = chunk * stages + stage
                 neighbour = here - 1 if kind == "F" else here + 1
                 start = clocks[stage]
@@ -257,7 +313,7 @@ def run_pipeline_fast(
                     if arrived is None:
                         break  # waits for another stage
                     start = max(start, arrived) + p2p_seconds
-                clocks[stage] = start + (forward[stage] if kind == "F" else backward[stage]) / chunks
+                clocks[stage] = start + seconds
                 done[(kind, here, micro)] = clocks[stage]
                 position[stage] += 1
                 remaining -= 1

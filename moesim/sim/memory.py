@@ -56,9 +56,9 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
     expert_dp = max(1, dp * tp * par.cp_size // ep)
     training = workload.mode == "training"
     tokens_per_micro = workload.micro_batch_size * workload.seq_len // (par.cp_size * tp)
-    per_layer_activation = accounting.activation_bytes_per_token(model, precision, workload.activation_recompute) / (
-        model.num_layers + model.num_encoder_layers
-    )
+    per_layer_activation = accounting.activation_bytes_per_token(
+        model, precision, workload.activation_recompute, workload.recompute_modules
+    ) / (model.num_layers + model.num_encoder_layers)
     worst: MemoryBreakdown | None = None
     for stage in range(plan.num_stages):
         dense_params = plan.stage_dense_params(stage) / tp
@@ -106,7 +106,10 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
     return worst
 
 
-TRAINING_ADVICE = "raise pp_size, ep_size or parallelism.zero_stage, or set workload.activation_recompute=full"
+TRAINING_ADVICE = (
+    "raise pp_size, ep_size or parallelism.zero_stage, or set workload.activation_recompute=selective (with "
+    "workload.recompute_modules) or full"
+)
 INFERENCE_ADVICE = (
     "raise tp_size, pp_size or ep_size, or lower workload.micro_batch_size or seq_len (the KV cache) "
     "or workload.prefill_chunk_tokens (the prefill's activations)"

@@ -144,14 +144,22 @@ class PhaseBuilder:
         return np.full(self.ranks, float(seconds))
 
     # ------------------------------------------------------------ per-layer pieces
-    def attention(self, layer: Layer) -> tuple[float, float]:
-        """(forward, backward) seconds of a layer's attention: projections (GEMMs), scores (FlashAttention: its
-        backward `BACKWARD_ATTENTION_FACTOR` x the forward), norms (memory passes, twice backward)."""
+    def attention_parts(self, layer: Layer) -> dict[str, float]:
+        """A layer's attention forward, part by part (seconds): `projections` (GEMMs, of which `up_projections` are
+        MLA's latent-to-head ones), `scores` (the fused attention kernel; decode: at least its KV-cache read) and
+        `norms` (memory passes)."""
         model, cost = self.model, self.cost
         projections = accounting.attention_params(model) * (2 if layer.cross_attention else 1) / self.tp
         cols = max(1, int(projections // model.hidden_size))
         gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
-        gemm_backward = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
+        up = 0.0
+        if model.attention_type == "mla":
+            qk_dim = model.qk_nope_head_dim + model.qk_rope_head_dim  # type: ignore[operator]
+            heads = max(1, model.num_attention_heads // self.tp)
+            if model.q_lora_rank:
+                up += float(cost.gemm_seconds(self.tokens, model.q_lora_rank, heads * qk_dim, fp8=self.fp8))
+            value = model.qk_nope_head_dim + model.v_head_dim  # type: ignore[operator]
+            up += float(cost.gemm_seconds(self.tokens, model.kv_lora_rank, heads * value, fp8=self.fp8))
         layers = max(1, model.num_layers + model.num_encoder_layers)
         per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context) / layers
         # attention_score_flops_per_token halves the context for causal masks; 2 x context restores the full context
@@ -161,9 +169,24 @@ class PhaseBuilder:
             kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
             scores = max(scores, cost.memory_seconds(kv_bytes * self.context * self.tokens / self.tp))
         norms = cost.memory_seconds(4 * self.tokens * model.hidden_size * self.element)
+        backward_gemm = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
+        return {
+            "projections": gemm,
+            "up_projections": min(up, gemm),
+            "scores": scores,
+            "norms": norms,
+            "projections_backward": backward_gemm,
+        }
+
+    def attention(self, layer: Layer) -> tuple[float, float]:
+        """(forward, backward) seconds of a layer's attention: projections (GEMMs), scores (FlashAttention: its
+        backward `BACKWARD_ATTENTION_FACTOR` x the forward), norms (memory passes, twice backward)."""
+        parts = self.attention_parts(layer)
         return (
-            gemm + scores + norms,
-            gemm_backward + BACKWARD_ATTENTION_FACTOR * scores + BACKWARD_MEMORY_FACTOR * norms,
+            parts["projections"] + parts["scores"] + parts["norms"],
+            parts["projections_backward"]
+            + BACKWARD_ATTENTION_FACTOR * parts["scores"]
+            + BACKWARD_MEMORY_FACTOR * parts["norms"],
         )
 
     def ffn_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:
@@ -400,6 +423,12 @@ class PhaseBuilder:
                 layer_backward.append(shared_backward)
         return layer_forward, layer_backward
 
+    def replayed(self, layer: Layer, layer_forward: list[Phase]) -> list[Phase]:
+        """What the layer's backward recomputes first (`moesim.sim.recompute`)."""
+        from moesim.sim.recompute import replayed_phases
+
+        return replayed_phases(self, layer, layer_forward)
+
     def stage_program(self, stage: int, routing: list[LayerRouting], first_moe_layer: int) -> StageProgram:
         """Phases of `stage`; its n-th MoE layer is model MoE layer first_moe_layer + n, routed as routing[that %
         len]."""
@@ -407,7 +436,6 @@ class PhaseBuilder:
         forward: list[Phase] = []
         backward: list[Phase] = []
         moe_layer = first_moe_layer
-        recompute = self.scenario.workload.activation_recompute == "full"
         if stage == 0:
             embed = cost.memory_seconds(2 * self.tokens * model.hidden_size * self.element)
             forward.append(Phase("embedding", -1, self.same(embed)))
@@ -419,8 +447,8 @@ class PhaseBuilder:
                 moe_layer += 1
             layer_forward, layer_backward = self.layer_phases(layer, routing, routing_index)
             forward += layer_forward
-            # later layers' backward runs first: prepend; full recomputation replays the forward first
-            backward[:0] = (list(layer_forward) if recompute else []) + _backward_order(layer_backward)
+            # later layers' backward runs first: prepend; recomputation replays (part of) the forward first
+            backward[:0] = self.replayed(layer, layer_forward) + _backward_order(layer_backward)
         if stage == self.plan.num_stages - 1:
             vocab = model.vocab_size // self.tp
             loss = cost.memory_seconds(8 * self.tokens * vocab)

@@ -85,6 +85,7 @@ class _StagePasses:
     busy: list[dict[str, float]]
     slices: list[list[Slice]]
     across_bytes: list[float]
+    comm_s: list[tuple[float, float]] = field(default_factory=list)  # (forward, backward) seconds in collectives
 
 
 STAGE_CACHE_SIZE = 16
@@ -167,7 +168,7 @@ def _run_stages(
             passes = [("forward" if not decode else "decode", program.forward)]
             if backward:
                 passes.append(("backward", program.backward))
-            seconds, busy, slices = [], {}, []
+            seconds, busy, slices, comm = [], {}, [], []
             for name, phases in passes:
                 if full:
                     took, pass_slices = run_stage(phases, par.ep_size, name, start=sum(seconds))
@@ -176,18 +177,21 @@ def _run_stages(
                 else:
                     took, pass_busy = run_stage_fast(phases, par.ep_size)
                 seconds.append(took)
+                collectives = {phase.name for phase in phases if phase.collective}
+                comm.append(sum(pass_busy.get(phase_name, 0.0) for phase_name in collectives))
                 for key, value in pass_busy.items():
                     busy[key] = busy.get(key, 0.0) + value
             across = sum(
                 p.bytes_across_nodes for p in program.forward + (program.backward if backward else []) if p.collective
             )
-            cache[signature] = (seconds, busy, slices, across)
-        seconds, busy, slices, across = cache[signature]
+            cache[signature] = (seconds, busy, slices, across, comm)
+        seconds, busy, slices, across, comm = cache[signature]
         result.forward_s.append(seconds[0])
         result.backward_s.append(seconds[1] if backward else 0.0)
         result.busy.append(busy)
         result.slices.append(slices)
         result.across_bytes.append(across)
+        result.comm_s.append((comm[0], comm[1] if backward else 0.0))
     if len(cache) < plan.num_stages:
         notes.append(f"{plan.num_stages} pipeline stages, {len(cache)} distinct: identical stages simulated once")
     return result, routing, notes
@@ -215,6 +219,20 @@ def _routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
     return (dropped / requested if requested else 0.0), float(np.mean([layer.load_imbalance for layer in routing]))
 
 
+def overlapped_pairs(stages: _StagePasses, scenario: Scenario) -> list[float]:
+    """Per stage, the time of a steady-state forward run together with another micro-batch's backward: each one's
+    all-to-alls (and other collectives) run under the other's compute, so the pair takes the longer of the two
+    streams, the compute stretched while it shares the GPU with communication kernels (`simulation.comm_sms`)."""
+    gpu, sim = scenario.cluster.gpu, scenario.simulation
+    stretch = gpu.sms / (gpu.sms - sim.comm_sms) if sim.comm_sms and gpu.sms else 1.0
+    pairs = []
+    for forward, backward, (forward_comm, backward_comm) in zip(stages.forward_s, stages.backward_s, stages.comm_s):
+        comm = forward_comm + backward_comm
+        compute = forward + backward - comm
+        pairs.append(max(compute + min(compute, comm) * (stretch - 1), comm))
+    return pairs
+
+
 def _training_step(
     scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown
 ) -> StepResult:
@@ -231,10 +249,12 @@ def _training_step(
         + topology.network_latency_s
     )
     p2p = p2p if par.pp_size > 1 else 0.0
+    pairs = overlapped_pairs(stages, scenario) if sim.alltoall_overlap == "1f1b" else None
     if sim.network_mode == "full":
-        pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size)
+        pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs)
     else:
-        pipeline, pipeline_slices = run_pipeline_fast(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size), []
+        pipeline = run_pipeline_fast(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs)
+        pipeline_slices = []
     busy = micro * (max(forward_s) + max(backward_s))
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision
@@ -260,12 +280,13 @@ def _training_step(
     # MFU counts the model's FLOPs (forward + backward, no recomputation); HFU also what recomputation replays
     flops = accounting.training_flops_per_token(model, scenario.workload.seq_len)
     mfu = flops * tokens_per_step / (step * world * cost.peak_flops)
-    recompute = scenario.workload.activation_recompute == "full"
-    hfu = (
-        accounting.training_flops_per_token(model, scenario.workload.seq_len, recompute)
-        * tokens_per_step
-        / (step * world * cost.peak_flops)
+    workload = scenario.workload
+    hardware_flops = accounting.training_flops_per_token(
+        model, workload.seq_len, workload.activation_recompute == "full"
     )
+    if workload.activation_recompute == "selective":
+        hardware_flops += accounting.recomputed_flops_per_token(model, workload.seq_len, workload.recompute_modules)
+    hfu = hardware_flops * tokens_per_step / (step * world * cost.peak_flops)
     drop_rate, imbalance = _routing_summary(routing)
     phases = {name: seconds * micro for name, seconds in stages.busy[worst].items()}
     replicas = dp * par.tp_size * par.cp_size // par.ep_size
@@ -275,6 +296,15 @@ def _training_step(
     )
     timeline = "SimPy" if sim.network_mode == "full" else "per-rank clocks (fast mode)"
     notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {timeline}")
+    if pairs:
+        hidden = forward_s[worst] + backward_s[worst] - pairs[worst]
+        notes.append(
+            f"all-to-all overlap (1f1b): a steady-state forward and backward pair on stage {worst} takes "
+            f"{pairs[worst] * 1e3:,.1f} ms instead of {(forward_s[worst] + backward_s[worst]) * 1e3:,.1f} ms "
+            f"({hidden * 1e3:,.1f} ms of communication hidden"
+            + (f", compute slowed by {sim.comm_sms} of {scenario.cluster.gpu.sms} SMs" if sim.comm_sms else "")
+            + ")"
+        )
     notes.append(f"compute: {cost.source}")
     return StepResult(
         scenario=scenario.name,
