@@ -176,13 +176,17 @@ def test_output_fits_the_columns_asked_for_when_piped() -> None:
     import subprocess
     import sys
 
-    multi_node = [
+    multi_node = [  # every column of route's table: off-node bytes, nodes per token
         "route",
         str(REPO / "scenarios" / "deepseek-v3-pretraining.yaml"),
         "-s",
         "bias_balanced",
         "-s",
-        "group_limited",
+        "top_k",
+        "--set",
+        "model.router_bias=false",
+        "--set",
+        "routing.num_expert_groups=1",
         "--tokens",
         "4096",
     ]  # every column of route's table: off-node bytes, nodes

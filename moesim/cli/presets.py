@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from moesim import units
@@ -84,9 +85,9 @@ def presets_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
             }
         )
         return
-    table = Table(title="Model presets (moesim presets show NAME)")
-    for column in ("name", "total params", "active params", "experts", "shared", "top-k", "MoE layers"):
-        table.add_column(column, justify="left" if column == "name" else "right")
+    table = Table(title="Model presets (moesim presets show NAME)", box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("name", "params", "active", "experts", "shared", "top-k", "MoE layers"):
+        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=True)
     for spec in models:
         table.add_row(
             spec.name,
@@ -98,9 +99,9 @@ def presets_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
             str(spec.num_moe_layers),
         )
     console.print(table)
-    gpu_table = Table(title="GPU presets (moesim presets show --gpu NAME)")
+    gpu_table = Table(title="GPU presets (moesim presets show --gpu NAME)", box=box.SIMPLE_HEAD, show_edge=False)
     for column in ("name", "bf16 TFLOP/s", "fp8 TFLOP/s", "HBM GB", "HBM TB/s", "scale-up GB/s", "NIC Gb/s"):
-        gpu_table.add_column(column, justify="left" if column == "name" else "right")
+        gpu_table.add_column(column, justify="left" if column == "name" else "right", no_wrap=column == "name")
     for gpu in gpus:
         gpu_table.add_row(
             gpu.name,
