@@ -5,8 +5,9 @@ dense FFN weights split over tensor parallelism, routed experts over expert para
 (expert tensor parallelism 1), layers over pipeline stages; ZeRO stage 1 shards the
 optimizer states over data-parallel ranks (expert states over the expert-data-parallel
 ranks, dp x tp / ep), stage 2 also gradients, stage 3 also weights. Activations are
-kept for the micro-batches in flight under 1F1B (pp on the first stage; the interleaved schedule
-keeps 1 + (p - 1) / (p v) times that, Narayanan et al. 2021).
+kept for the micro-batches in flight under 1F1B (pp on the first stage, one more with the all-to-all
+overlap's extra warm-up forward; the interleaved schedule keeps 1 + (p - 1) / (p v) times that,
+Narayanan et al. 2021).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
                     dense_params * precision.weight_bytes / dp + expert_params * precision.weight_bytes / expert_dp
                 )
             optimizer += expert_optimizer
-            in_flight = float(min(par.pp_size - stage, plan.micro_batches))
+            # 1F1B keeps pp - stage micro-batches in flight; the all-to-all overlap's extra warm-up forward one more
+            extra = 1 if scenario.simulation.alltoall_overlap != "none" else 0
+            in_flight = float(min(par.pp_size - stage + extra, plan.micro_batches))
             chunks = par.virtual_pipeline_size
             if (
                 chunks > 1
