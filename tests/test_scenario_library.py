@@ -33,5 +33,14 @@ def test_published_comparison_table_is_what_the_code_predicts() -> None:
     )
     row = next(line for line in table.splitlines() if line.startswith("| deepseek-v3-pretraining"))
     published, predicted, ratio = (cell.strip() for cell in row.split("|")[2:5])
-    assert published == "180K GPU-h"
-    assert float(ratio) == pytest.approx(float(predicted.split("K")[0].replace(",", "")) / 180, abs=0.01)
+    assert published == "180K GPU-h per 10^12 tokens"
+    assert float(ratio.split()[0]) == pytest.approx(float(predicted.split("K")[0].replace(",", "")) / 180, abs=0.01)
+    # Mixtral: TFLOP/s by Megatron's own count, 82.93 GFLOP per token for Mixtral 8x7B at 4,096 tokens
+    from moesim.models import accounting, model_preset
+
+    assert accounting.megatron_flops_per_token(model_preset("mixtral-8x7b"), 4096) == pytest.approx(82.928e9, rel=1e-4)
+    for name, published_tflops in (("mixtral-8x7b-training", 468), ("mixtral-8x22b-training", 445)):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name}"))
+        cells = [cell.strip() for cell in row.split("|")[2:5]]
+        assert cells[0].startswith(f"{published_tflops} TFLOP/s")
+        assert float(cells[2].split()[0]) == pytest.approx(float(cells[1].split()[0]) / published_tflops, abs=0.01)

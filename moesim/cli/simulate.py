@@ -158,11 +158,28 @@ def run(
         return
     console.print(step_table(result))
     console.print(summary_table(result))
+    if result.breakdown:
+        console.print(breakdown_table(result))
     print_sources(result)
     for note in result.notes:
         console.print(f"[dim]note: {note}[/dim]")
     if trace is not None:
         console.print(f"timeline written to {trace} (open in ui.perfetto.dev)")
+
+
+def breakdown_table(result: Any) -> Table:
+    """The training step in the parts a published breakdown names; they add up to the step time."""
+    from moesim.sim.breakdown import BREAKDOWN_PARTS
+
+    table = Table(title="step breakdown, busiest stage (adds up to the step time)")
+    table.add_column("part")
+    table.add_column("seconds", justify="right")
+    for key, label in BREAKDOWN_PARTS:
+        value = result.breakdown.get(key, 0.0)
+        if abs(value) > 1e-9:
+            table.add_row(label, f"{value:,.3f}")
+    table.add_row("step", f"{result.step_time_s:,.3f}")
+    return table
 
 
 def step_table(result: Any) -> Table:

@@ -183,6 +183,27 @@ def training_flops_per_token(spec: ModelSpec, seq_len: int, recompute: bool = Fa
     return (4.0 if recompute else 3.0) * forward_flops_per_token(spec, seq_len, causal)
 
 
+def megatron_flops_per_token(spec: ModelSpec, seq_len: int, causal_halved: bool = False) -> float:
+    """Training FLOPs per token as Megatron-LM counts them for its "TFLOP/s per GPU" (`training.py`,
+    `num_floating_point_operations`, the form of the MCore v0.9-v0.11 releases): 12 L h^2 x [attention (1 + kv
+    groups / heads + s / h) x q / h + experts (ffn / h) x top-k x 3/2 for SwiGLU + shared experts + logits
+    V / (2 L h)]: the full, not causal, score matrix (`causal_halved` for later releases that halve it), every
+    layer's MLP counted as routed, no recomputation, the vocabulary unpadded."""
+    if spec.attention_type == "mla" or spec.num_dense_layers or spec.architecture != "decoder":
+        raise ValueError(f"{spec.name}: Megatron's v0.9 count covers decoder-only GQA models whose every layer is MoE")
+    hidden, layers = spec.hidden_size, spec.num_layers
+    heads = spec.num_attention_heads
+    query_ratio = heads * spec.attention_head_dim / hidden
+    gated = 1.5 if spec.expert_ffn_activation in GATED_ACTIVATIONS else 1.0
+    routed = spec.top_k if spec.num_experts > 1 else 1
+    score = seq_len / hidden / (2 if causal_halved else 1)
+    attention = (1 + spec.kv_heads / heads + score) * query_ratio
+    mlp = spec.moe_intermediate_size / hidden * routed * gated
+    shared = spec.shared_expert_size * spec.num_shared_experts / hidden * gated
+    logits = spec.vocab_size / (2 * layers * hidden)
+    return 12.0 * layers * hidden * hidden * (attention + mlp + shared + logits)
+
+
 def recomputed_flops_per_token(spec: ModelSpec, seq_len: int, modules: Sequence[str], causal: bool = True) -> float:
     """Matmul and attention FLOPs per token that selective recomputation of `modules` replays (norms and the
     experts' activation function are element-wise: no FLOPs counted)."""
@@ -232,24 +253,6 @@ def training_state_bytes(spec: ModelSpec, precision: Precision | None = None) ->
     )
 
 
-def _ffn_activation_elements(hidden: int, inner: int, activation: str) -> int:
-    """Elements an FFN keeps for backward per token: its input, the projections, the activation output."""
-    projections = 2 if activation in GATED_ACTIVATIONS else 1
-    return hidden + projections * inner + inner
-
-
-def _attention_activation_elements(spec: ModelSpec) -> int:
-    """Elements an attention block keeps per token with a fused (flash) kernel: input, Q, K, V, output."""
-    hidden = spec.hidden_size
-    heads = spec.num_attention_heads
-    if spec.attention_type == "mla":
-        qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
-        latents = (spec.q_lora_rank or 0) + spec.kv_lora_rank + spec.qk_rope_head_dim  # type: ignore[operator]
-        return hidden + latents + 2 * heads * qk_dim + 2 * heads * spec.v_head_dim  # type: ignore[operator]
-    head_dim = spec.attention_head_dim
-    return hidden + 2 * heads * head_dim + 2 * spec.kv_heads * head_dim
-
-
 RECOMPUTE_MODULES = ("core_attn", "mla_up_proj", "layernorm", "moe_act", "mlp", "moe")
 """Megatron-Core's selective recomputation modules (`--recompute-modules`): what each drops is in
 `activation_bytes_per_token`, what each replays in `moesim.sim.phases`."""
@@ -264,15 +267,18 @@ def activation_bytes_per_token(
     in Large Transformer Models"), with a fused attention kernel (no seq_len^2 score
     matrix, only the fp32 log-sum-exp per head) and no dropout masks. An MoE layer keeps
     the router logits (fp32) and, per routed copy of the token, the expert's input and
-    intermediate tensors. `recompute="full"` keeps only each layer's input; `"selective"`
-    drops what the recomputed `modules` (`RECOMPUTE_MODULES`) rebuild in the backward:
-    `core_attn` the attention output and its log-sum-exp, `mla_up_proj` MLA's up-projected
-    queries, keys and values (the latents stay), `layernorm` the norms' outputs, `moe_act`
-    the experts' activation outputs, `mlp` a dense FFN's tensors but its input, `moe` an MoE
-    layer's routed and shared tensors and router logits but its input.
+    intermediate tensors. The linear layers' inputs (the norms' outputs, MLA's latents, the
+    attention output, the experts' inputs and activation outputs) are kept in
+    `precision.linear_inputs` (DeepSeek-V3: fp8), the rest in the activations' format.
+    `recompute="full"` keeps only each layer's input; `"selective"` drops what the recomputed
+    `modules` (`RECOMPUTE_MODULES`) rebuild in the backward: `core_attn` the attention output
+    and its log-sum-exp, `mla_up_proj` MLA's up-projected queries, keys and values (the
+    latents stay), `layernorm` the norms' inputs, `moe_act` the experts' activation outputs,
+    `mlp` a dense FFN's tensors but its input, `moe` an MoE layer's routed and shared tensors
+    and router logits but its input.
     """
     precision = precision or Precision()
-    element = precision.activation_bytes
+    element, linear = precision.activation_bytes, precision.linear_input_bytes
     hidden = spec.hidden_size
     if recompute == "full":
         return (spec.num_layers + spec.num_encoder_layers) * hidden * element
@@ -283,29 +289,29 @@ def activation_bytes_per_token(
     if unknown:
         raise ValueError(f"unknown recompute modules {sorted(unknown)}; known: {', '.join(RECOMPUTE_MODULES)}")
     heads = spec.num_attention_heads
-    attention = _attention_activation_elements(spec) * element + 4 * heads
-    if "core_attn" in dropped:
-        output = heads * (spec.v_head_dim if spec.attention_type == "mla" else spec.attention_head_dim)
-        attention -= output * element + 4 * heads  # type: ignore[operator]
-    if "mla_up_proj" in dropped and spec.attention_type == "mla":
+    if spec.attention_type == "mla":
         qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
-        kept_output = "core_attn" not in dropped
-        attention -= (2 * heads * qk_dim + heads * spec.v_head_dim * (1 if kept_output else 0)) * element  # type: ignore[operator]
+        latents = (spec.q_lora_rank or 0) + spec.kv_lora_rank + spec.qk_rope_head_dim  # type: ignore[operator]
+        heads_qkv = 2 * heads * qk_dim + heads * spec.v_head_dim  # type: ignore[operator]
+        output = heads * spec.v_head_dim  # type: ignore[operator]
+    else:
+        latents = 0
+        heads_qkv = heads * spec.attention_head_dim + 2 * spec.kv_heads * spec.attention_head_dim
+        output = heads * spec.attention_head_dim
+    attention = (hidden + latents) * linear  # the projections' inputs
+    attention += 0 if "mla_up_proj" in dropped and spec.attention_type == "mla" else heads_qkv * element
+    attention += 0 if "core_attn" in dropped else output * linear + 4 * heads  # output (o_proj's input), fp32 lse
     norms = 0 if "layernorm" in dropped else 2 * hidden * element
-    dense_ffn = _ffn_activation_elements(hidden, spec.intermediate_size, spec.dense_ffn_activation) * element
-    if "mlp" in dropped:
-        dense_ffn = hidden * element
-    act_inner = spec.moe_intermediate_size if "moe_act" in dropped else 0
-    routed = spec.top_k * (
-        _ffn_activation_elements(hidden, spec.moe_intermediate_size, spec.expert_ffn_activation) - act_inner
-    )
-    shared_inner = spec.shared_expert_size if "moe_act" in dropped else 0
-    shared = spec.num_shared_experts * (
-        _ffn_activation_elements(hidden, spec.shared_expert_size, spec.expert_ffn_activation) - shared_inner
-    )
-    moe_ffn = (hidden + routed + shared) * element + 4 * spec.num_experts
-    if "moe" in dropped:
-        moe_ffn = hidden * element
+
+    def ffn(inner: int, activation: str, keep_activation_output: bool) -> float:
+        projections = 2 if activation in GATED_ACTIVATIONS else 1
+        return hidden * linear + projections * inner * element + (inner * linear if keep_activation_output else 0)
+
+    dense_ffn = hidden * linear if "mlp" in dropped else ffn(spec.intermediate_size, spec.dense_ffn_activation, True)
+    keep_act = "moe_act" not in dropped
+    routed = spec.top_k * ffn(spec.moe_intermediate_size, spec.expert_ffn_activation, keep_act)
+    shared = spec.num_shared_experts * ffn(spec.shared_expert_size, spec.expert_ffn_activation, keep_act)
+    moe_ffn = hidden * linear + (0 if "moe" in dropped else routed + shared + 4 * spec.num_experts)
     cross = spec.num_layers * (attention + hidden * element) if spec.architecture == "encoder_decoder" else 0
     layers = spec.num_layers + spec.num_encoder_layers
     return int(layers * (attention + norms) + spec.num_moe_layers * moe_ffn + spec.num_dense_layers * dense_ffn + cross)

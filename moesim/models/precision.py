@@ -47,6 +47,11 @@ class Precision(BaseModel):
     combine: Optional[DType] = Field(
         None, description="Format of the expert outputs sent back (null: the activations'; DeepSeek-V3: bf16)."
     )
+    linear_inputs: Optional[DType] = Field(
+        None,
+        description="Format in which the linear layers' inputs are kept for the backward (null: the activations'; "
+        "DeepSeek-V3 caches them in fp8, report 3.3.4).",
+    )
 
     @property
     def weight_bytes(self) -> int:
@@ -65,6 +70,12 @@ class Precision(BaseModel):
     @property
     def activation_bytes(self) -> int:
         return DTYPE_BYTES[self.activations]
+
+    @property
+    def linear_input_bytes(self) -> float:
+        """Bytes per kept element of a linear layer's input (fp8 with one fp32 scale per 128 elements)."""
+        dtype = self.linear_inputs or self.activations
+        return DTYPE_BYTES[dtype] + (4 / FP8_SCALE_BLOCK if dtype == "fp8" else 0.0)
 
     def token_bytes(self, hidden: int, direction: str) -> float:
         """Bytes of one token's hidden vector sent in an all-to-all ('dispatch' or 'combine'): fp8 carries one fp32

@@ -292,6 +292,46 @@ class CostModel:
         ) + self.dense.dense_weight_grad_seconds(rows_array, inner, cols, element_bytes)
         return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
 
+    def gemm_weight_grad_seconds(
+        self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2, fp8: bool = False
+    ) -> np.ndarray:
+        """The weight-gradient part of `gemm_backward_seconds` (without a measured model: half of it)."""
+        rows_array = np.asarray(rows, dtype=float)
+        if self.dense is None:
+            return self.backward_gemm_factor / 2 * self.gemm_seconds(rows_array, inner, cols, element_bytes, fp8)
+        seconds = self.dense.dense_weight_grad_seconds(rows_array, inner, cols, element_bytes)
+        return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
+
+    def ffn_weight_grad_seconds(
+        self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2, fp8: bool = False
+    ) -> np.ndarray:
+        """The weight-gradient part of `ffn_backward_seconds`: both projections' weight gradients."""
+        width = 2 * inner if gated else inner
+        return self.gemm_weight_grad_seconds(rows, hidden, width, element_bytes, fp8) + self.gemm_weight_grad_seconds(
+            rows, inner, hidden, element_bytes, fp8
+        )
+
+    def experts_ffn_weight_grad_seconds(
+        self,
+        rows_per_expert: Sequence[float] | np.ndarray,
+        hidden: int,
+        inner: int,
+        gated: bool,
+        element_bytes: int = 2,
+        fp8: bool = False,
+    ) -> float:
+        """The weight-gradient part of `experts_ffn_backward_seconds` (grouped, or the experts one by one)."""
+        rows = np.asarray(rows_per_expert, dtype=float)
+        if self.grouped is None:
+            return float(self.ffn_weight_grad_seconds(rows, hidden, inner, gated, element_bytes, fp8).sum())
+        width = 2 * inner if gated else inner
+        model = self.grouped
+        down = model.weight_grad_seconds(rows, inner, hidden, element_bytes) / self._grouped_fp8(
+            rows, inner, hidden, fp8
+        )
+        up = model.weight_grad_seconds(rows, hidden, width, element_bytes) / self._grouped_fp8(rows, hidden, width, fp8)
+        return down + up
+
     def ffn_seconds(
         self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2, fp8: bool = False
     ) -> np.ndarray:

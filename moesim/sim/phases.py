@@ -95,6 +95,7 @@ class StageProgram:
 
     forward: list[Phase]
     backward: list[Phase]
+    replayed_s: float = 0.0  # seconds of recomputed work in the backward (a rank's mean, waits not counted)
 
 
 class PhaseBuilder:
@@ -436,6 +437,7 @@ class PhaseBuilder:
         forward: list[Phase] = []
         backward: list[Phase] = []
         moe_layer = first_moe_layer
+        replayed = 0.0
         if stage == 0:
             embed = cost.memory_seconds(2 * self.tokens * model.hidden_size * self.element)
             forward.append(Phase("embedding", -1, self.same(embed)))
@@ -448,7 +450,9 @@ class PhaseBuilder:
             layer_forward, layer_backward = self.layer_phases(layer, routing, routing_index)
             forward += layer_forward
             # later layers' backward runs first: prepend; recomputation replays (part of) the forward first
-            backward[:0] = self.replayed(layer, layer_forward) + _backward_order(layer_backward)
+            replay = self.replayed(layer, layer_forward)
+            replayed += sum(_mean_seconds(phase) for phase in replay)
+            backward[:0] = replay + _backward_order(layer_backward)
         if stage == self.plan.num_stages - 1:
             vocab = model.vocab_size // self.tp
             loss = cost.memory_seconds(8 * self.tokens * vocab)
@@ -458,12 +462,18 @@ class PhaseBuilder:
             )
             forward.append(Phase("lm_head", -1, self.same(head)))
             backward.insert(0, Phase("lm_head", -1, self.same(head_backward)))
-        return StageProgram(forward, backward)
+        return StageProgram(forward, backward, replayed)
 
 
 def _or(measured: Optional[float], modelled: float) -> float:
     """A calibrated phase time where the profile has one, else the roofline's."""
     return modelled if measured is None else measured
+
+
+def _mean_seconds(phase: Phase) -> float:
+    """A phase's time on a rank, on average, with the work it overlaps when that takes longer."""
+    seconds = float(np.mean(phase.seconds))
+    return max(seconds, float(np.mean(phase.overlapped.seconds))) if phase.overlapped is not None else seconds
 
 
 def _relabel(phases: list[Phase], index: int) -> list[Phase]:

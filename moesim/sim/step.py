@@ -62,6 +62,8 @@ class StepResult:
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     """What each phase's time rests on (`moesim.sim.sources`): measured, derived or assumed, with errors."""
+    breakdown: dict[str, float] = field(default_factory=dict)
+    """Training: the busiest stage's step in parts that add up to it (`moesim.sim.breakdown.BREAKDOWN_PARTS`)."""
     slices: list[Slice] = field(default_factory=list, repr=False)
 
     def as_dict(self, with_slices: bool = False) -> dict[str, Any]:
@@ -86,6 +88,7 @@ class _StagePasses:
     slices: list[list[Slice]]
     across_bytes: list[float]
     comm_s: list[tuple[float, float]] = field(default_factory=list)  # (forward, backward) seconds in collectives
+    replayed_s: list[float] = field(default_factory=list)  # recomputed seconds per backward
 
 
 STAGE_CACHE_SIZE = 16
@@ -184,14 +187,15 @@ def _run_stages(
             across = sum(
                 p.bytes_across_nodes for p in program.forward + (program.backward if backward else []) if p.collective
             )
-            cache[signature] = (seconds, busy, slices, across, comm)
-        seconds, busy, slices, across, comm = cache[signature]
+            cache[signature] = (seconds, busy, slices, across, comm, program.replayed_s)
+        seconds, busy, slices, across, comm, replayed = cache[signature]
         result.forward_s.append(seconds[0])
         result.backward_s.append(seconds[1] if backward else 0.0)
         result.busy.append(busy)
         result.slices.append(slices)
         result.across_bytes.append(across)
         result.comm_s.append((comm[0], comm[1] if backward else 0.0))
+        result.replayed_s.append(replayed if backward else 0.0)
     if len(cache) < plan.num_stages:
         notes.append(f"{plan.num_stages} pipeline stages, {len(cache)} distinct: identical stages simulated once")
     return result, routing, notes
@@ -217,6 +221,40 @@ def _routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
     dropped = sum(layer.dropped_pairs for layer in routing)
     requested = sum(layer.requested_pairs for layer in routing)
     return (dropped / requested if requested else 0.0), float(np.mean([layer.load_imbalance for layer in routing]))
+
+
+def _breakdown(
+    scenario: Scenario,
+    plan: StagePlan,
+    cost: CostModel,
+    topology: Topology,
+    stages: _StagePasses,
+    routing: list[LayerRouting],
+    worst: int,
+    pipeline: float,
+    pairs: list[float] | None,
+) -> dict[str, float]:
+    """The busiest stage's step in published-breakdown parts (`moesim.sim.breakdown`), bar the all-reduce and the
+    optimizer, which the caller adds."""
+    from moesim.sim.breakdown import stage_work, weight_gradient_seconds
+    from moesim.sim.engine import stage_items
+
+    par, micro = scenario.parallelism, plan.micro_batches
+    forward, backward = stages.forward_s, stages.backward_s
+    items = stage_items(forward, backward, micro, par.virtual_pipeline_size, pairs)[worst]
+    work, hidden = stage_work(forward[worst], backward[worst], items, par.virtual_pipeline_size)
+    builder = PhaseBuilder(scenario, plan, cost, topology, plan.tokens_per_rank, scenario.workload.seq_len)
+    first_moe = sum(plan.stage_moe_layer_count(stage) for stage in range(worst))
+    weight = micro * weight_gradient_seconds(builder, worst, routing, first_moe)
+    recompute = micro * stages.replayed_s[worst]
+    return {
+        "forward_s": micro * forward[worst],
+        "backward_input_s": micro * backward[worst] - weight - recompute,
+        "backward_weight_s": weight,
+        "recompute_s": recompute,
+        "overlap_hidden_s": -hidden,
+        "bubble_s": pipeline - work,
+    }
 
 
 def overlapped_pairs(stages: _StagePasses, scenario: Scenario) -> list[float]:
@@ -255,7 +293,7 @@ def _training_step(
     else:
         pipeline = run_pipeline_fast(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs)
         pipeline_slices = []
-    busy = micro * (max(forward_s) + max(backward_s))
+    busy = micro * (max(pairs) if pairs else max(forward_s) + max(backward_s))  # the stage's own work
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision
     grads_dense = plan.stage_dense_params(worst) / par.tp_size * precision.grad_bytes
@@ -267,14 +305,17 @@ def _training_step(
     reduce = all_reduce_time(topology, dp_group, grads_dense, sim.allreduce_algorithm)
     reduce += all_reduce_time(topology, np.unique(expert_group), grads_expert, sim.allreduce_algorithm)
     exposed = max(0.0, reduce - backward_s[worst]) if sim.overlap_grad_reduce else reduce
-    params_on_gpu = plan.stage_dense_params(worst) / par.tp_size + plan.stage_expert_params(worst) / par.ep_size
-    optimizer_bytes = params_on_gpu * (
-        2 * precision.optimizer_bytes_per_param + precision.weight_bytes + precision.grad_bytes
-    )
+    # the optimizer reads and writes its states, the weights and the gradients once: ZeRO-1 and above shard the
+    # dense parameters' share over the data-parallel ranks and the experts' over the expert-data-parallel ranks
+    dense_on_gpu = plan.stage_dense_params(worst) / par.tp_size
+    experts_on_gpu = plan.stage_expert_params(worst) / par.ep_size
     if par.zero_stage >= 1:
-        optimizer_bytes /= dp
-    optimizer = cost.memory_seconds(optimizer_bytes)
+        dense_on_gpu, experts_on_gpu = dense_on_gpu / dp, experts_on_gpu / expert_dp
+    per_param = 2 * precision.optimizer_bytes_per_param + precision.weight_bytes + precision.grad_bytes
+    optimizer = cost.memory_seconds((dense_on_gpu + experts_on_gpu) * per_param)
     step = pipeline + exposed + optimizer
+    breakdown = _breakdown(scenario, plan, cost, topology, stages, routing, worst, pipeline, pairs)
+    breakdown.update(grad_allreduce_exposed_s=exposed, optimizer_s=optimizer)
     tokens_per_step = float((scenario.workload.global_batch_size or 1) * scenario.workload.seq_len)
     world = scenario.cluster.world_size
     # MFU counts the model's FLOPs (forward + backward, no recomputation); HFU also what recomputation replays
@@ -318,6 +359,7 @@ def _training_step(
         grad_allreduce_s=reduce,
         grad_allreduce_exposed_s=exposed,
         optimizer_s=optimizer,
+        breakdown=breakdown,
         tokens_per_step=tokens_per_step,
         tokens_per_s=tokens_per_step / step,
         tokens_per_s_per_gpu=tokens_per_step / step / world,
