@@ -44,3 +44,8 @@ def test_published_comparison_table_is_what_the_code_predicts() -> None:
         cells = [cell.strip() for cell in row.split("|")[2:5]]
         assert cells[0].startswith(f"{published_tflops} TFLOP/s")
         assert float(cells[2].split()[0]) == pytest.approx(float(cells[1].split()[0]) / published_tflops, abs=0.01)
+    # DeepEP's normal kernels: the published bandwidths, and moesim's NVLink at EP 8 within 15% of them
+    row = next(line for line in table.splitlines() if line.startswith("| 8 | NVLink"))
+    cells = [cell.strip() for cell in row.split("|")[3:9]]
+    assert cells[0] == "153 GB/s" and cells[3] == "158 GB/s"
+    assert abs(float(cells[2]) - 1) <= 0.15 and abs(float(cells[5]) - 1) <= 0.15

@@ -102,6 +102,41 @@ def deepseek_breakdown_rows(network_mode: str = "full") -> list[str]:
     return rows
 
 
+def deepep_rows(network_mode: str = "full") -> list[str]:
+    """DeepEP's normal-kernel bandwidths beside moesim's network model (`moesim.validation.deepep`)."""
+    from moesim.validation.deepep import DEEPEP_NORMAL, DEEPEP_SOURCE, predicted_bandwidths
+
+    rows = [
+        f"{DEEPEP_SOURCE}: 4,096 tokens per rank, hidden 7,168, top-8, fp8 dispatch, bf16 combine; the bottleneck "
+        "link's bandwidth, NVLink at EP 8 and RDMA beyond. moesim: DeepSeek-V3's router and its `deepep` all-to-all "
+        "on the `hgx-h800` preset (NVLink 160 GB/s, 400 Gb/s NICs), the same bytes over its predicted time.",
+        "",
+        "| EP | link | dispatch: DeepEP | moesim | ratio | combine: DeepEP | moesim | ratio |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in DEEPEP_NORMAL:
+        dispatch, combine = predicted_bandwidths(row.ep, network_mode)
+        cells = []
+        for published, ours in ((row.dispatch_gb_per_s, dispatch), (row.combine_gb_per_s, combine)):
+            ratio = ours / published
+            mark = "" if abs(ratio - 1) <= WITHIN else " (outside the bar)"
+            cells.append(f"{published:.0f} GB/s | {ours:.1f} GB/s | {ratio:.2f}{mark}")
+        link = "NVLink" if row.ep <= 8 else "RDMA"
+        rows.append(f"| {row.ep} | {link} | {cells[0]} | {cells[1]} |")
+    rows += [
+        "",
+        "At EP 16 moesim is slow: with two nodes every token goes to both, and moesim's NVLink fan-out (each "
+        "arriving token copied to each of its destination GPUs in the node, about 3.3 per token, at 160 GB/s) takes "
+        "longer than the RDMA hop, while DeepEP's 43 GB/s means its whole dispatch took about 0.7 ms; either the "
+        "fan-out volume or its rate is modelled wrong, and only a measured two-node run can say which. DeepEP's 58 "
+        "and 57 GB/s at EP 32 exceed a 400 Gb/s NIC's 50 GB/s line rate, so its byte count there includes bytes "
+        "moesim's node-deduplicated count does not send over the NIC; moesim's RDMA figures stop at the line rate "
+        "by construction. No moesim run has measured this network. DeepEP's low-latency kernels (decode) are the "
+        "serving planner's (issue 13) and not modelled yet.",
+    ]
+    return rows
+
+
 def predicted(run: PublishedRun, network_mode: str = "full") -> tuple[str, float]:
     """(deployment label, moesim's figure in the run's metric)."""
     scenario = load_scenario(REPO / "scenarios" / run.scenario, [f"simulation.network_mode={network_mode}"])
@@ -140,6 +175,7 @@ def published_table(network_mode: str = "full") -> str:
             f"| {label} | {_figure(run.metric, run.published)} | {_figure(run.metric, value)} | {ratio:.2f}{verdict} "
             f"| {run.source} | {run.differences} |"
         )
+    lines += ["", "## DeepEP's all-to-all bandwidth", "", *deepep_rows(network_mode)]
     lines += [
         "",
         "## DeepSeek-V3's step, part by part",

@@ -1,0 +1,72 @@
+"""DeepEP's published all-to-all bandwidths beside moesim's network model (the rows of `validation/PUBLISHED.md`).
+
+DeepEP's README times its normal (throughput) kernels on H800 nodes with CX7 400 Gb/s InfiniBand in DeepSeek-V3's
+pre-training setting: 4,096 tokens per rank, hidden 7,168, top-8 of 256 experts within the top min(nodes, 4) nodes,
+fp8 dispatch and bf16 combine, and reports the bottleneck link's bandwidth: NVLink within one node (EP 8), RDMA
+across nodes (EP 16 and more). moesim routes the same tokens with DeepSeek-V3's router, sends them with its `deepep`
+all-to-all (node-deduplicated over the NICs, then NVLink) over the `hgx-h800` cluster preset, and divides the same
+bytes by its predicted time: the bytes a rank sends over NVLink (EP 8) or over its NIC (more nodes). The routing
+is the test's (`tests/test_internode.py`): random scores, a group per node, top-min(nodes, 4) groups, top-8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moesim.cluster.topology import Topology
+from moesim.scenario import scenario_from_dict
+from moesim.sim.collectives import all_to_all
+from moesim.sim.routing_load import route_layers
+
+DEEPEP_SOURCE = "deepseek-ai/DeepEP README, normal kernels on H800 + CX7 400 Gb/s (DeepSeek-V3 pre-training setting)"
+
+
+@dataclass(frozen=True)
+class DeepEPRow:
+    ep: int
+    dispatch_gb_per_s: float  # published, the bottleneck link
+    combine_gb_per_s: float
+
+
+DEEPEP_NORMAL = [DeepEPRow(8, 153, 158), DeepEPRow(16, 43, 43), DeepEPRow(32, 58, 57), DeepEPRow(64, 51, 50)]
+
+
+def predicted_bandwidths(ep: int, network_mode: str = "full") -> tuple[float, float]:
+    """moesim's (dispatch, combine) bottleneck bandwidth in GB/s at expert parallelism `ep`."""
+    nodes = max(1, ep // 8)
+    scenario = scenario_from_dict(
+        {
+            "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3, "router_bias": False},
+            "cluster": {"preset": "hgx-h800", "num_nodes": nodes},
+            "parallelism": {"ep_size": ep},
+            "workload": {"mode": "training", "seq_len": 4096, "precision": {"dispatch": "fp8", "combine": "bf16"}},
+            # DeepEP's test: random scores, one expert group per node (group score: its best expert), the top
+            # min(nodes, 4) nodes, then the top-8 experts among them
+            "routing": {
+                "strategy": "group_limited",
+                "group_score": "max",
+                "num_expert_groups": nodes,
+                "topk_groups": min(nodes, 4),
+            },
+            "simulation": {
+                "alltoall_algorithm": "deepep",
+                "network_mode": network_mode,
+                "max_routed_tokens": 4096 * ep,
+            },
+        }
+    )
+    topology = Topology.from_cluster(scenario.cluster)
+    (layer,), _ = route_layers(scenario, [0], 4096 * ep, topology.gpus_per_node)
+    precision = scenario.workload.precision
+    combine_scale = precision.token_bytes(7168, "combine") / precision.token_bytes(7168, "dispatch")
+    bandwidths = []
+    for traffic in (layer.traffic, layer.traffic.transposed(combine_scale)):
+        result = all_to_all(topology, traffic, "deepep", network_mode)
+        if ep <= topology.gpus_per_node:  # NVLink: what a rank sends to the others
+            sent = (traffic.rank_bytes.sum() - np.trace(traffic.rank_bytes)) / ep
+        else:  # RDMA: what a rank sends across nodes
+            sent = result.bytes_across_nodes / ep
+        bandwidths.append(sent / result.seconds / 1e9)
+    return bandwidths[0], bandwidths[1]
