@@ -137,6 +137,12 @@ class ParallelismSpec(_Section):
         description="Model chunks per pipeline stage (Megatron-Core's interleaved 1F1B; 1 = plain 1F1B): the "
         "bubble shrinks by this factor, point-to-point transfers grow by it.",
     )
+    pipeline_schedule: Optional[Literal["1f1b", "interleaved", "dualpipe"]] = Field(
+        None,
+        description="Pipeline schedule: 1f1b, interleaved (Megatron-Core's, with virtual_pipeline_size chunks) or "
+        "dualpipe (DeepSeek-V3's: micro-batches from both ends, each rank holding two chunks, a forward and a "
+        "backward chunk overlapped); default: interleaved when virtual_pipeline_size > 1, else 1f1b.",
+    )
 
     @property
     def model_parallel_size(self) -> int:
@@ -461,8 +467,27 @@ class Scenario(_Section):
                 f"({sequences_per_step})"
             )
         self.workload.global_batch_size = global_batch
+        micro_batches = global_batch // sequences_per_step
+        schedule = par.pipeline_schedule or ("interleaved" if par.virtual_pipeline_size > 1 else "1f1b")
+        if (schedule == "interleaved") != (par.virtual_pipeline_size > 1):
+            raise ValueError(
+                f"parallelism.pipeline_schedule: {schedule} and virtual_pipeline_size {par.virtual_pipeline_size} "
+                "disagree; the interleaved schedule (and only it) needs virtual_pipeline_size > 1"
+            )
+        if schedule == "dualpipe":
+            if self.workload.mode != "training" or par.pp_size < 2 or par.pp_size % 2 or micro_batches < par.pp_size:
+                raise ValueError(
+                    f"parallelism.pipeline_schedule: DualPipe trains with an even pp_size of at least 2 and at least "
+                    f"pp_size micro-batches per step (here pp_size {par.pp_size}, {micro_batches} micro-batches, "
+                    f"{self.workload.mode}); choose 1f1b or change them"
+                )
+            if self.simulation.alltoall_overlap != "none":
+                raise ValueError(
+                    "simulation.alltoall_overlap: DualPipe overlaps its forward and backward chunks by construction; "
+                    "leave alltoall_overlap at none with pipeline_schedule=dualpipe"
+                )
+        par.pipeline_schedule = schedule
         if par.virtual_pipeline_size > 1:
-            micro_batches = global_batch // sequences_per_step
             if par.pp_size == 1 or micro_batches % par.pp_size:
                 raise ValueError(
                     "parallelism.virtual_pipeline_size: the interleaved schedule needs pp_size > 1 and "

@@ -112,6 +112,8 @@ def test_impossible_requests_get_one_line_and_exit_2(tmp_path: Path) -> None:
                 "--set",
                 "parallelism.pp_size=1",
                 "--set",
+                "parallelism.pipeline_schedule=1f1b",
+                "--set",
                 "parallelism.ep_size=8",
             ),
             "does not fit",

@@ -7,7 +7,7 @@ optimizer states over data-parallel ranks (expert states over the expert-data-pa
 ranks, dp x tp / ep), stage 2 also gradients, stage 3 also weights. Activations are
 kept for the micro-batches in flight under 1F1B (pp on the first stage, one more with the all-to-all
 overlap's extra warm-up forward; the interleaved schedule keeps 1 + (p - 1) / (p v) times that,
-Narayanan et al. 2021).
+Narayanan et al. 2021; DualPipe holds two chunks per rank and pp + 1 micro-batches of a chunk in flight).
 """
 
 from __future__ import annotations
@@ -61,10 +61,13 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
         model, precision, workload.activation_recompute, workload.recompute_modules
     ) / (model.num_layers + model.num_encoder_layers)
     worst: MemoryBreakdown | None = None
+    dualpipe = par.pipeline_schedule == "dualpipe"
     for stage in range(plan.num_stages):
-        dense_params = plan.stage_dense_params(stage) / tp
+        # DualPipe: rank `stage` holds two chunks, this stage and its mirror (two copies of the parameters)
+        held = (stage, plan.num_stages - 1 - stage) if dualpipe else (stage,)
+        dense_params = sum(plan.stage_dense_params(chunk) for chunk in held) / tp
         copies = 1 + scenario.simulation.redundant_experts / model.num_experts  # redundant expert copies
-        expert_params = plan.stage_expert_params(stage) * copies / ep
+        expert_params = sum(plan.stage_expert_params(chunk) for chunk in held) * copies / ep
         weights = (dense_params + expert_params) * precision.weight_bytes
         grads = optimizer = activations = buffers = kv_cache = 0.0
         if training:
@@ -91,7 +94,11 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
                     min((par.pp_size - stage - 1) * 2 + (chunks - 1) * par.pp_size + 1, plan.micro_batches * chunks)
                     / chunks
                 )
-            activations = per_layer_activation * plan.stage_layer_count(stage) * tokens_per_micro * in_flight
+            layers = float(plan.stage_layer_count(stage))
+            if dualpipe:  # pp + 1 micro-batches of a chunk in flight (DeepSeek-V3 report, Table 2)
+                in_flight = float(min(par.pp_size + 1, plan.micro_batches))
+                layers = sum(plan.stage_layer_count(chunk) for chunk in held) / 2
+            activations = per_layer_activation * layers * tokens_per_micro * in_flight
         else:
             context = workload.seq_len + workload.decode_tokens
             kv_per_layer = accounting.kv_cache_bytes_per_token(model, precision) / model.num_layers

@@ -22,7 +22,17 @@ from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time
 from moesim.sim.compute import CostModel
-from moesim.sim.engine import Slice, busy_by_phase, run_pipeline, run_pipeline_fast, run_stage, run_stage_fast
+from moesim.sim.breakdown import stage_work, weight_gradient_seconds
+from moesim.sim.dualpipe import chunks_of, dualpipe_step
+from moesim.sim.engine import (
+    Slice,
+    busy_by_phase,
+    run_pipeline,
+    run_pipeline_fast,
+    run_stage,
+    run_stage_fast,
+    stage_items,
+)
 from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
@@ -226,33 +236,28 @@ def _routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
 def _breakdown(
     scenario: Scenario,
     plan: StagePlan,
-    cost: CostModel,
-    topology: Topology,
     stages: _StagePasses,
-    routing: list[LayerRouting],
-    worst: int,
+    held: dict[int, float],
+    weights: dict[int, float],
+    work: float,
     pipeline: float,
-    pairs: list[float] | None,
 ) -> dict[str, float]:
-    """The busiest stage's step in published-breakdown parts (`moesim.sim.breakdown`), bar the all-reduce and the
-    optimizer, which the caller adds."""
-    from moesim.sim.breakdown import stage_work, weight_gradient_seconds
-    from moesim.sim.engine import stage_items
-
-    par, micro = scenario.parallelism, plan.micro_batches
-    forward, backward = stages.forward_s, stages.backward_s
-    items = stage_items(forward, backward, micro, par.virtual_pipeline_size, pairs)[worst]
-    work, hidden = stage_work(forward[worst], backward[worst], items, par.virtual_pipeline_size)
-    builder = PhaseBuilder(scenario, plan, cost, topology, plan.tokens_per_rank, scenario.workload.seq_len)
-    first_moe = sum(plan.stage_moe_layer_count(stage) for stage in range(worst))
-    weight = micro * weight_gradient_seconds(builder, worst, routing, first_moe)
-    recompute = micro * stages.replayed_s[worst]
+    """The busiest rank's step in published-breakdown parts (`moesim.sim.breakdown`), bar the all-reduce and the
+    optimizer, which the caller adds. `held`: the stages the rank runs and how many micro-batches go through each;
+    `weights`: their weight-gradient seconds per micro-batch; `work`: the seconds the rank computes (overlap
+    included)."""
+    forward = sum(count * stages.forward_s[stage] for stage, count in held.items())
+    backward = sum(count * stages.backward_s[stage] for stage, count in held.items())
+    weight = sum(count * weights[stage] for stage, count in held.items())
+    recompute = sum(count * stages.replayed_s[stage] for stage, count in held.items())
+    if abs(work - forward - backward) <= 1e-9 * work:  # nothing overlapped: the same sums, up to rounding
+        work = forward + backward
     return {
-        "forward_s": micro * forward[worst],
-        "backward_input_s": micro * backward[worst] - weight - recompute,
+        "forward_s": forward,
+        "backward_input_s": backward - weight - recompute,
         "backward_weight_s": weight,
         "recompute_s": recompute,
-        "overlap_hidden_s": -hidden,
+        "overlap_hidden_s": work - forward - backward,
         "bubble_s": pipeline - work,
     }
 
@@ -287,34 +292,55 @@ def _training_step(
         + topology.network_latency_s
     )
     p2p = p2p if par.pp_size > 1 else 0.0
-    pairs = overlapped_pairs(stages, scenario) if sim.alltoall_overlap == "1f1b" else None
-    if sim.network_mode == "full":
-        pipeline, pipeline_slices = run_pipeline(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs)
+    dualpipe = par.pipeline_schedule == "dualpipe"
+    overlapped = dualpipe or sim.alltoall_overlap == "1f1b"
+    pairs = overlapped_pairs(stages, scenario) if overlapped else None
+    builder = PhaseBuilder(scenario, plan, cost, topology, tokens, scenario.workload.seq_len)
+    first_moe = [sum(plan.stage_moe_layer_count(stage) for stage in range(index)) for index in range(plan.num_stages)]
+
+    def weight_of(stage: int) -> float:
+        return weight_gradient_seconds(builder, stage, routing, first_moe[stage])
+
+    pipeline_slices: list[Slice] = []
+    if dualpipe:  # closed form (moesim.sim.dualpipe); a rank holds two chunks, half the micro-batches each
+        weights = {stage: weight_of(stage) for stage in range(plan.num_stages)}
+        dual = dualpipe_step(backward_s, pairs, [weights[stage] for stage in range(plan.num_stages)], micro)
+        pipeline, work = dual.pipeline_s, dual.work_s
+        held = {stage: micro / 2 for stage in chunks_of(dual.rank, plan.num_stages)}
     else:
-        pipeline = run_pipeline_fast(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs)
-        pipeline_slices = []
-    busy = micro * (max(pairs) if pairs else max(forward_s) + max(backward_s))  # the stage's own work
+        if sim.network_mode == "full":
+            pipeline, pipeline_slices = run_pipeline(
+                forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs
+            )
+        else:
+            pipeline = run_pipeline_fast(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs)
+        items = stage_items(forward_s, backward_s, micro, par.virtual_pipeline_size, pairs)[worst]
+        work, _ = stage_work(forward_s[worst], backward_s[worst], items, par.virtual_pipeline_size)
+        held = {worst: float(micro)}
+        weights = {worst: weight_of(worst)}
+    busy = work  # the busiest stage's (DualPipe: rank's) own work; the rest of the pipeline time is bubble
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision
-    grads_dense = plan.stage_dense_params(worst) / par.tp_size * precision.grad_bytes
-    grads_expert = plan.stage_expert_params(worst) / par.ep_size * precision.grad_bytes
+    dense_params = sum(plan.stage_dense_params(stage) for stage in held) / par.tp_size  # DualPipe: two chunks
+    expert_params = sum(plan.stage_expert_params(stage) for stage in held) / par.ep_size
+    grads_dense, grads_expert = dense_params * precision.grad_bytes, expert_params * precision.grad_bytes
     dp = par.dp_size or 1
     dp_group = np.arange(dp) * par.model_parallel_size
     expert_dp = max(1, dp * par.tp_size * par.cp_size // par.ep_size)
     expert_group = (np.arange(expert_dp) * par.ep_size * par.tp_size * par.cp_size) % topology.world_size
     reduce = all_reduce_time(topology, dp_group, grads_dense, sim.allreduce_algorithm)
     reduce += all_reduce_time(topology, np.unique(expert_group), grads_expert, sim.allreduce_algorithm)
-    exposed = max(0.0, reduce - backward_s[worst]) if sim.overlap_grad_reduce else reduce
+    last_backward = max(backward_s[stage] for stage in held)
+    exposed = max(0.0, reduce - last_backward) if sim.overlap_grad_reduce else reduce
     # the optimizer reads and writes its states, the weights and the gradients once: ZeRO-1 and above shard the
     # dense parameters' share over the data-parallel ranks and the experts' over the expert-data-parallel ranks
-    dense_on_gpu = plan.stage_dense_params(worst) / par.tp_size
-    experts_on_gpu = plan.stage_expert_params(worst) / par.ep_size
+    dense_on_gpu, experts_on_gpu = dense_params, expert_params
     if par.zero_stage >= 1:
         dense_on_gpu, experts_on_gpu = dense_on_gpu / dp, experts_on_gpu / expert_dp
     per_param = 2 * precision.optimizer_bytes_per_param + precision.weight_bytes + precision.grad_bytes
     optimizer = cost.memory_seconds((dense_on_gpu + experts_on_gpu) * per_param)
     step = pipeline + exposed + optimizer
-    breakdown = _breakdown(scenario, plan, cost, topology, stages, routing, worst, pipeline, pairs)
+    breakdown = _breakdown(scenario, plan, stages, held, weights, work, pipeline)
     breakdown.update(grad_allreduce_exposed_s=exposed, optimizer_s=optimizer)
     tokens_per_step = float((scenario.workload.global_batch_size or 1) * scenario.workload.seq_len)
     world = scenario.cluster.world_size
@@ -329,15 +355,25 @@ def _training_step(
         hardware_flops += accounting.recomputed_flops_per_token(model, workload.seq_len, workload.recompute_modules)
     hfu = hardware_flops * tokens_per_step / (step * world * cost.peak_flops)
     drop_rate, imbalance = _routing_summary(routing)
-    phases = {name: seconds * micro for name, seconds in stages.busy[worst].items()}
+    phases: dict[str, float] = {}
+    for stage, count in held.items():
+        for name, seconds in stages.busy[stage].items():
+            phases[name] = phases.get(name, 0.0) + seconds * count
     replicas = dp * par.tp_size * par.cp_size // par.ep_size
     notes.append(
         f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} "
         "identical replicas"
     )
     timeline = "SimPy" if sim.network_mode == "full" else "per-rank clocks (fast mode)"
-    notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {timeline}")
-    if pairs:
+    if dualpipe:
+        first, second = chunks_of(dual.rank, plan.num_stages)
+        notes.append(
+            f"DualPipe (closed form of the DeepSeek-V3 report, no event timeline): rank {dual.rank} holds stages "
+            f"{first} and {second}, {micro} micro-batches, bubble (pp/2 - 1)(F&B + B - 3W) = {dual.bubble_s:.3f} s"
+        )
+    else:
+        notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {timeline}")
+    if pairs and not dualpipe:
         hidden = forward_s[worst] + backward_s[worst] - pairs[worst]
         notes.append(
             f"all-to-all overlap (1f1b): a steady-state forward and backward pair on stage {worst} takes "

@@ -39,13 +39,14 @@ PUBLISHED_RUNS = [
         "gpu_hours_per_trillion_tokens",
         180e3,  # 2,664K H800 GPU-hours for 14.8T tokens of pre-training
         "DeepSeek-V3 technical report, Table 1 and section 1: 180K H800 GPU-hours per trillion tokens",
-        "moesim runs DeepSeek's recipe (FP8 GEMMs and dispatch, selective recomputation of RMSNorm, MLA "
-        "up-projections and SwiGLU, FP8-cached linear inputs, 20 SMs for DeepEP) but 1F1B with the all-to-all "
-        "overlap in place of DualPipe (bubble 2.7 s where DeepSeek measured 2.1 s; the overlap takes the longer of "
-        "compute and communication, an ideal DualPipe approaches), costs the un-permutation as eager PyTorch's "
-        "scatter-add (DeepSeek fuses it into its combine kernel: moesim is slower there), counts the optimizer as "
-        "one memory pass (0.003 s where DeepSeek measured 0.29 s); its network model is not measured and its H800 "
-        "profile is derived from H100 kernel measurements. These errors run both ways; see the breakdown below.",
+        "moesim runs DeepSeek's recipe (DualPipe, FP8 GEMMs and dispatch, selective recomputation of RMSNorm, MLA "
+        "up-projections and SwiGLU, FP8-cached linear inputs, 20 SMs for DeepEP) and is too fast, for named "
+        "reasons: a DualPipe pair takes the longer of its compute and its communication (perfect overlap) and the "
+        "report's closed-form bubble is all the schedule costs, so moesim's busiest rank computes 14.8 s and waits "
+        "1.0 s where DeepSeek measured 17.6 s and 2.1 s (the breakdown below); it counts the optimizer as one "
+        "memory pass (0.007 s against 0.29 s). In the other direction it costs the un-permutation as eager "
+        "PyTorch's scatter-add, which DeepSeek fuses into its combine. The network model is not measured and the "
+        "H800 profile is derived from H100 kernel measurements.",
     ),
     PublishedRun(
         "mixtral-8x7b-training-mcore.yaml",
