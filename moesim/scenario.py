@@ -115,8 +115,8 @@ class ParallelismSpec(_Section):
     """How the model is split across GPUs (Megatron-Core conventions).
 
     world size = dp_size x tp_size x pp_size x cp_size. Expert parallelism folds into the
-    data-, context- and tensor-parallel ranks: ep_size must divide dp_size x cp_size x tp_size
-    (expert tensor parallelism is 1).
+    data-, context- and tensor-parallel ranks (Megatron-Core's parallel folding): ep_size x
+    expert_tp_size must divide dp_size x cp_size x tp_size; the rest is expert data parallelism.
     """
 
     dp_size: Optional[int] = Field(
@@ -130,6 +130,13 @@ class ParallelismSpec(_Section):
         1,
         description="ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also weights, across data-parallel "
         "ranks.",
+    )
+    expert_tp_size: int = Field(
+        1,
+        gt=0,
+        description="Expert tensor parallelism (Megatron-Core's --expert-tensor-parallel-size): each expert's FFN "
+        "split over this many GPUs, which all compute the expert's tokens (gathered after the dispatch, "
+        "reduce-scattered before the combine).",
     )
     virtual_pipeline_size: int = Field(
         1,
@@ -426,6 +433,12 @@ class Scenario(_Section):
         if folded % par.ep_size:
             raise ValueError(
                 f"parallelism.ep_size: ep_size ({par.ep_size}) must divide dp_size x cp_size x tp_size ({folded})"
+            )
+        if folded % (par.ep_size * par.expert_tp_size) or model.moe_intermediate_size % par.expert_tp_size:
+            raise ValueError(
+                f"parallelism.expert_tp_size: ep_size x expert_tp_size ({par.ep_size * par.expert_tp_size}) must "
+                f"divide dp_size x cp_size x tp_size ({folded}) and expert_tp_size the experts' FFN size "
+                f"({model.moe_intermediate_size}); choose a smaller expert_tp_size"
             )
         if par.pp_size > model.num_layers:
             raise ValueError(

@@ -56,9 +56,7 @@ def weight_gradient_seconds(
         total += float(
             np.mean(
                 [
-                    cost.experts_ffn_weight_grad_seconds(
-                        rank_rows, hidden, model.moe_intermediate_size, gated, element, fp8
-                    )
+                    cost.experts_ffn_weight_grad_seconds(rank_rows, hidden, builder.expert_inner, gated, element, fp8)
                     for rank_rows in rows
                 ]
             )

@@ -2,7 +2,7 @@
 
 The most loaded pipeline stage decides. Sharding follows Megatron-Core: attention and
 dense FFN weights split over tensor parallelism, routed experts over expert parallelism
-(expert tensor parallelism 1), layers over pipeline stages; ZeRO stage 1 shards the
+and expert tensor parallelism, layers over pipeline stages; ZeRO stage 1 shards the
 optimizer states over data-parallel ranks (expert states over the expert-data-parallel
 ranks, dp x tp / ep), stage 2 also gradients, stage 3 also weights. Activations are
 kept for the micro-batches in flight under 1F1B (pp on the first stage, one more with the all-to-all
@@ -53,7 +53,8 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
     """Memory of the most loaded stage's GPUs."""
     model, par, workload = scenario.model, scenario.parallelism, scenario.workload
     precision = workload.precision
-    dp, tp, ep = par.dp_size or 1, par.tp_size, par.ep_size
+    dp, tp = par.dp_size or 1, par.tp_size
+    ep = par.ep_size * par.expert_tp_size  # GPUs one layer's experts are split over (expert tensor parallelism too)
     expert_dp = max(1, dp * tp * par.cp_size // ep)
     training = workload.mode == "training"
     tokens_per_micro = workload.micro_batch_size * workload.seq_len // (par.cp_size * tp)

@@ -118,6 +118,8 @@ class PhaseBuilder:
         self.decode = decode
         self.ranks = scenario.parallelism.ep_size
         self.tp = scenario.parallelism.tp_size
+        self.etp = scenario.parallelism.expert_tp_size
+        self.expert_inner = self.model.moe_intermediate_size // self.etp  # each expert's FFN share on a GPU
         precision = scenario.workload.precision
         self.element = precision.activation_bytes
         self.fp8 = precision.gemm == "fp8"  # linear layers' GEMMs; the router and output head stay bf16
@@ -225,7 +227,7 @@ class PhaseBuilder:
         arithmetic = self.cost.experts_ffn_seconds(
             rank_rows,
             model.hidden_size,
-            model.moe_intermediate_size,
+            self.expert_inner,
             model.expert_ffn_activation in GATED_ACTIVATIONS,
             self.element,
             self.fp8,
@@ -241,7 +243,7 @@ class PhaseBuilder:
         return self.cost.experts_ffn_backward_seconds(
             rank_rows,
             model.hidden_size,
-            model.moe_intermediate_size,
+            self.expert_inner,
             model.expert_ffn_activation in GATED_ACTIVATIONS,
             self.element,
             self.fp8,
@@ -260,6 +262,14 @@ class PhaseBuilder:
             return 0.0
         group = np.arange(self.tp)
         return all_reduce_time(self.topology, group, self.tokens * self.model.hidden_size * self.element, "ring")
+
+    def etp_gather(self, rows: float) -> float:
+        """Expert tensor parallelism: the all-gather of a rank's dispatched rows over its ETP group (after the
+        dispatch; the reduce-scatter before the combine takes as long): half a ring all-reduce of the rows."""
+        if self.etp == 1:
+            return 0.0
+        group = np.arange(self.etp)
+        return all_reduce_time(self.topology, group, rows * self.model.hidden_size * self.element, "ring") / 2
 
     # ------------------------------------------------------------ programs
     def layer_phases(
@@ -322,6 +332,8 @@ class PhaseBuilder:
                 )
                 shared = _or(cost.fitted("shared_experts", self.work(top_k, ffn_seconds=shared)), shared)
             dispatch, combine = self.alltoalls(routing_index, routing_here)
+            etp = self.etp_gather(served)  # expert tensor parallelism: the gather after the dispatch, the scatter
+            # before the combine
             # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
             count_exchange = dispatch.latency_seconds
             shared_phase = Phase("shared_experts", layer.index, self.same(shared)) if shared else None
@@ -332,7 +344,7 @@ class PhaseBuilder:
                 Phase(
                     "dispatch",
                     layer.index,
-                    np.array([dispatch.seconds + count_exchange]),
+                    np.array([dispatch.seconds + count_exchange + etp]),
                     collective=True,
                     overlapped=overlapped,
                     chunks=sim.moe_chunks,
@@ -347,7 +359,7 @@ class PhaseBuilder:
                 Phase(
                     "combine",
                     layer.index,
-                    np.array([combine.seconds]),
+                    np.array([combine.seconds + etp]),
                     collective=True,
                     chunks=sim.moe_chunks,
                     bytes_across_nodes=combine.bytes_across_nodes,
@@ -401,7 +413,7 @@ class PhaseBuilder:
                 Phase(
                     "dispatch",
                     layer.index,
-                    np.array([dispatch.seconds]),
+                    np.array([dispatch.seconds + etp]),
                     collective=True,
                     overlapped=shared_backward if sim.overlap_shared_experts else None,
                     chunks=sim.moe_chunks,
@@ -412,7 +424,7 @@ class PhaseBuilder:
                 Phase(
                     "combine",
                     layer.index,
-                    np.array([combine.seconds]),
+                    np.array([combine.seconds + etp]),
                     collective=True,
                     chunks=sim.moe_chunks,
                     bytes_across_nodes=combine.bytes_across_nodes,

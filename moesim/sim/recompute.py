@@ -49,9 +49,7 @@ def replayed_phases(builder: "PhaseBuilder", layer: "Layer", layer_forward: list
         seconds += parts["norms"]
     if "moe_act" in modules and layer.is_moe:
         rows = builder.tokens * (builder.scenario.routing.top_k or model.top_k)
-        inner = (
-            rows * model.moe_intermediate_size + builder.tokens * model.shared_expert_size * model.num_shared_experts
-        )
+        inner = rows * builder.expert_inner + builder.tokens * model.shared_expert_size * model.num_shared_experts
         seconds += builder.cost.memory_seconds(3 * inner * builder.element)  # read the projections, write the output
     replay = [Phase("recompute", layer.index, np.full(builder.ranks, seconds))] if seconds > 0 else []
     for phase in layer_forward:

@@ -41,11 +41,12 @@ class LayerRouting:
 def ep_group_ranks(scenario: Scenario) -> np.ndarray:
     """Global ranks of the first expert-parallel group.
 
-    Megatron-Core's MoE parallel folding (expert tensor parallelism 1) forms expert groups
-    from consecutive ranks of the tensor x context x data block, so an EP group of 8 with
-    TP 2 is ranks 0-7: one node, NVLink only.
+    Megatron-Core's MoE parallel folding forms expert groups from consecutive ranks of the
+    tensor x context x data block, expert tensor parallelism innermost: an EP group of 8 with
+    TP 2 and ETP 1 is ranks 0-7 (one node, NVLink only); with ETP 2 it is ranks 0, 2, ..., 14.
     """
-    return np.arange(scenario.parallelism.ep_size)
+    par = scenario.parallelism
+    return np.arange(par.ep_size) * par.expert_tp_size  # expert tensor parallelism innermost, then EP
 
 
 ROUTING_CACHE_SIZE = 32
@@ -55,8 +56,9 @@ _routing_cache: OrderedDict[str, tuple[list[LayerRouting], list[str]]] = Ordered
 
 
 def routing_cache_key(scenario: Scenario, moe_layer_ids: list[int], group_tokens: int, gpus_per_node: int) -> str:
-    """What routing an EP group depends on: model, routing, workload, simulation settings, seed and EP size (not
-    the GPU, the node count or the other parallel sizes); a trace by its file's size and modification time."""
+    """What routing an EP group depends on: model, routing, workload, simulation settings, seed and the group's
+    ranks (not the GPU, the node count or the other parallel sizes); a trace by its file's size and modification
+    time."""
     document = scenario.model_dump(
         mode="json",
         include={"model", "routing", "workload", "simulation", "seed"},
@@ -65,7 +67,7 @@ def routing_cache_key(scenario: Scenario, moe_layer_ids: list[int], group_tokens
     trace = scenario.workload.trace_path if scenario.workload.scores == "trace" else None
     stamp = list(os.stat(trace)[6:9]) if trace and os.path.exists(trace) else None
     return json.dumps(
-        [document, scenario.parallelism.ep_size, moe_layer_ids, group_tokens, gpus_per_node, stamp], sort_keys=True
+        [document, ep_group_ranks(scenario).tolist(), moe_layer_ids, group_tokens, gpus_per_node, stamp], sort_keys=True
     )
 
 

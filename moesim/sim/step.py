@@ -322,12 +322,13 @@ def _training_step(
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision
     dense_params = sum(plan.stage_dense_params(stage) for stage in held) / par.tp_size  # DualPipe: two chunks
-    expert_params = sum(plan.stage_expert_params(stage) for stage in held) / par.ep_size
+    expert_shards = par.ep_size * par.expert_tp_size  # a layer's experts over EP, each expert over ETP
+    expert_params = sum(plan.stage_expert_params(stage) for stage in held) / expert_shards
     grads_dense, grads_expert = dense_params * precision.grad_bytes, expert_params * precision.grad_bytes
     dp = par.dp_size or 1
     dp_group = np.arange(dp) * par.model_parallel_size
-    expert_dp = max(1, dp * par.tp_size * par.cp_size // par.ep_size)
-    expert_group = (np.arange(expert_dp) * par.ep_size * par.tp_size * par.cp_size) % topology.world_size
+    expert_dp = max(1, dp * par.tp_size * par.cp_size // expert_shards)
+    expert_group = (np.arange(expert_dp) * expert_shards) % topology.world_size
     reduce = all_reduce_time(topology, dp_group, grads_dense, sim.allreduce_algorithm)
     reduce += all_reduce_time(topology, np.unique(expert_group), grads_expert, sim.allreduce_algorithm)
     last_backward = max(backward_s[stage] for stage in held)

@@ -1,0 +1,40 @@
+"""Expert tensor parallelism (`parallelism.expert_tp_size`, Megatron-Core's ETP): each expert's FFN split over
+ETP GPUs that all compute its tokens, gathered after the dispatch and reduce-scattered before the combine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.errors import MoesimError
+from moesim.scenario import scenario_from_dict
+from moesim.sim.routing_load import ep_group_ranks
+from moesim.sim.step import simulate
+
+
+def _mixtral(etp: int, nodes: int = 2) -> dict:
+    return {
+        "model": {"preset": "mixtral-8x7b", "num_layers": 4},
+        "cluster": {"num_nodes": nodes, "gpu": "H100-SXM"},
+        "parallelism": {"ep_size": 8, "expert_tp_size": etp},
+        "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 32},
+        "simulation": {"network_mode": "fast"},
+    }
+
+
+def test_etp_halves_each_gpus_expert_work_and_weights_and_spreads_the_group() -> None:
+    one, two = (simulate(scenario_from_dict(_mixtral(etp)), check_memory=False) for etp in (1, 2))
+    assert two.phase_seconds["experts"] == pytest.approx(one.phase_seconds["experts"] / 2, rel=0.05)
+    # routed experts hold 4 x 8 x 176M of Mixtral's parameters: halved per GPU, the attention stays
+    assert one.memory["weights_bytes"] - two.memory["weights_bytes"] == pytest.approx(
+        4 * 8 * 3 * 4096 * 14336 * 2 / 8 / 2, rel=0.01
+    )
+    # ETP innermost: the 8 EP ranks sit 2 GPUs apart, over both nodes, and the gather/scatter adds to the a2a
+    assert np.array_equal(ep_group_ranks(scenario_from_dict(_mixtral(2))), np.arange(0, 16, 2))
+    assert one.bytes_across_nodes_per_step == 0 < two.bytes_across_nodes_per_step
+    assert two.phase_seconds["dispatch"] > one.phase_seconds["dispatch"]
+
+
+def test_etp_must_fit_the_folded_ranks_and_the_ffn() -> None:
+    with pytest.raises(MoesimError, match="parallelism.expert_tp_size: ep_size x expert_tp_size \\(24\\)"):
+        scenario_from_dict(_mixtral(3))
