@@ -299,9 +299,11 @@ class SimulationSpec(_Section):
         "full",
         description="`full`: max-min fair sharing of every link; `fast`: the most loaded link decides (a bound).",
     )
-    alltoall_algorithm: Literal["flat", "hierarchical", "deepep"] = Field(
+    alltoall_algorithm: Literal["flat", "hierarchical", "deepep", "deepep_low_latency"] = Field(
         "flat",
-        description="MoE all-to-all: flat (NCCL), hierarchical two-stage (Tutel/DeepSpeed), deepep (node dedup).",
+        description="MoE all-to-all: flat (NCCL), hierarchical two-stage (Tutel/DeepSpeed), deepep (DeepEP's normal "
+        "kernels: node-deduplicated RDMA, then NVLink) or deepep_low_latency (DeepEP's decode kernels: every "
+        "token-expert copy over RDMA).",
     )
     allreduce_algorithm: Literal["auto", "ring", "hierarchical"] = Field(
         "auto", description="Data-parallel gradient all-reduce algorithm (auto = the faster)."

@@ -26,7 +26,7 @@ import numpy as np
 from moesim.models import accounting
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
-from moesim.sim.collectives import all_reduce_time, all_to_all
+from moesim.sim.collectives import all_reduce_time, all_to_all, low_latency_all_to_all
 from moesim.routing.capacity import expert_capacity
 from moesim.sim.compute import CostModel
 from moesim.sim.phase_features import PhaseWork, router_fit_key
@@ -130,6 +130,14 @@ class PhaseBuilder:
 
     def alltoalls(self, index: int, routing: LayerRouting) -> tuple:
         """(dispatch, combine) transfer results of a routed layer, computed once per distinct layer."""
+        if index not in self._alltoall_cache and self.scenario.simulation.alltoall_algorithm == "deepep_low_latency":
+            copies_in = np.array([rows.sum() for rows in routing.rank_rows])  # every routed copy, as received
+            copies_out = np.full(self.ranks, copies_in.sum() / self.ranks)  # tokens start evenly on the ranks
+            token = self.scenario.workload.precision.token_bytes(self.model.hidden_size, "dispatch")
+            self._alltoall_cache[index] = (
+                low_latency_all_to_all(self.topology, copies_in, copies_out, token),
+                low_latency_all_to_all(self.topology, copies_out, copies_in, token * self.combine_scale),
+            )
         if index not in self._alltoall_cache:
             sim = self.scenario.simulation
             self._alltoall_cache[index] = (

@@ -1,4 +1,5 @@
-"""DeepEP's published all-to-all bandwidths beside moesim's network model (the rows of `validation/PUBLISHED.md`).
+"""DeepEP's published all-to-all figures beside moesim's network model (rows of `validation/PUBLISHED.md`): the normal
+kernels' bandwidths (training, prefill) and the low-latency kernels' times (decode).
 
 DeepEP's README times its normal (throughput) kernels on H800 nodes with CX7 400 Gb/s InfiniBand in DeepSeek-V3's
 pre-training setting: 4,096 tokens per rank, hidden 7,168, top-8 of 256 experts within the top min(nodes, 4) nodes,
@@ -17,7 +18,7 @@ import numpy as np
 
 from moesim.cluster.topology import Topology
 from moesim.scenario import scenario_from_dict
-from moesim.sim.collectives import all_to_all
+from moesim.sim.collectives import all_to_all, low_latency_all_to_all
 from moesim.sim.routing_load import route_layers
 
 DEEPEP_SOURCE = "deepseek-ai/DeepEP README, normal kernels on H800 + CX7 400 Gb/s (DeepSeek-V3 pre-training setting)"
@@ -70,3 +71,49 @@ def predicted_bandwidths(ep: int, network_mode: str = "full") -> tuple[float, fl
             sent = result.bytes_across_nodes / ep
         bandwidths.append(sent / result.seconds / 1e9)
     return bandwidths[0], bandwidths[1]
+
+
+DEEPEP_LOW_LATENCY_SOURCE = (
+    "deepseek-ai/DeepEP README, low-latency kernels on H800 + CX7 400 Gb/s: 128 tokens per rank, hidden 7,168, "
+    "top-8, fp8 dispatch, bf16 combine, pure RDMA"
+)
+
+
+@dataclass(frozen=True)
+class DeepEPLatencyRow:
+    ep: int
+    dispatch_us: float  # published
+    combine_us: float
+
+
+DEEPEP_LOW_LATENCY = [
+    DeepEPLatencyRow(8, 163, 318),
+    DeepEPLatencyRow(16, 173, 329),
+    DeepEPLatencyRow(32, 182, 350),
+    DeepEPLatencyRow(64, 186, 353),
+    DeepEPLatencyRow(128, 192, 369),
+    DeepEPLatencyRow(256, 194, 360),
+]
+
+
+def predicted_low_latency(ep: int) -> tuple[float, float]:
+    """moesim's (dispatch, combine) time in microseconds of DeepEP's low-latency kernels at expert parallelism
+    `ep`: 128 tokens per rank routed top-8 over 256 experts (random scores), every copy over RDMA."""
+    scenario = scenario_from_dict(
+        {
+            "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3, "router_bias": False},
+            "cluster": {"preset": "hgx-h800", "num_nodes": max(1, ep // 8)},
+            "parallelism": {"ep_size": ep},
+            "workload": {"mode": "inference", "seq_len": 128, "precision": {"dispatch": "fp8", "combine": "bf16"}},
+            "routing": {"strategy": "top_k", "num_expert_groups": 1},
+            "simulation": {"alltoall_algorithm": "deepep_low_latency", "max_routed_tokens": 128 * ep},
+        }
+    )
+    topology = Topology.from_cluster(scenario.cluster)
+    (layer,), _ = route_layers(scenario, [0], 128 * ep, topology.gpus_per_node)
+    copies_in = np.array([rows.sum() for rows in layer.rank_rows])
+    copies_out = np.full(ep, copies_in.sum() / ep)
+    precision = scenario.workload.precision
+    dispatch = low_latency_all_to_all(topology, copies_in, copies_out, precision.token_bytes(7168, "dispatch"))
+    combine = low_latency_all_to_all(topology, copies_out, copies_in, precision.token_bytes(7168, "combine"))
+    return dispatch.seconds * 1e6, combine.seconds * 1e6

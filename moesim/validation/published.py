@@ -105,7 +105,14 @@ def deepseek_breakdown_rows(network_mode: str = "full") -> list[str]:
 
 def deepep_rows(network_mode: str = "full") -> list[str]:
     """DeepEP's normal-kernel bandwidths beside moesim's network model (`moesim.validation.deepep`)."""
-    from moesim.validation.deepep import DEEPEP_NORMAL, DEEPEP_SOURCE, predicted_bandwidths
+    from moesim.validation.deepep import (
+        DEEPEP_LOW_LATENCY,
+        DEEPEP_LOW_LATENCY_SOURCE,
+        DEEPEP_NORMAL,
+        DEEPEP_SOURCE,
+        predicted_bandwidths,
+        predicted_low_latency,
+    )
 
     rows = [
         f"{DEEPEP_SOURCE}: 4,096 tokens per rank, hidden 7,168, top-8, fp8 dispatch, bf16 combine; the bottleneck "
@@ -132,8 +139,28 @@ def deepep_rows(network_mode: str = "full") -> list[str]:
         "fan-out volume or its rate is modelled wrong, and only a measured two-node run can say which. DeepEP's 58 "
         "and 57 GB/s at EP 32 exceed a 400 Gb/s NIC's 50 GB/s line rate, so its byte count there includes bytes "
         "moesim's node-deduplicated count does not send over the NIC; moesim's RDMA figures stop at the line rate "
-        "by construction. No moesim run has measured this network. DeepEP's low-latency kernels (decode) are the "
-        "serving planner's (issue 13) and not modelled yet.",
+        "by construction. No moesim run has measured this network.",
+        "",
+        f"{DEEPEP_LOW_LATENCY_SOURCE}. moesim's `deepep_low_latency` all-to-all: every token-expert copy over "
+        "RDMA, the network latency plus the busiest NIC's bytes at the line rate, routed top-8 over 256 experts "
+        "from random scores as DeepEP's test does.",
+        "",
+        "| EP | dispatch: DeepEP | moesim | ratio | combine: DeepEP | moesim | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in DEEPEP_LOW_LATENCY:
+        dispatch, combine = predicted_low_latency(row.ep)
+        cells = []
+        for published, ours in ((row.dispatch_us, dispatch), (row.combine_us, combine)):
+            ratio = ours / published
+            mark = "" if abs(ratio - 1) <= WITHIN else " (outside the bar)"
+            cells.append(f"{published:.0f} us | {ours:.0f} us | {ratio:.2f}{mark}")
+        rows.append(f"| {row.ep} | {cells[0]} | {cells[1]} |")
+    rows += [
+        "",
+        "DeepEP's time grows by 19% from EP 8 to EP 256 at the same bytes per rank (its rate falls from 46 to 39 "
+        "GB/s); moesim's grows only with the busiest rank's share of the random routing: the per-peer message cost "
+        "of sending to up to 255 GPUs is not modelled.",
     ]
     return rows
 
