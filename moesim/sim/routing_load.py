@@ -24,6 +24,7 @@ from moesim.routing.metrics import rank_traffic_tokens
 from moesim.routing.router import Router
 from moesim.scenario import Scenario
 from moesim.sim.collectives import Traffic
+from moesim.sim.reuse import reuse
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,12 @@ def route_layers(
     MoE layer number i of the model uses entry i % len(result).
     """
     key = routing_cache_key(scenario, moe_layer_ids, group_tokens, gpus_per_node)
-    cached = _routing_cache.get(key)
-    if cached is None:
-        cached = _route_layers(scenario, moe_layer_ids, group_tokens, gpus_per_node)
-        _routing_cache[key] = cached
-        while len(_routing_cache) > ROUTING_CACHE_SIZE:
-            _routing_cache.popitem(last=False)
-    else:
-        _routing_cache.move_to_end(key)
-    routed, notes = cached
+    routed, notes = reuse(
+        _routing_cache,
+        key,
+        ROUTING_CACHE_SIZE,
+        lambda: _route_layers(scenario, moe_layer_ids, group_tokens, gpus_per_node),
+    )
     return routed, list(notes)
 
 

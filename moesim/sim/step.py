@@ -36,6 +36,7 @@ from moesim.sim.engine import (
 from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
+from moesim.sim.reuse import reuse
 from moesim.sim.routing_load import LayerRouting, route_layers
 from moesim.sim.sources import phase_sources
 
@@ -138,15 +139,12 @@ def _simulate_stages(
     """Each stage's pass times, busy times and slices, its routing and notes: simulated, or reused from a scenario
     that differs only in its data-parallel size (`stage_cache_key`)."""
     key = stage_cache_key(scenario, tokens, context, decode, backward)
-    cached = _stage_cache.get(key)
-    if cached is None:
-        cached = _run_stages(scenario, plan, cost, topology, tokens, context, decode, backward)
-        _stage_cache[key] = cached
-        while len(_stage_cache) > STAGE_CACHE_SIZE:
-            _stage_cache.popitem(last=False)
-    else:
-        _stage_cache.move_to_end(key)
-    stages, routing, notes = cached
+    stages, routing, notes = reuse(
+        _stage_cache,
+        key,
+        STAGE_CACHE_SIZE,
+        lambda: _run_stages(scenario, plan, cost, topology, tokens, context, decode, backward),
+    )
     return stages, routing, list(notes)  # callers add notes of their own
 
 
