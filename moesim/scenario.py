@@ -490,11 +490,17 @@ class Scenario(_Section):
                 "disagree; the interleaved schedule (and only it) needs virtual_pipeline_size > 1"
             )
         if schedule == "dualpipe":
-            if self.workload.mode != "training" or par.pp_size < 2 or par.pp_size % 2 or micro_batches < par.pp_size:
+            if (
+                self.workload.mode != "training"
+                or par.pp_size < 2
+                or par.pp_size % 2
+                or micro_batches < 2 * par.pp_size
+                or micro_batches % 2
+            ):
                 raise ValueError(
-                    f"parallelism.pipeline_schedule: DualPipe trains with an even pp_size of at least 2 and at least "
-                    f"pp_size micro-batches per step (here pp_size {par.pp_size}, {micro_batches} micro-batches, "
-                    f"{self.workload.mode}); choose 1f1b or change them"
+                    f"parallelism.pipeline_schedule: DualPipe trains with an even pp_size of at least 2 and an even "
+                    f"number of micro-batches per step, at least 2 x pp_size (here pp_size {par.pp_size}, "
+                    f"{micro_batches} micro-batches, {self.workload.mode}); choose 1f1b or change them"
                 )
             if self.simulation.alltoall_overlap != "none":
                 raise ValueError(

@@ -1,4 +1,5 @@
-"""DeepSeek-V3's DualPipe schedule in the closed form of its report: bubble, two chunks per rank, memory."""
+"""DeepSeek-V3's DualPipe schedule, played op by op: its order, its bubble against the report's closed form, two
+chunks per rank, and the settings it needs."""
 
 from __future__ import annotations
 
@@ -6,20 +7,38 @@ import pytest
 
 from moesim.errors import MoesimError
 from moesim.scenario import scenario_from_dict
-from moesim.sim.dualpipe import chunks_of, dualpipe_step
+from moesim.sim.dualpipe import chunks_of, dualpipe_step, rank_ops
 from moesim.sim.step import simulate
 
 
-def test_the_bubble_is_the_reports_closed_form() -> None:
-    # 8 equal ranks, pairs of 3 s, backward chunks of 2 s of which 0.5 s weight gradients, 16 micro-batches:
-    # each rank runs 8 micro-batches through each of its two chunks, then waits (8/2 - 1)(3 + 2 - 3 x 0.5)
-    step = dualpipe_step([2.0] * 8, [3.0] * 8, [0.5] * 8, 16)
-    assert step.work_s == 16 * 3.0 and step.bubble_s == pytest.approx(3 * 3.5)
-    assert step.pipeline_s == pytest.approx(48.0 + 10.5)
+@pytest.mark.parametrize("ranks, micro_batches", [(4, 8), (8, 20), (16, 120)])
+def test_every_rank_runs_each_micro_batch_once_in_each_direction(ranks: int, micro_batches: int) -> None:
+    for rank in range(ranks):
+        counts = {("F", 0): 0, ("F", 1): 0, ("B", 0): 0, ("B", 1): 0}
+        deferred = weights = 0
+        for op in rank_ops(rank, ranks, micro_batches):
+            if op[0] == "FB":
+                counts[("F", op[1])] += 1
+                counts[("B", op[2])] += 1
+            elif op[0] in "FB":
+                counts[(op[0], op[1])] += 1
+                deferred += op[0] == "B" and op[2]
+            else:
+                weights += 1
+        assert set(counts.values()) == {micro_batches // 2} and deferred == weights
     assert chunks_of(0, 8) == (0, 7) and chunks_of(3, 8) == (3, 4)
-    # the busiest rank decides: a slow stage 5 makes rank 2 (stages 2 and 5) the busiest
-    slow = dualpipe_step([2.0] * 8, [3.0] * 5 + [4.0] + [3.0] * 2, [0.5] * 8, 16)
-    assert slow.rank == 2 and slow.work_s == 8 * (3.0 + 4.0)
+
+
+@pytest.mark.parametrize("ranks, micro_batches", [(4, 16), (8, 20), (8, 32), (16, 64)])
+def test_the_bubble_is_the_reports_closed_form_within_one_forward(ranks: int, micro_batches: int) -> None:
+    # equal stages, nothing to overlap (a pair is F + B): the report's (pp/2 - 1)(F&B + B - 3W)
+    step = dualpipe_step([1.0] * ranks, [2.0] * ranks, [0.5] * ranks, [(0.0, 0.0)] * ranks, micro_batches)
+    assert step.work_s == pytest.approx(micro_batches * 3.0)
+    closed_form = (ranks / 2 - 1) * (3.0 + 2.0 - 3 * 0.5)
+    assert abs(step.pipeline_s - step.work_s - closed_form) <= 1.0
+    # collectives that a pair hides shorten the step
+    hidden = dualpipe_step([1.0] * ranks, [2.0] * ranks, [0.5] * ranks, [(0.5, 1.0)] * ranks, micro_batches)
+    assert hidden.pipeline_s < step.pipeline_s
 
 
 def _training(**parallelism) -> dict:  # type: ignore[no-untyped-def]
@@ -38,12 +57,19 @@ def test_dualpipe_beats_1f1b_and_holds_two_chunks() -> None:
     assert dual.step_time_s < plain.step_time_s and dual.breakdown["overlap_hidden_s"] < 0
     assert sum(dual.breakdown.values()) == pytest.approx(dual.step_time_s)
     assert dual.memory["weights_bytes"] > 1.5 * plain.memory["weights_bytes"]  # two copies of the parameters
-    assert any("DualPipe (closed form" in note for note in dual.notes)
+    assert any("DualPipe (DeepSeek's schedule" in note for note in dual.notes)
 
 
 def test_dualpipe_needs_what_it_is_built_on() -> None:
     with pytest.raises(MoesimError, match="DualPipe trains with an even pp_size"):
         scenario_from_dict({**_training(pipeline_schedule="dualpipe", pp_size=1), "cluster": {"num_nodes": 4}})
+    with pytest.raises(MoesimError, match="at least 2 x pp_size"):
+        scenario_from_dict(
+            {
+                **_training(pipeline_schedule="dualpipe"),
+                "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 48},
+            }
+        )
     with pytest.raises(MoesimError, match="DualPipe overlaps its forward and backward chunks by construction"):
         scenario_from_dict({**_training(pipeline_schedule="dualpipe"), "simulation": {"alltoall_overlap": "1f1b"}})
     with pytest.raises(MoesimError, match="pipeline_schedule: interleaved and virtual_pipeline_size 1 disagree"):

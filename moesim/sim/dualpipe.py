@@ -1,13 +1,19 @@
-"""DeepSeek-V3's DualPipe schedule, in the closed form of its technical report (section 3.2.1, Table 2).
+"""DeepSeek-V3's DualPipe schedule, played op by op with per-rank clocks.
 
-DualPipe feeds micro-batches from both ends of the pipeline: rank r holds two model chunks, stage r of one
-direction and stage pp - 1 - r of the other (two copies of the parameters), and runs a forward chunk of one
-micro-batch together with a backward chunk of another, so that each one's all-to-alls run under the other's
-compute. The report gives its bubble as (pp/2 - 1)(F&B + B - 3W), where F&B is an overlapped forward-and-backward
-pair, B a backward chunk and W its weight-gradient part (1F1B: (pp - 1)(F + B)), and its activation memory as
-pp + 1 micro-batches in flight. moesim takes F&B from `step.overlapped_pairs`, B from the stage programs and W from
-the kernel models (`breakdown.weight_gradient_seconds`); a rank computes half the micro-batches through each of
-its chunks. There is no event timeline for DualPipe: the step is this closed form, and the notes say so.
+DualPipe feeds micro-batches from both ends of the pipeline: rank r holds two model chunks, stage r of the
+forward direction and stage pp - 1 - r of the reverse one (two copies of the parameters), and in its main phase
+runs a forward chunk of one direction together with a backward chunk of the other, so that each one's
+all-to-alls run under the other's compute (DeepSeek-V3 report, section 3.2.1). The order of a rank's operations
+follows the eight steps of DeepSeek's reference implementation (github.com/deepseek-ai/DualPipe, `DualPipe.step`):
+forwards of the first direction, forwards of both, backwards whose weight gradient is deferred ("zero bubble") and
+the deferred weight gradients, the overlapped forward-backward main phase, then the backwards and weight gradients
+that drain the pipeline. Each operation starts when its rank is free and its input has arrived from the
+neighbouring rank of its direction (plus the point-to-point time), and hands its output on when it ends.
+
+An overlapped pair takes the longer of its compute and its collectives (`step.overlapped_pairs`' rule, the
+compute stretched by the SMs communication holds); a backward with its weight gradient deferred takes the
+backward less the weight-gradient GEMMs (`breakdown.weight_gradient_seconds`). The report's closed-form bubble
+(pp/2 - 1)(F&B + B - 3W) is the cross-check the tests hold the schedule to.
 """
 
 from __future__ import annotations
@@ -15,30 +21,123 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+Op = tuple  # ("F", direction) | ("B", direction, deferred_weight) | ("W",) | ("FB", forward dir, backward dir)
+
 
 @dataclass(frozen=True)
 class DualPipeStep:
-    pipeline_s: float  # the busiest rank's work plus the bubble
-    bubble_s: float
-    work_s: float  # the busiest rank's paired forward and backward chunks
+    pipeline_s: float  # until the last rank finishes
+    work_s: float  # the busiest rank's operations, back to back
     rank: int  # the busiest rank
 
 
 def chunks_of(rank: int, stages: int) -> tuple[int, int]:
-    """The two pipeline stages (model chunks) DualPipe places on `rank`."""
+    """The two pipeline stages (model chunks) DualPipe places on `rank`: one per direction."""
     return rank, stages - 1 - rank
 
 
+def rank_ops(rank: int, ranks: int, micro_batches: int) -> list[Op]:
+    """The rank's operations in DualPipe's order (directions: 0 enters at rank 0, 1 at the last rank)."""
+    half_ranks, half_rank = ranks // 2, min(rank, ranks - 1 - rank)
+    second_half = int(rank >= half_ranks)
+    middle = rank in (half_ranks - 1, half_ranks)
+
+    def d(phase: int) -> int:  # the reference code's phase 0/1 as a direction
+        return phase ^ second_half
+
+    ops: list[Op] = [("F", d(0))] * ((half_ranks - half_rank - 1) * 2)  # step 1
+    for _ in range(half_rank + 1):  # step 2
+        ops += [("F", d(0)), ("F", d(1))]
+    for _ in range(half_ranks - half_rank - 1):  # step 3: zero-bubble backwards
+        ops += [("B", d(1), True), ("W",), ("F", d(1))]
+    for index in range(micro_batches // 2 - ranks + half_rank + 1):  # step 4: the overlapped main phase
+        if index == 0 and middle:
+            ops += [("F", d(0)), ("B", d(1), False)]  # not overlapped, to shorten the bubble
+        else:
+            ops.append(("FB", d(0), d(1)))
+        ops.append(("FB", d(1), d(0)))
+    for _ in range(half_ranks - half_rank - 1):  # step 5
+        ops += [("B", d(1), False), ("FB", d(1), d(0))]
+    deferred = False
+    for index in range(half_rank + 1):  # step 6: the second half of the chunks defer their weight gradients
+        if index == (half_rank + 1) // 2 and half_rank % 2 == 1:
+            deferred = True
+        ops.append(("B", d(1), deferred))
+        if index == (half_rank + 1) // 2 and half_rank % 2 == 0:
+            deferred = True
+        ops.append(("B", d(0), deferred))
+    for _ in range(half_ranks - half_rank - 1):  # step 7
+        ops += [("W",), ("B", d(0), True)]
+    ops += [("W",)] * (half_rank + 1)  # step 8
+    return ops
+
+
 def dualpipe_step(
-    backward: Sequence[float], pairs: Sequence[float], weights: Sequence[float], micro_batches: int
+    forward: Sequence[float],
+    backward: Sequence[float],
+    weight: Sequence[float],
+    comm: Sequence[tuple[float, float]],
+    micro_batches: int,
+    p2p_seconds: float = 0.0,
+    stretch: float = 1.0,
 ) -> DualPipeStep:
-    """The pipeline part of a DualPipe step from per-stage backward, paired and weight-gradient seconds."""
-    stages = len(pairs)
-    work = [micro_batches / 2 * sum(pairs[stage] for stage in chunks_of(rank, stages)) for rank in range(stages)]
-    rank = max(range(stages), key=work.__getitem__)
-    first, second = chunks_of(rank, stages)
-    pair = (pairs[first] + pairs[second]) / 2
-    back = (backward[first] + backward[second]) / 2
-    weight = (weights[first] + weights[second]) / 2
-    bubble = max(0.0, (stages / 2 - 1) * (pair + back - 3 * weight))
-    return DualPipeStep(work[rank] + bubble, bubble, work[rank], rank)
+    """Play DualPipe with per-stage forward, backward (weight gradients included), weight-gradient and
+    (forward, backward) collective seconds of one micro-batch; `micro_batches` (even, at least 2 x stages) split
+    evenly between the two directions."""
+    ranks = len(forward)
+
+    def stage(rank: int, direction: int) -> int:
+        return rank if direction == 0 else ranks - 1 - rank
+
+    def pair(forward_stage: int, backward_stage: int) -> float:
+        collectives = comm[forward_stage][0] + comm[backward_stage][1]
+        compute = forward[forward_stage] + backward[backward_stage] - collectives
+        return max(compute + min(compute, collectives) * (stretch - 1), collectives)
+
+    orders = [rank_ops(rank, ranks, micro_batches) for rank in range(ranks)]
+    done: dict[tuple[str, int, int, int], float] = {}  # (F or B, direction, micro-batch, rank) -> when
+    clocks, work = [0.0] * ranks, [0.0] * ranks
+    position = [0] * ranks
+    next_micro = [{("F", 0): 0, ("F", 1): 0, ("B", 0): 0, ("B", 1): 0} for _ in range(ranks)]
+    deferred: list[list[float]] = [[] for _ in range(ranks)]
+    remaining = sum(len(order) for order in orders)
+    while remaining:
+        progressed = False
+        for rank, order in enumerate(orders):
+            while position[rank] < len(order):
+                op = order[position[rank]]
+                parts = [("F", op[1]), ("B", op[2])] if op[0] == "FB" else [] if op[0] == "W" else [(op[0], op[1])]
+                needs = []
+                for kind, direction in parts:
+                    micro = next_micro[rank][(kind, direction)]
+                    step = 1 if direction == 0 else -1
+                    neighbour = rank - step if kind == "F" else rank + step
+                    if 0 <= neighbour < ranks:
+                        needs.append(done.get((kind, direction, micro, neighbour)))
+                if any(arrived is None for arrived in needs):
+                    break  # waits for a neighbour
+                start = max([clocks[rank], *[arrived + p2p_seconds for arrived in needs]])
+                if op[0] == "FB":
+                    seconds = pair(stage(rank, op[1]), stage(rank, op[2]))
+                elif op[0] == "F":
+                    seconds = forward[stage(rank, op[1])]
+                elif op[0] == "B":
+                    seconds = backward[stage(rank, op[1])]
+                    if op[2]:  # its weight gradient runs later, in a W
+                        deferred[rank].append(weight[stage(rank, op[1])])
+                        seconds -= deferred[rank][-1]
+                else:
+                    seconds = deferred[rank].pop(0)
+                clocks[rank] = start + seconds
+                work[rank] += seconds
+                for kind, direction in parts:
+                    micro = next_micro[rank][(kind, direction)]
+                    done[(kind, direction, micro, rank)] = clocks[rank]
+                    next_micro[rank][(kind, direction)] = micro + 1
+                position[rank] += 1
+                remaining -= 1
+                progressed = True
+        if not progressed:
+            raise RuntimeError("DualPipe schedule deadlocked")  # cannot happen for DeepSeek's order
+    busiest = max(range(ranks), key=work.__getitem__)
+    return DualPipeStep(max(clocks), work[busiest], busiest)

@@ -260,12 +260,17 @@ def _breakdown(
     }
 
 
+def comm_stretch(scenario: Scenario) -> float:
+    """How much longer compute takes while communication kernels hold `simulation.comm_sms` of the GPU's SMs."""
+    gpu, sim = scenario.cluster.gpu, scenario.simulation
+    return gpu.sms / (gpu.sms - sim.comm_sms) if sim.comm_sms and gpu.sms else 1.0
+
+
 def overlapped_pairs(stages: _StagePasses, scenario: Scenario) -> list[float]:
     """Per stage, the time of a steady-state forward run together with another micro-batch's backward: each one's
     all-to-alls (and other collectives) run under the other's compute, so the pair takes the longer of the two
     streams, the compute stretched while it shares the GPU with communication kernels (`simulation.comm_sms`)."""
-    gpu, sim = scenario.cluster.gpu, scenario.simulation
-    stretch = gpu.sms / (gpu.sms - sim.comm_sms) if sim.comm_sms and gpu.sms else 1.0
+    stretch = comm_stretch(scenario)
     pairs = []
     for forward, backward, (forward_comm, backward_comm) in zip(stages.forward_s, stages.backward_s, stages.comm_s):
         comm = forward_comm + backward_comm
@@ -291,8 +296,7 @@ def _training_step(
     )
     p2p = p2p if par.pp_size > 1 else 0.0
     dualpipe = par.pipeline_schedule == "dualpipe"
-    overlapped = dualpipe or sim.alltoall_overlap == "1f1b"
-    pairs = overlapped_pairs(stages, scenario) if overlapped else None
+    pairs = overlapped_pairs(stages, scenario) if sim.alltoall_overlap == "1f1b" else None
     builder = PhaseBuilder(scenario, plan, cost, topology, tokens, scenario.workload.seq_len)
     first_moe = [sum(plan.stage_moe_layer_count(stage) for stage in range(index)) for index in range(plan.num_stages)]
 
@@ -300,9 +304,17 @@ def _training_step(
         return weight_gradient_seconds(builder, stage, routing, first_moe[stage])
 
     pipeline_slices: list[Slice] = []
-    if dualpipe:  # closed form (moesim.sim.dualpipe); a rank holds two chunks, half the micro-batches each
+    if dualpipe:  # DeepSeek's schedule op by op (moesim.sim.dualpipe); a rank holds two chunks
         weights = {stage: weight_of(stage) for stage in range(plan.num_stages)}
-        dual = dualpipe_step(backward_s, pairs, [weights[stage] for stage in range(plan.num_stages)], micro)
+        dual = dualpipe_step(
+            forward_s,
+            backward_s,
+            [weights[stage] for stage in range(plan.num_stages)],
+            stages.comm_s,
+            micro,
+            p2p,
+            comm_stretch(scenario),
+        )
         pipeline, work = dual.pipeline_s, dual.work_s
         held = {stage: micro / 2 for stage in chunks_of(dual.rank, plan.num_stages)}
     else:
@@ -367,8 +379,9 @@ def _training_step(
     if dualpipe:
         first, second = chunks_of(dual.rank, plan.num_stages)
         notes.append(
-            f"DualPipe (closed form of the DeepSeek-V3 report, no event timeline): rank {dual.rank} holds stages "
-            f"{first} and {second}, {micro} micro-batches, bubble (pp/2 - 1)(F&B + B - 3W) = {dual.bubble_s:.3f} s"
+            f"DualPipe (DeepSeek's schedule, per-rank clocks): the busiest rank {dual.rank} holds stages {first} and "
+            f"{second}, {micro} micro-batches from both ends; it computes {dual.work_s:.3f} s and waits "
+            f"{pipeline - dual.work_s:.3f} s"
         )
     else:
         notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {timeline}")

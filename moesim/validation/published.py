@@ -39,14 +39,16 @@ PUBLISHED_RUNS = [
         "gpu_hours_per_trillion_tokens",
         180e3,  # 2,664K H800 GPU-hours for 14.8T tokens of pre-training
         "DeepSeek-V3 technical report, Table 1 and section 1: 180K H800 GPU-hours per trillion tokens",
-        "moesim runs DeepSeek's recipe (DualPipe, FP8 GEMMs and dispatch, selective recomputation of RMSNorm, MLA "
-        "up-projections and SwiGLU, FP8-cached linear inputs, 20 SMs for DeepEP) and is too fast, for named "
-        "reasons: a DualPipe pair takes the longer of its compute and its communication (perfect overlap) and the "
-        "report's closed-form bubble is all the schedule costs, so moesim's busiest rank computes 14.8 s and waits "
-        "1.0 s where DeepSeek measured 17.6 s and 2.1 s (the breakdown below); it counts the optimizer as one "
-        "memory pass (0.007 s against 0.29 s). In the other direction it costs the un-permutation as eager "
-        "PyTorch's scatter-add, which DeepSeek fuses into its combine. The network model is not measured and the "
-        "H800 profile is derived from H100 kernel measurements.",
+        "moesim runs DeepSeek's recipe (DualPipe played op by op as DeepSeek's reference code orders it, FP8 "
+        "GEMMs and dispatch, selective recomputation of RMSNorm, MLA up-projections and SwiGLU, FP8-cached linear "
+        "inputs, 20 SMs for DeepEP) and is too fast, for named reasons: an overlapped forward-backward pair takes "
+        "the longer of its compute and its collectives (perfect overlap), so moesim's busiest rank computes 15.6 s "
+        "where DeepSeek measured 17.6 s, and its bubble is 0.8 s where DeepSeek measured 2.1 s (the schedule's "
+        "ranks here are nearly equal; DeepSeek's are not, nor are its pairs perfectly overlapped); it counts the "
+        "optimizer as one memory pass (0.007 s against 0.29 s). In the other direction it costs the "
+        "un-permutation as eager PyTorch's scatter-add, which DeepSeek fuses into its combine. The network model "
+        "is not measured and the H800 profile is derived from H100 kernel measurements. What it would take: "
+        "measured pairs (a GPU run of two overlapped chunks) and a measured optimizer step.",
     ),
     PublishedRun(
         "mixtral-8x7b-training-mcore.yaml",
@@ -209,7 +211,7 @@ def published_table(network_mode: str = "full") -> str:
         "## DeepSeek-V3's step, part by part",
         "",
         "DeepSeek's ISCA 2025 paper (arXiv 2505.09343, Table 4) times one pre-training step of DualPipe; moesim's "
-        "parts (`moesim run`'s step breakdown, busiest stage) mapped onto its names:",
+        "parts (`moesim run`'s step breakdown, busiest rank) mapped onto its names:",
         "",
         *deepseek_breakdown_rows(network_mode),
         "",
