@@ -31,7 +31,7 @@ from moesim.planning.plan import DEFAULT_PRICE_PER_GPU_HOUR, _evaluate, candidat
 from moesim.planning.store import ResultsStore
 from moesim.planning.sweep import run_sweep
 from moesim.scenario import scenario_from_dict
-from moesim.sim import routing_load, step
+from moesim.sim import routing_load, stages
 from moesim.scenario import apply_overrides, read_document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def deepseek(gpus: int, mode: str) -> float:
             f"workload.global_batch_size={8 * data_parallel}",
         ],
     )
-    step._stage_cache.clear()  # a cold simulation: nothing reused from the previous size
+    stages._stage_cache.clear()  # a cold simulation: nothing reused from the previous size
     routing_load._routing_cache.clear()
     started = time.perf_counter()
     result = simulate(scenario, check_memory=False)
@@ -130,10 +130,10 @@ def plan_search() -> None:
     figures, rates = {}, {}
     for label, stage_size, routing_size in (
         ("without reuse", 0, 0),
-        ("with reuse", step.STAGE_CACHE_SIZE, routing_load.ROUTING_CACHE_SIZE),
+        ("with reuse", stages.STAGE_CACHE_SIZE, routing_load.ROUTING_CACHE_SIZE),
     ):
-        step.STAGE_CACHE_SIZE, routing_load.ROUTING_CACHE_SIZE = stage_size, routing_size
-        step._stage_cache.clear()
+        stages.STAGE_CACHE_SIZE, routing_load.ROUTING_CACHE_SIZE = stage_size, routing_size
+        stages._stage_cache.clear()
         routing_load._routing_cache.clear()
         started = time.perf_counter()
         figures[label] = [_evaluate(document, candidate, "fast", DEFAULT_PRICE_PER_GPU_HOUR) for candidate in pool]

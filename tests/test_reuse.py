@@ -10,7 +10,7 @@ import random
 import pytest
 
 from moesim.scenario import scenario_from_dict
-from moesim.sim import routing_load, step
+from moesim.sim import routing_load, stages
 from moesim.sim.engine import run_pipeline, run_pipeline_fast
 from moesim.sim.step import simulate
 
@@ -42,16 +42,16 @@ def _figures(nodes: int, mode: str, pp: int = 1) -> str:
 
 @pytest.mark.parametrize("mode", ["fast", "full"])
 def test_reused_work_gives_the_same_figures(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    step._stage_cache.clear()
+    stages._stage_cache.clear()
     routing_load._routing_cache.clear()
     warm = [_figures(1, mode), _figures(2, mode), _figures(4, mode, pp=2), _figures(2, mode)]  # reuses the first runs
-    monkeypatch.setattr(step, "STAGE_CACHE_SIZE", 0)
+    monkeypatch.setattr(stages, "STAGE_CACHE_SIZE", 0)
     monkeypatch.setattr(routing_load, "ROUTING_CACHE_SIZE", 0)
-    step._stage_cache.clear()
+    stages._stage_cache.clear()
     routing_load._routing_cache.clear()
     cold = [_figures(2, mode), _figures(4, mode, pp=2), _figures(1, mode)]
     assert cold == [warm[1], warm[2], warm[0]] and warm[3] == warm[1]
-    assert not step._stage_cache and not routing_load._routing_cache  # size 0 keeps nothing
+    assert not stages._stage_cache and not routing_load._routing_cache  # size 0 keeps nothing
     assert json.loads(warm[0])["step_time_s"] != json.loads(warm[1])["step_time_s"]  # the layouts do differ
 
 

@@ -93,8 +93,10 @@ def candidates(
     tps = [t for t in (1, 2, 4, 8) if per_node % t == 0 and model.num_attention_heads % t == 0]
     pps = [p for p in (1, 2, 4, 8, 16) if p <= model.num_layers]
     eps = _divisors(model.num_experts, max_gpus)
-    for gpu, node_count, tp, pp, ep, strategy, factor in itertools.product(
-        gpus, nodes, tps, pps, eps, strategies, capacity_factors
+    # node counts innermost: layouts that differ only in their data-parallel size follow each other, so the
+    # simulator reuses their stage programs (`moesim.sim.stages`)
+    for gpu, tp, pp, ep, strategy, factor, node_count in itertools.product(
+        gpus, tps, pps, eps, strategies, capacity_factors, nodes
     ):
         world = node_count * per_node
         if world % (tp * pp):
@@ -218,7 +220,7 @@ def plan(
             fast.append(option)
         if on_progress:
             on_progress("fast search", index + 1, len(pool))
-    chosen = sorted(fast, key=lambda o: o.dollars_per_million_tokens)[:finalists]
+    chosen = sorted(fast, key=lambda o: (o.dollars_per_million_tokens, o.gpus))[:finalists]
     confirmed = []
     for index, option in enumerate(chosen):
         full = _evaluate(document, option.candidate, "full", prices)

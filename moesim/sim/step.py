@@ -10,8 +10,6 @@ decode steps at the mean context length.
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,22 +20,18 @@ from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time
 from moesim.sim.compute import CostModel
-from moesim.sim.breakdown import stage_work, weight_gradient_seconds
+from moesim.sim.breakdown import stage_work
 from moesim.sim.dualpipe import chunks_of, dualpipe_step
 from moesim.sim.engine import (
     Slice,
-    busy_by_phase,
     run_pipeline,
     run_pipeline_fast,
-    run_stage,
-    run_stage_fast,
     stage_items,
 )
 from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
-from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
-from moesim.sim.reuse import reuse
-from moesim.sim.routing_load import LayerRouting, route_layers
+from moesim.sim.stages import _simulate_stages, _StagePasses
+from moesim.sim.routing_load import LayerRouting
 from moesim.sim.sources import phase_sources
 
 
@@ -87,126 +81,6 @@ class StepResult:
 def cost_model_for(scenario: Scenario) -> CostModel:
     profile = scenario.simulation.cost_profile
     return CostModel.from_profile(profile) if profile else CostModel.for_gpu(scenario.cluster.gpu)
-
-
-@dataclass
-class _StagePasses:
-    """Simulated passes of the stages: seconds, phase breakdown and slices, identical stages simulated once."""
-
-    forward_s: list[float]
-    backward_s: list[float]
-    busy: list[dict[str, float]]
-    slices: list[list[Slice]]
-    across_bytes: list[float]
-    comm_s: list[tuple[float, float]] = field(default_factory=list)  # (forward, backward) seconds in collectives
-    replayed_s: list[float] = field(default_factory=list)  # recomputed seconds per backward
-
-
-STAGE_CACHE_SIZE = 16
-"""Stage simulations kept for reuse (a plan evaluates many layouts that differ only in their data-parallel size)."""
-
-_stage_cache: OrderedDict[str, tuple[_StagePasses, list[LayerRouting], list[str]]] = OrderedDict()
-
-
-def stage_cache_key(scenario: Scenario, tokens: int, context: int, decode: bool, backward: bool) -> str:
-    """What one expert-parallel group's stage programs depend on: the scenario without its data-parallel size
-    (node count, dp_size, global batch: they set the micro-batch count and the gradient all-reduce, which the
-    callers add) and without its labels. The group's ranks and links are the same in any cluster that holds it."""
-    document = scenario.model_dump(
-        mode="json",
-        exclude={
-            "name": True,
-            "description": True,
-            "sweep": True,
-            "cluster": {"num_nodes"},
-            "parallelism": {"dp_size"},
-            "workload": {"global_batch_size"},
-        },
-    )
-    return json.dumps([document, tokens, context, decode, backward], sort_keys=True)
-
-
-def _simulate_stages(
-    scenario: Scenario,
-    plan: StagePlan,
-    cost: CostModel,
-    topology: Topology,
-    tokens: int,
-    context: int,
-    decode: bool,
-    backward: bool,
-) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
-    """Each stage's pass times, busy times and slices, its routing and notes: simulated, or reused from a scenario
-    that differs only in its data-parallel size (`stage_cache_key`)."""
-    key = stage_cache_key(scenario, tokens, context, decode, backward)
-    stages, routing, notes = reuse(
-        _stage_cache,
-        key,
-        STAGE_CACHE_SIZE,
-        lambda: _run_stages(scenario, plan, cost, topology, tokens, context, decode, backward),
-    )
-    return stages, routing, list(notes)  # callers add notes of their own
-
-
-def _run_stages(
-    scenario: Scenario,
-    plan: StagePlan,
-    cost: CostModel,
-    topology: Topology,
-    tokens: int,
-    context: int,
-    decode: bool,
-    backward: bool,
-) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
-    """Route once, build each stage's phases, and run them (SimPy in full mode, per-rank clocks in fast mode)."""
-    par = scenario.parallelism
-    all_moe = list(range(plan.scenario.model.num_moe_layers))
-    routing, notes = route_layers(scenario, all_moe, tokens * par.ep_size, topology.gpus_per_node)
-    builder = PhaseBuilder(scenario, plan, cost, topology, tokens, context, decode)
-    full = scenario.simulation.network_mode == "full"
-    cache: dict[tuple, tuple] = {}
-    result = _StagePasses([], [], [], [], [])
-    for stage in range(plan.num_stages):
-        first_moe = sum(plan.stage_moe_layer_count(s) for s in range(stage))
-        signature = (
-            stage == 0,
-            stage == plan.num_stages - 1,
-            tuple((layer.is_moe, layer.cross_attention) for layer in plan.stages[stage]),
-            tuple((first_moe + n) % max(1, len(routing)) for n in range(plan.stage_moe_layer_count(stage))),
-        )
-        if signature not in cache:
-            program = builder.stage_program(stage, routing, first_moe)
-            passes = [("forward" if not decode else "decode", program.forward)]
-            if backward:
-                passes.append(("backward", program.backward))
-            seconds, busy, slices, comm = [], {}, [], []
-            for name, phases in passes:
-                if full:
-                    took, pass_slices = run_stage(phases, par.ep_size, name, start=sum(seconds))
-                    pass_busy = busy_by_phase(pass_slices, par.ep_size)
-                    slices += pass_slices
-                else:
-                    took, pass_busy = run_stage_fast(phases, par.ep_size)
-                seconds.append(took)
-                collectives = {phase.name for phase in phases if phase.collective}
-                comm.append(sum(pass_busy.get(phase_name, 0.0) for phase_name in collectives))
-                for key, value in pass_busy.items():
-                    busy[key] = busy.get(key, 0.0) + value
-            across = sum(
-                p.bytes_across_nodes for p in program.forward + (program.backward if backward else []) if p.collective
-            )
-            cache[signature] = (seconds, busy, slices, across, comm, program.replayed_s)
-        seconds, busy, slices, across, comm, replayed = cache[signature]
-        result.forward_s.append(seconds[0])
-        result.backward_s.append(seconds[1] if backward else 0.0)
-        result.busy.append(busy)
-        result.slices.append(slices)
-        result.across_bytes.append(across)
-        result.comm_s.append((comm[0], comm[1] if backward else 0.0))
-        result.replayed_s.append(replayed if backward else 0.0)
-    if len(cache) < plan.num_stages:
-        notes.append(f"{plan.num_stages} pipeline stages, {len(cache)} distinct: identical stages simulated once")
-    return result, routing, notes
 
 
 def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
@@ -297,15 +171,9 @@ def _training_step(
     p2p = p2p if par.pp_size > 1 else 0.0
     dualpipe = par.pipeline_schedule == "dualpipe"
     pairs = overlapped_pairs(stages, scenario) if sim.alltoall_overlap == "1f1b" else None
-    builder = PhaseBuilder(scenario, plan, cost, topology, tokens, scenario.workload.seq_len)
-    first_moe = [sum(plan.stage_moe_layer_count(stage) for stage in range(index)) for index in range(plan.num_stages)]
-
-    def weight_of(stage: int) -> float:
-        return weight_gradient_seconds(builder, stage, routing, first_moe[stage])
-
+    weights = dict(enumerate(stages.weight_s))  # weight-gradient seconds per backward, per stage
     pipeline_slices: list[Slice] = []
     if dualpipe:  # DeepSeek's schedule op by op (moesim.sim.dualpipe); a rank holds two chunks
-        weights = {stage: weight_of(stage) for stage in range(plan.num_stages)}
         dual = dualpipe_step(
             forward_s,
             backward_s,
@@ -327,7 +195,6 @@ def _training_step(
         items = stage_items(forward_s, backward_s, micro, par.virtual_pipeline_size, pairs)[worst]
         work, _ = stage_work(forward_s[worst], backward_s[worst], items, par.virtual_pipeline_size)
         held = {worst: float(micro)}
-        weights = {worst: weight_of(worst)}
     busy = work  # the busiest stage's (DualPipe: rank's) own work; the rest of the pipeline time is bubble
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision

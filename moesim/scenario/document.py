@@ -1,0 +1,239 @@
+"""`Scenario`: the whole input, its sections checked against each other and every default filled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from moesim.models.presets import model_preset
+from moesim.models.spec import ModelSpec
+from moesim.routing.names import unhonoured_settings
+
+from moesim.scenario.sections import (
+    ClusterSpec,
+    ParallelismSpec,
+    RoutingSpec,
+    SimulationSpec,
+    SweepSpec,
+    WorkloadSpec,
+    _expand_preset,
+    _Section,
+)
+
+MAX_WORLD_SIZE = 2**20
+"""The largest cluster a scenario may describe (the network model holds a few numbers per link)."""
+
+
+class Scenario(_Section):
+    """The whole input: model, cluster, parallelism, workload, routing and sweep."""
+
+    name: str = Field("scenario", description="Name shown in reports and results.")
+    description: str = Field("", description="What question this scenario answers.")
+    seed: int = Field(0, ge=0, description="Seed for every random choice (same seed, same numbers).")
+    model: ModelSpec = Field(
+        ..., description="A preset name, `{preset: NAME, field: value, ...}`, or a full architecture."
+    )
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Nodes, GPUs and network.")
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec, description="DP / TP / PP / CP / EP degrees.")
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec, description="Batch, sequence and router scores.")
+    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="Routing rule and capacity.")
+    simulation: SimulationSpec = Field(default_factory=SimulationSpec, description="Simulator options.")
+    sweep: SweepSpec = Field(default_factory=SweepSpec, description="Grid of variants for `moesim sweep`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        _reject_booleans(cls, data, "")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data:
+            data = {**data, "model": _expand_preset(data["model"], model_preset, "model")}
+        return data
+
+    @model_validator(mode="after")
+    def _check_and_fill(self) -> "Scenario":
+        model, par, cluster, routing = self.model, self.parallelism, self.cluster, self.routing
+        if cluster.world_size > MAX_WORLD_SIZE:
+            raise ValueError(
+                f"cluster.num_nodes: {cluster.num_nodes:,} nodes x {cluster.gpus_per_node} GPUs = "
+                f"{cluster.world_size:,} GPUs; "
+                f"moesim simulates clusters of at most {MAX_WORLD_SIZE:,} GPUs"
+            )
+        if self.workload.seq_len > model.max_seq_len:
+            raise ValueError(
+                f"workload.seq_len: {self.workload.seq_len:,} tokens is longer than {model.name}'s context "
+                f"({model.max_seq_len:,}); use at most {model.max_seq_len:,} or set model.max_seq_len"
+            )
+        sim = self.simulation
+        if sim.comm_sms and (cluster.gpu.sms is None or sim.comm_sms >= cluster.gpu.sms):
+            raise ValueError(
+                f"simulation.comm_sms: {sim.comm_sms} SMs for communication, and {cluster.gpu.name} has "
+                f"{cluster.gpu.sms or 'an unknown number of'} SMs; use fewer (DeepEP: 20 of 132) or set cluster.gpu.sms"
+            )
+        if sim.alltoall_overlap != "none" and (self.workload.mode != "training" or par.virtual_pipeline_size > 1):
+            raise ValueError(
+                "simulation.alltoall_overlap: modelled for training with the plain 1F1B schedule; set "
+                "alltoall_overlap=none (inference overlap belongs to the serving planner; interleaved: not yet)"
+            )
+        if "mla_up_proj" in self.workload.recompute_modules and model.attention_type != "mla":
+            raise ValueError(
+                f"workload.recompute_modules: mla_up_proj recomputes MLA's up-projections and {model.name} has "
+                f"{model.attention_type} attention; drop mla_up_proj (core_attn recomputes its attention)"
+            )
+        if par.dp_size is None:
+            if cluster.world_size % par.model_parallel_size:
+                raise ValueError(
+                    f"parallelism: the cluster's {cluster.world_size} GPUs are not a multiple of tp_size x pp_size "
+                    f"x cp_size ({par.model_parallel_size}); change the cluster or the parallel degrees"
+                )
+            par.dp_size = cluster.world_size // par.model_parallel_size
+        if par.world_size != cluster.world_size:
+            raise ValueError(
+                f"parallelism: dp_size x tp_size x pp_size x cp_size = {par.dp_size}x{par.tp_size}x{par.pp_size}"
+                f"x{par.cp_size} = {par.world_size}, but the cluster has {cluster.num_nodes} nodes x "
+                f"{cluster.gpus_per_node} GPUs = {cluster.world_size}; make the two equal"
+            )
+        if model.num_experts % par.ep_size:
+            raise ValueError(
+                f"parallelism.ep_size: num_experts ({model.num_experts}) is not divisible by ep_size "
+                f"({par.ep_size}); use an ep_size that divides {model.num_experts}"
+            )
+        folded = par.dp_size * par.cp_size * par.tp_size
+        if folded % par.ep_size:
+            raise ValueError(
+                f"parallelism.ep_size: ep_size ({par.ep_size}) must divide dp_size x cp_size x tp_size ({folded})"
+            )
+        if folded % (par.ep_size * par.expert_tp_size) or model.moe_intermediate_size % par.expert_tp_size:
+            raise ValueError(
+                f"parallelism.expert_tp_size: ep_size x expert_tp_size ({par.ep_size * par.expert_tp_size}) must "
+                f"divide dp_size x cp_size x tp_size ({folded}) and expert_tp_size the experts' FFN size "
+                f"({model.moe_intermediate_size}); choose a smaller expert_tp_size"
+            )
+        if par.pp_size > model.num_layers:
+            raise ValueError(
+                f"parallelism.pp_size: {par.pp_size} pipeline stages for {model.num_layers} layers; "
+                f"use at most {model.num_layers} (stages may hold uneven layer counts)"
+            )
+        if self.workload.precision.gemm == "fp8" and not cluster.gpu.peak_fp8_tflops:
+            raise ValueError(
+                f"workload.precision.gemm: {cluster.gpu.name} has no fp8 tensor cores (peak_fp8_tflops is null); "
+                "use gemm: bf16 or a GPU with fp8 (H100-SXM, H800, H200, B200)"
+            )
+        top_k = routing.top_k or model.top_k
+        if top_k > model.num_experts:
+            raise ValueError(
+                f"routing.top_k: top_k ({top_k}) is larger than num_experts ({model.num_experts}); "
+                f"set top_k <= {model.num_experts}"
+            )
+        groups = routing.num_expert_groups or model.num_expert_groups
+        # the model's groups per token go with the model's groups; other groups default to no restriction
+        groups_per_token = routing.topk_groups or (model.topk_groups if groups == model.num_expert_groups else groups)
+        if groups is not None:
+            if model.num_experts % groups:
+                raise ValueError(
+                    f"routing.num_expert_groups: num_experts ({model.num_experts}) is not divisible by {groups}"
+                )
+            groups_per_token = groups_per_token or groups
+            if groups_per_token > groups:
+                raise ValueError(f"routing.topk_groups: {groups_per_token} is more than num_expert_groups ({groups})")
+            if top_k > groups_per_token * (model.num_experts // groups):
+                raise ValueError(
+                    f"routing.topk_groups: {groups_per_token} groups of {model.num_experts // groups} experts "
+                    f"cannot hold top_k ({top_k}) experts; raise topk_groups"
+                )
+        sequences_per_step = self.workload.micro_batch_size * par.dp_size
+        global_batch = self.workload.global_batch_size or sequences_per_step
+        if global_batch % sequences_per_step:
+            raise ValueError(
+                f"workload.global_batch_size: {global_batch} is not a multiple of micro_batch_size x dp_size "
+                f"({sequences_per_step})"
+            )
+        self.workload.global_batch_size = global_batch
+        micro_batches = global_batch // sequences_per_step
+        schedule = par.pipeline_schedule or ("interleaved" if par.virtual_pipeline_size > 1 else "1f1b")
+        if (schedule == "interleaved") != (par.virtual_pipeline_size > 1):
+            raise ValueError(
+                f"parallelism.pipeline_schedule: {schedule} and virtual_pipeline_size {par.virtual_pipeline_size} "
+                "disagree; the interleaved schedule (and only it) needs virtual_pipeline_size > 1"
+            )
+        if schedule == "dualpipe":
+            if (
+                self.workload.mode != "training"
+                or par.pp_size < 2
+                or par.pp_size % 2
+                or micro_batches < 2 * par.pp_size
+                or micro_batches % 2
+            ):
+                raise ValueError(
+                    f"parallelism.pipeline_schedule: DualPipe trains with an even pp_size of at least 2 and an even "
+                    f"number of micro-batches per step, at least 2 x pp_size (here pp_size {par.pp_size}, "
+                    f"{micro_batches} micro-batches, {self.workload.mode}); choose 1f1b or change them"
+                )
+            if self.simulation.alltoall_overlap != "none":
+                raise ValueError(
+                    "simulation.alltoall_overlap: DualPipe overlaps its forward and backward chunks by construction; "
+                    "leave alltoall_overlap at none with pipeline_schedule=dualpipe"
+                )
+        par.pipeline_schedule = schedule
+        if par.virtual_pipeline_size > 1:
+            if par.pp_size == 1 or micro_batches % par.pp_size:
+                raise ValueError(
+                    "parallelism.virtual_pipeline_size: the interleaved schedule needs pp_size > 1 and "
+                    "micro-batches per "
+                    f"step ({micro_batches}) a multiple of pp_size ({par.pp_size}); change global_batch_size or set "
+                    "virtual_pipeline_size=1"
+                )
+        routing.top_k = top_k
+        routing.strategy = routing.strategy or model.router_strategy
+        routing.score_function = routing.score_function or model.router_score_function
+        routing.normalize_weights = (
+            model.router_normalize_weights if routing.normalize_weights is None else routing.normalize_weights
+        )
+        routing.group_score = routing.group_score or model.router_group_score
+        routing.num_expert_groups = groups
+        routing.topk_groups = groups_per_token
+        problems = unhonoured_settings(
+            routing.strategy, routing.score_function, groups, groups_per_token, model.router_bias
+        )
+        if problems:
+            raise ValueError(f"routing.strategy: '{routing.strategy}' cannot honour {'; '.join(problems)}")
+        from moesim.routing.registry import rule_options
+
+        accepted = rule_options(routing.strategy)
+        unknown = [key for key in routing.options if key not in accepted]
+        if unknown:
+            raise ValueError(
+                f"routing.options: '{routing.strategy}' has no option {', '.join(map(repr, unknown))}; "
+                f"its options: {', '.join(accepted) or 'none'}"
+            )
+        return self
+
+
+def _reject_booleans(model: type[BaseModel], data: Any, prefix: str) -> None:
+    """true/false where a number belongs is an error (pydantic would read it as 1/0), in every section."""
+    if not isinstance(data, dict):
+        return
+    for key, field in model.model_fields.items():
+        if key not in data:
+            continue
+        value, annotation = data[key], field.annotation
+        kinds = {annotation, *getattr(annotation, "__args__", ())}
+        if isinstance(value, bool) and bool(kinds & {int, float}) and bool not in kinds:
+            raise ValueError(f"{prefix}{key}: {str(value).lower()} is not a number; give one")
+        section = _section_class(annotation)
+        if section is not None:
+            _reject_booleans(section, value, f"{prefix}{key}.")
+
+
+# ---------------------------------------------------------------- paths and overrides
+def _section_class(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (`X`, `Optional[X]`), if any."""
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None

@@ -1,0 +1,221 @@
+"""How a scenario is read: files (YAML, TOML, JSON), `--set a.b=c` overrides, errors worded for the user, and
+the JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ValidationError
+
+from moesim.cluster.hardware import GpuSpec
+from moesim.errors import ScenarioError
+from moesim.models.spec import ModelSpec
+
+from moesim.scenario.document import Scenario, _section_class
+from moesim.scenario.sections import ClusterSpec
+
+
+def path_problem(path: Sequence[Any], root: type[BaseModel] = Scenario) -> str | None:
+    """Why a dotted scenario path does not name a field, or None if it does."""
+    cls: type[BaseModel] | None = root
+    for depth, part in enumerate(path):
+        if cls is None:
+            return None  # inside a free-form mapping (routing.options): anything goes
+        if part == "preset" and cls in (ModelSpec, GpuSpec, ClusterSpec):
+            continue
+        if part not in cls.model_fields:
+            where = ".".join(str(p) for p in path[:depth]) or "the top level"
+            return _nearest_key_message(str(part), list(cls.model_fields), where)
+        annotation = cls.model_fields[part].annotation
+        nested = _section_class(annotation)
+        if nested is None and depth < len(path) - 1 and not _is_mapping(annotation):
+            return f"'{part}' is a value, not a section"
+        cls = nested
+    return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return getattr(annotation, "__origin__", None) is dict
+
+
+def _nearest_key_message(key: str, valid: list[str], where: str) -> str:
+    import difflib
+
+    def likeness(name: str) -> tuple[float, bool]:  # equally alike: the key's own completion first
+        return difflib.SequenceMatcher(None, key, name).ratio(), name.startswith(key)
+
+    best = max(valid, key=likeness, default=None)
+    close = [best] if best is not None and likeness(best)[0] >= 0.5 else []
+    hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+    return f"unknown key '{key}' in {where}; {hint}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=c` into (["a", "b"], value), the value read as YAML (numbers, null, lists)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    path = [part.strip() for part in key.strip().split(".")]
+    if not sep or not all(path):
+        raise ScenarioError(f"--set '{text}': expected KEY=VALUE with a dotted key, e.g. routing.top_k=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+_PRESET_SECTIONS = {("model",), ("cluster", "gpu")}
+
+
+def apply_overrides(document: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of `document` with each `a.b=c` override set (sections created as needed)."""
+    result = json.loads(json.dumps(document, default=str)) if overrides else document
+    for text in overrides:
+        path, value = parse_override(text)
+        problem = path_problem(path)
+        if problem:
+            raise ScenarioError(f"--set '{text}': {problem}")
+        node = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and tuple(path[: depth + 1]) in _PRESET_SECTIONS:
+                child = {"preset": child}  # a preset name plus overrides
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+# ---------------------------------------------------------------- loading
+def read_document(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML, TOML or JSON scenario file into a mapping; every failure is a ScenarioError."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ScenarioError(f"{path}: cannot read the file ({reason})") from None
+    if not text.strip():
+        raise ScenarioError(f"{path}: the file is empty; a scenario needs at least a `model:` entry")
+    suffix = path.suffix.lower()
+    syntax = {".toml": "TOML", ".json": "JSON"}.get(suffix, "YAML")
+    try:
+        if syntax == "TOML":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            document = tomllib.loads(text)
+        elif syntax == "JSON":
+            document = json.loads(text)
+        else:
+            document = yaml.safe_load(text)
+    except Exception as error:  # each parser has its own error type; all mean "not valid syntax"
+        raise ScenarioError(f"{path}: not valid {syntax} ({_syntax_problem(error)})") from None
+    if document is None:
+        raise ScenarioError(f"{path}: the file holds no scenario; it needs at least a `model:` entry")
+    if not isinstance(document, dict):
+        raise ScenarioError(f"{path}: a scenario must be a mapping of sections, found {type(document).__name__}")
+    return document
+
+
+def _syntax_problem(error: Exception) -> str:
+    """Where and what a parser complained about, in one line."""
+    mark = getattr(error, "problem_mark", None)  # YAML
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {getattr(error, 'problem', '') or error}"
+    if isinstance(error, json.JSONDecodeError):
+        return f"line {error.lineno}, column {error.colno}: {error.msg}"
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    """One line for the first problem pydantic found, naming the field and the fix."""
+    problems = error.errors()
+    first = problems[0]
+    location = list(first["loc"])
+    where = ".".join(str(part) for part in location)
+    message = first["msg"].removeprefix("Value error, ")
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = path_problem([str(part) for part in location]) or f"unknown key '{where}'"
+    elif kind == "missing":
+        message = f"{where}: required; add it to the scenario"
+    elif where and not message.startswith(where.split(".")[0]):
+        shown = first.get("input")
+        got = "" if isinstance(shown, dict) else f" (got {shown!r})"
+        message = f"{where}: {message.replace('Input should', 'should')}{got}"
+    more = len(problems) - 1
+    return message + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def scenario_from_dict(document: Any, overrides: Sequence[str] = (), origin: str = "scenario") -> Scenario:
+    """Validate a parsed document (plus overrides) into a `Scenario`; problems are ScenarioErrors."""
+    if not isinstance(document, dict):
+        raise ScenarioError(f"{origin}: a scenario must be a mapping of sections, found {type(document).__name__}")
+    document = apply_overrides(document, overrides)
+    try:
+        return Scenario.model_validate(document)
+    except ValidationError as error:
+        raise ScenarioError(f"{origin}: {_format_validation_error(error)}") from None
+    except ScenarioError as error:
+        raise ScenarioError(f"{origin}: {error}") from None
+    except (TypeError, ValueError, ArithmeticError, RecursionError) as error:
+        raise ScenarioError(f"{origin}: {type(error).__name__}: {error}") from None
+
+
+def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Load, override and validate a scenario file.
+
+    >>> load_scenario("scenarios/mixtral-8x7b-serving.yaml", overrides=["routing.top_k=1"])  # doctest: +SKIP
+    """
+    return scenario_from_dict(read_document(path), overrides, origin=str(path))
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    """JSON Schema of scenario files, with preset names allowed where a preset may stand."""
+    from moesim.cluster.hardware import gpu_preset_names
+    from moesim.models.presets import model_preset_names
+
+    schema = Scenario.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+
+    def preset_or_spec(spec_ref: str, names: list[str], label: str) -> dict[str, Any]:
+        return {
+            "anyOf": [
+                {"type": "string", "enum": names, "description": f"{label} preset name"},
+                {
+                    "type": "object",
+                    "required": ["preset"],
+                    "properties": {"preset": {"type": "string", "enum": names}},
+                    "description": f"{label} preset with overridden fields",
+                },
+                {"$ref": spec_ref},
+            ]
+        }
+
+    schema["properties"]["model"] = {
+        **preset_or_spec("#/$defs/ModelSpec", model_preset_names(), "Model"),
+        "description": Scenario.model_fields["model"].description,
+    }
+    cluster = defs["ClusterSpec"]["properties"]
+    from moesim.cluster.presets import cluster_preset_names
+
+    cluster["preset"] = {
+        "type": "string",
+        "enum": cluster_preset_names(),
+        "description": "A cluster preset whose fields the others override.",
+    }
+    cluster["gpu"] = {
+        **preset_or_spec("#/$defs/GpuSpec", gpu_preset_names(), "GPU"),
+        "description": ClusterSpec.model_fields["gpu"].description,
+    }
+    return schema
