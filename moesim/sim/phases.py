@@ -296,8 +296,7 @@ class PhaseBuilder:
     def _layer_phases(
         self, layer: Layer, routing: list[LayerRouting], routing_index: Optional[int]
     ) -> tuple[list[Phase], list[Phase]]:
-        model, cost, sim = self.model, self.cost, self.scenario.simulation
-        top_k = self.scenario.routing.top_k or model.top_k
+        model = self.model
         layer_forward: list[Phase] = []
         layer_backward: list[Phase] = []
         attention, attention_backward = self.attention(layer)
@@ -314,134 +313,12 @@ class PhaseBuilder:
             layer_forward.append(Phase("dense_ffn", layer.index, self.same(dense)))
             layer_backward.append(Phase("dense_ffn", layer.index, self.same(dense_backward)))
         else:
+            from moesim.sim.moe_block import moe_block_phases
+
             assert routing_index is not None
-            routing_here = routing[routing_index]
-            router_gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, model.num_experts))
-            scores_pass = cost.memory_seconds(3 * 4 * self.tokens * model.num_experts)
-            router = router_gemm + scores_pass
-            router_roofline_backward = (
-                float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, model.num_experts))
-                + BACKWARD_MEMORY_FACTOR * scores_pass
-            )
-            router = _or(self.router_fit(self.work(top_k, router_gemm_seconds=router_gemm)), router)
-            served = float(sum(rank_rows.sum() for rank_rows in routing_here.rank_rows)) / self.ranks
-            permuted_rows = served if self.scenario.routing.pad_to_capacity else self.tokens * top_k
-            permute_bytes = 2 * permuted_rows * model.hidden_size * self.element
-            permute = _or(cost.fitted("permute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
-            unpermute = _or(cost.fitted("unpermute", self.work(top_k, served)), cost.memory_seconds(permute_bytes))
-            rows = routing_here.rank_rows
-            gemm = np.array([self.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
-            shared = shared_roofline_backward = 0.0
-            if model.num_shared_experts:
-                shared_inner = model.shared_expert_size * model.num_shared_experts
-                shared = float(self.ffn_seconds(self.tokens, shared_inner, model.expert_ffn_activation))
-                shared_roofline_backward = float(
-                    self.ffn_backward_seconds(self.tokens, shared_inner, model.expert_ffn_activation)
-                )
-                shared = _or(cost.fitted("shared_experts", self.work(top_k, ffn_seconds=shared)), shared)
-            dispatch, combine = self.alltoalls(routing_index, routing_here)
-            etp = self.etp_gather(served)  # expert tensor parallelism: the gather after the dispatch, the scatter
-            # before the combine
-            # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
-            count_exchange = dispatch.latency_seconds
-            shared_phase = Phase("shared_experts", layer.index, self.same(shared)) if shared else None
-            overlapped = shared_phase if (shared_phase and sim.overlap_shared_experts) else None
-            layer_forward += [
-                Phase("router", layer.index, self.same(router)),
-                Phase("permute", layer.index, self.same(permute)),
-                Phase(
-                    "dispatch",
-                    layer.index,
-                    np.array([dispatch.seconds + count_exchange + etp]),
-                    collective=True,
-                    overlapped=overlapped,
-                    chunks=sim.moe_chunks,
-                    bytes_across_nodes=dispatch.bytes_across_nodes,
-                    detail={"latency": dispatch.latency_seconds + count_exchange},
-                ),
-            ]
-            if shared_phase and not overlapped:
-                layer_forward.append(shared_phase)
-            layer_forward += [
-                Phase("experts", layer.index, gemm, chunks=sim.moe_chunks),
-                Phase(
-                    "combine",
-                    layer.index,
-                    np.array([combine.seconds + etp]),
-                    collective=True,
-                    chunks=sim.moe_chunks,
-                    bytes_across_nodes=combine.bytes_across_nodes,
-                    detail={"latency": combine.latency_seconds},
-                ),
-                Phase("unpermute", layer.index, self.same(unpermute)),
-            ]
-            # backward: a calibrated MoE-block model (grouped-GEMM backward of the experts, the other phases
-            # relative to their forward), else the fixed ratios
-            fit = cost.coefficients("backward")
-            if fit is not None:  # DEVICE_PHASE_FEATURES["backward"]; a feature a sparse fit left out counts 0
-                experts_factor, shuffle_factor, other_factor, fixed = (
-                    fit.get(name, 0.0)
-                    for name in (
-                        "experts backward seconds",
-                        "permute and unpermute forward seconds",
-                        "router and shared forward seconds",
-                        "1",
-                    )
-                )
-                gemm_backward = np.array(
-                    [experts_factor * self.experts_backward_seconds(rank_rows) + fixed for rank_rows in rows]
-                )
-                router_backward, permute_backward, unpermute_backward, shared_back = (
-                    other_factor * router,
-                    shuffle_factor * permute,
-                    shuffle_factor * unpermute,
-                    other_factor * shared,
-                )
-            elif cost.dense is None and cost.grouped is None:  # an efficiency curve only: the backward ratio
-                gemm_backward = cost.backward_gemm_factor * gemm
-                router_backward, permute_backward, unpermute_backward, shared_back = (
-                    cost.backward_gemm_factor * router,
-                    BACKWARD_MEMORY_FACTOR * permute,
-                    BACKWARD_MEMORY_FACTOR * unpermute,
-                    cost.backward_gemm_factor * shared,
-                )
-            else:  # the kernel models' backward: gradient GEMMs as measured; the permutation's backward is a
-                # scatter of the rows it gathered and the un-permutation's a gather of the rows it scattered
-                gemm_backward = np.array([self.experts_backward_seconds(rank_rows) for rank_rows in rows])
-                router_backward, permute_backward, unpermute_backward, shared_back = (
-                    router_roofline_backward,
-                    BACKWARD_SHUFFLE_FACTOR * permute,
-                    BACKWARD_SHUFFLE_FACTOR * unpermute,
-                    shared_roofline_backward,
-                )
-            shared_backward = Phase("shared_experts", layer.index, self.same(shared_back)) if shared else None
-            layer_backward += [
-                Phase("router", layer.index, self.same(router_backward)),
-                Phase("permute", layer.index, self.same(permute_backward)),
-                Phase(
-                    "dispatch",
-                    layer.index,
-                    np.array([dispatch.seconds + etp]),
-                    collective=True,
-                    overlapped=shared_backward if sim.overlap_shared_experts else None,
-                    chunks=sim.moe_chunks,
-                    bytes_across_nodes=dispatch.bytes_across_nodes,
-                    detail={"latency": dispatch.latency_seconds},
-                ),
-                Phase("experts", layer.index, gemm_backward, chunks=sim.moe_chunks),
-                Phase(
-                    "combine",
-                    layer.index,
-                    np.array([combine.seconds + etp]),
-                    collective=True,
-                    chunks=sim.moe_chunks,
-                    bytes_across_nodes=combine.bytes_across_nodes,
-                    detail={"latency": combine.latency_seconds},
-                ),
-                Phase("unpermute", layer.index, self.same(unpermute_backward)),
-            ]
-            if shared_backward and not sim.overlap_shared_experts:
-                layer_backward.append(shared_backward)
+            block_forward, block_backward = moe_block_phases(self, layer, routing[routing_index], routing_index)
+            layer_forward += block_forward
+            layer_backward += block_backward
         return layer_forward, layer_backward
 
     def replayed(self, layer: Layer, layer_forward: list[Phase]) -> list[Phase]:
