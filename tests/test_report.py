@@ -102,7 +102,7 @@ def test_report_from_a_results_store(tmp_path: Path) -> None:
 
 
 def test_phase_bar_keeps_its_colours_distinct() -> None:
-    from moesim.planning.report import PHASE_SEGMENTS, phase_segments
+    from moesim.planning.plots import PHASE_SEGMENTS, phase_segments
 
     phases = {f"phase{index}": float(index) for index in range(20)}  # 19 with time, one at zero
     segments = phase_segments(phases)

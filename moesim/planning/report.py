@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,127 +18,17 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from moesim.errors import MoesimError
+from moesim.planning.plots import (
+    drop_plot,
+    figure_png,
+    load_heatmap,
+    memory_plot,
+    pareto_plot,
+    phase_plot,
+)
 from moesim.scenario import Scenario, scenario_from_dict
 
 REPO = Path(__file__).resolve().parent.parent.parent
-
-
-def _figure_png(draw: Any, width: float = 7.0, height: float = 3.6) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(width, height), dpi=110)
-    draw(axes)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.15)  # keeps outside legends and long labels
-    plt.close(figure)
-    return buffer.getvalue()
-
-
-PHASE_SEGMENTS = 9
-"""Phases drawn in their own colour; the rest share one grey "other" segment (tab10 has ten distinct colours)."""
-
-
-def phase_segments(phase_seconds: dict[str, float], limit: int = PHASE_SEGMENTS) -> list[tuple[str, float]]:
-    """The largest phases, largest first, and the rest summed as "other (n phases)"; zero-time phases left out."""
-    phases = sorted(
-        ((name, seconds) for name, seconds in phase_seconds.items() if seconds > 0), key=lambda item: -item[1]
-    )
-    if len(phases) <= limit + 1:
-        return phases
-    rest = phases[limit:]
-    return phases[:limit] + [(f"other ({len(rest)} phases)", sum(seconds for _, seconds in rest))]
-
-
-def _phase_plot(result: Any) -> bytes:
-    segments = phase_segments(result.phase_seconds)
-
-    def draw(axes: Any) -> None:
-        import matplotlib
-
-        colours = matplotlib.colormaps["tab10"].colors
-        left = 0.0
-        for index, (name, seconds) in enumerate(segments):
-            colour = "0.6" if name.startswith("other") else colours[index % len(colours)]
-            axes.barh(["step"], [seconds], left=left, color=colour, label=f"{name} ({seconds:.3g} s)")
-            left += seconds
-        axes.set_xlabel("seconds per step (busiest stage, mean per rank)")
-        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        axes.set_title("Step time by phase")
-
-    return _figure_png(draw, width=7.0, height=2.8)
-
-
-def _load_heatmap(loads: np.ndarray) -> bytes:
-    def draw(axes: Any) -> None:
-        image = axes.imshow(loads / loads.mean(axis=1, keepdims=True), aspect="auto", cmap="viridis")
-        axes.set_xlabel("expert")
-        axes.set_ylabel("MoE layer")
-        axes.set_title("Expert load / mean load per layer")
-        axes.figure.colorbar(image, ax=axes, label="load / mean")
-
-    return _figure_png(draw)
-
-
-def _drop_plot(points: list[tuple[float, float, float]]) -> bytes:
-    def draw(axes: Any) -> None:
-        factors = [p[0] for p in points]
-        axes.plot(factors, [100 * p[1] for p in points], marker="o", color="tab:blue")
-        axes.set_xlabel("capacity factor")
-        axes.set_ylabel("dropped token-expert pairs (%)", color="tab:blue")
-        twin = axes.twinx()
-        twin.plot(factors, [p[2] for p in points], marker="s", color="tab:red")
-        twin.set_ylabel("step time (s)", color="tab:red")
-        axes.set_title("Drops and step time against capacity factor")
-
-    return _figure_png(draw)
-
-
-def _pareto_plot(points: list[dict[str, float]], counted: str = "tokens") -> bytes:
-    def draw(axes: Any) -> None:
-        axes.plot([p["tokens_per_s"] for p in points], [p["dollars_per_hour"] for p in points], marker="o")
-        for p in points:
-            axes.annotate(
-                f"{int(p['gpus'])} GPUs",
-                (p["tokens_per_s"], p["dollars_per_hour"]),
-                fontsize=7,
-                xytext=(4, -10),
-                textcoords="offset points",
-            )
-        axes.set_xlabel(f"{counted} / s")
-        axes.set_ylabel("$ / hour")
-        axes.set_title("Cost against throughput (nearby cluster sizes)")
-
-    return _figure_png(draw)
-
-
-def _memory_plot(memory: dict[str, float]) -> bytes:
-    parts = [
-        "weights_bytes",
-        "grads_bytes",
-        "optimizer_bytes",
-        "activations_bytes",
-        "alltoall_buffer_bytes",
-        "kv_cache_bytes",
-    ]
-
-    def draw(axes: Any) -> None:
-        bottom = 0.0
-        for part in parts:
-            value = memory[part] / 1e9
-            if value > 0:
-                axes.bar(["per GPU"], [value], bottom=bottom, label=f"{part.replace('_bytes', '')} ({value:.1f} GB)")
-            bottom += value
-        capacity = memory["capacity_bytes"] / 1e9
-        axes.axhline(capacity, color="black", linestyle="--", label=f"HBM capacity ({capacity:.0f} GB)")
-        axes.set_ylim(0, max(bottom, capacity) * 1.08)
-        axes.set_ylabel("GB")
-        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the bar, never over the line
-        axes.set_title("Memory per GPU (most loaded stage)")
-
-    return _figure_png(draw, width=5.0)
 
 
 def _validation_error(rows_path: Path, held_out: bool = False) -> Optional[dict[str, float]]:
@@ -209,10 +98,10 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
     nearby, unrunnable = nearby_sizes(scenario, document)
     counted = "tokens" if scenario.workload.mode == "training" else "output tokens"
     plots = {
-        "Step time by phase": _phase_plot(result),
-        "Expert load across layers": _load_heatmap(loads),
-        "Drop rate against capacity factor": _drop_plot(drops),
-        "Cost against throughput": _pareto_plot(
+        "Step time by phase": phase_plot(result),
+        "Expert load across layers": load_heatmap(loads),
+        "Drop rate against capacity factor": drop_plot(drops),
+        "Cost against throughput": pareto_plot(
             nearby
             or [
                 {
@@ -223,7 +112,7 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
             ],
             counted,
         ),
-        "Memory per GPU": _memory_plot(result.memory),
+        "Memory per GPU": memory_plot(result.memory),
     }
     answer = (
         f"{scenario.model.name} on {scenario.cluster.world_size} x {scenario.cluster.gpu.name}: step time "
@@ -413,7 +302,7 @@ def write_results_report(
             axes.set_xticks(range(len(ok)), labels, rotation=70, fontsize=6)
             axes.set_ylabel(label)
 
-        return _figure_png(draw, width=8.0, height=4.0)
+        return figure_png(draw, width=8.0, height=4.0)
 
     best = min(range(len(ok)), key=lambda index: ok[index]["step_time_s"])
     plots = {
