@@ -192,7 +192,22 @@ def test_output_fits_the_columns_asked_for_when_piped() -> None:
         "--tokens",
         "4096",
     ]  # every column of route's table: off-node bytes, nodes
-    for args in (["presets", "list"], ["run", str(REPO / "scenarios" / "switch-base-8-capacity.toml")], multi_node):
+    plan = [
+        "plan",
+        str(REPO / "scenarios" / "olmoe-1b-7b-training.yaml"),
+        "--target-tokens-per-s",
+        "1e5",
+        "--gpu",
+        "H100-SXM,A100-80GB",
+        "--max-gpus",
+        "16",
+    ]
+    for args in (
+        ["presets", "list"],
+        ["run", str(REPO / "scenarios" / "switch-base-8-capacity.toml")],
+        multi_node,
+        plan,
+    ):
         out = subprocess.run(
             [sys.executable, "-m", "moesim", *args],
             capture_output=True,

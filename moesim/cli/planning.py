@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -137,6 +138,52 @@ def sweep(
         raise typer.Exit(code=1)
 
 
+PLAN_COLUMNS = (
+    "GPUs",
+    "GPU",
+    "TP",
+    "PP",
+    "EP",
+    "rule",
+    "cf",
+    "step (s)",
+    "tokens/s",
+    "drops",
+    "memory (GB)",
+    "GPU-h/M tokens",
+    "$/h",
+    "$/M tokens",
+)
+PLAN_DROP_ORDER = ("GPU-h/M tokens", "memory (GB)", "$/h", "drops", "rule", "cf")
+"""What a narrow terminal leaves out first: figures the others imply or the JSON output keeps."""
+
+
+def _plan_row(option: Any) -> dict[str, str]:
+    c = option.candidate
+    values = (
+        str(option.gpus),
+        c.gpu,
+        str(c.tp_size),
+        str(c.pp_size),
+        str(c.ep_size),
+        c.strategy,
+        "dropless" if c.capacity_factor is None else str(c.capacity_factor),
+        f"{option.step_time_s:.3f}",
+        f"{option.tokens_per_s:,.0f}",
+        f"{option.drop_rate:.2%}",
+        f"{option.memory_gb:.0f}",
+        f"{option.gpu_hours_per_million_tokens:.4g}",
+        f"{option.dollars_per_hour:,.0f}",
+        f"{option.dollars_per_million_tokens:.4g}",
+    )
+    return dict(zip(PLAN_COLUMNS, values))
+
+
+def _plan_width(columns: list[str], rows: list[dict[str, str]]) -> int:
+    """Characters a plan table needs: each column's widest cell or header, and two between columns."""
+    return sum(max([len(name), *(len(row[name]) for row in rows)]) + 2 for name in columns)
+
+
 @app.command("plan")
 @user_errors_exit_2
 def plan_command(
@@ -241,48 +288,38 @@ def plan_command(
         f"{result.evaluated} layouts simulated in fast mode, {result.feasible} meet the target; "
         "finalists confirmed in full mode:"
     )
-    for title, rows in (
+    tables = (
         ("best plans (full timeline)", result.options),
         ("Pareto front: cost per hour against step time (fast)", result.pareto),
         ("sensitivity: skew +0.5 and NICs at half speed", result.harsher),
-    ):
-        table = Table(title=title)
-        for column in (
-            "GPUs",
-            "GPU",
-            "TP",
-            "PP",
-            "EP",
-            "rule",
-            "cf",
-            "step (s)",
-            "tokens/s",
-            "drops",
-            "memory (GB)",
-            "GPU-h/M tokens",
-            "$/h",
-            "$/M tokens",
-        ):
-            table.add_column(column, justify="right")
-        for o in rows:
-            c = o.candidate
-            table.add_row(
-                str(o.gpus),
-                c.gpu,
-                str(c.tp_size),
-                str(c.pp_size),
-                str(c.ep_size),
-                c.strategy,
-                "dropless" if c.capacity_factor is None else str(c.capacity_factor),
-                f"{o.step_time_s:.3f}",
-                f"{o.tokens_per_s:,.0f}",
-                f"{o.drop_rate:.2%}",
-                f"{o.memory_gb:.0f}",
-                f"{o.gpu_hours_per_million_tokens:.4g}",
-                f"{o.dollars_per_hour:,.0f}",
-                f"{o.dollars_per_million_tokens:.4g}",
-            )
+    )
+    rows_by_table = [(title, [_plan_row(option) for option in options]) for title, options in tables]
+    every_row = [row for _, rows in rows_by_table for row in rows]
+    # columns that say the same for every layout are said once; a narrow terminal drops the least telling ones
+    constant = {name for name in PLAN_COLUMNS if every_row and len({row[name] for row in every_row}) == 1}
+    constant &= {"GPU", "rule", "cf", "TP", "PP"}
+    if constant:
+        console.print(
+            "every layout: " + ", ".join(f"{name} {every_row[0][name]}" for name in PLAN_COLUMNS if name in constant)
+        )
+    shown = [name for name in PLAN_COLUMNS if name not in constant]
+    dropped = []
+    for name in PLAN_DROP_ORDER:
+        if _plan_width(shown, every_row) <= console.width or name not in shown:
+            continue
+        shown.remove(name)
+        dropped.append(name)
+    for title, rows in rows_by_table:
+        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
+        for column in shown:
+            table.add_column(column, justify="right", no_wrap=True)
+        for row in rows:
+            table.add_row(*[row[name] for name in shown])
         console.print(table)
+    if dropped:
+        console.print(
+            f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--json has every figure)[/dim]"
+        )
     console.print(
         "[dim]prices: $/GPU-hour assumptions (moesim.planning.plan.DEFAULT_PRICE_PER_GPU_HOUR) unless --price "
         "is given[/dim]"
