@@ -173,7 +173,7 @@ def test_every_option_has_help_and_the_shell_can_complete() -> None:
     assert "--install-completion" in invoke("--help").output
 
 
-def test_output_fits_the_columns_asked_for_when_piped() -> None:
+def test_output_fits_the_columns_asked_for_when_piped(tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
@@ -191,7 +191,23 @@ def test_output_fits_the_columns_asked_for_when_piped() -> None:
         "routing.num_expert_groups=1",
         "--tokens",
         "4096",
-    ]  # every column of route's table: off-node bytes, nodes
+    ]
+    sweep = [  # three swept paths
+        "sweep",
+        str(REPO / "scenarios" / "mixtral-8x7b-serving.yaml"),
+        "-p",
+        "routing.strategy=top_k,hash",
+        "-p",
+        "routing.capacity_factor=1.0,2.0",
+        "-p",
+        "workload.expert_popularity_skew=0,1",
+        "--workers",
+        "1",
+        "--store",
+        str(tmp_path / "wide.sqlite"),
+        "--set",
+        "simulation.network_mode=fast",
+    ]
     plan = [
         "plan",
         str(REPO / "scenarios" / "olmoe-1b-7b-training.yaml"),
@@ -207,6 +223,7 @@ def test_output_fits_the_columns_asked_for_when_piped() -> None:
         ["run", str(REPO / "scenarios" / "switch-base-8-capacity.toml")],
         multi_node,
         plan,
+        sweep,
     ):
         out = subprocess.run(
             [sys.executable, "-m", "moesim", *args],

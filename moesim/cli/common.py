@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -104,3 +104,22 @@ def main(
     ),
 ) -> None:
     """moesim: how fast is an MoE step on this cluster, how many tokens drop, and what fits."""
+
+
+def fit_columns(
+    columns: list[str], rows: list[dict[str, str]], width: int, drop_order: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """(columns shown, columns left out): `drop_order`'s columns go first until a table of the rest fits `width`
+    (each column as wide as its widest cell or header, two characters between columns)."""
+
+    def needed(names: list[str]) -> int:
+        return sum(max([len(name), *(len(row[name]) for row in rows)]) + 2 for name in names)
+
+    shown, dropped = list(columns), []
+    for name in drop_order:
+        if needed(shown) <= width:
+            break
+        if name in shown:
+            shown.remove(name)
+            dropped.append(name)
+    return shown, dropped

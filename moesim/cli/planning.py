@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from moesim.cli.common import (
+    fit_columns,
     SET_HELP,
     _interrupt,
     app,
@@ -113,20 +114,33 @@ def sweep(
             + (" (--retry-failed runs them again)" if failed else "")
         )
         swept = list(grid_params or read_document(scenario).get("sweep", {}).get("params", {}))
-        table = Table(title="sweep results (fastest first)")
-        for column in [*swept, "step time (s)", "tokens/s/GPU", "MFU", "drop rate", "memory (GB)"]:
-            table.add_column(column, justify="right")
+        # a swept path by its last name (the full paths are said above the table)
+        heads = [path.split(".")[-1] for path in swept]
+        heads = heads if len(set(heads)) == len(heads) else list(swept)
+        if swept:
+            console.print("swept: " + ", ".join(swept))
         ok = sorted((row for row in rows if row["status"] == "ok"), key=lambda row: row["step_time_s"])
-        for row in ok:
-            table.add_row(
-                *[str(row.get(path)) for path in swept],
-                f"{row['step_time_s']:.4f}",
-                f"{row['tokens_per_s_per_gpu']:,.0f}",
-                f"{row['mfu']:.1%}",
-                f"{row['drop_rate']:.2%}",
-                f"{row['memory_gb']:.1f}",
-            )
+        cells = [
+            {
+                **{head: str(row.get(path)) for head, path in zip(heads, swept)},
+                "step (s)": f"{row['step_time_s']:.4f}",
+                "tokens/s/GPU": f"{row['tokens_per_s_per_gpu']:,.0f}",
+                "MFU": f"{row['mfu']:.1%}",
+                "drops": f"{row['drop_rate']:.2%}",
+                "memory (GB)": f"{row['memory_gb']:.1f}",
+            }
+            for row in ok
+        ]
+        columns = [*heads, "step (s)", "tokens/s/GPU", "MFU", "drops", "memory (GB)"]
+        shown, dropped = fit_columns(columns, cells, console.width, ("memory (GB)", "MFU", "drops"))
+        table = Table(title="sweep results (fastest first)", box=box.SIMPLE_HEAD, show_edge=False)
+        for column in shown:
+            table.add_column(column, justify="right", no_wrap=True)
+        for cell in cells:
+            table.add_row(*[cell[column] for column in shown])
         console.print(table)
+        if dropped:
+            console.print(f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--json has them)[/dim]")
         if failed:
             errors = Table(title="failed points")
             for column in [*swept, "error"]:
@@ -177,11 +191,6 @@ def _plan_row(option: Any) -> dict[str, str]:
         f"{option.dollars_per_million_tokens:.4g}",
     )
     return dict(zip(PLAN_COLUMNS, values))
-
-
-def _plan_width(columns: list[str], rows: list[dict[str, str]]) -> int:
-    """Characters a plan table needs: each column's widest cell or header, and two between columns."""
-    return sum(max([len(name), *(len(row[name]) for row in rows)]) + 2 for name in columns)
 
 
 @app.command("plan")
@@ -302,13 +311,9 @@ def plan_command(
         console.print(
             "every layout: " + ", ".join(f"{name} {every_row[0][name]}" for name in PLAN_COLUMNS if name in constant)
         )
-    shown = [name for name in PLAN_COLUMNS if name not in constant]
-    dropped = []
-    for name in PLAN_DROP_ORDER:
-        if _plan_width(shown, every_row) <= console.width or name not in shown:
-            continue
-        shown.remove(name)
-        dropped.append(name)
+    shown, dropped = fit_columns(
+        [name for name in PLAN_COLUMNS if name not in constant], every_row, console.width, PLAN_DROP_ORDER
+    )
     for title, rows in rows_by_table:
         table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
         for column in shown:
