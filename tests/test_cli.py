@@ -224,6 +224,8 @@ def test_output_fits_the_columns_asked_for_when_piped(tmp_path: Path) -> None:
         multi_node,
         plan,
         sweep,
+        ["profiles", "show", "H200"],
+        ["check", str(REPO / "scenarios" / "deepseek-v3-pretraining.yaml")],
     ):
         out = subprocess.run(
             [sys.executable, "-m", "moesim", *args],

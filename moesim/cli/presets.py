@@ -39,7 +39,7 @@ def profiles_show(
     table = Table(title=f"{cost.name}: {cost.source}")
     table.add_column("part")
     table.add_column("basis")
-    table.add_column("source and error (|predicted / measured - 1|)")
+    table.add_column("source and error (|predicted / measured - 1|)", overflow="fold")  # long file names fold
     for part, label in cost.sources:
         table.add_row(part, grade(label), label)
     console.print(table)
