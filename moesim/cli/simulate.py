@@ -46,7 +46,7 @@ def check(
     if as_json:
         print_json(data)
         return
-    typer.echo(f"# {scenario}: valid ({resolved.cluster.world_size} GPUs, model {resolved.model.name})")
+    typer.echo(f"# {scenario.name}: valid ({resolved.cluster.world_size} GPUs, model {resolved.model.name})")
     typer.echo(yaml.safe_dump(data, sort_keys=False, width=console.width - 2), nl=False)  # long strings fold
 
 
