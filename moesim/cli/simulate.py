@@ -267,3 +267,50 @@ def schema() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command()
+@user_errors_exit_2
+def serve(
+    scenario: Path = typer.Argument(..., help="Scenario file with a `serving` section (inference mode)."),
+    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Serve the scenario's requests with continuous batching: latency percentiles, throughput, cost."""
+    from moesim.scenario import load_scenario
+    from moesim.serving import PERCENTILES, simulate_serving
+
+    resolved = load_scenario(scenario, overrides)
+    with console.status(f"serving {resolved.serving.num_requests} requests ...", spinner="dots"):
+        result = simulate_serving(resolved)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    table = Table(title=f"{resolved.name}: latency (s)", box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("")
+    for percentile in PERCENTILES:
+        table.add_column(f"p{percentile}", justify="right")
+    for label, values in (
+        ("time to first token", result.ttft_s),
+        ("time per output token", result.tpot_s),
+        ("end to end", result.e2e_s),
+    ):
+        table.add_row(label, *[f"{values[percentile]:.4g}" for percentile in PERCENTILES])
+    console.print(table)
+    figures = Table(title="throughput and cost", box=box.SIMPLE_HEAD, show_edge=False)
+    figures.add_column("figure")
+    figures.add_column("value", justify="right")
+    for label, value in (
+        ("output tokens / s", f"{result.output_tokens_per_s:,.0f}"),
+        ("output tokens / s per GPU", f"{result.output_tokens_per_s_per_gpu:,.1f}"),
+        ("input tokens / s", f"{result.input_tokens_per_s:,.0f}"),
+        ("requests / s", f"{result.requests_per_s:,.2f}"),
+        (
+            f"$ per million output tokens (${resolved.serving.price_per_gpu_hour:g}/GPU-h)",
+            f"{result.dollars_per_million_output_tokens:.4g}",
+        ),
+    ):
+        figures.add_row(label, value)
+    console.print(figures)
+    for note in result.notes:
+        console.print(f"[dim]note: {note}[/dim]")

@@ -17,6 +17,7 @@ from moesim.scenario.loading import (
     scenario_from_dict,
     scenario_json_schema,
 )
+from moesim.scenario.serving import ServingSpec
 from moesim.scenario.sections import (
     ClusterSpec,
     ParallelismSpec,
@@ -32,6 +33,7 @@ __all__ = [
     "ParallelismSpec",
     "RoutingSpec",
     "Scenario",
+    "ServingSpec",
     "SimulationSpec",
     "SweepSpec",
     "WorkloadSpec",

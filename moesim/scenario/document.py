@@ -10,6 +10,7 @@ from moesim.models.presets import model_preset
 from moesim.models.spec import ModelSpec
 from moesim.routing.names import unhonoured_settings
 
+from moesim.scenario.serving import ServingSpec, most_tokens
 from moesim.scenario.sections import (
     ClusterSpec,
     ParallelismSpec,
@@ -40,6 +41,9 @@ class Scenario(_Section):
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="Routing rule and capacity.")
     simulation: SimulationSpec = Field(default_factory=SimulationSpec, description="Simulator options.")
     sweep: SweepSpec = Field(default_factory=SweepSpec, description="Grid of variants for `moesim sweep`.")
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec, description="Requests for `moesim serve` (continuous batching)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -67,6 +71,12 @@ class Scenario(_Section):
             raise ValueError(
                 f"workload.seq_len: {self.workload.seq_len:,} tokens is longer than {model.name}'s context "
                 f"({model.max_seq_len:,}); use at most {model.max_seq_len:,} or set model.max_seq_len"
+            )
+        longest = most_tokens(self.serving.input_tokens) + most_tokens(self.serving.output_tokens)
+        if "serving" in self.model_fields_set and longest > model.max_seq_len:
+            raise ValueError(
+                f"serving: requests of up to {longest:,} tokens (prompt and output) exceed {model.name}'s context "
+                f"({model.max_seq_len:,}); shorten them or set model.max_seq_len"
             )
         sim = self.simulation
         if sim.comm_sms and (cluster.gpu.sms is None or sim.comm_sms >= cluster.gpu.sms):

@@ -1,0 +1,67 @@
+"""The `serving` section: a stream of requests for `moesim serve` (continuous batching on the scenario's cluster)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import Field, model_validator
+
+from moesim.scenario.sections import _Section
+
+
+class UniformLength(_Section):
+    """Tokens drawn uniformly between two counts (both included)."""
+
+    min: int = Field(..., gt=0, description="Fewest tokens.")
+    max: int = Field(..., gt=0, description="Most tokens.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "UniformLength":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max}); swap them")
+        return self
+
+
+Length = Union[int, UniformLength, list[int]]
+"""Tokens per request: a fixed count, {min, max} drawn uniformly, or a recorded list (cycled)."""
+
+
+class ServingSpec(_Section):
+    """Requests and the engine's batching budget (vLLM / SGLang style continuous batching with chunked prefill)."""
+
+    input_tokens: Length = Field(1024, description="Prompt tokens per request: N, {min, max} (uniform) or a list.")
+    output_tokens: Length = Field(256, description="Generated tokens per request: N, {min, max} or a list.")
+    arrival: Literal["poisson", "closed"] = Field(
+        "closed",
+        description="poisson: requests arrive at `request_rate` per second; closed: `concurrency` requests are in "
+        "the system at all times (a new one arrives as one finishes).",
+    )
+    request_rate: Optional[float] = Field(
+        None, gt=0, description="Requests per second for the whole deployment (poisson arrivals)."
+    )
+    concurrency: int = Field(64, gt=0, description="Requests in flight for the whole deployment (closed arrivals).")
+    num_requests: int = Field(400, gt=0, description="Requests simulated (the first 10% are warm-up, not counted).")
+    token_budget: int = Field(8192, gt=0, description="Tokens per iteration: decodes first, then prefill chunks.")
+    max_running: int = Field(256, gt=0, description="Sequences an engine (one attention rank) runs at once at most.")
+    price_per_gpu_hour: float = Field(3.0, ge=0, description="US dollars per GPU-hour, for the cost per token.")
+
+    @model_validator(mode="after")
+    def _rate_for_poisson(self) -> "ServingSpec":
+        if self.arrival == "poisson" and self.request_rate is None:
+            raise ValueError("serving.request_rate: poisson arrivals need a rate; set request_rate (requests/s)")
+        for name in ("input_tokens", "output_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, list) and (not value or min(value) < 1):
+                raise ValueError(f"serving.{name}: a recorded list needs token counts of at least 1")
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"serving.{name}: {value} tokens; use at least 1")
+        return self
+
+
+def most_tokens(length: Length) -> int:
+    """The largest token count a length can draw."""
+    if isinstance(length, int):
+        return length
+    if isinstance(length, list):
+        return max(length)
+    return length.max

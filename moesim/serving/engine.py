@@ -1,0 +1,134 @@
+"""Continuous batching on one attention rank, iteration by iteration, and the latencies it gives each request.
+
+Each iteration the engine (vLLM's and SGLang's scheduler, in outline) gives every running sequence that has its
+first token one decode token, then fills the rest of `serving.token_budget` with prompt chunks of the requests in
+arrival order (chunked prefill), admitting a waiting request only while `serving.max_running` and the KV cache
+(its prompt plus its whole output reserved) allow. A request's first token comes at the end of the iteration that
+finishes its prompt; each later iteration adds one token. The deployment's requests are spread evenly over its
+attention ranks: one rank is simulated with its share of the arrivals (its rate, or its share of the concurrency).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from moesim.scenario.serving import Length, ServingSpec, UniformLength
+
+
+@dataclass
+class Request:
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    prefilled: int = 0
+    generated: int = 0
+    first_token_s: Optional[float] = None
+    finish_s: Optional[float] = None
+
+
+@dataclass
+class EngineRun:
+    """The requests as served, and what the engine did."""
+
+    requests: list[Request]
+    iterations: int
+    busy_s: float
+    end_s: float
+    peak_running: int
+    kv_limited_iterations: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def draw_lengths(length: Length, count: int, rng: np.random.Generator) -> list[int]:
+    """`count` token counts: fixed, uniform between two counts, or a recorded list cycled."""
+    if isinstance(length, int):
+        return [length] * count
+    if isinstance(length, UniformLength):
+        return [int(value) for value in rng.integers(length.min, length.max + 1, size=count)]
+    return [length[index % len(length)] for index in range(count)]
+
+
+def run_engine(
+    spec: ServingSpec,
+    iteration_seconds: Callable[[int, float, int, float], float],
+    kv_capacity_tokens: int,
+    ranks: int,
+    seed: int = 0,
+) -> EngineRun:
+    """Serve one rank's share of `spec`'s requests (`ranks` attention ranks share them)."""
+    rng = np.random.default_rng(seed)
+    count = max(1, spec.num_requests // ranks)
+    inputs, outputs = draw_lengths(spec.input_tokens, count, rng), draw_lengths(spec.output_tokens, count, rng)
+    if spec.arrival == "poisson":
+        assert spec.request_rate is not None
+        gaps = rng.exponential(ranks / spec.request_rate, size=count)
+        arrivals = list(np.cumsum(gaps) - gaps[0])
+    else:
+        arrivals = [0.0] * count  # released as the concurrency allows
+    requests = [Request(float(a), i, o) for a, i, o in zip(arrivals, inputs, outputs)]
+    closed_limit = max(1, spec.concurrency // ranks) if spec.arrival == "closed" else None
+    pending = deque(requests)  # not yet arrived (or, closed loop, not yet released)
+    waiting: deque[Request] = deque()
+    running: list[Request] = []
+    now = busy = 0.0
+    iterations = peak = kv_limited = 0
+    kv_used = 0
+    in_system = 0
+    while pending or waiting or running:
+        # arrivals up to now (closed loop: release new requests as others finish)
+        while pending and (
+            (closed_limit is None and pending[0].arrival_s <= now)
+            or (closed_limit is not None and in_system < closed_limit)
+        ):
+            request = pending.popleft()
+            if closed_limit is not None:
+                request.arrival_s = now
+            waiting.append(request)
+            in_system += 1
+        # admit waiting requests while the running set and the KV cache allow
+        while waiting and len(running) < spec.max_running:
+            need = waiting[0].input_tokens + waiting[0].output_tokens
+            if kv_used + need > kv_capacity_tokens and running:
+                kv_limited += 1
+                break
+            request = waiting.popleft()
+            kv_used += need
+            running.append(request)
+        if not running:  # idle until the next arrival
+            now = max(now, pending[0].arrival_s) if pending else now
+            continue
+        decoding = [r for r in running if r.first_token_s is not None]
+        budget = max(0, spec.token_budget - len(decoding))
+        chunks: list[tuple[Request, int]] = []
+        for request in running:
+            if request.first_token_s is None and budget > 0:
+                take = min(budget, request.input_tokens - request.prefilled)
+                chunks.append((request, take))
+                budget -= take
+        prefill = sum(take for _, take in chunks)
+        prefill_context = (
+            sum(take * (r.prefilled + take / 2) for r, take in chunks) / prefill if prefill else 0.0
+        )  # causal: a chunk's tokens attend, on average, to the prompt before them and half the chunk
+        decode_context = float(np.mean([r.input_tokens + r.generated for r in decoding])) if decoding else 0.0
+        seconds = iteration_seconds(prefill, prefill_context, len(decoding), decode_context)
+        now += seconds
+        busy += seconds
+        iterations += 1
+        peak = max(peak, len(running))
+        for request in decoding:
+            request.generated += 1
+        for request, take in chunks:
+            request.prefilled += take
+            if request.prefilled >= request.input_tokens:
+                request.first_token_s = now
+                request.generated = 1
+        for request in [r for r in running if r.first_token_s is not None and r.generated >= r.output_tokens]:
+            request.finish_s = now
+            running.remove(request)
+            kv_used -= request.input_tokens + request.output_tokens
+            in_system -= 1
+    return EngineRun(requests, iterations, busy, now, peak, kv_limited)

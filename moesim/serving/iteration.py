@@ -1,0 +1,91 @@
+"""What one engine iteration costs: a batch of prefill-chunk tokens and decode tokens on one attention rank.
+
+Each rank of the deployment runs attention on its own requests (data-parallel attention) and the ranks meet in
+the experts' all-to-alls, as SGLang, TensorRT-LLM and vLLM serve large MoEs ("DEP"); with tensor parallelism an
+attention rank is `tp_size` GPUs. An iteration of T tokens per rank costs the simulator's forward pass at T tokens
+without its attention, plus the attention of its prefill tokens at their prompt's context and of its decode tokens
+reading their KV caches. The pass without attention is simulated at token counts on a grid of powers of two and
+interpolated between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moesim.cluster.topology import Topology
+from moesim.models import accounting
+from moesim.scenario import Scenario, scenario_from_dict
+from moesim.sim.phases import PhaseBuilder
+from moesim.sim.plan import StagePlan
+from moesim.sim.stages import _simulate_stages
+from moesim.sim.step import cost_model_for
+
+
+@dataclass
+class IterationCost:
+    """Seconds of one iteration on one attention rank, from the scenario's simulator."""
+
+    scenario: Scenario
+    _grid: list[int] = field(default_factory=list)
+    _pass_s: list[float] = field(default_factory=list)
+    _attention_cache: dict[tuple[int, int, bool], float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        document = self.scenario.model_dump(mode="json")
+        # the pass is the simulator's inference pass over `tokens` tokens per rank (one chunk of that many)
+        self._base = scenario_from_dict(document, ["workload.prefill_chunk_tokens=null", "workload.decode_tokens=0"])
+        self.plan = StagePlan(self._base)
+        self.cost = cost_model_for(self._base)
+        self.topology = Topology.from_cluster(self._base.cluster)
+
+    def _pass_without_attention(self, tokens: int) -> float:
+        stages, _, _ = _simulate_stages(self._base, self.plan, self.cost, self.topology, tokens, 1, False, False)
+        attention = sum(busy.get("attention", 0.0) for busy in stages.busy)
+        return sum(stages.forward_s) - attention
+
+    def _attention(self, tokens: float, context: float, decode: bool) -> float:
+        """Every layer's attention for `tokens` tokens at `context` (contexts rounded to 64 tokens: kept once)."""
+        if tokens <= 0:
+            return 0.0
+        key = (max(1, int(round(tokens))), max(64, int(round(context / 64)) * 64), decode)
+        if key not in self._attention_cache:
+            builder = PhaseBuilder(self._base, self.plan, self.cost, self.topology, *key)
+            kinds: dict[bool, int] = {}
+            for layer in self.plan.layers:
+                kinds[layer.cross_attention] = kinds.get(layer.cross_attention, 0) + 1
+            self._attention_cache[key] = sum(
+                count
+                * builder.attention(next(layer for layer in self.plan.layers if layer.cross_attention == cross))[0]
+                for cross, count in kinds.items()
+            )
+        return self._attention_cache[key]
+
+    def seconds(self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float) -> float:
+        """One iteration: `prefill_tokens` prompt tokens (attending over `prefill_context` on average, causal) and
+        `decode_tokens` sequences generating one token each over `decode_context` cached tokens on average."""
+        total = prefill_tokens + decode_tokens
+        if total <= 0:
+            return 0.0
+        if not self._grid:  # the pass without attention, simulated once per power of two up to the budget
+            top = max(1, self.scenario.serving.token_budget)
+            self._grid = sorted({2**power for power in range(int(np.log2(top)) + 1)} | {top})
+            self._pass_s = [self._pass_without_attention(tokens) for tokens in self._grid]
+        body = float(np.interp(total, self._grid, self._pass_s))
+        return (
+            body
+            + self._attention(prefill_tokens, prefill_context, False)
+            + self._attention(decode_tokens, decode_context, True)
+        )
+
+    def kv_capacity_tokens(self) -> int:
+        """Tokens of KV cache one attention rank holds: its memory less weights, buffers and one pass's
+        activations (the memory model at this scenario's settings), over the KV bytes of a token."""
+        from moesim.sim.memory import memory_per_gpu
+
+        memory = memory_per_gpu(self._base, self.plan)
+        free = memory.capacity_bytes - memory.weights_bytes - memory.alltoall_buffer_bytes - memory.activations_bytes
+        per_token = accounting.kv_cache_bytes_per_token(self._base.model, self._base.workload.precision)
+        per_token /= self._base.parallelism.tp_size * self._base.parallelism.pp_size
+        return max(0, int(free / per_token))

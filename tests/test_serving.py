@@ -1,0 +1,110 @@
+"""Serving under continuous batching: the engine loop against hand-worked timelines, and the deployment's latency
+and throughput from the simulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from moesim.errors import MoesimError
+from moesim.scenario import scenario_from_dict
+from moesim.scenario.serving import ServingSpec
+from moesim.serving import simulate_serving
+from moesim.serving.engine import run_engine
+
+
+def linear(prefill: int, prefill_context: float, decode: int, decode_context: float) -> float:
+    """A made-up engine: 1 ms per prompt token, 0.1 ms per decode token, 10 ms per iteration."""
+    return 0.010 + 0.001 * prefill + 0.0001 * decode
+
+
+def test_one_request_at_a_time_follows_the_iterations() -> None:
+    spec = ServingSpec(input_tokens=1000, output_tokens=10, arrival="closed", concurrency=1, num_requests=3)
+    run = run_engine(spec, linear, kv_capacity_tokens=10**6, ranks=1)
+    first = run.requests[0]
+    assert first.first_token_s == pytest.approx(1.010)  # one iteration of the whole prompt
+    # nine more tokens, one decode iteration each (10.1 ms), then the next request starts
+    assert first.finish_s == pytest.approx(1.010 + 9 * 0.0101)
+    assert run.requests[1].arrival_s == pytest.approx(first.finish_s) and run.iterations == 3 * 10
+
+
+def test_long_prompts_are_prefilled_in_chunks_and_decodes_go_first() -> None:
+    spec = ServingSpec(input_tokens=20000, output_tokens=2, concurrency=1, num_requests=1, token_budget=8192)
+    run = run_engine(spec, linear, kv_capacity_tokens=10**6, ranks=1)
+    # 8192 + 8192 + 3616 prompt tokens in three iterations, then one decode
+    assert run.requests[0].first_token_s == pytest.approx(3 * 0.010 + 0.001 * 20000)
+    assert run.iterations == 4
+    crowded = ServingSpec(input_tokens=8192, output_tokens=50, concurrency=2, num_requests=2, token_budget=8192)
+    both = run_engine(crowded, linear, kv_capacity_tokens=10**6, ranks=1).requests
+    # the second prompt waits for the first's iteration, then shares iterations with its decode
+    # (8,191 tokens beside the first's decode, then the last token beside its next decode)
+    assert both[1].first_token_s == pytest.approx(3 * 0.010 + 0.001 * 8192 + 0.001 * 8191 + 0.001 + 2 * 0.0001)
+
+
+def test_the_kv_cache_limits_the_running_batch() -> None:
+    spec = ServingSpec(input_tokens=1000, output_tokens=100, concurrency=8, num_requests=8)
+    roomy = run_engine(spec, linear, kv_capacity_tokens=10**6, ranks=1)
+    tight = run_engine(spec, linear, kv_capacity_tokens=2 * 1100, ranks=1)
+    assert roomy.peak_running == 8 and tight.peak_running == 2 and tight.kv_limited_iterations > 0
+    assert tight.end_s > roomy.end_s
+
+
+def _mixtral(**serving) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "model": {"preset": "mixtral-8x7b", "num_layers": 4},
+        "cluster": {"num_nodes": 1, "gpu": "H100-SXM"},
+        "parallelism": {"ep_size": 8},
+        "workload": {"mode": "inference"},
+        "simulation": {"network_mode": "fast"},
+        "serving": {"input_tokens": {"min": 512, "max": 2048}, "output_tokens": 64, "num_requests": 160, **serving},
+    }
+
+
+def test_more_concurrency_buys_throughput_with_latency() -> None:
+    light = simulate_serving(scenario_from_dict(_mixtral(concurrency=8)))
+    heavy = simulate_serving(scenario_from_dict(_mixtral(concurrency=128)))
+    assert heavy.output_tokens_per_s > 2 * light.output_tokens_per_s
+    assert heavy.tpot_s[50] > light.tpot_s[50] and heavy.ttft_s[90] > light.ttft_s[90]
+    assert light.ttft_s[50] <= light.ttft_s[90] <= light.ttft_s[99]
+    assert heavy.dollars_per_million_output_tokens < light.dollars_per_million_output_tokens
+    assert heavy.attention_ranks == 8 and heavy.output_tokens_per_s_per_gpu == heavy.output_tokens_per_s / 8
+
+
+def test_poisson_arrivals_queue_when_the_rate_outgrows_the_engine() -> None:
+    slow = simulate_serving(scenario_from_dict(_mixtral(arrival="poisson", request_rate=4.0)))
+    fast = simulate_serving(scenario_from_dict(_mixtral(arrival="poisson", request_rate=40000.0)))
+    assert fast.ttft_s[90] > 5 * slow.ttft_s[90]
+    assert slow.requests_per_s == pytest.approx(4.0, rel=0.5)  # it keeps up with a light load
+
+
+def test_what_serving_cannot_do_yet_is_an_error() -> None:
+    with pytest.raises(MoesimError, match="serving.request_rate: poisson arrivals need a rate"):
+        scenario_from_dict(_mixtral(arrival="poisson"))
+    with pytest.raises(MoesimError, match="workload.mode"):
+        simulate_serving(scenario_from_dict({**_mixtral(), "workload": {"mode": "training"}}))
+    with pytest.raises(MoesimError, match="exceed mixtral-8x7b's context"):
+        scenario_from_dict(_mixtral(input_tokens=30000, output_tokens=30000))
+    long_context = {
+        **_mixtral(input_tokens=1_000_000, output_tokens=10),
+        "model": {"preset": "mixtral-8x7b", "max_seq_len": 2_000_000},
+    }  # 32 layers: 128 KB a token
+    with pytest.raises(MoesimError, match="needs more KV cache than an attention rank holds"):
+        simulate_serving(scenario_from_dict(long_context))
+
+
+def test_serve_prints_percentiles_and_cost(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from typer.testing import CliRunner
+
+    from moesim.cli import app
+
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(_mixtral(concurrency=16)))
+    runner = CliRunner()
+    table = runner.invoke(app, ["serve", str(path)])
+    assert table.exit_code == 0, table.output
+    assert "time to first token" in table.output and "$ per million output tokens" in table.output
+    data = json.loads(runner.invoke(app, ["serve", str(path), "--json"]).output)
+    assert data["ttft_s"]["50"] > 0 and data["output_tokens_per_s"] > 0
+    wrong = runner.invoke(app, ["serve", str(path), "--set", "workload.mode=training"])
+    assert wrong.exit_code == 2 and "workload.mode" in wrong.output
