@@ -108,3 +108,25 @@ def test_serve_prints_percentiles_and_cost(tmp_path) -> None:  # type: ignore[no
     assert data["ttft_s"]["50"] > 0 and data["output_tokens_per_s"] > 0
     wrong = runner.invoke(app, ["serve", str(path), "--set", "workload.mode=training"])
     assert wrong.exit_code == 2 and "workload.mode" in wrong.output
+
+
+def test_the_curve_trades_latency_for_throughput(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from moesim.serving import concurrency_curve
+
+    curve = concurrency_curve(scenario_from_dict(_mixtral()), [8, 32, 128])
+    throughput = [result.output_tokens_per_s_per_gpu for _, result in curve]
+    latency = [result.tpot_s[50] for _, result in curve]
+    assert [level for level, _ in curve] == [8, 32, 128]
+    assert throughput == sorted(throughput) and latency == sorted(latency)
+    from typer.testing import CliRunner
+
+    from moesim.cli import app
+
+    import json
+
+    path = tmp_path / "curve.json"
+    path.write_text(json.dumps(_mixtral()))
+    bad = CliRunner().invoke(app, ["serve", str(path), "--concurrency", "a,b"])
+    assert bad.exit_code == 2 and "--concurrency: 'a,b' is not a list of request counts" in bad.output
+    good = CliRunner().invoke(app, ["serve", str(path), "--concurrency", "4,16"])
+    assert good.exit_code == 0 and "throughput against latency" in good.output

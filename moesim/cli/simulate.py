@@ -275,12 +275,41 @@ def serve(
     scenario: Path = typer.Argument(..., help="Scenario file with a `serving` section (inference mode)."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    concurrency: Optional[str] = typer.Option(
+        None, "--concurrency", help="Comma-separated concurrencies: the throughput-latency curve, closed loop."
+    ),
 ) -> None:
     """Serve the scenario's requests with continuous batching: latency percentiles, throughput, cost."""
     from moesim.scenario import load_scenario
-    from moesim.serving import PERCENTILES, simulate_serving
+    from moesim.serving import PERCENTILES, concurrency_curve, simulate_serving
 
     resolved = load_scenario(scenario, overrides)
+    if concurrency is not None:
+        try:
+            levels = [int(value) for value in concurrency.split(",")]
+        except ValueError:
+            raise MoesimError(f"--concurrency: '{concurrency}' is not a list of request counts, e.g. 1,8,64") from None
+        if min(levels) < 1:
+            raise MoesimError("--concurrency: concurrencies are request counts of at least 1")
+        with console.status(f"serving at {len(levels)} concurrencies ...", spinner="dots"):
+            curve = concurrency_curve(resolved, levels)
+        if as_json:
+            print_json([{"concurrency": level, **result.as_dict()} for level, result in curve])
+            return
+        table = Table(title=f"{resolved.name}: throughput against latency", box=box.SIMPLE_HEAD, show_edge=False)
+        for column in ("concurrency", "TTFT p50 (s)", "TPOT p50 (ms)", "tokens/s per GPU", "$/M tokens"):
+            table.add_column(column, justify="right")
+        for level, result in curve:
+            table.add_row(
+                str(level),
+                f"{result.ttft_s[50]:.3g}",
+                f"{result.tpot_s[50] * 1e3:.3g}",
+                f"{result.output_tokens_per_s_per_gpu:,.0f}",
+                f"{result.dollars_per_million_output_tokens:.4g}",
+            )
+        console.print(table)
+        console.print("[dim]output tokens; closed loop (each finished request replaced at once)[/dim]")
+        return
     with console.status(f"serving {resolved.serving.num_requests} requests ...", spinner="dots"):
         result = simulate_serving(resolved)
     if as_json:

@@ -12,12 +12,16 @@ deployments.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from moesim.errors import MoesimError
 from moesim.scenario import Scenario
 from moesim.scenario.serving import most_tokens
+
+if TYPE_CHECKING:
+    from moesim.serving.iteration import IterationCost
 
 PERCENTILES = (50, 90, 99)
 WARM_UP_SHARE = 0.1
@@ -50,8 +54,9 @@ def _percentiles(values: list[float]) -> dict[int, float]:
     return {p: float(np.percentile(values, p)) for p in PERCENTILES} if values else {p: 0.0 for p in PERCENTILES}
 
 
-def simulate_serving(scenario: Scenario) -> ServingResult:
-    """Serve the scenario's `serving` requests and measure them."""
+def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None) -> ServingResult:
+    """Serve the scenario's `serving` requests and measure them (`cost`: iteration times already built for this
+    deployment, e.g. by `concurrency_curve`)."""
     from moesim.serving.engine import run_engine
     from moesim.serving.iteration import IterationCost
 
@@ -62,7 +67,7 @@ def simulate_serving(scenario: Scenario) -> ServingResult:
         raise MoesimError("parallelism.pp_size: serving with pipeline parallelism is not modelled yet; set pp_size=1")
     gpus = scenario.cluster.world_size
     ranks = gpus // (par.tp_size * par.cp_size)  # attention ranks, each with its own requests
-    cost = IterationCost(scenario)
+    cost = cost or IterationCost(scenario)
     capacity = cost.kv_capacity_tokens()
     largest = most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens)
     if capacity < largest:
@@ -108,3 +113,16 @@ def simulate_serving(scenario: Scenario) -> ServingResult:
         capacity,
         notes,
     )
+
+
+def concurrency_curve(scenario: Scenario, levels: Sequence[int]) -> list[tuple[int, ServingResult]]:
+    """Throughput against latency: the scenario's requests served closed-loop at each concurrency in `levels`
+    (the iteration times are built once)."""
+    from moesim.serving.iteration import IterationCost
+
+    cost = IterationCost(scenario)
+    curve = []
+    for level in levels:
+        serving = scenario.serving.model_copy(update={"arrival": "closed", "concurrency": int(level)})
+        curve.append((int(level), simulate_serving(scenario.model_copy(update={"serving": serving}), cost)))
+    return curve
