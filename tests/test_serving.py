@@ -130,3 +130,19 @@ def test_the_curve_trades_latency_for_throughput(tmp_path) -> None:  # type: ign
     assert bad.exit_code == 2 and "--concurrency: 'a,b' is not a list of request counts" in bad.output
     good = CliRunner().invoke(app, ["serve", str(path), "--concurrency", "4,16"])
     assert good.exit_code == 0 and "throughput against latency" in good.output
+
+
+def test_deepep_serves_prefill_with_its_normal_kernels_and_decode_with_its_low_latency_ones() -> None:
+    from moesim.serving.iteration import IterationCost
+
+    document = {
+        **_mixtral(token_budget=256),
+        "cluster": {"preset": "hgx-h800", "num_nodes": 2},
+        "parallelism": {"ep_size": 16},
+        "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3},
+    }
+    document["simulation"] = {"network_mode": "fast", "alltoall_algorithm": "deepep"}
+    cost = IterationCost(scenario_from_dict(document))
+    decode_only, with_prefill = cost.seconds(0, 0, 64, 2048), cost.seconds(1, 2048, 63, 2048)
+    assert cost.two_modes and cost._decode_grid != cost._pass_s  # two kernels, two costs at the same tokens
+    assert decode_only != pytest.approx(with_prefill, rel=1e-3)

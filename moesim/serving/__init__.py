@@ -97,6 +97,8 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         "not modelled yet: pipeline parallelism, prefill/decode disaggregation, speculative decoding, two-batch "
         "overlap",
     ]
+    if cost.two_modes:
+        notes.append("DeepEP: normal kernels in iterations that prefill, low-latency kernels in decode-only ones")
     dollars = spec.price_per_gpu_hour * gpus / (output * 3600) * 1e6 if output else float("inf")
     return ServingResult(
         _percentiles(ttft),

@@ -31,6 +31,7 @@ class IterationCost:
     _grid: list[int] = field(default_factory=list)
     _pass_s: list[float] = field(default_factory=list)
     _attention_cache: dict[tuple[int, int, bool], float] = field(default_factory=dict)
+    _decode_grid: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         document = self.scenario.model_dump(mode="json")
@@ -39,9 +40,18 @@ class IterationCost:
         self.plan = StagePlan(self._base)
         self.cost = cost_model_for(self._base)
         self.topology = Topology.from_cluster(self._base.cluster)
+        # DeepEP's two modes, as DeepSeek and SGLang run them: the normal kernels while an iteration prefills, the
+        # low-latency kernels for iterations that only decode
+        self.two_modes = self._base.simulation.alltoall_algorithm == "deepep"
+        self._decode_base = (
+            scenario_from_dict(self._base.model_dump(mode="json"), ["simulation.alltoall_algorithm=deepep_low_latency"])
+            if self.two_modes
+            else self._base
+        )
 
-    def _pass_without_attention(self, tokens: int) -> float:
-        stages, _, _ = _simulate_stages(self._base, self.plan, self.cost, self.topology, tokens, 1, False, False)
+    def _pass_without_attention(self, tokens: int, scenario: Scenario | None = None) -> float:
+        scenario = scenario or self._base
+        stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens, 1, False, False)
         attention = sum(busy.get("attention", 0.0) for busy in stages.busy)
         return sum(stages.forward_s) - attention
 
@@ -72,7 +82,9 @@ class IterationCost:
             top = max(1, self.scenario.serving.token_budget)
             self._grid = sorted({2**power for power in range(int(np.log2(top)) + 1)} | {top})
             self._pass_s = [self._pass_without_attention(tokens) for tokens in self._grid]
-        body = float(np.interp(total, self._grid, self._pass_s))
+            self._decode_grid = [self._pass_without_attention(tokens, self._decode_base) for tokens in self._grid]
+        passes = self._decode_grid if prefill_tokens == 0 else self._pass_s
+        body = float(np.interp(total, self._grid, passes))
         return (
             body
             + self._attention(prefill_tokens, prefill_context, False)
