@@ -12,9 +12,9 @@ from moesim.serving import simulate_serving
 from moesim.serving.engine import run_engine
 
 
-def linear(prefill: int, prefill_context: float, decode: int, decode_context: float) -> float:
-    """A made-up engine: 1 ms per prompt token, 0.1 ms per decode token, 10 ms per iteration."""
-    return 0.010 + 0.001 * prefill + 0.0001 * decode
+def linear(prefill: int, prefill_context: float, decode: int, decode_context: float, drafts: int = 0) -> float:
+    """A made-up engine: 1 ms per prompt token, 0.1 ms per decode token, 10 ms per iteration, 1 ms per draft."""
+    return 0.010 + 0.001 * prefill + 0.0001 * decode + 0.001 * drafts
 
 
 def test_one_request_at_a_time_follows_the_iterations() -> None:
@@ -146,3 +146,28 @@ def test_deepep_serves_prefill_with_its_normal_kernels_and_decode_with_its_low_l
     decode_only, with_prefill = cost.seconds(0, 0, 64, 2048), cost.seconds(1, 2048, 63, 2048)
     assert cost.two_modes and cost._decode_grid != cost._pass_s  # two kernels, two costs at the same tokens
     assert decode_only != pytest.approx(with_prefill, rel=1e-3)
+
+
+def test_speculative_decoding_gains_the_accepted_drafts() -> None:
+    plain = ServingSpec(input_tokens=100, output_tokens=101, concurrency=1, num_requests=1)
+    drafted = ServingSpec(
+        input_tokens=100, output_tokens=101, concurrency=1, num_requests=1, speculative_tokens=1, acceptance_rate=0.5
+    )
+    assert drafted.tokens_per_step == 1.5
+    one, two = (run_engine(spec, linear, 10**6, 1).requests[0] for spec in (plain, drafted))
+    # 100 more tokens: 100 steps of 10.1 ms, or 67 steps (1.5 tokens each) of 10 + 0.2 + 1 ms
+    assert one.finish_s - one.first_token_s == pytest.approx(100 * 0.0101)
+    assert two.finish_s - two.first_token_s == pytest.approx(67 * 0.0112)
+    with pytest.raises(MoesimError, match="serving.speculative_tokens: mixtral-8x7b has no multi-token"):
+        scenario_from_dict(_mixtral(speculative_tokens=1))
+    deepseek = {
+        **_mixtral(speculative_tokens=1),
+        "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3},
+        "cluster": {"preset": "hgx-h800", "num_nodes": 2},
+        "parallelism": {"ep_size": 16},
+    }
+    with_mtp = simulate_serving(scenario_from_dict(deepseek))
+    without = simulate_serving(
+        scenario_from_dict({**deepseek, "serving": {**deepseek["serving"], "speculative_tokens": 0}})
+    )
+    assert with_mtp.tpot_s[50] < without.tpot_s[50] and any("speculative" in note for note in with_mtp.notes)

@@ -161,6 +161,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # DeepSeek-AI 2024, huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json (main model; the
     # multi-token-prediction module, 14B more, is not part of the 671B).
     "deepseek-v3": dict(
+        num_mtp_modules=1,  # num_nextn_predict_layers: 1 (one MTP module, report section 2.2)
         num_layers=61,
         hidden_size=7168,
         vocab_size=129280,

@@ -74,6 +74,9 @@ class ModelSpec(BaseModel):
     moe_intermediate_size: int = Field(..., gt=0, description="Hidden size of one routed expert's FFN (elements).")
     expert_ffn_activation: FfnActivation = Field("swiglu", description="Activation of expert FFNs.")
     num_shared_experts: int = Field(0, ge=0, description="Always-active shared experts per MoE layer (DeepSeekMoE).")
+    num_mtp_modules: int = Field(
+        0, ge=0, description="Multi-token prediction modules (DeepSeek-V3: 1), which serve as speculative drafters."
+    )
     shared_expert_intermediate_size: Optional[int] = Field(
         None, gt=0, description="Hidden size of one shared expert; defaults to `moe_intermediate_size`."
     )

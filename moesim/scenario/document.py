@@ -72,6 +72,11 @@ class Scenario(_Section):
                 f"workload.seq_len: {self.workload.seq_len:,} tokens is longer than {model.name}'s context "
                 f"({model.max_seq_len:,}); use at most {model.max_seq_len:,} or set model.max_seq_len"
             )
+        if self.serving.speculative_tokens and not model.num_mtp_modules:
+            raise ValueError(
+                f"serving.speculative_tokens: {model.name} has no multi-token prediction module to draft with; set "
+                "speculative_tokens=0 (or model.num_mtp_modules for a model that has one)"
+            )
         longest = most_tokens(self.serving.input_tokens) + most_tokens(self.serving.output_tokens)
         if "serving" in self.model_fields_set and longest > model.max_seq_len:
             raise ValueError(

@@ -44,6 +44,21 @@ class ServingSpec(_Section):
     token_budget: int = Field(8192, gt=0, description="Tokens per iteration: decodes first, then prefill chunks.")
     max_running: int = Field(256, gt=0, description="Sequences an engine (one attention rank) runs at once at most.")
     price_per_gpu_hour: float = Field(3.0, ge=0, description="US dollars per GPU-hour, for the cost per token.")
+    speculative_tokens: int = Field(
+        0,
+        ge=0,
+        description="Speculative decoding with the model's multi-token prediction module: draft tokens per decode "
+        "step (the module run that many times), verified in the next step; 0 = off.",
+    )
+    acceptance_rate: float = Field(
+        0.85, ge=0, le=1, description="Chance a draft token is accepted, each in turn (DeepSeek-V3: 0.85-0.9)."
+    )
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens a decoding sequence gains per step: its verified token and the accepted drafts before the first
+        rejected one, sum of acceptance_rate^i for i = 0..speculative_tokens."""
+        return sum(self.acceptance_rate**index for index in range(self.speculative_tokens + 1))
 
     @model_validator(mode="after")
     def _rate_for_poisson(self) -> "ServingSpec":

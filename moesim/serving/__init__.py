@@ -5,8 +5,7 @@ get (`moesim serve`).
 the engine loop (`engine.run_engine`) with iteration times from the simulator (`iteration.IterationCost`), and
 reports time to first token, time per output token and end-to-end latency (50th, 90th, 99th percentiles), tokens
 per second and the cost per million output tokens. What is not modelled yet (the serving planner's issue): pipeline
-parallelism, prefill/decode disaggregation, speculative decoding, two-batch overlap and the search over
-deployments.
+parallelism, prefill/decode disaggregation, two-batch overlap and the search over deployments.
 """
 
 from __future__ import annotations
@@ -94,9 +93,13 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         f"KV cache per rank: {capacity:,} tokens; iterations that left a request waiting for it: "
         f"{run.kv_limited_iterations:,}",
         f"latencies over {len(counted)} requests (the first {WARM_UP_SHARE:.0%} of {len(run.requests)} are warm-up)",
-        "not modelled yet: pipeline parallelism, prefill/decode disaggregation, speculative decoding, two-batch "
-        "overlap",
+        "not modelled yet: pipeline parallelism, prefill/decode disaggregation, two-batch overlap",
     ]
+    if spec.speculative_tokens:
+        notes.append(
+            f"speculative decoding: {spec.speculative_tokens} draft token(s) a step from the MTP module, "
+            f"acceptance {spec.acceptance_rate:.0%} each: {spec.tokens_per_step:.2f} tokens a step"
+        )
     if cost.two_modes:
         notes.append("DeepEP: normal kernels in iterations that prefill, low-latency kernels in decode-only ones")
     dollars = spec.price_per_gpu_hour * gpus / (output * 3600) * 1e6 if output else float("inf")

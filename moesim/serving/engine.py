@@ -1,7 +1,8 @@
 """Continuous batching on one attention rank, iteration by iteration, and the latencies it gives each request.
 
 Each iteration the engine (vLLM's and SGLang's scheduler, in outline) gives every running sequence that has its
-first token one decode token, then fills the rest of `serving.token_budget` with prompt chunks of the requests in
+first token one decode token (with speculative decoding: the token and its drafts to verify, gaining the expected
+accepted count), then fills the rest of `serving.token_budget` with prompt chunks of the requests in
 arrival order (chunked prefill), admitting a waiting request only while `serving.max_running` and the KV cache
 (its prompt plus its whole output reserved) allow. A request's first token comes at the end of the iteration that
 finishes its prompt; each later iteration adds one token. The deployment's requests are spread evenly over its
@@ -25,7 +26,7 @@ class Request:
     input_tokens: int
     output_tokens: int
     prefilled: int = 0
-    generated: int = 0
+    generated: float = 0.0  # expected tokens (speculative decoding gains a fraction more than one a step)
     first_token_s: Optional[float] = None
     finish_s: Optional[float] = None
 
@@ -54,7 +55,7 @@ def draw_lengths(length: Length, count: int, rng: np.random.Generator) -> list[i
 
 def run_engine(
     spec: ServingSpec,
-    iteration_seconds: Callable[[int, float, int, float], float],
+    iteration_seconds: Callable[..., float],
     kv_capacity_tokens: int,
     ranks: int,
     seed: int = 0,
@@ -102,7 +103,8 @@ def run_engine(
             now = max(now, pending[0].arrival_s) if pending else now
             continue
         decoding = [r for r in running if r.first_token_s is not None]
-        budget = max(0, spec.token_budget - len(decoding))
+        width = 1 + spec.speculative_tokens  # tokens a decoding sequence runs: its own and the drafts to verify
+        budget = max(0, spec.token_budget - width * len(decoding))
         chunks: list[tuple[Request, int]] = []
         for request in running:
             if request.first_token_s is None and budget > 0:
@@ -114,13 +116,15 @@ def run_engine(
             sum(take * (r.prefilled + take / 2) for r, take in chunks) / prefill if prefill else 0.0
         )  # causal: a chunk's tokens attend, on average, to the prompt before them and half the chunk
         decode_context = float(np.mean([r.input_tokens + r.generated for r in decoding])) if decoding else 0.0
-        seconds = iteration_seconds(prefill, prefill_context, len(decoding), decode_context)
+        seconds = iteration_seconds(
+            prefill, prefill_context, width * len(decoding), decode_context, spec.speculative_tokens * len(decoding)
+        )
         now += seconds
         busy += seconds
         iterations += 1
         peak = max(peak, len(running))
         for request in decoding:
-            request.generated += 1
+            request.generated += spec.tokens_per_step
         for request, take in chunks:
             request.prefilled += take
             if request.prefilled >= request.input_tokens:

@@ -72,9 +72,12 @@ class IterationCost:
             )
         return self._attention_cache[key]
 
-    def seconds(self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float) -> float:
-        """One iteration: `prefill_tokens` prompt tokens (attending over `prefill_context` on average, causal) and
-        `decode_tokens` sequences generating one token each over `decode_context` cached tokens on average."""
+    def seconds(
+        self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float, drafts: int = 0
+    ) -> float:
+        """One iteration: `prefill_tokens` prompt tokens (attending over `prefill_context` on average, causal),
+        `decode_tokens` decode tokens reading `decode_context` cached tokens on average, and `drafts` draft tokens
+        of speculative decoding (`draft_seconds`)."""
         total = prefill_tokens + decode_tokens
         if total <= 0:
             return 0.0
@@ -89,7 +92,22 @@ class IterationCost:
             body
             + self._attention(prefill_tokens, prefill_context, False)
             + self._attention(decode_tokens, decode_context, True)
+            + self.draft_seconds(drafts, decode_context)
         )
+
+    def draft_seconds(self, drafts: int, context: float) -> float:
+        """Drafting `drafts` tokens with the multi-token prediction module, one module pass per draft step: a
+        module is one more transformer layer (the pass's per-layer share and a layer's attention) and the output
+        head's GEMM."""
+        steps = self.scenario.serving.speculative_tokens
+        if drafts <= 0 or steps <= 0:
+            return 0.0
+        sequences = drafts / steps
+        model, layers = self._base.model, max(1, len(self.plan.layers))
+        layer = float(np.interp(sequences, self._grid, self._decode_grid or self._pass_s)) / layers
+        attention = self._attention(sequences, context, True) / layers
+        head = float(self.cost.gemm_seconds(max(1, int(round(sequences))), model.hidden_size, model.vocab_size))
+        return steps * (layer + attention + head)
 
     def kv_capacity_tokens(self) -> int:
         """Tokens of KV cache one attention rank holds: its memory less weights, buffers and one pass's
