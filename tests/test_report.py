@@ -129,3 +129,22 @@ def test_serving_cost_plot_scales_replicas_and_names_what_cannot_run() -> None:
     training = scenario_from_dict({**serving.model_dump(mode="json"), "workload": {"global_batch_size": 16}})
     _, unrunnable = nearby_sizes(training, training.model_dump(mode="json"))
     assert unrunnable and "global_batch_size" in unrunnable[-1][1]  # 64 GPUs cannot split 16 sequences
+
+
+def test_serving_reports_show_latency_distributions_and_the_curve(tmp_path: Path) -> None:
+    scenario = scenario_from_dict(
+        {
+            "name": "serving-report",
+            "description": "How fast does a small MoE serve?",
+            "model": {"preset": "olmoe-1b-7b", "num_layers": 2},
+            "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+            "parallelism": {"ep_size": 8},
+            "workload": {"mode": "inference", "micro_batch_size": 4, "seq_len": 512, "decode_tokens": 16},
+            "serving": {"input_tokens": 512, "output_tokens": 32, "num_requests": 80},
+        }
+    )
+    _, md_path = write_report(scenario, tmp_path, fast=True)
+    markdown = md_path.read_text()
+    assert markdown.count("![") == PLOTS + 2
+    assert "## Serving latency distributions" in markdown and "## Serving throughput against latency" in markdown
+    assert "TTFT p50" in markdown

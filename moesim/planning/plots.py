@@ -124,3 +124,39 @@ def memory_plot(memory: dict[str, float]) -> bytes:
         axes.set_title("Memory per GPU (most loaded stage)")
 
     return figure_png(draw, width=5.0)
+
+
+def latency_cdf_plot(ttft_s: list[float], tpot_s: list[float]) -> bytes:
+    """The share of requests served within each latency: time to first token and time per output token."""
+
+    def draw(axes: Any) -> None:
+        for values, label, scale in (
+            (ttft_s, "time to first token (s)", 1.0),
+            (tpot_s, "time per output token (ms)", 1e3),
+        ):
+            ordered = np.sort(np.asarray(values) * scale)
+            if ordered.size:
+                axes.plot(ordered, np.arange(1, ordered.size + 1) / ordered.size, label=label)
+        axes.set_xscale("log")
+        axes.set_xlabel("latency (log scale; units in the legend)")
+        axes.set_ylabel("share of requests")
+        axes.legend(fontsize=7, loc="lower right")
+        axes.set_title("Latency distributions")
+
+    return figure_png(draw)
+
+
+def serving_curve_plot(points: list[tuple[int, float, float]]) -> bytes:
+    """Throughput per GPU against time per output token over concurrency (concurrency, TPOT s, tokens/s/GPU)."""
+
+    def draw(axes: Any) -> None:
+        axes.plot([p[1] * 1e3 for p in points], [p[2] for p in points], marker="o")
+        for concurrency, tpot, throughput in points:
+            axes.annotate(
+                f"{concurrency}", (tpot * 1e3, throughput), fontsize=7, xytext=(4, -10), textcoords="offset points"
+            )
+        axes.set_xlabel("time per output token, median (ms)")
+        axes.set_ylabel("output tokens / s per GPU")
+        axes.set_title("Throughput against latency (labels: requests in flight)")
+
+    return figure_png(draw)

@@ -19,6 +19,8 @@ import numpy as np
 
 from moesim.errors import MoesimError
 from moesim.planning.plots import (
+    latency_cdf_plot,
+    serving_curve_plot,
     drop_plot,
     figure_png,
     load_heatmap,
@@ -114,6 +116,9 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         ),
         "Memory per GPU": memory_plot(result.memory),
     }
+    serving_notes: list[str] = []
+    if scenario.workload.mode == "inference":
+        plots.update(serving_plots(scenario_from_dict(document, ["simulation.network_mode=fast"]), serving_notes))
     answer = (
         f"{scenario.model.name} on {scenario.cluster.world_size} x {scenario.cluster.gpu.name}: step time "
         f"{result.step_time_s:.3f} s, {result.tokens_per_s_per_gpu:,.0f} {counted}/s per GPU, MFU {result.mfu:.1%}, "
@@ -130,6 +135,7 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         "cost plot: $3 per GPU-hour (an assumption); "
         + ("the global batch fixed" if scenario.workload.mode == "training" else "every replica serving its own batch"),
         *[f"cost plot: {size} could not run: {reason}" for size, reason in unrunnable],
+        *serving_notes,
         *result.notes,
     ]
     from moesim.sim.sources import phases_by_source
@@ -169,6 +175,29 @@ def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, flo
             {"gpus": point.world_size, "tokens_per_s": point.tokens_per_s, "dollars_per_hour": 3.0 * point.world_size}
         )
     return points, unrunnable
+
+
+def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
+    """Latency distributions of the `serving` requests and the throughput-latency curve over concurrency (what
+    `moesim serve` reports), or none with the reason in `notes`."""
+    from moesim.serving import concurrency_curve, simulate_serving
+
+    ranks = scenario.cluster.world_size // (scenario.parallelism.tp_size * scenario.parallelism.cp_size)
+    try:
+        served = simulate_serving(scenario)
+        curve = concurrency_curve(scenario, [ranks * level for level in (1, 4, 16, 64)])
+    except MoesimError as error:
+        notes.append(f"serving plots left out: {error}")
+        return {}
+    notes.append(
+        f"serving: {scenario.serving.num_requests} requests, {scenario.serving.arrival} arrivals (moesim serve); "
+        f"TTFT p50 {served.ttft_s[50]:.3g} s, TPOT p50 {served.tpot_s[50] * 1e3:.3g} ms"
+    )
+    points = [(level, result.tpot_s[50], result.output_tokens_per_s_per_gpu) for level, result in curve]
+    return {
+        "Serving latency distributions": latency_cdf_plot(served.ttft_samples_s, served.tpot_samples_s),
+        "Serving throughput against latency": serving_curve_plot(points),
+    }
 
 
 def write_pages(

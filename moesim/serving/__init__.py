@@ -44,6 +44,8 @@ class ServingResult:
     mean_running: float
     kv_capacity_tokens: int
     notes: list[str] = field(default_factory=list)
+    ttft_samples_s: list[float] = field(default_factory=list)  # every counted request's, for the CDF plots
+    tpot_samples_s: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +119,8 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         run.peak_running,
         capacity,
         notes,
+        ttft,
+        tpot,
     )
 
 
