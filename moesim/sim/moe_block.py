@@ -4,7 +4,7 @@ else from the kernel models (GEMMs, grouped GEMMs, memory passes) and the networ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -57,35 +57,32 @@ def moe_block_phases(
     # before the combine
     # before the tokens, ranks exchange how many they will send per expert (one small all-to-all)
     count_exchange = dispatch.latency_seconds
+
+    def transfer(name: str, result: Any, extra: float = 0.0, overlapped: Optional[Phase] = None) -> Phase:
+        """A dispatch or combine phase: the all-to-all (`extra` seconds before it) and the ETP gather/scatter."""
+        return Phase(
+            name,
+            layer.index,
+            np.array([result.seconds + extra + etp]),
+            collective=True,
+            overlapped=overlapped,
+            chunks=sim.moe_chunks,
+            bytes_across_nodes=result.bytes_across_nodes,
+            detail={"latency": result.latency_seconds + extra},
+        )
+
     shared_phase = Phase("shared_experts", layer.index, builder.same(shared)) if shared else None
     overlapped = shared_phase if (shared_phase and sim.overlap_shared_experts) else None
     layer_forward += [
         Phase("router", layer.index, builder.same(router)),
         Phase("permute", layer.index, builder.same(permute)),
-        Phase(
-            "dispatch",
-            layer.index,
-            np.array([dispatch.seconds + count_exchange + etp]),
-            collective=True,
-            overlapped=overlapped,
-            chunks=sim.moe_chunks,
-            bytes_across_nodes=dispatch.bytes_across_nodes,
-            detail={"latency": dispatch.latency_seconds + count_exchange},
-        ),
+        transfer("dispatch", dispatch, count_exchange, overlapped),
     ]
     if shared_phase and not overlapped:
         layer_forward.append(shared_phase)
     layer_forward += [
         Phase("experts", layer.index, gemm, chunks=sim.moe_chunks),
-        Phase(
-            "combine",
-            layer.index,
-            np.array([combine.seconds + etp]),
-            collective=True,
-            chunks=sim.moe_chunks,
-            bytes_across_nodes=combine.bytes_across_nodes,
-            detail={"latency": combine.latency_seconds},
-        ),
+        transfer("combine", combine),
         Phase("unpermute", layer.index, builder.same(unpermute)),
     ]
     # backward: a calibrated MoE-block model (grouped-GEMM backward of the experts, the other phases
@@ -131,26 +128,9 @@ def moe_block_phases(
     layer_backward += [
         Phase("router", layer.index, builder.same(router_backward)),
         Phase("permute", layer.index, builder.same(permute_backward)),
-        Phase(
-            "dispatch",
-            layer.index,
-            np.array([dispatch.seconds + etp]),
-            collective=True,
-            overlapped=shared_backward if sim.overlap_shared_experts else None,
-            chunks=sim.moe_chunks,
-            bytes_across_nodes=dispatch.bytes_across_nodes,
-            detail={"latency": dispatch.latency_seconds},
-        ),
+        transfer("dispatch", dispatch, overlapped=shared_backward if sim.overlap_shared_experts else None),
         Phase("experts", layer.index, gemm_backward, chunks=sim.moe_chunks),
-        Phase(
-            "combine",
-            layer.index,
-            np.array([combine.seconds + etp]),
-            collective=True,
-            chunks=sim.moe_chunks,
-            bytes_across_nodes=combine.bytes_across_nodes,
-            detail={"latency": combine.latency_seconds},
-        ),
+        transfer("combine", combine),
         Phase("unpermute", layer.index, builder.same(unpermute_backward)),
     ]
     if shared_backward and not sim.overlap_shared_experts:
