@@ -26,6 +26,16 @@ Length = Union[int, UniformLength, list[int]]
 """Tokens per request: a fixed count, {min, max} drawn uniformly, or a recorded list (cycled)."""
 
 
+class PoolSpec(_Section):
+    """A disaggregated prefill pool: its own nodes and parallelism (the scenario's cluster is the decode pool)."""
+
+    num_nodes: int = Field(..., gt=0, description="Nodes of the prefill pool.")
+    ep_size: Optional[int] = Field(
+        None, gt=0, description="Its expert parallelism; default: the scenario's, at most the pool's GPUs."
+    )
+    tp_size: int = Field(1, gt=0, description="Its tensor parallelism.")
+
+
 class ServingSpec(_Section):
     """Requests and the engine's batching budget (vLLM / SGLang style continuous batching with chunked prefill)."""
 
@@ -54,6 +64,12 @@ class ServingSpec(_Section):
         0.85, ge=0, le=1, description="Chance a draft token is accepted, each in turn (DeepSeek-V3: 0.85-0.9)."
     )
 
+    prefill_pool: Optional[PoolSpec] = Field(
+        None,
+        description="Prefill/decode disaggregation (DeepSeek, SGLang, Dynamo): prompts run on this pool, the KV cache "
+        "goes over the network, the scenario's own cluster decodes; null = one pool does both.",
+    )
+
     @property
     def tokens_per_step(self) -> float:
         """Tokens a decoding sequence gains per step: its verified token and the accepted drafts before the first
@@ -62,6 +78,8 @@ class ServingSpec(_Section):
 
     @model_validator(mode="after")
     def _rate_for_poisson(self) -> "ServingSpec":
+        if self.prefill_pool is not None and self.arrival != "poisson":
+            raise ValueError("serving.prefill_pool: disaggregated serving is simulated with arrival: poisson")
         if self.arrival == "poisson" and self.request_rate is None:
             raise ValueError("serving.request_rate: poisson arrivals need a rate; set request_rate (requests/s)")
         for name in ("input_tokens", "output_tokens"):

@@ -4,8 +4,9 @@ get (`moesim serve`).
 `simulate_serving(scenario)` draws the `serving` section's requests, runs one attention rank's share of them through
 the engine loop (`engine.run_engine`) with iteration times from the simulator (`iteration.IterationCost`), and
 reports time to first token, time per output token and end-to-end latency (50th, 90th, 99th percentiles), tokens
-per second and the cost per million output tokens. What is not modelled yet (the serving planner's issue): pipeline
-parallelism, prefill/decode disaggregation, two-batch overlap and the search over deployments.
+per second and the cost per million output tokens, on one pool or with a disaggregated prefill pool
+(`serving.prefill_pool`). What is not modelled yet (the serving planner's issue): pipeline parallelism, two-batch
+overlap and the search over deployments.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         raise MoesimError("workload.mode: `moesim serve` serves an inference deployment; set workload.mode=inference")
     if par.pp_size > 1:
         raise MoesimError("parallelism.pp_size: serving with pipeline parallelism is not modelled yet; set pp_size=1")
+    if spec.prefill_pool is not None:
+        return _disaggregated(scenario)
     gpus = scenario.cluster.world_size
     ranks = gpus // (par.tp_size * par.cp_size)  # attention ranks, each with its own requests
     cost = cost or IterationCost(scenario)
@@ -95,7 +98,7 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         f"KV cache per rank: {capacity:,} tokens; iterations that left a request waiting for it: "
         f"{run.kv_limited_iterations:,}",
         f"latencies over {len(counted)} requests (the first {WARM_UP_SHARE:.0%} of {len(run.requests)} are warm-up)",
-        "not modelled yet: pipeline parallelism, prefill/decode disaggregation, two-batch overlap",
+        "not modelled yet: pipeline parallelism, two-batch overlap",
     ]
     if spec.speculative_tokens:
         notes.append(
@@ -118,6 +121,107 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         gpus,
         run.peak_running,
         capacity,
+        notes,
+        ttft,
+        tpot,
+    )
+
+
+def _pool_capacity(cost: "IterationCost", need: int) -> int:
+    capacity = cost.kv_capacity_tokens()
+    if capacity < need:
+        raise MoesimError(
+            f"serving: a request of up to {need:,} tokens needs more KV cache than an attention rank holds "
+            f"({capacity:,} tokens after weights and buffers); shorten the requests or add GPUs per rank"
+        )
+    return capacity
+
+
+def _disaggregated(scenario: Scenario) -> ServingResult:
+    """Prefill and decode on separate pools. Poisson arrivals split evenly over a pool's ranks stay Poisson, so one
+    rank of each pool is simulated at its share of the rate; the decode pool's arrivals are taken as Poisson too
+    (a request reaches it when its prompt is done and its KV cache has crossed the network, in the prefill pool's
+    NICs' time). A request's end-to-end latency pairs the i-th request's time to first token with the i-th
+    decoded request's time per output token."""
+    from moesim.scenario import scenario_from_dict
+    from moesim.serving.engine import run_engine
+    from moesim.serving.iteration import IterationCost
+    from moesim.models import accounting
+
+    spec = scenario.serving
+    pool = spec.prefill_pool
+    assert pool is not None
+    document = scenario.model_dump(mode="json")
+    pool_gpus = pool.num_nodes * scenario.cluster.gpus_per_node
+    default_ep = min(scenario.parallelism.ep_size, pool_gpus // pool.tp_size)
+    prefill = scenario_from_dict(
+        document,
+        [
+            f"cluster.num_nodes={pool.num_nodes}",
+            f"parallelism.ep_size={pool.ep_size or default_ep}",
+            f"parallelism.tp_size={pool.tp_size}",
+            "parallelism.dp_size=null",
+            "serving.prefill_pool=null",
+            "serving.arrival=poisson",
+        ],
+    )
+    decode = scenario_from_dict(document, ["serving.prefill_pool=null"])
+    pools = []
+    for pool_scenario, phase, need in (
+        (prefill, "prefill", most_tokens(spec.input_tokens)),
+        (decode, "decode", most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens)),
+    ):
+        par = pool_scenario.parallelism
+        ranks = pool_scenario.cluster.world_size // (par.tp_size * par.cp_size)
+        cost = IterationCost(pool_scenario)
+        run = run_engine(spec, cost.seconds, _pool_capacity(cost, need), ranks, scenario.seed, phase)
+        pools.append((pool_scenario, ranks, run))
+    (prefill, prefill_ranks, prefill_run), (decode, decode_ranks, decode_run) = pools
+    topology_nic = prefill.cluster.nic_gbps * 1e9 / 8 * prefill.parallelism.tp_size
+    kv_per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
+    latency = prefill.cluster.network_latency_us * 1e-6
+
+    def counted(requests: list) -> list:  # type: ignore[type-arg]
+        ordered = sorted(requests, key=lambda r: r.arrival_s)
+        return ordered[int(len(ordered) * WARM_UP_SHARE) :]
+
+    ttft = [
+        r.first_token_s - r.arrival_s + r.input_tokens * kv_per_token / topology_nic + latency
+        for r in counted(prefill_run.requests)
+        if r.first_token_s is not None
+    ]
+    tpot = [
+        (r.finish_s - r.first_token_s) / (r.output_tokens - 1)
+        for r in counted(decode_run.requests)
+        if r.finish_s is not None and r.first_token_s is not None and r.output_tokens > 1
+    ]
+    outputs = [r.output_tokens for r in counted(decode_run.requests)]
+    e2e = [first + per * (out - 1) for first, per, out in zip(ttft, tpot, outputs)]
+    gpus = prefill.cluster.world_size + decode.cluster.world_size
+    output = sum(r.output_tokens for r in decode_run.requests) / decode_run.end_s * decode_ranks
+    inputs = sum(r.input_tokens for r in prefill_run.requests) / prefill_run.end_s * prefill_ranks
+    dollars = spec.price_per_gpu_hour * gpus / (output * 3600) * 1e6 if output else float("inf")
+    notes = [
+        f"disaggregated: prefill on {prefill.cluster.world_size} GPUs ({prefill_ranks} ranks, "
+        f"{prefill_run.busy_s / prefill_run.end_s:.0%} busy), decode on {decode.cluster.world_size} GPUs "
+        f"({decode_ranks} ranks, {decode_run.busy_s / decode_run.end_s:.0%} busy); the KV cache crosses the prefill "
+        f"rank's NICs ({kv_per_token / 1e3:,.1f} kB a token)",
+        "the decode pool's arrivals are taken as Poisson at the request rate; end-to-end latencies pair the two "
+        "pools' requests in order",
+    ]
+    return ServingResult(
+        _percentiles(ttft),
+        _percentiles(tpot),
+        _percentiles(e2e),
+        output,
+        inputs,
+        output / gpus,
+        len(decode_run.requests) / decode_run.end_s * decode_ranks,
+        dollars,
+        prefill_ranks + decode_ranks,
+        gpus,
+        decode_run.peak_running,
+        _pool_capacity(IterationCost(decode), 0),
         notes,
         ttft,
         tpot,

@@ -59,8 +59,11 @@ def run_engine(
     kv_capacity_tokens: int,
     ranks: int,
     seed: int = 0,
+    phase: str = "both",
 ) -> EngineRun:
-    """Serve one rank's share of `spec`'s requests (`ranks` attention ranks share them)."""
+    """Serve one rank's share of `spec`'s requests (`ranks` attention ranks share them). `phase`: "both" (one
+    engine prefills and decodes), "prefill" (a disaggregated prefill pool: a request leaves with its first token)
+    or "decode" (a decode pool: a request arrives with its prompt's KV cache and its first token)."""
     rng = np.random.default_rng(seed)
     count = max(1, spec.num_requests // ranks)
     inputs, outputs = draw_lengths(spec.input_tokens, count, rng), draw_lengths(spec.output_tokens, count, rng)
@@ -71,6 +74,14 @@ def run_engine(
     else:
         arrivals = [0.0] * count  # released as the concurrency allows
     requests = [Request(float(a), i, o) for a, i, o in zip(arrivals, inputs, outputs)]
+    if phase == "decode":
+        for request in requests:
+            request.prefilled, request.first_token_s, request.generated = request.input_tokens, request.arrival_s, 1.0
+    keeps = (
+        (lambda request: request.input_tokens)
+        if phase == "prefill"
+        else (lambda request: request.input_tokens + request.output_tokens)
+    )  # KV tokens a running request holds
     closed_limit = max(1, spec.concurrency // ranks) if spec.arrival == "closed" else None
     pending = deque(requests)  # not yet arrived (or, closed loop, not yet released)
     waiting: deque[Request] = deque()
@@ -88,11 +99,13 @@ def run_engine(
             request = pending.popleft()
             if closed_limit is not None:
                 request.arrival_s = now
+                if phase == "decode":
+                    request.first_token_s = now
             waiting.append(request)
             in_system += 1
         # admit waiting requests while the running set and the KV cache allow
         while waiting and len(running) < spec.max_running:
-            need = waiting[0].input_tokens + waiting[0].output_tokens
+            need = keeps(waiting[0])
             if kv_used + need > kv_capacity_tokens and running:
                 kv_limited += 1
                 break
@@ -130,9 +143,10 @@ def run_engine(
             if request.prefilled >= request.input_tokens:
                 request.first_token_s = now
                 request.generated = 1
-        for request in [r for r in running if r.first_token_s is not None and r.generated >= r.output_tokens]:
+        done = phase == "prefill" or None
+        for request in [r for r in running if r.first_token_s is not None and (done or r.generated >= r.output_tokens)]:
             request.finish_s = now
             running.remove(request)
-            kv_used -= request.input_tokens + request.output_tokens
+            kv_used -= keeps(request)
             in_system -= 1
     return EngineRun(requests, iterations, busy, now, peak, kv_limited)
