@@ -199,3 +199,29 @@ def test_disaggregated_prefill_spares_the_decode_pool_its_prompts() -> None:
     assert min(apart.ttft_samples_s) > kv / 50e9
     with pytest.raises(MoesimError, match="serving.prefill_pool: disaggregated serving is simulated with arrival"):
         scenario_from_dict({**deepseek, "serving": {"prefill_pool": {"num_nodes": 1}}})
+
+
+def test_two_batch_overlap_pays_off_when_communication_dominates() -> None:
+    def deepseek(nic_gbps: float, overlap: bool) -> dict:
+        return {
+            "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3},
+            "cluster": {"preset": "hgx-h800", "num_nodes": 2, "nic_gbps": nic_gbps},
+            "parallelism": {"ep_size": 16},
+            "workload": {"mode": "inference"},
+            "simulation": {"network_mode": "fast"},
+            "serving": {
+                "input_tokens": 1024,
+                "output_tokens": 32,
+                "concurrency": 512,
+                "num_requests": 256,
+                "two_batch_overlap": overlap,
+            },
+        }
+
+    def throughput(nic: float, overlap: bool) -> float:
+        return simulate_serving(scenario_from_dict(deepseek(nic, overlap))).output_tokens_per_s_per_gpu
+
+    # a slower network: the all-to-alls weigh as much as the compute and hide under the other half's
+    assert throughput(50, True) > 1.05 * throughput(50, False)
+    # a fast one: two half batches read every expert's weights twice and gain little to hide
+    assert throughput(400, True) < throughput(400, False)

@@ -64,6 +64,11 @@ class ServingSpec(_Section):
         0.85, ge=0, le=1, description="Chance a draft token is accepted, each in turn (DeepSeek-V3: 0.85-0.9)."
     )
 
+    two_batch_overlap: bool = Field(
+        False,
+        description="Split each iteration into two half batches whose all-to-alls run under each other's compute "
+        "(SGLang's two-batch overlap, DeepSeek's serving); communication SMs from simulation.comm_sms.",
+    )
     prefill_pool: Optional[PoolSpec] = Field(
         None,
         description="Prefill/decode disaggregation (DeepSeek, SGLang, Dynamo): prompts run on this pool, the KV cache "

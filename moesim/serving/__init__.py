@@ -5,8 +5,8 @@ get (`moesim serve`).
 the engine loop (`engine.run_engine`) with iteration times from the simulator (`iteration.IterationCost`), and
 reports time to first token, time per output token and end-to-end latency (50th, 90th, 99th percentiles), tokens
 per second and the cost per million output tokens, on one pool or with a disaggregated prefill pool
-(`serving.prefill_pool`). What is not modelled yet (the serving planner's issue): pipeline parallelism, two-batch
-overlap and the search over deployments.
+(`serving.prefill_pool`), with two-batch overlap if asked. What is not modelled yet (the serving planner's issue):
+pipeline parallelism and the search over deployments.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         f"KV cache per rank: {capacity:,} tokens; iterations that left a request waiting for it: "
         f"{run.kv_limited_iterations:,}",
         f"latencies over {len(counted)} requests (the first {WARM_UP_SHARE:.0%} of {len(run.requests)} are warm-up)",
-        "not modelled yet: pipeline parallelism, two-batch overlap",
+        "not modelled yet: pipeline parallelism in serving",
     ]
     if spec.speculative_tokens:
         notes.append(

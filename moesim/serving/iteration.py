@@ -50,10 +50,22 @@ class IterationCost:
         )
 
     def _pass_without_attention(self, tokens: int, scenario: Scenario | None = None) -> float:
+        """The forward pass at `tokens` tokens per rank without its attention; with `serving.two_batch_overlap`
+        two half batches whose collectives run under each other's compute (SGLang's and DeepSeek's two-batch
+        overlap): per half, compute c (stretched by the SMs communication holds) and collectives m, interleaved
+        layer by layer, the pair takes max(2c, 2m) plus one layer's lead-in, min(c, m) / layers."""
         scenario = scenario or self._base
-        stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens, 1, False, False)
-        attention = sum(busy.get("attention", 0.0) for busy in stages.busy)
-        return sum(stages.forward_s) - attention
+        if not self.scenario.serving.two_batch_overlap or tokens < 2:
+            stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens, 1, False, False)
+            return sum(stages.forward_s) - sum(busy.get("attention", 0.0) for busy in stages.busy)
+        from moesim.sim.step import comm_stretch
+
+        half = tokens // 2
+        stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, half, 1, False, False)
+        collectives = sum(forward for forward, _ in stages.comm_s)
+        compute = (sum(stages.forward_s) - collectives) * comm_stretch(scenario)
+        compute -= sum(busy.get("attention", 0.0) for busy in stages.busy)
+        return max(2 * compute, 2 * collectives) + min(compute, collectives) / max(1, len(self.plan.layers))
 
     def _attention(self, tokens: float, context: float, decode: bool) -> float:
         """Every layer's attention for `tokens` tokens at `context` (contexts rounded to 64 tokens: kept once)."""
