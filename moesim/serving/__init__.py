@@ -72,21 +72,11 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
     gpus = scenario.cluster.world_size
     ranks = gpus // (par.tp_size * par.cp_size)  # attention ranks, each with its own requests
     cost = cost or IterationCost(scenario)
-    capacity = cost.kv_capacity_tokens()
-    largest = most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens)
-    if capacity < largest:
-        raise MoesimError(
-            f"serving: a request of up to {largest:,} tokens needs more KV cache than an attention rank holds "
-            f"({capacity:,} tokens after weights and buffers); shorten the requests or add GPUs per rank"
-        )
+    capacity = _pool_capacity(cost, most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens))
     run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed)
-    counted = sorted(run.requests, key=lambda r: r.arrival_s)[int(len(run.requests) * WARM_UP_SHARE) :]
+    counted = _counted(run.requests)
     ttft = [r.first_token_s - r.arrival_s for r in counted if r.first_token_s is not None]
-    tpot = [
-        (r.finish_s - r.first_token_s) / (r.output_tokens - 1)
-        for r in counted
-        if r.finish_s is not None and r.first_token_s is not None and r.output_tokens > 1
-    ]
+    tpot = _time_per_token(counted)
     e2e = [r.finish_s - r.arrival_s for r in counted if r.finish_s is not None]
     window = run.end_s
     output = sum(r.output_tokens for r in run.requests) / window * ranks
@@ -125,6 +115,21 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         ttft,
         tpot,
     )
+
+
+def _counted(requests: list) -> list:  # type: ignore[type-arg]
+    """The requests in arrival order, the warm-up share left out."""
+    ordered = sorted(requests, key=lambda r: r.arrival_s)
+    return ordered[int(len(ordered) * WARM_UP_SHARE) :]
+
+
+def _time_per_token(requests: list) -> list[float]:  # type: ignore[type-arg]
+    """Each finished request's seconds per output token after its first."""
+    return [
+        (r.finish_s - r.first_token_s) / (r.output_tokens - 1)
+        for r in requests
+        if r.finish_s is not None and r.first_token_s is not None and r.output_tokens > 1
+    ]
 
 
 def _pool_capacity(cost: "IterationCost", need: int) -> int:
@@ -181,21 +186,13 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
     kv_per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
     latency = prefill.cluster.network_latency_us * 1e-6
 
-    def counted(requests: list) -> list:  # type: ignore[type-arg]
-        ordered = sorted(requests, key=lambda r: r.arrival_s)
-        return ordered[int(len(ordered) * WARM_UP_SHARE) :]
-
     ttft = [
         r.first_token_s - r.arrival_s + r.input_tokens * kv_per_token / topology_nic + latency
-        for r in counted(prefill_run.requests)
+        for r in _counted(prefill_run.requests)
         if r.first_token_s is not None
     ]
-    tpot = [
-        (r.finish_s - r.first_token_s) / (r.output_tokens - 1)
-        for r in counted(decode_run.requests)
-        if r.finish_s is not None and r.first_token_s is not None and r.output_tokens > 1
-    ]
-    outputs = [r.output_tokens for r in counted(decode_run.requests)]
+    tpot = _time_per_token(_counted(decode_run.requests))
+    outputs = [r.output_tokens for r in _counted(decode_run.requests)]
     e2e = [first + per * (out - 1) for first, per, out in zip(ttft, tpot, outputs)]
     gpus = prefill.cluster.world_size + decode.cluster.world_size
     output = sum(r.output_tokens for r in decode_run.requests) / decode_run.end_s * decode_ranks
