@@ -110,10 +110,11 @@ def fit_columns(
     columns: list[str], rows: list[dict[str, str]], width: int, drop_order: Sequence[str]
 ) -> tuple[list[str], list[str]]:
     """(columns shown, columns left out): `drop_order`'s columns go first until a table of the rest fits `width`
-    (each column as wide as its widest cell or header, two characters between columns)."""
+    (each column as wide as its widest cell or header, a space of padding on each side and one between columns,
+    as a `box.SIMPLE_HEAD` table without edges draws them)."""
 
     def needed(names: list[str]) -> int:
-        return sum(max([len(name), *(len(row[name]) for row in rows)]) + 2 for name in names)
+        return sum(max([len(name), *(len(row[name]) for row in rows)]) + 3 for name in names) - 1
 
     shown, dropped = list(columns), []
     for name in drop_order:

@@ -152,6 +152,103 @@ def sweep(
         raise typer.Exit(code=1)
 
 
+def _plan_serving(
+    document: dict,
+    request_rate: Optional[float],
+    ttft: float,
+    tpot: float,
+    gpus: list[str],
+    max_gpus: int,
+    prices: dict[str, float],
+    as_json: bool,
+) -> None:
+    """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from moesim.scenario import scenario_from_dict
+    from moesim.serving.plan import plan_serving
+
+    rate = request_rate or scenario_from_dict(document).serving.request_rate
+    if rate is None:
+        raise MoesimError("--request-rate: give the requests/s to serve (or set serving.request_rate)")
+    with Progress(
+        TextColumn("[bold]serving layouts"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=as_json,
+    ) as progress:
+        task = progress.add_task("layouts", total=None)
+        result = plan_serving(
+            document,
+            rate,
+            ttft,
+            tpot,
+            gpus,
+            max_gpus,
+            prices,
+            lambda done, total: progress.update(task, completed=done, total=total),
+        )
+
+    def row(option: Any) -> dict[str, str]:
+        r = option.result
+        return {
+            "GPUs": str(option.gpus),
+            "GPU": option.gpu,
+            "TP": str(option.tp_size),
+            "EP": str(option.ep_size),
+            "TTFT p90 s": f"{r.ttft_s[90]:.3g}",
+            "TPOT p90 ms": f"{r.tpot_s[90] * 1e3:.3g}",
+            "tok/s/GPU": f"{r.output_tokens_per_s_per_gpu:,.0f}",
+            "$/M tokens": f"{r.dollars_per_million_output_tokens:.4g}",
+        }
+
+    if as_json:
+        print_json(
+            {
+                "options": [{**row(o), "result": o.result.as_dict()} for o in result.options],
+                "evaluated": result.evaluated,
+            }
+        )
+        return
+    if result.options:
+        best = result.options[0]
+        console.print(
+            f"plan: {best.gpus} x {best.gpu}, TP {best.tp_size} EP {best.ep_size} serves {rate:g} requests/s "
+            f"within TTFT p90 {ttft:g} s and TPOT p90 {tpot * 1e3:g} ms, "
+            f"${best.result.dollars_per_million_output_tokens:.4g} per million output tokens"
+        )
+    else:
+        near = result.best_achievable
+        reach = (
+            f"; the lowest TPOT p90 that keeps up: {near.result.tpot_s[90] * 1e3:.3g} ms on {near.gpus} x {near.gpu}"
+            if near
+            else "; none keeps up with the rate"
+        )
+        console.print(f"no plan: none of {result.evaluated} layouts meets the targets{reach}")
+    for title, options in (
+        ("cheapest serving layouts", result.options[:5]),
+        ("Pareto front: throughput per GPU against TPOT", result.pareto),
+    ):
+        rows = [row(option) for option in options]
+        if not rows:
+            continue
+        columns, _ = fit_columns(list(rows[0]), rows, console.width, ("tok/s/GPU", "GPU"))
+        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
+        for column in columns:
+            table.add_column(column, justify="right", no_wrap=True)
+        for item in rows:
+            table.add_row(*[item[column] for column in columns])
+        console.print(table)
+    console.print(
+        f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; "
+        "prices: $/GPU-hour assumptions unless --price is given[/dim]"
+    )
+    if not result.options:
+        raise typer.Exit(code=1)
+
+
 PLAN_COLUMNS = (
     "GPUs",
     "GPU",
@@ -197,9 +294,15 @@ def _plan_row(option: Any) -> dict[str, str]:
 @user_errors_exit_2
 def plan_command(
     scenario: Path = typer.Argument(..., help="Scenario file: the model, workload and global batch to plan for."),
-    target_tokens_per_s: float = typer.Option(
-        ..., "--target-tokens-per-s", min=0, help="Throughput to reach (tokens/s)."
+    target_tokens_per_s: Optional[float] = typer.Option(
+        None, "--target-tokens-per-s", min=0, help="Training: throughput to reach (tokens/s)."
     ),
+    serve: bool = typer.Option(False, "--serve", help="Plan serving: the scenario's requests at --request-rate."),
+    request_rate: Optional[float] = typer.Option(
+        None, "--request-rate", help="--serve: requests/s to serve (default: serving.request_rate)."
+    ),
+    ttft: float = typer.Option(2.0, "--ttft", help="--serve: 90th-percentile time to first token to meet (s)."),
+    tpot: float = typer.Option(0.05, "--tpot", help="--serve: 90th-percentile time per output token to meet (s)."),
     gpu: str = typer.Option("H100-SXM", "--gpu", help="GPU types to consider, comma-separated."),
     max_gpus: int = typer.Option(512, "--max-gpus", min=1, help="Largest cluster to consider, GPUs."),
     max_drop_rate: float = typer.Option(
@@ -222,6 +325,8 @@ def plan_command(
     from moesim.scenario import apply_overrides, parse_override, read_document
 
     document = apply_overrides(read_document(scenario), overrides)
+    if serve == (target_tokens_per_s is not None):
+        raise MoesimError("plan: give --target-tokens-per-s (training) or --serve (serving), one of the two")
     price_table = {}
     for item in (prices or "").split(","):
         if item.strip():
@@ -230,6 +335,12 @@ def plan_command(
                 price_table[name.strip()] = float(value)
             except ValueError:
                 raise MoesimError(f"--price '{item}': expected GPU=DOLLARS, e.g. H100-SXM=2.5") from None
+    if serve:
+        _plan_serving(
+            document, request_rate, ttft, tpot, [g.strip() for g in gpu.split(",")], max_gpus, price_table, as_json
+        )
+        return
+    assert target_tokens_per_s is not None
     factors = None
     if capacity_factors:
         factors = [parse_override(f"x={value}")[1] for value in capacity_factors.split(",")]

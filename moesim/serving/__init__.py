@@ -6,7 +6,7 @@ the engine loop (`engine.run_engine`) with iteration times from the simulator (`
 reports time to first token, time per output token and end-to-end latency (50th, 90th, 99th percentiles), tokens
 per second and the cost per million output tokens, on one pool or with a disaggregated prefill pool
 (`serving.prefill_pool`), with two-batch overlap if asked. What is not modelled yet (the serving planner's issue):
-pipeline parallelism and the search over deployments.
+pipeline parallelism; the search over deployments is `moesim.serving.plan`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class ServingResult:
     mean_running: float
     kv_capacity_tokens: int
     notes: list[str] = field(default_factory=list)
+    busy_share: float = 0.0  # of the simulated rank's time (the decode pool's when disaggregated)
     ttft_samples_s: list[float] = field(default_factory=list)  # every counted request's, for the CDF plots
     tpot_samples_s: list[float] = field(default_factory=list)
 
@@ -112,6 +113,7 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         run.peak_running,
         capacity,
         notes,
+        run.busy_s / window,
         ttft,
         tpot,
     )
@@ -220,6 +222,7 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
         decode_run.peak_running,
         _pool_capacity(IterationCost(decode), 0),
         notes,
+        max(decode_run.busy_s / decode_run.end_s, prefill_run.busy_s / prefill_run.end_s),
         ttft,
         tpot,
     )

@@ -1,0 +1,50 @@
+"""The serving planner: layouts that serve a request rate within latency targets, cheapest first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from moesim.cli import app
+from moesim.serving.plan import plan_serving
+
+OLMOE = {
+    "name": "olmoe-serve",
+    "description": "OLMoE serving",
+    "model": {"preset": "olmoe-1b-7b", "num_layers": 4},
+    "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+    "parallelism": {"ep_size": 8},
+    "workload": {"mode": "inference"},
+    "serving": {
+        "input_tokens": 1024,
+        "output_tokens": 64,
+        "num_requests": 160,
+        "arrival": "poisson",
+        "request_rate": 40,
+    },
+}
+
+
+def test_the_cheapest_layout_within_the_targets_comes_first() -> None:
+    plan = plan_serving(OLMOE, 40.0, ttft_p90_s=1.0, tpot_p90_s=0.05, gpus=["H100-SXM", "A100-80GB"], max_gpus=8)
+    assert plan.evaluated == 2 * 4 * 4  # two GPUs x TP 1, 2, 4, 8 x EP 1, 2, 4, 8 on one node
+    assert plan.options and all(o.meets for o in plan.options)
+    costs = [o.result.dollars_per_million_output_tokens for o in plan.options]
+    assert costs == sorted(costs) and plan.options[0].gpu == "A100-80GB"  # the same 8 GPUs, cheaper by the hour
+    assert all(o.result.ttft_s[90] <= 1.0 and o.result.tpot_s[90] <= 0.05 for o in plan.options)
+    front = [o.result.output_tokens_per_s_per_gpu for o in plan.pareto]
+    assert front == sorted(front)  # each further point gives up latency for throughput
+
+
+def test_plan_serve_prints_a_verdict_and_exits_1_when_nothing_meets_the_targets(tmp_path: Path) -> None:
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(OLMOE))
+    runner = CliRunner()
+    good = runner.invoke(app, ["plan", str(path), "--serve", "--ttft", "1", "--tpot", "0.05", "--max-gpus", "8"])
+    assert good.exit_code == 0 and "\nplan: 8 x H100-SXM" in good.output  # after the progress bar (stderr)
+    impossible = runner.invoke(app, ["plan", str(path), "--serve", "--tpot", "0.00001", "--max-gpus", "8"])
+    assert impossible.exit_code == 1 and "no plan" in impossible.output
+    neither = runner.invoke(app, ["plan", str(path)])
+    assert neither.exit_code == 2 and "one of the two" in neither.output
