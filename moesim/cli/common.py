@@ -124,3 +124,19 @@ def fit_columns(
             shown.remove(name)
             dropped.append(name)
     return shown, dropped
+
+
+def progress_bar(title: str, *, described: bool = False, to_stderr: bool = False, transient: bool = False) -> Any:
+    """A rich progress bar: `title` (or, with "{task.description}", each task's own), the task's description when
+    `described`, a bar, done / total and the time elapsed; on stderr when stdout carries results."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn(f"[bold]{title}"), *([TextColumn("{task.description}")] if described else [])]
+    return Progress(
+        *columns,
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True) if to_stderr else console,
+        transient=transient,
+    )

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from moesim.cli.common import (
+    progress_bar,
     SET_HELP,
     app,
     console,
@@ -132,8 +133,6 @@ def validate(
     """Measure MoE layers with the executor, predict them with the simulator, and report the error."""
     import json as json_module
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from moesim.validation.validate import validate as run_validate
     from moesim.validation.validate_report import summary, write_report
 
@@ -156,14 +155,7 @@ def validate(
     rows: list = []
     profiles: dict = {}
     for count in rank_counts:
-        with Progress(
-            TextColumn(f"[bold]{count} ranks"),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with progress_bar(f"{count} ranks", described=True) as progress:
             task = progress.add_task("calibrating" if profile is None else "measuring", total=None)
             count_rows, used = run_validate(
                 profile,
@@ -204,7 +196,6 @@ def _validate_single_device(
     device: str, quick: bool, rounds: int, repeats: int, out: Path, from_raw: Optional[Path]
 ) -> None:
     """`moesim validate --device cuda` / `--single-device` / `--from-raw`: the whole layer on one device."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from moesim.validation.single_device import report_from_raw, run_single_device
     from moesim.validation.single_device_report import error_stats, write_single_device_report
@@ -221,14 +212,7 @@ def _validate_single_device(
             progress.update(task, description=step)
             progress.console.log(step)
 
-        with Progress(
-            TextColumn("[bold]single device"),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with progress_bar("single device", described=True) as progress:
             task = progress.add_task("kernel micro-benchmarks", total=None)
             raw = run_single_device(
                 device,
@@ -262,7 +246,6 @@ def train_small(
     out: Path = typer.Option(Path("validation/train-small"), "--out", help="Folder for logs, traces and the plot."),
 ) -> None:
     """Train a small MoE language model on the standard library's source; plot expert balance per set-up."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from moesim.executor.train_small import (
         BALANCING,
@@ -278,9 +261,7 @@ def train_small(
         if mode not in BALANCING:
             raise MoesimError(f"--balancing: unknown set-up '{mode}'; choose from {', '.join(BALANCING)}")
     logs = []
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
+    with progress_bar("{task.description}") as progress:
         for mode in modes:
             task = progress.add_task(mode, total=steps)
             logs.append(

@@ -8,11 +8,11 @@ from typing import Any, List, Optional
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from moesim.cli.common import (
+    progress_bar,
     fit_columns,
     SET_HELP,
     _interrupt,
@@ -51,7 +51,6 @@ def sweep(
     """Simulate every combination of the parameters; results go to the store as each point finishes.
 
     Exits 1 when no point of the sweep ran without an error."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from moesim.planning.grid import parse_param
     from moesim.planning.store import ResultsStore, export_csv, export_parquet
@@ -62,14 +61,7 @@ def sweep(
     output_file(parquet_path, "--parquet")
     document = apply_overrides(read_document(scenario), overrides)
     grid_params = dict(parse_param(text) for text in params) or None
-    with Progress(
-        TextColumn("[bold]sweep"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=as_json,
-    ) as progress:
+    with progress_bar("sweep", to_stderr=True, transient=as_json) as progress:
         task = progress.add_task("points", total=None)
 
         def on_progress(done: int, total: int) -> None:
@@ -163,7 +155,6 @@ def _plan_serving(
     as_json: bool,
 ) -> None:
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from moesim.scenario import scenario_from_dict
     from moesim.serving.plan import plan_serving
@@ -171,14 +162,7 @@ def _plan_serving(
     rate = request_rate or scenario_from_dict(document).serving.request_rate
     if rate is None:
         raise MoesimError("--request-rate: give the requests/s to serve (or set serving.request_rate)")
-    with Progress(
-        TextColumn("[bold]serving layouts"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=as_json,
-    ) as progress:
+    with progress_bar("serving layouts", to_stderr=True, transient=as_json) as progress:
         task = progress.add_task("layouts", total=None)
         result = plan_serving(
             document,
@@ -319,7 +303,6 @@ def plan_command(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Search GPU type, nodes, TP/PP/EP, routing and capacity factor for the cheapest plan that meets the target."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from moesim.planning.plan import plan as run_plan
     from moesim.scenario import apply_overrides, parse_override, read_document
@@ -344,14 +327,7 @@ def plan_command(
     factors = None
     if capacity_factors:
         factors = [parse_override(f"x={value}")[1] for value in capacity_factors.split(",")]
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=as_json,
-    ) as progress:
+    with progress_bar("{task.description}", to_stderr=True, transient=as_json) as progress:
         tasks: dict[str, Any] = {}
 
         def on_progress(stage: str, done: int, total: int) -> None:

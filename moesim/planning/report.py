@@ -181,11 +181,13 @@ def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
     """Latency distributions of the `serving` requests and the throughput-latency curve over concurrency (what
     `moesim serve` reports), or none with the reason in `notes`."""
     from moesim.serving import concurrency_curve, simulate_serving
+    from moesim.serving.iteration import IterationCost
 
     ranks = scenario.cluster.world_size // (scenario.parallelism.tp_size * scenario.parallelism.cp_size)
     try:
-        served = simulate_serving(scenario)
-        curve = concurrency_curve(scenario, [ranks * level for level in (1, 4, 16, 64)])
+        cost = IterationCost(scenario)  # the iteration times, built once for both
+        served = simulate_serving(scenario, cost)
+        curve = concurrency_curve(scenario, [ranks * level for level in (1, 4, 16, 64)], cost)
     except MoesimError as error:
         notes.append(f"serving plots left out: {error}")
         return {}

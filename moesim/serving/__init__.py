@@ -181,9 +181,10 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
         par = pool_scenario.parallelism
         ranks = pool_scenario.cluster.world_size // (par.tp_size * par.cp_size)
         cost = IterationCost(pool_scenario)
-        run = run_engine(spec, cost.seconds, _pool_capacity(cost, need), ranks, scenario.seed, phase)
-        pools.append((pool_scenario, ranks, run))
-    (prefill, prefill_ranks, prefill_run), (decode, decode_ranks, decode_run) = pools
+        capacity = _pool_capacity(cost, need)
+        run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed, phase)
+        pools.append((pool_scenario, ranks, run, capacity))
+    (prefill, prefill_ranks, prefill_run, _), (decode, decode_ranks, decode_run, decode_capacity) = pools
     topology_nic = prefill.cluster.nic_gbps * 1e9 / 8 * prefill.parallelism.tp_size
     kv_per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
     latency = prefill.cluster.network_latency_us * 1e-6
@@ -220,7 +221,7 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
         prefill_ranks + decode_ranks,
         gpus,
         decode_run.peak_running,
-        _pool_capacity(IterationCost(decode), 0),
+        decode_capacity,
         notes,
         max(decode_run.busy_s / decode_run.end_s, prefill_run.busy_s / prefill_run.end_s),
         ttft,
@@ -228,12 +229,14 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
     )
 
 
-def concurrency_curve(scenario: Scenario, levels: Sequence[int]) -> list[tuple[int, ServingResult]]:
+def concurrency_curve(
+    scenario: Scenario, levels: Sequence[int], cost: Optional["IterationCost"] = None
+) -> list[tuple[int, ServingResult]]:
     """Throughput against latency: the scenario's requests served closed-loop at each concurrency in `levels`
-    (the iteration times are built once)."""
+    (the iteration times built once, or `cost`'s)."""
     from moesim.serving.iteration import IterationCost
 
-    cost = IterationCost(scenario)
+    cost = cost or IterationCost(scenario)
     curve = []
     for level in levels:
         serving = scenario.serving.model_copy(update={"arrival": "closed", "concurrency": int(level)})

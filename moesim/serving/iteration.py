@@ -11,6 +11,7 @@ interpolated between them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,11 @@ class IterationCost:
         self.plan = StagePlan(self._base)
         self.cost = cost_model_for(self._base)
         self.topology = Topology.from_cluster(self._base.cluster)
+        # layers alike in attention (cross-attention or not) cost the same: one of each, and how many
+        self._layer_kinds: dict[bool, tuple[Any, int]] = {}
+        for layer in self.plan.layers:
+            first, count = self._layer_kinds.get(layer.cross_attention, (layer, 0))
+            self._layer_kinds[layer.cross_attention] = (first, count + 1)
         # DeepEP's two modes, as DeepSeek and SGLang run them: the normal kernels while an iteration prefills, the
         # low-latency kernels for iterations that only decode
         self.two_modes = self._base.simulation.alltoall_algorithm == "deepep"
@@ -74,13 +80,8 @@ class IterationCost:
         key = (max(1, int(round(tokens))), max(64, int(round(context / 64)) * 64), decode)
         if key not in self._attention_cache:
             builder = PhaseBuilder(self._base, self.plan, self.cost, self.topology, *key)
-            kinds: dict[bool, int] = {}
-            for layer in self.plan.layers:
-                kinds[layer.cross_attention] = kinds.get(layer.cross_attention, 0) + 1
             self._attention_cache[key] = sum(
-                count
-                * builder.attention(next(layer for layer in self.plan.layers if layer.cross_attention == cross))[0]
-                for cross, count in kinds.items()
+                count * builder.attention(layer)[0] for layer, count in self._layer_kinds.values()
             )
         return self._attention_cache[key]
 

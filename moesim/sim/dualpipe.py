@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from moesim.sim.engine import overlapped_seconds
+
 Op = tuple  # ("F", direction) | ("B", direction, deferred_weight) | ("W",) | ("FB", forward dir, backward dir)
 
 
@@ -92,7 +94,7 @@ def dualpipe_step(
     def pair(forward_stage: int, backward_stage: int) -> float:
         collectives = comm[forward_stage][0] + comm[backward_stage][1]
         compute = forward[forward_stage] + backward[backward_stage] - collectives
-        return max(compute + min(compute, collectives) * (stretch - 1), collectives)
+        return overlapped_seconds(compute, collectives, stretch)
 
     orders = [rank_ops(rank, ranks, micro_batches) for rank in range(ranks)]
     done: dict[tuple[str, int, int, int], float] = {}  # (F or B, direction, micro-batch, rank) -> when

@@ -207,6 +207,13 @@ def paired(order: list[tuple[str, int, int]]) -> list[tuple]:
     return units
 
 
+def overlapped_seconds(compute: float, collectives: float, stretch: float = 1.0) -> float:
+    """A forward and a backward run together: each one's collectives under the other's compute, so the pair takes
+    the longer of the two streams, the compute that runs under communication stretched by `stretch` (the SMs the
+    communication kernels hold)."""
+    return max(compute + min(compute, collectives) * (stretch - 1), collectives)
+
+
 def pair_split(forward: float, backward: float, pair: float) -> tuple[float, float]:
     """A forward-backward pair of `pair` seconds as two halves: the forward's (its share of the pair's work; its
     result leaves when it ends) and the backward's (which needs the next stage's gradient before it starts)."""

@@ -22,12 +22,7 @@ from moesim.sim.collectives import all_reduce_time
 from moesim.sim.compute import CostModel
 from moesim.sim.breakdown import stage_work
 from moesim.sim.dualpipe import chunks_of, dualpipe_step
-from moesim.sim.engine import (
-    Slice,
-    run_pipeline,
-    run_pipeline_fast,
-    stage_items,
-)
+from moesim.sim.engine import Slice, overlapped_seconds, run_pipeline, run_pipeline_fast, stage_items
 from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.plan import StagePlan
 from moesim.sim.stages import _simulate_stages, _StagePasses
@@ -105,22 +100,13 @@ def _routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
     return (dropped / requested if requested else 0.0), float(np.mean([layer.load_imbalance for layer in routing]))
 
 
-def _breakdown(
-    scenario: Scenario,
-    plan: StagePlan,
-    stages: _StagePasses,
-    held: dict[int, float],
-    weights: dict[int, float],
-    work: float,
-    pipeline: float,
-) -> dict[str, float]:
+def _breakdown(stages: _StagePasses, held: dict[int, float], work: float, pipeline: float) -> dict[str, float]:
     """The busiest rank's step in published-breakdown parts (`moesim.sim.breakdown`), bar the all-reduce and the
     optimizer, which the caller adds. `held`: the stages the rank runs and how many micro-batches go through each;
-    `weights`: their weight-gradient seconds per micro-batch; `work`: the seconds the rank computes (overlap
-    included)."""
+    `work`: the seconds the rank computes (overlap included)."""
     forward = sum(count * stages.forward_s[stage] for stage, count in held.items())
     backward = sum(count * stages.backward_s[stage] for stage, count in held.items())
-    weight = sum(count * weights[stage] for stage, count in held.items())
+    weight = sum(count * stages.weight_s[stage] for stage, count in held.items())
     recompute = sum(count * stages.replayed_s[stage] for stage, count in held.items())
     if abs(work - forward - backward) <= 1e-9 * work:  # nothing overlapped: the same sums, up to rounding
         work = forward + backward
@@ -141,15 +127,12 @@ def comm_stretch(scenario: Scenario) -> float:
 
 
 def overlapped_pairs(stages: _StagePasses, scenario: Scenario) -> list[float]:
-    """Per stage, the time of a steady-state forward run together with another micro-batch's backward: each one's
-    all-to-alls (and other collectives) run under the other's compute, so the pair takes the longer of the two
-    streams, the compute stretched while it shares the GPU with communication kernels (`simulation.comm_sms`)."""
+    """Per stage, a steady-state forward run together with another micro-batch's backward (`overlapped_seconds`)."""
     stretch = comm_stretch(scenario)
     pairs = []
     for forward, backward, (forward_comm, backward_comm) in zip(stages.forward_s, stages.backward_s, stages.comm_s):
         comm = forward_comm + backward_comm
-        compute = forward + backward - comm
-        pairs.append(max(compute + min(compute, comm) * (stretch - 1), comm))
+        pairs.append(overlapped_seconds(forward + backward - comm, comm, stretch))
     return pairs
 
 
@@ -171,13 +154,12 @@ def _training_step(
     p2p = p2p if par.pp_size > 1 else 0.0
     dualpipe = par.pipeline_schedule == "dualpipe"
     pairs = overlapped_pairs(stages, scenario) if sim.alltoall_overlap == "1f1b" else None
-    weights = dict(enumerate(stages.weight_s))  # weight-gradient seconds per backward, per stage
     pipeline_slices: list[Slice] = []
     if dualpipe:  # DeepSeek's schedule op by op (moesim.sim.dualpipe); a rank holds two chunks
         dual = dualpipe_step(
             forward_s,
             backward_s,
-            [weights[stage] for stage in range(plan.num_stages)],
+            stages.weight_s,
             stages.comm_s,
             micro,
             p2p,
@@ -195,7 +177,6 @@ def _training_step(
         items = stage_items(forward_s, backward_s, micro, par.virtual_pipeline_size, pairs)[worst]
         work, _ = stage_work(forward_s[worst], backward_s[worst], items, par.virtual_pipeline_size)
         held = {worst: float(micro)}
-    busy = work  # the busiest stage's (DualPipe: rank's) own work; the rest of the pipeline time is bubble
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision
     dense_params = sum(plan.stage_dense_params(stage) for stage in held) / par.tp_size  # DualPipe: two chunks
@@ -218,7 +199,7 @@ def _training_step(
     per_param = 2 * precision.optimizer_bytes_per_param + precision.weight_bytes + precision.grad_bytes
     optimizer = cost.memory_seconds((dense_on_gpu + experts_on_gpu) * per_param)
     step = pipeline + exposed + optimizer
-    breakdown = _breakdown(scenario, plan, stages, held, weights, work, pipeline)
+    breakdown = _breakdown(stages, held, work, pipeline)
     breakdown.update(grad_allreduce_exposed_s=exposed, optimizer_s=optimizer)
     tokens_per_step = float((scenario.workload.global_batch_size or 1) * scenario.workload.seq_len)
     world = scenario.cluster.world_size
@@ -270,7 +251,7 @@ def _training_step(
         stage_forward_s=forward_s,
         stage_backward_s=backward_s,
         pipeline_s=pipeline,
-        pipeline_bubble_s=max(0.0, pipeline - busy),
+        pipeline_bubble_s=max(0.0, pipeline - work),  # the busiest stage's (DualPipe: rank's) own work aside
         grad_allreduce_s=reduce,
         grad_allreduce_exposed_s=exposed,
         optimizer_s=optimizer,
