@@ -13,7 +13,9 @@ on the CPU), 4,096 tokens routed by each model's own rule with a Zipf-skewed pop
   wall time of a call from an idle device (CUDA events: a rule of many small kernels is
   bound by their launches), and the device time of its kernels alone (the profiler's sum
   over 20 calls), which is what a call costs when the host runs ahead of the GPU, as in a
-  whole model or a CUDA graph.
+  whole model. A third figure replays the rule captured in a CUDA graph (the launches
+  recorded once): the wall time of a rule whose shapes and control never depend on the
+  data, and the proof that it is so (a rule that waits for the device cannot be captured).
 Times are medians of device-timed runs (CUDA events on a GPU), interleaved over rounds.
 """
 
@@ -65,6 +67,32 @@ def kernel_seconds(work: Any, calls: int = 20) -> float:
             work()
         torch.cuda.synchronize()
     return sum(event.self_device_time_total for event in prof.key_averages()) / calls / 1e6
+
+
+def graph_seconds(work: Any, replays: int = 20) -> float | str:
+    """Wall time of one call replayed from a CUDA graph, or why it could not be captured."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+            work()
+            work()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            work()
+        graph.replay()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / replays / 1e3
+    except RuntimeError as error:  # the capture was refused: say why, keep the benchmark going
+        torch.cuda.synchronize()
+        return str(error).splitlines()[0][:80]
 
 
 def bench_layer(
@@ -131,11 +159,9 @@ def bench_layer(
                 capped = make_router("top_k", experts, top_k, capacity_factor=1.25)
                 tasks["top_k cf 1.25"] = lambda router=capped: router.route(logits, token_ids)
         routers = median_seconds(tasks, device, rounds, repeats)
-        kernels = (
-            {rule: kernel_seconds(task) for rule, task in tasks.items() if rule != "base"}
-            if device.type == "cuda"
-            else {}
-        )
+        on_gpu = device.type == "cuda"
+        kernels = {rule: kernel_seconds(task) for rule, task in tasks.items() if rule != "base"} if on_gpu else {}
+        graphs = {rule: graph_seconds(task) for rule, task in tasks.items() if rule != "base"} if on_gpu else {}
     load = counts.double()
     return {
         "layer": name,
@@ -150,6 +176,7 @@ def bench_layer(
         "bare_ffn_s": bare,
         "routers_s": routers,
         "router_kernels_s": kernels,
+        "router_graph_s": graphs,
     }
 
 
@@ -198,15 +225,22 @@ def main() -> None:
             f"{result['bare_ffn_s'] * 1e3:9.3f} ms   ratio {ratio:5.2f} (target <= 1.2 on a GPU)"
         )
         floor = result["routers_s"]["torch.topk"]
-        kernels = result["router_kernels_s"]
+        kernels, graphs = result["router_kernels_s"], result["router_graph_s"]
+        if kernels:
+            print(f"  {'router (ms; x torch.topk)':26s} {'eager call':>16s} {'its kernels':>16s} {'CUDA graph':>16s}")
         for rule, seconds in result["routers_s"].items():
+            columns = f"{seconds * 1e3:8.3f} x{seconds / floor:6.2f}"
+            if rule in kernels:
+                columns += f" {kernels[rule] * 1e3:8.3f} x{kernels[rule] / kernels['torch.topk']:6.2f}"
+            if rule in graphs:
+                replay, floor_replay = graphs[rule], graphs["torch.topk"]
+                columns += (
+                    f" {replay * 1e3:8.3f} x{replay / floor_replay:6.2f}"
+                    if isinstance(replay, float) and isinstance(floor_replay, float)
+                    else f"  not captured: {replay}"
+                )
             note = "" if rule != "base" else "  (exact solver on the host; no target)"
-            device_time = (
-                f"   kernels {kernels[rule] * 1e3:7.3f} ms  x {kernels[rule] / kernels['torch.topk']:6.2f}"
-                if rule in kernels
-                else ""
-            )
-            print(f"  {rule:28s} {seconds * 1e3:9.3f} ms   x torch.topk {seconds / floor:7.2f}{device_time}{note}")
+            print(f"  {rule:26s} {columns}{note}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"device": name, "dtype": str(dtype), "results": results}, indent=1))

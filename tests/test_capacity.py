@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from moesim.routing import apply_capacity, expert_capacity
+from moesim.routing.capacity import position_in_queue_dense, position_in_queue_sorted, rank_within_expert
+from moesim.routing.expert_choice import slots_by_expert
+from moesim.routing.router import group_slots
 
 
 def test_capacity_formula_and_rounding() -> None:
@@ -50,3 +55,36 @@ def test_empty_and_unchosen_slots() -> None:
     ids = torch.tensor([[0, -1], [0, -1]])
     kept, dropped = apply_capacity(ids, torch.ones(2, 2), 1, "position")
     assert kept.tolist() == [[0, -1], [-1, -1]] and dropped.tolist() == [[False, False], [True, False]]
+
+
+@given(
+    tokens=st.integers(1, 40),
+    experts=st.integers(1, 9),
+    slots=st.integers(1, 4),
+    empty=st.floats(0.0, 0.5),
+    seed=st.integers(0, 2**16),
+)
+def test_dense_queue_equals_the_sorted_queue(tokens: int, experts: int, slots: int, empty: float, seed: int) -> None:
+    """The dense queue and the short-key sort place every slot where the combined-key sort does."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, experts, (tokens, slots), generator=generator)
+    ids = ids.masked_fill(torch.rand(tokens, slots, generator=generator) < empty, -1)
+    valid = ids >= 0
+    slot = torch.arange(slots).repeat(tokens)
+    token = torch.arange(tokens).repeat_interleave(slots)
+    flat = torch.where(valid.reshape(-1), ids.reshape(-1), 2**31)
+    by_sort = rank_within_expert(flat, slot * tokens + token, tokens * slots).view(tokens, slots)
+    for queue in (position_in_queue_dense, position_in_queue_sorted):
+        assert torch.equal((queue(ids, experts) - 1)[valid], by_sort[valid]), queue.__name__
+
+
+def test_expert_choice_slots_by_expert_serve_the_same_pairs_as_the_cpu_layout() -> None:
+    generator = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(50, 6, generator=generator), dim=-1)
+    gate, picks = torch.topk(probs.t(), 12, dim=-1, sorted=False)
+    ids, weights = slots_by_expert(probs, picks)
+    experts = torch.arange(6).unsqueeze(1).expand_as(picks)
+    compact_ids, compact_weights = group_slots(picks.reshape(-1), experts.reshape(-1), gate.reshape(-1), 50)
+    pairs = {(t, int(e), float(w)) for t in range(50) for e, w in zip(ids[t], weights[t]) if e >= 0}
+    compact = {(t, int(e), float(w)) for t in range(50) for e, w in zip(compact_ids[t], compact_weights[t]) if e >= 0}
+    assert pairs == compact and len(pairs) == 6 * 12

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +148,22 @@ def test_sinkhorn_balances_skewed_scores() -> None:
     balanced = make_router("sinkhorn", num_experts=16, top_k=1).route(logits)
     assert load_imbalance(balanced) < 1.2 < load_imbalance(plain)
     assert torch.allclose(balanced.weights.squeeze(1), torch.sigmoid(logits.gather(1, balanced.expert_ids)).squeeze(1))
+
+
+def test_sinkhorn_plan_has_uniform_marginals_and_ranks_as_the_log_domain_reference() -> None:
+    """The scaling-vector plan against a log-domain Sinkhorn in float64 written out here."""
+    from moesim.routing.sinkhorn import sinkhorn_plan
+
+    logits = logits_for(512, 8, skew=1.0) * 4  # spread scores: exp() of them would overflow without the row shift
+    plan, used = sinkhorn_plan(logits, iterations=200, tolerance=1e-6)
+    assert used < 200
+    assert torch.allclose(plan.sum(dim=1), torch.full((512,), 1 / 512), rtol=1e-5)
+    assert torch.allclose(plan.sum(dim=0), torch.full((8,), 1 / 8), rtol=1e-5)
+    reference = logits.double()
+    for _ in range(200):
+        reference = reference - torch.logsumexp(reference, dim=1, keepdim=True) - math.log(512)
+        reference = reference - torch.logsumexp(reference, dim=0, keepdim=True) - math.log(8)
+    assert torch.allclose(plan.double().log(), reference, atol=1e-3)
 
 
 def test_hash_routing_is_a_fixed_function_of_the_token_id() -> None:

@@ -26,6 +26,9 @@ HOST_BY_NATURE = {"base"}
 RANDOM_RULES = {"noisy_top_k", "gshard_top2"}
 """Rules that draw random numbers: each device has its own stream, so CPU and GPU draws differ."""
 
+SCORE_BLIND = {"hash", "balanced_hash", "balanced"}
+"""Rules that route by token id or position alone: other scores, the same routes."""
+
 EXPERTS, TOP_K, TOKENS = 8, 2, 64
 
 
@@ -115,3 +118,31 @@ def test_rules_on_cuda_never_synchronise_and_agree_with_the_cpu(capacity_factor:
         if rule not in RANDOM_RULES:
             assert torch.equal(on_gpu.routing_map().cpu(), on_cpu.routing_map()), rule
             assert torch.equal(load.cpu(), on_cpu.expert_load), rule
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("capacity_factor", [None, 1.25])
+def test_sync_free_rules_replay_from_a_cuda_graph(capacity_factor: float | None) -> None:
+    """A rule whose shapes and control never depend on the data can be captured once and replayed.
+
+    The random rules seed a fresh generator on every call (a pure function of the seed),
+    which a graph would freeze: they are left out, as is BASE (host by nature).
+    """
+    for rule, router in routers(capacity_factor):
+        if rule in HOST_BY_NATURE | RANDOM_RULES:
+            continue
+        logits, token_ids = (tensor.cuda() for tensor in scores_on("cpu", rule))
+        eager = router.route(logits, token_ids)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            router.route(logits, token_ids)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = router.route(logits, token_ids)
+        logits.mul_(-1)  # new scores in the same memory: the replay must route them, not the captured ones
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured.routing_map(), router.route(logits, token_ids).routing_map()), rule
+        assert not torch.equal(eager.routing_map(), captured.routing_map()) or rule in SCORE_BLIND, rule

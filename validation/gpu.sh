@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, on a machine with a GPU; the reports land in validation/<device>/:
 #   1. the device tests (routers and executor on CUDA; they skip on a machine without one) -> tests.log
-#   2. moesim validate --device cuda: the whole MoE layer on one GPU, simulator against executor -> REPORT.md
-#   3. benchmarks/executor.py: the executor against bare kernels                               -> BENCHMARK.md
+#   2. benchmarks/executor.py: the executor against bare kernels                               -> BENCHMARK.md
+#   3. moesim validate --device cuda: the whole MoE layer on one GPU, simulator against executor -> REPORT.md
 # About 5 minutes on one H100 or H200. Without a GPU it runs the same steps on the CPU, at small
 # sizes (to try it first). Where PyTorch is installed but simpy, ortools or pydantic are not, the
 # wheels in .whl/ are installed into a temporary folder first (docs/executor.md: "On a GPU").
@@ -32,9 +32,9 @@ status=0  # each step runs even if one before it failed; the exit status says wh
 echo "== device tests on $device"
 $PYTHON -m pytest -q -p no:cacheprovider tests/test_routing_devices.py tests/test_executor.py tests/test_model_routers.py \
   2>&1 | tee "$out/$device/tests.log" || status=1
-echo "== single-device validation"
-$PYTHON -m moesim validate "${validate[@]}" --out "$out" || status=1
 echo "== executor benchmark"
 { echo '```'; $PYTHON benchmarks/executor.py --out "$out/$device/benchmark-executor.json"; echo '```'; } \
   | tee "$out/$device/BENCHMARK.md" || status=1
+echo "== single-device validation"
+$PYTHON -m moesim validate "${validate[@]}" --out "$out" || status=1
 exit $status

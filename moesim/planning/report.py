@@ -50,14 +50,20 @@ def _error_words(stats: dict[str, float]) -> str:
     )
 
 
+SINGLE_GPU_VALIDATIONS = ("NVIDIA-H200", "NVIDIA-H100-80GB-HBM3")
+"""The folders under validation/ that `validation/gpu.sh` filled, one per GPU it ran on."""
+
+
 def validation_line() -> str:
     """The simulator's measured error against moesim's executor: on a GPU (single device) and on CPU ranks."""
     parts = []
-    gpu = _validation_error(REPO / "validation" / "NVIDIA-H200" / "rows.json")
-    if gpu:
-        parts.append(
-            f"on one NVIDIA H200, {gpu['count']} MoE layers: {_error_words(gpu)} (validation/NVIDIA-H200/REPORT.md)"
-        )
+    for folder in SINGLE_GPU_VALIDATIONS:
+        gpu = _validation_error(REPO / "validation" / folder / "rows.json")
+        if gpu:
+            parts.append(
+                f"on one {folder.replace('-', ' ', 1)}, {gpu['count']} MoE layers: {_error_words(gpu)} "
+                f"(validation/{folder}/REPORT.md)"
+            )
     cpu = _validation_error(REPO / "validation" / "validation_rows.json")
     if cpu:
         held = _validation_error(REPO / "validation" / "validation_rows.json", held_out=True)

@@ -9,6 +9,12 @@ Two drop policies, as Megatron-Core names them:
   second choices, earlier tokens before later ones (GShard's order of dispatch).
 * `probability`: an expert keeps the assignments with the highest router probability
   (batch-prioritised routing, Riquelme et al. 2021).
+
+Three ways to find each assignment's place in its expert's queue, with the same answer:
+a sort of a combined (expert, priority) key for the probability policy; for the position
+policy a stable sort of the expert ids alone in slot-major order (short keys), or off the
+CPU, while its table stays small (`DENSE_QUEUE_TABLE`), GShard's dense way: an
+[experts, slots x tokens] table of hits summed along the tokens, with no sort at all.
 """
 
 from __future__ import annotations
@@ -60,27 +66,70 @@ def rank_within_expert(expert_ids: torch.Tensor, priority_rank: torch.Tensor, ra
     return rank
 
 
+def position_in_queue_dense(expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Each slot's place (1 = first) in its expert's queue under the position policy, [tokens, k].
+
+    Slot-major order (every first choice before any second choice, then token order): a
+    table of hits [experts + 1, k x tokens] summed along its rows (a scan over the
+    innermost dimension, the fast one on a GPU), read back at each slot's expert. Empty
+    slots (-1) count in a spare row that no expert reads.
+    """
+    num_tokens, slots = expert_ids.shape
+    row = torch.remainder(expert_ids.t(), num_experts + 1).reshape(1, -1)  # -1 -> the spare row
+    hits = torch.zeros(num_experts + 1, slots * num_tokens, dtype=torch.int32, device=expert_ids.device)
+    queue = hits.scatter_(0, row, 1).cumsum_(1)
+    return queue.gather(0, row).view(slots, num_tokens).t()
+
+
+def position_in_queue_sorted(expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Each slot's place (1 = first) in its expert's queue under the position policy, [tokens, k].
+
+    One stable sort of the expert ids in slot-major order (short integer keys: few radix
+    passes on a GPU); within an expert the sort keeps that order, so a slot's place is
+    its distance from where its expert's run starts. Empty slots queue as a spare expert.
+    """
+    num_tokens, slots = expert_ids.shape
+    key_type = torch.int16 if num_experts < 2**15 - 1 else torch.int32
+    keys = torch.remainder(expert_ids.t(), num_experts + 1).reshape(-1).to(key_type)  # -1 -> the spare expert
+    sorted_keys, order = torch.sort(keys, stable=True)
+    starts = torch.searchsorted(sorted_keys, sorted_keys, side="left")
+    place = torch.empty(keys.numel(), dtype=torch.long, device=keys.device)
+    place[order] = torch.arange(1, keys.numel() + 1, device=keys.device) - starts
+    return place.view(slots, num_tokens).t()
+
+
+DENSE_QUEUE_TABLE = 2**20
+"""Entries of the dense queue table up to which it is used off the CPU; a larger table loses to the sort."""
+
+
 def apply_capacity(
     expert_ids: torch.Tensor,
     probs: torch.Tensor,
     capacity: Optional[int],
     policy: str = "position",
+    num_experts: Optional[int] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Enforce `capacity` on a [tokens, k] choice of experts.
 
     Returns (kept_ids, dropped): kept_ids has -1 where a slot was dropped or empty;
     dropped marks the slots refused for capacity. `probs` ([tokens, k]) ranks
     assignments under the `probability` policy. Every slot is ranked (empty ones queue
-    behind all experts), so the shapes never depend on the data.
+    behind all experts), so the shapes never depend on the data. Given `num_experts`, the
+    position policy sorts short keys, or off the CPU reads a small dense queue table.
     """
-    dropped = torch.zeros_like(expert_ids, dtype=torch.bool)
     if capacity is None:
-        return expert_ids, dropped
+        return expert_ids, torch.zeros_like(expert_ids, dtype=torch.bool)
     if policy not in ("position", "probability"):
         raise ValueError(f"drop_policy must be 'position' or 'probability', got {policy!r}")
     num_tokens, slots = expert_ids.shape
     device = expert_ids.device
     valid = (expert_ids >= 0).reshape(-1)
+    if policy == "position" and num_experts is not None:
+        table = num_tokens * slots * (num_experts + 1)
+        dense = expert_ids.device.type != "cpu" and table <= DENSE_QUEUE_TABLE
+        queue = position_in_queue_dense if dense else position_in_queue_sorted
+        dropped = (queue(expert_ids, num_experts) > capacity) & valid.view(num_tokens, slots)
+        return expert_ids.masked_fill(dropped, -1), dropped
     flat_ids = torch.where(valid, expert_ids.reshape(-1), _NO_EXPERT)
     bound = max(1, num_tokens * slots)
     if policy == "position":

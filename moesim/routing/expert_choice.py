@@ -7,9 +7,11 @@ is dropped; a token may get several experts or none (reported as
 (or sigmoid) probabilities of the chosen token-expert pairs.
 
 A token's slots are as many as the experts that took it. On the CPU the slot width is
-the largest such count in the batch; on a GPU it is `num_experts` (any token could be
-taken by every expert), because finding the largest count would make the host wait for
-the device. Both give the same served pairs and weights.
+the largest such count in the batch, the taken experts first; off the CPU it is
+`num_experts`, slot e holding expert e or -1 (any token could be taken by every expert,
+and finding the largest count would make the host wait for the device): a mask
+scattered from the experts' picks, with no sort. Both give the same served pairs and
+weights.
 """
 
 from __future__ import annotations
@@ -47,10 +49,25 @@ class ExpertChoiceRouter(Router):
         if num_tokens == 0:
             empty = torch.zeros(0, 1, dtype=torch.long, device=device)
             return Choice(empty - 1, empty.float(), empty.float(), capacity=0, capacity_done=True)
-        gate, token_index = torch.topk(probs.t(), per_expert, dim=-1)  # [experts, c]
-        experts = torch.arange(self.num_experts, device=device).unsqueeze(1).expand_as(token_index)
-        width = None if device.type == "cpu" else self.num_experts
-        expert_ids, weights = group_slots(
-            token_index.reshape(-1), experts.reshape(-1), gate.reshape(-1), num_tokens, width=width
-        )
+        # each expert's picks, in no particular order (the order is not used: no sort)
+        gate, token_index = torch.topk(probs.t(), per_expert, dim=-1, sorted=False)  # [experts, c]
+        if device.type == "cpu":
+            experts = torch.arange(self.num_experts, device=device).unsqueeze(1).expand_as(token_index)
+            expert_ids, weights = group_slots(
+                token_index.reshape(-1), experts.reshape(-1), gate.reshape(-1), num_tokens
+            )
+        else:
+            expert_ids, weights = slots_by_expert(probs, token_index)
         return Choice(expert_ids, weights, weights, capacity=per_expert, capacity_done=True)
+
+
+def slots_by_expert(probs: torch.Tensor, token_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[tokens, experts] slots from each expert's picked tokens ([experts, c]): slot e holds e or -1.
+
+    The weights are the probabilities of the taken pairs, 0 elsewhere.
+    """
+    num_tokens, num_experts = probs.shape
+    taken = torch.zeros(num_experts, num_tokens, dtype=torch.bool, device=probs.device)
+    taken = taken.scatter_(1, token_index, True).t()
+    expert_ids = torch.where(taken, torch.arange(num_experts, device=probs.device), -1)
+    return expert_ids, torch.where(taken, probs, 0.0)

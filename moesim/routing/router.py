@@ -128,15 +128,20 @@ class Router:
             dropped = choice.dropped if choice.dropped is not None else torch.zeros_like(kept, dtype=torch.bool)
         else:
             capacity = self.capacity_for(logits.shape[0]) if self.uses_capacity else None
-            kept, dropped = apply_capacity(choice.expert_ids, choice.priority, capacity, self.drop_policy)
-        # a slot can be empty only by the rule's design or by capacity: otherwise skip the masks (fewer kernels)
-        may_be_empty = self.leaves_empty_slots or choice.capacity_done or capacity is not None
-        weights = choice.weights.masked_fill(choice.expert_ids < 0, 0.0) if may_be_empty else choice.weights
+            kept, dropped = apply_capacity(
+                choice.expert_ids, choice.priority, capacity, self.drop_policy, self.num_experts
+            )
+        # a slot can be empty only by the rule's design or by capacity: otherwise skip the masks (fewer kernels);
+        # slots the rule left empty stay out of the normalising sum, slots capacity emptied keep their share
+        empty_by_rule = self.leaves_empty_slots or choice.capacity_done
+        weights = choice.weights
+        if empty_by_rule and self.normalize_weights:
+            weights = weights.masked_fill(choice.expert_ids < 0, 0.0)
         if self.normalize_weights:
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         if self.routed_scaling_factor != 1.0:
             weights = weights * self.routed_scaling_factor
-        if may_be_empty:
+        if empty_by_rule or capacity is not None:
             weights = weights.masked_fill(kept < 0, 0.0)
         return Assignment(
             expert_ids=kept,

@@ -8,41 +8,47 @@ for k = 1, softmax over experts otherwise, as Megatron-Core does), so balancing 
 where tokens go but not how much each expert's output counts. Capacity then applies as
 for top-k.
 
-On the CPU the iterations stop once the rows are within `tolerance` of balance; on a GPU
-all `iterations` run, because testing the tolerance would make the host wait for the
-device after every iteration (Megatron-Core's loop waits so).
+The plan is found as Megatron-Core does, by scaling vectors: with K = exp(logits), rows
+are scaled by d0 = 1 / (T K d1) and columns by d1 = 1 / (E K^T d0) in turn, two
+matrix-vector products a round in float32 (the logits' row maximum is taken out first,
+a row scaling the plan absorbs, so nothing overflows). On the CPU the iterations stop
+once the rows are within `tolerance` of balance; off the CPU all `iterations` run,
+because testing the tolerance would make the host wait for the device after every round
+(Megatron-Core's loop waits so).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
 from moesim.routing.router import Choice, Router
 
+_EPS = 1e-8
+"""Added to every row and column mass (Megatron-Core's eps): an expert no token likes cannot divide by zero."""
+
 
 def sinkhorn_plan(logits: torch.Tensor, iterations: int = 50, tolerance: float = 1e-4) -> tuple[torch.Tensor, int]:
-    """Log-domain Sinkhorn: a [tokens, experts] plan with uniform row and column sums.
+    """A [tokens, experts] transport plan with row sums 1/tokens and column sums 1/experts.
 
-    Returns the log of the plan (ranks are what matter) and the iterations used. The
-    early stop applies to CPU logits only (see the module docstring).
+    Returns the plan (float32) and the iterations used. The early stop applies to CPU
+    logits only (see the module docstring).
     """
     num_tokens, num_experts = logits.shape
-    log_plan = logits.double()
-    row_target = -math.log(num_tokens)
-    col_target = -math.log(num_experts)
+    logits = logits.float()
+    kernel = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+    eps = torch.full((), _EPS, device=logits.device)  # made there: no copy from the host
+    col_scale = torch.ones(num_experts, device=logits.device)
     check = logits.device.type == "cpu"
     used = 0
     for used in range(1, iterations + 1):  # iterations, not tokens
-        log_plan = log_plan - torch.logsumexp(log_plan, dim=1, keepdim=True) + row_target
-        column_sums = torch.logsumexp(log_plan, dim=0, keepdim=True)
-        log_plan = log_plan - column_sums + col_target
-        # after the column step columns are exact; check how far rows have drifted
-        if check and float((torch.logsumexp(log_plan, dim=1) - row_target).abs().max()) < tolerance:
+        row_scale = torch.addmv(eps, kernel, col_scale, alpha=num_tokens).reciprocal_()
+        col_scale = torch.addmv(eps, kernel.t(), row_scale, alpha=num_experts).reciprocal_()
+        # after the column step columns are exact; check how far rows have drifted (relative to 1/tokens)
+        if check and float((row_scale * (kernel @ col_scale) * num_tokens - 1).abs().max()) < tolerance:
             break
-    return log_plan, used
+    return kernel * col_scale * row_scale.unsqueeze(1), used
 
 
 class SinkhornRouter(Router):
@@ -69,10 +75,10 @@ class SinkhornRouter(Router):
         if logits.shape[0] == 0:
             empty = torch.zeros(0, self.top_k, dtype=torch.long, device=logits.device)
             return Choice(empty, empty.float(), empty.float())
-        log_plan, used = sinkhorn_plan(logits, self.iterations, self.tolerance)
-        _, expert_ids = torch.topk(log_plan, self.top_k, dim=-1)
+        plan, used = sinkhorn_plan(logits, self.iterations, self.tolerance)
+        balanced, expert_ids = torch.topk(plan, self.top_k, dim=-1)
         if self.top_k == 1:
             gates = torch.sigmoid(logits.gather(1, expert_ids))
         else:
             gates = torch.softmax(logits, dim=-1).gather(1, expert_ids)
-        return Choice(expert_ids, gates, log_plan.gather(1, expert_ids).float(), info={"sinkhorn_iterations": used})
+        return Choice(expert_ids, gates, balanced, info={"sinkhorn_iterations": used})
