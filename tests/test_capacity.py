@@ -76,6 +76,7 @@ def test_dense_queue_equals_the_sorted_queue(tokens: int, experts: int, slots: i
     by_sort = rank_within_expert(flat, slot * tokens + token, tokens * slots).view(tokens, slots)
     for queue in (position_in_queue_dense, position_in_queue_sorted):
         assert torch.equal((queue(ids, experts) - 1)[valid], by_sort[valid]), queue.__name__
+    assert not position_in_queue_dense(ids, experts)[~valid].any()  # empty slots never count against a capacity
 
 
 def test_expert_choice_slots_by_expert_serve_the_same_pairs_as_the_cpu_layout() -> None:

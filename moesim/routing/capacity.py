@@ -72,13 +72,14 @@ def position_in_queue_dense(expert_ids: torch.Tensor, num_experts: int) -> torch
     Slot-major order (every first choice before any second choice, then token order): a
     table of hits [experts + 1, k x tokens] summed along its rows (a scan over the
     innermost dimension, the fast one on a GPU), read back at each slot's expert. Empty
-    slots (-1) count in a spare row that no expert reads.
+    slots (-1) land in a spare row, cleared before the sum: their place is 0, never over
+    a capacity.
     """
     num_tokens, slots = expert_ids.shape
     row = torch.remainder(expert_ids.t(), num_experts + 1).reshape(1, -1)  # -1 -> the spare row
     hits = torch.zeros(num_experts + 1, slots * num_tokens, dtype=torch.int32, device=expert_ids.device)
-    queue = hits.scatter_(0, row, 1).cumsum_(1)
-    return queue.gather(0, row).view(slots, num_tokens).t()
+    hits.scatter_(0, row, 1)[num_experts].zero_()
+    return hits.cumsum_(1).gather(0, row).view(slots, num_tokens).t()
 
 
 def position_in_queue_sorted(expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -123,13 +124,13 @@ def apply_capacity(
         raise ValueError(f"drop_policy must be 'position' or 'probability', got {policy!r}")
     num_tokens, slots = expert_ids.shape
     device = expert_ids.device
-    valid = (expert_ids >= 0).reshape(-1)
     if policy == "position" and num_experts is not None:
-        table = num_tokens * slots * (num_experts + 1)
-        dense = expert_ids.device.type != "cpu" and table <= DENSE_QUEUE_TABLE
-        queue = position_in_queue_dense if dense else position_in_queue_sorted
-        dropped = (queue(expert_ids, num_experts) > capacity) & valid.view(num_tokens, slots)
+        if expert_ids.device.type != "cpu" and num_tokens * slots * (num_experts + 1) <= DENSE_QUEUE_TABLE:
+            dropped = position_in_queue_dense(expert_ids, num_experts) > capacity  # empty slots: place 0
+        else:
+            dropped = (position_in_queue_sorted(expert_ids, num_experts) > capacity) & (expert_ids >= 0)
         return expert_ids.masked_fill(dropped, -1), dropped
+    valid = (expert_ids >= 0).reshape(-1)
     flat_ids = torch.where(valid, expert_ids.reshape(-1), _NO_EXPERT)
     bound = max(1, num_tokens * slots)
     if policy == "position":
