@@ -225,3 +225,52 @@ def test_two_batch_overlap_pays_off_when_communication_dominates() -> None:
     assert throughput(50, True) > 1.05 * throughput(50, False)
     # a fast one: two half batches read every expert's weights twice and gain little to hide
     assert throughput(400, True) < throughput(400, False)
+
+
+def test_a_cached_prefix_is_held_and_attended_to_but_not_computed() -> None:
+    seen: list[tuple[int, float]] = []
+
+    def recording(prefill: int, prefill_context: float, decode: int, decode_context: float, drafts: int = 0) -> float:
+        seen.append((prefill, prefill_context))
+        return linear(prefill, prefill_context, decode, decode_context, drafts)
+
+    spec = ServingSpec(input_tokens=1000, output_tokens=2, concurrency=1, num_requests=1, prefix_cache_hit_rate=0.6)
+    run = run_engine(spec, recording, kv_capacity_tokens=1002, ranks=1)  # the whole prompt's KV must fit
+    # 400 tokens computed, attending to the 600 cached before them and half their own
+    assert seen[0] == (400, pytest.approx(600 + 400 / 2))
+    assert run.requests[0].first_token_s == pytest.approx(0.010 + 0.001 * 400)
+    with pytest.raises(ValueError, match="prefix_cache_hit_rate"):
+        ServingSpec(prefix_cache_hit_rate=1.0)
+
+
+def test_mla_decodes_in_its_absorbed_form() -> None:
+    """DeepSeek-V3's decode scores the 512 + 64 latent per head and sums the 512 latent: (576 + 512) / (192 + 128)
+    = 3.4 times the expanded form's FLOPs, which prefill uses."""
+    from moesim.models import accounting, model_preset
+
+    model = model_preset("deepseek-v3")
+    expanded = accounting.attention_score_flops_per_token(model, 4096)
+    absorbed = accounting.attention_score_flops_per_token(model, 4096, absorbed=True)
+    assert absorbed / expanded == pytest.approx((512 + 64 + 512) / (128 + 64 + 128))
+    assert absorbed == pytest.approx(2 * 128 * 1088 * 4096 * 61 * 0.5)
+
+
+def test_fused_kernels_move_each_permutation_once_through_memory() -> None:
+    from moesim.sim.step import cost_model_for, simulate
+
+    document = {
+        "model": "mixtral-8x7b",
+        "cluster": {"num_nodes": 1, "gpus_per_node": 8, "gpu": "H100-SXM"},
+        "parallelism": {"ep_size": 8},
+        "workload": {"mode": "inference", "micro_batch_size": 2, "seq_len": 1024, "decode_tokens": 0},
+        "simulation": {"network_mode": "fast"},
+    }
+    eager = simulate(scenario_from_dict(document))
+    fused_scenario = scenario_from_dict(document, ["simulation.moe_kernels=fused"])
+    fused = simulate(fused_scenario)
+    tokens, layers = 2 * 1024, 32
+    one_pass = cost_model_for(fused_scenario).memory_seconds(2 * tokens * 2 * 4096 * 2)  # read and write, top-2
+    assert fused.phase_seconds["prefill/permute"] == pytest.approx(layers * one_pass)
+    assert fused.phase_seconds["prefill/unpermute"] == pytest.approx(layers * one_pass)
+    assert eager.phase_seconds["prefill/unpermute"] > 2 * fused.phase_seconds["prefill/unpermute"]
+    assert "fused kernels" in fused.sources["prefill/permute"]

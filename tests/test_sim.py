@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import moesim
 from moesim import scenario_from_dict
+from moesim.errors import ScenarioError
 from moesim.cli import app
 from moesim.cluster.topology import Topology
 from moesim.errors import MoesimError
@@ -457,3 +458,30 @@ def test_chunked_prefill_bounds_activations_and_keeps_the_prefill_work() -> None
     assert tiny.prefill_s > chunked.prefill_s  # 64 small chunks pay their fixed costs 64 times
     assert chunked.decode_step_s == whole.decode_step_s
     assert any("in 4 chunks of 8,192 tokens per rank" in note for note in chunked.notes)
+
+
+def test_deepseek_places_256_experts_and_32_redundant_copies_on_144_ranks() -> None:
+    """DeepSeek's decode unit: EP 144 does not divide 256 experts; homes differ by at most one expert a rank, and the
+    32 redundant copies of the hottest experts go to the least loaded ranks (balancing load, not weights: DeepSeek's
+    EPLB also keeps two experts a GPU, which this greedy placement does not enforce)."""
+    from moesim.cluster.placement import Placement
+
+    placement = Placement(256, 144)
+    homes = np.bincount(placement.expert_rank.numpy(), minlength=144)
+    assert homes.min() == 1 and homes.max() == 2 and homes.sum() == 256
+    assert np.all(np.diff(placement.expert_rank.numpy()) >= 0)  # contiguous
+    with pytest.raises(ValueError, match="not divisible"):
+        placement.experts_per_rank
+    load = np.linspace(2.0, 1.0, 256)  # hotter experts first
+    balanced = placement.with_hot_replicas(load, 32)
+    assert balanced.copies_per_rank.sum() == 288
+    assert (load @ balanced.shares()).max() < (load @ placement.shares()).max()
+    document = {
+        "model": "deepseek-v3",
+        "cluster": {"preset": "hgx-h800", "num_nodes": 18},
+        "parallelism": {"ep_size": 144},
+        "workload": {"mode": "inference"},
+    }
+    with pytest.raises(ScenarioError, match="redundant experts that fill"):
+        scenario_from_dict(document)
+    assert scenario_from_dict(document, ["simulation.redundant_experts=32"]).parallelism.ep_size == 144

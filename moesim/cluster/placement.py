@@ -1,7 +1,8 @@
 """`Placement`: which expert-parallel rank holds each routed expert, and replicas of hot experts.
 
 Without replicas the placement is contiguous: rank r holds experts
-[r x E/ep, (r+1) x E/ep), as Megatron-Core and DeepSpeed do. With `redundant_slots`
+[r x E/ep, (r+1) x E/ep), as Megatron-Core and DeepSpeed do (rounded, when ep does not
+divide E and redundant copies fill the ranks up). With `redundant_slots`
 (DeepSeek-V3's redundant experts for inference, EPLB), the hottest experts get extra
 copies: each extra slot goes to the expert with the highest load per copy, and each
 copy to the rank with the least load so far; tokens of a replicated expert are split
@@ -27,17 +28,21 @@ class Placement:
     share: Optional[np.ndarray] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.ep_size < 1 or self.num_experts % self.ep_size:
-            raise ValueError(f"num_experts ({self.num_experts}) must be divisible by ep_size ({self.ep_size})")
+        if self.ep_size < 1 or self.ep_size > self.num_experts:
+            raise ValueError(f"ep_size ({self.ep_size}) must be between 1 and num_experts ({self.num_experts})")
 
     @property
     def experts_per_rank(self) -> int:
+        """Home experts of a rank; every rank holds as many only when ep_size divides num_experts."""
+        if self.num_experts % self.ep_size:
+            raise ValueError(f"num_experts ({self.num_experts}) is not divisible by ep_size ({self.ep_size})")
         return self.num_experts // self.ep_size
 
     @property
     def expert_rank(self) -> torch.Tensor:
-        """Home rank of each expert, [num_experts] (the contiguous placement)."""
-        return torch.arange(self.num_experts) // self.experts_per_rank
+        """Home rank of each expert, [num_experts]: contiguous, ranks differing by at most one expert when ep_size
+        does not divide num_experts (redundant copies then even them out, as DeepSeek's 256 + 32 over 144)."""
+        return torch.arange(self.num_experts) * self.ep_size // self.num_experts
 
     @property
     def num_nodes(self) -> int:

@@ -157,10 +157,20 @@ def _matmul_params_per_token(spec: ModelSpec) -> int:
     return _layer_params(spec, spec.top_k) + spec.vocab_size * spec.hidden_size
 
 
-def attention_score_flops_per_token(spec: ModelSpec, seq_len: int, causal: bool = True) -> float:
-    """FLOPs of Q·K^T and softmax·V per token, all layers (grows with sequence length)."""
+def attention_score_flops_per_token(
+    spec: ModelSpec, seq_len: int, causal: bool = True, absorbed: bool = False
+) -> float:
+    """FLOPs of Q·K^T and softmax·V per token, all layers (grows with sequence length).
+
+    MLA decodes with its up-projections absorbed (DeepSeek-V2 paper 2.1.2; FlashMLA, SGLang, vLLM): every head
+    scores the cached latent and rotary key (kv_lora_rank + qk_rope_head_dim) and sums the latent
+    (kv_lora_rank), `absorbed`; prefill expands the latent into per-head keys and values first.
+    """
     heads = spec.num_attention_heads
-    if spec.attention_type == "mla":
+    if spec.attention_type == "mla" and absorbed:
+        qk_dim = spec.kv_lora_rank + spec.qk_rope_head_dim  # type: ignore[operator]
+        v_dim = spec.kv_lora_rank
+    elif spec.attention_type == "mla":
         qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
         v_dim = spec.v_head_dim
     else:

@@ -112,10 +112,12 @@ class Scenario(_Section):
                 f"x{par.cp_size} = {par.world_size}, but the cluster has {cluster.num_nodes} nodes x "
                 f"{cluster.gpus_per_node} GPUs = {cluster.world_size}; make the two equal"
             )
-        if model.num_experts % par.ep_size:
+        slots = model.num_experts + self.simulation.redundant_experts
+        if model.num_experts % par.ep_size and (not self.simulation.redundant_experts or slots % par.ep_size):
             raise ValueError(
                 f"parallelism.ep_size: num_experts ({model.num_experts}) is not divisible by ep_size "
-                f"({par.ep_size}); use an ep_size that divides {model.num_experts}"
+                f"({par.ep_size}); use an ep_size that divides {model.num_experts}, or redundant experts that fill "
+                "every rank equally (DeepSeek: 256 + 32 redundant over EP 144)"
             )
         folded = par.dp_size * par.cp_size * par.tp_size
         if folded % par.ep_size:

@@ -297,6 +297,13 @@ class SimulationSpec(_Section):
         "kernels: node-deduplicated RDMA, then NVLink) or deepep_low_latency (DeepEP's decode kernels: every "
         "token-expert copy over RDMA).",
     )
+    moe_kernels: Literal["eager", "fused"] = Field(
+        "eager",
+        description="eager: the router, permutation, un-permutation and expert bookkeeping as moesim's PyTorch "
+        "executor runs them (its measured phase models); fused: a serving or training engine's fused kernels "
+        "(TensorRT-LLM, SGLang, vLLM, Megatron's fused permute): one memory pass each and a fused gated activation "
+        "(assumed, not measured); the grouped expert GEMMs stay as measured (CUTLASS kernels, as the engines').",
+    )
     allreduce_algorithm: Literal["auto", "ring", "hierarchical"] = Field(
         "auto", description="Data-parallel gradient all-reduce algorithm (auto = the faster)."
     )

@@ -64,6 +64,13 @@ class ServingSpec(_Section):
         0.85, ge=0, le=1, description="Chance a draft token is accepted, each in turn (DeepSeek-V3: 0.85-0.9)."
     )
 
+    prefix_cache_hit_rate: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each prompt already in the prefix cache (SGLang's radix cache, DeepSeek's context "
+        "cache): those tokens are not computed, but their KV cache is held and attended to (DeepSeek: 0.563).",
+    )
     two_batch_overlap: bool = Field(
         False,
         description="Split each iteration into two half batches whose all-to-alls run under each other's compute "

@@ -168,6 +168,7 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
             f"parallelism.ep_size={pool.ep_size or default_ep}",
             f"parallelism.tp_size={pool.tp_size}",
             "parallelism.dp_size=null",
+            "workload.global_batch_size=null",
             "serving.prefill_pool=null",
             "serving.arrival=poisson",
         ],

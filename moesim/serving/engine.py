@@ -4,9 +4,11 @@ Each iteration the engine (vLLM's and SGLang's scheduler, in outline) gives ever
 first token one decode token (with speculative decoding: the token and its drafts to verify, gaining the expected
 accepted count), then fills the rest of `serving.token_budget` with prompt chunks of the requests in
 arrival order (chunked prefill), admitting a waiting request only while `serving.max_running` and the KV cache
-(its prompt plus its whole output reserved) allow. A request's first token comes at the end of the iteration that
-finishes its prompt; each later iteration adds one token. The deployment's requests are spread evenly over its
-attention ranks: one rank is simulated with its share of the arrivals (its rate, or its share of the concurrency).
+(its prompt plus its whole output reserved) allow. The share of a prompt found in the prefix cache
+(`serving.prefix_cache_hit_rate`) is not computed, but it is held in the KV cache and attended to. A request's
+first token comes at the end of the iteration that finishes its prompt; each later iteration adds one token. The
+deployment's requests are spread evenly over its attention ranks: one rank is simulated with its share of the
+arrivals (its rate, or its share of the concurrency).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def run_engine(
     else:
         arrivals = [0.0] * count  # released as the concurrency allows
     requests = [Request(float(a), i, o) for a, i, o in zip(arrivals, inputs, outputs)]
+    for request in requests:  # a cached prefix is not computed again (at least the last token is)
+        request.prefilled = min(request.input_tokens - 1, int(spec.prefix_cache_hit_rate * request.input_tokens))
     if phase == "decode":
         for request in requests:
             request.prefilled, request.first_token_s, request.generated = request.input_tokens, request.arrival_s, 1.0

@@ -372,25 +372,34 @@ class CostModel:
         gated: bool,
         element_bytes: int = 2,
         fp8: bool = False,
+        fused: bool = False,
     ) -> float:
         """A rank's experts' FFNs forward: grouped GEMMs (up, down) and the activation, or the FFNs one after
-        another."""
+        another; `fused`: an engine's fused activation (the grouped GEMMs stay as measured: CUTLASS kernels, as
+        the engines' own)."""
         rows = np.asarray(rows_per_expert, dtype=float)
         if self.grouped is None:
             return float(self.ffn_seconds(rows, hidden, inner, gated, element_bytes, fp8).sum())
         width = 2 * inner if gated else inner
+        up_fp8 = self._grouped_fp8(rows, hidden, width, fp8)
+        down_fp8 = self._grouped_fp8(rows, inner, hidden, fp8)
         return (
-            self.grouped.seconds(rows, hidden, width, element_bytes) / self._grouped_fp8(rows, hidden, width, fp8)
-            + self.activation_seconds(rows.sum(), inner, gated, element_bytes)
-            + self.grouped.seconds(rows, inner, hidden, element_bytes) / self._grouped_fp8(rows, inner, hidden, fp8)
+            self.grouped.seconds(rows, hidden, width, element_bytes) / up_fp8
+            + self.activation_seconds(rows.sum(), inner, gated, element_bytes, fused=fused)
+            + self.grouped.seconds(rows, inner, hidden, element_bytes) / down_fp8
         )
 
     def activation_seconds(
-        self, rows: Any, inner: int, gated: bool, element_bytes: int = 2, backward: bool = False
+        self, rows: Any, inner: int, gated: bool, element_bytes: int = 2, backward: bool = False, fused: bool = False
     ) -> Any:
         """The FFN nonlinearity as eager torch runs it, in passes over memory: gated, the activation of the gate half
         (read, write) then its product with the other half (two reads, a write), 5 x inner per row; the backward
-        reads the gradient, both halves and the activation, and writes both halves' gradients, 7 x inner."""
+        reads the gradient, both halves and the activation, and writes both halves' gradients, 7 x inner. A fused
+        kernel (`fused`, forward) reads both halves once and writes the product: 3 x inner (2 ungated)."""
+        if fused and not backward:
+            return (
+                rows * (3 if gated else 2) * inner * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
+            )
         passes = (7 if backward else 5) if gated else (3 if backward else 2)
         return rows * passes * inner * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
 

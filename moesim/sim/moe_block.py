@@ -36,12 +36,14 @@ def moe_block_phases(
         float(cost.gemm_backward_seconds(builder.tokens, model.hidden_size, model.num_experts))
         + BACKWARD_MEMORY_FACTOR * scores_pass
     )
-    router = _or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
     served = float(sum(rank_rows.sum() for rank_rows in routing_here.rank_rows)) / builder.ranks
     permuted_rows = served if builder.scenario.routing.pad_to_capacity else builder.tokens * top_k
     permute_bytes = 2 * permuted_rows * model.hidden_size * builder.element
-    permute = _or(cost.fitted("permute", builder.work(top_k, served)), cost.memory_seconds(permute_bytes))
-    unpermute = _or(cost.fitted("unpermute", builder.work(top_k, served)), cost.memory_seconds(permute_bytes))
+    permute = unpermute = cost.memory_seconds(permute_bytes)  # fused kernels: one pass over what they move
+    if not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
+        router = _or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
+        permute = _or(cost.fitted("permute", builder.work(top_k, served)), permute)
+        unpermute = _or(cost.fitted("unpermute", builder.work(top_k, served)), unpermute)
     rows = routing_here.rank_rows
     gemm = np.array([builder.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
     shared = shared_roofline_backward = 0.0

@@ -123,6 +123,7 @@ class PhaseBuilder:
         precision = scenario.workload.precision
         self.element = precision.activation_bytes
         self.fp8 = precision.gemm == "fp8"  # linear layers' GEMMs; the router and output head stay bf16
+        self.fused_kernels = scenario.simulation.moe_kernels == "fused"
         hidden = self.model.hidden_size
         self.combine_scale = precision.token_bytes(hidden, "combine") / precision.token_bytes(hidden, "dispatch")
         self._alltoall_cache: dict[int, tuple] = {}
@@ -172,7 +173,9 @@ class PhaseBuilder:
             value = model.qk_nope_head_dim + model.v_head_dim  # type: ignore[operator]
             up += float(cost.gemm_seconds(self.tokens, model.kv_lora_rank, heads * value, fp8=self.fp8))
         layers = max(1, model.num_layers + model.num_encoder_layers)
-        per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context) / layers
+        # MLA decodes in its absorbed form (scores over the 576-wide latent), prefill in the expanded one
+        per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context, absorbed=self.decode)
+        per_layer_scores /= layers
         # attention_score_flops_per_token halves the context for causal masks; 2 x context restores the full context
         score_flops = per_layer_scores * self.tokens / self.tp * (0.5 if not self.decode else 1.0)
         scores = cost.attention_seconds(score_flops)
@@ -239,7 +242,10 @@ class PhaseBuilder:
             model.expert_ffn_activation in GATED_ACTIVATIONS,
             self.element,
             self.fp8,
+            self.fused_kernels,
         )
+        if self.fused_kernels:  # an engine's kernels, not the executor's measured bookkeeping
+            return arithmetic
         work = self.work(
             top_k, active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()), ffn_seconds=arithmetic
         )

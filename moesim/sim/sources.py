@@ -30,9 +30,18 @@ PHASE_PARTS: dict[str, tuple[str, ...]] = {
 """The cost-model parts behind each compute phase (a profile without a part falls back to its whole source)."""
 
 
-def phase_sources(cost: CostModel, phases: Iterable[str], fp8: bool, training: bool) -> dict[str, str]:
+FUSED_KERNELS = (
+    "assumed: an engine's fused kernels (simulation.moe_kernels: fused): one memory pass at the measured copy bandwidth"
+)
+
+
+def phase_sources(
+    cost: CostModel, phases: Iterable[str], fp8: bool, training: bool, fused: bool = False
+) -> dict[str, str]:
     """Each phase (names as in a result, 'prefill/' and 'decode/' prefixes allowed) -> what its time rests on."""
     labels = dict(cost.sources)
+    if fused:  # the eager executor's phase models are not used: say what replaces them
+        labels[KERNEL_PHASES] = FUSED_KERNELS
     out: dict[str, str] = {}
     for phase in phases:
         name = phase.split("/")[-1]

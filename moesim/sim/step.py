@@ -88,7 +88,13 @@ def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
     cost = cost_model_for(scenario)
     training = scenario.workload.mode == "training"
     result = (_training_step if training else _inference)(scenario, plan, topology, cost, memory)
-    result.sources = phase_sources(cost, result.phase_seconds, scenario.workload.precision.gemm == "fp8", training)
+    result.sources = phase_sources(
+        cost,
+        result.phase_seconds,
+        scenario.workload.precision.gemm == "fp8",
+        training,
+        scenario.simulation.moe_kernels == "fused",
+    )
     return result
 
 

@@ -1,4 +1,4 @@
-"""moesim's predictions beside published training throughput, written to `validation/PUBLISHED.md`.
+"""moesim's predictions beside published training and serving throughput, written to `validation/PUBLISHED.md`.
 
 Only deployments whose throughput on GPUs is public are listed, each with its scenario in
 `scenarios/`. A figure is compared the way its source counts it: GPU-hours per trillion
@@ -215,6 +215,9 @@ def published_table(network_mode: str = "full") -> str:
             f"| {run.source} | {run.differences} |"
         )
     lines += ["", "## DeepEP's all-to-all bandwidth", "", *deepep_rows(network_mode)]
+    from moesim.validation.published_serving import serving_rows
+
+    lines += ["", "## Serving", "", *serving_rows()]
     lines += [
         "",
         "## DeepSeek-V3's step, part by part",
