@@ -145,6 +145,27 @@ def test_serving_reports_show_latency_distributions_and_the_curve(tmp_path: Path
     )
     _, md_path = write_report(scenario, tmp_path, fast=True)
     markdown = md_path.read_text()
-    assert markdown.count("![") == PLOTS + 2
+    assert markdown.count("![") == PLOTS + 3
     assert "## Serving latency distributions" in markdown and "## Serving throughput against latency" in markdown
+    assert "## Where an iteration's time goes" in markdown
     assert "TTFT p50" in markdown
+
+
+def test_an_iterations_phases_add_up_to_its_time_without_overlap() -> None:
+    """The breakdown the report draws is the same pass the engine times: its phases sum to the iteration."""
+    from moesim.serving.iteration import IterationCost
+
+    scenario = scenario_from_dict(
+        {
+            "model": {"preset": "olmoe-1b-7b", "num_layers": 2},
+            "cluster": {"num_nodes": 1, "gpus_per_node": 8},
+            "parallelism": {"ep_size": 8},
+            "workload": {"mode": "inference"},
+            "serving": {"input_tokens": 512, "output_tokens": 32, "token_budget": 1024},
+        }
+    )
+    cost = IterationCost(scenario)
+    for prefill, decode in ((1024, 0), (0, 64)):
+        phases = cost.breakdown(prefill, 256.0, decode, 512.0)
+        assert {"attention", "experts", "dispatch", "combine"} <= set(phases)
+        assert sum(phases.values()) == pytest.approx(cost.seconds(prefill, 256.0, decode, 512.0), rel=1e-6)

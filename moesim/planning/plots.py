@@ -160,3 +160,37 @@ def serving_curve_plot(points: list[tuple[int, float, float]]) -> bytes:
         axes.set_title("Throughput against latency (labels: requests in flight)")
 
     return figure_png(draw)
+
+
+def iteration_plot(iterations: list[tuple[str, dict[str, float]]]) -> bytes:
+    """Where an engine iteration's time goes: one bar per iteration (label, seconds by phase), in shares of its
+    time, the time itself in the label."""
+    totals: dict[str, float] = {}
+    for _, phases in iterations:
+        for name, seconds in phases.items():
+            totals[name] = totals.get(name, 0.0) + seconds / max(1e-12, sum(phases.values()))
+    shown = [name for name, _ in phase_segments(totals) if not name.startswith("other")]
+
+    def draw(axes: Any) -> None:
+        colours = iter(__import__("matplotlib").colormaps["tab10"].colors)
+        left = np.zeros(len(iterations))
+        for name in [*shown, "other"]:
+            shares = np.array(
+                [
+                    100
+                    * sum(s for n, s in phases.items() if n == name or (name == "other" and n not in shown))
+                    / max(1e-12, sum(phases.values()))
+                    for _, phases in iterations
+                ]
+            )
+            if shares.any():
+                axes.barh(range(len(iterations)), shares, left=left, label=name, color=next(colours, "grey"))
+                left += shares
+        labels = [f"{label}\n{sum(phases.values()) * 1e3:.3g} ms" for label, phases in iterations]
+        axes.set_yticks(range(len(iterations)), labels, fontsize=7)
+        axes.set_xlim(0, 100)
+        axes.set_xlabel("% of the iteration (each rank's mean; waits for the busiest rank as 'wait')")
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes.set_title("Where an iteration's time goes")
+
+    return figure_png(draw)

@@ -21,6 +21,7 @@ from moesim.errors import MoesimError
 from moesim.planning.plots import (
     latency_cdf_plot,
     serving_curve_plot,
+    iteration_plot,
     drop_plot,
     figure_png,
     load_heatmap,
@@ -184,9 +185,10 @@ def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, flo
 
 
 def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
-    """Latency distributions of the `serving` requests and the throughput-latency curve over concurrency (what
-    `moesim serve` reports), or none with the reason in `notes`."""
+    """Latency distributions of the `serving` requests, the throughput-latency curve over concurrency (what
+    `moesim serve` reports) and where an iteration's time goes, or none with the reason in `notes`."""
     from moesim.serving import concurrency_curve, simulate_serving
+    from moesim.serving.engine import draw_lengths
     from moesim.serving.iteration import IterationCost
 
     ranks = scenario.cluster.world_size // (scenario.parallelism.tp_size * scenario.parallelism.cp_size)
@@ -202,9 +204,17 @@ def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
         f"TTFT p50 {served.ttft_s[50]:.3g} s, TPOT p50 {served.tpot_s[50] * 1e3:.3g} ms"
     )
     points = [(level, result.tpot_s[50], result.output_tokens_per_s_per_gpu) for level, result in curve]
+    spec = scenario.serving
+    context = float(np.mean(draw_lengths(spec.input_tokens, 64, np.random.default_rng(0))))
+    width = 1 + spec.speculative_tokens
+    iterations = [(f"prefill, {spec.token_budget:,} tokens", cost.breakdown(spec.token_budget, context / 2, 0, 0))]
+    for batch in sorted({1, max(1, int(served.mean_running))}):
+        label = f"decode, {batch} sequence{'s' if batch > 1 else ''}"
+        iterations.append((label, cost.breakdown(0, 0, width * batch, context)))
     return {
         "Serving latency distributions": latency_cdf_plot(served.ttft_samples_s, served.tpot_samples_s),
         "Serving throughput against latency": serving_curve_plot(points),
+        "Where an iteration's time goes": iteration_plot(iterations),
     }
 
 

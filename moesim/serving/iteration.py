@@ -108,6 +108,23 @@ class IterationCost:
             + self.draft_seconds(drafts, decode_context)
         )
 
+    def breakdown(self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float) -> dict:
+        """Where one iteration's time goes, seconds by phase: the pass at its token count, phase by phase (each
+        rank's mean, waits for the busiest rank as `wait`; before two-batch overlap), with the iteration's own
+        attention in place of the pass's."""
+        total = prefill_tokens + decode_tokens
+        scenario = self._decode_base if prefill_tokens == 0 else self._base
+        stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, max(1, total), 1, False, False)
+        phases: dict[str, float] = {}
+        for busy in stages.busy:
+            for name, seconds in busy.items():
+                if name != "attention":
+                    phases[name] = phases.get(name, 0.0) + seconds
+        phases["attention"] = self._attention(prefill_tokens, prefill_context, False) + self._attention(
+            decode_tokens, decode_context, True
+        )
+        return phases
+
     def draft_seconds(self, drafts: int, context: float) -> float:
         """Drafting `drafts` tokens with the multi-token prediction module, one module pass per draft step: a
         module is one more transformer layer (the pass's per-layer share and a layer's attention) and the output
