@@ -29,7 +29,9 @@ OLMOE = {
 
 def test_the_cheapest_layout_within_the_targets_comes_first() -> None:
     plan = plan_serving(OLMOE, 40.0, ttft_p90_s=1.0, tpot_p90_s=0.05, gpus=["H100-SXM", "A100-80GB"], max_gpus=8)
-    assert plan.evaluated == 2 * 4 * 4  # two GPUs x TP 1, 2, 4, 8 x EP 1, 2, 4, 8 on one node
+    layouts = 2 * (4 * 4 + 3)  # two GPUs x (DEP: attention TP 1, 2, 4, 8 x EP 1, 2, 4, 8; TP replicas of 2, 4, 8)
+    # the cheapest three again with other batch limits, where they change anything
+    assert layouts <= plan.evaluated <= layouts + 3 * 5
     assert plan.options and all(o.meets for o in plan.options)
     costs = [o.result.dollars_per_million_output_tokens for o in plan.options]
     assert costs == sorted(costs) and plan.options[0].gpu == "A100-80GB"  # the same 8 GPUs, cheaper by the hour
@@ -48,3 +50,21 @@ def test_plan_serve_prints_a_verdict_and_exits_1_when_nothing_meets_the_targets(
     assert impossible.exit_code == 1 and "no plan" in impossible.output
     neither = runner.invoke(app, ["plan", str(path)])
     assert neither.exit_code == 2 and "one of the two" in neither.output
+
+
+def test_the_search_splits_nodes_into_prefill_and_decode_pools_and_tries_tensor_parallel_replicas() -> None:
+    from moesim.scenario import scenario_from_dict
+    from moesim.serving.plan import serving_layouts
+
+    layouts = list(serving_layouts(scenario_from_dict(OLMOE), ["H100-SXM"], 16))
+    splits = {layout.split for layout in layouts}
+    assert splits == {"-", "1+1"}  # two nodes: one pool, or a node of each
+    assert {layout.form for layout in layouts} == {"DEP", "TP"}
+    assert all(layout.ep_size == 1 and layout.tp_size > 1 for layout in layouts if layout.form == "TP")
+    # a decode pool's EP divides the decode pool's GPUs
+    assert all(((layout.num_nodes - layout.prefill_nodes) * 8) % layout.ep_size == 0 for layout in layouts)
+    plan = plan_serving(OLMOE, 40.0, ttft_p90_s=1.0, tpot_p90_s=0.05, gpus=["H100-SXM"], max_gpus=16)
+    served = {(o.layout.form, o.layout.split) for o in plan.options}
+    assert ("DEP", "1+1") in served and ("TP", "-") in served
+    disaggregated = next(o for o in plan.options if o.layout.prefill_nodes)
+    assert disaggregated.gpus == 16 and "disaggregated" in disaggregated.result.notes[0]

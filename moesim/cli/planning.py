@@ -180,8 +180,12 @@ def _plan_serving(
         return {
             "GPUs": str(option.gpus),
             "GPU": option.gpu,
+            "form": option.layout.form,
             "TP": str(option.tp_size),
             "EP": str(option.ep_size),
+            "split": option.layout.split,
+            "budget": f"{option.token_budget:,}",
+            "seqs": str(option.max_running),
             "TTFT p90 s": f"{r.ttft_s[90]:.3g}",
             "TPOT p90 ms": f"{r.tpot_s[90] * 1e3:.3g}",
             "tok/s/GPU": f"{r.output_tokens_per_s_per_gpu:,.0f}",
@@ -199,7 +203,18 @@ def _plan_serving(
     if result.options:
         best = result.options[0]
         console.print(
-            f"plan: {best.gpus} x {best.gpu}, TP {best.tp_size} EP {best.ep_size} serves {rate:g} requests/s "
+            f"plan: {best.gpus} x {best.gpu}, "
+            + (
+                f"attention TP {best.tp_size} with EP {best.ep_size} (DEP)"
+                if best.layout.form == "DEP"
+                else f"replicas of TP {best.tp_size} (experts split by TP)"
+            )
+            + (
+                f", prefill on {best.layout.prefill_nodes} of {best.layout.num_nodes} nodes"
+                if best.layout.prefill_nodes
+                else ""
+            )
+            + f" serves {rate:g} requests/s "
             f"within TTFT p90 {ttft:g} s and TPOT p90 {tpot * 1e3:g} ms, "
             f"${best.result.dollars_per_million_output_tokens:.4g} per million output tokens"
         )
@@ -218,7 +233,7 @@ def _plan_serving(
         rows = [row(option) for option in options]
         if not rows:
             continue
-        columns, _ = fit_columns(list(rows[0]), rows, console.width, ("tok/s/GPU", "GPU"))
+        columns, _ = fit_columns(list(rows[0]), rows, console.width, ("seqs", "budget", "tok/s/GPU", "GPU"))
         table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
         for column in columns:
             table.add_column(column, justify="right", no_wrap=True)

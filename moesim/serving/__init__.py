@@ -5,8 +5,8 @@ get (`moesim serve`).
 the engine loop (`engine.run_engine`) with iteration times from the simulator (`iteration.IterationCost`), and
 reports time to first token, time per output token and end-to-end latency (50th, 90th, 99th percentiles), tokens
 per second and the cost per million output tokens, on one pool or with a disaggregated prefill pool
-(`serving.prefill_pool`), with two-batch overlap if asked. What is not modelled yet (the serving planner's issue):
-pipeline parallelism; the search over deployments is `moesim.serving.plan`.
+(`serving.prefill_pool`), with two-batch overlap if asked. Not modelled: pipeline parallelism. The search over
+deployments is `moesim.serving.plan`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """The serving planner: the cheapest deployment that serves a request rate within latency targets.
 
-For every GPU type, node count, attention tensor-parallel size and expert-parallel size that fits, the scenario's
-`serving` requests arrive at the given rate (Poisson) and are served as `moesim serve` serves them (fast network
-mode); a deployment qualifies when it keeps up with the rate and its 90th-percentile time to first token and time
-per output token meet the targets. Qualifying deployments rank by dollars per million output tokens; the Pareto
-front sets output tokens per second per GPU against the median time per output token. Disaggregated pools and
-pipeline parallelism are not searched yet.
+For every GPU type, node count and parallel form that fits -- data-parallel attention with expert parallelism
+("DEP": attention TP t, EP e) or plain tensor parallelism ("TP": replicas of t GPUs, experts split over them) --
+and, from two nodes up, every split of the nodes into a prefill pool and a decode pool, the scenario's `serving`
+requests arrive at the given rate (Poisson) and are served as `moesim serve` serves them (fast network mode). A
+deployment qualifies when it keeps up with the rate and its 90th-percentile time to first token and time per
+output token meet the targets. The cheapest few are then served again with other engine batch limits (token
+budget, sequences per engine). Qualifying deployments rank by dollars per million output tokens; the Pareto front
+sets output tokens per second per GPU against the median time per output token. Pipeline parallelism is not
+searched.
 """
 
 from __future__ import annotations
@@ -24,15 +27,49 @@ KEEPS_UP = 0.95
 grows without end; its latency targets catch the rest)."""
 
 
+BATCH_LIMITS = ((2048, 64), (2048, 256), (8192, 64), (8192, 256), (16384, 512))
+"""(token budget, sequences per engine) tried on the cheapest layouts, beside the scenario's own."""
+REFINED = 3
+"""Layouts whose batch limits are searched: the cheapest that qualify, else those with the lowest TPOT."""
+
+
 @dataclass(frozen=True)
-class ServingOption:
+class Layout:
+    """A deployment shape: GPU, nodes, attention TP, EP, form (DEP or TP) and the prefill pool's nodes (0: one
+    pool does both)."""
+
     gpu: str
     num_nodes: int
     tp_size: int
     ep_size: int
+    form: str = "DEP"
+    prefill_nodes: int = 0
+
+    @property
+    def split(self) -> str:
+        return f"{self.prefill_nodes}+{self.num_nodes - self.prefill_nodes}" if self.prefill_nodes else "-"
+
+
+@dataclass(frozen=True)
+class ServingOption:
+    layout: Layout
+    token_budget: int
+    max_running: int
     gpus: int
     result: ServingResult
     meets: bool
+
+    @property
+    def gpu(self) -> str:
+        return self.layout.gpu
+
+    @property
+    def tp_size(self) -> int:
+        return self.layout.tp_size
+
+    @property
+    def ep_size(self) -> int:
+        return self.layout.ep_size
 
 
 @dataclass(frozen=True)
@@ -43,16 +80,48 @@ class ServingPlan:
     best_achievable: Optional[ServingOption]  # the lowest TPOT p90 among those that keep up, targets or not
 
 
-def serving_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> Iterable[tuple[str, int, int, int]]:
-    """(GPU, nodes, attention TP, EP) that divide evenly: node counts in powers of two."""
+def serving_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> Iterable[Layout]:
+    """Layouts that divide evenly: node counts in powers of two; DEP (attention TP x EP) and TP (replicas of TP
+    GPUs, each expert split over them); from two nodes, prefill pools of powers of two up to half the nodes."""
     model, per_node = base.model, base.cluster.gpus_per_node
     nodes = [n for n in (2**i for i in range(16)) if n * per_node <= max_gpus]
     tps = [t for t in (1, 2, 4, 8) if per_node % t == 0 and model.num_attention_heads % t == 0]
     for gpu, node_count, tp in itertools.product(gpus, nodes, tps):
         world = node_count * per_node
-        for ep in (e for e in range(1, min(model.num_experts, world) + 1) if model.num_experts % e == 0):
-            if world % ep == 0:
-                yield gpu, node_count, tp, ep
+        splits = [0] + [p for p in (2**i for i in range(16)) if 2 * p <= node_count]
+        for prefill in splits:
+            decode_world = (node_count - prefill) * per_node
+            for ep in (e for e in range(1, min(model.num_experts, world) + 1) if model.num_experts % e == 0):
+                if decode_world % ep == 0:
+                    yield Layout(gpu, node_count, tp, ep, "DEP", prefill)
+            if tp > 1 and model.moe_intermediate_size % tp == 0:
+                yield Layout(gpu, node_count, tp, 1, "TP", prefill)
+
+
+def _overrides(layout: Layout, request_rate: float, price: float, budget: int, running: int) -> list[str]:
+    decode_nodes = layout.num_nodes - layout.prefill_nodes
+    pool = (
+        f"serving.prefill_pool={{num_nodes: {layout.prefill_nodes}, tp_size: {layout.tp_size}}}"
+        if layout.prefill_nodes
+        else "serving.prefill_pool=null"
+    )
+    return [
+        f"cluster.gpu={layout.gpu}",
+        f"cluster.num_nodes={decode_nodes}",
+        f"parallelism.tp_size={layout.tp_size}",
+        f"parallelism.ep_size={layout.ep_size}",
+        f"parallelism.expert_tp_size={layout.tp_size if layout.form == 'TP' else 1}",
+        "parallelism.dp_size=null",
+        "parallelism.pp_size=1",
+        "workload.global_batch_size=null",
+        "simulation.network_mode=fast",
+        "serving.arrival=poisson",
+        f"serving.request_rate={request_rate}",
+        pool,
+        f"serving.price_per_gpu_hour={price}",
+        f"serving.token_budget={budget}",
+        f"serving.max_running={running}",
+    ]
 
 
 def plan_serving(
@@ -65,41 +134,48 @@ def plan_serving(
     prices: Optional[dict[str, float]] = None,
     on_progress: Optional[Callable[[int, int], None]] = None,
 ) -> ServingPlan:
-    """Serve `request_rate` requests/s on every layout; rank those within the targets by cost."""
+    """Serve `request_rate` requests/s on every layout, then the cheapest with other batch limits; rank those within
+    the targets by cost."""
     if request_rate <= 0 or ttft_p90_s <= 0 or tpot_p90_s <= 0:
         raise MoesimError("--serve: the request rate and both latency targets must be positive")
     base = scenario_from_dict(document)
     check_choices(gpus, [], [], prices or {})
     prices = {**DEFAULT_PRICE_PER_GPU_HOUR, **(prices or {})}
     layouts = list(serving_layouts(base, gpus, max_gpus))
+    own = (base.serving.token_budget, base.serving.max_running)
+    total = len(layouts) + REFINED * len(BATCH_LIMITS)
     evaluated: list[ServingOption] = []
-    for index, (gpu, nodes, tp, ep) in enumerate(layouts):
-        overrides = [
-            f"cluster.gpu={gpu}",
-            f"cluster.num_nodes={nodes}",
-            f"parallelism.tp_size={tp}",
-            f"parallelism.ep_size={ep}",
-            "parallelism.dp_size=null",
-            "parallelism.pp_size=1",
-            "workload.global_batch_size=null",
-            "simulation.network_mode=fast",
-            "serving.arrival=poisson",
-            f"serving.request_rate={request_rate}",
-            "serving.prefill_pool=null",
-            f"serving.price_per_gpu_hour={prices.get(gpu, 3.0)}",
-        ]
+
+    def serve(layout: Layout, budget: int, running: int) -> None:
+        overrides = _overrides(layout, request_rate, prices.get(layout.gpu, 3.0), budget, running)
         try:
             result = simulate_serving(scenario_from_dict(document, overrides))
         except MoesimError:
-            result = None  # does not fit, or not a layout this model can take
-        if result is not None:
-            meets = (
-                result.busy_share <= KEEPS_UP and result.ttft_s[90] <= ttft_p90_s and result.tpot_s[90] <= tpot_p90_s
-            )
-            evaluated.append(ServingOption(gpu, nodes, tp, ep, result.gpus, result, meets))
+            return  # does not fit, or not a layout this model can take
+        meets = result.busy_share <= KEEPS_UP and result.ttft_s[90] <= ttft_p90_s and result.tpot_s[90] <= tpot_p90_s
+        latencies = (result.ttft_s, result.tpot_s)
+        if any(o.layout == layout and (o.result.ttft_s, o.result.tpot_s) == latencies for o in evaluated):
+            return  # batch limits that never bind at this rate: the same option again
+        evaluated.append(ServingOption(layout, budget, running, result.gpus, result, meets))
+
+    for index, layout in enumerate(layouts):
+        serve(layout, *own)
         if on_progress:
-            on_progress(index + 1, len(layouts))
-    options = sorted((o for o in evaluated if o.meets), key=lambda o: o.result.dollars_per_million_output_tokens)
+            on_progress(index + 1, total)
+    qualifying = sorted((o for o in evaluated if o.meets), key=lambda o: o.result.dollars_per_million_output_tokens)
+    nearest = sorted(
+        (o for o in evaluated if o.result.busy_share <= KEEPS_UP and not o.meets), key=lambda o: o.result.tpot_s[90]
+    )
+    for rank, option in enumerate((qualifying + nearest)[:REFINED]):
+        for step, (budget, running) in enumerate(BATCH_LIMITS):
+            if (budget, running) != own:
+                serve(option.layout, budget, running)
+            if on_progress:
+                on_progress(len(layouts) + rank * len(BATCH_LIMITS) + step + 1, total)
+    options = sorted(
+        (o for o in evaluated if o.meets),
+        key=lambda o: (o.result.dollars_per_million_output_tokens, o.result.tpot_s[90]),
+    )
     keeping_up = [o for o in evaluated if o.result.busy_share <= KEEPS_UP]
     best = min(keeping_up, key=lambda o: o.result.tpot_s[90], default=None)
     return ServingPlan(options, pareto_front(options), len(evaluated), best)
