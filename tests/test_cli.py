@@ -226,6 +226,7 @@ def test_output_fits_the_columns_asked_for_when_piped(tmp_path: Path) -> None:
         sweep,
         ["profiles", "show", "H200"],
         ["check", str(REPO / "scenarios" / "deepseek-v3-pretraining.yaml")],
+        ["check", str(REPO / "scenarios" / "mlperf-v4.1-mixtral-8x7b-dgx-h100.yaml")],  # 2 x 1,000 recorded lengths
     ):
         out = subprocess.run(
             [sys.executable, "-m", "moesim", *args],

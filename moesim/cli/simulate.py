@@ -47,7 +47,9 @@ def check(
         print_json(data)
         return
     typer.echo(f"# {scenario.name}: valid ({resolved.cluster.world_size} GPUs, model {resolved.model.name})")
-    typer.echo(yaml.safe_dump(data, sort_keys=False, width=console.width - 2), nl=False)  # long strings fold
+    dumper = _compact_lists_dumper()
+    # PyYAML breaks a line once it passes the width: leave room for the token that passes it
+    typer.echo(yaml.dump(data, Dumper=dumper, sort_keys=False, width=console.width - 8), nl=False)
 
 
 @app.command()
@@ -343,3 +345,19 @@ def serve(
     console.print(figures)
     for note in result.notes:
         console.print(f"[dim]note: {note}[/dim]")
+
+
+def _compact_lists_dumper() -> type:
+    """A YAML dumper that writes lists of plain values in flow style (recorded request lengths take a few lines,
+    not one line each); mappings stay in block style and long strings fold."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def represent_list(dumper: yaml.SafeDumper, values: list) -> yaml.Node:
+        flow = all(not isinstance(value, (dict, list)) for value in values)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", values, flow_style=flow)
+
+    Dumper.add_representer(list, represent_list)
+    return Dumper
