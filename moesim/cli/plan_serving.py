@@ -1,0 +1,116 @@
+"""`moesim plan --serve`: the cheapest serving deployment for a request rate within latency targets, printed."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from moesim.cli.common import console, fit_columns, print_json, progress_bar
+from moesim.errors import MoesimError
+
+
+def plan_serving_command(
+    document: dict,
+    request_rate: Optional[float],
+    ttft: float,
+    tpot: float,
+    gpus: list[str],
+    max_gpus: int,
+    prices: dict[str, float],
+    as_json: bool,
+) -> None:
+    """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
+
+    from moesim.scenario import scenario_from_dict
+    from moesim.serving.plan import plan_serving
+
+    rate = request_rate or scenario_from_dict(document).serving.request_rate
+    if rate is None:
+        raise MoesimError("--request-rate: give the requests/s to serve (or set serving.request_rate)")
+    with progress_bar("serving layouts", to_stderr=True, transient=as_json) as progress:
+        task = progress.add_task("layouts", total=None)
+        result = plan_serving(
+            document,
+            rate,
+            ttft,
+            tpot,
+            gpus,
+            max_gpus,
+            prices,
+            lambda done, total: progress.update(task, completed=done, total=total),
+        )
+
+    def row(option: Any) -> dict[str, str]:
+        r = option.result
+        return {
+            "GPUs": str(option.gpus),
+            "GPU": option.gpu,
+            "form": option.layout.form,
+            "TP": str(option.tp_size),
+            "EP": str(option.ep_size),
+            "split": option.layout.split,
+            "budget": f"{option.token_budget:,}",
+            "seqs": str(option.max_running),
+            "TTFT p90 s": f"{r.ttft_s[90]:.3g}",
+            "TPOT p90 ms": f"{r.tpot_s[90] * 1e3:.3g}",
+            "tok/s/GPU": f"{r.output_tokens_per_s_per_gpu:,.0f}",
+            "$/M tokens": f"{r.dollars_per_million_output_tokens:.4g}",
+        }
+
+    if as_json:
+        print_json(
+            {
+                "options": [{**row(o), "result": o.result.as_dict()} for o in result.options],
+                "evaluated": result.evaluated,
+            }
+        )
+        return
+    if result.options:
+        best = result.options[0]
+        console.print(
+            f"plan: {best.gpus} x {best.gpu}, "
+            + (
+                f"attention TP {best.tp_size} with EP {best.ep_size} (DEP)"
+                if best.layout.form == "DEP"
+                else f"replicas of TP {best.tp_size} (experts split by TP)"
+            )
+            + (
+                f", prefill on {best.layout.prefill_nodes} of {best.layout.num_nodes} nodes"
+                if best.layout.prefill_nodes
+                else ""
+            )
+            + f" serves {rate:g} requests/s "
+            f"within TTFT p90 {ttft:g} s and TPOT p90 {tpot * 1e3:g} ms, "
+            f"${best.result.dollars_per_million_output_tokens:.4g} per million output tokens"
+        )
+    else:
+        near = result.best_achievable
+        reach = (
+            f"; the lowest TPOT p90 that keeps up: {near.result.tpot_s[90] * 1e3:.3g} ms on {near.gpus} x {near.gpu}"
+            if near
+            else "; none keeps up with the rate"
+        )
+        console.print(f"no plan: none of {result.evaluated} layouts meets the targets{reach}")
+    for title, options in (
+        ("cheapest serving layouts", result.options[:5]),
+        ("Pareto front: throughput per GPU against TPOT", result.pareto),
+    ):
+        rows = [row(option) for option in options]
+        if not rows:
+            continue
+        columns, _ = fit_columns(list(rows[0]), rows, console.width, ("seqs", "budget", "tok/s/GPU", "GPU"))
+        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
+        for column in columns:
+            table.add_column(column, justify="right", no_wrap=True)
+        for item in rows:
+            table.add_row(*[item[column] for column in columns])
+        console.print(table)
+    console.print(
+        f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; "
+        "prices: $/GPU-hour assumptions unless --price is given[/dim]"
+    )
+    if not result.options:
+        raise typer.Exit(code=1)
