@@ -140,3 +140,16 @@ def progress_bar(title: str, *, described: bool = False, to_stderr: bool = False
         console=Console(stderr=True) if to_stderr else console,
         transient=transient,
     )
+
+
+def print_table(title: str, columns: list[str], rows: list[dict[str, str]]) -> None:
+    """Rows as a right-aligned table without edges (the one `fit_columns` measures), only `columns` shown."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*[row[column] for column in columns])
+    console.print(table)

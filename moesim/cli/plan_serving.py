@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
-from rich import box
-from rich.table import Table
 
-from moesim.cli.common import console, fit_columns, print_json, progress_bar
+from moesim.cli.common import console, fit_columns, print_json, print_table, progress_bar
 from moesim.errors import MoesimError
 
 
@@ -102,12 +100,7 @@ def plan_serving_command(
         if not rows:
             continue
         columns, _ = fit_columns(list(rows[0]), rows, console.width, ("seqs", "budget", "tok/s/GPU", "GPU"))
-        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
-        for column in columns:
-            table.add_column(column, justify="right", no_wrap=True)
-        for item in rows:
-            table.add_row(*[item[column] for column in columns])
-        console.print(table)
+        print_table(title, columns, rows)
     console.print(
         f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; "
         "prices: $/GPU-hour assumptions unless --price is given[/dim]"

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -21,6 +20,7 @@ from moesim.cli.common import (
     output_file,
     output_folder,
     print_json,
+    print_table,
     user_errors_exit_2,
 )
 from moesim.cli.plan_serving import plan_serving_command
@@ -126,12 +126,7 @@ def sweep(
         ]
         columns = [*heads, "step (s)", "tokens/s/GPU", "MFU", "drops", "memory (GB)"]
         shown, dropped = fit_columns(columns, cells, console.width, ("memory (GB)", "MFU", "drops"))
-        table = Table(title="sweep results (fastest first)", box=box.SIMPLE_HEAD, show_edge=False)
-        for column in shown:
-            table.add_column(column, justify="right", no_wrap=True)
-        for cell in cells:
-            table.add_row(*[cell[column] for column in shown])
-        console.print(table)
+        print_table("sweep results (fastest first)", shown, cells)
         if dropped:
             console.print(f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--json has them)[/dim]")
         if failed:
@@ -314,12 +309,7 @@ def plan_command(
         [name for name in PLAN_COLUMNS if name not in constant], every_row, console.width, PLAN_DROP_ORDER
     )
     for title, rows in rows_by_table:
-        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
-        for column in shown:
-            table.add_column(column, justify="right", no_wrap=True)
-        for row in rows:
-            table.add_row(*[row[name] for name in shown])
-        console.print(table)
+        print_table(title, shown, rows)
     if dropped:
         console.print(
             f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--json has every figure)[/dim]"
