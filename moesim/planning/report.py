@@ -187,7 +187,7 @@ def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, flo
 def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
     """Latency distributions of the `serving` requests, the throughput-latency curve over concurrency (what
     `moesim serve` reports) and where an iteration's time goes, or none with the reason in `notes`."""
-    from moesim.serving import concurrency_curve, simulate_serving
+    from moesim.serving import concurrency_curve, prefill_pool_scenario, simulate_serving
     from moesim.serving.engine import draw_lengths
     from moesim.serving.iteration import IterationCost
 
@@ -207,9 +207,18 @@ def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
     spec = scenario.serving
     context = float(np.mean(draw_lengths(spec.input_tokens, 64, np.random.default_rng(0))))
     width = 1 + spec.speculative_tokens
-    iterations = [(f"prefill, {spec.token_budget:,} tokens", cost.breakdown(spec.token_budget, context / 2, 0, 0))]
+    # a disaggregated scenario prefills on its prefill pool; before two-batch overlap hides what it hides
+    prefill_cost = IterationCost(prefill_pool_scenario(scenario)) if spec.prefill_pool else cost
+    pool = " (prefill pool)" if spec.prefill_pool else ""
+    overlap = ", before two-batch overlap" if spec.two_batch_overlap else ""
+    iterations = [
+        (
+            f"prefill{pool}, {spec.token_budget:,} tokens{overlap}",
+            prefill_cost.breakdown(spec.token_budget, context / 2, 0, 0),
+        )
+    ]
     for batch in sorted({1, max(1, int(served.mean_running))}):
-        label = f"decode, {batch} sequence{'s' if batch > 1 else ''}"
+        label = f"decode, {batch} sequence{'s' if batch > 1 else ''}{overlap}"
         iterations.append((label, cost.breakdown(0, 0, width * batch, context)))
     return {
         "Serving latency distributions": latency_cdf_plot(served.ttft_samples_s, served.tpot_samples_s),

@@ -144,6 +144,30 @@ def _pool_capacity(cost: "IterationCost", need: int) -> int:
     return capacity
 
 
+def prefill_pool_scenario(scenario: Scenario) -> Scenario:
+    """The disaggregated prefill pool as a scenario of its own: its nodes, EP (default: the scenario's, at most the
+    pool's GPUs) and TP, serving the same requests."""
+    from moesim.scenario import scenario_from_dict
+
+    pool = scenario.serving.prefill_pool
+    if pool is None:
+        raise MoesimError("serving.prefill_pool: this scenario has no prefill pool")
+    pool_gpus = pool.num_nodes * scenario.cluster.gpus_per_node
+    default_ep = min(scenario.parallelism.ep_size, pool_gpus // pool.tp_size)
+    return scenario_from_dict(
+        scenario.model_dump(mode="json"),
+        [
+            f"cluster.num_nodes={pool.num_nodes}",
+            f"parallelism.ep_size={pool.ep_size or default_ep}",
+            f"parallelism.tp_size={pool.tp_size}",
+            "parallelism.dp_size=null",
+            "workload.global_batch_size=null",
+            "serving.prefill_pool=null",
+            "serving.arrival=poisson",
+        ],
+    )
+
+
 def _disaggregated(scenario: Scenario) -> ServingResult:
     """Prefill and decode on separate pools. Poisson arrivals split evenly over a pool's ranks stay Poisson, so one
     rank of each pool is simulated at its share of the rate; the decode pool's arrivals are taken as Poisson too
@@ -156,23 +180,8 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
     from moesim.models import accounting
 
     spec = scenario.serving
-    pool = spec.prefill_pool
-    assert pool is not None
     document = scenario.model_dump(mode="json")
-    pool_gpus = pool.num_nodes * scenario.cluster.gpus_per_node
-    default_ep = min(scenario.parallelism.ep_size, pool_gpus // pool.tp_size)
-    prefill = scenario_from_dict(
-        document,
-        [
-            f"cluster.num_nodes={pool.num_nodes}",
-            f"parallelism.ep_size={pool.ep_size or default_ep}",
-            f"parallelism.tp_size={pool.tp_size}",
-            "parallelism.dp_size=null",
-            "workload.global_batch_size=null",
-            "serving.prefill_pool=null",
-            "serving.arrival=poisson",
-        ],
-    )
+    prefill = prefill_pool_scenario(scenario)
     decode = scenario_from_dict(document, ["serving.prefill_pool=null"])
     pools = []
     for pool_scenario, phase, need in (
