@@ -141,8 +141,10 @@ class Router:
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         if self.routed_scaling_factor != 1.0:
             weights = weights * self.routed_scaling_factor
-        if empty_by_rule or capacity is not None:
+        if empty_by_rule:
             weights = weights.masked_fill(kept < 0, 0.0)
+        elif capacity is not None:  # only capacity empties a slot: exactly the dropped ones (one kernel fewer)
+            weights = weights.masked_fill(dropped, 0.0)
         return Assignment(
             expert_ids=kept,
             weights=weights,
