@@ -115,34 +115,29 @@ def apply_capacity(
     Returns (kept_ids, dropped): kept_ids has -1 where a slot was dropped or empty;
     dropped marks the slots refused for capacity. `probs` ([tokens, k]) ranks
     assignments under the `probability` policy. Every slot is ranked (empty ones queue
-    behind all experts), so the shapes never depend on the data. Given `num_experts`, the
-    position policy sorts short keys, or off the CPU reads a small dense queue table.
+    behind all experts), so the shapes never depend on the data. The position policy sorts
+    short keys (the shortest when `num_experts` is given), or off the CPU, given
+    `num_experts`, reads a small dense queue table (empty slots there take place 0).
     """
     if capacity is None:
         return expert_ids, torch.zeros_like(expert_ids, dtype=torch.bool)
     if policy not in ("position", "probability"):
         raise ValueError(f"drop_policy must be 'position' or 'probability', got {policy!r}")
     num_tokens, slots = expert_ids.shape
-    device = expert_ids.device
-    if policy == "position" and num_experts is not None:
-        if expert_ids.device.type != "cpu" and num_tokens * slots * (num_experts + 1) <= DENSE_QUEUE_TABLE:
-            dropped = position_in_queue_dense(expert_ids, num_experts) > capacity  # empty slots: place 0
-        else:
-            dropped = (position_in_queue_sorted(expert_ids, num_experts) > capacity) & (expert_ids >= 0)
+    if policy == "position":
+        small_table = num_experts is not None and num_tokens * slots * (num_experts + 1) <= DENSE_QUEUE_TABLE
+        if small_table and expert_ids.device.type != "cpu":
+            dropped = position_in_queue_dense(expert_ids, num_experts) > capacity  # type: ignore[arg-type]
+        else:  # without the expert count, a spare key above every expert id
+            place = position_in_queue_sorted(expert_ids, num_experts if num_experts is not None else _NO_EXPERT - 2)
+            dropped = (place > capacity) & (expert_ids >= 0)
         return expert_ids.masked_fill(dropped, -1), dropped
     valid = (expert_ids >= 0).reshape(-1)
     flat_ids = torch.where(valid, expert_ids.reshape(-1), _NO_EXPERT)
-    bound = max(1, num_tokens * slots)
-    if policy == "position":
-        # slot-major order: every first choice before any second choice, then token order
-        slot = torch.arange(slots, device=device).repeat(num_tokens)
-        token = torch.arange(num_tokens, device=device).repeat_interleave(slots)
-        priority_rank = slot * num_tokens + token
-    else:
-        by_probability = torch.argsort(-probs.reshape(-1).float(), stable=True)
-        priority_rank = torch.empty_like(by_probability)
-        priority_rank[by_probability] = torch.arange(by_probability.numel(), device=device)
-    over = rank_within_expert(flat_ids, priority_rank, bound) >= capacity
+    by_probability = torch.argsort(-probs.reshape(-1).float(), stable=True)
+    priority_rank = torch.empty_like(by_probability)
+    priority_rank[by_probability] = torch.arange(by_probability.numel(), device=expert_ids.device)
+    over = rank_within_expert(flat_ids, priority_rank, max(1, num_tokens * slots)) >= capacity
     dropped = (over & valid).view(num_tokens, slots)
     kept = expert_ids.masked_fill(dropped, -1)
     return kept, dropped

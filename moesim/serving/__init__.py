@@ -98,7 +98,7 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         )
     if cost.two_modes:
         notes.append("DeepEP: normal kernels in iterations that prefill, low-latency kernels in decode-only ones")
-    dollars = spec.price_per_gpu_hour * gpus / (output * 3600) * 1e6 if output else float("inf")
+    dollars = _dollars_per_million(spec.price_per_gpu_hour, gpus, output)
     return ServingResult(
         _percentiles(ttft),
         _percentiles(tpot),
@@ -117,6 +117,11 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         ttft,
         tpot,
     )
+
+
+def _dollars_per_million(price_per_gpu_hour: float, gpus: int, output_tokens_per_s: float) -> float:
+    """Dollars per million output tokens of `gpus` GPUs at their hourly price."""
+    return price_per_gpu_hour * gpus / (output_tokens_per_s * 3600) * 1e6 if output_tokens_per_s else float("inf")
 
 
 def _counted(requests: list) -> list:  # type: ignore[type-arg]
@@ -210,7 +215,7 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
     gpus = prefill.cluster.world_size + decode.cluster.world_size
     output = sum(r.output_tokens for r in decode_run.requests) / decode_run.end_s * decode_ranks
     inputs = sum(r.input_tokens for r in prefill_run.requests) / prefill_run.end_s * prefill_ranks
-    dollars = spec.price_per_gpu_hour * gpus / (output * 3600) * 1e6 if output else float("inf")
+    dollars = _dollars_per_million(spec.price_per_gpu_hour, gpus, output)
     notes = [
         f"disaggregated: prefill on {prefill.cluster.world_size} GPUs ({prefill_ranks} ranks, "
         f"{prefill_run.busy_s / prefill_run.end_s:.0%} busy), decode on {decode.cluster.world_size} GPUs "

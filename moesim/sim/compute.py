@@ -270,10 +270,9 @@ class CostModel:
         reads the gradient, both halves and the activation, and writes both halves' gradients, 7 x inner. A fused
         kernel (`fused`, forward) reads both halves once and writes the product: 3 x inner (2 ungated)."""
         if fused and not backward:
-            return (
-                rows * (3 if gated else 2) * inner * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
-            )
-        passes = (7 if backward else 5) if gated else (3 if backward else 2)
+            passes = 3 if gated else 2
+        else:
+            passes = (7 if backward else 5) if gated else (3 if backward else 2)
         return rows * passes * inner * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
 
     def experts_ffn_backward_seconds(
