@@ -30,7 +30,7 @@ print(device_name(torch.device('cuda' if torch.cuda.is_available() else 'cpu'), 
 mkdir -p "$out/$device"
 status=0  # each step runs even if one before it failed; the exit status says whether all passed
 echo "== device tests on $device"
-$PYTHON -m pytest -q -p no:cacheprovider tests/test_routing_devices.py tests/test_executor.py tests/test_model_routers.py \
+$PYTHON -m pytest -q -p no:cacheprovider tests/test_routing_devices.py tests/test_fused_routing.py tests/test_executor.py tests/test_model_routers.py \
   2>&1 | tee "$out/$device/tests.log" || status=1
 echo "== executor benchmark"
 { echo '```'; $PYTHON benchmarks/executor.py --out "$out/$device/benchmark-executor.json"; echo '```'; } \

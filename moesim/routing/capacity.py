@@ -10,11 +10,13 @@ Two drop policies, as Megatron-Core names them:
 * `probability`: an expert keeps the assignments with the highest router probability
   (batch-prioritised routing, Riquelme et al. 2021).
 
-Three ways to find each assignment's place in its expert's queue, with the same answer:
+Several ways to find each assignment's place in its expert's queue, with the same answer:
 a sort of a combined (expert, priority) key for the probability policy; for the position
 policy a stable sort of the expert ids alone in slot-major order (short keys), or off the
 CPU, while its table stays small (`DENSE_QUEUE_TABLE`), GShard's dense way: an
-[experts, slots x tokens] table of hits summed along the tokens, with no sort at all.
+[experts, slots x tokens] table of hits summed along the tokens, with no sort at all; on
+a GPU with Triton, one kernel that counts each expert's hits in that order and writes the
+drops directly (`moesim.routing.fused`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import math
 from typing import Optional
 
 import torch
+
+from moesim.routing import fused
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: Optional[float]) -> Optional[int]:
@@ -125,6 +129,10 @@ def apply_capacity(
         raise ValueError(f"drop_policy must be 'position' or 'probability', got {policy!r}")
     num_tokens, slots = expert_ids.shape
     if policy == "position":
+        if num_experts is not None and fused.available(expert_ids):
+            result = fused.queue_drops_fused(expert_ids, num_experts, capacity)
+            if result is not None:
+                return result
         small_table = num_experts is not None and num_tokens * slots * (num_experts + 1) <= DENSE_QUEUE_TABLE
         if small_table and expert_ids.device.type != "cpu":
             dropped = position_in_queue_dense(expert_ids, num_experts) > capacity  # type: ignore[arg-type]
