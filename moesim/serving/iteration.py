@@ -30,9 +30,9 @@ class IterationCost:
 
     scenario: Scenario
     _grid: list[int] = field(default_factory=list)
-    _pass_s: list[float] = field(default_factory=list)
+    _pass_s: list[tuple[float, float]] = field(default_factory=list)
     _attention_cache: dict[tuple[int, int, bool], float] = field(default_factory=dict)
-    _decode_grid: list[float] = field(default_factory=list)
+    _decode_grid: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         document = self.scenario.model_dump(mode="json")
@@ -55,23 +55,30 @@ class IterationCost:
             else self._base
         )
 
-    def _pass_without_attention(self, tokens: int, scenario: Scenario | None = None) -> float:
-        """The forward pass at `tokens` tokens per rank without its attention; with `serving.two_batch_overlap`
-        two half batches whose collectives run under each other's compute (SGLang's and DeepSeek's two-batch
-        overlap): per half, compute c (stretched by the SMs communication holds) and collectives m, interleaved
-        layer by layer, the pair takes max(2c, 2m) plus one layer's lead-in, min(c, m) / layers."""
+    def _pass_without_attention(self, tokens: int, scenario: Scenario | None = None) -> tuple[float, float]:
+        """The forward pass at `tokens` tokens per rank without its attention, as (compute, collectives) seconds.
+        With `serving.two_batch_overlap`, those of one half batch (its compute stretched by the SMs communication
+        holds), to be interleaved with the other half's by `_overlapped`; without, the whole pass as compute."""
         scenario = scenario or self._base
-        if not self.scenario.serving.two_batch_overlap or tokens < 2:
+        overlap = self.scenario.serving.two_batch_overlap
+        if not overlap or tokens < 2:  # one token cannot be split: as two halves with nothing to overlap
             stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens, 1, False, False)
-            return sum(stages.forward_s) - sum(busy.get("attention", 0.0) for busy in stages.busy)
+            whole = sum(stages.forward_s) - sum(busy.get("attention", 0.0) for busy in stages.busy)
+            return (whole / 2 if overlap else whole), 0.0
         from moesim.sim.step import comm_stretch
 
-        half = tokens // 2
-        stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, half, 1, False, False)
+        stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens // 2, 1, False, False)
         collectives = sum(forward for forward, _ in stages.comm_s)
         compute = (sum(stages.forward_s) - collectives) * comm_stretch(scenario)
-        compute -= sum(busy.get("attention", 0.0) for busy in stages.busy)
-        return max(2 * compute, 2 * collectives) + min(compute, collectives) / max(1, len(self.plan.layers))
+        return compute - sum(busy.get("attention", 0.0) for busy in stages.busy), collectives
+
+    def _overlapped(self, compute: float, collectives: float, attention: float) -> float:
+        """Two half batches (SGLang's and DeepSeek's two-batch overlap): each half's compute, its attention
+        included (DeepSeek runs one micro-batch's attention while the other's combine is in flight, and splits
+        attention evenly between the halves), runs under the other half's collectives, layer by layer: the pair
+        takes max(2c, 2m) plus one layer's lead-in, min(c, m) / layers."""
+        half = compute + attention / 2
+        return max(2 * half, 2 * collectives) + min(half, collectives) / max(1, len(self.plan.layers))
 
     def _attention(self, tokens: float, context: float, decode: bool) -> float:
         """Every layer's attention for `tokens` tokens at `context` (contexts rounded to 64 tokens: kept once)."""
@@ -99,14 +106,17 @@ class IterationCost:
             self._grid = sorted({2**power for power in range(int(np.log2(top)) + 1)} | {top})
             self._pass_s = [self._pass_without_attention(tokens) for tokens in self._grid]
             self._decode_grid = [self._pass_without_attention(tokens, self._decode_base) for tokens in self._grid]
-        passes = self._decode_grid if prefill_tokens == 0 else self._pass_s
-        body = float(np.interp(total, self._grid, passes))
-        return (
-            body
-            + self._attention(prefill_tokens, prefill_context, False)
-            + self._attention(decode_tokens, decode_context, True)
-            + self.draft_seconds(drafts, decode_context)
+        grid = self._decode_grid if prefill_tokens == 0 else self._pass_s
+        compute = float(np.interp(total, self._grid, [c for c, _ in grid]))
+        collectives = float(np.interp(total, self._grid, [m for _, m in grid]))
+        attention = self._attention(prefill_tokens, prefill_context, False) + self._attention(
+            decode_tokens, decode_context, True
         )
+        if self.scenario.serving.two_batch_overlap:
+            body = self._overlapped(compute, collectives, attention)
+        else:
+            body = compute + attention
+        return body + self.draft_seconds(drafts, decode_context)
 
     def breakdown(self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float) -> dict:
         """Where one iteration's time goes, seconds by phase: the pass at its token count, phase by phase (each
@@ -134,7 +144,9 @@ class IterationCost:
             return 0.0
         sequences = drafts / steps
         model, layers = self._base.model, max(1, len(self.plan.layers))
-        layer = float(np.interp(sequences, self._grid, self._decode_grid or self._pass_s)) / layers
+        overlap = self.scenario.serving.two_batch_overlap
+        passes = [self._overlapped(c, m, 0.0) if overlap else c for c, m in self._decode_grid or self._pass_s]
+        layer = float(np.interp(sequences, self._grid, passes)) / layers
         attention = self._attention(sequences, context, True) / layers
         head = float(self.cost.gemm_seconds(max(1, int(round(sequences))), model.hidden_size, model.vocab_size))
         return steps * (layer + attention + head)
