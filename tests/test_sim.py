@@ -461,9 +461,9 @@ def test_chunked_prefill_bounds_activations_and_keeps_the_prefill_work() -> None
 
 
 def test_deepseek_places_256_experts_and_32_redundant_copies_on_144_ranks() -> None:
-    """DeepSeek's decode unit: EP 144 does not divide 256 experts; homes differ by at most one expert a rank, and the
-    32 redundant copies of the hottest experts go to the least loaded ranks (balancing load, not weights: DeepSeek's
-    EPLB also keeps two experts a GPU, which this greedy placement does not enforce)."""
+    """DeepSeek's decode unit: EP 144 does not divide 256 experts; homes differ by at most one expert a rank. With
+    the 32 redundant copies EPLB places 288 copies two a GPU, heaviest first on the least loaded GPU: the hottest
+    experts get the copies, and the busiest GPU carries no more than the heaviest copy plus the lightest one."""
     from moesim.cluster.placement import Placement
 
     placement = Placement(256, 144)
@@ -474,8 +474,12 @@ def test_deepseek_places_256_experts_and_32_redundant_copies_on_144_ranks() -> N
         placement.experts_per_rank
     load = np.linspace(2.0, 1.0, 256)  # hotter experts first
     balanced = placement.with_hot_replicas(load, 32)
-    assert balanced.copies_per_rank.sum() == 288
-    assert (load @ balanced.shares()).max() < (load @ placement.shares()).max()
+    assert balanced.copies_per_rank.sum() == 288 and set(balanced.copies_per_rank.tolist()) == {2}
+    copies = (balanced.shares() > 0).sum(axis=1)
+    assert copies[:32].tolist() == [2] * 32 and copies[32:].max() == 1  # the 32 hottest experts are replicated
+    rank_load = load @ balanced.shares()
+    assert rank_load.max() < (load @ placement.shares()).max()
+    assert rank_load.max() <= (load / copies).max() + (load / copies).min() + 1e-9
     document = {
         "model": "deepseek-v3",
         "cluster": {"preset": "hgx-h800", "num_nodes": 18},

@@ -3,10 +3,12 @@
 Without replicas the placement is contiguous: rank r holds experts
 [r x E/ep, (r+1) x E/ep), as Megatron-Core and DeepSpeed do (rounded, when ep does not
 divide E and redundant copies fill the ranks up). With `redundant_slots`
-(DeepSeek-V3's redundant experts for inference, EPLB), the hottest experts get extra
-copies: each extra slot goes to the expert with the highest load per copy, and each
-copy to the rank with the least load so far; tokens of a replicated expert are split
-evenly over its copies.
+(DeepSeek-V3's redundant experts for inference), experts are placed as DeepSeek's EPLB
+places them (its `eplb.py`, global policy): each extra slot goes to the expert with the
+highest load per copy, then every copy, heaviest first, goes to the least loaded rank
+that still has a free slot, so every rank holds the same number of copies (one more on
+some when ep does not divide them); tokens of a replicated expert are split evenly over
+its copies.
 """
 
 from __future__ import annotations
@@ -63,24 +65,33 @@ class Placement:
         return (self.shares() > 0).sum(axis=0)
 
     def with_hot_replicas(self, expert_load: np.ndarray, redundant_slots: int) -> "Placement":
-        """A placement with `redundant_slots` extra copies of the hottest experts."""
+        """EPLB's placement with `redundant_slots` extra copies of the hottest experts (see the module docstring);
+        a rank never holds two copies of one expert, and an expert has at most one copy a rank."""
+        load = np.asarray(expert_load, dtype=float)
         copies = np.ones(self.num_experts, dtype=int)
-        holders = [[int(rank)] for rank in self.expert_rank.numpy()]
-        rank_load = np.bincount(self.expert_rank.numpy(), weights=expert_load, minlength=self.ep_size).astype(float)
         for _ in range(redundant_slots):  # slots, not tokens
-            expert = int(np.argmax(expert_load / copies))
-            before = expert_load[expert] / copies[expert]
-            copies[expert] += 1
-            after = expert_load[expert] / copies[expert]
-            for rank in holders[expert]:
-                rank_load[rank] -= before - after
-            candidates = [rank for rank in np.argsort(rank_load, kind="stable") if rank not in holders[expert]]
-            if not candidates:
-                copies[expert] -= 1
+            per_copy = np.where(copies < self.ep_size, load / copies, -np.inf)
+            if not np.isfinite(per_copy).any():
                 break
-            target = int(candidates[0])
-            holders[expert].append(target)
-            rank_load[target] += after
+            copies[int(np.argmax(per_copy))] += 1
+        total = int(copies.sum())
+        free = np.full(self.ep_size, total // self.ep_size)
+        free[: total % self.ep_size] += 1
+        rank_load = np.zeros(self.ep_size)
+        holders: list[list[int]] = [[] for _ in range(self.num_experts)]
+        weights = np.repeat(load / copies, copies)
+        owners = np.repeat(np.arange(self.num_experts), copies)
+        for index in np.argsort(-weights, kind="stable"):  # copies, heaviest first
+            expert = int(owners[index])
+            open_ranks = free > 0
+            open_ranks[holders[expert]] = False
+            if not open_ranks.any():  # only ranks that hold it have room: give them the copy's share
+                open_ranks = free > 0
+            rank = int(np.argmin(np.where(open_ranks, rank_load, np.inf)))
+            free[rank] -= 1
+            rank_load[rank] += weights[index]
+            if rank not in holders[expert]:
+                holders[expert].append(rank)
         share = np.zeros((self.num_experts, self.ep_size))
         for expert, ranks in enumerate(holders):
             share[expert, ranks] = 1.0 / len(ranks)

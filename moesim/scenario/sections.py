@@ -341,7 +341,8 @@ class SimulationSpec(_Section):
     redundant_experts: int = Field(
         0,
         ge=0,
-        description="Extra copies of the hottest experts spread over the EP ranks (DeepSeek-V3 EPLB); 0 = none.",
+        description="Extra copies of the hottest experts; all copies placed as DeepSeek's EPLB does (equal copies a "
+        "rank, heaviest on the least loaded); 0 = none.",
     )
     bias_warmup_steps: int = Field(
         40,
