@@ -63,6 +63,11 @@ def test_the_search_splits_nodes_into_prefill_and_decode_pools_and_tries_tensor_
     assert all(layout.ep_size == 1 and layout.tp_size > 1 for layout in layouts if layout.form == "TP")
     # a decode pool's EP divides the decode pool's GPUs
     assert all(((layout.num_nodes - layout.prefill_nodes) * 8) % layout.ep_size == 0 for layout in layouts)
+    # a prefill pool of two nodes tries its EP within a node (8) and across the pool (16); of one node, once
+    wider = list(serving_layouts(scenario_from_dict(OLMOE), ["H100-SXM"], 32))
+    assert {o.prefill_ep for o in wider if o.split == "2+2" and o.form == "DEP" and o.tp_size == 1} == {8, 16}
+    assert {o.prefill_ep for o in wider if o.split == "1+3" and o.form == "DEP" and o.tp_size == 1} == {8}
+    assert {o.prefill_ep for o in wider if o.split == "2+2" and o.form == "DEP" and o.tp_size == 2} == {4, 8}
     plan = plan_serving(OLMOE, 40.0, ttft_p90_s=1.0, tpot_p90_s=0.05, gpus=["H100-SXM"], max_gpus=16)
     served = {(o.layout.form, o.layout.split) for o in plan.options}
     assert ("DEP", "1+1") in served and ("TP", "-") in served

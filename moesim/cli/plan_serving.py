@@ -48,7 +48,7 @@ def plan_serving_command(
             "GPU": option.gpu,
             "form": option.layout.form,
             "TP": str(option.tp_size),
-            "EP": str(option.ep_size),
+            "EP": option.layout.ep_label,
             "split": option.layout.split,
             "budget": f"{option.token_budget:,}",
             "seqs": str(option.max_running),
@@ -77,6 +77,7 @@ def plan_serving_command(
             )
             + (
                 f", prefill on {best.layout.prefill_nodes} of {best.layout.num_nodes} nodes"
+                f" (EP {best.layout.prefill_ep})"
                 if best.layout.prefill_nodes
                 else ""
             )

@@ -2,7 +2,8 @@
 
 For every GPU type, node count and parallel form that fits -- data-parallel attention with expert parallelism
 ("DEP": attention TP t, EP e) or plain tensor parallelism ("TP": replicas of t GPUs, experts split over them) --
-and, from two nodes up, every split of the nodes into a prefill pool and a decode pool, the scenario's `serving`
+and, from two nodes up, every split of the nodes into a prefill pool and a decode pool (the prefill pool's EP
+within a node, NVLink only, or across the pool), the scenario's `serving`
 requests arrive at the given rate (Poisson) and are served as `moesim serve` serves them (fast network mode). A
 deployment qualifies when it keeps up with the rate and its 90th-percentile time to first token and time per
 output token meet the targets. The cheapest few are then served again with other engine batch limits (token
@@ -44,10 +45,17 @@ class Layout:
     ep_size: int
     form: str = "DEP"
     prefill_nodes: int = 0
+    prefill_ep: int = 0
+    """The prefill pool's EP (0: the scenario's default, the decode pool's at most the pool's GPUs)."""
 
     @property
     def split(self) -> str:
         return f"{self.prefill_nodes}+{self.num_nodes - self.prefill_nodes}" if self.prefill_nodes else "-"
+
+    @property
+    def ep_label(self) -> str:
+        """EP as the table shows it: the prefill pool's + the decode pool's where the nodes are split."""
+        return f"{self.prefill_ep}+{self.ep_size}" if self.prefill_ep else str(self.ep_size)
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,15 @@ class ServingPlan:
     best_achievable: Optional[ServingOption]  # the lowest TPOT p90 among those that keep up, targets or not
 
 
+def _widest_ep(num_experts: int, ranks: int) -> int:
+    """The largest EP that divides the experts and the attention ranks it spans."""
+    return max(e for e in range(1, min(num_experts, ranks) + 1) if num_experts % e == 0 and ranks % e == 0)
+
+
 def serving_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> Iterable[Layout]:
     """Layouts that divide evenly: node counts in powers of two; DEP (attention TP x EP) and TP (replicas of TP
-    GPUs, each expert split over them); from two nodes, prefill pools of powers of two up to half the nodes."""
+    GPUs, each expert split over them); from two nodes, prefill pools of powers of two up to half the nodes, a
+    DEP prefill pool with its EP within one node or across the whole pool."""
     model, per_node = base.model, base.cluster.gpus_per_node
     nodes = [n for n in (2**i for i in range(16)) if n * per_node <= max_gpus]
     tps = [t for t in (1, 2, 4, 8) if per_node % t == 0 and model.num_attention_heads % t == 0]
@@ -91,17 +105,24 @@ def serving_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> Itera
         splits = [0] + [p for p in (2**i for i in range(16)) if 2 * p <= node_count]
         for prefill in splits:
             decode_world = (node_count - prefill) * per_node
+            prefill_eps = sorted(
+                {_widest_ep(model.num_experts, per_node // tp), _widest_ep(model.num_experts, prefill * per_node // tp)}
+                if prefill
+                else {0}
+            )
             for ep in (e for e in range(1, min(model.num_experts, world) + 1) if model.num_experts % e == 0):
                 if decode_world % ep == 0:
-                    yield Layout(gpu, node_count, tp, ep, "DEP", prefill)
+                    for prefill_ep in prefill_eps:
+                        yield Layout(gpu, node_count, tp, ep, "DEP", prefill, prefill_ep)
             if tp > 1 and model.moe_intermediate_size % tp == 0:
                 yield Layout(gpu, node_count, tp, 1, "TP", prefill)
 
 
 def _overrides(layout: Layout, request_rate: float, price: float, budget: int, running: int) -> list[str]:
     decode_nodes = layout.num_nodes - layout.prefill_nodes
+    pool_ep = f", ep_size: {layout.prefill_ep}" if layout.prefill_ep else ""
     pool = (
-        f"serving.prefill_pool={{num_nodes: {layout.prefill_nodes}, tp_size: {layout.tp_size}}}"
+        f"serving.prefill_pool={{num_nodes: {layout.prefill_nodes}, tp_size: {layout.tp_size}{pool_ep}}}"
         if layout.prefill_nodes
         else "serving.prefill_pool=null"
     )
