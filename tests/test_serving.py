@@ -25,6 +25,7 @@ def test_one_request_at_a_time_follows_the_iterations() -> None:
     # nine more tokens, one decode iteration each (10.1 ms), then the next request starts
     assert first.finish_s == pytest.approx(1.010 + 9 * 0.0101)
     assert run.requests[1].arrival_s == pytest.approx(first.finish_s) and run.iterations == 3 * 10
+    assert run.mean_running == pytest.approx(1.0) and run.peak_running == 1
 
 
 def test_long_prompts_are_prefilled_in_chunks_and_decodes_go_first() -> None:
@@ -45,6 +46,8 @@ def test_the_kv_cache_limits_the_running_batch() -> None:
     roomy = run_engine(spec, linear, kv_capacity_tokens=10**6, ranks=1)
     tight = run_engine(spec, linear, kv_capacity_tokens=2 * 1100, ranks=1)
     assert roomy.peak_running == 8 and tight.peak_running == 2 and tight.kv_limited_iterations > 0
+    # all eight prefill in one iteration and finish together; two at a time, in pairs: the time-weighted means
+    assert roomy.mean_running == pytest.approx(8.0) and tight.mean_running == pytest.approx(2.0)
     assert tight.end_s > roomy.end_s
 
 

@@ -42,7 +42,8 @@ class ServingResult:
     dollars_per_million_output_tokens: float
     attention_ranks: int
     gpus: int
-    mean_running: float
+    mean_running: float  # sequences an engine runs on average while busy (the decode pool's when disaggregated)
+    peak_running: int
     kv_capacity_tokens: int
     notes: list[str] = field(default_factory=list)
     busy_share: float = 0.0  # of the simulated rank's time (the decode pool's when disaggregated)
@@ -110,6 +111,7 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
         dollars,
         ranks,
         gpus,
+        run.mean_running,
         run.peak_running,
         capacity,
         notes,
@@ -235,6 +237,7 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
         dollars,
         prefill_ranks + decode_ranks,
         gpus,
+        decode_run.mean_running,
         decode_run.peak_running,
         decode_capacity,
         notes,

@@ -44,6 +44,12 @@ class EngineRun:
     peak_running: int
     kv_limited_iterations: int = 0
     notes: list[str] = field(default_factory=list)
+    running_seconds: float = 0.0  # sequences running x seconds, summed over iterations
+
+    @property
+    def mean_running(self) -> float:
+        """Sequences running on average while the engine is busy (time-weighted)."""
+        return self.running_seconds / self.busy_s if self.busy_s > 0 else 0.0
 
 
 def draw_lengths(length: Length, count: int, rng: np.random.Generator) -> list[int]:
@@ -90,7 +96,7 @@ def run_engine(
     pending = deque(requests)  # not yet arrived (or, closed loop, not yet released)
     waiting: deque[Request] = deque()
     running: list[Request] = []
-    now = busy = 0.0
+    now = busy = running_seconds = 0.0
     iterations = peak = kv_limited = 0
     kv_used = 0
     in_system = 0
@@ -138,6 +144,7 @@ def run_engine(
         )
         now += seconds
         busy += seconds
+        running_seconds += seconds * len(running)
         iterations += 1
         peak = max(peak, len(running))
         for request in decoding:
@@ -153,4 +160,4 @@ def run_engine(
             running.remove(request)
             kv_used -= keeps(request)
             in_system -= 1
-    return EngineRun(requests, iterations, busy, now, peak, kv_limited)
+    return EngineRun(requests, iterations, busy, now, peak, kv_limited, running_seconds=running_seconds)
