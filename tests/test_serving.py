@@ -313,3 +313,28 @@ def test_fused_kernels_move_each_permutation_once_through_memory() -> None:
     assert fused.phase_seconds["prefill/unpermute"] == pytest.approx(layers * one_pass)
     assert eager.phase_seconds["prefill/unpermute"] > 2 * fused.phase_seconds["prefill/unpermute"]
     assert "fused kernels" in fused.sources["prefill/permute"]
+
+
+def test_the_published_operating_point_times_its_iterations_and_the_wait_for_them() -> None:
+    """Prompts prefilled whole in the iteration after they arrive: TTFT is the mean residual of the iterations in
+    flight, E[t^2] / (2 E[t]), plus the iteration that prefills the prompt, whose length is weighted by the prompts
+    it holds. Closed forms for a fixed iteration (1.5 t) and for t = a + b x prompts, prompts ~ Poisson(m)."""
+    from moesim.validation.published_serving import iterations_at_operating_point
+
+    class Fixed:
+        def seconds(self, prefill: int, context: float, decode: int, decode_context: float) -> float:
+            return 0.05
+
+    step, first_token = iterations_at_operating_point(Fixed(), 40.0, 100, [500], 100, 0.1, samples=200)
+    assert step == pytest.approx(0.05) and first_token == pytest.approx(0.075)
+
+    class Linear:
+        def seconds(self, prefill: int, context: float, decode: int, decode_context: float) -> float:
+            return 0.01 + 2e-5 * prefill  # 10 ms, and 10 ms a 500-token prompt
+
+    a, b, m = 0.01, 0.01, 40.0 * 0.1  # prompts per iteration: Poisson with mean 4
+    step, first_token = iterations_at_operating_point(Linear(), 40.0, 100, [500], 100, 0.1, samples=40000)
+    mean = a + b * m
+    second = mean**2 + b * b * m
+    assert step == pytest.approx(mean, rel=0.01)
+    assert first_token == pytest.approx(second / (2 * mean) + a + b * (1 + m), rel=0.01)

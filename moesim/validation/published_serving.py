@@ -4,7 +4,7 @@ Two public deployments, each with its scenario in `scenarios/`:
 
 * MLPerf Inference v4.1, Mixtral 8x7B on one DGX H100 (NVIDIA, closed division): Offline tokens/s (every query
   there at once), and Server tokens/s, the highest Poisson rate whose TTFT and TPOT stay within MLPerf's 99th
-  percentile bounds (2 s, 200 ms) over MLPerf's ten minutes; the mean TTFT and TPOT at the operating point the
+  percentile bounds (2 s, 200 ms) over MLPerf's ten minutes; the mean TTFT and TPOT on the iterations the
   published figures imply (Little's law), as for DeepSeek's decode.
 * DeepSeek-V3/R1 as DeepSeek serves it on H800 (open-infra-index, 2025-03-01): a decode node's output tokens/s
   and a user's tokens/s at the batch those two figures imply, and a prefill node's input tokens/s.
@@ -17,6 +17,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import numpy as np
 
 from moesim.scenario import Scenario, load_scenario
 
@@ -66,20 +68,36 @@ def _highest_rate(meets: Callable[[float], bool], low: float, high: float, steps
     return low
 
 
-def step_at_operating_point(
-    cost: Any, requests_per_s: float, running: int, mean_input: float, mean_output: float
-) -> float:
-    """Seconds of one engine iteration with `running` sequences decoding and the prompts arriving at
-    `requests_per_s` during the iteration prefilled whole in it (a fixed point: the longer the iteration, the
-    more prompts it takes)."""
-    step = 0.1
-    for _ in range(50):
-        prefill = requests_per_s * mean_input * step
-        new = cost.seconds(round(prefill), mean_input / 2, running, mean_input + mean_output / 2)
-        if abs(new - step) < 1e-6:
-            return new
-        step = new
-    return step
+def iterations_at_operating_point(
+    cost: Any,
+    requests_per_s: float,
+    running: int,
+    inputs: list[int],
+    mean_output: float,
+    iteration_s: float,
+    samples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Mean iteration and mean TTFT (seconds) of an in-flight batching engine that prefills each prompt whole in
+    the iteration after it arrives (TensorRT-LLM without chunked context), on the iterations a published operating
+    point implies: `running` sequences decoding, and the prompts that arrive at `requests_per_s` during one
+    published iteration (`iteration_s`), lengths drawn from `inputs`. moesim's cost model times each sampled
+    iteration. A request waits for the iteration in flight (the mean residual of the iterations' lengths, longer
+    ones more likely met) and then for the iteration that prefills it (those with more prompts more likely)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(inputs)
+    decode_context = float(lengths.mean()) + mean_output / 2
+    times, prompts = [], []
+    for _ in range(samples):
+        drawn = rng.choice(lengths, size=rng.poisson(requests_per_s * iteration_s))
+        tokens = int(drawn.sum())
+        context = float((drawn * drawn / 2).sum() / tokens) if tokens else 0.0  # causal: half its own prompt
+        times.append(cost.seconds(tokens, context, running, decode_context))
+        prompts.append(len(drawn))
+    seconds, count = np.asarray(times), np.asarray(prompts)
+    residual = float((seconds**2).mean() / (2 * seconds.mean()))
+    own = float((seconds * count).sum() / max(1, count.sum()))
+    return float(seconds.mean()), residual + own
 
 
 def mlperf_figures() -> list[ServingFigure]:
@@ -119,24 +137,21 @@ def mlperf_figures() -> list[ServingFigure]:
     )
     gpus = offline_scenario.cluster.world_size
     inputs = spec.input_tokens if isinstance(spec.input_tokens, list) else [spec.input_tokens]
-    mean_input = statistics.mean(inputs)
     published_rate = MLPERF_SERVER_TOKENS_PER_S / mean_output / gpus  # requests/s a GPU
     published_running = round(MLPERF_SERVER_TOKENS_PER_S / gpus * MLPERF_MEAN_TPOT_S)  # Little's law
-    step = step_at_operating_point(cost, published_rate, published_running, mean_input, mean_output)
+    step, first_token = iterations_at_operating_point(
+        cost, published_rate, published_running, inputs, mean_output, MLPERF_MEAN_TPOT_S
+    )
     own_ttft, own_tpot = statistics.mean(server.ttft_samples_s), statistics.mean(server.tpot_samples_s)
     point = (
-        f"at the operating point the published figures imply: {published_running} sequences decoding a GPU "
-        f"(Little's law: {MLPERF_SERVER_TOKENS_PER_S / gpus:,.0f} tokens/s x 102.6 ms) and the prompts arriving at "
-        f"NVIDIA's rate ({published_rate:.1f} a second a GPU) prefilled whole in the iteration after they arrive "
-        "(TensorRT-LLM's in-flight batching without chunked context, as the next round's config states): moesim's "
-        f"iteration is {step * 1e3:.1f} ms. TPOT is one iteration; TTFT half an iteration's wait for the one in "
-        "flight, then the iteration that prefills it. So moesim's iteration of ~650 decodes and ~1,300 prompt "
-        f"tokens is {1 - step / MLPERF_MEAN_TPOT_S:.0%} shorter than NVIDIA's measured one, while Offline, at "
-        "larger iterations, is 13% high: a cost at this size that moesim misses and the source does not show "
-        "(TensorRT-LLM's host work per iteration for ~650 sequences, or its 2024 FP8 MoE kernels against the "
-        "2026 ones measured here, are candidates). Near saturation the means amplify any such error (TPOT grows as "
-        f"1 / (1 - load)): at moesim's own Server rate its means are {own_ttft * 1e3:.0f} ms and "
-        f"{own_tpot * 1e3:.1f} ms; "
+        f"on the iterations the published figures imply: {published_running} sequences decoding a GPU (Little's "
+        f"law: {MLPERF_SERVER_TOKENS_PER_S / gpus:,.0f} tokens/s x 102.6 ms) and the prompts arriving at NVIDIA's "
+        f"rate ({published_rate:.1f} a second a GPU) during one 102.6 ms iteration, each prefilled whole in the "
+        "iteration after it arrives (TensorRT-LLM's in-flight batching without chunked context, as the next "
+        f"round's config states), timed by moesim's cost model: its mean iteration is {step * 1e3:.1f} ms (TPOT); "
+        "TTFT adds the wait for the iteration in flight. At moesim's own Server rate its means are "
+        f"{own_ttft * 1e3:.0f} ms and {own_tpot * 1e3:.1f} ms: near capacity the means grow as 1 / (1 - load), "
+        "so they amplify any error in the engine's capacity (Offline 13% high) several-fold; "
     )
     return [
         ServingFigure(label, "Offline", "output tokens/s", 52415.9, offline.output_tokens_per_s, source, lengths),
@@ -154,7 +169,7 @@ def mlperf_figures() -> list[ServingFigure]:
             "Server, mean TTFT",
             "ms",
             MLPERF_MEAN_TTFT_S * 1e3,
-            1.5 * step * 1e3,
+            first_token * 1e3,
             source,
             point + lengths,
         ),
