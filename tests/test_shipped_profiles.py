@@ -164,9 +164,7 @@ def test_shipped_router_and_permutation_are_the_executors_device_work() -> None:
     from moesim.profiles.shipping import LAUNCHES
 
     calibrated = json.loads(
-        (
-            Path(__file__).resolve().parent.parent / "validation" / "profiles" / "shipping-source" / "NVIDIA-H200.json"
-        ).read_text()
+        (Path(__file__).resolve().parent.parent / "validation" / "profiles" / "NVIDIA-H200.json").read_text()
     )
     h100 = CostModel.for_gpu(gpu_preset("H100-SXM"))
     router, permute = h100.coefficients("router:top_k"), h100.coefficients("permute")

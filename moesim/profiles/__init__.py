@@ -9,7 +9,7 @@
 Every other GPU preset is costed from its datasheet with assumed efficiencies
 (`CostModel.for_gpu` says so). The router, permutation and un-permutation of every
 profile are the per-element device costs moesim's executor measured on an H200
-(`validation/profiles/shipping-source/NVIDIA-H200.json`, its first run), scaled to each device's memory bandwidth, with
+(`validation/profiles/NVIDIA-H200.json`), scaled to each device's memory bandwidth, with
 host launches assumed hidden (`moesim.profiles.shipping`). `moesim profiles build`
 regenerates the shipped files.
 """

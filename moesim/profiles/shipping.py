@@ -1,12 +1,9 @@
 """`moesim profiles build`: fit every shipped profile to its tables and write `shipped/<GPU>.json`.
 
 The router, permutation and un-permutation models come from the calibration that
-moesim's executor first ran on an H200 (`validation/profiles/shipping-source/NVIDIA-H200.json`,
-the phase models of `DEVICE_PHASE_FEATURES`; the H200's newer calibration in
-`validation/profiles/` fits the rarer rules' routers several-fold differently from few
-layers each, so a rebuild from it waits for a session that checks the published figures
-again): their per-element terms (a top-k over the scores, a
-sort, gathers, a scatter-add) are device work, kept and scaled by the ratio of that
+moesim's executor ran on an H200 (`validation/profiles/NVIDIA-H200.json`, the phase
+models of `DEVICE_PHASE_FEATURES`, every phase timed as device work): their per-element
+terms (a top-k over the scores, a sort, gathers, a scatter-add) are device work, kept and scaled by the ratio of that
 H200's measured copy bandwidth to the device's. Their fixed terms are not: 0.4-1.3 ms of
 host time launching eager PyTorch's small kernels, which a GPU waits for in a layer
 timed alone, but which a training step hides behind the previous kernels (the host runs
@@ -26,7 +23,7 @@ from moesim.profiles import SHIPPED, SHIPPED_PROFILES
 from moesim.profiles.build import KERNEL_LAUNCH_S, build_profile
 from moesim.profiles.tables import shipped_tables
 
-PHASE_SOURCE = Path(__file__).resolve().parents[2] / "validation" / "profiles" / "shipping-source" / "NVIDIA-H200.json"
+PHASE_SOURCE = Path(__file__).resolve().parents[2] / "validation" / "profiles" / "NVIDIA-H200.json"
 SHIPPED_PHASES = ("router:", "permute", "unpermute")
 """The executor's measured phase models a shipped profile carries. Not its MoE-block backward: that model scales the
 calibration's own kernel models (and gives the router's and shared experts' backward no time); the shipped kernel
