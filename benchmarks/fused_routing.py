@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,8 +46,6 @@ def device_seconds(work: Callable[[], Any], device: torch.device) -> float:
             end.synchronize()
             samples.append(start.elapsed_time(end) / 1e3 / CALLS)
         else:
-            import time
-
             begin = time.perf_counter()
             for _ in range(CALLS):
                 work()
@@ -55,11 +54,16 @@ def device_seconds(work: Callable[[], Any], device: torch.device) -> float:
 
 
 def pytorch_rounds(logits: torch.Tensor) -> Any:
+    """PyTorch's 50 rounds (the fused kernels switched off for the call, the setting restored after)."""
+    before = os.environ.get("MOESIM_FUSED_ROUTING")
     os.environ["MOESIM_FUSED_ROUTING"] = "0"
     try:
         return sinkhorn_plan(logits)
     finally:
-        os.environ.pop("MOESIM_FUSED_ROUTING")
+        if before is None:
+            os.environ.pop("MOESIM_FUSED_ROUTING")
+        else:
+            os.environ["MOESIM_FUSED_ROUTING"] = before
 
 
 def main() -> None:

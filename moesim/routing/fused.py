@@ -85,7 +85,13 @@ def _programs_at_once(device: torch.device) -> int:
     """How many programs may wait at a grid barrier: one per multiprocessor (one, under the interpreter)."""
     if device.type != "cuda":
         return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    """A GPU's multiprocessor count, asked once (the router runs every layer of every step)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def sinkhorn_plan_fused(

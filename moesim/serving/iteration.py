@@ -31,8 +31,14 @@ class IterationCost:
     scenario: Scenario
     _grid: list[int] = field(default_factory=list)
     _pass_s: list[tuple[float, float]] = field(default_factory=list)
-    _attention_cache: dict[tuple[int, int, bool], float] = field(default_factory=dict)
+    """(compute, collectives) at each grid point, for iterations that prefill."""
     _decode_grid: list[tuple[float, float]] = field(default_factory=list)
+    """The same for iterations that only decode (DeepEP's low-latency kernels where the scenario runs DeepEP)."""
+    _passes: dict[bool, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """Those two as (compute, collectives) arrays, keyed by decode-only, for interpolating every iteration."""
+    _attention_cache: dict[tuple[int, int, bool], float] = field(default_factory=dict)
+    _draft_layers: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """A decode pass's body on the grid (overlapped with two-batch overlap): what a draft step's layer shares."""
 
     def __post_init__(self) -> None:
         document = self.scenario.model_dump(mode="json")
@@ -101,14 +107,10 @@ class IterationCost:
         total = prefill_tokens + decode_tokens
         if total <= 0:
             return 0.0
-        if not self._grid:  # the pass without attention, simulated once per power of two up to the budget
-            top = max(1, self.scenario.serving.token_budget)
-            self._grid = sorted({2**power for power in range(int(np.log2(top)) + 1)} | {top})
-            self._pass_s = [self._pass_without_attention(tokens) for tokens in self._grid]
-            self._decode_grid = [self._pass_without_attention(tokens, self._decode_base) for tokens in self._grid]
-        grid = self._decode_grid if prefill_tokens == 0 else self._pass_s
-        compute = float(np.interp(total, self._grid, [c for c, _ in grid]))
-        collectives = float(np.interp(total, self._grid, [m for _, m in grid]))
+        self._build_grid()
+        computes, collectives_grid = self._passes[prefill_tokens == 0]
+        compute = float(np.interp(total, self._grid, computes))
+        collectives = float(np.interp(total, self._grid, collectives_grid))
         attention = self._attention(prefill_tokens, prefill_context, False) + self._attention(
             decode_tokens, decode_context, True
         )
@@ -117,6 +119,22 @@ class IterationCost:
         else:
             body = compute + attention
         return body + self.draft_seconds(drafts, decode_context)
+
+    def _build_grid(self) -> None:
+        """The pass without attention, simulated once per power of two up to the token budget."""
+        if self._grid:
+            return
+        top = max(1, self.scenario.serving.token_budget)
+        self._grid = sorted({2**power for power in range(int(np.log2(top)) + 1)} | {top})
+        self._pass_s = [self._pass_without_attention(tokens) for tokens in self._grid]
+        self._decode_grid = [self._pass_without_attention(tokens, self._decode_base) for tokens in self._grid]
+        for decode_only, passes in ((False, self._pass_s), (True, self._decode_grid)):
+            self._passes[decode_only] = (np.array([c for c, _ in passes]), np.array([m for _, m in passes]))
+        computes, collectives = self._passes[True]
+        overlap = self.scenario.serving.two_batch_overlap
+        self._draft_layers = np.array(
+            [self._overlapped(c, m, 0.0) if overlap else c for c, m in zip(computes, collectives)]
+        )
 
     def breakdown(self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float) -> dict:
         """Where one iteration's time goes, seconds by phase: the pass at its token count, phase by phase (each
@@ -144,9 +162,8 @@ class IterationCost:
             return 0.0
         sequences = drafts / steps
         model, layers = self._base.model, max(1, len(self.plan.layers))
-        overlap = self.scenario.serving.two_batch_overlap
-        passes = [self._overlapped(c, m, 0.0) if overlap else c for c, m in self._decode_grid or self._pass_s]
-        layer = float(np.interp(sequences, self._grid, passes)) / layers
+        self._build_grid()
+        layer = float(np.interp(sequences, self._grid, self._draft_layers)) / layers
         attention = self._attention(sequences, context, True) / layers
         head = float(self.cost.gemm_seconds(max(1, int(round(sequences))), model.hidden_size, model.vocab_size))
         return steps * (layer + attention + head)

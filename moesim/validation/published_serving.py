@@ -145,8 +145,9 @@ def mlperf_figures() -> list[ServingFigure]:
     own_ttft, own_tpot = statistics.mean(server.ttft_samples_s), statistics.mean(server.tpot_samples_s)
     point = (
         f"on the iterations the published figures imply: {published_running} sequences decoding a GPU (Little's "
-        f"law: {MLPERF_SERVER_TOKENS_PER_S / gpus:,.0f} tokens/s x 102.6 ms) and the prompts arriving at NVIDIA's "
-        f"rate ({published_rate:.1f} a second a GPU) during one 102.6 ms iteration, each prefilled whole in the "
+        f"law: {MLPERF_SERVER_TOKENS_PER_S / gpus:,.0f} tokens/s x {MLPERF_MEAN_TPOT_S * 1e3:.1f} ms) and the "
+        f"prompts arriving at NVIDIA's rate ({published_rate:.1f} a second a GPU) during one "
+        f"{MLPERF_MEAN_TPOT_S * 1e3:.1f} ms iteration, each prefilled whole in the "
         "iteration after it arrives (TensorRT-LLM's in-flight batching without chunked context, as the next "
         f"round's config states), timed by moesim's cost model: its mean iteration is {step * 1e3:.1f} ms (TPOT); "
         "TTFT adds the wait for the iteration in flight. At moesim's own Server rate its means are "
