@@ -3,6 +3,8 @@ the low-latency kernels (every token-expert copy over RDMA)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -42,3 +44,39 @@ def test_a_decode_step_can_use_either_mode() -> None:
     low = simulate(scenario_from_dict(_decode("deepep_low_latency")), check_memory=False)
     assert normal.decode_step_s > 0 and low.decode_step_s > 0
     assert low.phase_seconds["decode/dispatch"] != normal.phase_seconds["decode/dispatch"]
+
+
+def test_low_latency_kernels_hold_the_sms_only_for_their_send_and_receive_phases() -> None:
+    """DeepEP's low-latency kernels hold no SMs while their messages fly (no stretch of the compute, unlike the
+    normal kernels' `comm_sms`) but run their send and receive phases on the SMs: they replace the permutation
+    and un-permutation, each the fixed synchronisation cost plus its bytes at HBM bandwidth."""
+    from moesim.sim.moe_block import LOW_LATENCY_KERNEL_FIXED_S, low_latency_kernel_seconds
+    from moesim.sim.phases import PhaseBuilder
+    from moesim.sim.plan import StagePlan
+    from moesim.sim.step import comm_stretch, cost_model_for
+
+    def scenario(algorithm: str) -> Any:
+        document = _decode(algorithm)
+        return scenario_from_dict({**document, "simulation": {**document["simulation"], "comm_sms": 20}})
+
+    normal, low = scenario("deepep"), scenario("deepep_low_latency")
+    assert comm_stretch(normal) == pytest.approx(132 / 112)  # the normal kernels hold 20 of the H800's 132 SMs
+    assert comm_stretch(low) == 1.0
+    tokens, served, top_k, hidden = 128, 1024.0, 8, 7168
+    cost = cost_model_for(low)
+    builder = PhaseBuilder(low, StagePlan(low), cost, Topology.from_cluster(low.cluster), tokens, 1024)
+    dispatch, combine = low_latency_kernel_seconds(builder, served, top_k)
+    # dispatch: bf16 tokens in, fp8 tokens (7,392 bytes with scales) out; each arrived copy read and laid out
+    dispatch_bytes = tokens * (2 * hidden + 7392) + 2 * served * 7392
+    assert dispatch == pytest.approx(LOW_LATENCY_KERNEL_FIXED_S + cost.memory_seconds(dispatch_bytes))
+    # combine: each expert output read and packed as bf16, each token's 8 copies reduced into one
+    combine_bytes = served * (2 * hidden + 2 * hidden) + tokens * (top_k * 2 * hidden + 2 * hidden)
+    assert combine == pytest.approx(LOW_LATENCY_KERNEL_FIXED_S + cost.memory_seconds(combine_bytes))
+    assert 55e-6 < dispatch < 65e-6  # SGLang's ~0.06 ms of SM time at 128 tokens a rank: bytes add a few us
+    # in a decode step they stand where the permutation and un-permutation stand: once per MoE layer and step
+    steps = low.workload.decode_tokens
+    phases = simulate(low, check_memory=False).phase_seconds
+    assert phases["decode/permute"] > steps * LOW_LATENCY_KERNEL_FIXED_S
+    assert phases["decode/unpermute"] > steps * LOW_LATENCY_KERNEL_FIXED_S
+    plain = simulate(scenario_from_dict(_decode("deepep")), check_memory=False).phase_seconds
+    assert plain["decode/permute"] < phases["decode/permute"]  # the executor's permutation of 8 tokens' copies

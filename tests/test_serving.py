@@ -232,9 +232,9 @@ def test_two_batch_overlap_pays_off_when_communication_dominates() -> None:
 
 def test_two_batch_overlap_hides_attention_under_the_other_halfs_all_to_alls() -> None:
     """DeepSeek's two micro-batches: one's attention runs while the other's combine is in flight. An iteration
-    costs max(2 (c + a / 2), 2 m) + min(c + a / 2, m) / layers for each half's compute c, collectives m and the
-    iteration's attention a: longer contexts cost nothing while the all-to-alls dominate, and each added second
-    of attention costs a second once compute with attention does."""
+    costs max(2 (c + a), 2 m) + min(c + a, m) / layers for each half's compute c, collectives m and attention a
+    (its own kernels over half the tokens): longer contexts cost nothing while the all-to-alls dominate, and each
+    added second of attention costs a second once compute with attention does."""
     from moesim.serving.iteration import IterationCost
 
     document = {
@@ -251,19 +251,22 @@ def test_two_batch_overlap_hides_attention_under_the_other_halfs_all_to_alls() -
     compute, collectives = cost._pass_without_attention(tokens, cost._decode_base)
     layers = len(cost.plan.layers)
     assert collectives > compute > 0  # a slow network: the all-to-alls dominate
+    half_tokens = tokens // 2
     for context in (64, 1024, 8192, 65536):
-        attention = cost._attention(tokens, context, True)
-        half = compute + attention / 2
+        half = compute + cost._attention(half_tokens, context, True)
         expected = max(2 * half, 2 * collectives) + min(half, collectives) / layers
         assert cost.seconds(0, 0, tokens, context) == pytest.approx(expected, rel=1e-9)
     short, longer = (cost.seconds(0, 0, tokens, context) for context in (64, 1024))
-    assert cost._attention(tokens, 1024, True) > cost._attention(tokens, 64, True)
-    assert longer - short < 0.25 * (cost._attention(tokens, 1024, True) - cost._attention(tokens, 64, True))
-    long_attention = cost._attention(tokens, 65536, True)
-    assert compute + long_attention / 2 > collectives  # compute with attention dominates: attention is paid
+    gained = cost._attention(half_tokens, 1024, True) - cost._attention(half_tokens, 64, True)
+    assert gained > 0
+    assert longer - short < 0.5 * gained
+    long_attention = cost._attention(half_tokens, 65536, True)
+    assert compute + long_attention > collectives  # compute with attention dominates: attention is paid
     assert cost.seconds(0, 0, tokens, 65536) == pytest.approx(
-        2 * compute + long_attention + collectives / layers, rel=1e-9
+        2 * (compute + long_attention) + collectives / layers, rel=1e-9
     )
+    # two halves read the attention's weights twice: a split batch's attention costs more than the whole's
+    assert 2 * cost._attention(half_tokens, 64, True) > cost._attention(tokens, 64, True)
 
 
 def test_a_cached_prefix_is_held_and_attended_to_but_not_computed() -> None:

@@ -319,7 +319,8 @@ class SimulationSpec(_Section):
         0,
         ge=0,
         description="SMs the communication kernels occupy while they run, taken from overlapped compute "
-        "(DeepSeek-V3: 20 of the H800's 132 for DeepEP); 0 = copy engines or free.",
+        "(DeepSeek-V3: 20 of the H800's 132 for DeepEP's normal kernels; its low-latency kernels hold none while "
+        "their messages fly); 0 = copy engines or free.",
     )
     moe_chunks: int = Field(
         1,

@@ -81,8 +81,8 @@ class IterationCost:
     def _overlapped(self, compute: float, collectives: float, attention: float) -> float:
         """Two half batches (SGLang's and DeepSeek's two-batch overlap): each half's compute, its attention
         included (DeepSeek runs one micro-batch's attention while the other's combine is in flight, and splits
-        attention evenly between the halves), runs under the other half's collectives, layer by layer: the pair
-        takes max(2c, 2m) plus one layer's lead-in, min(c, m) / layers."""
+        attention evenly between the halves; `attention` is both halves' own kernels), runs under the other half's
+        collectives, layer by layer: the pair takes max(2c, 2m) plus one layer's lead-in, min(c, m) / layers."""
         half = compute + attention / 2
         return max(2 * half, 2 * collectives) + min(half, collectives) / max(1, len(self.plan.layers))
 
@@ -111,12 +111,16 @@ class IterationCost:
         computes, collectives_grid = self._passes[prefill_tokens == 0]
         compute = float(np.interp(total, self._grid, computes))
         collectives = float(np.interp(total, self._grid, collectives_grid))
-        attention = self._attention(prefill_tokens, prefill_context, False) + self._attention(
-            decode_tokens, decode_context, True
-        )
-        if self.scenario.serving.two_batch_overlap:
+        if self.scenario.serving.two_batch_overlap:  # each half batch runs its own attention kernels
+            attention = 2 * (
+                self._attention(prefill_tokens / 2, prefill_context, False)
+                + self._attention(decode_tokens / 2, decode_context, True)
+            )
             body = self._overlapped(compute, collectives, attention)
         else:
+            attention = self._attention(prefill_tokens, prefill_context, False) + self._attention(
+                decode_tokens, decode_context, True
+            )
             body = compute + attention
         return body + self.draft_seconds(drafts, decode_context)
 

@@ -21,6 +21,31 @@ if TYPE_CHECKING:
     from moesim.sim.routing_load import LayerRouting
 
 
+LOW_LATENCY_KERNEL_FIXED_S = 55e-6
+"""SM time of one DeepEP low-latency dispatch or combine, send and receive phases together, beyond its memory
+traffic: SGLang's unit test of DeepEP's low-latency dispatch at 128 tokens a rank (H100, EP 72) holds the SMs
+about 0.06 ms (lmsys.org, 'Deploying DeepSeek with PD Disaggregation and Large-scale Expert Parallelism',
+2025-05-05), of which its bytes take ~5 us at HBM speed; the combine is assumed to cost the same. The time is
+synchronisation (flags, counters, one grid per phase), so it does not scale with the GPU."""
+
+
+def low_latency_kernel_seconds(builder: "PhaseBuilder", served: float, top_k: int) -> tuple[float, float]:
+    """SM time of DeepEP's low-latency dispatch and combine on one rank (the messages in flight are the network's,
+    in the dispatch and combine phases): the dispatch's send casts and packs each token, its receive writes the
+    `served` arrived copies into the experts' layout (so no separate permutation); the combine's send packs the
+    expert outputs, its receive reduces each token's `top_k` copies (so no separate un-permutation). Each: the
+    fixed cost plus its bytes at HBM bandwidth."""
+    model, cost = builder.model, builder.cost
+    precision = builder.scenario.workload.precision
+    hidden, element = model.hidden_size, builder.element
+    sent, returned = precision.token_bytes(hidden, "dispatch"), precision.token_bytes(hidden, "combine")
+    tokens = builder.tokens
+    dispatch_bytes = tokens * (hidden * element + sent) + 2 * served * sent
+    combine_bytes = served * (hidden * element + returned) + tokens * (top_k * returned + hidden * element)
+    fixed = LOW_LATENCY_KERNEL_FIXED_S
+    return fixed + cost.memory_seconds(dispatch_bytes), fixed + cost.memory_seconds(combine_bytes)
+
+
 def moe_block_phases(
     builder: "PhaseBuilder", layer: "Layer", routing_here: "LayerRouting", routing_index: int
 ) -> tuple[list[Phase], list[Phase]]:
@@ -40,7 +65,9 @@ def moe_block_phases(
     permuted_rows = served if builder.scenario.routing.pad_to_capacity else builder.tokens * top_k
     permute_bytes = 2 * permuted_rows * model.hidden_size * builder.element
     permute = unpermute = cost.memory_seconds(permute_bytes)  # fused kernels: one pass over what they move
-    if not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
+    if sim.alltoall_algorithm == "deepep_low_latency":  # DeepEP's kernels lay the copies out by expert
+        permute, unpermute = low_latency_kernel_seconds(builder, served, top_k)
+    elif not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
         router = _or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
         permute = _or(cost.fitted("permute", builder.work(top_k, served)), permute)
         unpermute = _or(cost.fitted("unpermute", builder.work(top_k, served)), unpermute)

@@ -127,8 +127,13 @@ def _breakdown(stages: _StagePasses, held: dict[int, float], work: float, pipeli
 
 
 def comm_stretch(scenario: Scenario) -> float:
-    """How much longer compute takes while communication kernels hold `simulation.comm_sms` of the GPU's SMs."""
+    """How much longer compute takes while communication kernels hold `simulation.comm_sms` of the GPU's SMs.
+    DeepEP's low-latency kernels hold none while their messages are in flight (they issue RDMA writes and exit;
+    a receive kernel runs later, DeepSeek's profile-data README and DeepEP issue #179): their SM time is a phase
+    of its own (`moe_block.low_latency_kernel_seconds`), not a stretch."""
     gpu, sim = scenario.cluster.gpu, scenario.simulation
+    if sim.alltoall_algorithm == "deepep_low_latency":
+        return 1.0
     return gpu.sms / (gpu.sms - sim.comm_sms) if sim.comm_sms and gpu.sms else 1.0
 
 
