@@ -35,18 +35,14 @@ def test_published_comparison_table_is_what_the_code_predicts() -> None:
     published, predicted, ratio = (cell.strip() for cell in row.split("|")[2:5])
     assert published == "180K GPU-h per 10^12 tokens"
     assert float(ratio.split()[0]) == pytest.approx(float(predicted.split("K")[0].replace(",", "")) / 180, abs=0.01)
-    # serving: MLPerf's four figures within the serving bar (20%); the rows outside it say so
+    # serving: MLPerf's four figures within the serving bar (20%); DeepSeek's decode, both published figures at the
+    # batch they imply; the same iteration model against DeepSeek's own decode trace (96 ms a step) and prefill
+    # profile; the rows outside the bar say so
     for start, figure in (
         ("| mlperf-v4.1-mixtral-8x7b-dgx-h100", "| Offline |"),
         ("| mlperf-v4.1-mixtral-8x7b-dgx-h100", "| Server (p99"),
         ("| mlperf-v4.1-mixtral-8x7b-dgx-h100", "| Server, mean TTFT |"),
         ("| mlperf-v4.1-mixtral-8x7b-dgx-h100", "| Server, mean TPOT |"),
-    ):
-        row = next(line for line in table.splitlines() if line.startswith(start) and figure in line)
-        assert abs(float(row.split("|")[5].split()[0]) - 1) <= 0.2, row[:120]
-    # DeepSeek's decode: both published figures within the bar at the batch they imply, and the same iteration
-    # model against DeepSeek's own decode trace (96 ms a step) and prefill profile
-    for start, figure in (
         ("| deepseek-v3-serving-h800", "| 14,800 output tokens/s per node |"),
         ("| deepseek-v3-serving-h800", "| 21.0 output tokens/s per user |"),
         ("| DeepSeek profile-data decode.json", "| 96.0 ms |"),
