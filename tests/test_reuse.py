@@ -68,3 +68,28 @@ def test_fast_pipeline_plays_the_simpy_schedule_exactly() -> None:
             run_pipeline_fast(forward, backward, micro, p2p, chunks)
             == run_pipeline(forward, backward, micro, p2p, chunks)[0]
         )
+
+
+def test_settings_that_only_price_the_routed_tokens_share_one_routing() -> None:
+    """The all-to-all algorithm, kernels and overlap settings change what the routed tokens cost, not where they
+    go: a deployment's DeepEP normal and low-latency passes share one routing; a routing setting does not."""
+    from moesim.sim.routing_load import NOT_ROUTING_SETTINGS, routing_cache_key
+
+    base = scenario_from_dict(OLMOE)
+    key = routing_cache_key(base, [0, 1], 2048, 8)
+    changed = {
+        "alltoall_algorithm": "deepep_low_latency",
+        "moe_kernels": "fused",
+        "allreduce_algorithm": "ring",
+        "overlap_shared_experts": False,
+        "overlap_grad_reduce": False,
+        "alltoall_overlap": "1f1b",
+        "comm_sms": 20,
+        "moe_chunks": 2,
+        "cost_profile": "H100-SXM",
+    }
+    assert set(changed) == set(NOT_ROUTING_SETTINGS)
+    pricing = scenario_from_dict({**OLMOE, "simulation": changed})
+    assert routing_cache_key(pricing, [0, 1], 2048, 8) == key
+    for routing in ({"redundant_experts": 8}, {"max_routed_tokens": 1024}, {"network_mode": "fast"}):
+        assert routing_cache_key(scenario_from_dict({**OLMOE, "simulation": routing}), [0, 1], 2048, 8) != key

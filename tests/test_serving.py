@@ -204,6 +204,46 @@ def test_disaggregated_prefill_spares_the_decode_pool_its_prompts() -> None:
         scenario_from_dict({**deepseek, "serving": {"prefill_pool": {"num_nodes": 1}}})
 
 
+def test_a_disaggregated_curve_builds_each_pools_iteration_times_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the iteration times is most of a serving run's time: a throughput-latency curve over four
+    concurrencies builds the decode pool's and the prefill pool's once each, and serves as they would alone."""
+    from moesim.serving import concurrency_curve
+    from moesim.serving.iteration import IterationCost
+
+    document = {
+        "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3},
+        "cluster": {"preset": "hgx-h800", "num_nodes": 2},
+        "parallelism": {"ep_size": 16},
+        "workload": {"mode": "inference"},
+        "simulation": {"network_mode": "fast"},
+        "serving": {
+            "input_tokens": 1024,
+            "output_tokens": 16,
+            "arrival": "poisson",
+            "request_rate": 100,
+            "num_requests": 64,
+            "prefill_pool": {"num_nodes": 1},
+        },
+    }
+    scenario = scenario_from_dict(document)
+    built: list[int] = []
+    original = IterationCost.__post_init__
+
+    def counting(self: IterationCost) -> None:
+        built.append(self.scenario.cluster.num_nodes)
+        original(self)
+
+    monkeypatch.setattr(IterationCost, "__post_init__", counting)
+    curve = concurrency_curve(scenario, [8, 16, 32, 64])
+    assert sorted(built) == [1, 2]  # the prefill pool (one node) and the decode pool (the scenario's two)
+    alone = simulate_serving(
+        scenario.model_copy(
+            update={"serving": scenario.serving.model_copy(update={"arrival": "closed", "concurrency": 16})}
+        )
+    )
+    assert curve[1][1].tpot_s == alone.tpot_s and curve[1][1].ttft_s == alone.ttft_s
+
+
 def test_two_batch_overlap_pays_off_when_communication_dominates() -> None:
     def deepseek(nic_gbps: float, overlap: bool) -> dict:
         return {

@@ -192,10 +192,12 @@ def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
     from moesim.serving.iteration import IterationCost
 
     ranks = scenario.cluster.world_size // (scenario.parallelism.tp_size * scenario.parallelism.cp_size)
+    spec = scenario.serving
     try:
-        cost = IterationCost(scenario)  # the iteration times, built once for both
-        served = simulate_serving(scenario, cost)
-        curve = concurrency_curve(scenario, [ranks * level for level in (1, 4, 16, 64)], cost)
+        cost = IterationCost(scenario)  # the iteration times (the decode pool's when disaggregated), built once
+        prefill_cost = IterationCost(prefill_pool_scenario(scenario)) if spec.prefill_pool else None
+        served = simulate_serving(scenario, cost, prefill_cost)
+        curve = concurrency_curve(scenario, [ranks * level for level in (1, 4, 16, 64)], cost, prefill_cost)
     except MoesimError as error:
         notes.append(f"serving plots left out: {error}")
         return {}
@@ -204,11 +206,10 @@ def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
         f"TTFT p50 {served.ttft_s[50]:.3g} s, TPOT p50 {served.tpot_s[50] * 1e3:.3g} ms"
     )
     points = [(level, result.tpot_s[50], result.output_tokens_per_s_per_gpu) for level, result in curve]
-    spec = scenario.serving
     context = float(np.mean(draw_lengths(spec.input_tokens, 64, np.random.default_rng(0))))
     width = 1 + spec.speculative_tokens
     # a disaggregated scenario prefills on its prefill pool; before two-batch overlap hides what it hides
-    prefill_cost = IterationCost(prefill_pool_scenario(scenario)) if spec.prefill_pool else cost
+    prefill_cost = prefill_cost or cost
     pool = " (prefill pool)" if spec.prefill_pool else ""
     overlap = ", before two-batch overlap" if spec.two_batch_overlap else ""
     iterations = [

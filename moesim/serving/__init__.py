@@ -58,9 +58,12 @@ def _percentiles(values: list[float]) -> dict[int, float]:
     return {p: float(np.percentile(values, p)) for p in PERCENTILES} if values else {p: 0.0 for p in PERCENTILES}
 
 
-def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None) -> ServingResult:
+def simulate_serving(
+    scenario: Scenario, cost: Optional["IterationCost"] = None, prefill_cost: Optional["IterationCost"] = None
+) -> ServingResult:
     """Serve the scenario's `serving` requests and measure them (`cost`: iteration times already built for this
-    deployment, e.g. by `concurrency_curve`)."""
+    deployment, or for its decode pool when disaggregated, and `prefill_cost` for its prefill pool, e.g. by
+    `concurrency_curve`: building them is most of a run's time)."""
     from moesim.serving.engine import run_engine
     from moesim.serving.iteration import IterationCost
 
@@ -70,7 +73,7 @@ def simulate_serving(scenario: Scenario, cost: Optional["IterationCost"] = None)
     if par.pp_size > 1:
         raise MoesimError("parallelism.pp_size: serving with pipeline parallelism is not modelled yet; set pp_size=1")
     if spec.prefill_pool is not None:
-        return _disaggregated(scenario)
+        return _disaggregated(scenario, prefill_cost, cost)
     gpus = scenario.cluster.world_size
     ranks = gpus // (par.tp_size * par.cp_size)  # attention ranks, each with its own requests
     cost = cost or IterationCost(scenario)
@@ -175,7 +178,9 @@ def prefill_pool_scenario(scenario: Scenario) -> Scenario:
     )
 
 
-def _disaggregated(scenario: Scenario) -> ServingResult:
+def _disaggregated(
+    scenario: Scenario, prefill_cost: Optional["IterationCost"], decode_cost: Optional["IterationCost"]
+) -> ServingResult:
     """Prefill and decode on separate pools. Poisson arrivals split evenly over a pool's ranks stay Poisson, so one
     rank of each pool is simulated at its share of the rate; the decode pool's arrivals are taken as Poisson too
     (a request reaches it when its prompt is done and its KV cache has crossed the network, in the prefill pool's
@@ -191,13 +196,13 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
     prefill = prefill_pool_scenario(scenario)
     decode = scenario_from_dict(document, ["serving.prefill_pool=null"])
     pools = []
-    for pool_scenario, phase, need in (
-        (prefill, "prefill", most_tokens(spec.input_tokens)),
-        (decode, "decode", most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens)),
+    for pool_scenario, phase, need, built in (
+        (prefill, "prefill", most_tokens(spec.input_tokens), prefill_cost),
+        (decode, "decode", most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens), decode_cost),
     ):
         par = pool_scenario.parallelism
         ranks = pool_scenario.cluster.world_size // (par.tp_size * par.cp_size)
-        cost = IterationCost(pool_scenario)
+        cost = built or IterationCost(pool_scenario)
         capacity = _pool_capacity(cost, need)
         run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed, phase)
         pools.append((pool_scenario, ranks, run, capacity))
@@ -248,15 +253,21 @@ def _disaggregated(scenario: Scenario) -> ServingResult:
 
 
 def concurrency_curve(
-    scenario: Scenario, levels: Sequence[int], cost: Optional["IterationCost"] = None
+    scenario: Scenario,
+    levels: Sequence[int],
+    cost: Optional["IterationCost"] = None,
+    prefill_cost: Optional["IterationCost"] = None,
 ) -> list[tuple[int, ServingResult]]:
     """Throughput against latency: the scenario's requests served closed-loop at each concurrency in `levels`
-    (the iteration times built once, or `cost`'s)."""
+    (the iteration times built once, or `cost`'s, and the prefill pool's once, or `prefill_cost`'s)."""
     from moesim.serving.iteration import IterationCost
 
     cost = cost or IterationCost(scenario)
+    if scenario.serving.prefill_pool is not None and prefill_cost is None:
+        prefill_cost = IterationCost(prefill_pool_scenario(scenario))
     curve = []
     for level in levels:
         serving = scenario.serving.model_copy(update={"arrival": "closed", "concurrency": int(level)})
-        curve.append((int(level), simulate_serving(scenario.model_copy(update={"serving": serving}), cost)))
+        served = simulate_serving(scenario.model_copy(update={"serving": serving}), cost, prefill_cost)
+        curve.append((int(level), served))
     return curve

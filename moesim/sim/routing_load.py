@@ -53,6 +53,20 @@ def ep_group_ranks(scenario: Scenario) -> np.ndarray:
 ROUTING_CACHE_SIZE = 32
 """Routed layers kept for reuse: a plan's layouts share a handful of (EP size, tokens) routings."""
 
+NOT_ROUTING_SETTINGS = (
+    "alltoall_algorithm",
+    "moe_kernels",
+    "allreduce_algorithm",
+    "overlap_shared_experts",
+    "overlap_grad_reduce",
+    "alltoall_overlap",
+    "comm_sms",
+    "moe_chunks",
+    "cost_profile",
+)
+"""Simulation settings that change what the routed tokens cost, not where they go: left out of the routing's key
+(a serving deployment's DeepEP normal and low-latency passes share one routing)."""
+
 _routing_cache: OrderedDict[str, tuple[list[LayerRouting], list[str]]] = OrderedDict()
 
 
@@ -63,7 +77,7 @@ def routing_cache_key(scenario: Scenario, moe_layer_ids: list[int], group_tokens
     document = scenario.model_dump(
         mode="json",
         include={"model", "routing", "workload", "simulation", "seed"},
-        exclude={"workload": {"global_batch_size"}},
+        exclude={"workload": {"global_batch_size"}, "simulation": set(NOT_ROUTING_SETTINGS)},
     )
     trace = scenario.workload.trace_path if scenario.workload.scores == "trace" else None
     stamp = list(os.stat(trace)[6:9]) if trace and os.path.exists(trace) else None
