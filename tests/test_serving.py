@@ -242,6 +242,7 @@ def test_a_disaggregated_curve_builds_each_pools_iteration_times_once(monkeypatc
         )
     )
     assert curve[1][1].tpot_s == alone.tpot_s and curve[1][1].ttft_s == alone.ttft_s
+    assert any("closed loop: each pool holds 16 requests" in note for note in curve[1][1].notes)
 
 
 def test_two_batch_overlap_pays_off_when_communication_dominates() -> None:

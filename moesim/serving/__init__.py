@@ -228,8 +228,13 @@ def _disaggregated(
         f"{prefill_run.busy_s / prefill_run.end_s:.0%} busy), decode on {decode.cluster.world_size} GPUs "
         f"({decode_ranks} ranks, {decode_run.busy_s / decode_run.end_s:.0%} busy); the KV cache crosses the prefill "
         f"rank's NICs ({kv_per_token / 1e3:,.1f} kB a token)",
-        "the decode pool's arrivals are taken as Poisson at the request rate; end-to-end latencies pair the two "
-        "pools' requests in order",
+        (
+            "the decode pool's arrivals are taken as Poisson at the request rate"
+            if spec.arrival == "poisson"
+            else f"closed loop: each pool holds {spec.concurrency} requests (the decode pool's concurrency; the "
+            "prefill pool's queue is the same count, so its TTFT is an upper bound)"
+        )
+        + "; end-to-end latencies pair the two pools' requests in order",
     ]
     return ServingResult(
         _percentiles(ttft),
