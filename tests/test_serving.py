@@ -3,6 +3,8 @@ and throughput from the simulator."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from moesim.errors import MoesimError
@@ -176,21 +178,20 @@ def test_speculative_decoding_gains_the_accepted_drafts() -> None:
     assert with_mtp.tpot_s[50] < without.tpot_s[50] and any("speculative" in note for note in with_mtp.notes)
 
 
-def test_disaggregated_prefill_spares_the_decode_pool_its_prompts() -> None:
-    deepseek = {
+def _deepseek_on_two_nodes(**serving: Any) -> dict:
+    """A four-layer DeepSeek-V3 on two H800 nodes (EP 16), served with Poisson arrivals."""
+    return {
         "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3},
         "cluster": {"preset": "hgx-h800", "num_nodes": 2},
         "parallelism": {"ep_size": 16},
         "workload": {"mode": "inference"},
         "simulation": {"network_mode": "fast"},
-        "serving": {
-            "input_tokens": 4096,
-            "output_tokens": 64,
-            "arrival": "poisson",
-            "request_rate": 200,
-            "num_requests": 320,
-        },
+        "serving": {"arrival": "poisson", **serving},
     }
+
+
+def test_disaggregated_prefill_spares_the_decode_pool_its_prompts() -> None:
+    deepseek = _deepseek_on_two_nodes(input_tokens=4096, output_tokens=64, request_rate=200, num_requests=320)
     together = simulate_serving(scenario_from_dict(deepseek))
     apart = simulate_serving(
         scenario_from_dict({**deepseek, "serving": {**deepseek["serving"], "prefill_pool": {"num_nodes": 1}}})
@@ -210,22 +211,11 @@ def test_a_disaggregated_curve_builds_each_pools_iteration_times_once(monkeypatc
     from moesim.serving import concurrency_curve
     from moesim.serving.iteration import IterationCost
 
-    document = {
-        "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3},
-        "cluster": {"preset": "hgx-h800", "num_nodes": 2},
-        "parallelism": {"ep_size": 16},
-        "workload": {"mode": "inference"},
-        "simulation": {"network_mode": "fast"},
-        "serving": {
-            "input_tokens": 1024,
-            "output_tokens": 16,
-            "arrival": "poisson",
-            "request_rate": 100,
-            "num_requests": 64,
-            "prefill_pool": {"num_nodes": 1},
-        },
-    }
-    scenario = scenario_from_dict(document)
+    scenario = scenario_from_dict(
+        _deepseek_on_two_nodes(
+            input_tokens=1024, output_tokens=16, request_rate=100, num_requests=64, prefill_pool={"num_nodes": 1}
+        )
+    )
     built: list[int] = []
     original = IterationCost.__post_init__
 
