@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from moesim.errors import MoesimError
@@ -149,7 +150,8 @@ def test_deepep_serves_prefill_with_its_normal_kernels_and_decode_with_its_low_l
     document["simulation"] = {"network_mode": "fast", "alltoall_algorithm": "deepep"}
     cost = IterationCost(scenario_from_dict(document))
     decode_only, with_prefill = cost.seconds(0, 0, 64, 2048), cost.seconds(1, 2048, 63, 2048)
-    assert cost.two_modes and cost._decode_grid != cost._pass_s  # two kernels, two costs at the same tokens
+    (decode_compute, _), (prefill_compute, _) = cost._passes[True], cost._passes[False]
+    assert cost.two_modes and not np.array_equal(decode_compute, prefill_compute)  # two kernels, two costs
     assert decode_only != pytest.approx(with_prefill, rel=1e-3)
 
 
@@ -279,7 +281,8 @@ def test_two_batch_overlap_hides_attention_under_the_other_halfs_all_to_alls() -
     cost = IterationCost(scenario_from_dict(document))
     tokens = 2048
     cost.seconds(0, 0, tokens, 64)  # builds the grid
-    compute, collectives = cost._pass_without_attention(tokens, cost._decode_base)
+    computes, collectives_by_stage = cost._pass_without_attention(tokens, cost._decode_base)
+    compute, collectives = float(computes[0]), float(collectives_by_stage[0])  # one pipeline stage
     layers = len(cost.plan.layers)
     assert collectives > compute > 0  # a slow network: the all-to-alls dominate
     half_tokens = tokens // 2
@@ -372,3 +375,39 @@ def test_the_published_operating_point_times_its_iterations_and_the_wait_for_the
     second = mean**2 + b * b * m
     assert step == pytest.approx(mean, rel=0.01)
     assert first_token == pytest.approx(second / (2 * mean) + a + b * (1 + m), rel=0.01)
+
+
+def test_a_pipeline_keeps_a_batch_in_flight_per_stage() -> None:
+    """Pipeline parallelism: each attention rank's `pp_size` stages run `pp_size` engines, one batch in flight per
+    stage; an engine's iteration passes every stage and the activations' hops between them, and with the other
+    engines busy waits for the slowest stage to serve them: max(sum of stages + hops, pp x slowest stage). Each
+    GPU holds its stage's layers' KV cache; the pipeline's is shared by its engines."""
+    from moesim.serving.iteration import IterationCost
+
+    piped = scenario_from_dict({**_mixtral(concurrency=64), "parallelism": {"ep_size": 4, "pp_size": 2}})
+    cost = IterationCost(piped)
+    assert cost.stages == 2
+    tokens, context = 64, 1024
+    cost.seconds(0, 0, tokens, context)  # builds the grid
+    computes, _ = cost._pass_without_attention(tokens, cost._decode_base)
+    stages = [float(computes[stage]) + cost._attention(tokens, context, True, stage) for stage in range(2)]
+    # four GPUs a stage, under a node: the hop is NVLink's latency plus 64 tokens x 4,096 bf16 values at 450 GB/s
+    hop = 2e-6 + tokens * 4096 * 2 / 450e9
+    assert cost.hop_seconds(tokens) == pytest.approx(hop)
+    expected = max(sum(stages) + hop, 2 * max(stages))
+    assert cost.seconds(0, 0, tokens, context) == pytest.approx(expected, rel=1e-9)
+    assert cost._attention(tokens, context, True) == pytest.approx(
+        sum(cost._attention(tokens, context, True, s) for s in (0, 1))
+    )
+    # a stage's GPU holds two of the four layers: twice the tokens a GPU holding all four would, shared by 2 engines
+    from moesim.sim.memory import memory_per_gpu
+    from moesim.models import accounting
+
+    memory = memory_per_gpu(cost._base, cost.plan)
+    free = memory.capacity_bytes - memory.weights_bytes - memory.alltoall_buffer_bytes - memory.activations_bytes
+    full = accounting.kv_cache_bytes_per_token(piped.model, piped.workload.precision)
+    assert cost.kv_capacity_tokens() == int(free / (full / 2) / 2)
+    served = simulate_serving(piped)
+    assert served.attention_ranks == 8  # four attention ranks of two stages, two engines each
+    assert any(note.startswith("pipeline: an iteration takes max(") for note in served.notes)
+    assert served.output_tokens_per_s > 0 and served.tpot_s[50] > 2 * cost.hop_seconds(1)

@@ -5,8 +5,9 @@ get (`moesim serve`).
 the engine loop (`engine.run_engine`) with iteration times from the simulator (`iteration.IterationCost`), and
 reports time to first token, time per output token and end-to-end latency (50th, 90th, 99th percentiles), tokens
 per second and the cost per million output tokens, on one pool or with a disaggregated prefill pool
-(`serving.prefill_pool`), with two-batch overlap if asked. Not modelled: pipeline parallelism. The search over
-deployments is `moesim.serving.plan`.
+(`serving.prefill_pool`), with two-batch overlap if asked, and with pipeline stages (`parallelism.pp_size`: a batch
+in flight per stage, see `iteration`). The search over deployments is `moesim.serving.plan` (without pipeline
+stages).
 """
 
 from __future__ import annotations
@@ -70,12 +71,10 @@ def simulate_serving(
     par, spec = scenario.parallelism, scenario.serving
     if scenario.workload.mode != "inference":
         raise MoesimError("workload.mode: `moesim serve` serves an inference deployment; set workload.mode=inference")
-    if par.pp_size > 1:
-        raise MoesimError("parallelism.pp_size: serving with pipeline parallelism is not modelled yet; set pp_size=1")
     if spec.prefill_pool is not None:
         return _disaggregated(scenario, prefill_cost, cost)
     gpus = scenario.cluster.world_size
-    ranks = gpus // (par.tp_size * par.cp_size)  # attention ranks, each with its own requests
+    ranks = gpus // (par.tp_size * par.cp_size)  # engines: attention ranks x the batches a pipeline keeps in flight
     cost = cost or IterationCost(scenario)
     capacity = _pool_capacity(cost, most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens))
     run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed)
@@ -87,14 +86,24 @@ def simulate_serving(
     output = sum(r.output_tokens for r in run.requests) / window * ranks
     inputs = sum(r.input_tokens for r in run.requests) / window * ranks
     per_gpu = output / gpus
+    engines = (
+        f"{ranks // par.pp_size} attention ranks of {par.tp_size * par.cp_size * par.pp_size} GPU(s) ({par.pp_size} "
+        f"pipeline stages), each running {par.pp_size} engines with a batch in flight per stage"
+        if par.pp_size > 1
+        else f"{ranks} attention ranks of {par.tp_size * par.cp_size} GPU(s)"
+    )
     notes = [
-        f"{ranks} attention ranks of {par.tp_size * par.cp_size} GPU(s), each serving 1/{ranks} of the requests; "
-        f"one simulated: {run.iterations:,} iterations, {run.busy_s / window:.0%} busy",
-        f"KV cache per rank: {capacity:,} tokens; iterations that left a request waiting for it: "
+        f"{engines}; each engine serves 1/{ranks} of the requests; one simulated: {run.iterations:,} iterations, "
+        f"{run.busy_s / window:.0%} busy",
+        f"KV cache per engine: {capacity:,} tokens; iterations that left a request waiting for it: "
         f"{run.kv_limited_iterations:,}",
         f"latencies over {len(counted)} requests (the first {WARM_UP_SHARE:.0%} of {len(run.requests)} are warm-up)",
-        "not modelled yet: pipeline parallelism in serving",
     ]
+    if par.pp_size > 1:
+        notes.append(
+            "pipeline: an iteration takes max(sum of stages + activation hops, stages x slowest stage), the other "
+            "engines keeping the stages busy (at light load, when they do not, the sum alone applies)"
+        )
     if spec.speculative_tokens:
         notes.append(
             f"speculative decoding: {spec.speculative_tokens} draft token(s) a step from the MTP module, "

@@ -6,6 +6,11 @@ attention rank is `tp_size` GPUs. An iteration of T tokens per rank costs the si
 without its attention, plus the attention of its prefill tokens at their prompt's context and of its decode tokens
 reading their KV caches. The pass without attention is simulated at token counts on a grid of powers of two and
 interpolated between them.
+
+With pipeline parallelism (`pp_size` stages) an engine keeps `pp_size` batches in flight, one per stage, as vLLM's
+virtual engines and SGLang's pipeline micro-batches do: each is an engine of its own whose iteration passes every
+stage in turn (the stages' times and the activations' hops between them) and, with all of them busy, waits for the
+slowest stage to serve the others: max(sum of stages + hops, pp x slowest stage).
 """
 
 from __future__ import annotations
@@ -30,13 +35,10 @@ class IterationCost:
 
     scenario: Scenario
     _grid: list[int] = field(default_factory=list)
-    _pass_s: list[tuple[float, float]] = field(default_factory=list)
-    """(compute, collectives) at each grid point, for iterations that prefill."""
-    _decode_grid: list[tuple[float, float]] = field(default_factory=list)
-    """The same for iterations that only decode (DeepEP's low-latency kernels where the scenario runs DeepEP)."""
     _passes: dict[bool, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    """Those two as (compute, collectives) arrays, keyed by decode-only, for interpolating every iteration."""
-    _attention_cache: dict[tuple[int, int, bool], float] = field(default_factory=dict)
+    """(compute, collectives) seconds by grid point and pipeline stage, keyed by decode-only (iterations that only
+    decode run DeepEP's low-latency kernels where the scenario runs DeepEP), for interpolating every iteration."""
+    _attention_cache: dict[tuple[int, int, bool, int], float] = field(default_factory=dict)
     _draft_layers: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """A decode pass's body on the grid (overlapped with two-batch overlap): what a draft step's layer shares."""
 
@@ -47,11 +49,15 @@ class IterationCost:
         self.plan = StagePlan(self._base)
         self.cost = cost_model_for(self._base)
         self.topology = Topology.from_cluster(self._base.cluster)
-        # layers alike in attention (cross-attention or not) cost the same: one of each, and how many
-        self._layer_kinds: dict[bool, tuple[Any, int]] = {}
-        for layer in self.plan.layers:
-            first, count = self._layer_kinds.get(layer.cross_attention, (layer, 0))
-            self._layer_kinds[layer.cross_attention] = (first, count + 1)
+        # layers alike in attention (cross-attention or not) cost the same: one of each, and how many, per stage
+        self._stage_kinds: list[dict[bool, tuple[Any, int]]] = []
+        for stage in self.plan.stages:
+            kinds: dict[bool, tuple[Any, int]] = {}
+            for layer in stage:
+                first, count = kinds.get(layer.cross_attention, (layer, 0))
+                kinds[layer.cross_attention] = (first, count + 1)
+            self._stage_kinds.append(kinds)
+        self.stages = len(self._stage_kinds)
         # DeepEP's two modes, as DeepSeek and SGLang run them: the normal kernels while an iteration prefills, the
         # low-latency kernels for iterations that only decode
         self.two_modes = self._base.simulation.alltoall_algorithm == "deepep"
@@ -61,40 +67,48 @@ class IterationCost:
             else self._base
         )
 
-    def _pass_without_attention(self, tokens: int, scenario: Scenario | None = None) -> tuple[float, float]:
-        """The forward pass at `tokens` tokens per rank without its attention, as (compute, collectives) seconds.
-        With `serving.two_batch_overlap`, those of one half batch (its compute stretched by the SMs communication
-        holds), to be interleaved with the other half's by `_overlapped`; without, the whole pass as compute."""
+    def _pass_without_attention(self, tokens: int, scenario: Scenario | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The forward pass at `tokens` tokens per rank without its attention, as (compute, collectives) seconds of
+        each pipeline stage. With `serving.two_batch_overlap`, those of one half batch (its compute stretched by
+        the SMs communication holds), to be interleaved with the other half's by `_overlapped`; without, the whole
+        pass as compute."""
         scenario = scenario or self._base
         overlap = self.scenario.serving.two_batch_overlap
         if not overlap or tokens < 2:  # one token cannot be split: as two halves with nothing to overlap
             stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens, 1, False, False)
-            whole = sum(stages.forward_s) - sum(busy.get("attention", 0.0) for busy in stages.busy)
-            return (whole / 2 if overlap else whole), 0.0
+            whole = np.array(
+                [forward - busy.get("attention", 0.0) for forward, busy in zip(stages.forward_s, stages.busy)]
+            )
+            return (whole / 2 if overlap else whole), np.zeros(self.stages)
         from moesim.sim.step import comm_stretch
 
         stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens // 2, 1, False, False)
-        collectives = sum(forward for forward, _ in stages.comm_s)
-        compute = (sum(stages.forward_s) - collectives) * comm_stretch(scenario)
-        return compute - sum(busy.get("attention", 0.0) for busy in stages.busy), collectives
+        collectives = np.array([forward for forward, _ in stages.comm_s])
+        compute = (np.array(stages.forward_s) - collectives) * comm_stretch(scenario)
+        return compute - np.array([busy.get("attention", 0.0) for busy in stages.busy]), collectives
 
-    def _overlapped(self, compute: float, collectives: float, attention: float) -> float:
-        """Two half batches (SGLang's and DeepSeek's two-batch overlap): each half's compute, its attention
-        included (DeepSeek runs one micro-batch's attention while the other's combine is in flight, and splits
-        attention evenly between the halves; `attention` is both halves' own kernels), runs under the other half's
-        collectives, layer by layer: the pair takes max(2c, 2m) plus one layer's lead-in, min(c, m) / layers."""
+    def _overlapped(self, compute: float, collectives: float, attention: float, stage: int = 0) -> float:
+        """Two half batches (SGLang's and DeepSeek's two-batch overlap) on one stage: each half's compute, its
+        attention included (DeepSeek runs one micro-batch's attention while the other's combine is in flight, and
+        splits attention evenly between the halves; `attention` is both halves' own kernels), runs under the other
+        half's collectives, layer by layer: the pair takes max(2c, 2m) plus one layer's lead-in, min(c, m) /
+        layers."""
         half = compute + attention / 2
-        return max(2 * half, 2 * collectives) + min(half, collectives) / max(1, len(self.plan.layers))
+        layers = sum(count for _, count in self._stage_kinds[stage].values())
+        return max(2 * half, 2 * collectives) + min(half, collectives) / max(1, layers)
 
-    def _attention(self, tokens: float, context: float, decode: bool) -> float:
-        """Every layer's attention for `tokens` tokens at `context` (contexts rounded to 64 tokens: kept once)."""
+    def _attention(self, tokens: float, context: float, decode: bool, stage: int | None = None) -> float:
+        """Attention for `tokens` tokens at `context` over a stage's layers, or every layer's (contexts rounded to
+        64 tokens: kept once)."""
         if tokens <= 0:
             return 0.0
-        key = (max(1, int(round(tokens))), max(64, int(round(context / 64)) * 64), decode)
+        if stage is None:
+            return sum(self._attention(tokens, context, decode, index) for index in range(self.stages))
+        key = (max(1, int(round(tokens))), max(64, int(round(context / 64)) * 64), decode, stage)
         if key not in self._attention_cache:
-            builder = PhaseBuilder(self._base, self.plan, self.cost, self.topology, *key)
+            builder = PhaseBuilder(self._base, self.plan, self.cost, self.topology, *key[:3])
             self._attention_cache[key] = sum(
-                count * builder.attention(layer)[0] for layer, count in self._layer_kinds.values()
+                count * builder.attention(layer)[0] for layer, count in self._stage_kinds[stage].values()
             )
         return self._attention_cache[key]
 
@@ -103,26 +117,48 @@ class IterationCost:
     ) -> float:
         """One iteration: `prefill_tokens` prompt tokens (attending over `prefill_context` on average, causal),
         `decode_tokens` decode tokens reading `decode_context` cached tokens on average, and `drafts` draft tokens
-        of speculative decoding (`draft_seconds`)."""
+        of speculative decoding (`draft_seconds`, on the last stage, where the MTP module sits)."""
         total = prefill_tokens + decode_tokens
         if total <= 0:
             return 0.0
         self._build_grid()
         computes, collectives_grid = self._passes[prefill_tokens == 0]
-        compute = float(np.interp(total, self._grid, computes))
-        collectives = float(np.interp(total, self._grid, collectives_grid))
-        if self.scenario.serving.two_batch_overlap:  # each half batch runs its own attention kernels
-            attention = 2 * (
-                self._attention(prefill_tokens / 2, prefill_context, False)
-                + self._attention(decode_tokens / 2, decode_context, True)
-            )
-            body = self._overlapped(compute, collectives, attention)
-        else:
-            attention = self._attention(prefill_tokens, prefill_context, False) + self._attention(
-                decode_tokens, decode_context, True
-            )
-            body = compute + attention
-        return body + self.draft_seconds(drafts, decode_context)
+        overlap = self.scenario.serving.two_batch_overlap
+        stage_seconds = []
+        for stage in range(self.stages):
+            compute = float(np.interp(total, self._grid, computes[:, stage]))
+            collectives = float(np.interp(total, self._grid, collectives_grid[:, stage]))
+            if overlap:  # each half batch runs its own attention kernels
+                attention = 2 * (
+                    self._attention(prefill_tokens / 2, prefill_context, False, stage)
+                    + self._attention(decode_tokens / 2, decode_context, True, stage)
+                )
+                stage_seconds.append(self._overlapped(compute, collectives, attention, stage))
+            else:
+                attention = self._attention(prefill_tokens, prefill_context, False, stage) + self._attention(
+                    decode_tokens, decode_context, True, stage
+                )
+                stage_seconds.append(compute + attention)
+        stage_seconds[-1] += self.draft_seconds(drafts, decode_context)
+        return self._pipelined(stage_seconds, total)
+
+    def _pipelined(self, stage_seconds: list[float], tokens: int) -> float:
+        """One engine's iteration through the stages while the other `pp_size - 1` engines keep the pipeline
+        busy: max(sum of stages + hops, pp x slowest stage)."""
+        if len(stage_seconds) == 1:
+            return stage_seconds[0]
+        hops = (len(stage_seconds) - 1) * self.hop_seconds(tokens)
+        return max(sum(stage_seconds) + hops, len(stage_seconds) * max(stage_seconds))
+
+    def hop_seconds(self, tokens: int) -> float:
+        """Sending `tokens` tokens' activations to the next stage: over the network where a stage's GPUs fill a
+        node or more (pipeline stages outermost in the rank order), else over NVLink; each TP rank sends its
+        share, as Megatron's scatter-gather does."""
+        par, cluster, topology = self._base.parallelism, self._base.cluster, self.topology
+        size = tokens * self._base.model.hidden_size * self._base.workload.precision.activation_bytes / par.tp_size
+        if cluster.world_size // par.pp_size >= cluster.gpus_per_node:
+            return topology.network_latency_s + size / topology.nic_bytes_per_s
+        return topology.scale_up_latency_s + size / topology.scale_up_bytes_per_s
 
     def _build_grid(self) -> None:
         """The pass without attention, simulated once per power of two up to the token budget."""
@@ -130,14 +166,16 @@ class IterationCost:
             return
         top = max(1, self.scenario.serving.token_budget)
         self._grid = sorted({2**power for power in range(int(np.log2(top)) + 1)} | {top})
-        self._pass_s = [self._pass_without_attention(tokens) for tokens in self._grid]
-        self._decode_grid = [self._pass_without_attention(tokens, self._decode_base) for tokens in self._grid]
-        for decode_only, passes in ((False, self._pass_s), (True, self._decode_grid)):
+        for decode_only, scenario in ((False, self._base), (True, self._decode_base)):
+            passes = [self._pass_without_attention(tokens, scenario) for tokens in self._grid]
             self._passes[decode_only] = (np.array([c for c, _ in passes]), np.array([m for _, m in passes]))
         computes, collectives = self._passes[True]
         overlap = self.scenario.serving.two_batch_overlap
         self._draft_layers = np.array(
-            [self._overlapped(c, m, 0.0) if overlap else c for c, m in zip(computes, collectives)]
+            [
+                sum(self._overlapped(c, m, 0.0, stage) if overlap else c for stage, (c, m) in enumerate(zip(cs, ms)))
+                for cs, ms in zip(computes, collectives)
+            ]
         )
 
     def breakdown(self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float) -> dict:
@@ -165,7 +203,7 @@ class IterationCost:
         if drafts <= 0 or steps <= 0:
             return 0.0
         sequences = drafts / steps
-        model, layers = self._base.model, max(1, len(self.plan.layers))
+        model, layers = self._base.model, max(1, len(self.plan.layers))  # the module: one layer's share
         self._build_grid()
         layer = float(np.interp(sequences, self._grid, self._draft_layers)) / layers
         attention = self._attention(sequences, context, True) / layers
@@ -173,12 +211,13 @@ class IterationCost:
         return steps * (layer + attention + head)
 
     def kv_capacity_tokens(self) -> int:
-        """Tokens of KV cache one attention rank holds: its memory less weights, buffers and one pass's
-        activations (the memory model at this scenario's settings), over the KV bytes of a token."""
+        """Tokens of KV cache one engine holds: an attention rank's memory less weights, buffers and one pass's
+        activations (the memory model at this scenario's settings), over the KV bytes of a token; with pipeline
+        stages, each GPU holds its stage's layers and the pipeline's cache is shared by its engines."""
         from moesim.sim.memory import memory_per_gpu
 
         memory = memory_per_gpu(self._base, self.plan)
         free = memory.capacity_bytes - memory.weights_bytes - memory.alltoall_buffer_bytes - memory.activations_bytes
         per_token = accounting.kv_cache_bytes_per_token(self._base.model, self._base.workload.precision)
-        per_token /= self._base.parallelism.tp_size * self._base.parallelism.pp_size
-        return max(0, int(free / per_token))
+        per_token /= self._base.parallelism.tp_size * self.stages  # a GPU holds its stage's layers' share
+        return max(0, int(free / per_token / self.stages))  # the pipeline's, shared by its `pp_size` engines
