@@ -36,7 +36,7 @@ class IterationCost:
     scenario: Scenario
     _grid: list[int] = field(default_factory=list)
     _passes: dict[bool, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    """(compute, collectives) seconds by grid point and pipeline stage, keyed by decode-only (iterations that only
+    """(compute, collectives) seconds by pipeline stage and grid point, keyed by decode-only (iterations that only
     decode run DeepEP's low-latency kernels where the scenario runs DeepEP), for interpolating every iteration."""
     _attention_cache: dict[tuple[int, int, bool, int], float] = field(default_factory=dict)
     _draft_layers: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -58,6 +58,7 @@ class IterationCost:
                 kinds[layer.cross_attention] = (first, count + 1)
             self._stage_kinds.append(kinds)
         self.stages = len(self._stage_kinds)
+        self._stage_layers = [len(stage) for stage in self.plan.stages]
         # DeepEP's two modes, as DeepSeek and SGLang run them: the normal kernels while an iteration prefills, the
         # low-latency kernels for iterations that only decode
         self.two_modes = self._base.simulation.alltoall_algorithm == "deepep"
@@ -94,8 +95,7 @@ class IterationCost:
         half's collectives, layer by layer: the pair takes max(2c, 2m) plus one layer's lead-in, min(c, m) /
         layers."""
         half = compute + attention / 2
-        layers = sum(count for _, count in self._stage_kinds[stage].values())
-        return max(2 * half, 2 * collectives) + min(half, collectives) / max(1, layers)
+        return max(2 * half, 2 * collectives) + min(half, collectives) / max(1, self._stage_layers[stage])
 
     def _attention(self, tokens: float, context: float, decode: bool, stage: int | None = None) -> float:
         """Attention for `tokens` tokens at `context` over a stage's layers, or every layer's (contexts rounded to
@@ -126,8 +126,8 @@ class IterationCost:
         overlap = self.scenario.serving.two_batch_overlap
         stage_seconds = []
         for stage in range(self.stages):
-            compute = float(np.interp(total, self._grid, computes[:, stage]))
-            collectives = float(np.interp(total, self._grid, collectives_grid[:, stage]))
+            compute = float(np.interp(total, self._grid, computes[stage]))
+            collectives = float(np.interp(total, self._grid, collectives_grid[stage]))
             if overlap:  # each half batch runs its own attention kernels
                 attention = 2 * (
                     self._attention(prefill_tokens / 2, prefill_context, False, stage)
@@ -168,13 +168,15 @@ class IterationCost:
         self._grid = sorted({2**power for power in range(int(np.log2(top)) + 1)} | {top})
         for decode_only, scenario in ((False, self._base), (True, self._decode_base)):
             passes = [self._pass_without_attention(tokens, scenario) for tokens in self._grid]
-            self._passes[decode_only] = (np.array([c for c, _ in passes]), np.array([m for _, m in passes]))
+            # stage-major, so that an iteration interpolates each stage's contiguous row
+            computes = np.array([c for c, _ in passes]).T.copy()
+            self._passes[decode_only] = (computes, np.array([m for _, m in passes]).T.copy())
         computes, collectives = self._passes[True]
         overlap = self.scenario.serving.two_batch_overlap
         self._draft_layers = np.array(
             [
                 sum(self._overlapped(c, m, 0.0, stage) if overlap else c for stage, (c, m) in enumerate(zip(cs, ms)))
-                for cs, ms in zip(computes, collectives)
+                for cs, ms in zip(computes.T, collectives.T)
             ]
         )
 

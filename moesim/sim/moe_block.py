@@ -62,15 +62,16 @@ def moe_block_phases(
         + BACKWARD_MEMORY_FACTOR * scores_pass
     )
     served = float(sum(rank_rows.sum() for rank_rows in routing_here.rank_rows)) / builder.ranks
-    permuted_rows = served if builder.scenario.routing.pad_to_capacity else builder.tokens * top_k
-    permute_bytes = 2 * permuted_rows * model.hidden_size * builder.element
-    permute = unpermute = cost.memory_seconds(permute_bytes)  # fused kernels: one pass over what they move
     if sim.alltoall_algorithm == "deepep_low_latency":  # DeepEP's kernels lay the copies out by expert
         permute, unpermute = low_latency_kernel_seconds(builder, served, top_k)
-    elif not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
-        router = _or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
-        permute = _or(cost.fitted("permute", builder.work(top_k, served)), permute)
-        unpermute = _or(cost.fitted("unpermute", builder.work(top_k, served)), unpermute)
+    else:
+        permuted_rows = served if builder.scenario.routing.pad_to_capacity else builder.tokens * top_k
+        permute_bytes = 2 * permuted_rows * model.hidden_size * builder.element
+        permute = unpermute = cost.memory_seconds(permute_bytes)  # fused kernels: one pass over what they move
+        if not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
+            router = _or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
+            permute = _or(cost.fitted("permute", builder.work(top_k, served)), permute)
+            unpermute = _or(cost.fitted("unpermute", builder.work(top_k, served)), unpermute)
     rows = routing_here.rank_rows
     gemm = np.array([builder.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
     shared = shared_roofline_backward = 0.0

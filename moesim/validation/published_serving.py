@@ -269,6 +269,7 @@ DEEPSEEK_PROFILE_PREFILL_NODE_TOKENS_PER_S = 62713.0
 """DeepSeek's profile-data prefill.json (EP32, 16,384 tokens a GPU, 4K prompts), as a node's input tokens/s: the
 SGLang team's reading of it (lmsys.org, 'Deploying DeepSeek with PD Disaggregation and Large-scale Expert
 Parallelism on 96 H100 GPUs', 2025-05-05, Overall Throughput table)."""
+SGLANG_DECODE_SEQUENCES = 256
 SGLANG_DECODE_NODE_TOKENS_PER_S = 22282.0
 """The same post: SGLang's decode on 9 x 8 H100 (EP72, 288 expert slots by EPLB, two-batch overlap, DeepEP's
 low-latency kernels), 256 sequences a GPU, 2,000-token inputs, no MTP: output tokens/s per node."""
@@ -294,7 +295,7 @@ def deepseek_step_checks() -> list[ServingFigure]:
             "serving.speculative_tokens=0",
         ],
     )
-    sglang_step = IterationCost(sglang).seconds(0, 0, 256, 2000)
+    sglang_step = IterationCost(sglang).seconds(0, 0, SGLANG_DECODE_SEQUENCES, 2000)
     prefill = prefill_pool_scenario(_scenario(DEEPSEEK, ["serving.prefill_pool.num_nodes=4"]))
     tokens = spec.token_budget
     prefill_step = IterationCost(prefill).seconds(tokens, 4096 / 2, 0, 0)
@@ -316,10 +317,10 @@ def deepseek_step_checks() -> list[ServingFigure]:
         ),
         ServingFigure(
             "SGLang on 9 x 8 H100 (EP72, decode)",
-            "decode, 256 sequences a GPU, 2K context",
+            f"decode, {SGLANG_DECODE_SEQUENCES} sequences a GPU, 2K context",
             "output tokens/s per node",
             SGLANG_DECODE_NODE_TOKENS_PER_S,
-            8 * 256 / sglang_step,
+            sglang.cluster.gpus_per_node * SGLANG_DECODE_SEQUENCES / sglang_step,
             lmsys,
             f"{common} on dgx-h100 nodes, EP72 with 288 expert slots, no MTP; SGLang reports its MoE kernels 25% "
             "slower than DeepSeek's and unfused small kernels ('Other Kernels'); moesim assumes an engine's fused "
@@ -333,7 +334,7 @@ def deepseek_step_checks() -> list[ServingFigure]:
             prefill.cluster.gpus_per_node * tokens / prefill_step,
             lmsys + " (its reading of DeepSeek's prefill.json)",
             f"{common}; two micro-batches; the iteration is bound by DeepEP's RDMA transfers, where moesim's rate "
-            "at EP 32 is 0.85x DeepEP's published one (table above)",
+            "at EP 32 is below DeepEP's published one (DeepEP's table above)",
         ),
     ]
 
@@ -342,14 +343,19 @@ def _value(value: float, unit: str) -> str:
     return f"{value:,.1f} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
 
 
+TABLE_HEADER = (
+    "| deployment | figure | published | moesim | moesim / published | source | assumptions |",
+    "| --- | --- | ---: | ---: | ---: | --- | --- |",
+)
+
+
 def serving_rows() -> list[str]:
     """The serving section of PUBLISHED.md."""
     lines = [
         f"The bar: within {WITHIN:.0%}. `moesim serve` on each scenario runs the whole deployment; these rows "
         "put each published figure beside moesim's at the same operating point.",
         "",
-        "| deployment | figure | published | moesim | moesim / published | source | assumptions |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+        *TABLE_HEADER,
     ]
     lines += _table_rows(mlperf_figures() + deepseek_figures())
     lines += [
@@ -359,8 +365,7 @@ def serving_rows() -> list[str]:
         "The production rows rest on loads DeepSeek does not state; these hold the same iteration model against "
         "DeepSeek's own profiles and SGLang's H100 run, whose batches and lengths are stated.",
         "",
-        "| deployment | figure | published | moesim | moesim / published | source | assumptions |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+        *TABLE_HEADER,
     ]
     return lines + _table_rows(deepseek_step_checks())
 
