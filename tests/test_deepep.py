@@ -80,3 +80,4 @@ def test_low_latency_kernels_hold_the_sms_only_for_their_send_and_receive_phases
     assert phases["decode/unpermute"] > steps * LOW_LATENCY_KERNEL_FIXED_S
     plain = simulate(scenario_from_dict(_decode("deepep")), check_memory=False).phase_seconds
     assert plain["decode/permute"] < phases["decode/permute"]  # the executor's permutation of 8 tokens' copies
+    assert plain["decode/router"] == pytest.approx(phases["decode/router"])  # the router is the same either way

@@ -69,9 +69,10 @@ def moe_block_phases(
         permute_bytes = 2 * permuted_rows * model.hidden_size * builder.element
         permute = unpermute = cost.memory_seconds(permute_bytes)  # fused kernels: one pass over what they move
         if not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
-            router = _or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
             permute = _or(cost.fitted("permute", builder.work(top_k, served)), permute)
             unpermute = _or(cost.fitted("unpermute", builder.work(top_k, served)), unpermute)
+    if not builder.fused_kernels:  # the router is the executor's whichever all-to-all runs
+        router = _or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
     rows = routing_here.rank_rows
     gemm = np.array([builder.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
     shared = shared_roofline_backward = 0.0
