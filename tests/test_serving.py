@@ -15,7 +15,9 @@ from moesim.serving import simulate_serving
 from moesim.serving.engine import run_engine
 
 
-def linear(prefill: int, prefill_context: float, decode: int, decode_context: float, drafts: int = 0) -> float:
+def linear(
+    prefill: int, prefill_context: float, decode: int, decode_context: float, drafts: int = 0, sampled: int = 0
+) -> float:
     """A made-up engine: 1 ms per prompt token, 0.1 ms per decode token, 10 ms per iteration, 1 ms per draft."""
     return 0.010 + 0.001 * prefill + 0.0001 * decode + 0.001 * drafts
 
@@ -306,7 +308,9 @@ def test_two_batch_overlap_hides_attention_under_the_other_halfs_all_to_alls() -
 def test_a_cached_prefix_is_held_and_attended_to_but_not_computed() -> None:
     seen: list[tuple[int, float]] = []
 
-    def recording(prefill: int, prefill_context: float, decode: int, decode_context: float, drafts: int = 0) -> float:
+    def recording(
+        prefill: int, prefill_context: float, decode: int, decode_context: float, drafts: int = 0, sampled: int = 0
+    ) -> float:
         seen.append((prefill, prefill_context))
         return linear(prefill, prefill_context, decode, decode_context, drafts)
 
@@ -411,3 +415,43 @@ def test_a_pipeline_keeps_a_batch_in_flight_per_stage() -> None:
     assert served.attention_ranks == 8  # four attention ranks of two stages, two engines each
     assert any(note.startswith("pipeline: an iteration takes max(") for note in served.notes)
     assert served.output_tokens_per_s > 0 and served.tpot_s[50] > 2 * cost.hop_seconds(1)
+
+
+def test_a_prompt_token_attends_to_the_context_the_engine_passes_once_halved() -> None:
+    """The engine passes the keys a prompt token attends to on average (half a whole prompt, causal): a prompt of
+    4,096 tokens costs each token 2 x heads x (qk + v) x 2,048 score FLOPs a layer, as a decode token reading 2,048
+    cached tokens scores (before its KV-cache read bounds it). Halving that context again, as the phase builder's
+    training path does for a full sequence, priced serving prefill's attention at half its FLOPs."""
+    from moesim.serving.iteration import IterationCost
+
+    scenario = scenario_from_dict(
+        {**_mixtral(concurrency=8), "parallelism": {"ep_size": 1}, "cluster": {"num_nodes": 1, "gpus_per_node": 1}}
+    )
+    cost = IterationCost(scenario)
+    model, tokens, layers = scenario.model, 4096, 4
+    flops = 2 * model.num_attention_heads * 2 * model.attention_head_dim * 2048 * tokens * layers
+    prompt = cost._attention(tokens, 2048, False)
+    builder_parts = cost.cost.attention_seconds(flops)
+    assert prompt > builder_parts  # the scores plus the projections and norms
+    scores_only = prompt - cost._attention(tokens, 64, False)  # the same GEMMs and norms at a short context
+    expected = builder_parts - cost.cost.attention_seconds(flops * 64 / 2048)
+    assert scores_only == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_output_head_runs_on_the_sampled_rows_only() -> None:
+    """An engine computes logits for each decode token and each prompt whose last chunk ran, not for every prompt
+    token: a 4,096-token prompt iteration is cheaper than the pass over all its rows by exactly the head's GEMM and
+    logits pass over the 4,095 rows it skips."""
+    from moesim.serving.iteration import IterationCost
+
+    scenario = scenario_from_dict(
+        {**_mixtral(concurrency=8), "parallelism": {"ep_size": 1}, "cluster": {"num_nodes": 1, "gpus_per_node": 1}}
+    )
+    cost = IterationCost(scenario)
+    every_row = cost.seconds(4096, 2048, 0, 0, sampled=4096)
+    one_row = cost.seconds(4096, 2048, 0, 0, sampled=1)
+    assert cost.seconds(4096, 2048, 0, 0) == one_row  # the default: one prompt finishing
+    vocab, hidden = scenario.model.vocab_size, scenario.model.hidden_size
+    head = float(cost.cost.gemm_seconds(4096, hidden, vocab)) + cost.cost.memory_seconds(8 * 4096 * vocab)
+    assert every_row - one_row == pytest.approx(head - cost.head_seconds(1), rel=1e-9)
+    assert cost.seconds(0, 0, 64, 1024, sampled=64) == cost.seconds(0, 0, 64, 1024)  # decode: every row samples

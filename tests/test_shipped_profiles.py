@@ -177,3 +177,67 @@ def test_shipped_router_and_permutation_are_the_executors_device_work() -> None:
     )
     ratio = calibrated["memory_bytes_per_s"] / shipped_tables(DEVICES["H100-SXM"]).copy_bytes_per_s
     assert permute["sort keys"] == pytest.approx(measured["sort keys"] * ratio, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "gpu, plain, grouped_gap, taken, bounds",
+    [("H100-SXM", 17.4e-6, 21.5e-6, 19.0e-6, (0.06, 0.15)), ("H200", 24.7e-6, 27.5e-6, 26.1e-6, (0.11, 0.20))],
+)
+def test_the_host_synchronisation_taken_off_the_tables_is_measured(
+    gpu: str, plain: float, grouped_gap: float, taken: float, bounds: tuple[float, float]
+) -> None:
+    """Each GPU's table GEMMs timed again back to back in a busy stream (`in_stream_bf16.csv`, 2026-11-26): the
+    tables' host-synchronised figures hold 17 us (plain) and 22 us (grouped) more on the H100, 25 and 27 us on the
+    H200, for kernels under 100 us; each profile takes off its measured median. The grouped model, fitted to the
+    tables, then meets the stream times: on the H100 within 5.0% (median) and 11.0% (90th); on the H200 within
+    10.0% and 17.0%, where its kernel runs 16 rows a group slower than 128 (a kernel choice no tile model makes)."""
+    tables = shipped_tables(DEVICES[gpu])
+    assert len(tables.in_stream) == 106
+    gaps = {
+        kind: np.median([t - s for k, *_, t, s in tables.in_stream if k == kind and s < 100e-6])
+        for kind in ("gemm_bf16", "grouped")
+    }
+    assert gaps["gemm_bf16"] == pytest.approx(plain, abs=0.1e-6)
+    assert gaps["grouped"] == pytest.approx(grouped_gap, abs=0.1e-6)
+    assert shipped_profile(gpu)["timing_overhead_s"] == pytest.approx(taken, abs=0.1e-6)
+    grouped = CostModel.for_gpu(gpu_preset(gpu)).grouped  # in the stream: the overhead taken off
+    stream = [
+        ("forward", [rows] * groups, inner, cols, seconds)
+        for kind, groups, rows, inner, cols, _, seconds in tables.in_stream
+        if kind == "grouped"
+    ]
+    median, p90 = _stats(relative_errors(grouped, stream))
+    assert median <= bounds[0] and p90 <= bounds[1], (median, p90)
+
+
+@pytest.mark.parametrize("gpu", DEVICES)
+def test_attention_costs_each_query_block_and_fits_prompts_and_decode_timed_in_a_stream(gpu: str) -> None:
+    """Scaled dot-product attention on each GPU in a busy stream (`attention_in_stream.csv`): prompts of 512 to
+    8,192 tokens fit a fixed cost, whole causal tiles at one rate and each query block's own cost (short prompts
+    run at 44% of peak, long ones at 62%); decode batches that fill the GPU read their KV caches at the copy
+    bandwidth. Small decode batches with long caches are PyTorch's kernel without split-KV (an engine's splits the
+    cache over the SMs): left out of the check, and said so."""
+    from moesim.models import model_preset
+    from moesim.profiles.tables import causal_attention_flops, causal_query_blocks
+    from moesim.sim.compute import causal_tile_share
+
+    tables = shipped_tables(DEVICES[gpu])
+    cost = CostModel.for_gpu(gpu_preset(gpu))
+    assert cost.attention_overhead_s < 12e-6 and 0.5 < cost.attention_efficiency < 0.7  # the 4-point fit's was 56 us
+    errors = []
+    for kind, sequences, heads, kv_heads, _, context, seconds in tables.attention_in_stream:
+        if kind == "prefill":
+            flops = causal_attention_flops(sequences, heads, context, 128) * 2 * causal_tile_share(context)
+            predicted = cost.attention_seconds(flops, causal_query_blocks(sequences, heads, context))
+        elif sequences * kv_heads >= 132:  # enough heads of sequences to fill the SMs
+            flops = 4.0 * sequences * heads * context * 128
+            kv = sequences * kv_heads * context * 128 * 2 * 2
+            predicted = max(cost.attention_seconds(flops), cost.memory_seconds(kv))
+        else:
+            continue
+        errors.append(predicted / seconds - 1)
+    assert len(errors) == 18
+    median, p90 = _stats(np.array(errors))
+    assert median <= 0.08 and p90 <= 0.15, (median, p90)  # H100 3.3%, 11.8%; H200 6.4%, 11.2%
+    assert causal_tile_share(512) == pytest.approx(5 / 8) and causal_tile_share(1 << 20) == pytest.approx(0.5, 1e-3)
+    assert model_preset("mixtral-8x7b").attention_head_dim == 128

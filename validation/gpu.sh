@@ -3,7 +3,8 @@
 #   1. the device tests (routers and executor on CUDA; they skip on a machine without one) -> tests.log
 #   2. benchmarks/executor.py: the executor against bare kernels                               -> BENCHMARK.md
 #   3. moesim validate --device cuda: the whole MoE layer on one GPU, simulator against executor -> REPORT.md
-# About 5 minutes on one H100 or H200. Without a GPU it runs the same steps on the CPU, at small
+#   4. moesim.validation.serving_check: serving iterations of real decoder layers against IterationCost -> SERVING.md
+# About 6 minutes on one H100 or H200. Without a GPU it runs the same steps on the CPU, at small
 # sizes (to try it first). Where PyTorch is installed but simpy, ortools or pydantic are not, the
 # wheels in .whl/ are installed into a temporary folder first (docs/executor.md: "On a GPU").
 set -euo pipefail
@@ -37,4 +38,7 @@ echo "== executor benchmark"
   | tee "$out/$device/BENCHMARK.md" || status=1
 echo "== single-device validation"
 $PYTHON -m moesim validate "${validate[@]}" --out "$out" || status=1
+echo "== serving iterations"
+if [ "${validate[0]}" = "--device" ]; then serving=(); else serving=(--quick); fi
+$PYTHON -m moesim.validation.serving_check "${serving[@]}" --out "$out" || status=1
 exit $status

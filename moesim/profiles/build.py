@@ -15,8 +15,13 @@
 
 Every fitted part carries its source and its error on the table it came from (median,
 90th percentile, maximum of |predicted / measured - 1|, and the median signed error).
-The tables time each kernel between host synchronisations; `TIMING_OVERHEAD_S` of that
-is not the kernel's and is taken off inside a simulated stream (`CostModel.from_profile`).
+The tables time each kernel between host synchronisations; that overhead is not the kernel's and is taken off
+inside a simulated stream (`CostModel.from_profile`): measured where the device's GEMMs were also timed back to back
+in a busy stream (`in_stream_bf16.csv`: the median of table less stream over the kernels under 100 us), else
+`TIMING_OVERHEAD_S`.
+
+The grouped model is fitted in two stages: its forward parameters to the forward table alone, then the weight
+gradient's to the backward samples (`fit_forward_then_gradient`).
 """
 
 from __future__ import annotations
@@ -27,14 +32,15 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from moesim.cluster.hardware import GpuSpec
-from moesim.profiles.tables import KernelTables, causal_attention_flops
+from moesim.profiles.tables import KernelTables, causal_attention_flops, causal_query_blocks
+from moesim.sim.compute import causal_tile_share
 from moesim.sim.fp8 import Fp8Speedup
 from moesim.sim.gemm_fit import (
     GroupedSample,
     minimise_log,
     dense_errors,
     fit_dense_model,
-    fit_grouped_model,
+    fit_forward_then_gradient,
     relative_errors,
 )
 from moesim.sim.grouped import GroupedGemmModel
@@ -44,8 +50,12 @@ SMS = 132
 KERNEL_LAUNCH_S = 4e-6
 """A kernel's cost inside a busy stream (launch and tail), assumed."""
 TIMING_OVERHEAD_S = 18e-6
-"""What the tables' host-synchronised timing adds to a kernel: their smallest GEMMs take ~25 us where CUDA events
-time the same kind of GEMM on the same H200 at ~7 us (`validation/NVIDIA-H200/raw.json`)."""
+"""What the tables' host-synchronised timing adds to a kernel, where the device has no stream timings: their
+smallest GEMMs take ~25 us where CUDA events time the same kind of GEMM on the same H200 at ~7 us
+(`validation/NVIDIA-H200/raw.json`). On the H100 it is measured: 17 us for plain GEMMs, 22 us for grouped ones
+(medians of table less stream, `h100-2026-11-26/in_stream_bf16.csv`), 19 us over both."""
+STREAM_OVERHEAD_KERNELS_S = 100e-6
+"""Kernels shorter than this in a stream measure the timing overhead: in longer ones run-to-run noise swamps it."""
 GATED_PASSES_BACKWARD = 7
 """Memory passes of a SwiGLU activation's backward per row and inner unit (see `CostModel.activation_seconds`)."""
 
@@ -108,13 +118,59 @@ def fit_dense_backward(
 
 
 def fit_attention(samples: Sequence[tuple[int, int, int, int, float]], peak: float) -> tuple[float, float, np.ndarray]:
-    """(efficiency, fixed seconds, errors): seconds = fixed + FLOPs / (peak x efficiency), least squares."""
-    flops = np.array([causal_attention_flops(*s[:4]) for s in samples])
+    """(efficiency, fixed seconds, errors) of host-timed causal attention: seconds = fixed + FLOPs / (peak x
+    efficiency), the diagonal's tiles counted whole (`causal_tile_share`), least squares."""
+    flops = np.array([_tile_flops(*s[:4]) for s in samples])
     seconds = np.array([s[4] for s in samples])
     slope, fixed = np.polyfit(flops, seconds, 1)
     fixed = max(float(fixed), 0.0)
     efficiency = float(1.0 / (slope * peak))
     return efficiency, fixed, (fixed + flops / (peak * efficiency)) / seconds - 1.0
+
+
+def _tile_flops(batch: int, heads: int, sequence: int, head_dim: int) -> float:
+    """A causal attention's FLOPs as its kernel runs them: the full product's share in whole tiles."""
+    return causal_attention_flops(batch, heads, sequence, head_dim) * 2 * causal_tile_share(sequence)
+
+
+def fit_attention_in_stream(
+    samples: Sequence[tuple[int, int, int, int, float]], peak: float, held: Optional[tuple[float, float]] = None
+) -> tuple[float, float, float, np.ndarray]:
+    """(efficiency, fixed seconds, seconds a query block, errors) of causal attention timed in a busy stream:
+    seconds = fixed + FLOPs in whole tiles / (peak x efficiency) + query blocks x block cost / SMs. With `held`
+    (fixed, block), only the efficiency is fitted: a GPU of the same die whose tables time long prompts alone."""
+    flops = np.array([_tile_flops(*s[:4]) for s in samples])
+    blocks = np.array([causal_query_blocks(s[0], s[1], s[2]) for s in samples])
+    seconds = np.array([s[4] for s in samples])
+
+    def unpack(params: np.ndarray) -> tuple[float, float, float]:
+        values = np.exp(params)
+        return (min(float(values[0]), 1.0), *held) if held else (min(float(values[0]), 1.0), *map(float, values[1:]))
+
+    def predict(params: np.ndarray) -> np.ndarray:
+        efficiency, fixed, block = unpack(params)
+        return fixed + flops / (peak * efficiency) + blocks * block / SMS
+
+    start = (0.6,) if held else (0.6, 10e-6, 1e-6)
+    params = minimise_log(lambda p: float(np.mean(np.log(predict(p) / seconds) ** 2)), start)
+    return (*unpack(params), predict(params) / seconds - 1.0)
+
+
+def _attention_samples(tables: KernelTables, overhead: float) -> list[tuple[int, int, int, int, float]]:
+    """Causal prefills timed in a stream (`attention_in_stream.csv`) and the table's, less the timing overhead."""
+    stream = [
+        (sequences, heads, context, 128, seconds)
+        for kind, sequences, heads, _, _, context, seconds in tables.attention_in_stream
+        if kind == "prefill"
+    ]
+    return stream + [(b, h, s, d, seconds - overhead) for b, h, s, d, seconds in tables.attention]
+
+
+def measured_timing_overhead(tables: KernelTables) -> Optional[float]:
+    """What host-synchronised timing adds to a kernel on this device, measured: the median of table less stream
+    seconds over the kernels under `STREAM_OVERHEAD_KERNELS_S` in a stream; None without stream timings."""
+    gaps = [table - stream for *_, table, stream in tables.in_stream if stream < STREAM_OVERHEAD_KERNELS_S]
+    return float(np.median(gaps)) if gaps else None
 
 
 def _grouped_samples(tables: KernelTables) -> tuple[list[GroupedSample], list[GroupedSample]]:
@@ -140,6 +196,12 @@ def build_profile(
     sources: dict[str, str] = {}
     errors: dict[str, Any] = {}
 
+    overhead = measured_timing_overhead(tables)
+    if overhead is not None:
+        sources["timing_overhead"] = (
+            f"{label}/in_stream_bf16.csv ({overhead * 1e6:.1f} us: table less stream, median of "
+            f"{sum(1 for *_, stream in tables.in_stream if stream < STREAM_OVERHEAD_KERNELS_S)} kernels)"
+        )
     dense = fit_dense_model(tables.gemm, peak, bandwidth, SMS)
     errors["dense_gemm"] = error_summary(dense_errors(dense, tables.gemm), "gemm_bf16.csv")
     sources["dense_gemm"] = f"{label}/gemm_bf16.csv"
@@ -148,7 +210,7 @@ def build_profile(
     sources["dense_backward"] = f"{label}/ffn_backward_bf16.csv"
 
     forward, backward = _grouped_samples(tables)
-    grouped = fit_grouped_model(forward + backward, peak, bandwidth, SMS)
+    grouped = fit_forward_then_gradient(forward, backward, peak, bandwidth, SMS)
     errors["grouped_gemm"] = error_summary(relative_errors(grouped, forward), "grouped_gemm_uniform_bf16.csv")
     sources["grouped_gemm"] = f"{label}/grouped_gemm_uniform_bf16.csv"
     if backward:
@@ -158,7 +220,7 @@ def build_profile(
         sources["grouped_backward"] = f"{label}/grouped_gemm_fp8_and_backward.csv"
     elif gradients_from is not None and gradients_from.grouped_fp8:
         donor_forward, donor_backward = _grouped_samples(gradients_from)
-        donor = fit_grouped_model(donor_forward + donor_backward, peak, gradients_from.copy_bytes_per_s, SMS)
+        donor = fit_forward_then_gradient(donor_forward, donor_backward, peak, gradients_from.copy_bytes_per_s, SMS)
         grouped = replace(
             grouped,
             weight_grad_compute_efficiency=donor.weight_grad_compute_efficiency,
@@ -184,14 +246,38 @@ def build_profile(
         "memory_efficiency": bandwidth / (gpu.hbm_tb_per_s * 1e12),
         "memory_gb": gpu.hbm_gb,
         "kernel_launch_s": KERNEL_LAUNCH_S,
-        "timing_overhead_s": TIMING_OVERHEAD_S,
+        "timing_overhead_s": TIMING_OVERHEAD_S if overhead is None else overhead,
         "backward_gemm_factor": 2.0,
         "dense_gemm": dense.as_dict(),
         "grouped_gemm": grouped.as_dict(),
         "ffn_backward_overhead_s": ffn_fixed,
     }
     sources["memory"] = f"{label}/hbm_copy.json ({bandwidth / 1e12:.2f} TB/s copy)"
-    if tables.attention:
+    if tables.attention_in_stream:
+        timing = profile["timing_overhead_s"]
+        samples = _attention_samples(tables, timing)
+        efficiency, fixed, block, attention_errors = fit_attention_in_stream(samples, peak)
+        # a profile's overheads are as host-synchronised tables time them: the cost model takes the timing off
+        profile.update(attention_efficiency=efficiency, attention_overhead_s=fixed + timing, attention_block_s=block)
+        errors["attention"] = error_summary(attention_errors, "attention_in_stream.csv + attention_sdpa_bf16.csv")
+        sources["attention"] = (
+            f"{label}/attention_in_stream.csv (prompts of 512-8,192 tokens in a busy stream) and "
+            "attention_sdpa_bf16.csv"
+        )
+    elif tables.attention and gradients_from is not None and gradients_from.attention_in_stream:
+        # the same die: the kernel's fixed and per-block costs from the donor's stream timings, the rate from here
+        donor_timing = measured_timing_overhead(gradients_from) or TIMING_OVERHEAD_S
+        _, donor_fixed, block, _ = fit_attention_in_stream(_attention_samples(gradients_from, donor_timing), peak)
+        timing = profile["timing_overhead_s"]
+        samples = _attention_samples(tables, timing)
+        efficiency, fixed, block, attention_errors = fit_attention_in_stream(samples, peak, (donor_fixed, block))
+        profile.update(attention_efficiency=efficiency, attention_overhead_s=fixed + timing, attention_block_s=block)
+        errors["attention"] = error_summary(attention_errors, "attention_sdpa_bf16.csv")
+        sources["attention"] = (
+            f"{label}/attention_sdpa_bf16.csv (the rate); derived from {gradients_from.name}/attention_in_stream.csv "
+            "(the fixed and per-block costs: the same die)"
+        )
+    elif tables.attention:
         efficiency, fixed, attention_errors = fit_attention(tables.attention, peak)
         profile.update(attention_efficiency=efficiency, attention_overhead_s=fixed)
         errors["attention"] = error_summary(attention_errors, "attention_sdpa_bf16.csv")

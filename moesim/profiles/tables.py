@@ -9,6 +9,7 @@ and an HBM copy. Every file but `gemm_bf16.csv` and `hbm_copy.json` is optional.
 from __future__ import annotations
 
 import csv
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,14 @@ class KernelTables:
     """(rows, hidden, expert FFN size, forward seconds, backward seconds) of a SwiGLU FFN."""
     attention: list[tuple[int, int, int, int, float]] = field(default_factory=list)
     """(batch, heads, sequence, head size, seconds) of causal FlashAttention forward."""
+    attention_in_stream: list[tuple[str, int, int, int, int, int, float]] = field(default_factory=list)
+    """(kind, sequences, query heads, KV heads, query tokens a sequence, context, seconds in a busy stream) of
+    scaled dot-product attention, 128-wide heads: 'decode' reads a KV cache, 'prefill' is causal over a whole prompt
+    (`attention_in_stream.csv`, from `moesim.validation.stream_kernels`)."""
+    in_stream: list[tuple[str, int, int, int, int, float, float]] = field(default_factory=list)
+    """(table, groups, rows per group, inner, cols, the table's seconds, seconds in a busy stream) of the plain
+    ('gemm_bf16') and grouped ('grouped') GEMMs timed again back to back in a stream (`in_stream_bf16.csv`, from
+    `moesim.validation.stream_kernels`)."""
 
     @property
     def name(self) -> str:
@@ -95,6 +104,30 @@ def read_tables(folder: Path) -> KernelTables:
             (int(r["batch"]), int(r["heads"]), int(r["seq_len"]), int(r["head_dim"]), float(r["seconds"]))
             for r in _rows(folder / "attention_sdpa_bf16.csv")
         ],
+        attention_in_stream=[
+            (
+                r["kind"],
+                int(r["sequences"]),
+                int(r["heads"]),
+                int(r["kv_heads"]),
+                int(r["queries"]),
+                int(r["context"]),
+                float(r["stream_seconds"]),
+            )
+            for r in _rows(folder / "attention_in_stream.csv")
+        ],
+        in_stream=[
+            (
+                r["table"],
+                int(r["groups"]),
+                int(r["rows"]),
+                int(r["inner"]),
+                int(r["cols"]),
+                float(r["table_seconds"]),
+                float(r["stream_seconds"]),
+            )
+            for r in _rows(folder / "in_stream_bf16.csv")
+        ],
     )
 
 
@@ -107,3 +140,10 @@ def shipped_tables(name: str) -> Optional[KernelTables]:
 def causal_attention_flops(batch: int, heads: int, sequence: int, head_dim: int) -> float:
     """FLOPs of causal attention's forward as the tables count them: 4 b h s^2 d, halved by the mask."""
     return 4.0 * batch * heads * sequence**2 * head_dim / 2.0
+
+
+def causal_query_blocks(batch: float, heads: float, sequence: float) -> float:
+    """Query blocks (`ATTENTION_BLOCK` queries of a head) of a causal attention over `batch` prompts."""
+    from moesim.sim.compute import ATTENTION_BLOCK
+
+    return batch * heads * math.ceil(sequence / ATTENTION_BLOCK)

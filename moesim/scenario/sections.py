@@ -302,7 +302,8 @@ class SimulationSpec(_Section):
         description="eager: the router, permutation, un-permutation and expert bookkeeping as moesim's PyTorch "
         "executor runs them (its measured phase models); fused: a serving or training engine's fused kernels "
         "(TensorRT-LLM, SGLang, vLLM, Megatron's fused permute): one memory pass each and a fused gated activation "
-        "(assumed, not measured); the grouped expert GEMMs stay as measured (CUTLASS kernels, as the engines').",
+        "(assumed, not measured), and each layer's residual adds fused into its RMSNorms; the grouped expert GEMMs "
+        "stay as measured (CUTLASS kernels, as the engines').",
     )
     allreduce_algorithm: Literal["auto", "ring", "hierarchical"] = Field(
         "auto", description="Data-parallel gradient all-reduce algorithm (auto = the faster)."

@@ -139,8 +139,14 @@ def run_engine(
             sum(take * (r.prefilled + take / 2) for r, take in chunks) / prefill if prefill else 0.0
         )  # causal: a chunk's tokens attend, on average, to the prompt before them and half the chunk
         decode_context = float(np.mean([r.input_tokens + r.generated for r in decoding])) if decoding else 0.0
+        finishing = sum(1 for r, take in chunks if r.prefilled + take >= r.input_tokens)  # their first token
         seconds = iteration_seconds(
-            prefill, prefill_context, width * len(decoding), decode_context, spec.speculative_tokens * len(decoding)
+            prefill,
+            prefill_context,
+            width * len(decoding),
+            decode_context,
+            spec.speculative_tokens * len(decoding),
+            width * len(decoding) + finishing,
         )
         now += seconds
         busy += seconds

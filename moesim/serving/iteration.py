@@ -106,27 +106,45 @@ class IterationCost:
             return sum(self._attention(tokens, context, decode, index) for index in range(self.stages))
         key = (max(1, int(round(tokens))), max(64, int(round(context / 64)) * 64), decode, stage)
         if key not in self._attention_cache:
-            builder = PhaseBuilder(self._base, self.plan, self.cost, self.topology, *key[:3])
+            # the phase builder takes a prompt's full length and halves it for the causal mask; `context` is
+            # already the keys a prompt token attends to on average
+            full = key[1] if decode else 2 * key[1]
+            builder = PhaseBuilder(self._base, self.plan, self.cost, self.topology, key[0], full, decode)
             self._attention_cache[key] = sum(
                 count * builder.attention(layer)[0] for layer, count in self._stage_kinds[stage].values()
             )
         return self._attention_cache[key]
 
     def seconds(
-        self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float, drafts: int = 0
+        self,
+        prefill_tokens: int,
+        prefill_context: float,
+        decode_tokens: int,
+        decode_context: float,
+        drafts: int = 0,
+        sampled: int | None = None,
     ) -> float:
-        """One iteration: `prefill_tokens` prompt tokens (attending over `prefill_context` on average, causal),
-        `decode_tokens` decode tokens reading `decode_context` cached tokens on average, and `drafts` draft tokens
-        of speculative decoding (`draft_seconds`, on the last stage, where the MTP module sits)."""
+        """One iteration: `prefill_tokens` prompt tokens (each attending to `prefill_context` keys on average,
+        causal), `decode_tokens` decode tokens reading `decode_context` cached tokens on average, `drafts` draft
+        tokens of speculative decoding (`draft_seconds`, on the last stage, where the MTP module sits), and the
+        output head on `sampled` rows: every decode token and each prompt whose last chunk this is (default: the
+        decode tokens and one prompt where any prefills); an engine computes no logits for a prompt's other
+        tokens."""
         total = prefill_tokens + decode_tokens
         if total <= 0:
             return 0.0
         self._build_grid()
         computes, collectives_grid = self._passes[prefill_tokens == 0]
         overlap = self.scenario.serving.two_batch_overlap
+        if sampled is None:
+            sampled = decode_tokens + (1 if prefill_tokens else 0)
+        passes = 2 if overlap and total >= 2 else 1  # the grid holds one half batch's compute under overlap
+        unsampled = self.head_seconds(total / passes) - self.head_seconds(min(sampled, total) / passes)
         stage_seconds = []
         for stage in range(self.stages):
             compute = float(np.interp(total, self._grid, computes[stage]))
+            if stage == self.stages - 1:
+                compute = max(0.0, compute - unsampled)
             collectives = float(np.interp(total, self._grid, collectives_grid[stage]))
             if overlap:  # each half batch runs its own attention kernels
                 attention = 2 * (
@@ -141,6 +159,18 @@ class IterationCost:
                 stage_seconds.append(compute + attention)
         stage_seconds[-1] += self.draft_seconds(drafts, decode_context)
         return self._pipelined(stage_seconds, total)
+
+    def head_seconds(self, tokens: float) -> float:
+        """The output head on `tokens` rows, as the simulator's pass prices it: the vocabulary GEMM and a pass over
+        the logits."""
+        if tokens <= 0:
+            return 0.0
+        model = self._base.model
+        vocab = model.vocab_size // self._base.parallelism.tp_size
+        rows = max(1, int(round(tokens)))
+        return float(self.cost.gemm_seconds(rows, model.hidden_size, vocab)) + self.cost.memory_seconds(
+            8 * rows * vocab
+        )
 
     def _pipelined(self, stage_seconds: list[float], tokens: int) -> float:
         """One engine's iteration through the stages while the other `pp_size - 1` engines keep the pipeline
@@ -180,10 +210,17 @@ class IterationCost:
             ]
         )
 
-    def breakdown(self, prefill_tokens: int, prefill_context: float, decode_tokens: int, decode_context: float) -> dict:
+    def breakdown(
+        self,
+        prefill_tokens: int,
+        prefill_context: float,
+        decode_tokens: int,
+        decode_context: float,
+        sampled: int | None = None,
+    ) -> dict:
         """Where one iteration's time goes, seconds by phase: the pass at its token count, phase by phase (each
         rank's mean, waits for the busiest rank as `wait`; before two-batch overlap), with the iteration's own
-        attention in place of the pass's."""
+        attention in place of the pass's and the output head on its `sampled` rows (as `seconds`)."""
         total = prefill_tokens + decode_tokens
         scenario = self._decode_base if prefill_tokens == 0 else self._base
         stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, max(1, total), 1, False, False)
@@ -195,6 +232,10 @@ class IterationCost:
         phases["attention"] = self._attention(prefill_tokens, prefill_context, False) + self._attention(
             decode_tokens, decode_context, True
         )
+        if "lm_head" in phases:
+            if sampled is None:
+                sampled = decode_tokens + (1 if prefill_tokens else 0)
+            phases["lm_head"] -= self.head_seconds(max(1, total)) - self.head_seconds(min(sampled, max(1, total)))
         return phases
 
     def draft_seconds(self, drafts: int, context: float) -> float:

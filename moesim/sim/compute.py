@@ -28,6 +28,8 @@ scatter-add: shipped profiles carry the H200 executor's measured costs).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -44,6 +46,19 @@ DEFAULT_HALF_ROWS = 128.0  # rows at which a GEMM reaches half of that
 DEFAULT_MEMORY_EFFICIENCY = 0.8
 DEFAULT_ATTENTION_EFFICIENCY = 0.5  # FlashAttention-2/3 forward on H100: ~50-70% of peak
 DEFAULT_LAUNCH_SECONDS = 4e-6
+ATTENTION_BLOCK = 128
+"""Queries (and keys) a FlashAttention tile holds: a causal mask's diagonal tiles run whole."""
+ATTENTION_SMS = 132
+"""Multiprocessors the attention blocks spread over where the model knows no GPU's (an H100's or H800's)."""
+
+
+def causal_tile_share(sequence: float) -> float:
+    """The share of a causal attention's full QK^T that runs, counted in whole tiles of `ATTENTION_BLOCK`:
+    n(n + 1) / 2 of n^2 tiles for n blocks (1/2 as the sequence grows; 5/8 at 512 tokens)."""
+    blocks = max(1, math.ceil(sequence / ATTENTION_BLOCK))
+    return (blocks + 1) / (2 * blocks)
+
+
 DEFAULT_BACKWARD_GEMM_FACTOR = 2.0  # a GEMM's backward: two GEMMs of its size (input and weight gradients)
 KERNEL_FIELDS = ("peak_bf16_tflops", "peak_fp8_tflops", "hbm_tb_per_s")
 """The GPU preset fields a measured kernel profile stands for (interconnect fields are the network model's)."""
@@ -81,6 +96,10 @@ class CostModel:
     fp8_grouped: Optional[Fp8Speedup] = None
     """The same for grouped expert GEMMs (rows per group)."""
     attention_overhead_s: float = DEFAULT_LAUNCH_SECONDS
+    attention_block_s: float = 0.0
+    """A query block's own cost in a FlashAttention kernel beyond its tiles' FLOPs (loading its queries, the
+    softmax's last pass, writing its output), the blocks spread over the SMs: why short prompts run below long ones'
+    rate. Fitted to stream timings where a profile has them, else 0."""
     ffn_backward_overhead_s: float = 0.0
     """Autograd's fixed cost of an FFN's backward beyond its kernels (measured with the dense backward)."""
     sources: tuple[tuple[str, str], ...] = ()
@@ -268,12 +287,15 @@ class CostModel:
         """The FFN nonlinearity as eager torch runs it, in passes over memory: gated, the activation of the gate half
         (read, write) then its product with the other half (two reads, a write), 5 x inner per row; the backward
         reads the gradient, both halves and the activation, and writes both halves' gradients, 7 x inner. A fused
-        kernel (`fused`, forward) reads both halves once and writes the product: 3 x inner (2 ungated)."""
+        kernel (`fused`, forward) reads both halves once and writes the product: 3 x inner (2 ungated). Each kernel
+        also costs its launch and tail in the stream (two gated, one fused)."""
         if fused and not backward:
-            passes = 3 if gated else 2
+            passes, kernels = (3 if gated else 2), 1
         else:
             passes = (7 if backward else 5) if gated else (3 if backward else 2)
-        return rows * passes * inner * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
+            kernels = 2 if gated else 1  # the gate's activation, then the product
+        bandwidth = self.memory_bytes_per_s * self.memory_efficiency
+        return rows * passes * inner * element_bytes / bandwidth + kernels * self.kernel_launch_s
 
     def experts_ffn_backward_seconds(
         self,
@@ -307,6 +329,13 @@ class CostModel:
         """A memory-bound kernel moving `size_bytes`."""
         return size_bytes / (self.memory_bytes_per_s * self.memory_efficiency) + self.kernel_launch_s
 
-    def attention_seconds(self, flops: float) -> float:
-        """Attention scores (QK^T, softmax, AV) of `flops`: a fixed cost, then FLOPs at the attention kernel's rate."""
-        return flops / (self.peak_flops * self.attention_efficiency) + self.attention_overhead_s
+    def attention_seconds(self, flops: float, query_blocks: float = 0.0) -> float:
+        """Attention scores (QK^T, softmax, AV) of `flops` (causal: the diagonal's tiles counted whole,
+        `causal_tile_share`): a fixed cost, FLOPs at the attention kernel's rate, and each of `query_blocks` blocks'
+        own cost spread over the SMs."""
+        sms = self.dense.sms if self.dense is not None else ATTENTION_SMS
+        return (
+            flops / (self.peak_flops * self.attention_efficiency)
+            + self.attention_overhead_s
+            + query_blocks * self.attention_block_s / sms
+        )

@@ -93,6 +93,7 @@ def _parse_profile(path: Path, content: bytes) -> CostModel:
             fp8_dense=Fp8Speedup.from_list(data["fp8_dense_speedup"]) if data.get("fp8_dense_speedup") else None,
             fp8_grouped=Fp8Speedup.from_list(data["fp8_grouped_speedup"]) if data.get("fp8_grouped_speedup") else None,
             attention_overhead_s=max(launch, float(data.get("attention_overhead_s", launch)) - timing),
+            attention_block_s=float(data.get("attention_block_s", 0.0)),
             ffn_backward_overhead_s=max(0.0, float(data.get("ffn_backward_overhead_s", 0.0)) - timing),
             sources=_labelled_sources(data, path),
         )

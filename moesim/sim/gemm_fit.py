@@ -156,6 +156,39 @@ def fit_grouped_model(
     return best[1]
 
 
+def fit_forward_then_gradient(
+    forward: Sequence[GroupedSample],
+    backward: Sequence[GroupedSample],
+    peak_flops: float,
+    bandwidth: float,
+    sms: int,
+    element_bytes: int = 2,
+) -> GroupedGemmModel:
+    """The grouped model in two stages: its forward parameters fitted to the forward samples alone, then the weight
+    gradient's three to the backward samples with the forward ones held. Fitted together, a backward's input
+    gradient pulls the forward parameters to where they fit neither (on the H100's stream timings: big forward
+    products 13-23% short)."""
+    model = fit_grouped_model(forward, peak_flops, bandwidth, sms, element_bytes)
+    if not backward:
+        return model
+    measured = np.array([sample[4] for sample in backward])
+    work = _work_arrays(model, backward, element_bytes)
+
+    def with_gradient(params: np.ndarray) -> GroupedGemmModel:
+        compute, memory, overhead = np.exp(params)
+        return replace(
+            model,
+            weight_grad_compute_efficiency=min(compute, 1.0),
+            weight_grad_memory_efficiency=min(memory, 1.0),
+            weight_grad_overhead_s=overhead,
+        )
+
+    def loss(params: np.ndarray) -> float:
+        return float(np.mean(np.log(_predict_arrays(with_gradient(params), work) / measured) ** 2))
+
+    return with_gradient(minimise_log(loss, WEIGHT_GRAD_START))
+
+
 def fit_dense_model(
     samples: Sequence[tuple[int, int, int, float]],
     peak_flops: float,

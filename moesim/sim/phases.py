@@ -18,6 +18,7 @@ rank of the group waits for the slowest to arrive.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -28,7 +29,7 @@ from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all, low_latency_all_to_all
 from moesim.routing.capacity import expert_capacity
-from moesim.sim.compute import CostModel
+from moesim.sim.compute import ATTENTION_BLOCK, CostModel, causal_tile_share
 from moesim.sim.phase_features import PhaseWork, router_fit_key
 from moesim.sim.plan import Layer, StagePlan
 from moesim.sim.routing_load import LayerRouting
@@ -159,30 +160,56 @@ class PhaseBuilder:
     def attention_parts(self, layer: Layer) -> dict[str, float]:
         """A layer's attention forward, part by part (seconds): `projections` (GEMMs, of which `up_projections` are
         MLA's latent-to-head ones), `scores` (the fused attention kernel; decode: at least its KV-cache read) and
-        `norms` (memory passes)."""
+        `norms` (the layer's norms and residual adds: four memory-bound kernels, two fused ones with an engine's
+        kernels)."""
         model, cost = self.model, self.cost
         projections = accounting.attention_params(model) * (2 if layer.cross_attention else 1) / self.tp
         cols = max(1, int(projections // model.hidden_size))
-        gemm = float(cost.gemm_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
+        heads_per_rank = max(1, model.num_attention_heads // self.tp)
         up = 0.0
-        if model.attention_type == "mla":
+        if model.attention_type == "mla":  # the latent-to-head (up) projections
             qk_dim = model.qk_nope_head_dim + model.qk_rope_head_dim  # type: ignore[operator]
-            heads = max(1, model.num_attention_heads // self.tp)
             if model.q_lora_rank:
-                up += float(cost.gemm_seconds(self.tokens, model.q_lora_rank, heads * qk_dim, fp8=self.fp8))
+                up += float(cost.gemm_seconds(self.tokens, model.q_lora_rank, heads_per_rank * qk_dim, fp8=self.fp8))
             value = model.qk_nope_head_dim + model.v_head_dim  # type: ignore[operator]
-            up += float(cost.gemm_seconds(self.tokens, model.kv_lora_rank, heads * value, fp8=self.fp8))
+            up += float(cost.gemm_seconds(self.tokens, model.kv_lora_rank, heads_per_rank * value, fp8=self.fp8))
+
+        def gemm_of(inner: int, width: int) -> float:
+            return float(cost.gemm_seconds(self.tokens, max(1, inner), max(1, width), fp8=self.fp8))
+
+        if layer.cross_attention:  # as one GEMM of all the projections' columns
+            gemm = gemm_of(model.hidden_size, cols)
+        elif model.attention_type == "mla":  # each projection its own GEMM: query (or its latent), the KV latent
+            # with the rotary key, the up projections, the output
+            query = model.q_lora_rank or heads_per_rank * qk_dim
+            latent = model.kv_lora_rank + model.qk_rope_head_dim  # type: ignore[operator]
+            output = gemm_of(heads_per_rank * model.v_head_dim, model.hidden_size)  # type: ignore[operator]
+            gemm = gemm_of(model.hidden_size, query) + gemm_of(model.hidden_size, latent) + up + output
+        else:  # the fused QKV projection, then the output projection: two GEMMs, each reading its own weights
+            q_width = model.num_attention_heads * model.attention_head_dim // self.tp
+            qkv_width = q_width + 2 * model.kv_heads * model.attention_head_dim // self.tp
+            gemm = gemm_of(model.hidden_size, qkv_width) + gemm_of(q_width, model.hidden_size)
         layers = max(1, model.num_layers + model.num_encoder_layers)
         # MLA decodes in its absorbed form (scores over the 576-wide latent), prefill in the expanded one
         per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context, absorbed=self.decode)
         per_layer_scores /= layers
-        # attention_score_flops_per_token halves the context for causal masks; 2 x context restores the full context
-        score_flops = per_layer_scores * self.tokens / self.tp * (0.5 if not self.decode else 1.0)
-        scores = cost.attention_seconds(score_flops)
+        # attention_score_flops_per_token halves the context for causal masks; 2 x context restores the full context.
+        # A prompt's causal mask runs its diagonal tiles whole; each 128 queries of a head are a block of their own
+        share = 1.0 if self.decode else causal_tile_share(self.context)
+        score_flops = per_layer_scores * self.tokens / self.tp * share
+        blocks = 0.0 if self.decode else heads_per_rank * math.ceil(self.tokens / ATTENTION_BLOCK)
+        scores = cost.attention_seconds(score_flops, blocks)
+        kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
         if self.decode:  # decode reads the whole KV cache for each new token
-            kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
             scores = max(scores, cost.memory_seconds(kv_bytes * self.context * self.tokens / self.tp))
-        norms = cost.memory_seconds(4 * self.tokens * model.hidden_size * self.element)
+        if self.scenario.workload.mode == "inference":  # the new tokens' keys and values into the KV cache (engines
+            # fuse it with the rotary embedding): read and written once
+            scores += cost.memory_seconds(2 * kv_bytes * self.tokens / self.tp)
+        row = self.tokens * model.hidden_size * self.element
+        if self.fused_kernels:  # an engine's fused residual-add + RMSNorm, twice a layer: two inputs in, two out
+            norms = 2 * cost.memory_seconds(4 * row)
+        else:  # eager: each norm reads and writes the hidden state, each residual add reads two and writes one
+            norms = 2 * cost.memory_seconds(2 * row) + 2 * cost.memory_seconds(3 * row)
         backward_gemm = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
         return {
             "projections": gemm,

@@ -114,14 +114,15 @@ def _breakdown(stages: _StagePasses, held: dict[int, float], work: float, pipeli
     backward = sum(count * stages.backward_s[stage] for stage, count in held.items())
     weight = sum(count * stages.weight_s[stage] for stage, count in held.items())
     recompute = sum(count * stages.replayed_s[stage] for stage, count in held.items())
-    if abs(work - forward - backward) <= 1e-9 * work:  # nothing overlapped: the same sums, up to rounding
-        work = forward + backward
+    hidden = work - forward - backward
+    if abs(hidden) <= 1e-9 * work:  # nothing overlapped: the same sums, up to rounding
+        work, hidden = forward + backward, 0.0
     return {
         "forward_s": forward,
         "backward_input_s": backward - weight - recompute,
         "backward_weight_s": weight,
         "recompute_s": recompute,
-        "overlap_hidden_s": work - forward - backward,
+        "overlap_hidden_s": hidden,
         "bubble_s": pipeline - work,
     }
 

@@ -32,6 +32,7 @@ MLPERF_BOUNDS_S = (2.0, 0.2)
 SERVER_SECONDS = 600.0
 """MLPerf's shortest Server run: ten minutes of arrivals, so that a rate above what the engine sustains shows as a
 queue that outgrows the TTFT bound (a two-minute run let a rate 6% above the engine's capacity pass)."""
+MLPERF_OFFLINE_TOKENS_PER_S = 52415.9
 MLPERF_SERVER_TOKENS_PER_S = 50795.6
 MLPERF_MEAN_TTFT_S = 0.180
 MLPERF_MEAN_TPOT_S = 0.1026
@@ -152,10 +153,19 @@ def mlperf_figures() -> list[ServingFigure]:
         f"round's config states), timed by moesim's cost model: its mean iteration is {step * 1e3:.1f} ms (TPOT); "
         "TTFT adds the wait for the iteration in flight. At moesim's own Server rate its means are "
         f"{own_ttft * 1e3:.0f} ms and {own_tpot * 1e3:.1f} ms: near capacity the means grow as 1 / (1 - load), "
-        "so they amplify any error in the engine's capacity (Offline 13% high) several-fold; "
+        f"so they amplify any error in the engine's capacity (Offline "
+        f"{offline.output_tokens_per_s / MLPERF_OFFLINE_TOKENS_PER_S - 1:.0%} high) several-fold; "
     )
     return [
-        ServingFigure(label, "Offline", "output tokens/s", 52415.9, offline.output_tokens_per_s, source, lengths),
+        ServingFigure(
+            label,
+            "Offline",
+            "output tokens/s",
+            MLPERF_OFFLINE_TOKENS_PER_S,
+            offline.output_tokens_per_s,
+            source,
+            lengths,
+        ),
         ServingFigure(
             label,
             "Server (p99 TTFT <= 2 s, TPOT <= 200 ms)",

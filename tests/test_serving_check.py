@@ -1,0 +1,70 @@
+"""Serving iterations of real decoder layers against moesim's `IterationCost` (`moesim.validation.serving_check`).
+
+On the CPU the check runs a tiny model end to end; the H100's measurements (`validation/NVIDIA-H100-80GB-HBM3/
+serving.json`, 2026-11-26: 38 iterations of four Mixtral 8x7B and Qwen3-30B-A3B layers, bf16) are held to the
+current cost model's predictions, made afresh here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moesim.validation.serving_check import QUICK_CASES, run_check
+from moesim.validation.serving_check_report import compared, errors, render
+
+VALIDATION = Path(__file__).resolve().parent.parent / "validation"
+H100 = VALIDATION / "NVIDIA-H100-80GB-HBM3" / "serving.json"
+
+
+def test_the_check_runs_decoder_layers_and_times_their_parts_on_the_cpu() -> None:
+    rows = run_check(QUICK_CASES, torch.device("cpu"), "H100-SXM", progress=False)
+    assert [row["label"] for row in rows] == [
+        "8 decode @ 128",
+        "2 x 64 prompt",
+        "4 decode @ 64 + 1 x 32 prompt",
+    ]
+    for row, case in zip(rows, QUICK_CASES):
+        measured = row["measured"]
+        for part in ("attention", "moe", "head"):  # each within the iteration (medians over five noisy CPU runs)
+            assert 0 < measured[part] < measured["iteration"]
+        assert measured["moe.experts"] < measured["moe"]
+        tokens = case.decode + case.prefill_tokens
+        assert [sum(layer) for layer in measured["expert_rows"]] == [2 * tokens] * 4  # tiny-moe routes top-2
+        assert row["predicted"]["iteration"] > row["predicted"]["attention"] > 0
+
+
+def test_serving_iterations_measured_on_an_h100_meet_the_prediction() -> None:
+    """Median 8.9%, p90 17.8% (signed -6.3%): decode batches of 1 to 896 at 512 to 8,192 cached tokens, prompts of
+    512 to 16,384 tokens and mixed iterations. The largest misses are named in docs/serving.md: the executor's eager
+    router and permutation below 256 tokens (their models come from larger layers) and the grouped GEMM at about
+    128 rows an expert (1,024 routed rows of Mixtral: 1.6x the rows either side)."""
+    document = json.loads(H100.read_text())
+    rows = compared(document)
+    assert len(rows) == 38
+    summary = errors(rows)
+    assert summary["median"] <= 0.10 and summary["p90"] <= 0.20, summary
+    # the iterations that fill the GPU, where an engine spends its time: median 6.8%
+    full = [row for row in rows if row["measured_ms"] > 9]
+    assert len(full) >= 12 and np.median([abs(row["ratio"] - 1) for row in full]) <= 0.08
+    # attention apart, where the batch fills the GPU: decode at 512-8,192 cached tokens within 3%, prompts of 512
+    # to 8,192 tokens within 19% (PyTorch's short prompts: 1.19 at 512 tokens, 1.02 at 8,192)
+    filled = [row for row in rows if row["measured_ms"] > 6]
+    assert all(abs(row["attention_ratio"] - 1) <= 0.03 for row in filled if row["kind"] == "decode")
+    assert all(abs(row["attention_ratio"] - 1) <= 0.19 for row in filled)
+    assert "Iteration error: median" in render(document)
+
+
+def test_the_same_iterations_on_an_h200_meet_its_prediction_but_for_its_small_grouped_gemms() -> None:
+    """The H200 (`validation/NVIDIA-H200/serving.json`, 2026-11-26), predicted with its shipped profile: median
+    12.3%, p90 22.7%, all short (signed -12.3%). The iterations over 9 ms: 4.9% at the median; below, the H200's grouped
+    GEMM at a few rows an expert runs slower than at 128 (its kernels in a stream: 8 x 16 rows of Mixtral's up
+    projection 678 us, 8 x 128 rows 529 us), which moesim's tile model, monotonic in rows, cannot follow."""
+    rows = compared(json.loads((VALIDATION / "NVIDIA-H200" / "serving.json").read_text()))
+    assert len(rows) == 38
+    summary = errors(rows)
+    assert summary["median"] <= 0.13 and summary["p90"] <= 0.25 and summary["signed_median"] < 0, summary
+    full = [row for row in rows if row["measured_ms"] > 9]
+    assert np.median([abs(row["ratio"] - 1) for row in full]) <= 0.06
