@@ -73,3 +73,32 @@ def test_the_search_splits_nodes_into_prefill_and_decode_pools_and_tries_tensor_
     assert ("DEP", "1+1") in served and ("TP", "-") in served
     disaggregated = next(o for o in plan.options if o.layout.prefill_nodes)
     assert disaggregated.gpus == 16 and "disaggregated" in disaggregated.result.notes[0]
+
+
+def test_a_model_one_node_cannot_hold_is_served_in_pipeline_stages_across_nodes() -> None:
+    """From two nodes up the search tries tensor parallelism within a node with pipeline stages across the nodes
+    (vLLM's multi-node form). Mixtral 8x7B's 94 GB of bf16 weights do not fit one node of 8 x 10 GB; in two
+    stages over two nodes each node holds half the layers."""
+    import pytest
+
+    from moesim.errors import MoesimError
+    from moesim.scenario import scenario_from_dict
+    from moesim.serving import simulate_serving
+    from moesim.serving.plan import Layout, _overrides, serving_layouts
+
+    mixtral = {**OLMOE, "model": {"preset": "mixtral-8x7b", "num_layers": 32}}
+    layouts = list(serving_layouts(scenario_from_dict(mixtral), ["H100-SXM"], 32))
+    staged = {(o.num_nodes, o.pp_size) for o in layouts if o.pp_size > 1}
+    assert staged == {(2, 2), (4, 2), (4, 4)}
+    assert all(o.form == "TP" and o.tp_size == 8 and not o.prefill_nodes for o in layouts if o.pp_size > 1)
+    assert Layout("H100-SXM", 2, 8, 1, "TP", pp_size=2).form_label == "TP PP2"
+
+    def served(layout: Layout):  # type: ignore[no-untyped-def]
+        overrides = _overrides(layout, 4.0, 3.0, 8192, 64) + ["cluster.gpu.hbm_gb=10", "serving.num_requests=40"]
+        return simulate_serving(scenario_from_dict(mixtral, overrides))
+
+    with pytest.raises(MoesimError, match="more KV cache than an attention rank holds"):
+        served(Layout("H100-SXM", 1, 8, 1, "TP"))
+    staged_result = served(Layout("H100-SXM", 2, 8, 1, "TP", pp_size=2))
+    assert staged_result.gpus == 16 and staged_result.attention_ranks == 2  # one pipeline, an engine a stage
+    assert any(note.startswith("pipeline: an iteration takes max(") for note in staged_result.notes)

@@ -46,7 +46,7 @@ def plan_serving_command(
         return {
             "GPUs": str(option.gpus),
             "GPU": option.gpu,
-            "form": option.layout.form,
+            "form": option.layout.form_label,
             "TP": str(option.tp_size),
             "EP": option.layout.ep_label,
             "split": option.layout.split,
@@ -74,6 +74,7 @@ def plan_serving_command(
                 f"attention TP {best.tp_size} with EP {best.ep_size} (DEP)"
                 if best.layout.form == "DEP"
                 else f"replicas of TP {best.tp_size} (experts split by TP)"
+                + (f" in {best.layout.pp_size} pipeline stages" if best.layout.pp_size > 1 else "")
             )
             + (
                 f", prefill on {best.layout.prefill_nodes} of {best.layout.num_nodes} nodes"

@@ -8,8 +8,9 @@ requests arrive at the given rate (Poisson) and are served as `moesim serve` ser
 deployment qualifies when it keeps up with the rate and its 90th-percentile time to first token and time per
 output token meet the targets. The cheapest few are then served again with other engine batch limits (token
 budget, sequences per engine). Qualifying deployments rank by dollars per million output tokens; the Pareto front
-sets output tokens per second per GPU against the median time per output token. Pipeline parallelism is not
-searched.
+sets output tokens per second per GPU against the median time per output token. From two nodes up, tensor
+parallelism within a node also runs with pipeline stages across the nodes ("TP PP2": vLLM's multi-node form, for
+a model one node cannot hold), one pool doing both phases.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class Layout:
     prefill_nodes: int = 0
     prefill_ep: int = 0
     """The prefill pool's EP (0: the scenario's default, the decode pool's at most the pool's GPUs)."""
+    pp_size: int = 1
+    """Pipeline stages, across nodes (TP form, one pool)."""
+
+    @property
+    def form_label(self) -> str:
+        """The form as the table shows it: with its pipeline stages where it has them."""
+        return f"{self.form} PP{self.pp_size}" if self.pp_size > 1 else self.form
 
     @property
     def split(self) -> str:
@@ -96,7 +104,8 @@ def _widest_ep(num_experts: int, ranks: int) -> int:
 def serving_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> Iterable[Layout]:
     """Layouts that divide evenly: node counts in powers of two; DEP (attention TP x EP) and TP (replicas of TP
     GPUs, each expert split over them); from two nodes, prefill pools of powers of two up to half the nodes, a
-    DEP prefill pool with its EP within one node or across the whole pool."""
+    DEP prefill pool with its EP within one node or across the whole pool, and TP within a node with pipeline
+    stages (powers of two) across the nodes."""
     model, per_node = base.model, base.cluster.gpus_per_node
     nodes = [n for n in (2**i for i in range(16)) if n * per_node <= max_gpus]
     tps = [t for t in (1, 2, 4, 8) if per_node % t == 0 and model.num_attention_heads % t == 0]
@@ -116,6 +125,9 @@ def serving_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> Itera
                         yield Layout(gpu, node_count, tp, ep, "DEP", prefill, prefill_ep)
             if tp > 1 and model.moe_intermediate_size % tp == 0:
                 yield Layout(gpu, node_count, tp, 1, "TP", prefill)
+        if tp == per_node and tp > 1 and model.moe_intermediate_size % tp == 0:  # TP in a node, stages across nodes
+            for pp in (p for p in (2**i for i in range(1, 16)) if p <= node_count and p <= model.num_layers):
+                yield Layout(gpu, node_count, tp, 1, "TP", 0, pp_size=pp)
 
 
 def _overrides(layout: Layout, request_rate: float, price: float, budget: int, running: int) -> list[str]:
@@ -133,7 +145,7 @@ def _overrides(layout: Layout, request_rate: float, price: float, budget: int, r
         f"parallelism.ep_size={layout.ep_size}",
         f"parallelism.expert_tp_size={layout.tp_size if layout.form == 'TP' else 1}",
         "parallelism.dp_size=null",
-        "parallelism.pp_size=1",
+        f"parallelism.pp_size={layout.pp_size}",
         "workload.global_batch_size=null",
         "simulation.network_mode=fast",
         "serving.arrival=poisson",
