@@ -37,18 +37,18 @@ def test_the_check_runs_decoder_layers_and_times_their_parts_on_the_cpu() -> Non
 
 
 def test_serving_iterations_measured_on_an_h100_meet_the_prediction() -> None:
-    """Median 8.9%, p90 17.8% (signed -6.3%): decode batches of 1 to 896 at 512 to 8,192 cached tokens, prompts of
-    512 to 16,384 tokens and mixed iterations. The largest misses are named in docs/serving.md: the executor's eager
-    router and permutation below 256 tokens (their models come from larger layers) and the grouped GEMM at about
-    128 rows an expert (1,024 routed rows of Mixtral: 1.6x the rows either side)."""
+    """Median 3.7%, p90 6.9% (signed -3.6%): decode batches of 1 to 896 at 512 to 8,192 cached tokens, prompts of
+    512 to 16,384 tokens and mixed iterations, within the single-device validation's targets (5%, 15%). The largest
+    misses are named in docs/serving.md: the grouped GEMM at about 128 rows an expert (1,024 routed rows of
+    Mixtral: 0.75x), Qwen3's single 512-token prompt (1.21x)."""
     document = json.loads(H100.read_text())
     rows = compared(document)
     assert len(rows) == 38
     summary = errors(rows)
-    assert summary["median"] <= 0.10 and summary["p90"] <= 0.20, summary
-    # the iterations that fill the GPU, where an engine spends its time: median 6.8%
+    assert summary["median"] <= 0.05 and summary["p90"] <= 0.10, summary
+    # the iterations that fill the GPU, where an engine spends its time: median 3.7%
     full = [row for row in rows if row["measured_ms"] > 9]
-    assert len(full) >= 12 and np.median([abs(row["ratio"] - 1) for row in full]) <= 0.08
+    assert len(full) >= 12 and np.median([abs(row["ratio"] - 1) for row in full]) <= 0.05
     # attention apart, where the batch fills the GPU: decode at 512-8,192 cached tokens within 3%, prompts of 512
     # to 8,192 tokens within 19% (PyTorch's short prompts: 1.19 at 512 tokens, 1.02 at 8,192)
     filled = [row for row in rows if row["measured_ms"] > 6]
@@ -59,12 +59,31 @@ def test_serving_iterations_measured_on_an_h100_meet_the_prediction() -> None:
 
 def test_the_same_iterations_on_an_h200_meet_its_prediction_but_for_its_small_grouped_gemms() -> None:
     """The H200 (`validation/NVIDIA-H200/serving.json`, 2026-11-26), predicted with its shipped profile: median
-    12.3%, p90 22.7%, all short (signed -12.3%). The iterations over 9 ms: 4.9% at the median; below, the H200's grouped
-    GEMM at a few rows an expert runs slower than at 128 (its kernels in a stream: 8 x 16 rows of Mixtral's up
-    projection 678 us, 8 x 128 rows 529 us), which moesim's tile model, monotonic in rows, cannot follow."""
+    6.6%, p90 15.0%, mostly short (signed -6.3%). The iterations over 9 ms: 4.1% at the median; below, the H200's
+    grouped GEMM at a few rows an expert runs slower than at 128 (its kernels in a stream: 8 x 16 rows of Mixtral's
+    up projection 678 us, 8 x 128 rows 529 us), which moesim's tile model, monotonic in rows, cannot follow."""
     rows = compared(json.loads((VALIDATION / "NVIDIA-H200" / "serving.json").read_text()))
     assert len(rows) == 38
     summary = errors(rows)
-    assert summary["median"] <= 0.13 and summary["p90"] <= 0.25 and summary["signed_median"] < 0, summary
+    assert summary["median"] <= 0.08 and summary["p90"] <= 0.16 and summary["signed_median"] < 0, summary
     full = [row for row in rows if row["measured_ms"] > 9]
-    assert np.median([abs(row["ratio"] - 1) for row in full]) <= 0.06
+    assert np.median([abs(row["ratio"] - 1) for row in full]) <= 0.05
+
+
+def test_device_operations_are_counted_in_the_phase_that_launched_them() -> None:
+    """`kernel_counts.phase_counts` on a made-up trace: a kernel counts in the phase around the host call that
+    launched it (matched by correlation), not where it ran; host-only ranges count nothing."""
+    from moesim.validation.kernel_counts import phase_counts
+
+    events = [
+        {"cat": "user_annotation", "name": "moe.router", "ts": 0, "dur": 10},
+        {"cat": "user_annotation", "name": "moe.permute", "ts": 10, "dur": 10},
+        {"cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 2, "dur": 1, "args": {"correlation": 1}},
+        {"cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 12, "dur": 1, "args": {"correlation": 2}},
+        {"cat": "cuda_runtime", "name": "cudaMemsetAsync", "ts": 14, "dur": 1, "args": {"correlation": 3}},
+        {"cat": "kernel", "name": "gemm", "ts": 30, "dur": 5, "args": {"correlation": 1}},  # runs after the range
+        {"cat": "kernel", "name": "sort", "ts": 40, "dur": 5, "args": {"correlation": 2}},
+        {"cat": "gpu_memset", "name": "Memset", "ts": 45, "dur": 1, "args": {"correlation": 3}},
+        {"cat": "cpu_op", "name": "aten::mm", "ts": 2, "dur": 3},
+    ]
+    assert phase_counts(events) == {"router": 1, "permute": 2}

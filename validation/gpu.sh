@@ -4,6 +4,7 @@
 #   2. benchmarks/executor.py: the executor against bare kernels                               -> BENCHMARK.md
 #   3. moesim validate --device cuda: the whole MoE layer on one GPU, simulator against executor -> REPORT.md
 #   4. moesim.validation.serving_check: serving iterations of real decoder layers against IterationCost -> SERVING.md
+#   5. moesim.validation.kernel_counts: the kernels each phase of the executor's layer launches -> kernel_counts.json
 # About 6 minutes on one H100 or H200. Without a GPU it runs the same steps on the CPU, at small
 # sizes (to try it first). Where PyTorch is installed but simpy, ortools or pydantic are not, the
 # wheels in .whl/ are installed into a temporary folder first (docs/executor.md: "On a GPU").
@@ -41,4 +42,6 @@ $PYTHON -m moesim validate "${validate[@]}" --out "$out" || status=1
 echo "== serving iterations"
 if [ "${validate[0]}" = "--device" ]; then serving=(); else serving=(--quick); fi
 $PYTHON -m moesim.validation.serving_check "${serving[@]}" --out "$out" || status=1
+echo "== kernels a phase"
+$PYTHON -m moesim.validation.kernel_counts --out "$out" || status=1
 exit $status

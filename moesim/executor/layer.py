@@ -29,7 +29,8 @@ layer is initialised on the GPU at GPU speed.
 from __future__ import annotations
 
 import zlib
-from typing import NamedTuple, Optional
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -156,9 +157,16 @@ class MoELayer(nn.Module):
         """Rows each local expert received in the last forward (reads the device)."""
         return [] if self.last_local_counts is None else [int(v) for v in self.last_local_counts.tolist()]
 
-    def phase(self, name: str):  # type: ignore[no-untyped-def]
-        """Time one phase (see `PhaseClock`)."""
-        return self.clock.phase(name)
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time one phase (see `PhaseClock`); under PyTorch's profiler, also a range named `moe.<phase>` (how
+        `moesim.validation.kernel_counts` counts each phase's kernels)."""
+        if torch.autograd.profiler._is_profiler_enabled:
+            with torch.profiler.record_function(f"moe.{name}"), self.clock.phase(name):
+                yield
+        else:
+            with self.clock.phase(name):
+                yield
 
     # ------------------------------------------------------------------ phases
     def route(self, x: torch.Tensor, token_ids: Optional[torch.Tensor] = None) -> Assignment:

@@ -23,7 +23,19 @@ from moesim.profiles import SHIPPED, SHIPPED_PROFILES
 from moesim.profiles.build import KERNEL_LAUNCH_S, build_profile
 from moesim.profiles.tables import shipped_tables
 
-PHASE_SOURCE = Path(__file__).resolve().parents[2] / "validation" / "profiles" / "NVIDIA-H200.json"
+DEVICE_NAMES = {"H200": "NVIDIA-H200", "H100-SXM": "NVIDIA-H100-80GB-HBM3"}
+"""GPU preset -> the device name its executor measurements are filed under."""
+PHASE_SOURCES = {
+    name: Path(__file__).resolve().parents[2] / "validation" / "profiles" / f"{device}.json"
+    for name, device in DEVICE_NAMES.items()
+}
+"""Each GPU's own executor measurements (its single-device validation), whose phase models its profile carries.
+Taking the H200's for the H100 at the ratio of their copy bandwidths, as the profiles once did, assumed every
+per-element cost scales with bandwidth; the H100's own fits show most do not (sort keys 1.03x the H200's,
+scatter-add 1.03x, the router's top-k 0.98x; only plain gathers 1.3x, where bandwidth says 1.41x), and the
+serving check's un-permutations ran 0.7x the scaled model."""
+PHASE_SOURCE = PHASE_SOURCES["H200"]
+"""The source for a GPU without its own."""
 SHIPPED_PHASES = ("router:", "permute", "unpermute")
 """The executor's measured phase models a shipped profile carries. Not its MoE-block backward: that model scales the
 calibration's own kernel models (and gives the router's and shared experts' backward no time); the shipped kernel
@@ -33,9 +45,11 @@ UNSCALED_FEATURES = ("1", "autograd")
 SCORE_PASS_BYTES = 12.0
 """Bytes per score the router's element-wise kernels move at the least: the fp32 scores written by the projection's
 epilogue read by the score function, its output written, read again by the top-k."""
-LAUNCHES = {"router": 6, "permute": 5, "unpermute": 3}
-"""Kernels per phase on the device (router: projection, score function, top-k, weights, counts, scaling; permute:
-sort, counts, offsets, indices, gather; unpermute: zeroing, weighting, scatter-add)."""
+LAUNCHES = {"router": 10, "permute": 15, "unpermute": 4}
+"""Kernels (and device memsets) per phase, counted with PyTorch's profiler in the executor's layer at 16 tokens on an
+H100 (`validation/NVIDIA-H100-80GB-HBM3/kernel_counts.json`, `moesim.validation.kernel_counts`: Mixtral 8x7B's
+and Qwen3-30B-A3B's top-k routers 10 and 9; the permutation 15, its stable sort several passes, 32 at 8,192 slots;
+the un-permutation 4). Read from the code they had been 6, 5 and 3."""
 
 
 def scaled_phase_fit(source: dict[str, Any], bandwidth: float, launch_s: Optional[float] = None) -> dict[str, Any]:
@@ -77,11 +91,11 @@ def derived_profile(profile: dict[str, Any], gpu_name: str, donor: str) -> dict[
 
 
 def build_shipped(
-    target: Path = SHIPPED, phase_source: Path = PHASE_SOURCE, on_step: Optional[Callable[[str], None]] = None
+    target: Path = SHIPPED, phase_source: Optional[Path] = None, on_step: Optional[Callable[[str], None]] = None
 ) -> list[Path]:
-    """Fit and write every shipped profile; the paths written."""
+    """Fit and write every shipped profile (each GPU's phase models from `PHASE_SOURCES`, or all from
+    `phase_source`); the paths written."""
     step = on_step or (lambda _: None)
-    phases = json.loads(phase_source.read_text()) if phase_source.exists() else {}
     built: dict[str, dict[str, Any]] = {}
     written = []
     target.mkdir(parents=True, exist_ok=True)
@@ -93,13 +107,18 @@ def build_shipped(
             tables = shipped_tables(folder)
             assert tables is not None, folder
             donor = shipped_tables(donor_folder) if donor_folder else None
+            source = phase_source or PHASE_SOURCES.get(name, PHASE_SOURCE)
+            phases = json.loads(source.read_text()) if source.exists() else {}
             fits = scaled_phase_fit(phases, tables.copy_bytes_per_s, KERNEL_LAUNCH_S) if phases else None
             profile = build_profile(tables, gpu_preset(name), donor, fits)
             if fits:
+                own = phases.get("device", "") == DEVICE_NAMES.get(name)
                 profile["sources"]["moe_kernels"] = (
-                    f"derived: the per-element device costs moesim's executor measured on an "
-                    f"{phases.get('device', 'H200')} ({phase_source.name}) at this GPU's bandwidth; host launches "
-                    f"assumed hidden, {KERNEL_LAUNCH_S * 1e6:.0f} us per kernel"
+                    f"{'measured' if own else 'derived'}: the per-element device costs moesim's executor measured "
+                    f"on an {phases.get('device', 'H200')} ({source.name})"
+                    + ("" if own else " at this GPU's bandwidth")
+                    + f"; its kernels counted on an H100 (kernel_counts.json), {KERNEL_LAUNCH_S * 1e6:.0f} us each "
+                    "in a stream (host launches hidden)"
                 )
         built[name] = profile
         path = target / f"{name}.json"
