@@ -99,6 +99,11 @@ class StageProgram:
     replayed_s: float = 0.0  # seconds of recomputed work in the backward (a rank's mean, waits not counted)
 
 
+EXECUTOR_OFFSET_KERNELS = 2
+"""Kernels of the executor's experts phase beyond its grouped GEMMs and activation: the groups' offsets, a cumulative
+sum and a cast (`validation/NVIDIA-H100-80GB-HBM3/kernel_counts.json`: nine kernels in the phase)."""
+
+
 class PhaseBuilder:
     """Turns a stage's layers, its routing and the cost model into phases."""
 
@@ -276,7 +281,8 @@ class PhaseBuilder:
         work = self.work(
             top_k, active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()), ffn_seconds=arithmetic
         )
-        return _or(self.cost.fitted("experts", work), arithmetic)
+        offsets = EXECUTOR_OFFSET_KERNELS * self.cost.kernel_launch_s
+        return _or(self.cost.fitted("experts", work), arithmetic + offsets)
 
     def experts_backward_seconds(self, rank_rows: np.ndarray) -> float:
         """One rank's experts backward (input and weight gradients) from the cost model."""
