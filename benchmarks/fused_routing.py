@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moesim.routing import fused  # noqa: E402
 from moesim.routing.sinkhorn import sinkhorn_plan  # noqa: E402
+from moesim.validation.timing import seconds_in_stream  # noqa: E402
 
 SHAPES = (("mixtral-8x7b", 8, 2), ("deepseek-v3", 256, 8), ("qwen3-30b-a3b", 128, 8))
 TOKENS, CALLS, REPEATS = 4096, 20, 7
@@ -33,24 +33,7 @@ TOKENS, CALLS, REPEATS = 4096, 20, 7
 def device_seconds(work: Callable[[], Any], device: torch.device) -> float:
     """Median device time of one call (CUDA events around queued calls), or wall time on the CPU."""
     work()
-    samples = []
-    for _ in range(REPEATS):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda._sleep(20_000_000)  # the host queues the calls while the GPU spins
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(CALLS):
-                work()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3 / CALLS)
-        else:
-            begin = time.perf_counter()
-            for _ in range(CALLS):
-                work()
-            samples.append((time.perf_counter() - begin) / CALLS)
-    return statistics.median(samples)
+    return statistics.median(seconds_in_stream(work, device, CALLS, 20_000_000) for _ in range(REPEATS))
 
 
 def pytorch_rounds(logits: torch.Tensor) -> Any:

@@ -134,26 +134,21 @@ def _tile_flops(batch: int, heads: int, sequence: int, head_dim: int) -> float:
 
 
 def fit_attention_in_stream(
-    samples: Sequence[tuple[int, int, int, int, float]], peak: float, held: Optional[tuple[float, float]] = None
+    samples: Sequence[tuple[int, int, int, int, float]], peak: float
 ) -> tuple[float, float, float, np.ndarray]:
     """(efficiency, fixed seconds, seconds a query block, errors) of causal attention timed in a busy stream:
-    seconds = fixed + FLOPs in whole tiles / (peak x efficiency) + query blocks x block cost / SMs. With `held`
-    (fixed, block), only the efficiency is fitted: a GPU of the same die whose tables time long prompts alone."""
+    seconds = fixed + FLOPs in whole tiles / (peak x efficiency) + query blocks x block cost / SMs."""
     flops = np.array([_tile_flops(*s[:4]) for s in samples])
     blocks = np.array([causal_query_blocks(s[0], s[1], s[2]) for s in samples])
     seconds = np.array([s[4] for s in samples])
 
-    def unpack(params: np.ndarray) -> tuple[float, float, float]:
-        values = np.exp(params)
-        return (min(float(values[0]), 1.0), *held) if held else (min(float(values[0]), 1.0), *map(float, values[1:]))
-
     def predict(params: np.ndarray) -> np.ndarray:
-        efficiency, fixed, block = unpack(params)
-        return fixed + flops / (peak * efficiency) + blocks * block / SMS
+        efficiency, fixed, block = np.exp(params)
+        return fixed + flops / (peak * min(efficiency, 1.0)) + blocks * block / SMS
 
-    start = (0.6,) if held else (0.6, 10e-6, 1e-6)
-    params = minimise_log(lambda p: float(np.mean(np.log(predict(p) / seconds) ** 2)), start)
-    return (*unpack(params), predict(params) / seconds - 1.0)
+    params = minimise_log(lambda p: float(np.mean(np.log(predict(p) / seconds) ** 2)), (0.6, 10e-6, 1e-6))
+    efficiency, fixed, block = np.exp(params)
+    return min(float(efficiency), 1.0), float(fixed), float(block), predict(params) / seconds - 1.0
 
 
 def _attention_samples(tables: KernelTables, overhead: float) -> list[tuple[int, int, int, int, float]]:
@@ -263,19 +258,6 @@ def build_profile(
         sources["attention"] = (
             f"{label}/attention_in_stream.csv (prompts of 512-8,192 tokens in a busy stream) and "
             "attention_sdpa_bf16.csv"
-        )
-    elif tables.attention and gradients_from is not None and gradients_from.attention_in_stream:
-        # the same die: the kernel's fixed and per-block costs from the donor's stream timings, the rate from here
-        donor_timing = measured_timing_overhead(gradients_from) or TIMING_OVERHEAD_S
-        _, donor_fixed, block, _ = fit_attention_in_stream(_attention_samples(gradients_from, donor_timing), peak)
-        timing = profile["timing_overhead_s"]
-        samples = _attention_samples(tables, timing)
-        efficiency, fixed, block, attention_errors = fit_attention_in_stream(samples, peak, (donor_fixed, block))
-        profile.update(attention_efficiency=efficiency, attention_overhead_s=fixed + timing, attention_block_s=block)
-        errors["attention"] = error_summary(attention_errors, "attention_sdpa_bf16.csv")
-        sources["attention"] = (
-            f"{label}/attention_sdpa_bf16.csv (the rate); derived from {gradients_from.name}/attention_in_stream.csv "
-            "(the fixed and per-block costs: the same die)"
         )
     elif tables.attention:
         efficiency, fixed, attention_errors = fit_attention(tables.attention, peak)

@@ -23,10 +23,15 @@ import numpy as np
 from moesim.cluster.topology import Topology
 from moesim.models import accounting
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.sim.phases import PhaseBuilder
+from moesim.sim.phases import PhaseBuilder, output_head_seconds
 from moesim.sim.plan import StagePlan
 from moesim.sim.stages import _simulate_stages
 from moesim.sim.step import cost_model_for
+
+
+def _sampled_rows(prefill_tokens: int, decode_tokens: int, sampled: int | None) -> int:
+    """Rows the output head runs on: as given, else every decode token and one prompt where any prefills."""
+    return decode_tokens + (1 if prefill_tokens else 0) if sampled is None else sampled
 
 
 @dataclass
@@ -136,8 +141,7 @@ class IterationCost:
         self._build_grid()
         computes, collectives_grid = self._passes[prefill_tokens == 0]
         overlap = self.scenario.serving.two_batch_overlap
-        if sampled is None:
-            sampled = decode_tokens + (1 if prefill_tokens else 0)
+        sampled = _sampled_rows(prefill_tokens, decode_tokens, sampled)
         passes = 2 if overlap and total >= 2 else 1  # the grid holds one half batch's compute under overlap
         unsampled = self.head_seconds(total / passes) - self.head_seconds(min(sampled, total) / passes)
         stage_seconds = []
@@ -167,10 +171,7 @@ class IterationCost:
             return 0.0
         model = self._base.model
         vocab = model.vocab_size // self._base.parallelism.tp_size
-        rows = max(1, int(round(tokens)))
-        return float(self.cost.gemm_seconds(rows, model.hidden_size, vocab)) + self.cost.memory_seconds(
-            8 * rows * vocab
-        )
+        return output_head_seconds(self.cost, max(1, int(round(tokens))), model.hidden_size, vocab)
 
     def _pipelined(self, stage_seconds: list[float], tokens: int) -> float:
         """One engine's iteration through the stages while the other `pp_size - 1` engines keep the pipeline
@@ -233,8 +234,7 @@ class IterationCost:
             decode_tokens, decode_context, True
         )
         if "lm_head" in phases:
-            if sampled is None:
-                sampled = decode_tokens + (1 if prefill_tokens else 0)
+            sampled = _sampled_rows(prefill_tokens, decode_tokens, sampled)
             phases["lm_head"] -= self.head_seconds(max(1, total)) - self.head_seconds(min(sampled, max(1, total)))
         return phases
 

@@ -99,6 +99,11 @@ class StageProgram:
     replayed_s: float = 0.0  # seconds of recomputed work in the backward (a rank's mean, waits not counted)
 
 
+def output_head_seconds(cost: CostModel, rows: float, hidden: int, vocab: int) -> float:
+    """The output head on `rows` rows: the vocabulary GEMM and a pass over the fp32 logits (read and written)."""
+    return float(cost.gemm_seconds(rows, hidden, vocab)) + cost.memory_seconds(8 * rows * vocab)
+
+
 EXECUTOR_OFFSET_KERNELS = 2
 """Kernels of the executor's experts phase beyond its grouped GEMMs and activation: the groups' offsets, a cumulative
 sum and a cast (`validation/NVIDIA-H100-80GB-HBM3/kernel_counts.json`: nine kernels in the phase)."""
@@ -392,7 +397,7 @@ class PhaseBuilder:
         if stage == self.plan.num_stages - 1:
             vocab = model.vocab_size // self.tp
             loss = cost.memory_seconds(8 * self.tokens * vocab)
-            head = float(cost.gemm_seconds(self.tokens, model.hidden_size, vocab)) + loss
+            head = output_head_seconds(cost, self.tokens, model.hidden_size, vocab)
             head_backward = (
                 float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, vocab)) + BACKWARD_MEMORY_FACTOR * loss
             )

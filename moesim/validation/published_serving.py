@@ -14,13 +14,17 @@ Where a figure depends on what its source does not state, the row says which ass
 
 from __future__ import annotations
 
+import functools
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from moesim.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from moesim.serving.iteration import IterationCost
 
 WITHIN = 0.20
 """The serving issue's bar: a published figure within 20% of moesim's prediction."""
@@ -196,6 +200,17 @@ def mlperf_figures() -> list[ServingFigure]:
     ]
 
 
+@functools.lru_cache(maxsize=1)
+def _prefill_unit() -> tuple[Scenario, "IterationCost"]:
+    """DeepSeek's prefill unit (4 nodes, EP32) and its iteration times, built once for the production row and the
+    profile's."""
+    from moesim.serving import prefill_pool_scenario
+    from moesim.serving.iteration import IterationCost
+
+    prefill = prefill_pool_scenario(_scenario(DEEPSEEK, ["serving.prefill_pool.num_nodes=4"]))
+    return prefill, IterationCost(prefill)
+
+
 def deepseek_figures() -> list[ServingFigure]:
     """A decode node at the batch DeepSeek's figures imply, and a prefill node's input capacity."""
     from moesim.serving.iteration import IterationCost
@@ -208,14 +223,12 @@ def deepseek_figures() -> list[ServingFigure]:
     width = 1 + spec.speculative_tokens
     step = IterationCost(decode).seconds(0, 0, width * batch, kv_length, spec.speculative_tokens * batch)
     user = spec.tokens_per_step / step
-    from moesim.serving import prefill_pool_scenario
-
-    prefill = prefill_pool_scenario(_scenario(DEEPSEEK, ["serving.prefill_pool.num_nodes=4"]))  # one prefill unit
+    prefill, prefill_cost = _prefill_unit()
     hit = spec.prefix_cache_hit_rate
     computed = spec.input_tokens * (1 - hit)  # type: ignore[operator]
     context = spec.input_tokens * hit + computed / 2  # type: ignore[operator]
     tokens = spec.token_budget
-    prefill_step = IterationCost(prefill).seconds(tokens, context, 0, 0)
+    prefill_step = prefill_cost.seconds(tokens, context, 0, 0)
     prefill_node = prefill.cluster.gpus_per_node * tokens / prefill_step / (1 - hit)
     computed_node = DEEPSEEK_PREFILL_NODE_TOKENS_PER_S * (1 - hit)
     source = "DeepSeek, open-infra-index, 'DeepSeek-V3/R1 Inference System Overview' (2025-03-01), 24 h averages"
@@ -288,7 +301,6 @@ low-latency kernels), 256 sequences a GPU, 2,000-token inputs, no MTP: output to
 def deepseek_step_checks() -> list[ServingFigure]:
     """The decode and prefill iterations against DeepSeek's own profiles and SGLang's H100 run, at the batches
     those sources state: the production rows above rest on loads the sources do not state, these do not."""
-    from moesim.serving import prefill_pool_scenario
     from moesim.serving.iteration import IterationCost
 
     profile = _scenario(DEEPSEEK, ["serving.prefill_pool=null", "cluster.num_nodes=16", "parallelism.ep_size=128"])
@@ -306,9 +318,9 @@ def deepseek_step_checks() -> list[ServingFigure]:
         ],
     )
     sglang_step = IterationCost(sglang).seconds(0, 0, SGLANG_DECODE_SEQUENCES, 2000)
-    prefill = prefill_pool_scenario(_scenario(DEEPSEEK, ["serving.prefill_pool.num_nodes=4"]))
+    prefill, prefill_cost = _prefill_unit()
     tokens = spec.token_budget
-    prefill_step = IterationCost(prefill).seconds(tokens, 4096 / 2, 0, 0)
+    prefill_step = prefill_cost.seconds(tokens, 4096 / 2, 0, 0)
     lmsys = "lmsys.org, SGLang team, 'Deploying DeepSeek with PD Disaggregation and Large-scale EP' (2025-05-05)"
     common = (
         "DeepSeek-V3's serving scenario (FP8 GEMMs and dispatch, DeepEP's normal kernels on 20 SMs, 32 redundant "

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 
 from moesim.scenario import Scenario, scenario_from_dict
 from moesim.sim.phases import PhaseBuilder
+from moesim.validation.single_device import HOST_AHEAD_CYCLES
 
 CHECK_LAYERS = 4
 """Decoder layers in the measured stack (the predicted scenario has as many): enough that per-layer costs dominate
 the embedding and head, few enough that the largest KV caches fit beside the weights."""
 REPEATS = 5
-HOST_AHEAD_CYCLES = 40_000_000  # as the single-device validation: the host queues the iteration while the GPU spins
 
 
 @dataclass(frozen=True)

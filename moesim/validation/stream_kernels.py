@@ -18,52 +18,28 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from moesim.validation.single_device import HOST_AHEAD_CYCLES
+from moesim.validation.timing import median_seconds, seconds_in_stream
+
 SYNCED_REPEATS, WARMUPS, STREAM_CALLS = 10, 3, 20
-SPIN_CYCLES = 40_000_000
 
 
 def _synced(work: Callable[[], object], device: torch.device) -> float:
     """The tables' way: each run between host synchronisations, wall time, median of 10 after 3 warm-ups."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(WARMUPS):
+    for _ in range(WARMUPS - 1):  # `median_seconds` runs the third
         work()
-    sync()
-    samples = []
-    for _ in range(SYNCED_REPEATS):
-        sync()
-        started = time.perf_counter()
-        work()
-        sync()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    synchronize = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return median_seconds(work, SYNCED_REPEATS, synchronize)
 
 
 def _in_stream(work: Callable[[], object], device: torch.device) -> float:
     """A model's way: calls back to back, queued while the GPU spins, device time between two events per call."""
-    if device.type != "cuda":
-        started = time.perf_counter()
-        for _ in range(STREAM_CALLS):
-            work()
-        return (time.perf_counter() - started) / STREAM_CALLS
-    torch.cuda._sleep(SPIN_CYCLES)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(STREAM_CALLS):
-        work()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / STREAM_CALLS
+    return seconds_in_stream(work, device, STREAM_CALLS, HOST_AHEAD_CYCLES)
 
 
 def _rows(tables: Path, quick: bool) -> list[dict[str, str]]:

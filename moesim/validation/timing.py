@@ -76,6 +76,28 @@ def interleaved_samples(
     return samples
 
 
+def seconds_in_stream(work: Callable[[], Any], device: Any, calls: int, spin_cycles: int = 40_000_000) -> float:
+    """Seconds of one call of `work` run back to back, as a model's kernels run: on a CUDA `device`, `calls` calls
+    queued by the host while a spin kernel of `spin_cycles` GPU cycles holds the GPU (so launches do not count),
+    device time between two events over the calls; elsewhere, their wall time."""
+    if getattr(device, "type", str(device)) != "cuda":
+        started = time.perf_counter()
+        for _ in range(calls):
+            work()
+        return (time.perf_counter() - started) / calls
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda._sleep(spin_cycles)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        work()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / calls
+
+
 def _spin_up(device: Any, seconds: float = 0.02) -> None:
     """Keep the GPU busy for about `seconds` so that its clocks are up when timing starts."""
     import torch
