@@ -102,3 +102,36 @@ def test_a_model_one_node_cannot_hold_is_served_in_pipeline_stages_across_nodes(
     staged_result = served(Layout("H100-SXM", 2, 8, 1, "TP", pp_size=2))
     assert staged_result.gpus == 16 and staged_result.attention_ranks == 2  # one pipeline, an engine a stage
     assert any(note.startswith("pipeline: an iteration takes max(") for note in staged_result.notes)
+
+
+def test_layouts_with_the_same_pools_but_other_node_counts_share_one_iteration_model_and_its_figures() -> None:
+    """The planner builds iteration times once per pool shape (`iteration_cost_key`): an EP group's ranks and
+    links are the same in any cluster that holds it, so a deployment served with shared iteration times gets
+    exactly the figures it gets alone, one pool or two."""
+    from moesim.scenario import scenario_from_dict
+    from moesim.serving import prefill_pool_scenario, simulate_serving
+    from moesim.serving.iteration import iteration_cost_key
+    from moesim.serving.plan import Layout, SharedIterationCosts, _overrides
+
+    def scenario(layout: Layout):  # type: ignore[no-untyped-def]
+        return scenario_from_dict(OLMOE, _overrides(layout, 40.0, 3.0, 8192, 64))
+
+    one_node, two_nodes = scenario(Layout("H100-SXM", 1, 1, 8)), scenario(Layout("H100-SXM", 2, 1, 8))
+    assert iteration_cost_key(one_node) == iteration_cost_key(two_nodes)
+    assert iteration_cost_key(one_node) != iteration_cost_key(scenario(Layout("H100-SXM", 1, 2, 4)))
+    split = scenario(Layout("H100-SXM", 2, 1, 8, prefill_nodes=1, prefill_ep=8))
+    assert iteration_cost_key(prefill_pool_scenario(split)) == iteration_cost_key(one_node)  # a one-node pool
+    shared = SharedIterationCosts()
+    for deployment in (one_node, two_nodes, split):
+        assert shared.serve(deployment).as_dict() == simulate_serving(deployment).as_dict()
+    assert len(shared._costs) == 1  # one pool shape served all three
+
+
+def test_an_engine_busy_all_the_time_far_below_its_capacity_keeps_up() -> None:
+    """Continuous batching runs iteration after iteration whenever a sequence is in flight: at 800 requests/s the
+    engines of one node never idle, yet the rate asks about a third of what they serve at their largest steady
+    batch and the first tokens come within milliseconds. Keeping up is the load, not the time busy."""
+    plan = plan_serving(OLMOE, 800.0, ttft_p90_s=1.0, tpot_p90_s=0.05, gpus=["H100-SXM"], max_gpus=8)
+    busy = [o for o in plan.options if o.result.busy_share > 0.99 and (o.result.load or 1) < 0.5]
+    assert busy and all(o.result.ttft_s[90] < 0.05 for o in busy)
+    assert any(note.startswith("load: ") for note in busy[0].result.notes)

@@ -23,7 +23,7 @@ def plan_serving_command(
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
     from moesim.scenario import scenario_from_dict
-    from moesim.serving.plan import plan_serving
+    from moesim.serving.plan import KEEPS_UP, plan_serving
 
     rate = request_rate or scenario_from_dict(document).serving.request_rate
     if rate is None:
@@ -55,6 +55,7 @@ def plan_serving_command(
             "TTFT p90 s": f"{r.ttft_s[90]:.3g}",
             "TPOT p90 ms": f"{r.tpot_s[90] * 1e3:.3g}",
             "tok/s/GPU": f"{r.output_tokens_per_s_per_gpu:,.0f}",
+            "load": "-" if r.load is None else f"{r.load:.0%}",
             "$/M tokens": f"{r.dollars_per_million_output_tokens:.4g}",
         }
 
@@ -101,10 +102,11 @@ def plan_serving_command(
         rows = [row(option) for option in options]
         if not rows:
             continue
-        columns, _ = fit_columns(list(rows[0]), rows, console.width, ("seqs", "budget", "tok/s/GPU", "GPU"))
+        columns, _ = fit_columns(list(rows[0]), rows, console.width, ("seqs", "budget", "load", "tok/s/GPU", "GPU"))
         print_table(title, columns, rows)
     console.print(
-        f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; "
+        f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; load: the "
+        f"rate over what the busier pool's engines serve at their largest steady batch (at most {KEEPS_UP:.0%}); "
         "prices: $/GPU-hour assumptions unless --price is given[/dim]"
     )
     if not result.options:

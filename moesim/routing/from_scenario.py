@@ -8,7 +8,10 @@ for a comparison, as long as each rule honours the settings that decide the choi
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -22,6 +25,7 @@ from moesim.routing.names import unhonoured_settings
 from moesim.routing.registry import make_router, rule_options
 from moesim.routing.router import Router
 from moesim.scenario import Scenario
+from moesim.sim.reuse import reuse
 from moesim.workload.scores import RouterScores
 from moesim.workload.synthetic import SyntheticScores
 from moesim.workload.trace import TraceError, load_trace
@@ -78,15 +82,52 @@ def warm_up_bias(router: Router, scenario: Scenario, layer: int = 0, tokens: int
     steps = scenario.simulation.bias_warmup_steps
     if not isinstance(router, BiasBalancedRouter) or not steps:
         return False
-    configured = router.bias_update_rate
-    try:
-        for step in range(steps):
-            logits = scores_for_layers(scenario, [layer], tokens, step=1 + step)[0].logits
-            router.bias_update_rate = max(configured, 0.1 * 0.9**step)
-            router.update_bias(router.route(logits).expert_load)
-    finally:
-        router.bias_update_rate = configured
+
+    def warm() -> torch.Tensor:
+        configured = router.bias_update_rate
+        try:
+            for step in range(steps):
+                logits = scores_for_layers(scenario, [layer], tokens, step=1 + step)[0].logits
+                router.bias_update_rate = max(configured, 0.1 * 0.9**step)
+                router.update_bias(router.route(logits).expert_load)
+        finally:
+            router.bias_update_rate = configured
+        return router.bias.clone()
+
+    # the same router on the same scores settles to the same bias: a plan's layouts and an iteration's token
+    # grid share one warm-up (most of the time they took)
+    router.bias = reuse(_warmed_biases, _warm_up_key(router, scenario, layer, tokens), WARMED_BIASES, warm).clone()
     return True
+
+
+WARMED_BIASES = 64
+"""Warmed-up biases kept: one per (router, layer, score settings, EP size) a run meets."""
+_warmed_biases: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+
+
+def _warm_up_key(router: Router, scenario: Scenario, layer: int, tokens: int) -> str:
+    """What a warm-up's result depends on: the router's settings and starting bias, and what its scores are drawn
+    from (the model, the workload's score settings or trace file, the EP size, the seed, the steps)."""
+    settings = {name: value for name, value in vars(router).items() if isinstance(value, (bool, int, float, str))}
+    workload = scenario.workload
+    trace = workload.trace_path if workload.scores == "trace" else None
+    stamp = list(os.stat(trace)[6:9]) if trace and os.path.exists(trace) else None
+    return json.dumps(
+        [
+            type(router).__name__,
+            settings,
+            router.bias.tolist(),
+            scenario.model.model_dump(mode="json"),
+            workload.model_dump(mode="json", exclude={"global_batch_size"}),
+            scenario.parallelism.ep_size,
+            scenario.seed,
+            scenario.simulation.bias_warmup_steps,
+            layer,
+            tokens,
+            stamp,
+        ],
+        sort_keys=True,
+    )
 
 
 def tokens_per_layer(scenario: Scenario) -> int:

@@ -103,6 +103,15 @@ class ServingSpec(_Section):
         return self
 
 
+def mean_tokens(length: Length) -> float:
+    """The mean token count a length draws."""
+    if isinstance(length, int):
+        return float(length)
+    if isinstance(length, list):
+        return sum(length) / len(length)
+    return (length.min + length.max) / 2
+
+
 def most_tokens(length: Length) -> int:
     """The largest token count a length can draw."""
     if isinstance(length, int):

@@ -18,9 +18,10 @@ import numpy as np
 
 from moesim.errors import MoesimError
 from moesim.scenario import Scenario
-from moesim.scenario.serving import most_tokens
+from moesim.scenario.serving import mean_tokens, most_tokens
 
 if TYPE_CHECKING:
+    from moesim.scenario.serving import ServingSpec
     from moesim.serving.iteration import IterationCost
 
 PERCENTILES = (50, 90, 99)
@@ -49,6 +50,10 @@ class ServingResult:
     busy_share: float = 0.0  # of the simulated rank's time (the decode pool's when disaggregated)
     ttft_samples_s: list[float] = field(default_factory=list)  # every counted request's, for the CDF plots
     tpot_samples_s: list[float] = field(default_factory=list)
+    load: Optional[float] = None
+    """The offered rate over the capacity of an engine at its largest steady batch (`capacity.pool_capacity`; the
+    busier pool's when disaggregated); None for a closed loop, which never offers more than it serves. Below 1 the
+    queue stays bounded, whatever share of the time the engines are busy."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -77,13 +82,15 @@ def simulate_serving(
     cost = cost or IterationCost(scenario)
     capacity = _pool_capacity(cost, most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens))
     run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed)
+    load, served_rate, load_note = _load(spec, cost, capacity, ranks, "both")
+    served_note, served = _served(spec, served_rate, load)
     counted = _counted(run.requests)
     ttft = [r.first_token_s - r.arrival_s for r in counted if r.first_token_s is not None]
     tpot = _time_per_token(counted)
     e2e = [r.finish_s - r.arrival_s for r in counted if r.finish_s is not None]
     window = run.end_s
-    output = sum(r.output_tokens for r in run.requests) / window * ranks
-    inputs = sum(r.input_tokens for r in run.requests) / window * ranks
+    output = served.get("output", sum(r.output_tokens for r in run.requests) / window * ranks)
+    inputs = served.get("input", sum(r.input_tokens for r in run.requests) / window * ranks)
     per_gpu = output / gpus
     engines = (
         f"{ranks // par.pp_size} attention ranks of {par.tp_size * par.cp_size * par.pp_size} GPU(s) ({par.pp_size} "
@@ -97,6 +104,8 @@ def simulate_serving(
         f"KV cache per engine: {capacity:,} tokens; iterations that left a request waiting for it: "
         f"{run.kv_limited_iterations:,}",
         f"latencies over {len(counted)} requests (the first {WARM_UP_SHARE:.0%} of {len(run.requests)} are warm-up)",
+        *load_note,
+        *served_note,
     ]
     if par.pp_size > 1:
         notes.append(
@@ -118,7 +127,7 @@ def simulate_serving(
         output,
         inputs,
         per_gpu,
-        len(run.requests) / window * ranks,
+        served.get("requests", len(run.requests) / window * ranks),
         dollars,
         ranks,
         gpus,
@@ -129,7 +138,50 @@ def simulate_serving(
         run.busy_s / window,
         ttft,
         tpot,
+        load,
     )
+
+
+def _load(
+    spec: "ServingSpec", cost: "IterationCost", kv_capacity: int, ranks: int, phase: str, pool: str = "an engine"
+) -> tuple[Optional[float], Optional[float], list[str]]:
+    """The load the request rate puts on one engine of a pool and the requests/s the pool serves of it (None and
+    None under a closed loop), and the note saying so."""
+    from moesim.serving.capacity import pool_capacity
+
+    if spec.arrival != "poisson" or spec.request_rate is None:
+        return None, None, []
+    capacity = pool_capacity(spec, cost.seconds, kv_capacity, phase)
+    load = capacity.load(spec.request_rate / ranks)
+    batch = (
+        f"prompts filling its {spec.token_budget:,}-token budget"
+        if phase == "prefill"
+        else f"{capacity.sequences:,.0f} sequences decoding"
+    )
+    note = (
+        f"load: {load:.0%} of what {pool} serves at its largest steady batch ({capacity.requests_per_s:,.2f} "
+        f"requests/s, {batch}, the requests' mean lengths)"
+    )
+    return load, min(spec.request_rate, capacity.requests_per_s * ranks), [note]
+
+
+def _served(spec: "ServingSpec", requests_per_s: Optional[float], load: Optional[float]) -> tuple[list[str], dict]:
+    """Throughput of an open-loop stream: the offered rate where the pools keep up (what arrives is served, in the
+    steady state; a finite run's filling and draining would understate it), else what the busier pool serves at
+    its capacity. Empty for a closed loop (measured over the run instead)."""
+    if requests_per_s is None or load is None:
+        return [], {}
+    note = (
+        "throughput: the offered rate, all of it served (load below 100%)"
+        if load < 1
+        else "throughput: what the busier pool serves at its capacity; the rest of the offered rate queues without "
+        "end (the latencies grow with the run's length)"
+    )
+    return [note], {
+        "output": requests_per_s * mean_tokens(spec.output_tokens),
+        "input": requests_per_s * mean_tokens(spec.input_tokens),
+        "requests": requests_per_s,
+    }
 
 
 def _dollars_per_million(price_per_gpu_hour: float, gpus: int, output_tokens_per_s: float) -> float:
@@ -204,6 +256,7 @@ def _disaggregated(
     prefill = prefill_pool_scenario(scenario)
     decode = scenario_from_dict(document, ["serving.prefill_pool=null"])
     pools = []
+    loads: list[tuple[Optional[float], Optional[float], list[str]]] = []
     for pool_scenario, phase, need, built in (
         (prefill, "prefill", most_tokens(spec.input_tokens), prefill_cost),
         (decode, "decode", most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens), decode_cost),
@@ -213,6 +266,7 @@ def _disaggregated(
         cost = built or IterationCost(pool_scenario)
         capacity = _pool_capacity(cost, need)
         run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed, phase)
+        loads.append(_load(spec, cost, capacity, ranks, phase, f"a {phase} engine"))
         pools.append((pool_scenario, ranks, run, capacity))
     (prefill, prefill_ranks, prefill_run, _), (decode, decode_ranks, decode_run, decode_capacity) = pools
     topology_nic = prefill.cluster.nic_gbps * 1e9 / 8 * prefill.parallelism.tp_size
@@ -228,8 +282,11 @@ def _disaggregated(
     outputs = [r.output_tokens for r in _counted(decode_run.requests)]
     e2e = [first + per * (out - 1) for first, per, out in zip(ttft, tpot, outputs)]
     gpus = prefill.cluster.world_size + decode.cluster.world_size
-    output = sum(r.output_tokens for r in decode_run.requests) / decode_run.end_s * decode_ranks
-    inputs = sum(r.input_tokens for r in prefill_run.requests) / prefill_run.end_s * prefill_ranks
+    pool_loads = [load for load, _, _ in loads if load is not None]
+    rates = [rate for _, rate, _ in loads if rate is not None]
+    served_note, served = _served(spec, min(rates) if rates else None, max(pool_loads) if pool_loads else None)
+    output = served.get("output", sum(r.output_tokens for r in decode_run.requests) / decode_run.end_s * decode_ranks)
+    inputs = served.get("input", sum(r.input_tokens for r in prefill_run.requests) / prefill_run.end_s * prefill_ranks)
     dollars = _dollars_per_million(spec.price_per_gpu_hour, gpus, output)
     notes = [
         f"disaggregated: prefill on {prefill.cluster.world_size} GPUs ({prefill_ranks} ranks, "
@@ -243,6 +300,8 @@ def _disaggregated(
             "prefill pool's queue is the same count, so its TTFT is an upper bound)"
         )
         + "; end-to-end latencies pair the two pools' requests in order",
+        *(line for _, _, lines in loads for line in lines),
+        *served_note,
     ]
     return ServingResult(
         _percentiles(ttft),
@@ -251,7 +310,7 @@ def _disaggregated(
         output,
         inputs,
         output / gpus,
-        len(decode_run.requests) / decode_run.end_s * decode_ranks,
+        served.get("requests", len(decode_run.requests) / decode_run.end_s * decode_ranks),
         dollars,
         prefill_ranks + decode_ranks,
         gpus,
@@ -262,6 +321,7 @@ def _disaggregated(
         max(decode_run.busy_s / decode_run.end_s, prefill_run.busy_s / prefill_run.end_s),
         ttft,
         tpot,
+        max(pool_loads) if pool_loads else None,
     )
 
 

@@ -100,6 +100,7 @@ def run_engine(
     iterations = peak = kv_limited = 0
     kv_used = 0
     in_system = 0
+    gained = spec.tokens_per_step  # per decoding sequence and iteration
     while pending or waiting or running:
         # arrivals up to now (closed loop: release new requests as others finish)
         while pending and (
@@ -154,7 +155,7 @@ def run_engine(
         iterations += 1
         peak = max(peak, len(running))
         for request in decoding:
-            request.generated += spec.tokens_per_step
+            request.generated += gained
         for request, take in chunks:
             request.prefilled += take
             if request.prefilled >= request.input_tokens:

@@ -15,6 +15,7 @@ slowest stage to serve the others: max(sum of stages + hops, pp x slowest stage)
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +26,19 @@ from moesim.models import accounting
 from moesim.scenario import Scenario, scenario_from_dict
 from moesim.sim.phases import PhaseBuilder, output_head_seconds
 from moesim.sim.plan import StagePlan
-from moesim.sim.stages import _simulate_stages
+from moesim.sim.stages import _simulate_stages, expert_group_document
 from moesim.sim.step import cost_model_for
+
+
+def iteration_cost_key(scenario: Scenario) -> str:
+    """What an `IterationCost` depends on: the scenario less its labels, its node count (an EP group's ranks and
+    links are the same in any cluster that holds it; with pipeline stages the node count stays, as it decides
+    whether the stages' hops cross the network) and its serving settings other than the three an iteration reads
+    (token budget, two-batch overlap, draft tokens). Deployments with the same key share one `IterationCost`."""
+    serving = scenario.serving
+    document = expert_group_document(scenario, keep_nodes=scenario.parallelism.pp_size > 1, leave_out=("serving",))
+    read = [serving.token_budget, serving.two_batch_overlap, serving.speculative_tokens]
+    return json.dumps([document, read], sort_keys=True)
 
 
 def _sampled_rows(prefill_tokens: int, decode_tokens: int, sampled: int | None) -> int:
@@ -44,6 +56,9 @@ class IterationCost:
     """(compute, collectives) seconds by pipeline stage and grid point, keyed by decode-only (iterations that only
     decode run DeepEP's low-latency kernels where the scenario runs DeepEP), for interpolating every iteration."""
     _attention_cache: dict[tuple[int, int, bool, int], float] = field(default_factory=dict)
+    _head_cache: dict[int, float] = field(default_factory=dict)
+    _draft_head_cache: dict[int, float] = field(default_factory=dict)
+    """The output head's seconds by rows: the iteration's (its GEMM and logits pass) and a draft step's (GEMM)."""
     _draft_layers: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """A decode pass's body on the grid (overlapped with two-batch overlap): what a draft step's layer shares."""
 
@@ -169,9 +184,12 @@ class IterationCost:
         the logits."""
         if tokens <= 0:
             return 0.0
-        model = self._base.model
-        vocab = model.vocab_size // self._base.parallelism.tp_size
-        return output_head_seconds(self.cost, max(1, int(round(tokens))), model.hidden_size, vocab)
+        rows = max(1, int(round(tokens)))
+        if rows not in self._head_cache:
+            model = self._base.model
+            vocab = model.vocab_size // self._base.parallelism.tp_size
+            self._head_cache[rows] = output_head_seconds(self.cost, rows, model.hidden_size, vocab)
+        return self._head_cache[rows]
 
     def _pipelined(self, stage_seconds: list[float], tokens: int) -> float:
         """One engine's iteration through the stages while the other `pp_size - 1` engines keep the pipeline
@@ -250,8 +268,10 @@ class IterationCost:
         self._build_grid()
         layer = float(np.interp(sequences, self._grid, self._draft_layers)) / layers
         attention = self._attention(sequences, context, True) / layers
-        head = float(self.cost.gemm_seconds(max(1, int(round(sequences))), model.hidden_size, model.vocab_size))
-        return steps * (layer + attention + head)
+        rows = max(1, int(round(sequences)))
+        if rows not in self._draft_head_cache:
+            self._draft_head_cache[rows] = float(self.cost.gemm_seconds(rows, model.hidden_size, model.vocab_size))
+        return steps * (layer + attention + self._draft_head_cache[rows])
 
     def kv_capacity_tokens(self) -> int:
         """Tokens of KV cache one engine holds: an attention rank's memory less weights, buffers and one pass's

@@ -22,11 +22,14 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from moesim.errors import MoesimError
 from moesim.planning.plan import DEFAULT_PRICE_PER_GPU_HOUR, check_choices
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.serving import ServingResult, simulate_serving
+from moesim.serving import ServingResult, prefill_pool_scenario, simulate_serving
+from moesim.serving.iteration import IterationCost, iteration_cost_key
 
 KEEPS_UP = 0.95
-"""A deployment keeps up when its engines are busy at most this share of the time (a saturated engine's queue
-grows without end; its latency targets catch the rest)."""
+"""A deployment keeps up when the rate asks at most this share of what its engines serve at their largest steady
+batch (`ServingResult.load`: beyond it the queue grows without end; the latency targets catch the rest). Not the
+share of the time the engines are busy: a continuous-batching engine runs iteration after iteration whenever a
+sequence is in flight, far below its capacity."""
 
 
 BATCH_LIMITS = ((2048, 64), (2048, 256), (8192, 64), (8192, 256), (16384, 512))
@@ -94,6 +97,28 @@ class ServingPlan:
     pareto: list[ServingOption]
     evaluated: int
     best_achievable: Optional[ServingOption]  # the lowest TPOT p90 among those that keep up, targets or not
+
+
+class SharedIterationCosts:
+    """`simulate_serving` with each pool's iteration times built once per pool shape (`iteration_cost_key`) and
+    shared by every deployment of that shape: a plan's layouts differ in node counts and splits far more often
+    than in their EP groups, and building the iteration times is most of a layout's time."""
+
+    def __init__(self) -> None:
+        self._costs: dict[str, IterationCost] = {}
+
+    def cost_for(self, scenario: Scenario) -> IterationCost:
+        key = iteration_cost_key(scenario)
+        if key not in self._costs:
+            self._costs[key] = IterationCost(scenario)
+        return self._costs[key]
+
+    def serve(self, scenario: Scenario) -> ServingResult:
+        """`simulate_serving(scenario)`, figure for figure."""
+        if scenario.serving.prefill_pool is None:
+            return simulate_serving(scenario, self.cost_for(scenario))
+        decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
+        return simulate_serving(scenario, self.cost_for(decode), self.cost_for(prefill_pool_scenario(scenario)))
 
 
 def _widest_ep(num_experts: int, ranks: int) -> int:
@@ -179,13 +204,15 @@ def plan_serving(
     total = len(layouts) + REFINED * len(BATCH_LIMITS)
     evaluated: list[ServingOption] = []
 
+    shared = SharedIterationCosts()
+
     def serve(layout: Layout, budget: int, running: int) -> None:
         overrides = _overrides(layout, request_rate, prices.get(layout.gpu, 3.0), budget, running)
         try:
-            result = simulate_serving(scenario_from_dict(document, overrides))
+            result = shared.serve(scenario_from_dict(document, overrides))
         except MoesimError:
             return  # does not fit, or not a layout this model can take
-        meets = result.busy_share <= KEEPS_UP and result.ttft_s[90] <= ttft_p90_s and result.tpot_s[90] <= tpot_p90_s
+        meets = _keeps_up(result) and result.ttft_s[90] <= ttft_p90_s and result.tpot_s[90] <= tpot_p90_s
         latencies = (result.ttft_s, result.tpot_s)
         if any(o.layout == layout and (o.result.ttft_s, o.result.tpot_s) == latencies for o in evaluated):
             return  # batch limits that never bind at this rate: the same option again
@@ -196,9 +223,7 @@ def plan_serving(
         if on_progress:
             on_progress(index + 1, total)
     qualifying = sorted((o for o in evaluated if o.meets), key=lambda o: o.result.dollars_per_million_output_tokens)
-    nearest = sorted(
-        (o for o in evaluated if o.result.busy_share <= KEEPS_UP and not o.meets), key=lambda o: o.result.tpot_s[90]
-    )
+    nearest = sorted((o for o in evaluated if _keeps_up(o.result) and not o.meets), key=lambda o: o.result.tpot_s[90])
     for rank, option in enumerate((qualifying + nearest)[:REFINED]):
         for step, (budget, running) in enumerate(BATCH_LIMITS):
             if (budget, running) != own:
@@ -209,9 +234,13 @@ def plan_serving(
         (o for o in evaluated if o.meets),
         key=lambda o: (o.result.dollars_per_million_output_tokens, o.result.tpot_s[90]),
     )
-    keeping_up = [o for o in evaluated if o.result.busy_share <= KEEPS_UP]
+    keeping_up = [o for o in evaluated if _keeps_up(o.result)]
     best = min(keeping_up, key=lambda o: o.result.tpot_s[90], default=None)
     return ServingPlan(options, pareto_front(options), len(evaluated), best)
+
+
+def _keeps_up(result: ServingResult) -> bool:
+    return result.load is not None and result.load <= KEEPS_UP
 
 
 def pareto_front(options: Sequence[ServingOption]) -> list[ServingOption]:

@@ -45,22 +45,21 @@ STAGE_CACHE_SIZE = 16
 _stage_cache: OrderedDict[str, tuple[_StagePasses, list[LayerRouting], list[str]]] = OrderedDict()
 
 
-def stage_cache_key(scenario: Scenario, tokens: int, context: int, decode: bool, backward: bool) -> str:
-    """What one expert-parallel group's stage programs depend on: the scenario without its data-parallel size
-    (node count, dp_size, global batch: they set the micro-batch count and the gradient all-reduce, which the
-    callers add) and without its labels. The group's ranks and links are the same in any cluster that holds it."""
-    document = scenario.model_dump(
-        mode="json",
-        exclude={
-            "name": True,
-            "description": True,
-            "sweep": True,
-            "cluster": {"num_nodes"},
-            "parallelism": {"dp_size"},
-            "workload": {"global_batch_size"},
-        },
+def expert_group_document(scenario: Scenario, keep_nodes: bool = False, leave_out: tuple[str, ...] = ()) -> dict:
+    """The scenario as one expert-parallel group sees it: without its data-parallel size (node count, dp_size,
+    global batch: they set the micro-batch count and the gradient all-reduce, which the callers add; the node
+    count stays with `keep_nodes`), its labels and the sections in `leave_out`. The group's ranks and links are
+    the same in any cluster that holds it."""
+    exclude: dict = {name: True for name in ("name", "description", "sweep", *leave_out)}
+    exclude.update(
+        cluster=set() if keep_nodes else {"num_nodes"}, parallelism={"dp_size"}, workload={"global_batch_size"}
     )
-    return json.dumps([document, tokens, context, decode, backward], sort_keys=True)
+    return scenario.model_dump(mode="json", exclude=exclude)
+
+
+def stage_cache_key(scenario: Scenario, tokens: int, context: int, decode: bool, backward: bool) -> str:
+    """What one expert-parallel group's stage programs depend on (`expert_group_document`)."""
+    return json.dumps([expert_group_document(scenario), tokens, context, decode, backward], sort_keys=True)
 
 
 def _simulate_stages(
