@@ -212,7 +212,7 @@ def test_disaggregated_prefill_spares_the_decode_pool_its_prompts() -> None:
 def test_a_disaggregated_curve_builds_each_pools_iteration_times_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Building the iteration times is most of a serving run's time: a throughput-latency curve over four
     concurrencies builds the decode pool's and the prefill pool's once each, and serves as they would alone."""
-    from moesim.serving import concurrency_curve
+    from moesim.serving import CURVE_GENERATIONS, concurrency_curve
     from moesim.serving.iteration import IterationCost
 
     scenario = scenario_from_dict(
@@ -230,11 +230,9 @@ def test_a_disaggregated_curve_builds_each_pools_iteration_times_once(monkeypatc
     monkeypatch.setattr(IterationCost, "__post_init__", counting)
     curve = concurrency_curve(scenario, [8, 16, 32, 64])
     assert sorted(built) == [1, 2]  # the prefill pool (one node) and the decode pool (the scenario's two)
-    alone = simulate_serving(
-        scenario.model_copy(
-            update={"serving": scenario.serving.model_copy(update={"arrival": "closed", "concurrency": 16})}
-        )
-    )
+    requests = CURVE_GENERATIONS * 16  # each point serves enough requests to hold its concurrency for a while
+    closed = {"arrival": "closed", "concurrency": 16, "num_requests": requests}
+    alone = simulate_serving(scenario.model_copy(update={"serving": scenario.serving.model_copy(update=closed)}))
     assert curve[1][1].tpot_s == alone.tpot_s and curve[1][1].ttft_s == alone.ttft_s
     assert any("closed loop: each pool holds 16 requests" in note for note in curve[1][1].notes)
 

@@ -90,3 +90,21 @@ def test_an_open_stream_that_keeps_up_is_served_at_its_offered_rate() -> None:
     assert heavy.load > 1 and heavy.requests_per_s == pytest.approx(1e6 / heavy.load)
     closed = simulate_serving(scenario_from_dict(document))
     assert closed.load is None and closed.output_tokens_per_s > 0  # measured over the run
+
+
+@pytest.mark.parametrize("generations", [4, 16])
+def test_a_closed_loop_is_measured_while_it_holds_its_concurrency(generations: int) -> None:
+    """A closed loop at the engine's largest batch serves its capacity: measured over the requests served while
+    the loop was full (Little's law; output lengths differ, so they finish at different times), a run four times
+    longer gives the same; a run of one concurrency's worth never holds it."""
+    from moesim.serving.throughput import closed_loop_steady
+
+    settings = {"input_tokens": 1000, "output_tokens": [50, 100, 150], "token_budget": 2048, "max_running": 64}
+    capacity = pool_capacity(ServingSpec(**settings), iteration, 10**6)
+    spec = ServingSpec(**settings, arrival="closed", concurrency=64, num_requests=64 * generations)
+    run = run_engine(spec, iteration, 10**6, 1)
+    steady, served = closed_loop_steady(run.requests, 1, 64)
+    assert served is not None and len(steady) >= 64 * (generations - 3)
+    assert served.requests_per_s == pytest.approx(capacity.requests_per_s, rel=0.03)
+    short = run_engine(spec.model_copy(update={"num_requests": 64}), iteration, 10**6, 1)
+    assert closed_loop_steady(short.requests, 1, 64) == ([], None)  # one generation: never held it

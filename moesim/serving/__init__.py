@@ -18,13 +18,17 @@ import numpy as np
 
 from moesim.errors import MoesimError
 from moesim.scenario import Scenario
-from moesim.scenario.serving import mean_tokens, most_tokens
+from moesim.scenario.serving import most_tokens
+from moesim.serving.throughput import Served, closed_loop_steady, open_stream, pool_load
 
 if TYPE_CHECKING:
     from moesim.scenario.serving import ServingSpec
+    from moesim.serving.engine import EngineRun
     from moesim.serving.iteration import IterationCost
 
 PERCENTILES = (50, 90, 99)
+CURVE_GENERATIONS = 8
+"""A concurrency curve's point serves at least this many times its concurrency in requests."""
 WARM_UP_SHARE = 0.1
 """The first requests, while the batch fills, are not counted in the latencies."""
 
@@ -82,15 +86,14 @@ def simulate_serving(
     cost = cost or IterationCost(scenario)
     capacity = _pool_capacity(cost, most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens))
     run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed)
-    load, served_rate, load_note = _load(spec, cost, capacity, ranks, "both")
-    served_note, served = _served(spec, served_rate, load)
-    counted = _counted(run.requests)
+    load, served_rate, load_note = pool_load(spec, cost, capacity, ranks, "both")
+    counted, served = _measured(spec, run, ranks, open_stream(spec, served_rate, load))
     ttft = [r.first_token_s - r.arrival_s for r in counted if r.first_token_s is not None]
     tpot = _time_per_token(counted)
     e2e = [r.finish_s - r.arrival_s for r in counted if r.finish_s is not None]
     window = run.end_s
-    output = served.get("output", sum(r.output_tokens for r in run.requests) / window * ranks)
-    inputs = served.get("input", sum(r.input_tokens for r in run.requests) / window * ranks)
+    output = served.output_tokens_per_s
+    inputs = served.input_tokens_per_s
     per_gpu = output / gpus
     engines = (
         f"{ranks // par.pp_size} attention ranks of {par.tp_size * par.cp_size * par.pp_size} GPU(s) ({par.pp_size} "
@@ -103,9 +106,9 @@ def simulate_serving(
         f"{run.busy_s / window:.0%} busy",
         f"KV cache per engine: {capacity:,} tokens; iterations that left a request waiting for it: "
         f"{run.kv_limited_iterations:,}",
-        f"latencies over {len(counted)} requests (the first {WARM_UP_SHARE:.0%} of {len(run.requests)} are warm-up)",
+        f"latencies over {len(counted)} of {len(run.requests)} requests an engine",
         *load_note,
-        *served_note,
+        served.note,
     ]
     if par.pp_size > 1:
         notes.append(
@@ -127,7 +130,7 @@ def simulate_serving(
         output,
         inputs,
         per_gpu,
-        served.get("requests", len(run.requests) / window * ranks),
+        served.requests_per_s,
         dollars,
         ranks,
         gpus,
@@ -142,51 +145,36 @@ def simulate_serving(
     )
 
 
-def _load(
-    spec: "ServingSpec", cost: "IterationCost", kv_capacity: int, ranks: int, phase: str, pool: str = "an engine"
-) -> tuple[Optional[float], Optional[float], list[str]]:
-    """The load the request rate puts on one engine of a pool and the requests/s the pool serves of it (None and
-    None under a closed loop), and the note saying so."""
-    from moesim.serving.capacity import pool_capacity
-
-    if spec.arrival != "poisson" or spec.request_rate is None:
-        return None, None, []
-    capacity = pool_capacity(spec, cost.seconds, kv_capacity, phase)
-    load = capacity.load(spec.request_rate / ranks)
-    batch = (
-        f"prompts filling its {spec.token_budget:,}-token budget"
-        if phase == "prefill"
-        else f"{capacity.sequences:,.0f} sequences decoding"
-    )
-    note = (
-        f"load: {load:.0%} of what {pool} serves at its largest steady batch ({capacity.requests_per_s:,.2f} "
-        f"requests/s, {batch}, the requests' mean lengths)"
-    )
-    return load, min(spec.request_rate, capacity.requests_per_s * ranks), [note]
-
-
-def _served(spec: "ServingSpec", requests_per_s: Optional[float], load: Optional[float]) -> tuple[list[str], dict]:
-    """Throughput of an open-loop stream: the offered rate where the pools keep up (what arrives is served, in the
-    steady state; a finite run's filling and draining would understate it), else what the busier pool serves at
-    its capacity. Empty for a closed loop (measured over the run instead)."""
-    if requests_per_s is None or load is None:
-        return [], {}
-    note = (
-        "throughput: the offered rate, all of it served (load below 100%)"
-        if load < 1
-        else "throughput: what the busier pool serves at its capacity; the rest of the offered rate queues without "
-        "end (the latencies grow with the run's length)"
-    )
-    return [note], {
-        "output": requests_per_s * mean_tokens(spec.output_tokens),
-        "input": requests_per_s * mean_tokens(spec.input_tokens),
-        "requests": requests_per_s,
-    }
-
-
 def _dollars_per_million(price_per_gpu_hour: float, gpus: int, output_tokens_per_s: float) -> float:
     """Dollars per million output tokens of `gpus` GPUs at their hourly price."""
     return price_per_gpu_hour * gpus / (output_tokens_per_s * 3600) * 1e6 if output_tokens_per_s else float("inf")
+
+
+def _measured(spec: "ServingSpec", run: "EngineRun", ranks: int, stream: Optional[Served]) -> tuple[list, Served]:
+    """The requests an engine's latencies are measured over and what the `ranks` engines serve: an open stream's
+    rate served (`stream`), a closed loop's steady window, or, for a batch (every request there at once) or a
+    closed loop too short to reach a steady window, the whole run less its first requests."""
+    if stream is not None:
+        return _counted(run.requests), stream
+    per_engine = max(1, spec.concurrency // ranks)
+    steady, served = closed_loop_steady(run.requests, ranks, per_engine) if spec.arrival == "closed" else ([], None)
+    if served is not None:
+        return steady, served
+    window = run.end_s
+    batch = spec.arrival == "closed" and per_engine >= len(run.requests)
+    why = (
+        "a batch (every request there from the start): throughput over the whole run, its makespan"
+        if batch
+        else f"throughput over the whole run, filling and draining included: {len(run.requests)} requests an engine "
+        f"never kept it at its concurrency of {per_engine} (more serving.num_requests do)"
+    )
+    whole = Served(
+        len(run.requests) / window * ranks,
+        sum(r.output_tokens for r in run.requests) / window * ranks,
+        sum(r.input_tokens for r in run.requests) / window * ranks,
+        f"{why}; latencies without the first {WARM_UP_SHARE:.0%}",
+    )
+    return _counted(run.requests), whole
 
 
 def _counted(requests: list) -> list:  # type: ignore[type-arg]
@@ -266,27 +254,29 @@ def _disaggregated(
         cost = built or IterationCost(pool_scenario)
         capacity = _pool_capacity(cost, need)
         run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed, phase)
-        loads.append(_load(spec, cost, capacity, ranks, phase, f"a {phase} engine"))
+        loads.append(pool_load(spec, cost, capacity, ranks, phase, f"a {phase} engine"))
         pools.append((pool_scenario, ranks, run, capacity))
     (prefill, prefill_ranks, prefill_run, _), (decode, decode_ranks, decode_run, decode_capacity) = pools
     topology_nic = prefill.cluster.nic_gbps * 1e9 / 8 * prefill.parallelism.tp_size
     kv_per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
     latency = prefill.cluster.network_latency_us * 1e-6
 
-    ttft = [
-        r.first_token_s - r.arrival_s + r.input_tokens * kv_per_token / topology_nic + latency
-        for r in _counted(prefill_run.requests)
-        if r.first_token_s is not None
-    ]
-    tpot = _time_per_token(_counted(decode_run.requests))
-    outputs = [r.output_tokens for r in _counted(decode_run.requests)]
-    e2e = [first + per * (out - 1) for first, per, out in zip(ttft, tpot, outputs)]
-    gpus = prefill.cluster.world_size + decode.cluster.world_size
     pool_loads = [load for load, _, _ in loads if load is not None]
     rates = [rate for _, rate, _ in loads if rate is not None]
-    served_note, served = _served(spec, min(rates) if rates else None, max(pool_loads) if pool_loads else None)
-    output = served.get("output", sum(r.output_tokens for r in decode_run.requests) / decode_run.end_s * decode_ranks)
-    inputs = served.get("input", sum(r.input_tokens for r in prefill_run.requests) / prefill_run.end_s * prefill_ranks)
+    stream = open_stream(spec, min(rates) if rates else None, max(pool_loads) if pool_loads else None)
+    prompted, prefilled = _measured(spec, prefill_run, prefill_ranks, stream)
+    decoded, served = _measured(spec, decode_run, decode_ranks, stream)
+    ttft = [
+        r.first_token_s - r.arrival_s + r.input_tokens * kv_per_token / topology_nic + latency
+        for r in prompted
+        if r.first_token_s is not None
+    ]
+    tpot = _time_per_token(decoded)
+    outputs = [r.output_tokens for r in decoded]
+    e2e = [first + per * (out - 1) for first, per, out in zip(ttft, tpot, outputs)]
+    gpus = prefill.cluster.world_size + decode.cluster.world_size
+    output = served.output_tokens_per_s
+    inputs = prefilled.input_tokens_per_s
     dollars = _dollars_per_million(spec.price_per_gpu_hour, gpus, output)
     notes = [
         f"disaggregated: prefill on {prefill.cluster.world_size} GPUs ({prefill_ranks} ranks, "
@@ -301,7 +291,7 @@ def _disaggregated(
         )
         + "; end-to-end latencies pair the two pools' requests in order",
         *(line for _, _, lines in loads for line in lines),
-        *served_note,
+        *dict.fromkeys((prefilled.note, served.note)),  # once where both pools' figures come from the same place
     ]
     return ServingResult(
         _percentiles(ttft),
@@ -310,7 +300,7 @@ def _disaggregated(
         output,
         inputs,
         output / gpus,
-        served.get("requests", len(decode_run.requests) / decode_run.end_s * decode_ranks),
+        served.requests_per_s,
         dollars,
         prefill_ranks + decode_ranks,
         gpus,
@@ -332,7 +322,8 @@ def concurrency_curve(
     prefill_cost: Optional["IterationCost"] = None,
 ) -> list[tuple[int, ServingResult]]:
     """Throughput against latency: the scenario's requests served closed-loop at each concurrency in `levels`
-    (the iteration times built once, or `cost`'s, and the prefill pool's once, or `prefill_cost`'s)."""
+    (the iteration times built once, or `cost`'s, and the prefill pool's once, or `prefill_cost`'s), each with
+    at least `CURVE_GENERATIONS` times its concurrency in requests, so that the loop holds it for a while."""
     from moesim.serving.iteration import IterationCost
 
     cost = cost or IterationCost(scenario)
@@ -340,7 +331,10 @@ def concurrency_curve(
         prefill_cost = IterationCost(prefill_pool_scenario(scenario))
     curve = []
     for level in levels:
-        serving = scenario.serving.model_copy(update={"arrival": "closed", "concurrency": int(level)})
+        requests = max(scenario.serving.num_requests, CURVE_GENERATIONS * int(level))
+        serving = scenario.serving.model_copy(
+            update={"arrival": "closed", "concurrency": int(level), "num_requests": requests}
+        )
         served = simulate_serving(scenario.model_copy(update={"serving": serving}), cost, prefill_cost)
         curve.append((int(level), served))
     return curve
