@@ -65,6 +65,8 @@ def test_the_search_splits_nodes_into_prefill_and_decode_pools_and_tries_tensor_
     assert all(((layout.num_nodes - layout.prefill_nodes) * 8) % layout.ep_size == 0 for layout in layouts)
     # a prefill pool of two nodes tries its EP within a node (8) and across the pool (16); of one node, once
     wider = list(serving_layouts(scenario_from_dict(OLMOE), ["H100-SXM"], 32))
+    # node counts in steps of 1.5x or 2x: a plan is never more than a third larger than it must be
+    assert {o.num_nodes for o in wider} == {1, 2, 3, 4} and {o.split for o in wider if o.num_nodes == 3} == {"-", "1+2"}
     assert {o.prefill_ep for o in wider if o.split == "2+2" and o.form == "DEP" and o.tp_size == 1} == {8, 16}
     assert {o.prefill_ep for o in wider if o.split == "1+3" and o.form == "DEP" and o.tp_size == 1} == {8}
     assert {o.prefill_ep for o in wider if o.split == "2+2" and o.form == "DEP" and o.tp_size == 2} == {4, 8}
@@ -123,7 +125,9 @@ def test_layouts_with_the_same_pools_but_other_node_counts_share_one_iteration_m
     assert iteration_cost_key(prefill_pool_scenario(split)) == iteration_cost_key(one_node)  # a one-node pool
     shared = SharedIterationCosts()
     for deployment in (one_node, two_nodes, split):
-        assert shared.serve(deployment).as_dict() == simulate_serving(deployment).as_dict()
+        alone = simulate_serving(deployment)
+        assert shared.serve(deployment).as_dict() == alone.as_dict()
+        assert shared.load(deployment) == alone.load  # what the planner skips the engines on
     assert len(shared._costs) == 1  # one pool shape served all three
 
 

@@ -74,17 +74,13 @@ def simulate_serving(
     deployment, or for its decode pool when disaggregated, and `prefill_cost` for its prefill pool, e.g. by
     `concurrency_curve`: building them is most of a run's time)."""
     from moesim.serving.engine import run_engine
-    from moesim.serving.iteration import IterationCost
 
     par, spec = scenario.parallelism, scenario.serving
-    if scenario.workload.mode != "inference":
-        raise MoesimError("workload.mode: `moesim serve` serves an inference deployment; set workload.mode=inference")
     if spec.prefill_pool is not None:
         return _disaggregated(scenario, prefill_cost, cost)
     gpus = scenario.cluster.world_size
-    ranks = gpus // (par.tp_size * par.cp_size)  # engines: attention ranks x the batches a pipeline keeps in flight
-    cost = cost or IterationCost(scenario)
-    capacity = _pool_capacity(cost, most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens))
+    (pool,) = _pools(scenario, cost, prefill_cost)
+    ranks, cost, capacity = pool.ranks, pool.cost, pool.kv_capacity
     run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed)
     load, served_rate, load_note = pool_load(spec, cost, capacity, ranks, "both")
     counted, served = _measured(spec, run, ranks, open_stream(spec, served_rate, load))
@@ -226,6 +222,55 @@ def prefill_pool_scenario(scenario: Scenario) -> Scenario:
     )
 
 
+@dataclass(frozen=True)
+class _Pool:
+    """One pool of a deployment: its scenario, what its engines do ("both", "prefill" or "decode"), how many
+    engines it has, their iteration times and the KV cache an engine holds."""
+
+    scenario: Scenario
+    phase: str
+    ranks: int
+    cost: "IterationCost"
+    kv_capacity: int
+
+
+def _pools(scenario: Scenario, cost: Optional["IterationCost"], prefill_cost: Optional["IterationCost"]) -> list[_Pool]:
+    """The deployment's pools: one doing both phases, or a prefill pool and a decode pool (`cost`: the one pool's
+    or the decode pool's iteration times where already built, `prefill_cost` the prefill pool's)."""
+    from moesim.scenario import scenario_from_dict
+    from moesim.serving.iteration import IterationCost
+
+    spec = scenario.serving
+    if scenario.workload.mode != "inference":
+        raise MoesimError("workload.mode: `moesim serve` serves an inference deployment; set workload.mode=inference")
+    whole = most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens)
+    if spec.prefill_pool is None:
+        shapes = [(scenario, "both", whole, cost)]
+    else:
+        decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
+        prefill = prefill_pool_scenario(scenario)
+        shapes = [(prefill, "prefill", most_tokens(spec.input_tokens), prefill_cost), (decode, "decode", whole, cost)]
+    pools = []
+    for pool_scenario, phase, need, built in shapes:
+        par = pool_scenario.parallelism
+        ranks = pool_scenario.cluster.world_size // (par.tp_size * par.cp_size)  # with pipeline stages: x stages
+        built = built or IterationCost(pool_scenario)
+        pools.append(_Pool(pool_scenario, phase, ranks, built, _pool_capacity(built, need)))
+    return pools
+
+
+def deployment_load(
+    scenario: Scenario, cost: Optional["IterationCost"] = None, prefill_cost: Optional["IterationCost"] = None
+) -> Optional[float]:
+    """The load `simulate_serving` reports (the busier pool's), without serving the requests: a planner skips
+    the engines of a deployment that cannot keep up."""
+    loads = [
+        pool_load(scenario.serving, pool.cost, pool.kv_capacity, pool.ranks, pool.phase)[0]
+        for pool in _pools(scenario, cost, prefill_cost)
+    ]
+    return None if None in loads else max(loads)  # type: ignore[type-var]
+
+
 def _disaggregated(
     scenario: Scenario, prefill_cost: Optional["IterationCost"], decode_cost: Optional["IterationCost"]
 ) -> ServingResult:
@@ -234,29 +279,20 @@ def _disaggregated(
     (a request reaches it when its prompt is done and its KV cache has crossed the network, in the prefill pool's
     NICs' time). A request's end-to-end latency pairs the i-th request's time to first token with the i-th
     decoded request's time per output token."""
-    from moesim.scenario import scenario_from_dict
     from moesim.serving.engine import run_engine
-    from moesim.serving.iteration import IterationCost
     from moesim.models import accounting
 
     spec = scenario.serving
-    document = scenario.model_dump(mode="json")
-    prefill = prefill_pool_scenario(scenario)
-    decode = scenario_from_dict(document, ["serving.prefill_pool=null"])
-    pools = []
-    loads: list[tuple[Optional[float], Optional[float], list[str]]] = []
-    for pool_scenario, phase, need, built in (
-        (prefill, "prefill", most_tokens(spec.input_tokens), prefill_cost),
-        (decode, "decode", most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens), decode_cost),
-    ):
-        par = pool_scenario.parallelism
-        ranks = pool_scenario.cluster.world_size // (par.tp_size * par.cp_size)
-        cost = built or IterationCost(pool_scenario)
-        capacity = _pool_capacity(cost, need)
-        run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed, phase)
-        loads.append(pool_load(spec, cost, capacity, ranks, phase, f"a {phase} engine"))
-        pools.append((pool_scenario, ranks, run, capacity))
-    (prefill, prefill_ranks, prefill_run, _), (decode, decode_ranks, decode_run, decode_capacity) = pools
+    pools = _pools(scenario, decode_cost, prefill_cost)
+    runs = [
+        run_engine(spec, pool.cost.seconds, pool.kv_capacity, pool.ranks, scenario.seed, pool.phase) for pool in pools
+    ]
+    loads = [
+        pool_load(spec, pool.cost, pool.kv_capacity, pool.ranks, pool.phase, f"a {pool.phase} engine") for pool in pools
+    ]
+    (prefill_pool, decode_pool), (prefill_run, decode_run) = pools, runs
+    prefill, prefill_ranks = prefill_pool.scenario, prefill_pool.ranks
+    decode, decode_ranks, decode_capacity = decode_pool.scenario, decode_pool.ranks, decode_pool.kv_capacity
     topology_nic = prefill.cluster.nic_gbps * 1e9 / 8 * prefill.parallelism.tp_size
     kv_per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
     latency = prefill.cluster.network_latency_us * 1e-6

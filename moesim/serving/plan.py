@@ -1,16 +1,18 @@
 """The serving planner: the cheapest deployment that serves a request rate within latency targets.
 
-For every GPU type, node count and parallel form that fits -- data-parallel attention with expert parallelism
+For every GPU type, node count (1, 2, 3, 4, 6, 8, 12, ...) and parallel form that fits -- data-parallel attention
+with expert parallelism
 ("DEP": attention TP t, EP e) or plain tensor parallelism ("TP": replicas of t GPUs, experts split over them) --
 and, from two nodes up, every split of the nodes into a prefill pool and a decode pool (the prefill pool's EP
 within a node, NVLink only, or across the pool), the scenario's `serving`
 requests arrive at the given rate (Poisson) and are served as `moesim serve` serves them (fast network mode). A
-deployment qualifies when it keeps up with the rate and its 90th-percentile time to first token and time per
-output token meet the targets. The cheapest few are then served again with other engine batch limits (token
-budget, sequences per engine). Qualifying deployments rank by dollars per million output tokens; the Pareto front
-sets output tokens per second per GPU against the median time per output token. From two nodes up, tensor
-parallelism within a node also runs with pipeline stages across the nodes ("TP PP2": vLLM's multi-node form, for
-a model one node cannot hold), one pool doing both phases.
+deployment qualifies when it keeps up with the rate (its load, the rate over what its engines serve at their
+largest steady batch, at most 95%; the engines of one that cannot are not run) and its 90th-percentile time to
+first token and time per output token meet the targets. The cheapest few are then served again with other
+engine batch limits (token budget, sequences per engine). Qualifying deployments rank by dollars per million
+output tokens; the Pareto front sets output tokens per second per GPU against the median time per output token.
+From two nodes up, tensor parallelism within a node also runs with pipeline stages across the nodes ("TP PP2":
+vLLM's multi-node form, for a model one node cannot hold), one pool doing both phases.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from moesim.errors import MoesimError
 from moesim.planning.plan import DEFAULT_PRICE_PER_GPU_HOUR, check_choices
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.serving import ServingResult, prefill_pool_scenario, simulate_serving
+from moesim.serving import ServingResult, deployment_load, prefill_pool_scenario, simulate_serving
 from moesim.serving.iteration import IterationCost, iteration_cost_key
 
 KEEPS_UP = 0.95
@@ -113,12 +115,24 @@ class SharedIterationCosts:
             self._costs[key] = IterationCost(scenario)
         return self._costs[key]
 
+    def _pool_costs(self, scenario: Scenario) -> tuple[IterationCost, Optional[IterationCost]]:
+        """The one pool's, or the decode and the prefill pools' iteration times."""
+        if scenario.serving.prefill_pool is None:
+            return self.cost_for(scenario), None
+        decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
+        return self.cost_for(decode), self.cost_for(prefill_pool_scenario(scenario))
+
     def serve(self, scenario: Scenario) -> ServingResult:
         """`simulate_serving(scenario)`, figure for figure."""
-        if scenario.serving.prefill_pool is None:
-            return simulate_serving(scenario, self.cost_for(scenario))
-        decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
-        return simulate_serving(scenario, self.cost_for(decode), self.cost_for(prefill_pool_scenario(scenario)))
+        return simulate_serving(scenario, *self._pool_costs(scenario))
+
+    def load(self, scenario: Scenario) -> Optional[float]:
+        """`deployment_load(scenario)`: the load `serve` would report, without serving."""
+        return deployment_load(scenario, *self._pool_costs(scenario))
+
+
+NODE_COUNTS = sorted({2**i for i in range(16)} | {3 * 2**i for i in range(15)})
+"""Node counts (and prefill pools) the serving search tries: powers of two and three times them."""
 
 
 def _widest_ep(num_experts: int, ranks: int) -> int:
@@ -127,16 +141,17 @@ def _widest_ep(num_experts: int, ranks: int) -> int:
 
 
 def serving_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> Iterable[Layout]:
-    """Layouts that divide evenly: node counts in powers of two; DEP (attention TP x EP) and TP (replicas of TP
-    GPUs, each expert split over them); from two nodes, prefill pools of powers of two up to half the nodes, a
+    """Layouts that divide evenly: node counts in steps of 1.5x or 2x (1, 2, 3, 4, 6, 8, 12, ...: a plan is never
+    more than a third larger than it must be); DEP (attention TP x EP) and TP (replicas of TP GPUs, each expert
+    split over them); from two nodes, prefill pools of those counts up to half the nodes, a
     DEP prefill pool with its EP within one node or across the whole pool, and TP within a node with pipeline
     stages (powers of two) across the nodes."""
     model, per_node = base.model, base.cluster.gpus_per_node
-    nodes = [n for n in (2**i for i in range(16)) if n * per_node <= max_gpus]
+    nodes = [n for n in NODE_COUNTS if n * per_node <= max_gpus]
     tps = [t for t in (1, 2, 4, 8) if per_node % t == 0 and model.num_attention_heads % t == 0]
     for gpu, node_count, tp in itertools.product(gpus, nodes, tps):
         world = node_count * per_node
-        splits = [0] + [p for p in (2**i for i in range(16)) if 2 * p <= node_count]
+        splits = [0] + [p for p in NODE_COUNTS if 2 * p <= node_count]
         for prefill in splits:
             decode_world = (node_count - prefill) * per_node
             prefill_eps = sorted(
@@ -151,7 +166,8 @@ def serving_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> Itera
             if tp > 1 and model.moe_intermediate_size % tp == 0:
                 yield Layout(gpu, node_count, tp, 1, "TP", prefill)
         if tp == per_node and tp > 1 and model.moe_intermediate_size % tp == 0:  # TP in a node, stages across nodes
-            for pp in (p for p in (2**i for i in range(1, 16)) if p <= node_count and p <= model.num_layers):
+            stages = (2**i for i in range(1, 16))
+            for pp in (p for p in stages if p <= node_count and node_count % p == 0 and p <= model.num_layers):
                 yield Layout(gpu, node_count, tp, 1, "TP", 0, pp_size=pp)
 
 
@@ -206,10 +222,17 @@ def plan_serving(
 
     shared = SharedIterationCosts()
 
+    overloaded = 0  # layouts whose load alone rules them out: their engines are not run
+
     def serve(layout: Layout, budget: int, running: int) -> None:
+        nonlocal overloaded
         overrides = _overrides(layout, request_rate, prices.get(layout.gpu, 3.0), budget, running)
         try:
-            result = shared.serve(scenario_from_dict(document, overrides))
+            scenario = scenario_from_dict(document, overrides)
+            if (shared.load(scenario) or 0.0) > KEEPS_UP:
+                overloaded += 1
+                return
+            result = shared.serve(scenario)
         except MoesimError:
             return  # does not fit, or not a layout this model can take
         meets = _keeps_up(result) and result.ttft_s[90] <= ttft_p90_s and result.tpot_s[90] <= tpot_p90_s
@@ -236,7 +259,7 @@ def plan_serving(
     )
     keeping_up = [o for o in evaluated if _keeps_up(o.result)]
     best = min(keeping_up, key=lambda o: o.result.tpot_s[90], default=None)
-    return ServingPlan(options, pareto_front(options), len(evaluated), best)
+    return ServingPlan(options, pareto_front(options), len(evaluated) + overloaded, best)
 
 
 def _keeps_up(result: ServingResult) -> bool:
