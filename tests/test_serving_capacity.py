@@ -86,6 +86,9 @@ def test_an_open_stream_that_keeps_up_is_served_at_its_offered_rate() -> None:
     assert light.load is not None and light.load < 1
     assert light.requests_per_s == pytest.approx(40) and light.output_tokens_per_s == pytest.approx(40 * 64)
     assert light.input_tokens_per_s == pytest.approx(40 * 1024)
+    assert any(
+        note.startswith("ranks: the 8 attention ranks of an EP group are taken as alike") for note in light.notes
+    )
     heavy = simulate_serving(scenario_from_dict(document, ["serving.arrival=poisson", "serving.request_rate=1e6"]))
     assert heavy.load > 1 and heavy.requests_per_s == pytest.approx(1e6 / heavy.load)
     closed = simulate_serving(scenario_from_dict(document))

@@ -19,6 +19,7 @@ import numpy as np
 from moesim.errors import MoesimError
 from moesim.scenario import Scenario
 from moesim.scenario.serving import most_tokens
+from moesim.serving.ranks import AttentionRecorder
 from moesim.serving.throughput import Served, closed_loop_steady, open_stream, pool_load
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ def simulate_serving(
     gpus = scenario.cluster.world_size
     (pool,) = _pools(scenario, cost, prefill_cost)
     ranks, cost, capacity = pool.ranks, pool.cost, pool.kv_capacity
-    run = run_engine(spec, cost.seconds, capacity, ranks, scenario.seed)
+    recorder = AttentionRecorder(cost)
+    run = run_engine(spec, recorder.seconds, capacity, ranks, scenario.seed)
     load, served_rate, load_note = pool_load(spec, cost, capacity, ranks, "both")
     counted, served = _measured(spec, run, ranks, open_stream(spec, served_rate, load))
     ttft = [r.first_token_s - r.arrival_s for r in counted if r.first_token_s is not None]
@@ -105,6 +107,7 @@ def simulate_serving(
         f"latencies over {len(counted)} of {len(run.requests)} requests an engine",
         *load_note,
         served.note,
+        *recorder.spread_note(scenario),
     ]
     if par.pp_size > 1:
         notes.append(
@@ -284,8 +287,10 @@ def _disaggregated(
 
     spec = scenario.serving
     pools = _pools(scenario, decode_cost, prefill_cost)
+    recorders = [AttentionRecorder(pool.cost) for pool in pools]
     runs = [
-        run_engine(spec, pool.cost.seconds, pool.kv_capacity, pool.ranks, scenario.seed, pool.phase) for pool in pools
+        run_engine(spec, recorder.seconds, pool.kv_capacity, pool.ranks, scenario.seed, pool.phase)
+        for pool, recorder in zip(pools, recorders)
     ]
     loads = [
         pool_load(spec, pool.cost, pool.kv_capacity, pool.ranks, pool.phase, f"a {pool.phase} engine") for pool in pools
@@ -328,6 +333,11 @@ def _disaggregated(
         + "; end-to-end latencies pair the two pools' requests in order",
         *(line for _, _, lines in loads for line in lines),
         *dict.fromkeys((prefilled.note, served.note)),  # once where both pools' figures come from the same place
+        *(
+            line
+            for pool, recorder in zip(pools, recorders)
+            for line in recorder.spread_note(pool.scenario, f" ({pool.phase})")
+        ),
     ]
     return ServingResult(
         _percentiles(ttft),

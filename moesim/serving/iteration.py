@@ -179,6 +179,14 @@ class IterationCost:
         stage_seconds[-1] += self.draft_seconds(drafts, decode_context)
         return self._pipelined(stage_seconds, total)
 
+    def attention_seconds(
+        self, prefill_tokens: float, prefill_context: float, decode_tokens: float, decode_context: float
+    ) -> float:
+        """An iteration's attention on one rank, every layer's: its prompt tokens' and its decode tokens'."""
+        return self._attention(prefill_tokens, prefill_context, False) + self._attention(
+            decode_tokens, decode_context, True
+        )
+
     def head_seconds(self, tokens: float) -> float:
         """The output head on `tokens` rows, as the simulator's pass prices it: the vocabulary GEMM and a pass over
         the logits."""
