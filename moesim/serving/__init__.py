@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from moesim.errors import MoesimError
 from moesim.scenario import Scenario
-from moesim.scenario.serving import most_tokens
+from moesim.serving.pools import deployment_pools, prefill_pool_scenario
 from moesim.serving.ranks import AttentionRecorder
 from moesim.serving.throughput import Served, closed_loop_steady, open_stream, pool_load
 
@@ -80,7 +79,7 @@ def simulate_serving(
     if spec.prefill_pool is not None:
         return _disaggregated(scenario, prefill_cost, cost)
     gpus = scenario.cluster.world_size
-    (pool,) = _pools(scenario, cost, prefill_cost)
+    (pool,) = deployment_pools(scenario, cost, prefill_cost)
     ranks, cost, capacity = pool.ranks, pool.cost, pool.kv_capacity
     recorder = AttentionRecorder(cost)
     run = run_engine(spec, recorder.seconds, capacity, ranks, scenario.seed)
@@ -191,89 +190,6 @@ def _time_per_token(requests: list) -> list[float]:  # type: ignore[type-arg]
     ]
 
 
-def _pool_capacity(cost: "IterationCost", need: int) -> int:
-    capacity = cost.kv_capacity_tokens()
-    if capacity < need:
-        raise MoesimError(
-            f"serving: a request of up to {need:,} tokens needs more KV cache than an attention rank holds "
-            f"({capacity:,} tokens after weights and buffers); shorten the requests or add GPUs per rank"
-        )
-    return capacity
-
-
-def prefill_pool_scenario(scenario: Scenario) -> Scenario:
-    """The disaggregated prefill pool as a scenario of its own: its nodes, EP (default: the scenario's, at most the
-    pool's GPUs) and TP, serving the same requests."""
-    from moesim.scenario import scenario_from_dict
-
-    pool = scenario.serving.prefill_pool
-    if pool is None:
-        raise MoesimError("serving.prefill_pool: this scenario has no prefill pool")
-    pool_gpus = pool.num_nodes * scenario.cluster.gpus_per_node
-    default_ep = min(scenario.parallelism.ep_size, pool_gpus // pool.tp_size)
-    return scenario_from_dict(
-        scenario.model_dump(mode="json"),
-        [
-            f"cluster.num_nodes={pool.num_nodes}",
-            f"parallelism.ep_size={pool.ep_size or default_ep}",
-            f"parallelism.tp_size={pool.tp_size}",
-            "parallelism.dp_size=null",
-            "workload.global_batch_size=null",
-            "serving.prefill_pool=null",
-            "serving.arrival=poisson",
-        ],
-    )
-
-
-@dataclass(frozen=True)
-class _Pool:
-    """One pool of a deployment: its scenario, what its engines do ("both", "prefill" or "decode"), how many
-    engines it has, their iteration times and the KV cache an engine holds."""
-
-    scenario: Scenario
-    phase: str
-    ranks: int
-    cost: "IterationCost"
-    kv_capacity: int
-
-
-def _pools(scenario: Scenario, cost: Optional["IterationCost"], prefill_cost: Optional["IterationCost"]) -> list[_Pool]:
-    """The deployment's pools: one doing both phases, or a prefill pool and a decode pool (`cost`: the one pool's
-    or the decode pool's iteration times where already built, `prefill_cost` the prefill pool's)."""
-    from moesim.scenario import scenario_from_dict
-    from moesim.serving.iteration import IterationCost
-
-    spec = scenario.serving
-    if scenario.workload.mode != "inference":
-        raise MoesimError("workload.mode: `moesim serve` serves an inference deployment; set workload.mode=inference")
-    whole = most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens)
-    if spec.prefill_pool is None:
-        shapes = [(scenario, "both", whole, cost)]
-    else:
-        decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
-        prefill = prefill_pool_scenario(scenario)
-        shapes = [(prefill, "prefill", most_tokens(spec.input_tokens), prefill_cost), (decode, "decode", whole, cost)]
-    pools = []
-    for pool_scenario, phase, need, built in shapes:
-        par = pool_scenario.parallelism
-        ranks = pool_scenario.cluster.world_size // (par.tp_size * par.cp_size)  # with pipeline stages: x stages
-        built = built or IterationCost(pool_scenario)
-        pools.append(_Pool(pool_scenario, phase, ranks, built, _pool_capacity(built, need)))
-    return pools
-
-
-def deployment_load(
-    scenario: Scenario, cost: Optional["IterationCost"] = None, prefill_cost: Optional["IterationCost"] = None
-) -> Optional[float]:
-    """The load `simulate_serving` reports (the busier pool's), without serving the requests: a planner skips
-    the engines of a deployment that cannot keep up."""
-    loads = [
-        pool_load(scenario.serving, pool.cost, pool.kv_capacity, pool.ranks, pool.phase)[0]
-        for pool in _pools(scenario, cost, prefill_cost)
-    ]
-    return None if None in loads else max(loads)  # type: ignore[type-var]
-
-
 def _disaggregated(
     scenario: Scenario, prefill_cost: Optional["IterationCost"], decode_cost: Optional["IterationCost"]
 ) -> ServingResult:
@@ -286,7 +202,7 @@ def _disaggregated(
     from moesim.models import accounting
 
     spec = scenario.serving
-    pools = _pools(scenario, decode_cost, prefill_cost)
+    pools = deployment_pools(scenario, decode_cost, prefill_cost)
     recorders = [AttentionRecorder(pool.cost) for pool in pools]
     runs = [
         run_engine(spec, recorder.seconds, pool.kv_capacity, pool.ranks, scenario.seed, pool.phase)

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from moesim.errors import MoesimError
 from moesim.planning.plan import DEFAULT_PRICE_PER_GPU_HOUR, check_choices
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.serving import ServingResult, deployment_load, prefill_pool_scenario, simulate_serving
+from moesim.serving import ServingResult, prefill_pool_scenario, simulate_serving
+from moesim.serving.pools import deployment_load
 from moesim.serving.iteration import IterationCost, iteration_cost_key
 
 KEEPS_UP = 0.95
