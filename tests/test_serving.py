@@ -112,6 +112,7 @@ def test_serve_prints_percentiles_and_cost(tmp_path) -> None:  # type: ignore[no
     table = runner.invoke(app, ["serve", str(path)])
     assert table.exit_code == 0, table.output
     assert "time to first token" in table.output and "$ per million output tokens" in table.output
+    assert "output tokens / s per GPU" in table.output and "input tokens / s per GPU" in table.output
     data = json.loads(runner.invoke(app, ["serve", str(path), "--json"]).output)
     assert data["ttft_s"]["50"] > 0 and data["output_tokens_per_s"] > 0
     wrong = runner.invoke(app, ["serve", str(path), "--set", "workload.mode=training"])

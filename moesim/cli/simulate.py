@@ -335,6 +335,7 @@ def serve(
         ("output tokens / s", f"{result.output_tokens_per_s:,.0f}"),
         ("output tokens / s per GPU", f"{result.output_tokens_per_s_per_gpu:,.1f}"),
         ("input tokens / s", f"{result.input_tokens_per_s:,.0f}"),
+        ("input tokens / s per GPU", f"{result.input_tokens_per_s / result.gpus:,.1f}"),
         ("requests / s", f"{result.requests_per_s:,.2f}"),
         (
             f"$ per million output tokens (${resolved.serving.price_per_gpu_hour:g}/GPU-h)",
