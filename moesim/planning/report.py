@@ -201,9 +201,10 @@ def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
     except MoesimError as error:
         notes.append(f"serving plots left out: {error}")
         return {}
+    load = "" if served.load is None else f", load {served.load:.0%} of the busier pool's capacity"
     notes.append(
         f"serving: {scenario.serving.num_requests} requests, {scenario.serving.arrival} arrivals (moesim serve); "
-        f"TTFT p50 {served.ttft_s[50]:.3g} s, TPOT p50 {served.tpot_s[50] * 1e3:.3g} ms"
+        f"TTFT p50 {served.ttft_s[50]:.3g} s, TPOT p50 {served.tpot_s[50] * 1e3:.3g} ms{load}"
     )
     points = [(level, result.tpot_s[50], result.output_tokens_per_s_per_gpu) for level, result in curve]
     context = float(np.mean(draw_lengths(spec.input_tokens, 64, np.random.default_rng(0))))
