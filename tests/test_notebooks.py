@@ -1,4 +1,4 @@
-"""Both notebooks run top to bottom, and are stored without outputs."""
+"""The notebooks run top to bottom, and are stored without outputs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 def test_notebooks_are_there_and_stripped() -> None:
     import nbformat
 
-    assert {path.name for path in NOTEBOOKS} >= {"capacity_planning.ipynb", "routing_tradeoffs.ipynb"}
+    assert {path.name for path in NOTEBOOKS} >= {
+        "capacity_planning.ipynb",
+        "routing_tradeoffs.ipynb",
+        "serving_planning.ipynb",
+    }
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
         assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), path.name
