@@ -235,7 +235,11 @@ def test_a_disaggregated_curve_builds_each_pools_iteration_times_once(monkeypatc
     closed = {"arrival": "closed", "concurrency": 16, "num_requests": requests}
     alone = simulate_serving(scenario.model_copy(update={"serving": scenario.serving.model_copy(update=closed)}))
     assert curve[1][1].tpot_s == alone.tpot_s and curve[1][1].ttft_s == alone.ttft_s
-    assert any("closed loop: each pool holds 16 requests" in note for note in curve[1][1].notes)
+    # the prefill pool is fed what the decode pool serves at its concurrency, as a stream, not a queue of 16
+    assert any(
+        note.startswith("closed loop: the decode pool holds 16 requests; the") and "as a Poisson stream" in note
+        for note in curve[1][1].notes
+    )
 
 
 def test_two_batch_overlap_pays_off_when_communication_dominates() -> None:
@@ -454,3 +458,32 @@ def test_the_output_head_runs_on_the_sampled_rows_only() -> None:
     head = float(cost.cost.gemm_seconds(4096, hidden, vocab)) + cost.cost.memory_seconds(8 * 4096 * vocab)
     assert every_row - one_row == pytest.approx(head - cost.head_seconds(1), rel=1e-9)
     assert cost.seconds(0, 0, 64, 1024, sampled=64) == cost.seconds(0, 0, 64, 1024)  # decode: every row samples
+
+
+def test_a_disaggregated_closed_loop_feeds_its_prefill_pool_what_its_decode_pool_serves() -> None:
+    """Under a closed loop of C requests nearly all of them are decoding: the prefill pool sees the decode pool's
+    rate as a stream, and its first tokens wait for that stream's prompts, not behind C prompts at once. The
+    requests in prefill at a time (Little's law: the rate times the time to first token) are few beside C."""
+    from moesim.serving import concurrency_curve
+
+    scenario = scenario_from_dict(
+        _deepseek_on_two_nodes(
+            input_tokens=1024, output_tokens=128, request_rate=100, num_requests=64, prefill_pool={"num_nodes": 1}
+        )
+    )
+    ((level, served),) = concurrency_curve(scenario, [64])
+    assert any("reach the prefill pool as a Poisson stream" in note for note in served.notes)
+    in_prefill = served.requests_per_s * served.ttft_s[50]
+    assert in_prefill < 0.1 * level
+    # eight times the concurrency: the decode pool would serve more than the prefill pool can prefill, and the
+    # deployment serves what the prefill pool can
+    from moesim.serving import prefill_pool_scenario
+    from moesim.serving.capacity import pool_capacity
+    from moesim.serving.iteration import IterationCost
+
+    ((_, limited),) = concurrency_curve(scenario, [512])
+    assert any("the prefill pool cannot keep up" in note for note in limited.notes)
+    prefill = prefill_pool_scenario(scenario)
+    cost = IterationCost(prefill)
+    capacity = pool_capacity(scenario.serving, cost.seconds, cost.kv_capacity_tokens(), "prefill")
+    assert limited.requests_per_s == pytest.approx(capacity.requests_per_s * 8)  # its 8 ranks

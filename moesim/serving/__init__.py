@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from moesim.scenario import Scenario
-from moesim.serving.pools import deployment_pools, prefill_pool_scenario
+from moesim.serving.pools import Pool, deployment_pools, prefill_pool_scenario
 from moesim.serving.ranks import AttentionRecorder
 from moesim.serving.throughput import Served, closed_loop_steady, open_stream, pool_load
 
@@ -203,26 +203,25 @@ def _disaggregated(
 
     spec = scenario.serving
     pools = deployment_pools(scenario, decode_cost, prefill_cost)
-    recorders = [AttentionRecorder(pool.cost) for pool in pools]
-    runs = [
-        run_engine(spec, recorder.seconds, pool.kv_capacity, pool.ranks, scenario.seed, pool.phase)
-        for pool, recorder in zip(pools, recorders)
-    ]
+    (prefill_pool, decode_pool), recorders = pools, [AttentionRecorder(pool.cost) for pool in pools]
+    prefill, prefill_ranks = prefill_pool.scenario, prefill_pool.ranks
+    decode, decode_ranks, decode_capacity = decode_pool.scenario, decode_pool.ranks, decode_pool.kv_capacity
+    decode_run = run_engine(spec, recorders[1].seconds, decode_capacity, decode_ranks, scenario.seed, "decode")
     loads = [
         pool_load(spec, pool.cost, pool.kv_capacity, pool.ranks, pool.phase, f"a {pool.phase} engine") for pool in pools
     ]
-    (prefill_pool, decode_pool), (prefill_run, decode_run) = pools, runs
-    prefill, prefill_ranks = prefill_pool.scenario, prefill_pool.ranks
-    decode, decode_ranks, decode_capacity = decode_pool.scenario, decode_pool.ranks, decode_pool.kv_capacity
-    topology_nic = prefill.cluster.nic_gbps * 1e9 / 8 * prefill.parallelism.tp_size
-    kv_per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
-    latency = prefill.cluster.network_latency_us * 1e-6
-
     pool_loads = [load for load, _, _ in loads if load is not None]
     rates = [rate for _, rate, _ in loads if rate is not None]
     stream = open_stream(spec, min(rates) if rates else None, max(pool_loads) if pool_loads else None)
-    prompted, prefilled = _measured(spec, prefill_run, prefill_ranks, stream)
     decoded, served = _measured(spec, decode_run, decode_ranks, stream)
+    prefill_spec, prefill_stream, closed_note, served = _prefill_feed(spec, prefill_pool, served, stream)
+    prefill_run = run_engine(
+        prefill_spec, recorders[0].seconds, prefill_pool.kv_capacity, prefill_ranks, scenario.seed, "prefill"
+    )
+    prompted, prefilled = _measured(prefill_spec, prefill_run, prefill_ranks, prefill_stream)
+    topology_nic = prefill.cluster.nic_gbps * 1e9 / 8 * prefill.parallelism.tp_size
+    kv_per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
+    latency = prefill.cluster.network_latency_us * 1e-6
     ttft = [
         r.first_token_s - r.arrival_s + r.input_tokens * kv_per_token / topology_nic + latency
         for r in prompted
@@ -240,12 +239,7 @@ def _disaggregated(
         f"{prefill_run.busy_s / prefill_run.end_s:.0%} busy), decode on {decode.cluster.world_size} GPUs "
         f"({decode_ranks} ranks, {decode_run.busy_s / decode_run.end_s:.0%} busy); the KV cache crosses the prefill "
         f"rank's NICs ({kv_per_token / 1e3:,.1f} kB a token)",
-        (
-            "the decode pool's arrivals are taken as Poisson at the request rate"
-            if spec.arrival == "poisson"
-            else f"closed loop: each pool holds {spec.concurrency} requests (the decode pool's concurrency; the "
-            "prefill pool's queue is the same count, so its TTFT is an upper bound)"
-        )
+        (closed_note or "the decode pool's arrivals are taken as Poisson at the request rate")
         + "; end-to-end latencies pair the two pools' requests in order",
         *(line for _, _, lines in loads for line in lines),
         *dict.fromkeys((prefilled.note, served.note)),  # once where both pools' figures come from the same place
@@ -275,6 +269,40 @@ def _disaggregated(
         tpot,
         max(pool_loads) if pool_loads else None,
     )
+
+
+def _prefill_feed(
+    spec: "ServingSpec", prefill_pool: "Pool", decoded: Served, stream: Optional[Served]
+) -> tuple["ServingSpec", Optional[Served], str, Served]:
+    """What the prefill pool is served, and what the deployment serves: an open stream's requests as they are;
+    under a closed loop, the rate the decode pool serves at its concurrency, as a Poisson stream (the requests
+    being prefilled at a time are few beside those decoding), unless that rate is beyond the prefill pool: then
+    the deployment serves what the prefill pool can, and the pools' latencies are bounds (the prefill pool's queue
+    taken as the whole concurrency, the decode pool's batch as all of it). Returns the prefill pool's requests,
+    their stream, the note on the closed loop and the deployment's throughput."""
+    from moesim.serving.capacity import pool_capacity
+
+    if stream is not None:
+        return spec, stream, "", decoded
+    rate = decoded.requests_per_s
+    capacity = pool_capacity(spec, prefill_pool.cost.seconds, prefill_pool.kv_capacity, "prefill")
+    load = capacity.load(rate / prefill_pool.ranks)
+    if load >= 1:
+        most = capacity.requests_per_s * prefill_pool.ranks
+        note = (
+            f"closed loop: the prefill pool cannot keep up with the {rate:,.1f} requests/s the decode pool would "
+            f"serve holding {spec.concurrency}: the deployment serves the prefill pool's {most:,.1f}; its TTFT is an "
+            "upper bound (its queue taken as the whole concurrency), its TPOT too (the decode batch as all of it)"
+        )
+        limited = open_stream(spec, most, load)
+        assert limited is not None
+        return spec, None, note, limited
+    fed = spec.model_copy(update={"arrival": "poisson", "request_rate": rate})
+    note = (
+        f"closed loop: the decode pool holds {spec.concurrency} requests; the {rate:,.1f} requests/s it serves reach "
+        f"the prefill pool as a Poisson stream ({load:.0%} of its capacity)"
+    )
+    return fed, open_stream(fed, rate, load), note, decoded
 
 
 def concurrency_curve(
