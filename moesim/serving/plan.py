@@ -1,11 +1,10 @@
 """The serving planner: the cheapest deployment that serves a request rate within latency targets.
 
 For every GPU type, node count (1, 2, 3, 4, 6, 8, 12, ...) and parallel form that fits -- data-parallel attention
-with expert parallelism
-("DEP": attention TP t, EP e) or plain tensor parallelism ("TP": replicas of t GPUs, experts split over them) --
-and, from two nodes up, every split of the nodes into a prefill pool and a decode pool (the prefill pool's EP
-within a node, NVLink only, or across the pool), the scenario's `serving`
-requests arrive at the given rate (Poisson) and are served as `moesim serve` serves them (fast network mode). A
+with expert parallelism ("DEP": attention TP t, EP e) or plain tensor parallelism ("TP": replicas of t GPUs,
+experts split over them) -- and, from two nodes up, every split of the nodes into a prefill pool and a decode pool
+(the prefill pool's EP within a node, NVLink only, or across the pool), the scenario's `serving` requests arrive
+at the given rate (Poisson) and are served as `moesim serve` serves them (fast network mode). A
 deployment qualifies when it keeps up with the rate (its load, the rate over what its engines serve at their
 largest steady batch, at most 95%; the engines of one that cannot are not run) and its 90th-percentile time to
 first token and time per output token meet the targets. The cheapest few are then served again with other
@@ -222,7 +221,6 @@ def plan_serving(
     evaluated: list[ServingOption] = []
 
     shared = SharedIterationCosts()
-
     overloaded = 0  # layouts whose load alone rules them out: their engines are not run
 
     def serve(layout: Layout, budget: int, running: int) -> None:
