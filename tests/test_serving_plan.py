@@ -38,6 +38,9 @@ def test_the_cheapest_layout_within_the_targets_comes_first() -> None:
     assert all(o.result.ttft_s[90] <= 1.0 and o.result.tpot_s[90] <= 0.05 for o in plan.options)
     front = [o.result.output_tokens_per_s_per_gpu for o in plan.pareto]
     assert front == sorted(front)  # each further point gives up latency for throughput
+    # what each GPU's iteration times rest on
+    assert set(plan.compute_sources) == {"H100-SXM", "A100-80GB"}
+    assert plan.compute_sources["H100-SXM"].startswith("measured kernel tables")
 
 
 def test_plan_serve_prints_a_verdict_and_exits_1_when_nothing_meets_the_targets(tmp_path: Path) -> None:

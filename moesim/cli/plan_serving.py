@@ -64,6 +64,7 @@ def plan_serving_command(
             {
                 "options": [{**row(o), "result": o.result.as_dict()} for o in result.options],
                 "evaluated": result.evaluated,
+                "compute_sources": result.compute_sources,
             }
         )
         return
@@ -104,6 +105,8 @@ def plan_serving_command(
             continue
         columns, _ = fit_columns(list(rows[0]), rows, console.width, ("seqs", "budget", "load", "tok/s/GPU", "GPU"))
         print_table(title, columns, rows)
+    for gpu, source in sorted(result.compute_sources.items()):
+        console.print(f"[dim]{gpu}: iteration times from {source}[/dim]")
     console.print(
         f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; load: the "
         f"rate over what the busier pool's engines serve at their largest steady batch (at most {KEEPS_UP:.0%}); "

@@ -17,7 +17,7 @@ vLLM's multi-node form, for a model one node cannot hold), one pool doing both p
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from moesim.errors import MoesimError
@@ -99,6 +99,9 @@ class ServingPlan:
     pareto: list[ServingOption]
     evaluated: int
     best_achievable: Optional[ServingOption]  # the lowest TPOT p90 among those that keep up, targets or not
+    compute_sources: dict[str, str] = field(default_factory=dict)
+    """What each GPU type's iteration times rest on (a measured profile, one derived from another GPU's, or a
+    datasheet with an assumed efficiency), by GPU name."""
 
 
 class SharedIterationCosts:
@@ -121,6 +124,10 @@ class SharedIterationCosts:
             return self.cost_for(scenario), None
         decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
         return self.cost_for(decode), self.cost_for(prefill_pool_scenario(scenario))
+
+    def compute_sources(self) -> dict[str, str]:
+        """What the iteration times built so far rest on, by GPU name."""
+        return {cost.scenario.cluster.gpu.name: cost.cost.source for cost in self._costs.values()}
 
     def serve(self, scenario: Scenario) -> ServingResult:
         """`simulate_serving(scenario)`, figure for figure."""
@@ -258,7 +265,7 @@ def plan_serving(
     )
     keeping_up = [o for o in evaluated if _keeps_up(o.result)]
     best = min(keeping_up, key=lambda o: o.result.tpot_s[90], default=None)
-    return ServingPlan(options, pareto_front(options), len(evaluated) + overloaded, best)
+    return ServingPlan(options, pareto_front(options), len(evaluated) + overloaded, best, shared.compute_sources())
 
 
 def _keeps_up(result: ServingResult) -> bool:
