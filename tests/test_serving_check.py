@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moesim.serving.checked import SERVING_CHECKS
 from moesim.validation.serving_check import QUICK_CASES, run_check
 from moesim.validation.serving_check_report import compared, errors, render
 
@@ -55,6 +56,10 @@ def test_serving_iterations_measured_on_an_h100_meet_the_prediction() -> None:
     assert all(abs(row["attention_ratio"] - 1) <= 0.03 for row in filled if row["kind"] == "decode")
     assert all(abs(row["attention_ratio"] - 1) <= 0.19 for row in filled)
     assert "Iteration error: median" in render(document)
+    # what `plan --serve` and `serve` tell users of the H100's iteration times
+    check = SERVING_CHECKS["H100-SXM"]
+    assert check.iterations == 38 and check.device == document["device"]
+    assert (check.median, check.p90) == (round(summary["median"], 3), round(summary["p90"], 3))
 
 
 def test_the_same_iterations_on_an_h200_meet_its_prediction_but_for_its_small_grouped_gemms() -> None:
@@ -62,10 +67,14 @@ def test_the_same_iterations_on_an_h200_meet_its_prediction_but_for_its_small_gr
     5.9%, p90 14.2%, mostly short (signed -5.5%). The iterations over 9 ms: 4.0% at the median; below, the H200's
     grouped GEMM at a few rows an expert runs slower than at 128 (its kernels in a stream: 8 x 16 rows of Mixtral's
     up projection 678 us, 8 x 128 rows 529 us), which moesim's tile model, monotonic in rows, cannot follow."""
-    rows = compared(json.loads((VALIDATION / "NVIDIA-H200" / "serving.json").read_text()))
+    document = json.loads((VALIDATION / "NVIDIA-H200" / "serving.json").read_text())
+    rows = compared(document)
     assert len(rows) == 38
     summary = errors(rows)
     assert summary["median"] <= 0.08 and summary["p90"] <= 0.16 and summary["signed_median"] < 0, summary
+    check = SERVING_CHECKS["H200"]
+    assert check.device == document["device"]
+    assert (check.median, check.p90) == (round(summary["median"], 3), round(summary["p90"], 3))
     full = [row for row in rows if row["measured_ms"] > 9]
     assert np.median([abs(row["ratio"] - 1) for row in full]) <= 0.05
 
@@ -87,3 +96,16 @@ def test_device_operations_are_counted_in_the_phase_that_launched_them() -> None
         {"cat": "cpu_op", "name": "aten::mm", "ts": 2, "dur": 3},
     ]
     assert phase_counts(events) == {"router": 1, "permute": 2}
+
+
+def test_serving_figures_say_how_their_gpu_was_checked() -> None:
+    """`serve` and `plan --serve` say what a GPU's iteration times rest on and how they were checked: a checked
+    GPU by its check, a derived profile by the GPU it derives from, a datasheet one as unchecked."""
+    from moesim.serving.checked import SERVING_CHECKS, checked_words
+
+    assert checked_words("H100-SXM").startswith("checked on one NVIDIA-H100-80GB-HBM3, 38 serving iterations")
+    assert "3.1% at the median, 6.4% at the 90th percentile" in checked_words("H100-SXM")
+    derived = checked_words("H800", "derived from H100-SXM measurements (measured kernel tables h100-2026-11-26)")
+    assert derived.startswith("not checked on this GPU; the H100-SXM it derives from: on one NVIDIA-H100")
+    assert checked_words("B200", "datasheet peak x assumed efficiency curve").startswith("not checked on this GPU as")
+    assert set(SERVING_CHECKS) == {"H100-SXM", "H200"}

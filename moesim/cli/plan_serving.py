@@ -23,6 +23,7 @@ def plan_serving_command(
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
     from moesim.scenario import scenario_from_dict
+    from moesim.serving.checked import checked_words
     from moesim.serving.plan import KEEPS_UP, plan_serving
 
     rate = request_rate or scenario_from_dict(document).serving.request_rate
@@ -106,7 +107,7 @@ def plan_serving_command(
         columns, _ = fit_columns(list(rows[0]), rows, console.width, ("seqs", "budget", "load", "tok/s/GPU", "GPU"))
         print_table(title, columns, rows)
     for gpu, source in sorted(result.compute_sources.items()):
-        console.print(f"[dim]{gpu}: iteration times from {source}[/dim]")
+        console.print(f"[dim]{gpu} iteration times: {source}; {checked_words(gpu, source)}[/dim]")
     console.print(
         f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; load: the "
         f"rate over what the busier pool's engines serve at their largest steady batch (at most {KEEPS_UP:.0%}); "

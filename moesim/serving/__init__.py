@@ -107,6 +107,7 @@ def simulate_serving(
         *load_note,
         served.note,
         *recorder.spread_note(scenario),
+        _rests_on(scenario, cost),
     ]
     if par.pp_size > 1:
         notes.append(
@@ -141,6 +142,14 @@ def simulate_serving(
         tpot,
         load,
     )
+
+
+def _rests_on(scenario: Scenario, cost: "IterationCost") -> str:
+    """What the iteration times rest on, and how they were checked on real GPUs."""
+    from moesim.serving.checked import checked_words
+
+    gpu = scenario.cluster.gpu.name
+    return f"{gpu} iteration times: {cost.cost.source}; {checked_words(gpu, cost.cost.source)}"
 
 
 def _dollars_per_million(price_per_gpu_hour: float, gpus: int, output_tokens_per_s: float) -> float:
@@ -248,6 +257,7 @@ def _disaggregated(
             for pool, recorder in zip(pools, recorders)
             for line in recorder.spread_note(pool.scenario, f" ({pool.phase})")
         ),
+        _rests_on(decode, decode_pool.cost),
     ]
     return ServingResult(
         _percentiles(ttft),

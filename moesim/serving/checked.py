@@ -1,0 +1,44 @@
+"""How well serving iterations were checked on real GPUs: for each GPU preset the serving check ran on, the error
+of whole iterations of real decoder layers (attention over a KV cache, the executor's MoE layer, the output head)
+against `IterationCost`, as `validation/<device>/SERVING.md` reports it (`python -m
+moesim.validation.serving_check`; tests hold these figures to the committed measurements and the current model).
+A GPU not listed was not checked: its iteration times rest on what its profile rests on, unchecked as a whole.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class IterationCheck(NamedTuple):
+    device: str
+    iterations: int
+    median: float
+    p90: float
+
+
+SERVING_CHECKS = {
+    "H100-SXM": IterationCheck("NVIDIA-H100-80GB-HBM3", 38, 0.031, 0.064),
+    "H200": IterationCheck("NVIDIA-H200", 38, 0.059, 0.142),
+}
+"""Serving-check errors (|predicted / measured - 1|) by GPU preset, 2026-11-26."""
+
+
+def checked_words(gpu: str, source: str = "") -> str:
+    """What the serving check says of `gpu`'s iteration times, in a few words (`source`: what its profile rests
+    on; a profile derived from a checked GPU's says that GPU's check)."""
+    check = SERVING_CHECKS.get(gpu)
+    if check is None:
+        donor = next((name for name in SERVING_CHECKS if f"derived from {name}" in source), None)
+        if donor is None:
+            return "not checked on this GPU as whole serving iterations"
+        return f"not checked on this GPU; the {donor} it derives from: " + _words(SERVING_CHECKS[donor])
+    return "checked " + _words(check)
+
+
+def _words(check: IterationCheck) -> str:
+    return (
+        f"on one {check.device}, {check.iterations} serving iterations of real decoder layers within "
+        f"{check.median:.1%} at the median, {check.p90:.1%} at the 90th percentile "
+        f"(validation/{check.device}/SERVING.md)"
+    )
