@@ -142,3 +142,19 @@ def test_an_engine_busy_all_the_time_far_below_its_capacity_keeps_up() -> None:
     busy = [o for o in plan.options if o.result.busy_share > 0.99 and (o.result.load or 1) < 0.5]
     assert busy and all(o.result.ttft_s[90] < 0.05 for o in busy)
     assert any(note.startswith("load: ") for note in busy[0].result.notes)
+
+
+def test_a_plan_can_keep_headroom_for_bursts() -> None:
+    """`--max-load 0.5`: only layouts whose engines would serve at least twice the rate qualify; the default keeps
+    those up to 95%. A load outside (0, 1] is an error naming the option."""
+    import pytest
+
+    from moesim.errors import MoesimError
+
+    default = plan_serving(OLMOE, 800.0, ttft_p90_s=1.0, tpot_p90_s=0.05, gpus=["H100-SXM"], max_gpus=8)
+    roomy = plan_serving(OLMOE, 800.0, ttft_p90_s=1.0, tpot_p90_s=0.05, gpus=["H100-SXM"], max_gpus=8, max_load=0.5)
+    assert max(o.result.load or 0 for o in default.options) > 0.5
+    assert roomy.options and all((o.result.load or 1) <= 0.5 for o in roomy.options)
+    assert len(roomy.options) < len(default.options)
+    with pytest.raises(MoesimError, match="--max-load"):
+        plan_serving(OLMOE, 800.0, ttft_p90_s=1.0, tpot_p90_s=0.05, max_gpus=8, max_load=1.5)

@@ -19,12 +19,13 @@ def plan_serving_command(
     max_gpus: int,
     prices: dict[str, float],
     as_json: bool,
+    max_load: float = 0.95,
 ) -> None:
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
     from moesim.scenario import scenario_from_dict
     from moesim.serving.checked import checked_words
-    from moesim.serving.plan import KEEPS_UP, plan_serving
+    from moesim.serving.plan import plan_serving
 
     rate = request_rate or scenario_from_dict(document).serving.request_rate
     if rate is None:
@@ -40,6 +41,7 @@ def plan_serving_command(
             max_gpus,
             prices,
             lambda done, total: progress.update(task, completed=done, total=total),
+            max_load,
         )
 
     def row(option: Any) -> dict[str, str]:
@@ -110,7 +112,7 @@ def plan_serving_command(
         console.print(f"[dim]{gpu} iteration times: {source}; {checked_words(gpu, source)}[/dim]")
     console.print(
         f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; load: the "
-        f"rate over what the busier pool's engines serve at their largest steady batch (at most {KEEPS_UP:.0%}); "
+        f"rate over what the busier pool's engines serve at their largest steady batch (at most {max_load:.0%}); "
         "prices: $/GPU-hour assumptions unless --price is given[/dim]"
     )
     if not result.options:

@@ -194,6 +194,14 @@ def plan_command(
     ),
     ttft: float = typer.Option(2.0, "--ttft", help="--serve: 90th-percentile time to first token to meet (s)."),
     tpot: float = typer.Option(0.05, "--tpot", help="--serve: 90th-percentile time per output token to meet (s)."),
+    max_load: float = typer.Option(
+        0.95,
+        "--max-load",
+        min=0.01,
+        max=1.0,
+        help="--serve: highest load a plan may run at, the rate over what its engines serve at their largest "
+        "steady batch (e.g. 0.7 leaves 30% headroom for bursts).",
+    ),
     gpu: str = typer.Option("H100-SXM", "--gpu", help="GPU types to consider, comma-separated."),
     max_gpus: int = typer.Option(512, "--max-gpus", min=1, help="Largest cluster to consider, GPUs."),
     max_drop_rate: float = typer.Option(
@@ -226,9 +234,8 @@ def plan_command(
             except ValueError:
                 raise MoesimError(f"--price '{item}': expected GPU=DOLLARS, e.g. H100-SXM=2.5") from None
     if serve:
-        plan_serving_command(
-            document, request_rate, ttft, tpot, [g.strip() for g in gpu.split(",")], max_gpus, price_table, as_json
-        )
+        gpus = [g.strip() for g in gpu.split(",")]
+        plan_serving_command(document, request_rate, ttft, tpot, gpus, max_gpus, price_table, as_json, max_load)
         return
     assert target_tokens_per_s is not None
     factors = None

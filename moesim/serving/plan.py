@@ -28,10 +28,10 @@ from moesim.serving.pools import deployment_load
 from moesim.serving.iteration import IterationCost, iteration_cost_key
 
 KEEPS_UP = 0.95
-"""A deployment keeps up when the rate asks at most this share of what its engines serve at their largest steady
-batch (`ServingResult.load`: beyond it the queue grows without end; the latency targets catch the rest). Not the
-share of the time the engines are busy: a continuous-batching engine runs iteration after iteration whenever a
-sequence is in flight, far below its capacity."""
+"""By default a deployment keeps up when the rate asks at most this share of what its engines serve at their
+largest steady batch (`ServingResult.load`: beyond it the queue grows without end; the latency targets catch the
+rest; `max_load` sets another, for headroom). Not the share of the time the engines are busy: a continuous-batching
+engine runs iteration after iteration whenever a sequence is in flight, far below its capacity."""
 
 
 BATCH_LIMITS = ((2048, 64), (2048, 256), (8192, 64), (8192, 256), (16384, 512))
@@ -214,11 +214,18 @@ def plan_serving(
     max_gpus: int = 64,
     prices: Optional[dict[str, float]] = None,
     on_progress: Optional[Callable[[int, int], None]] = None,
+    max_load: float = KEEPS_UP,
 ) -> ServingPlan:
     """Serve `request_rate` requests/s on every layout, then the cheapest with other batch limits; rank those within
-    the targets by cost."""
+    the targets, at a load of at most `max_load`, by cost."""
     if request_rate <= 0 or ttft_p90_s <= 0 or tpot_p90_s <= 0:
         raise MoesimError("--serve: the request rate and both latency targets must be positive")
+    if not 0 < max_load <= 1:
+        raise MoesimError(f"--max-load: {max_load} is not a load; give a share of capacity above 0, at most 1")
+
+    def keeps_up(result: ServingResult) -> bool:
+        return result.load is not None and result.load <= max_load
+
     base = scenario_from_dict(document)
     check_choices(gpus, [], [], prices or {})
     prices = {**DEFAULT_PRICE_PER_GPU_HOUR, **(prices or {})}
@@ -235,13 +242,13 @@ def plan_serving(
         overrides = _overrides(layout, request_rate, prices.get(layout.gpu, 3.0), budget, running)
         try:
             scenario = scenario_from_dict(document, overrides)
-            if (shared.load(scenario) or 0.0) > KEEPS_UP:
+            if (shared.load(scenario) or 0.0) > max_load:
                 overloaded += 1
                 return
             result = shared.serve(scenario)
         except MoesimError:
             return  # does not fit, or not a layout this model can take
-        meets = _keeps_up(result) and result.ttft_s[90] <= ttft_p90_s and result.tpot_s[90] <= tpot_p90_s
+        meets = keeps_up(result) and result.ttft_s[90] <= ttft_p90_s and result.tpot_s[90] <= tpot_p90_s
         latencies = (result.ttft_s, result.tpot_s)
         if any(o.layout == layout and (o.result.ttft_s, o.result.tpot_s) == latencies for o in evaluated):
             return  # batch limits that never bind at this rate: the same option again
@@ -252,7 +259,7 @@ def plan_serving(
         if on_progress:
             on_progress(index + 1, total)
     qualifying = sorted((o for o in evaluated if o.meets), key=lambda o: o.result.dollars_per_million_output_tokens)
-    nearest = sorted((o for o in evaluated if _keeps_up(o.result) and not o.meets), key=lambda o: o.result.tpot_s[90])
+    nearest = sorted((o for o in evaluated if keeps_up(o.result) and not o.meets), key=lambda o: o.result.tpot_s[90])
     for rank, option in enumerate((qualifying + nearest)[:REFINED]):
         for step, (budget, running) in enumerate(BATCH_LIMITS):
             if (budget, running) != own:
@@ -263,13 +270,9 @@ def plan_serving(
         (o for o in evaluated if o.meets),
         key=lambda o: (o.result.dollars_per_million_output_tokens, o.result.tpot_s[90]),
     )
-    keeping_up = [o for o in evaluated if _keeps_up(o.result)]
+    keeping_up = [o for o in evaluated if keeps_up(o.result)]
     best = min(keeping_up, key=lambda o: o.result.tpot_s[90], default=None)
     return ServingPlan(options, pareto_front(options), len(evaluated) + overloaded, best, shared.compute_sources())
-
-
-def _keeps_up(result: ServingResult) -> bool:
-    return result.load is not None and result.load <= KEEPS_UP
 
 
 def pareto_front(options: Sequence[ServingOption]) -> list[ServingOption]:
