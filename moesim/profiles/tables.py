@@ -58,76 +58,55 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def _table(
+    path: Path, text: tuple[str, ...] = (), whole: tuple[str, ...] = (), real: tuple[str, ...] = ()
+) -> list[tuple]:  # type: ignore[type-arg]
+    """A CSV's rows as tuples of the named columns, in that order: `text` as read, `whole` as integers, `real` as
+    floats (empty when the file is absent)."""
+    return [
+        tuple(r[c] for c in text) + tuple(int(r[c]) for c in whole) + tuple(float(r[c]) for c in real)
+        for r in _rows(path)
+    ]
+
+
 def read_tables(folder: Path) -> KernelTables:
     """The tables in `folder` (see the module docstring)."""
     copy = json.loads((folder / "hbm_copy.json").read_text())
-    gemm = [
-        (int(r["rows"]), int(r["inner"]), int(r["cols"]), float(r["seconds"])) for r in _rows(folder / "gemm_bf16.csv")
-    ]
+    gemm = _table(folder / "gemm_bf16.csv", whole=("rows", "inner", "cols"), real=("seconds",))
     if not gemm:
         raise FileNotFoundError(f"{folder}: no gemm_bf16.csv")
+    grouped = ("groups", "rows_per_group", "inner", "cols")
     return KernelTables(
         folder=folder,
         copy_bytes_per_s=float(copy["copy_bytes_read_plus_written"]) / float(copy["seconds"]),
         gemm=gemm,
-        fp8_speedup=[
-            (int(r["rows"]), int(r["inner"]), int(r["cols"]), float(r["fp8_speedup"]))
-            for r in _rows(folder / "gemm_fp8_vs_bf16.csv")
-        ],
-        grouped=[
-            (int(r["groups"]), int(r["rows_per_group"]), int(r["inner"]), int(r["cols"]), float(r["grouped_seconds"]))
-            for r in _rows(folder / "grouped_gemm_uniform_bf16.csv")
-        ],
-        grouped_fp8=[
-            (
-                int(r["groups"]),
-                int(r["rows_per_group"]),
-                int(r["inner"]),
-                int(r["cols"]),
-                float(r["bf16_seconds"]),
-                float(r["fp8_seconds"]),
-                float(r["backward_over_forward_bf16"]),
-            )
-            for r in _rows(folder / "grouped_gemm_fp8_and_backward.csv")
-        ],
-        ffn_backward=[
-            (
-                int(r["rows"]),
-                int(r["hidden"]),
-                int(r["expert_ffn"]),
-                float(r["forward_seconds"]),
-                float(r["backward_seconds"]),
-            )
-            for r in _rows(folder / "ffn_backward_bf16.csv")
-        ],
-        attention=[
-            (int(r["batch"]), int(r["heads"]), int(r["seq_len"]), int(r["head_dim"]), float(r["seconds"]))
-            for r in _rows(folder / "attention_sdpa_bf16.csv")
-        ],
-        attention_in_stream=[
-            (
-                r["kind"],
-                int(r["sequences"]),
-                int(r["heads"]),
-                int(r["kv_heads"]),
-                int(r["queries"]),
-                int(r["context"]),
-                float(r["stream_seconds"]),
-            )
-            for r in _rows(folder / "attention_in_stream.csv")
-        ],
-        in_stream=[
-            (
-                r["table"],
-                int(r["groups"]),
-                int(r["rows"]),
-                int(r["inner"]),
-                int(r["cols"]),
-                float(r["table_seconds"]),
-                float(r["stream_seconds"]),
-            )
-            for r in _rows(folder / "in_stream_bf16.csv")
-        ],
+        fp8_speedup=_table(folder / "gemm_fp8_vs_bf16.csv", whole=("rows", "inner", "cols"), real=("fp8_speedup",)),
+        grouped=_table(folder / "grouped_gemm_uniform_bf16.csv", whole=grouped, real=("grouped_seconds",)),
+        grouped_fp8=_table(
+            folder / "grouped_gemm_fp8_and_backward.csv",
+            whole=grouped,
+            real=("bf16_seconds", "fp8_seconds", "backward_over_forward_bf16"),
+        ),
+        ffn_backward=_table(
+            folder / "ffn_backward_bf16.csv",
+            whole=("rows", "hidden", "expert_ffn"),
+            real=("forward_seconds", "backward_seconds"),
+        ),
+        attention=_table(
+            folder / "attention_sdpa_bf16.csv", whole=("batch", "heads", "seq_len", "head_dim"), real=("seconds",)
+        ),
+        attention_in_stream=_table(
+            folder / "attention_in_stream.csv",
+            text=("kind",),
+            whole=("sequences", "heads", "kv_heads", "queries", "context"),
+            real=("stream_seconds",),
+        ),
+        in_stream=_table(
+            folder / "in_stream_bf16.csv",
+            text=("table",),
+            whole=("groups", "rows", "inner", "cols"),
+            real=("table_seconds", "stream_seconds"),
+        ),
     )
 
 

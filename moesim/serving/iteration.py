@@ -256,9 +256,7 @@ class IterationCost:
             for name, seconds in busy.items():
                 if name != "attention":
                     phases[name] = phases.get(name, 0.0) + seconds
-        phases["attention"] = self._attention(prefill_tokens, prefill_context, False) + self._attention(
-            decode_tokens, decode_context, True
-        )
+        phases["attention"] = self.attention_seconds(prefill_tokens, prefill_context, decode_tokens, decode_context)
         if "lm_head" in phases:
             sampled = _sampled_rows(prefill_tokens, decode_tokens, sampled)
             phases["lm_head"] -= self.head_seconds(max(1, total)) - self.head_seconds(min(sampled, max(1, total)))

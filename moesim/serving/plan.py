@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from moesim.errors import MoesimError
 from moesim.planning.plan import DEFAULT_PRICE_PER_GPU_HOUR, check_choices
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.serving import ServingResult, prefill_pool_scenario, simulate_serving
-from moesim.serving.pools import deployment_load
+from moesim.serving import ServingResult, simulate_serving
+from moesim.serving.pools import deployment_load, pool_scenarios
 from moesim.serving.iteration import IterationCost, iteration_cost_key
 
 KEEPS_UP = 0.95
@@ -120,10 +120,8 @@ class SharedIterationCosts:
 
     def _pool_costs(self, scenario: Scenario) -> tuple[IterationCost, Optional[IterationCost]]:
         """The one pool's, or the decode and the prefill pools' iteration times."""
-        if scenario.serving.prefill_pool is None:
-            return self.cost_for(scenario), None
-        decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
-        return self.cost_for(decode), self.cost_for(prefill_pool_scenario(scenario))
+        costs = {phase: self.cost_for(pool) for pool, phase in pool_scenarios(scenario)}
+        return costs.get("both") or costs["decode"], costs.get("prefill")
 
     def compute_sources(self) -> dict[str, str]:
         """What the iteration times built so far rest on, by GPU name."""

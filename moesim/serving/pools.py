@@ -63,26 +63,32 @@ class Pool:
     kv_capacity: int
 
 
+def pool_scenarios(scenario: Scenario) -> list[tuple[Scenario, str]]:
+    """Each pool of the deployment as a scenario of its own, with what its engines do: the scenario itself doing
+    "both", or its "prefill" pool and its "decode" pool (the scenario's cluster)."""
+    from moesim.scenario import scenario_from_dict
+
+    if scenario.serving.prefill_pool is None:
+        return [(scenario, "both")]
+    decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
+    return [(prefill_pool_scenario(scenario), "prefill"), (decode, "decode")]
+
+
 def deployment_pools(
     scenario: Scenario, cost: Optional["IterationCost"], prefill_cost: Optional["IterationCost"]
 ) -> list[Pool]:
-    """The deployment's pools: one doing both phases, or a prefill pool and a decode pool (`cost`: the one pool's
-    or the decode pool's iteration times where already built, `prefill_cost` the prefill pool's)."""
-    from moesim.scenario import scenario_from_dict
+    """The deployment's pools (`pool_scenarios`) with their engines (`cost`: the one pool's or the decode pool's
+    iteration times where already built, `prefill_cost` the prefill pool's)."""
     from moesim.serving.iteration import IterationCost
 
     spec = scenario.serving
     if scenario.workload.mode != "inference":
         raise MoesimError("workload.mode: `moesim serve` serves an inference deployment; set workload.mode=inference")
     whole = most_tokens(spec.input_tokens) + most_tokens(spec.output_tokens)
-    if spec.prefill_pool is None:
-        shapes = [(scenario, "both", whole, cost)]
-    else:
-        decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
-        prefill = prefill_pool_scenario(scenario)
-        shapes = [(prefill, "prefill", most_tokens(spec.input_tokens), prefill_cost), (decode, "decode", whole, cost)]
+    needs = {"both": whole, "decode": whole, "prefill": most_tokens(spec.input_tokens)}
     pools = []
-    for pool_scenario, phase, need, built in shapes:
+    for pool_scenario, phase in pool_scenarios(scenario):
+        need, built = needs[phase], prefill_cost if phase == "prefill" else cost
         par = pool_scenario.parallelism
         ranks = pool_scenario.cluster.world_size // (par.tp_size * par.cp_size)  # with pipeline stages: x stages
         built = built or IterationCost(pool_scenario)
