@@ -11,8 +11,7 @@ import torch
 
 from moesim.errors import MoesimError
 from moesim.executor.launch import skewed_tokens
-from moesim.sim.compute import CostModel
-from moesim.sim.phase_features import (
+from moesim.cost.phase_features import (
     DEVICE_PHASE_FEATURES,
     HOST_PHASE_FEATURES,
     PhaseWork,
@@ -23,6 +22,7 @@ from moesim.validation.calibrate import LAYER_CONFIGS, calibrate, fit_latency_ba
 from moesim.validation.timing import interleaved_samples, nonnegative_relative_fit
 from moesim.validation.validate import Config, default_grid
 from moesim.validation.validate_report import rule_orderings
+from moesim.cost import model_from_profile
 
 
 def test_fit_recovers_latency_and_bandwidth() -> None:
@@ -87,20 +87,20 @@ def _profile(tmp_path: Path, phase_fit: dict) -> Path:
 
 
 def test_profile_phase_fits_are_used_and_checked(tmp_path: Path) -> None:
-    model = CostModel.from_profile(_profile(tmp_path, {"router:top_k": {"coefficients": [1e-4, 1e-10, 2e-8, 0.0]}}))
+    model = model_from_profile(_profile(tmp_path, {"router:top_k": {"coefficients": [1e-4, 1e-10, 2e-8, 0.0]}}))
     work = PhaseWork(1000, 100, 10, 1)
     assert model.fitted("router:top_k", work) == pytest.approx(1e-4 + 1e-4 + 2e-4)
     assert model.fitted("permute", work) is None
     with pytest.raises(MoesimError, match="phase_fit 'permute' needs 3 coefficients"):
-        CostModel.from_profile(_profile(tmp_path, {"permute": {"coefficients": [1.0]}}))
+        model_from_profile(_profile(tmp_path, {"permute": {"coefficients": [1.0]}}))
     # a profile names its features: a single-device profile's router is linear in its projection's seconds
     named = {"router:top_k": {"features": ["1", "router GEMM seconds"], "coefficients": [1e-4, 2.0]}}
-    device_model = CostModel.from_profile(_profile(tmp_path, named))
+    device_model = model_from_profile(_profile(tmp_path, named))
     assert device_model.fitted("router:top_k", PhaseWork(1000, 100, 10, 1, router_gemm_seconds=1e-5)) == pytest.approx(
         1.2e-4
     )
     with pytest.raises(MoesimError, match="unknown features"):
-        CostModel.from_profile(
+        model_from_profile(
             _profile(tmp_path, {"router:top_k": {"features": ["1", "bogus"], "coefficients": [1.0, 1.0]}})
         )
     assert set(HOST_PHASE_FEATURES) == {"router", "permute", "unpermute", "experts"}
@@ -147,7 +147,7 @@ def test_quick_calibration_profile_loads(tmp_path: Path) -> None:
         profile["phase_fit"]
     )
     assert all(value >= 0 for fit in profile["phase_fit"].values() for value in fit["coefficients"])
-    model = CostModel.from_profile(path)
+    model = model_from_profile(path)
     assert model.efficiency(1024) > model.efficiency(1)
     assert model.fitted("permute", PhaseWork(4096, 256, 8, 2, slots=8192)) > model.fitted(
         "permute", PhaseWork(256, 64, 8, 1, slots=256)
@@ -258,7 +258,7 @@ def test_single_device_calibration_writes_a_profile_the_simulator_loads(tmp_path
     from moesim.validation.single_device import calibrate_single_device
 
     path = calibrate_single_device("cpu", quick=True, rounds=1, repeats=1, profile_dir=tmp_path)
-    model = CostModel.from_profile(path)
+    model = model_from_profile(path)
     keys = {key for key, _, _ in model.phase_fit}
     assert {"permute", "unpermute", "experts", "backward", "router:top_k"} <= keys
     assert model.fitted("permute", PhaseWork(512, 64, 8, 2, slots=1024, carried_rows=1024, sort_keys=1024)) > 0

@@ -81,7 +81,7 @@ def test_low_latency_kernels_hold_the_sms_only_for_their_send_and_receive_phases
     plain = simulate(scenario_from_dict(_decode("deepep")), check_memory=False).phase_seconds
     # the normal kernels leave the executor's own permutation in place: its 15 kernels (60 us in a stream) and
     # their bytes, a different cost from the low-latency kernels' send phase
-    from moesim.profiles.shipping import LAUNCHES
+    from moesim.cost.shipping import LAUNCHES
 
     assert plain["decode/permute"] > steps * LAUNCHES["permute"] * 4e-6
     assert plain["decode/permute"] != pytest.approx(phases["decode/permute"], rel=1e-3)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moesim.sim.compute import CostModel
 from moesim.validation.layer_cases import layer_grids
 from moesim.validation.single_device import report_from_raw
 from moesim.validation.single_device_report import error_stats
+from moesim.cost import model_from_profile
 
 VALIDATION = Path(__file__).resolve().parent.parent / "validation"
 OUT_OF_MEMORY = {"NVIDIA-H200": 0, "NVIDIA-H100-80GB-HBM3": 3}
@@ -57,7 +57,7 @@ def test_the_kernel_models_describe_the_measured_kernels(refitted: tuple[list[di
     _, profile_path, raw = refitted
     profile = json.loads(profile_path.read_text())
     assert profile["grouped_gemm_median_error"] <= 0.15
-    cost = CostModel.from_profile(profile_path)
+    cost = model_from_profile(profile_path)
     assert cost.grouped is not None and cost.dense is not None
     # GEMMs long enough for the kernel to dominate (under ~50 us the host's launch does, and the layer fits model it)
     long_enough = [row for row in raw["kernels"]["dense"] if row["seconds"] >= 50e-6]

@@ -1,6 +1,6 @@
 """The shipped GPU profiles against every row of the measured kernel tables they were fitted to.
 
-Tables: `moesim/profiles/tables/<device>/` (NVIDIA H200 and H100 SXM, 2026-11-26). Errors are
+Tables: `moesim/cost/tables/<device>/` (NVIDIA H200 and H100 SXM, 2026-11-26). Errors are
 |predicted / measured - 1|; the bounds are the GPU cost-model issue's (median 8%, 90th percentile 20%).
 The kernel models are compared as fitted (the tables' times include their host synchronisation).
 """
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from moesim.cluster.hardware import gpu_preset
-from moesim.profiles import SHIPPED_PROFILES, shipped_profile
-from moesim.profiles.build import ffn_backward_seconds
-from moesim.profiles.tables import shipped_tables
-from moesim.sim.compute import CostModel
-from moesim.sim.fp8 import Fp8Speedup
-from moesim.sim.gemm_fit import dense_errors, fit_dense_model, relative_errors
-from moesim.sim.grouped import GroupedGemmModel
+from moesim.cost.shipped_profiles import SHIPPED_PROFILES, shipped_profile
+from moesim.cost.build import ffn_backward_seconds
+from moesim.cost.kernel_tables import shipped_tables
+from moesim.cost.fp8 import Fp8Speedup
+from moesim.cost.gemm_fit import dense_errors, fit_dense_model, relative_errors
+from moesim.cost.grouped import GroupedGemmModel
+from moesim.cost import model_for_gpu
 
 DEVICES = {"H200": "h200-2026-11-26", "H100-SXM": "h100-2026-11-26"}
 
@@ -105,7 +105,7 @@ def test_fp8_speedups_follow_the_measurements() -> None:
     assert median <= 0.12 and p90 <= 0.25, (median, p90)
     # the measured kernel-choice effect is kept: fp8 slower than bf16 at 512 rows per group of Qwen3's shapes
     assert grouped.speedup(512, 2048, 1536) < 0.75 and grouped.speedup(2048, 7168, 4096) > 1.25
-    cost = CostModel.for_gpu(gpu_preset("H100-SXM"))
+    cost = model_for_gpu(gpu_preset("H100-SXM"))
     assert float(cost.fp8_speedup(16384, 7168, 4096)) == pytest.approx(1.818, rel=1e-3)  # the table's own point
     assert 1.3 < float(cost.gemm_seconds(4096, 7168, 4096) / cost.gemm_seconds(4096, 7168, 4096, fp8=True)) < 1.9
 
@@ -126,16 +126,16 @@ def test_shipped_dense_fit_is_what_the_build_command_fits() -> None:
 
 def test_each_gpu_preset_says_what_its_model_rests_on() -> None:
     assert set(SHIPPED_PROFILES) == {"H200", "H100-SXM", "H800"}
-    h200, h100, h800 = (CostModel.for_gpu(gpu_preset(name)) for name in ("H200", "H100-SXM", "H800"))
+    h200, h100, h800 = (model_for_gpu(gpu_preset(name)) for name in ("H200", "H100-SXM", "H800"))
     assert "measured" in h200.source_of("dense_gemm") and "h200-2026-11-26" in h200.source_of("dense_gemm")
     assert "derived" in h200.source_of("grouped_backward")  # the H200 has no grouped backward table
     assert "measured" in h100.source_of("grouped_backward")
     assert "derived from H100-SXM" in h800.source_of("dense_gemm") and "derived" in h800.source
     assert h800.gemm_seconds(4096, 7168, 4096) == h100.gemm_seconds(4096, 7168, 4096)
-    b200 = CostModel.for_gpu(gpu_preset("B200"))
+    b200 = model_for_gpu(gpu_preset("B200"))
     assert b200.dense is None and "assumed" in b200.source_of("anything") or "datasheet" in b200.source
     # a changed preset is not the measured GPU any more: datasheet, labelled so
-    tuned = CostModel.for_gpu(gpu_preset("H100-SXM", peak_bf16_tflops=1200))
+    tuned = model_for_gpu(gpu_preset("H100-SXM", peak_bf16_tflops=1200))
     assert tuned.dense is None and "datasheet" in tuned.source
 
 
@@ -165,7 +165,7 @@ def test_shipped_router_and_permutation_are_the_executors_device_work() -> None:
     the H200's, not the 1.41x their bandwidths would say)."""
     from pathlib import Path
 
-    from moesim.profiles.shipping import LAUNCHES
+    from moesim.cost.shipping import LAUNCHES
 
     counted = json.loads(
         (Path(__file__).resolve().parent.parent / "validation/NVIDIA-H100-80GB-HBM3/kernel_counts.json").read_text()
@@ -176,7 +176,7 @@ def test_shipped_router_and_permutation_are_the_executors_device_work() -> None:
         calibrated = json.loads(
             (Path(__file__).resolve().parent.parent / f"validation/profiles/{device}.json").read_text()
         )
-        cost = CostModel.for_gpu(gpu_preset(gpu))
+        cost = model_for_gpu(gpu_preset(gpu))
         router, permute = cost.coefficients("router:top_k"), cost.coefficients("permute")
         assert router["1"] == pytest.approx(LAUNCHES["router"] * 4e-6) and router["autograd"] == 0.0
         assert router["router GEMM seconds"] == 1.0
@@ -209,7 +209,7 @@ def test_the_host_synchronisation_taken_off_the_tables_is_measured(
     assert gaps["gemm_bf16"] == pytest.approx(plain, abs=0.1e-6)
     assert gaps["grouped"] == pytest.approx(grouped_gap, abs=0.1e-6)
     assert shipped_profile(gpu)["timing_overhead_s"] == pytest.approx(taken, abs=0.1e-6)
-    grouped = CostModel.for_gpu(gpu_preset(gpu)).grouped  # in the stream: the overhead taken off
+    grouped = model_for_gpu(gpu_preset(gpu)).grouped  # in the stream: the overhead taken off
     stream = [
         ("forward", [rows] * groups, inner, cols, seconds)
         for kind, groups, rows, inner, cols, _, seconds in tables.in_stream
@@ -227,11 +227,11 @@ def test_attention_costs_each_query_block_and_fits_prompts_and_decode_timed_in_a
     bandwidth. Small decode batches with long caches are PyTorch's kernel without split-KV (an engine's splits the
     cache over the SMs): left out of the check, and said so."""
     from moesim.models import model_preset
-    from moesim.profiles.tables import causal_attention_flops, causal_query_blocks
-    from moesim.sim.compute import causal_tile_share
+    from moesim.cost.kernel_tables import causal_attention_flops, causal_query_blocks
+    from moesim.cost.model import causal_tile_share
 
     tables = shipped_tables(DEVICES[gpu])
-    cost = CostModel.for_gpu(gpu_preset(gpu))
+    cost = model_for_gpu(gpu_preset(gpu))
     assert cost.attention_overhead_s < 12e-6 and 0.5 < cost.attention_efficiency < 0.7  # the 4-point fit's was 56 us
     errors = []
     for kind, sequences, heads, kv_heads, _, context, seconds in tables.attention_in_stream:

@@ -18,12 +18,12 @@ from moesim.cli import app
 from moesim.cluster.topology import Topology
 from moesim.errors import MoesimError
 from moesim.sim.collectives import Traffic, all_reduce_time, all_to_all
-from moesim.sim.compute import CostModel
 from moesim.sim.engine import one_f_one_b, run_pipeline, run_stage, run_stage_fast
 from moesim.sim.phases import Phase, PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import LayerRouting
 from moesim.sim.step import simulate
+from moesim.cost import model_for_gpu, model_from_profile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,7 @@ def test_one_moe_layer_matches_the_hand_calculation() -> None:
     )
     plan = StagePlan(scenario)
     topology = Topology.from_cluster(scenario.cluster)
-    cost = CostModel.for_gpu(scenario.cluster.gpu)
+    cost = model_for_gpu(scenario.cluster.gpu)
     tokens, hidden = 4096, 1024
     routing = uniform_routing(8, tokens, hidden * 2)
     program = PhaseBuilder(scenario, plan, cost, topology, tokens, 4096).stage_program(0, [routing], 0)
@@ -139,7 +139,7 @@ def test_one_moe_layer_matches_the_hand_calculation() -> None:
     # each projection a grouped GEMM of the shipped H100 profile written out: whole tiles in whole waves over 132
     # multiprocessors against bytes moved, blended by a p-norm, plus the overhead left inside a stream
     f = 4096
-    profile = json.loads((Path(moesim.__file__).parent / "profiles" / "shipped" / "H100-SXM.json").read_text())
+    profile = json.loads((Path(moesim.__file__).parent / "cost" / "shipped" / "H100-SXM.json").read_text())
     g = profile["grouped_gemm"]
     overhead = max(profile["kernel_launch_s"], g["overhead_s"] - profile["timing_overhead_s"])
 
@@ -357,13 +357,13 @@ def test_cost_profile_replaces_the_curve(tmp_path: Path) -> None:
             }
         )
     )
-    model = CostModel.from_profile(profile)
+    model = model_from_profile(profile)
     assert model.efficiency(64) == pytest.approx(0.2) and model.efficiency(1e6) == pytest.approx(0.6)
     assert "measured profile" in model.source
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(MoesimError, match="not a usable cost profile"):
-        CostModel.from_profile(bad)
+        model_from_profile(bad)
     result = simulate(scenario_from_dict(small_training(simulation={"cost_profile": str(profile)})))
     assert any("measured profile" in note for note in result.notes)
 

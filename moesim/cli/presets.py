@@ -30,9 +30,9 @@ def profiles_show(
 ) -> None:
     """What the GPU's cost model rests on, part by part, with the error measured for each."""
     from moesim.cluster.hardware import gpu_preset
-    from moesim.sim.compute import CostModel
+    from moesim.cost import model_for_gpu
 
-    cost = CostModel.for_gpu(gpu_preset(gpu))
+    cost = model_for_gpu(gpu_preset(gpu))
     if as_json:
         print_json({"gpu": cost.name, "source": cost.source, "parts": dict(cost.sources)})
         return
@@ -48,8 +48,8 @@ def profiles_show(
 @profiles_app.command("build")
 @user_errors_exit_2
 def profiles_build() -> None:
-    """Fit the shipped profiles to the measured tables (moesim/profiles/tables) and write moesim/profiles/shipped."""
-    from moesim.profiles.shipping import build_shipped
+    """Fit the shipped profiles to the measured tables (moesim/cost/tables) and write moesim/cost/shipped."""
+    from moesim.cost.shipping import build_shipped
 
     with console.status("fitting ...", spinner="dots") as status:
         written = build_shipped(on_step=lambda name: status.update(f"fitting {name} ..."))
@@ -195,7 +195,7 @@ def _model_table(spec: Any, summary: Any, published: Any) -> Table:
 
 def _show_gpu(name: str, as_json: bool) -> None:
     from moesim.cluster.hardware import gpu_preset
-    from moesim.sim.compute import CostModel
+    from moesim.cost import model_for_gpu
 
     gpu = gpu_preset(name)
     if as_json:
@@ -212,7 +212,7 @@ def _show_gpu(name: str, as_json: bool) -> None:
         ("scale-up bandwidth (one direction)", f"{gpu.scale_up_gb_per_s:g} GB/s"),
         ("NIC line rate", f"{gpu.nic_gbps:g} Gb/s"),
         ("board power", f"{gpu.tdp_watts:g} W" if gpu.tdp_watts else "-"),
-        ("compute cost model", CostModel.for_gpu(gpu).source + " (moesim profiles show)"),
+        ("compute cost model", model_for_gpu(gpu).source + " (moesim profiles show)"),
     ]
     for row in rows:
         table.add_row(*row)

@@ -1,6 +1,6 @@
 """Shipped device profiles: the GPU cost model fitted to measured kernel tables, with its error on every table.
 
-`build_profile(tables, gpu)` fits, from one device's tables (`moesim.profiles.tables`):
+`build_profile(tables, gpu)` fits, from one device's tables (`moesim.cost.kernel_tables`):
 * plain bf16 GEMMs (`gemm_bf16.csv`): the tile and wave model with the library's tile
   choice and split contraction (`GroupedGemmModel.dense_seconds`);
 * their backward (`ffn_backward_bf16.csv`, a SwiGLU FFN under autograd): input gradients
@@ -16,7 +16,7 @@
 Every fitted part carries its source and its error on the table it came from (median,
 90th percentile, maximum of |predicted / measured - 1|, and the median signed error).
 The tables time each kernel between host synchronisations; that overhead is not the kernel's and is taken off
-inside a simulated stream (`CostModel.from_profile`): measured where the device's GEMMs were also timed back to back
+inside a simulated stream (`moesim.cost.model_from_profile`): measured where the device's GEMMs were also timed back to back
 in a busy stream (`in_stream_bf16.csv`: the median of table less stream over the kernels under 100 us), else
 `TIMING_OVERHEAD_S`.
 
@@ -32,10 +32,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from moesim.cluster.hardware import GpuSpec
-from moesim.profiles.tables import KernelTables, causal_attention_flops, causal_query_blocks
-from moesim.sim.compute import causal_tile_share
-from moesim.sim.fp8 import Fp8Speedup
-from moesim.sim.gemm_fit import (
+from moesim.cost.kernel_tables import KernelTables, causal_attention_flops, causal_query_blocks
+from moesim.cost.model import causal_tile_share
+from moesim.cost.fp8 import Fp8Speedup
+from moesim.cost.gemm_fit import (
     GroupedSample,
     minimise_log,
     dense_errors,
@@ -43,7 +43,7 @@ from moesim.sim.gemm_fit import (
     fit_forward_then_gradient,
     relative_errors,
 )
-from moesim.sim.grouped import GroupedGemmModel
+from moesim.cost.grouped import GroupedGemmModel
 
 SMS = 132
 """Multiprocessors of an H100 / H200 / H800 SXM."""

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from moesim.sim.grouped import GroupedGemmModel
+from moesim.cost.grouped import GroupedGemmModel
 
 GROUPED_TILES = ((128, 128), (128, 256), (64, 128))
 """Tile shapes tried for a grouped kernel (one is kept: CUTLASS grouped kernels use one per launch)."""

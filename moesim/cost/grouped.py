@@ -35,8 +35,8 @@ of the shape `[K x m] @ [m x N]` and needs nothing more.
 
 `element_bytes` is the size of an input element (2 for bf16, 1 for fp8); outputs are
 bf16 (2 bytes) in both cases, as in production fp8 recipes. The parameters are fitted
-(`moesim.sim.gemm_fit`) to measured kernels: the device's own calibration (`moesim
-calibrate --device cuda`) or the shipped kernel tables (`moesim.profiles`).
+(`moesim.cost.gemm_fit`) to measured kernels: the device's own calibration (`moesim
+calibrate --device cuda`) or the shipped kernel tables (`moesim.cost`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from moesim.cost.model import ATTENTION_BLOCK
+
 TABLES = Path(__file__).resolve().parent / "tables"
 """The measured tables shipped with moesim."""
 
@@ -123,6 +125,4 @@ def causal_attention_flops(batch: int, heads: int, sequence: int, head_dim: int)
 
 def causal_query_blocks(batch: float, heads: float, sequence: float) -> float:
     """Query blocks (`ATTENTION_BLOCK` queries of a head) of a causal attention over `batch` prompts."""
-    from moesim.sim.compute import ATTENTION_BLOCK
-
     return batch * heads * math.ceil(sequence / ATTENTION_BLOCK)

@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
-from moesim.errors import MoesimError
-from moesim.sim.compute import (
+from moesim.cluster.hardware import gpu_preset, gpu_preset_names
+from moesim.cost.model import (
     DEFAULT_ATTENTION_EFFICIENCY,
     DEFAULT_BACKWARD_GEMM_FACTOR,
     DEFAULT_LAUNCH_SECONDS,
@@ -18,18 +18,18 @@ from moesim.sim.compute import (
     KERNEL_FIELDS,
     CostModel,
 )
-from moesim.sim.fp8 import Fp8Speedup
-from moesim.sim.grouped import GroupedGemmModel
-from moesim.sim.phase_features import phase_fit_entry
+from moesim.cost.fp8 import Fp8Speedup
+from moesim.cost.grouped import GroupedGemmModel
+from moesim.cost.phase_features import phase_fit_entry
+from moesim.cost.shipped_profiles import shipped_profile, shipped_profile_path
+from moesim.cost.shipping import scaled_phase_fit
+from moesim.errors import MoesimError
 
 
 def model_for_gpu(gpu: Any) -> CostModel:
     """The model of a `GpuSpec`: its shipped profile when it is a preset that has one, its compute and memory
     unchanged (measured or derived), else datasheet peaks with assumed efficiencies, and the H200's measured
     router and permutation kernels at this GPU's bandwidth."""
-    from moesim.cluster.hardware import gpu_preset, gpu_preset_names
-    from moesim.profiles import shipped_profile_path
-
     path = shipped_profile_path(gpu.name)
     if path is not None and gpu.name in gpu_preset_names():
         preset = gpu_preset(gpu.name)
@@ -146,9 +146,6 @@ def _profile_model(path: str, content: bytes) -> CostModel:
 def _assumed_moe_kernels(bandwidth: float) -> tuple[tuple[str, tuple[str, ...], tuple[float, ...]], ...]:
     """The H200 executor's router, permutation and un-permutation device costs (the shipped H200 profile's) at an
     effective `bandwidth` (bytes/s): what a GPU without a measured profile is assumed to spend there."""
-    from moesim.profiles import shipped_profile
-    from moesim.profiles.shipping import scaled_phase_fit
-
     reference = shipped_profile("H200")
     if not reference or not reference.get("phase_fit"):
         return ()

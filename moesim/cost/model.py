@@ -2,13 +2,13 @@
 
 Three grades of model, each labelled in `sources` (`source_of(part)`) with its error
 where one was measured:
-* a shipped device profile (`moesim.profiles`: H200, H100-SXM measured, H800 derived
-  from the H100) or one measured by `moesim calibrate` (`from_profile`): GEMMs by shape
-  (`moesim.sim.grouped`: tiles, waves, the library's tile choice, split contraction),
+* a shipped device profile (`moesim.cost`: H200, H100-SXM measured, H800 derived
+  from the H100) or one measured by `moesim calibrate` (`moesim.cost.model_from_profile`): GEMMs by shape
+  (`moesim.cost.grouped`: tiles, waves, the library's tile choice, split contraction),
   grouped expert GEMMs from every group's rows together, backward GEMMs (input gradients
   of the transposed shape, weight gradients contracting over the rows), fp8 speedups by
-  shape and rows (`moesim.sim.fp8`), attention and copies as measured;
-* a datasheet GPU (`for_gpu` on any other preset): datasheet peaks with an assumed
+  shape and rows (`moesim.cost.fp8`), attention and copies as measured;
+* a datasheet GPU (`moesim.cost.model_for_gpu` on any other preset): datasheet peaks with an assumed
   efficiency curve, a GEMM of `rows x inner` by `inner x cols` taking
 
     max(2 x rows x inner x cols / (peak x efficiency(rows)),  bytes moved / (HBM bandwidth x memory_efficiency))
@@ -31,15 +31,14 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from moesim.errors import MoesimError
-from moesim.sim.fp8 import Fp8Speedup, assumed_speedup
-from moesim.sim.grouped import GroupedGemmModel
-from moesim.sim.phase_features import PhaseWork, feature_vector
+from moesim.cost.fp8 import Fp8Speedup, assumed_speedup
+from moesim.cost.grouped import GroupedGemmModel
+from moesim.cost.phase_features import PhaseWork, feature_vector
 
 DEFAULT_MAX_EFFICIENCY = 0.75  # large bf16 GEMMs reach about 70-80% of dense peak on Hopper/Ampere
 DEFAULT_HALF_ROWS = 128.0  # rows at which a GEMM reaches half of that
@@ -104,20 +103,6 @@ class CostModel:
     """Autograd's fixed cost of an FFN's backward beyond its kernels (measured with the dense backward)."""
     sources: tuple[tuple[str, str], ...] = ()
     """What each part of the model rests on (part, label with its measured error)."""
-
-    @classmethod
-    def for_gpu(cls, gpu: Any) -> "CostModel":
-        """The model of a `GpuSpec` (`moesim.sim.cost_profiles.model_for_gpu`)."""
-        from moesim.sim.cost_profiles import model_for_gpu
-
-        return model_for_gpu(gpu)
-
-    @classmethod
-    def from_profile(cls, path: str | Path) -> "CostModel":
-        """A measured profile (JSON), parsed once per content (`moesim.sim.cost_profiles.model_from_profile`)."""
-        from moesim.sim.cost_profiles import model_from_profile
-
-        return model_from_profile(path)
 
     def coefficients(self, key: str) -> Optional[dict[str, float]]:
         """The measured linear model of a phase key by feature name, or None when the profile has none."""

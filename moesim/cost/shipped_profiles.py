@@ -7,10 +7,10 @@
 | `H800` | `shipped/H800.json` | derived from the H100's tables (same die, clocks, HBM; links: the cluster's) |
 
 Every other GPU preset is costed from its datasheet with assumed efficiencies
-(`CostModel.for_gpu` says so). The router, permutation and un-permutation of every
+(`moesim.cost.model_for_gpu` says so). The router, permutation and un-permutation of every
 profile are the per-element device costs moesim's executor measured on an H200
 (`validation/profiles/NVIDIA-H200.json`), scaled to each device's memory bandwidth, with
-host launches assumed hidden (`moesim.profiles.shipping`). `moesim profiles build`
+host launches assumed hidden (`moesim.cost.shipping`). `moesim profiles build`
 regenerates the shipped files.
 """
 

@@ -29,8 +29,8 @@ from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all, low_latency_all_to_all
 from moesim.routing.capacity import expert_capacity
-from moesim.sim.compute import ATTENTION_BLOCK, CostModel, causal_tile_share
-from moesim.sim.phase_features import PhaseWork, router_fit_key
+from moesim.cost.model import ATTENTION_BLOCK, CostModel, causal_tile_share
+from moesim.cost.phase_features import PhaseWork, router_fit_key
 from moesim.sim.plan import Layer, StagePlan
 from moesim.sim.routing_load import LayerRouting
 from moesim.cluster.topology import Topology

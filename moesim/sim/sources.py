@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from moesim.sim.compute import CostModel
+from moesim.cost.model import CostModel
 
 KERNEL_PHASES = "moe_kernels"
 """The router, permutation and un-permutation kernels (their measured phase models)."""

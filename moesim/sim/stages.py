@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from moesim.cluster.topology import Topology
 from moesim.scenario import Scenario
-from moesim.sim.compute import CostModel
+from moesim.cost.model import CostModel
 from moesim.sim.breakdown import weight_gradient_seconds
 from moesim.sim.engine import (
     Slice,

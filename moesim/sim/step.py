@@ -19,7 +19,7 @@ from moesim.cluster.topology import Topology
 from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time
-from moesim.sim.compute import CostModel
+from moesim.cost.model import CostModel
 from moesim.sim.breakdown import stage_work
 from moesim.sim.dualpipe import chunks_of, dualpipe_step
 from moesim.sim.engine import Slice, overlapped_seconds, run_pipeline, run_pipeline_fast, stage_items
@@ -28,6 +28,7 @@ from moesim.sim.plan import StagePlan
 from moesim.sim.stages import _simulate_stages, _StagePasses
 from moesim.sim.routing_load import LayerRouting
 from moesim.sim.sources import phase_sources
+from moesim.cost import model_for_gpu, model_from_profile
 
 
 @dataclass
@@ -75,7 +76,7 @@ class StepResult:
 
 def cost_model_for(scenario: Scenario) -> CostModel:
     profile = scenario.simulation.cost_profile
-    return CostModel.from_profile(profile) if profile else CostModel.for_gpu(scenario.cluster.gpu)
+    return model_from_profile(profile) if profile else model_for_gpu(scenario.cluster.gpu)
 
 
 def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:

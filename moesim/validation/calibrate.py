@@ -31,8 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from moesim.sim.compute import CostModel
-from moesim.sim.phase_features import HOST_PHASE_FEATURES, host_phase_features, router_fit_key
+from moesim.cost.model import CostModel
+from moesim.cost.phase_features import HOST_PHASE_FEATURES, host_phase_features, router_fit_key
 from moesim.validation.microbench import (  # noqa: F401  (re-exported: callers name them from here)
     BACKWARD_SIZES,
     GEMM_SHAPES,

@@ -24,8 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from moesim.sim.gemm_fit import GroupedSample, dense_errors, fit_dense_model, fit_grouped_model, relative_errors
-from moesim.sim.grouped import GroupedGemmModel
+from moesim.cost.gemm_fit import GroupedSample, dense_errors, fit_dense_model, fit_grouped_model, relative_errors
+from moesim.cost.grouped import GroupedGemmModel
 from moesim.validation.timing import interleaved_samples
 
 GROUPED_SHAPES_GPU = ((2560, 3072), (3072, 2560), (1536, 5120), (5120, 1536), (1024, 2048), (2048, 640))

@@ -12,11 +12,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from moesim.sim.compute import CostModel
-from moesim.sim.phase_features import DEVICE_PHASE_FEATURES, PhaseWork, feature_vector, router_fit_key
+from moesim.cost.model import CostModel
+from moesim.cost.phase_features import DEVICE_PHASE_FEATURES, PhaseWork, feature_vector, router_fit_key
 from moesim.sim.phases import moe_work
 from moesim.validation.layer_cases import LayerCase, layer_grids
 from moesim.validation.timing import nonnegative_relative_fit
+from moesim.cost import model_from_profile
 
 FORWARD_PHASES = ("router", "permute", "experts", "unpermute", "shared_experts")
 
@@ -127,7 +128,7 @@ def fit_phases(
 ) -> dict[str, Any]:
     """The phase models fitted to the calibration cases, written into the profile at `path`."""
     path.write_text(json.dumps(profile, indent=1))
-    cost = CostModel.from_profile(path)
+    cost = model_from_profile(path)
     samples: dict[str, list[tuple[tuple[float, ...], float]]] = {}
     for case, result in zip(cases, measured):
         for key, pair in case_features(case, result, cost).items():
@@ -168,7 +169,7 @@ def predict_case(
     builder = PhaseBuilder(
         scenario,
         StagePlan(scenario),
-        cost or CostModel.from_profile(path),
+        cost or model_from_profile(path),
         Topology.from_cluster(scenario.cluster),
         case.tokens,
         case.tokens,
@@ -189,7 +190,7 @@ def comparison_rows(
 ) -> list[dict[str, Any]]:
     """One row per validation case and phase: measured, predicted, signed relative error."""
     rows = []
-    cost = CostModel.from_profile(path)
+    cost = model_from_profile(path)
     for case, result in zip(cases, measured):
         predicted = predict_case(case, result, profile, path, cost)
         phases = dict(result["phases_s"])

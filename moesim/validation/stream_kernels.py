@@ -1,6 +1,6 @@
 """The shipped kernel tables' GEMMs timed again, two ways: as the tables timed them and inside a busy stream.
 
-The kernel tables (`moesim/profiles/tables/`) time each kernel between host synchronisations, so a small kernel's
+The kernel tables (`moesim/cost/tables/`) time each kernel between host synchronisations, so a small kernel's
 figure holds the launch and the synchronisation too; a model's kernels run back to back in a stream the host keeps
 ahead of. The profile builder took an assumed `TIMING_OVERHEAD_S` off every table kernel to get there. This runs
 every plain and grouped bf16 GEMM of a device's tables both ways on the device itself: host-synchronised (median
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     name = device_name(device, 1)
-    shipped = Path(__file__).resolve().parents[1] / "profiles" / "tables"
+    shipped = Path(__file__).resolve().parents[1] / "cost" / "tables"
     folder = "h200-2026-11-26" if "H200" in name else "h100-2026-11-26"
     tables = Path(args.tables) if args.tables else shipped / folder
     out = Path(args.out, name)

@@ -22,11 +22,11 @@ import numpy as np
 
 from moesim.cluster.topology import Topology
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.sim.compute import CostModel
 from moesim.sim.engine import run_stage_fast
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import route_layers
+from moesim.cost import model_from_profile
 
 MOE_PHASES = ("router", "permute", "dispatch", "experts", "combine", "unpermute")
 
@@ -187,7 +187,7 @@ def predict(scenario: Scenario) -> dict[str, float]:
     """Predicted seconds per MoE phase (waits counted in the collective they precede) and for the layer."""
     plan = StagePlan(scenario)
     topology = Topology.from_cluster(scenario.cluster)
-    cost = CostModel.from_profile(scenario.simulation.cost_profile)  # type: ignore[arg-type]
+    cost = model_from_profile(scenario.simulation.cost_profile)  # type: ignore[arg-type]
     tokens = scenario.workload.seq_len
     routing, _ = route_layers(scenario, [0], tokens * scenario.parallelism.ep_size, topology.gpus_per_node)
     program = PhaseBuilder(scenario, plan, cost, topology, tokens, tokens).stage_program(0, routing, 0)
