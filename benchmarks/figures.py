@@ -41,7 +41,8 @@ README_LINES = {
         "plan", "scenarios/olmoe-1b-7b-training.yaml", "--target-tokens-per-s", "1e6", "--gpu", "H100-SXM,A100-80GB",
     ],
     "route mixtral": [
-        "route", "scenarios/mixtral-8x7b-serving.yaml", "-s", "top_k", "-s", "expert_choice", "-s", "base", "-s", "hash",
+        "route", "scenarios/mixtral-8x7b-serving.yaml",
+        "-s", "top_k", "-s", "expert_choice", "-s", "base", "-s", "hash",
     ],
     "plan deepseek serving": [
         "plan", "scenarios/deepseek-v3-serving-h800.yaml", "--serve", "--gpu", "H800", "--ttft", "5", "--tpot", "0.1",
@@ -70,7 +71,8 @@ def _published() -> list[str]:
     path = REPO / "validation" / "PUBLISHED.md"
     committed = path.read_text()
     try:
-        subprocess.run([sys.executable, "-m", "moesim.validation.published"], cwd=REPO, check=True, env=_env())
+        command = [sys.executable, "-m", "moesim.validation.published"]
+        subprocess.run(command, cwd=REPO, check=True, env=_env(), stdout=subprocess.DEVNULL)
         return NUMBER.findall(path.read_text())
     finally:
         path.write_text(committed)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from moesim.errors import MoesimError
-from moesim.routing import from_scenario
+from moesim.sim import scenario_routing
 from moesim.scenario import load_scenario, scenario_from_dict
 from moesim.serving import simulate_serving
 from moesim.serving.plan import SharedIterationCosts, _overrides, serving_layouts
@@ -36,13 +36,13 @@ def main() -> None:
     shared = SharedIterationCosts()
 
     figures, walls = {}, {}
-    kept = from_scenario.WARMED_BIASES
+    kept = scenario_routing.WARMED_BIASES
     for label, serve, warmed in (
         ("each layout alone", simulate_serving, 0),
         ("shared iteration times", shared.serve, kept),
     ):
-        from_scenario.WARMED_BIASES = warmed  # 0: every warm-up runs again
-        from_scenario._warmed_biases.clear()
+        scenario_routing.WARMED_BIASES = warmed  # 0: every warm-up runs again
+        scenario_routing._warmed_biases.clear()
         started = time.perf_counter()
         results = []
         for scenario in scenarios:

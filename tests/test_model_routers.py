@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from moesim.errors import MoesimError
-from moesim.routing.from_scenario import router_for_scenario
+from moesim.sim.scenario_routing import router_for_scenario
 from moesim.scenario import scenario_from_dict
 
 TOKENS = 512

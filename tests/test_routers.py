@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -11,6 +13,9 @@ import torch
 from moesim.errors import MoesimError
 from moesim.routing import RULES, make_router, rule_options
 from moesim.routing.metrics import load_imbalance
+from moesim.routing.names import ROUTING_STRATEGIES, RoutingStrategy
+from moesim.routing.registry import _CLASSES
+from moesim.routing.rules import RULE_TABLE
 
 
 def logits_for(tokens: int, experts: int, seed: int = 0, skew: float = 0.0) -> torch.Tensor:
@@ -22,6 +27,30 @@ def logits_for(tokens: int, experts: int, seed: int = 0, skew: float = 0.0) -> t
 def test_rules_listed() -> None:
     assert set(RULES) >= {"top_k", "expert_choice", "base", "sinkhorn", "hash", "bias_balanced", "group_limited"}
     assert "noise_std" in rule_options("noisy_top_k")
+
+
+def _signature_options(cls: type) -> list[str]:
+    """The keyword options a router class's constructors take, read from their signatures (mro order)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in klass.__dict__:
+            continue
+        for parameter in inspect.signature(klass.__init__).parameters.values():
+            skip = ("self", "num_experts", "top_k", "capacity_factor")
+            kinds = (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+            if parameter.kind in kinds and parameter.name not in skip and parameter.name not in names:
+                names.append(parameter.name)
+    return names
+
+
+def test_rule_table_matches_the_classes() -> None:
+    """The torch-free table a scenario is checked against lists each class's options, in order, and its name."""
+    assert tuple(rule.name for rule in RULE_TABLE) == RULES == ROUTING_STRATEGIES
+    assert get_args(RoutingStrategy) == RULES
+    for rule in RULE_TABLE:
+        cls = _CLASSES[rule.name]
+        assert cls.name == rule.name
+        assert rule_options(rule.name) == _signature_options(cls), rule.name
 
 
 def test_make_router_errors_name_the_fix() -> None:

@@ -67,7 +67,7 @@ def route(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Route the scenario's router scores under one or more rules and compare them."""
-    from moesim.routing.from_scenario import compare_rules, scores_for_scenario
+    from moesim.sim.scenario_routing import compare_rules, scores_for_scenario
     from moesim.routing.names import ROUTING_STRATEGIES
     from moesim.errors import unknown_name_message
     from moesim.scenario import load_scenario

@@ -16,8 +16,8 @@
 Every fitted part carries its source and its error on the table it came from (median,
 90th percentile, maximum of |predicted / measured - 1|, and the median signed error).
 The tables time each kernel between host synchronisations; that overhead is not the kernel's and is taken off
-inside a simulated stream (`moesim.cost.model_from_profile`): measured where the device's GEMMs were also timed back to back
-in a busy stream (`in_stream_bf16.csv`: the median of table less stream over the kernels under 100 us), else
+inside a simulated stream (`moesim.cost.model_from_profile`): measured where the device's GEMMs were also timed back
+to back in a busy stream (`in_stream_bf16.csv`: the median of table less stream over the kernels under 100 us), else
 `TIMING_OVERHEAD_S`.
 
 The grouped model is fitted in two stages: its forward parameters to the forward table alone, then the weight

@@ -133,7 +133,7 @@ def executor_dtype(scenario: Scenario) -> torch.dtype:
 def layer_for(scenario: Scenario, device: torch.device, parallel: Any = None):  # type: ignore[no-untyped-def]
     """The scenario's MoE layer on `device` in the scenario's precision (expert-parallel when `parallel` is given)."""
     from moesim.executor.layer import MoELayer
-    from moesim.routing.from_scenario import router_for_scenario
+    from moesim.sim.scenario_routing import router_for_scenario
 
     model = scenario.model
     return MoELayer(

@@ -26,7 +26,7 @@ _WHERE = {
     "RoutingStrategy": "names",
     "RULES": "registry",
     "make_router": "registry",
-    "rule_options": "registry",
+    "rule_options": "rules",
     "Router": "router",
 }
 

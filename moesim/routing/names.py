@@ -1,36 +1,26 @@
-"""Names of the routing rules a scenario may ask for (implemented under `moesim.routing`)."""
+"""Names of the routing rules a scenario may ask for, and what each can honour, read from `rules.RULE_TABLE`."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-RoutingStrategy = Literal[
-    "top_k",  # token choice: each token picks its k best experts (Switch, GShard, Mixtral)
-    "noisy_top_k",  # top-k over logits plus trained Gaussian noise (Shazeer et al. 2017)
-    "gshard_top2",  # top-1 plus a second expert kept with probability proportional to its weight
-    "expert_choice",  # each expert picks its top-c tokens (Zhou et al. 2022)
-    "base",  # balanced linear assignment, solved exactly (Lewis et al. 2021)
-    "sinkhorn",  # approximately balanced assignment by Sinkhorn iterations (S-BASE)
-    "hash",  # fixed hash of the token id (Roller et al. 2021)
-    "balanced_hash",  # hash that spreads frequent token ids evenly
-    "bias_balanced",  # DeepSeek-V3 auxiliary-loss-free balancing with a per-expert bias
-    "group_limited",  # DeepSeek-V2/V3 device/node-limited routing: top groups first, then top-k
-    "two_level",  # NLLB-style gate between the dense path / expert groups, then experts
-    "balanced",  # forced balance: round-robin over experts (Megatron's --moe-router-force-load-balancing)
-]
+from moesim.routing.rules import RULE_TABLE
 
-ROUTING_STRATEGIES: tuple[str, ...] = RoutingStrategy.__args__  # type: ignore[attr-defined]
+RoutingStrategy = Literal[tuple(rule.name for rule in RULE_TABLE)]  # type: ignore[valid-type]
+"""A routing rule's name: one of `RULE_TABLE`'s."""
 
-SCORE_FUNCTION_RULES = frozenset({"top_k", "noisy_top_k", "expert_choice", "group_limited", "bias_balanced"})
+ROUTING_STRATEGIES: tuple[str, ...] = tuple(rule.name for rule in RULE_TABLE)
+
+SCORE_FUNCTION_RULES = frozenset(rule.name for rule in RULE_TABLE if rule.score_function)
 """Rules that take a score function (softmax or sigmoid); the others define their own."""
 
-SCORE_FREE_RULES = frozenset({"hash", "balanced_hash", "balanced"})
+SCORE_FREE_RULES = frozenset(rule.name for rule in RULE_TABLE if rule.score_free)
 """Rules that ignore the scores' values (so no score convention concerns them)."""
 
-GROUP_RULES = frozenset({"group_limited", "bias_balanced"})
+GROUP_RULES = frozenset(rule.name for rule in RULE_TABLE if rule.groups)
 """Rules that restrict a token to its best expert groups, scored by the model's group score."""
 
-BIAS_RULES = frozenset({"bias_balanced"})
+BIAS_RULES = frozenset(rule.name for rule in RULE_TABLE if rule.bias)
 """Rules that keep a per-expert correction bias for the choice (DeepSeek-V3)."""
 
 

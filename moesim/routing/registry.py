@@ -1,62 +1,25 @@
-"""`make_router`: build any routing rule by name."""
+"""`make_router`: build any routing rule by name, from the classes `rules.RULE_TABLE` names."""
 
 from __future__ import annotations
 
-import inspect
+import importlib
 from typing import Any, Optional
 
 from moesim.errors import MoesimError, unknown_name_message
-from moesim.routing.base import BaseRouter
-from moesim.routing.bias_balanced import BiasBalancedRouter
-from moesim.routing.expert_choice import ExpertChoiceRouter
-from moesim.routing.forced import ForcedBalanceRouter
-from moesim.routing.group_limited import GroupLimitedRouter
-from moesim.routing.hashing import BalancedHashRouter, HashRouter
-from moesim.routing.names import ROUTING_STRATEGIES
 from moesim.routing.router import Router
-from moesim.routing.sinkhorn import SinkhornRouter
-from moesim.routing.topk import GShardTop2Router, NoisyTopKRouter, TopKRouter
-from moesim.routing.two_level import TwoLevelRouter
-
-_CLASSES: dict[str, type[Router]] = {
-    cls.name: cls
-    for cls in (
-        TopKRouter,
-        NoisyTopKRouter,
-        GShardTop2Router,
-        ExpertChoiceRouter,
-        BaseRouter,
-        SinkhornRouter,
-        HashRouter,
-        BalancedHashRouter,
-        BiasBalancedRouter,
-        GroupLimitedRouter,
-        TwoLevelRouter,
-        ForcedBalanceRouter,
-    )
-}
-assert tuple(_CLASSES) == ROUTING_STRATEGIES, "every strategy name a scenario accepts has a router"
-
-RULES: tuple[str, ...] = ROUTING_STRATEGIES
-"""Names accepted by `make_router` and by `routing.strategy` in a scenario."""
+from moesim.routing.rules import RULE_TABLE, rule_options
 
 
-def rule_options(name: str) -> list[str]:
-    """Keyword options a rule accepts (besides num_experts, top_k, capacity_factor)."""
-    names: list[str] = []
-    for cls in _CLASSES[name].__mro__:
-        if cls is object or "__init__" not in cls.__dict__:
-            continue
-        for parameter in inspect.signature(cls.__init__).parameters.values():
-            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY) and parameter.name not in (
-                "self",
-                "num_experts",
-                "top_k",
-                "capacity_factor",
-            ):
-                if parameter.name not in names:
-                    names.append(parameter.name)
-    return names
+def _implementation(where: str) -> type[Router]:
+    module, name = where.split(":")
+    return getattr(importlib.import_module(f"moesim.routing.{module}"), name)
+
+
+_CLASSES: dict[str, type[Router]] = {rule.name: _implementation(rule.where) for rule in RULE_TABLE}
+assert all(cls.name == name for name, cls in _CLASSES.items()), "every rule's class carries the rule's name"
+
+RULES: tuple[str, ...] = tuple(_CLASSES)
+"""Names accepted by `make_router` and by `routing.strategy` in a scenario (`rules.RULE_TABLE`'s)."""
 
 
 def make_router(

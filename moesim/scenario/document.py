@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 from moesim.models.presets import model_preset
 from moesim.models.spec import ModelSpec
 from moesim.routing.names import unhonoured_settings
+from moesim.routing.rules import rule_options
 
 from moesim.scenario.serving import ServingSpec, most_tokens
 from moesim.scenario.sections import (
@@ -218,8 +219,6 @@ class Scenario(_Section):
         )
         if problems:
             raise ValueError(f"routing.strategy: '{routing.strategy}' cannot honour {'; '.join(problems)}")
-        from moesim.routing.registry import rule_options
-
         accepted = rule_options(routing.strategy)
         unknown = [key for key in routing.options if key not in accepted]
         if unknown:

@@ -21,7 +21,7 @@ from moesim.sim.engine import (
 )
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
-from moesim.sim.reuse import reuse
+from moesim.reuse import reuse
 from moesim.sim.routing_load import LayerRouting, route_layers
 
 

@@ -25,7 +25,7 @@ from moesim.routing.names import unhonoured_settings
 from moesim.routing.registry import make_router, rule_options
 from moesim.routing.router import Router
 from moesim.scenario import Scenario
-from moesim.sim.reuse import reuse
+from moesim.reuse import reuse
 from moesim.workload.scores import RouterScores
 from moesim.workload.synthetic import SyntheticScores
 from moesim.workload.trace import TraceError, load_trace
