@@ -20,7 +20,7 @@ from moesim.errors import MoesimError
 from moesim.sim import scenario_routing
 from moesim.scenario import load_scenario, scenario_from_dict
 from moesim.serving import simulate_serving
-from moesim.serving.plan import SharedIterationCosts, _overrides, serving_layouts
+from moesim.planning.serving import SharedIterationCosts, _overrides, serving_layouts
 
 REPO = Path(__file__).resolve().parent.parent
 

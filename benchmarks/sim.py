@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from moesim import load_scenario, simulate
-from moesim.planning.plan import DEFAULT_PRICE_PER_GPU_HOUR, _evaluate, candidates
+from moesim.planning.prices import DEFAULT_PRICE_PER_GPU_HOUR
+from moesim.planning.training import _evaluate, candidates
 from moesim.planning.store import ResultsStore
 from moesim.planning.sweep import run_sweep
 from moesim.scenario import scenario_from_dict

@@ -30,8 +30,8 @@ def sweep(document: dict[str, Any], **options: Any) -> Any:
 
 
 def plan(document: dict[str, Any], target_tokens_per_s: float, **options: Any) -> Any:
-    """Cheapest cluster and parallelism meeting a throughput target; see `moesim.planning.plan.plan`."""
-    from moesim.planning.plan import plan as _plan
+    """Cheapest cluster and parallelism meeting a throughput target; see `moesim.planning.training.plan`."""
+    from moesim.planning.training import plan as _plan
 
     return _plan(document, target_tokens_per_s, **options)
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from moesim import plan
 from moesim.cli import app
 from moesim.errors import MoesimError
-from moesim.planning.plan import Option, pareto_front
+from moesim.planning.training import Option, pareto_front
 
 
 def document() -> dict[str, Any]:

@@ -25,7 +25,7 @@ def plan_serving_command(
 
     from moesim.scenario import scenario_from_dict
     from moesim.serving.checked import checked_words
-    from moesim.serving.plan import plan_serving
+    from moesim.planning.serving import plan_serving
 
     rate = request_rate or scenario_from_dict(document).serving.request_rate
     if rate is None:

@@ -219,7 +219,7 @@ def plan_command(
 ) -> None:
     """Search GPU type, nodes, TP/PP/EP, routing and capacity factor for the cheapest plan that meets the target."""
 
-    from moesim.planning.plan import plan as run_plan
+    from moesim.planning.training import plan as run_plan
     from moesim.scenario import apply_overrides, parse_override, read_document
 
     document = apply_overrides(read_document(scenario), overrides)
@@ -322,7 +322,7 @@ def plan_command(
             f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--json has every figure)[/dim]"
         )
     console.print(
-        "[dim]prices: $/GPU-hour assumptions (moesim.planning.plan.DEFAULT_PRICE_PER_GPU_HOUR) unless --price "
+        "[dim]prices: $/GPU-hour assumptions (moesim.planning.prices.DEFAULT_PRICE_PER_GPU_HOUR) unless --price "
         "is given[/dim]"
     )
 

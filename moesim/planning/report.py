@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from moesim.errors import MoesimError
+from moesim.planning.prices import FALLBACK_PRICE_PER_GPU_HOUR
 from moesim.planning.plots import (
     latency_cdf_plot,
     serving_curve_plot,
@@ -116,7 +117,7 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
                 {
                     "gpus": result.world_size,
                     "tokens_per_s": result.tokens_per_s,
-                    "dollars_per_hour": 3.0 * result.world_size,
+                    "dollars_per_hour": FALLBACK_PRICE_PER_GPU_HOUR * result.world_size,
                 }
             ],
             counted,
@@ -179,7 +180,11 @@ def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, flo
             unrunnable.append((f"{nodes} x {scenario.cluster.gpus_per_node} GPUs", str(error).splitlines()[0]))
             continue
         points.append(
-            {"gpus": point.world_size, "tokens_per_s": point.tokens_per_s, "dollars_per_hour": 3.0 * point.world_size}
+            {
+                "gpus": point.world_size,
+                "tokens_per_s": point.tokens_per_s,
+                "dollars_per_hour": FALLBACK_PRICE_PER_GPU_HOUR * point.world_size,
+            }
         )
     return points, unrunnable
 

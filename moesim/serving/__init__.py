@@ -6,7 +6,7 @@ the engine loop (`engine.run_engine`) with iteration times from the simulator (`
 reports time to first token, time per output token and end-to-end latency (50th, 90th, 99th percentiles), tokens
 per second and the cost per million output tokens, on one pool or with a disaggregated prefill pool
 (`serving.prefill_pool`), with two-batch overlap if asked, and with pipeline stages (`parallelism.pp_size`: a batch
-in flight per stage, see `iteration`). The search over deployments is `moesim.serving.plan`.
+in flight per stage, see `iteration`). The search over deployments is `moesim.planning.serving`.
 """
 
 from __future__ import annotations

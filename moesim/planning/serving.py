@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from moesim.errors import MoesimError
-from moesim.planning.plan import DEFAULT_PRICE_PER_GPU_HOUR, check_choices
+from moesim.planning import pareto
+from moesim.planning.prices import check_gpus_and_prices, merged_prices, price_per_gpu_hour
 from moesim.scenario import Scenario, scenario_from_dict
 from moesim.serving import ServingResult, simulate_serving
 from moesim.serving.pools import deployment_load, pool_scenarios
@@ -225,8 +226,8 @@ def plan_serving(
         return result.load is not None and result.load <= max_load
 
     base = scenario_from_dict(document)
-    check_choices(gpus, [], [], prices or {})
-    prices = {**DEFAULT_PRICE_PER_GPU_HOUR, **(prices or {})}
+    check_gpus_and_prices(gpus, prices or {})
+    prices = merged_prices(prices)
     layouts = list(serving_layouts(base, gpus, max_gpus))
     own = (base.serving.token_budget, base.serving.max_running)
     total = len(layouts) + REFINED * len(BATCH_LIMITS)
@@ -237,7 +238,7 @@ def plan_serving(
 
     def serve(layout: Layout, budget: int, running: int) -> None:
         nonlocal overloaded
-        overrides = _overrides(layout, request_rate, prices.get(layout.gpu, 3.0), budget, running)
+        overrides = _overrides(layout, request_rate, price_per_gpu_hour(prices, layout.gpu), budget, running)
         try:
             scenario = scenario_from_dict(document, overrides)
             if (shared.load(scenario) or 0.0) > max_load:
@@ -275,8 +276,4 @@ def plan_serving(
 
 def pareto_front(options: Sequence[ServingOption]) -> list[ServingOption]:
     """Options no other beats on both output tokens/s per GPU and median time per output token."""
-    front: list[ServingOption] = []
-    for option in sorted(options, key=lambda o: (o.result.tpot_s[50], -o.result.output_tokens_per_s_per_gpu)):
-        if not front or option.result.output_tokens_per_s_per_gpu > front[-1].result.output_tokens_per_s_per_gpu:
-            front.append(option)
-    return front
+    return pareto.pareto_front(options, lambda o: (o.result.tpot_s[50], -o.result.output_tokens_per_s_per_gpu))

@@ -18,11 +18,11 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from moesim.errors import MoesimError
+from moesim.errors import MoesimError, unknown_name_message
+from moesim.planning import pareto
+from moesim.planning.prices import check_gpus_and_prices, merged_prices, price_per_gpu_hour
+from moesim.routing.names import ROUTING_STRATEGIES
 from moesim.scenario import Scenario, scenario_from_dict
-
-DEFAULT_PRICE_PER_GPU_HOUR = {"H100-SXM": 3.0, "H800": 3.0, "H200": 3.8, "A100-80GB": 1.8, "B200": 5.5, "MI300X": 3.0}
-"""US dollars per GPU-hour used when the user gives none (assumptions: typical on-demand cloud prices, late 2025)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _evaluate(
     except MoesimError:
         return None  # does not fit, or not a valid layout for this model
     gpus = scenario.cluster.world_size
-    per_hour = gpus * prices.get(candidate.gpu, DEFAULT_PRICE_PER_GPU_HOUR.get(candidate.gpu, 3.0))
+    per_hour = gpus * price_per_gpu_hour(prices, candidate.gpu)
     return Option(
         candidate,
         gpus,
@@ -155,26 +155,14 @@ simulator's resolution (and a layout with more GPUs but the same step time is no
 
 def pareto_front(options: Sequence[Option]) -> list[Option]:
     """Options no other beats on both cost per hour and step time (by more than `PARETO_GAIN`)."""
-    front: list[Option] = []
-    for option in sorted(options, key=lambda o: (o.dollars_per_hour, o.step_time_s)):
-        if not front or option.step_time_s < front[-1].step_time_s * (1 - PARETO_GAIN):
-            front.append(option)
-    return front
+    return pareto.pareto_front(options, lambda o: (o.dollars_per_hour, o.step_time_s), PARETO_GAIN)
 
 
 def check_choices(
     gpus: Sequence[str], strategies: Sequence[str], factors: Sequence[Optional[float]], prices: dict[str, float]
 ) -> None:
     """Every name the planner is given exists and every number is usable; else an error naming the option."""
-    from moesim.cluster.hardware import gpu_preset_names
-    from moesim.errors import unknown_name_message
-    from moesim.routing.names import ROUTING_STRATEGIES
-
-    known_gpus = gpu_preset_names()
-    for name in [*gpus, *prices]:
-        if name not in known_gpus:
-            option = "--gpu" if name in gpus else "--price"
-            raise MoesimError(f"{option}: {unknown_name_message('GPU', name, known_gpus)}")
+    check_gpus_and_prices(gpus, prices)
     for name in strategies:
         if name not in ROUTING_STRATEGIES:
             raise MoesimError(f"--strategies: {unknown_name_message('routing rule', name, list(ROUTING_STRATEGIES))}")
@@ -184,9 +172,6 @@ def check_choices(
                 f"--capacity-factors: {factor!r} is not a capacity factor; use positive numbers or null "
                 "(dropless), e.g. null,1.0,1.25"
             )
-    for name, price in prices.items():
-        if price < 0:
-            raise MoesimError(f"--price: {name}={price} is negative; give dollars per GPU-hour, e.g. {name}=2.5")
 
 
 def plan(
@@ -206,7 +191,7 @@ def plan(
     strategies = list(strategies or [base.routing.strategy])
     factors = list(capacity_factors) if capacity_factors is not None else [base.routing.capacity_factor]
     check_choices(gpus, strategies, factors, prices or {})
-    prices = {**DEFAULT_PRICE_PER_GPU_HOUR, **(prices or {})}
+    prices = merged_prices(prices)
     pool = list(candidates(base, gpus, max_gpus, strategies, factors))
     if not pool:
         raise MoesimError("plan: no cluster layout fits the constraints; raise --max-gpus or add GPU types")
