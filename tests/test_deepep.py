@@ -53,7 +53,7 @@ def test_low_latency_kernels_hold_the_sms_only_for_their_send_and_receive_phases
     from moesim.sim.moe_block import LOW_LATENCY_KERNEL_FIXED_S, low_latency_kernel_seconds
     from moesim.sim.phases import PhaseBuilder
     from moesim.sim.plan import StagePlan
-    from moesim.sim.step import comm_stretch, cost_model_for
+    from moesim.sim.device import comm_stretch, cost_model_for
 
     def scenario(algorithm: str) -> Any:
         document = _decode(algorithm)

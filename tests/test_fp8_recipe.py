@@ -12,7 +12,8 @@ from moesim.scenario import scenario_from_dict
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import route_layers
-from moesim.sim.step import cost_model_for, simulate
+from moesim.sim.device import cost_model_for
+from moesim.sim.step import simulate
 
 
 def _scenario(gpu: str = "H800", **precision: str) -> dict:

@@ -339,7 +339,8 @@ def test_mla_decodes_in_its_absorbed_form() -> None:
 
 
 def test_fused_kernels_move_each_permutation_once_through_memory() -> None:
-    from moesim.sim.step import cost_model_for, simulate
+    from moesim.sim.device import cost_model_for
+    from moesim.sim.step import simulate
 
     document = {
         "model": "mixtral-8x7b",

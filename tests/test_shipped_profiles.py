@@ -141,7 +141,7 @@ def test_each_gpu_preset_says_what_its_model_rests_on() -> None:
 
 def test_a_calibrated_profile_replaces_the_shipped_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from moesim.scenario import scenario_from_dict
-    from moesim.sim.step import cost_model_for
+    from moesim.sim.device import cost_model_for
 
     profile = json.loads((shipped_profile("H100-SXM") and json.dumps(shipped_profile("H100-SXM"))) or "{}")
     profile.update(device="my-gpu", source="measured by moesim calibrate on my GPU")

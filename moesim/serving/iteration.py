@@ -21,13 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from moesim.cluster.topology import Topology
 from moesim.models import accounting
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.sim.phases import PhaseBuilder, output_head_seconds
-from moesim.sim.plan import StagePlan
-from moesim.sim.stages import _simulate_stages, expert_group_document
-from moesim.sim.step import cost_model_for
+from moesim.sim.inference import InferencePass, expert_group_document
 
 
 def iteration_cost_key(scenario: Scenario) -> str:
@@ -66,9 +62,8 @@ class IterationCost:
         document = self.scenario.model_dump(mode="json")
         # the pass is the simulator's inference pass over `tokens` tokens per rank (one chunk of that many)
         self._base = scenario_from_dict(document, ["workload.prefill_chunk_tokens=null", "workload.decode_tokens=0"])
-        self.plan = StagePlan(self._base)
-        self.cost = cost_model_for(self._base)
-        self.topology = Topology.from_cluster(self._base.cluster)
+        self.forward = InferencePass(self._base)
+        self.plan, self.cost = self.forward.plan, self.forward.cost
         # layers alike in attention (cross-attention or not) cost the same: one of each, and how many, per stage
         self._stage_kinds: list[dict[bool, tuple[Any, int]]] = []
         for stage in self.plan.stages:
@@ -96,16 +91,14 @@ class IterationCost:
         scenario = scenario or self._base
         overlap = self.scenario.serving.two_batch_overlap
         if not overlap or tokens < 2:  # one token cannot be split: as two halves with nothing to overlap
-            stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens, 1, False, False)
+            stages = self.forward.stages(tokens, scenario=scenario)
             whole = np.array(
                 [forward - busy.get("attention", 0.0) for forward, busy in zip(stages.forward_s, stages.busy)]
             )
             return (whole / 2 if overlap else whole), np.zeros(self.stages)
-        from moesim.sim.step import comm_stretch
-
-        stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, tokens // 2, 1, False, False)
+        stages = self.forward.stages(tokens // 2, scenario=scenario)
         collectives = np.array([forward for forward, _ in stages.comm_s])
-        compute = (np.array(stages.forward_s) - collectives) * comm_stretch(scenario)
+        compute = (np.array(stages.forward_s) - collectives) * self.forward.comm_stretch(scenario)
         return compute - np.array([busy.get("attention", 0.0) for busy in stages.busy]), collectives
 
     def _overlapped(self, compute: float, collectives: float, attention: float, stage: int = 0) -> float:
@@ -129,9 +122,9 @@ class IterationCost:
             # the phase builder takes a prompt's full length and halves it for the causal mask; `context` is
             # already the keys a prompt token attends to on average
             full = key[1] if decode else 2 * key[1]
-            builder = PhaseBuilder(self._base, self.plan, self.cost, self.topology, key[0], full, decode)
             self._attention_cache[key] = sum(
-                count * builder.attention(layer)[0] for layer, count in self._stage_kinds[stage].values()
+                count * self.forward.attention_seconds(layer, key[0], full, decode)
+                for layer, count in self._stage_kinds[stage].values()
             )
         return self._attention_cache[key]
 
@@ -194,9 +187,7 @@ class IterationCost:
             return 0.0
         rows = max(1, int(round(tokens)))
         if rows not in self._head_cache:
-            model = self._base.model
-            vocab = model.vocab_size // self._base.parallelism.tp_size
-            self._head_cache[rows] = output_head_seconds(self.cost, rows, model.hidden_size, vocab)
+            self._head_cache[rows] = self.forward.head_seconds(rows)
         return self._head_cache[rows]
 
     def _pipelined(self, stage_seconds: list[float], tokens: int) -> float:
@@ -211,7 +202,7 @@ class IterationCost:
         """Sending `tokens` tokens' activations to the next stage: over the network where a stage's GPUs fill a
         node or more (pipeline stages outermost in the rank order), else over NVLink; each TP rank sends its
         share, as Megatron's scatter-gather does."""
-        par, cluster, topology = self._base.parallelism, self._base.cluster, self.topology
+        par, cluster, topology = self._base.parallelism, self._base.cluster, self.forward.topology
         size = tokens * self._base.model.hidden_size * self._base.workload.precision.activation_bytes / par.tp_size
         if cluster.world_size // par.pp_size >= cluster.gpus_per_node:
             return topology.network_latency_s + size / topology.nic_bytes_per_s
@@ -250,7 +241,7 @@ class IterationCost:
         attention in place of the pass's and the output head on its `sampled` rows (as `seconds`)."""
         total = prefill_tokens + decode_tokens
         scenario = self._decode_base if prefill_tokens == 0 else self._base
-        stages, _, _ = _simulate_stages(scenario, self.plan, self.cost, self.topology, max(1, total), 1, False, False)
+        stages = self.forward.stages(max(1, total), scenario=scenario)
         phases: dict[str, float] = {}
         for busy in stages.busy:
             for name, seconds in busy.items():
@@ -283,9 +274,7 @@ class IterationCost:
         """Tokens of KV cache one engine holds: an attention rank's memory less weights, buffers and one pass's
         activations (the memory model at this scenario's settings), over the KV bytes of a token; with pipeline
         stages, each GPU holds its stage's layers and the pipeline's cache is shared by its engines."""
-        from moesim.sim.memory import memory_per_gpu
-
-        memory = memory_per_gpu(self._base, self.plan)
+        memory = self.forward.memory()
         free = memory.capacity_bytes - memory.weights_bytes - memory.alltoall_buffer_bytes - memory.activations_bytes
         per_token = accounting.kv_cache_bytes_per_token(self._base.model, self._base.workload.precision)
         per_token /= self._base.parallelism.tp_size * self.stages  # a GPU holds its stage's layers' share

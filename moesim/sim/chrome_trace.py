@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moesim.sim.step import StepResult
+from moesim.sim.result import StepResult
 
 
 def chrome_trace(result: StepResult) -> dict[str, Any]:

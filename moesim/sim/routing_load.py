@@ -201,3 +201,12 @@ def padded_slots(
     np.add.at(node_tokens.T, node_index, rank_tokens.T)  # padding is never deduplicated per node
     rank_rows = [capacity * share[share[:, rank] > 0, rank] for rank in range(ep)]
     return rank_tokens, node_tokens, rank_rows
+
+
+def routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
+    """The routed layers' drop rate (dropped over requested token-expert pairs) and mean load imbalance."""
+    if not routing:
+        return 0.0, 1.0
+    dropped = sum(layer.dropped_pairs for layer in routing)
+    requested = sum(layer.requested_pairs for layer in routing)
+    return (dropped / requested if requested else 0.0), float(np.mean([layer.load_imbalance for layer in routing]))

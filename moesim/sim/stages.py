@@ -26,7 +26,7 @@ from moesim.sim.routing_load import LayerRouting, route_layers
 
 
 @dataclass
-class _StagePasses:
+class StagePasses:
     """Simulated passes of the stages: seconds, phase breakdown and slices, identical stages simulated once."""
 
     forward_s: list[float]
@@ -42,7 +42,7 @@ class _StagePasses:
 STAGE_CACHE_SIZE = 16
 """Stage simulations kept for reuse (a plan evaluates many layouts that differ only in their data-parallel size)."""
 
-_stage_cache: OrderedDict[str, tuple[_StagePasses, list[LayerRouting], list[str]]] = OrderedDict()
+_stage_cache: OrderedDict[str, tuple[StagePasses, list[LayerRouting], list[str]]] = OrderedDict()
 
 
 def expert_group_document(scenario: Scenario, keep_nodes: bool = False, leave_out: tuple[str, ...] = ()) -> dict:
@@ -62,7 +62,7 @@ def stage_cache_key(scenario: Scenario, tokens: int, context: int, decode: bool,
     return json.dumps([expert_group_document(scenario), tokens, context, decode, backward], sort_keys=True)
 
 
-def _simulate_stages(
+def simulate_stages(
     scenario: Scenario,
     plan: StagePlan,
     cost: CostModel,
@@ -71,7 +71,7 @@ def _simulate_stages(
     context: int,
     decode: bool,
     backward: bool,
-) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
+) -> tuple[StagePasses, list[LayerRouting], list[str]]:
     """Each stage's pass times, busy times and slices, its routing and notes: simulated, or reused from a scenario
     that differs only in its data-parallel size (`stage_cache_key`)."""
     key = stage_cache_key(scenario, tokens, context, decode, backward)
@@ -93,7 +93,7 @@ def _run_stages(
     context: int,
     decode: bool,
     backward: bool,
-) -> tuple[_StagePasses, list[LayerRouting], list[str]]:
+) -> tuple[StagePasses, list[LayerRouting], list[str]]:
     """Route once, build each stage's phases, and run them (SimPy in full mode, per-rank clocks in fast mode)."""
     par = scenario.parallelism
     all_moe = list(range(plan.scenario.model.num_moe_layers))
@@ -101,7 +101,7 @@ def _run_stages(
     builder = PhaseBuilder(scenario, plan, cost, topology, tokens, context, decode)
     full = scenario.simulation.network_mode == "full"
     cache: dict[tuple, tuple] = {}
-    result = _StagePasses([], [], [], [], [])
+    result = StagePasses([], [], [], [], [])
     for stage in range(plan.num_stages):
         first_moe = sum(plan.stage_moe_layer_count(s) for s in range(stage))
         signature = (

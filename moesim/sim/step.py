@@ -4,14 +4,12 @@ The stages of the pipeline are simulated one by one on their expert-parallel gro
 (data-parallel replicas run the same program on other data, so one group stands for
 all: a shortcut the notes state), then the 1F1B schedule composes them over the
 micro-batches, and the data-parallel gradient all-reduce and optimizer step finish the
-step. Inference: a prefill of the batch through every stage, then `decode_tokens`
-decode steps at the mean context length.
+step. Inference (a static batch, `moesim.sim.inference.static_batch`): a prefill of the
+batch through every stage, then `decode_tokens` decode steps at the mean context length.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -25,58 +23,12 @@ from moesim.sim.dualpipe import chunks_of, dualpipe_step
 from moesim.sim.engine import Slice, overlapped_seconds, run_pipeline, run_pipeline_fast, stage_items
 from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.plan import StagePlan
-from moesim.sim.stages import _simulate_stages, _StagePasses
-from moesim.sim.routing_load import LayerRouting
+from moesim.sim.stages import simulate_stages, StagePasses
+from moesim.sim.routing_load import routing_summary
+from moesim.sim.result import StepResult
+from moesim.sim.device import comm_stretch, cost_model_for
+from moesim.sim.inference import static_batch
 from moesim.sim.sources import phase_sources
-from moesim.cost import model_for_gpu, model_from_profile
-
-
-@dataclass
-class StepResult:
-    """What one step costs. Times in seconds, bytes in bytes, rates per second."""
-
-    scenario: str
-    mode: str
-    step_time_s: float
-    phase_seconds: dict[str, float]
-    stage_forward_s: list[float]
-    stage_backward_s: list[float]
-    pipeline_s: float
-    pipeline_bubble_s: float
-    grad_allreduce_s: float
-    grad_allreduce_exposed_s: float
-    optimizer_s: float
-    tokens_per_step: float
-    tokens_per_s: float
-    tokens_per_s_per_gpu: float
-    mfu: float
-    """Model FLOPs utilisation: the model's forward and backward FLOPs (no recomputation) over the bf16 dense peak."""
-    drop_rate: float
-    load_imbalance: float
-    bytes_across_nodes_per_step: float
-    memory: dict[str, float]
-    world_size: int
-    prefill_s: float = 0.0
-    decode_step_s: float = 0.0
-    hfu: float = 0.0
-    """Hardware FLOPs utilisation: MFU plus the FLOPs that recomputation replays (training; inference: = MFU)."""
-    notes: list[str] = field(default_factory=list)
-    sources: dict[str, str] = field(default_factory=dict)
-    """What each phase's time rests on (`moesim.sim.sources`): measured, derived or assumed, with errors."""
-    breakdown: dict[str, float] = field(default_factory=dict)
-    """Training: the busiest stage's step in parts that add up to it (`moesim.sim.breakdown.BREAKDOWN_PARTS`)."""
-    slices: list[Slice] = field(default_factory=list, repr=False)
-
-    def as_dict(self, with_slices: bool = False) -> dict[str, Any]:
-        data = asdict(self)
-        if not with_slices:
-            data.pop("slices")
-        return data
-
-
-def cost_model_for(scenario: Scenario) -> CostModel:
-    profile = scenario.simulation.cost_profile
-    return model_from_profile(profile) if profile else model_for_gpu(scenario.cluster.gpu)
 
 
 def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
@@ -88,7 +40,7 @@ def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
     topology = Topology.from_cluster(scenario.cluster)
     cost = cost_model_for(scenario)
     training = scenario.workload.mode == "training"
-    result = (_training_step if training else _inference)(scenario, plan, topology, cost, memory)
+    result = (_training_step if training else static_batch)(scenario, plan, topology, cost, memory)
     result.sources = phase_sources(
         cost,
         result.phase_seconds,
@@ -99,15 +51,7 @@ def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
     return result
 
 
-def _routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
-    if not routing:
-        return 0.0, 1.0
-    dropped = sum(layer.dropped_pairs for layer in routing)
-    requested = sum(layer.requested_pairs for layer in routing)
-    return (dropped / requested if requested else 0.0), float(np.mean([layer.load_imbalance for layer in routing]))
-
-
-def _breakdown(stages: _StagePasses, held: dict[int, float], work: float, pipeline: float) -> dict[str, float]:
+def _breakdown(stages: StagePasses, held: dict[int, float], work: float, pipeline: float) -> dict[str, float]:
     """The busiest rank's step in published-breakdown parts (`moesim.sim.breakdown`), bar the all-reduce and the
     optimizer, which the caller adds. `held`: the stages the rank runs and how many micro-batches go through each;
     `work`: the seconds the rank computes (overlap included)."""
@@ -128,18 +72,7 @@ def _breakdown(stages: _StagePasses, held: dict[int, float], work: float, pipeli
     }
 
 
-def comm_stretch(scenario: Scenario) -> float:
-    """How much longer compute takes while communication kernels hold `simulation.comm_sms` of the GPU's SMs.
-    DeepEP's low-latency kernels hold none while their messages are in flight (they issue RDMA writes and exit;
-    a receive kernel runs later, DeepSeek's profile-data README and DeepEP issue #179): their SM time is a phase
-    of its own (`moe_block.low_latency_kernel_seconds`), not a stretch."""
-    gpu, sim = scenario.cluster.gpu, scenario.simulation
-    if sim.alltoall_algorithm == "deepep_low_latency":
-        return 1.0
-    return gpu.sms / (gpu.sms - sim.comm_sms) if sim.comm_sms and gpu.sms else 1.0
-
-
-def overlapped_pairs(stages: _StagePasses, scenario: Scenario) -> list[float]:
+def overlapped_pairs(stages: StagePasses, scenario: Scenario) -> list[float]:
     """Per stage, a steady-state forward run together with another micro-batch's backward (`overlapped_seconds`)."""
     stretch = comm_stretch(scenario)
     pairs = []
@@ -154,7 +87,7 @@ def _training_step(
 ) -> StepResult:
     par, model, sim = scenario.parallelism, scenario.model, scenario.simulation
     tokens = plan.tokens_per_rank
-    stages, routing, notes = _simulate_stages(
+    stages, routing, notes = simulate_stages(
         scenario, plan, cost, topology, tokens, scenario.workload.seq_len, False, True
     )
     forward_s, backward_s = stages.forward_s, stages.backward_s
@@ -226,7 +159,7 @@ def _training_step(
     if workload.activation_recompute == "selective":
         hardware_flops += accounting.recomputed_flops_per_token(model, workload.seq_len, workload.recompute_modules)
     hfu = hardware_flops * tokens_per_step / (step * world * cost.peak_flops)
-    drop_rate, imbalance = _routing_summary(routing)
+    drop_rate, imbalance = routing_summary(routing)
     phases: dict[str, float] = {}
     for stage, count in held.items():
         for name, seconds in stages.busy[stage].items():
@@ -281,76 +214,4 @@ def _training_step(
         world_size=world,
         notes=notes,
         slices=stages.slices[worst] + pipeline_slices,
-    )
-
-
-def _inference(
-    scenario: Scenario, plan: StagePlan, topology: Topology, cost: CostModel, memory: MemoryBreakdown
-) -> StepResult:
-    par, workload = scenario.parallelism, scenario.workload
-    # chunked prefill: equal chunks, each attending (causally) over the prompt as the whole pass would, so the
-    # chunks' attention FLOPs add up to the unchunked prefill's
-    chunks = plan.prefill_chunks
-    prefill_stages, routing, notes = _simulate_stages(
-        scenario, plan, cost, topology, plan.prefill_tokens_per_rank, workload.seq_len, False, False
-    )
-    prefill = chunks * sum(prefill_stages.forward_s)
-    phases: dict[str, float] = {}
-    for busy in prefill_stages.busy:
-        for name, value in busy.items():
-            phases[f"prefill/{name}"] = phases.get(f"prefill/{name}", 0.0) + value * chunks
-    slices = [piece for stage_slices in prefill_stages.slices for piece in stage_slices]
-    decode_step = 0.0
-    if workload.decode_tokens:
-        batch_tokens = max(1, workload.micro_batch_size // max(1, par.tp_size))
-        context = workload.seq_len + workload.decode_tokens // 2
-        decode_stages, _, decode_notes = _simulate_stages(
-            scenario, plan, cost, topology, batch_tokens, context, True, False
-        )
-        notes += [note for note in decode_notes if note not in notes]
-        decode_step = sum(decode_stages.forward_s)
-        for busy in decode_stages.busy:
-            for name, value in busy.items():
-                phases[f"decode/{name}"] = phases.get(f"decode/{name}", 0.0) + value * workload.decode_tokens
-    total = prefill + decode_step * workload.decode_tokens
-    sequences = workload.micro_batch_size * (par.dp_size or 1)
-    generated = sequences * max(1, workload.decode_tokens)
-    world = scenario.cluster.world_size
-    drop_rate, imbalance = _routing_summary(routing)
-    flops = accounting.forward_flops_per_token(scenario.model, workload.seq_len)
-    processed = sequences * (workload.seq_len + workload.decode_tokens)
-    chunking = (
-        f" in {chunks} chunks of {plan.prefill_tokens_per_rank:,} tokens per rank" if chunks > 1 else " in one pass"
-    )
-    notes.append(
-        f"inference: prefill of {workload.micro_batch_size} x {workload.seq_len} tokens per replica{chunking}, then "
-        f"{workload.decode_tokens} decode steps at context {workload.seq_len + workload.decode_tokens // 2}"
-    )
-    notes.append(f"compute: {cost.source}")
-    return StepResult(
-        scenario=scenario.name,
-        mode="inference",
-        step_time_s=total,
-        phase_seconds=phases,
-        stage_forward_s=prefill_stages.forward_s,
-        stage_backward_s=[],
-        pipeline_s=prefill,
-        pipeline_bubble_s=0.0,
-        grad_allreduce_s=0.0,
-        grad_allreduce_exposed_s=0.0,
-        optimizer_s=0.0,
-        tokens_per_step=float(generated),
-        tokens_per_s=generated / total,
-        tokens_per_s_per_gpu=generated / total / world,
-        mfu=flops * processed / (total * world * cost.peak_flops),
-        hfu=flops * processed / (total * world * cost.peak_flops),
-        drop_rate=drop_rate,
-        load_imbalance=imbalance,
-        bytes_across_nodes_per_step=chunks * sum(prefill_stages.across_bytes),
-        memory=memory.as_dict(),
-        world_size=world,
-        prefill_s=prefill,
-        decode_step_s=decode_step,
-        notes=notes,
-        slices=slices,
     )

@@ -124,7 +124,7 @@ def predict(case: IterationCase, cost: Any) -> dict[str, float]:
         case.decode, case.context, True
     )
     tokens = case.decode + case.prefill_tokens
-    builder = PhaseBuilder(cost._base, cost.plan, cost.cost, cost.topology, tokens, 1, True)
+    builder = PhaseBuilder(cost._base, cost.plan, cost.cost, cost.forward.topology, tokens, 1, True)
     norms = sum(builder.attention_parts(layer)["norms"] for layer in cost.plan.layers)
     return {"iteration": total, "attention": attention - norms / 2}
 

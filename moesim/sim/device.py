@@ -1,0 +1,23 @@
+"""What a scenario's device does: its kernel cost model, and how much slower compute runs while collectives hold
+some of its multiprocessors."""
+
+from __future__ import annotations
+
+from moesim.cost import CostModel, model_for_gpu, model_from_profile
+from moesim.scenario import Scenario
+
+
+def cost_model_for(scenario: Scenario) -> CostModel:
+    profile = scenario.simulation.cost_profile
+    return model_from_profile(profile) if profile else model_for_gpu(scenario.cluster.gpu)
+
+
+def comm_stretch(scenario: Scenario) -> float:
+    """How much longer compute takes while communication kernels hold `simulation.comm_sms` of the GPU's SMs.
+    DeepEP's low-latency kernels hold none while their messages are in flight (they issue RDMA writes and exit;
+    a receive kernel runs later, DeepSeek's profile-data README and DeepEP issue #179): their SM time is a phase
+    of its own (`moe_block.low_latency_kernel_seconds`), not a stretch."""
+    gpu, sim = scenario.cluster.gpu, scenario.simulation
+    if sim.alltoall_algorithm == "deepep_low_latency":
+        return 1.0
+    return gpu.sms / (gpu.sms - sim.comm_sms) if sim.comm_sms and gpu.sms else 1.0
