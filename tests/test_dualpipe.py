@@ -7,7 +7,15 @@ import pytest
 
 from moesim.errors import MoesimError
 from moesim.scenario import scenario_from_dict
-from moesim.sim.dualpipe import chunks_of, dualpipe_step, rank_ops
+from moesim.sim.timeline.dualpipe import (
+    Backward,
+    Forward,
+    ForwardBackward,
+    WeightGradient,
+    chunks_of,
+    dualpipe_step,
+    rank_ops,
+)
 from moesim.sim.step import simulate
 
 
@@ -17,13 +25,16 @@ def test_every_rank_runs_each_micro_batch_once_in_each_direction(ranks: int, mic
         counts = {("F", 0): 0, ("F", 1): 0, ("B", 0): 0, ("B", 1): 0}
         deferred = weights = 0
         for op in rank_ops(rank, ranks, micro_batches):
-            if op[0] == "FB":
-                counts[("F", op[1])] += 1
-                counts[("B", op[2])] += 1
-            elif op[0] in "FB":
-                counts[(op[0], op[1])] += 1
-                deferred += op[0] == "B" and op[2]
+            if isinstance(op, ForwardBackward):
+                counts[("F", op.forward_direction)] += 1
+                counts[("B", op.backward_direction)] += 1
+            elif isinstance(op, Forward):
+                counts[("F", op.direction)] += 1
+            elif isinstance(op, Backward):
+                counts[("B", op.direction)] += 1
+                deferred += op.deferred_weight
             else:
+                assert isinstance(op, WeightGradient)
                 weights += 1
         assert set(counts.values()) == {micro_batches // 2} and deferred == weights
     assert chunks_of(0, 8) == (0, 7) and chunks_of(3, 8) == (3, 4)

@@ -9,7 +9,9 @@ import pytest
 
 from moesim.errors import MoesimError
 from moesim.scenario import scenario_from_dict
-from moesim.sim.engine import interleaved_one_f_one_b, paired, run_pipeline, run_pipeline_fast
+from moesim.sim.timeline.clocks import run_pipeline_fast
+from moesim.sim.timeline.orders import Pair, interleaved_one_f_one_b, paired
+from moesim.sim.timeline.simpy_engine import run_pipeline
 from moesim.sim.step import simulate
 
 
@@ -17,12 +19,12 @@ def test_steady_state_forwards_pair_with_the_backward_after_them() -> None:
     first, last = (paired(order) for order in interleaved_one_f_one_b(4, 8, 1)[::3])
     # stage 0: three warm-up forwards, five pairs (forward i + 3 with backward i), three cool-down backwards
     assert first[:3] == [("F", 0, 0), ("F", 1, 0), ("F", 2, 0)]
-    assert first[3:8] == [("FB", (i + 3, 0), (i, 0)) for i in range(5)]
+    assert first[3:8] == [Pair((i + 3, 0), (i, 0)) for i in range(5)]
     assert first[8:] == [("B", 5, 0), ("B", 6, 0), ("B", 7, 0)]
-    assert not any(unit[0] == "FB" for unit in last)  # the last stage's backward needs its own forward first
+    assert not any(isinstance(unit, Pair) for unit in last)  # the last stage's backward needs its own forward first
     # hence the overlap's one extra warm-up forward (Megatron-Core's combined 1F1B): the last stage pairs too
     shifted = paired(interleaved_one_f_one_b(4, 8, 1, extra_warmup=1)[3])
-    assert shifted[0] == ("F", 0, 0) and shifted[1:8] == [("FB", (i + 1, 0), (i, 0)) for i in range(7)]
+    assert shifted[0] == ("F", 0, 0) and shifted[1:8] == [Pair((i + 1, 0), (i, 0)) for i in range(7)]
 
 
 def test_paired_pipelines_play_the_same_in_simpy_and_with_clocks() -> None:

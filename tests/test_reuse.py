@@ -11,7 +11,8 @@ import pytest
 
 from moesim.scenario import scenario_from_dict
 from moesim.sim import routing_load, stages
-from moesim.sim.engine import run_pipeline, run_pipeline_fast
+from moesim.sim.timeline.clocks import run_pipeline_fast
+from moesim.sim.timeline.simpy_engine import run_pipeline
 from moesim.sim.step import simulate
 
 OLMOE = {

@@ -18,7 +18,9 @@ from moesim.cli import app
 from moesim.cluster.topology import Topology
 from moesim.errors import MoesimError
 from moesim.sim.collectives import Traffic, all_reduce_time, all_to_all
-from moesim.sim.engine import one_f_one_b, run_pipeline, run_stage, run_stage_fast
+from moesim.sim.timeline.clocks import run_stage_fast
+from moesim.sim.timeline.orders import one_f_one_b
+from moesim.sim.timeline.simpy_engine import run_pipeline, run_stage
 from moesim.sim.phases import Phase, PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import LayerRouting
@@ -492,3 +494,24 @@ def test_deepseek_places_256_experts_and_32_redundant_copies_on_144_ranks() -> N
     with pytest.raises(ScenarioError, match="redundant experts that fill"):
         scenario_from_dict(document)
     assert scenario_from_dict(document, ["simulation.redundant_experts=32"]).parallelism.ep_size == 144
+
+
+def test_the_timeline_is_a_setting_of_its_own() -> None:
+    """`simulation.timeline` picks the engine, whatever the network mode; by default full mode runs SimPy and fast
+    mode the clocks; both engines give the same step, and only SimPy records spans."""
+    from moesim.sim.timeline import timeline_name
+
+    document = small_training(parallelism={"ep_size": 4, "pp_size": 2}, workload={"global_batch_size": 16})
+    assert timeline_name(scenario_from_dict(document)) == "simpy"
+    assert timeline_name(scenario_from_dict(document, ["simulation.network_mode=fast"])) == "clocks"
+    simpy_run = simulate(scenario_from_dict(document, ["simulation.timeline=simpy"]))
+    clocks_run = simulate(scenario_from_dict(document, ["simulation.timeline=clocks"]))
+    assert simpy_run.slices and not clocks_run.slices
+    assert clocks_run.step_time_s == pytest.approx(simpy_run.step_time_s, rel=1e-12)
+    assert clocks_run.phase_seconds == pytest.approx(simpy_run.phase_seconds, rel=1e-9)
+    fast_on_simpy = simulate(
+        scenario_from_dict(document, ["simulation.network_mode=fast", "simulation.timeline=simpy"])
+    )
+    assert fast_on_simpy.slices
+    with pytest.raises(ScenarioError, match="simulation.timeline"):
+        scenario_from_dict(document, ["simulation.timeline=events"])

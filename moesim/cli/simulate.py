@@ -141,13 +141,14 @@ def run(
     """Simulate one step of the scenario and print where the time goes."""
     from moesim.scenario import load_scenario
     from moesim.sim.step import simulate
+    from moesim.sim.timeline import timeline_name
 
     output_file(trace, "--trace")
     resolved = load_scenario(scenario, overrides)
-    if trace is not None and resolved.simulation.network_mode != "full":
+    if trace is not None and timeline_name(resolved) != "simpy":
         raise MoesimError(
-            "--trace: a timeline needs simulation.network_mode=full (the fast mode keeps per-rank "
-            "clocks, not events); drop --trace or set simulation.network_mode=full"
+            "--trace: a trace needs the SimPy timeline (per-rank clocks keep no events); drop --trace or set "
+            "simulation.timeline=simpy (the default with simulation.network_mode=full)"
         )
     with console.status(f"simulating {resolved.name} on {resolved.cluster.world_size} GPUs ...", spinner="dots"):
         result = simulate(resolved)

@@ -291,6 +291,12 @@ class SimulationSpec(_Section):
         "full",
         description="`full`: max-min fair sharing of every link; `fast`: the most loaded link decides (a bound).",
     )
+    timeline: Optional[Literal["simpy", "clocks"]] = Field(
+        None,
+        description="The timeline engine: `simpy` (SimPy processes per rank, every span recorded for the trace and "
+        "plots) or `clocks` (per-rank clocks: the same times, faster, no spans). Default: simpy with network_mode "
+        "full, clocks with fast.",
+    )
     alltoall_algorithm: Literal["flat", "hierarchical", "deepep", "deepep_low_latency"] = Field(
         "flat",
         description="MoE all-to-all: flat (NCCL), hierarchical two-stage (Tutel/DeepSpeed), deepep (DeepEP's normal "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from moesim.sim.engine import Slice
+from moesim.sim.timeline.spans import Slice
 
 
 @dataclass

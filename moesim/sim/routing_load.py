@@ -121,7 +121,7 @@ def _route_layers(
     if scenario.routing.strategy == "bias_balanced" and sim.bias_warmup_steps:
         notes.append(f"bias_balanced: each routed layer's bias warmed up over {sim.bias_warmup_steps} updates")
 
-    distinct = moe_layer_ids[: sim.max_routed_layers or (4 if sim.network_mode == "full" else 1)]
+    distinct = moe_layer_ids[: distinct_routed_layers(scenario)]
     scores = scores_for_layers(scenario, distinct, min(group_tokens, sim.max_routed_tokens))
     sample = scores[0].num_tokens
     scale = group_tokens / sample
@@ -210,3 +210,10 @@ def routing_summary(routing: list[LayerRouting]) -> tuple[float, float]:
     dropped = sum(layer.dropped_pairs for layer in routing)
     requested = sum(layer.requested_pairs for layer in routing)
     return (dropped / requested if requested else 0.0), float(np.mean([layer.load_imbalance for layer in routing]))
+
+
+def distinct_routed_layers(scenario: Scenario) -> int:
+    """MoE layers routed apart (the others reuse them in turn): `simulation.max_routed_layers`, or the network mode's
+    default, 4 with `full` and 1 with `fast` (a planner's fast search routes one)."""
+    sim = scenario.simulation
+    return sim.max_routed_layers or (4 if sim.network_mode == "full" else 1)

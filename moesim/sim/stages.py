@@ -1,5 +1,5 @@
-"""The stages of one expert-parallel group, simulated: routed once, their phases built and run (SimPy in full
-mode, per-rank clocks in fast mode), and kept for reuse by scenarios that differ only in their data-parallel
+"""The stages of one expert-parallel group, simulated: routed once, their phases built and run on the scenario's
+timeline (`timeline.timeline_for`), and kept for reuse by scenarios that differ only in their data-parallel
 size."""
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from moesim.cluster.topology import Topology
 from moesim.scenario import Scenario
 from moesim.cost.model import CostModel
 from moesim.sim.breakdown import weight_gradient_seconds
-from moesim.sim.engine import (
-    Slice,
-    busy_by_phase,
-    run_stage,
-    run_stage_fast,
-)
+from moesim.sim.timeline import Slice, timeline_for
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.reuse import reuse
@@ -94,12 +89,12 @@ def _run_stages(
     decode: bool,
     backward: bool,
 ) -> tuple[StagePasses, list[LayerRouting], list[str]]:
-    """Route once, build each stage's phases, and run them (SimPy in full mode, per-rank clocks in fast mode)."""
+    """Route once, build each stage's phases, and run them on the scenario's timeline."""
     par = scenario.parallelism
     all_moe = list(range(plan.scenario.model.num_moe_layers))
     routing, notes = route_layers(scenario, all_moe, tokens * par.ep_size, topology.gpus_per_node)
     builder = PhaseBuilder(scenario, plan, cost, topology, tokens, context, decode)
-    full = scenario.simulation.network_mode == "full"
+    timeline = timeline_for(scenario)
     cache: dict[tuple, tuple] = {}
     result = StagePasses([], [], [], [], [])
     for stage in range(plan.num_stages):
@@ -117,12 +112,9 @@ def _run_stages(
                 passes.append(("backward", program.backward))
             seconds, busy, slices, comm = [], {}, [], []
             for name, phases in passes:
-                if full:
-                    took, pass_slices = run_stage(phases, par.ep_size, name, start=sum(seconds))
-                    pass_busy = busy_by_phase(pass_slices, par.ep_size)
-                    slices += pass_slices
-                else:
-                    took, pass_busy = run_stage_fast(phases, par.ep_size)
+                run = timeline.stage(phases, par.ep_size, name, start=sum(seconds))
+                took, pass_busy = run.seconds, run.busy
+                slices += run.slices
                 seconds.append(took)
                 collectives = {phase.name for phase in phases if phase.collective}
                 comm.append(sum(pass_busy.get(phase_name, 0.0) for phase_name in collectives))

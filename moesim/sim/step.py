@@ -19,8 +19,9 @@ from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time
 from moesim.cost.model import CostModel
 from moesim.sim.breakdown import stage_work
-from moesim.sim.dualpipe import chunks_of, dualpipe_step
-from moesim.sim.engine import Slice, overlapped_seconds, run_pipeline, run_pipeline_fast, stage_items
+from moesim.sim.timeline import Slice, timeline_for
+from moesim.sim.timeline.dualpipe import chunks_of, dualpipe_step
+from moesim.sim.timeline.orders import overlapped_seconds, stage_items
 from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.plan import StagePlan
 from moesim.sim.stages import simulate_stages, StagePasses
@@ -101,7 +102,7 @@ def _training_step(
     dualpipe = par.pipeline_schedule == "dualpipe"
     pairs = overlapped_pairs(stages, scenario) if sim.alltoall_overlap == "1f1b" else None
     pipeline_slices: list[Slice] = []
-    if dualpipe:  # DeepSeek's schedule op by op (moesim.sim.dualpipe); a rank holds two chunks
+    if dualpipe:  # DeepSeek's schedule op by op (moesim.sim.timeline.dualpipe); a rank holds two chunks
         dual = dualpipe_step(
             forward_s,
             backward_s,
@@ -114,12 +115,9 @@ def _training_step(
         pipeline, work = dual.pipeline_s, dual.work_s
         held = {stage: micro / 2 for stage in chunks_of(dual.rank, plan.num_stages)}
     else:
-        if sim.network_mode == "full":
-            pipeline, pipeline_slices = run_pipeline(
-                forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs
-            )
-        else:
-            pipeline = run_pipeline_fast(forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs)
+        pipeline, pipeline_slices = timeline_for(scenario).pipeline(
+            forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs
+        )
         items = stage_items(forward_s, backward_s, micro, par.virtual_pipeline_size, pairs)[worst]
         work, _ = stage_work(forward_s[worst], backward_s[worst], items, par.virtual_pipeline_size)
         held = {worst: float(micro)}
@@ -169,7 +167,7 @@ def _training_step(
         f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} "
         "identical replicas"
     )
-    timeline = "SimPy" if sim.network_mode == "full" else "per-rank clocks (fast mode)"
+    timeline = timeline_for(scenario).name
     if dualpipe:
         first, second = chunks_of(dual.rank, plan.num_stages)
         notes.append(

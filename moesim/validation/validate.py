@@ -22,7 +22,7 @@ import numpy as np
 
 from moesim.cluster.topology import Topology
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.sim.engine import run_stage_fast
+from moesim.sim.timeline.clocks import run_stage_fast
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import route_layers

@@ -10,20 +10,51 @@ the deferred weight gradients, the overlapped forward-backward main phase, then 
 that drain the pipeline. Each operation starts when its rank is free and its input has arrived from the
 neighbouring rank of its direction (plus the point-to-point time), and hands its output on when it ends.
 
-An overlapped pair takes the longer of its compute and its collectives (`step.overlapped_pairs`' rule, the
-compute stretched by the SMs communication holds); a backward with its weight gradient deferred takes the
-backward less the weight-gradient GEMMs (`breakdown.weight_gradient_seconds`). The report's closed-form bubble
-(pp/2 - 1)(F&B + B - 3W) is the cross-check the tests hold the schedule to.
+An overlapped pair takes the longer of its compute and its collectives (`orders.overlapped_seconds`, as
+`step.overlapped_pairs` does, the compute stretched by the SMs communication holds); a backward with its weight
+gradient deferred takes the backward less the weight-gradient GEMMs (`breakdown.weight_gradient_seconds`). The
+report's closed-form bubble (pp/2 - 1)(F&B + B - 3W) is the cross-check the tests hold the schedule to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Union
 
-from moesim.sim.engine import overlapped_seconds
+from moesim.sim.timeline.orders import overlapped_seconds
 
-Op = tuple  # ("F", direction) | ("B", direction, deferred_weight) | ("W",) | ("FB", forward dir, backward dir)
+
+@dataclass(frozen=True)
+class Forward:
+    """A forward chunk of a micro-batch in `direction` (0 enters at rank 0, 1 at the last rank)."""
+
+    direction: int
+
+
+@dataclass(frozen=True)
+class Backward:
+    """A backward chunk in `direction`; with `deferred_weight` its weight-gradient GEMMs wait for a later
+    `WeightGradient` (zero bubble)."""
+
+    direction: int
+    deferred_weight: bool
+
+
+@dataclass(frozen=True)
+class WeightGradient:
+    """The oldest deferred weight gradient of this rank."""
+
+
+@dataclass(frozen=True)
+class ForwardBackward:
+    """A forward in one direction run together with a backward in the other, each one's all-to-alls under the
+    other's compute."""
+
+    forward_direction: int
+    backward_direction: int
+
+
+Op = Union[Forward, Backward, WeightGradient, ForwardBackward]
 
 
 @dataclass(frozen=True)
@@ -47,31 +78,42 @@ def rank_ops(rank: int, ranks: int, micro_batches: int) -> list[Op]:
     def d(phase: int) -> int:  # the reference code's phase 0/1 as a direction
         return phase ^ second_half
 
-    ops: list[Op] = [("F", d(0))] * ((half_ranks - half_rank - 1) * 2)  # step 1
+    ops: list[Op] = [Forward(d(0))] * ((half_ranks - half_rank - 1) * 2)  # step 1
     for _ in range(half_rank + 1):  # step 2
-        ops += [("F", d(0)), ("F", d(1))]
+        ops += [Forward(d(0)), Forward(d(1))]
     for _ in range(half_ranks - half_rank - 1):  # step 3: zero-bubble backwards
-        ops += [("B", d(1), True), ("W",), ("F", d(1))]
+        ops += [Backward(d(1), True), WeightGradient(), Forward(d(1))]
     for index in range(micro_batches // 2 - ranks + half_rank + 1):  # step 4: the overlapped main phase
         if index == 0 and middle:
-            ops += [("F", d(0)), ("B", d(1), False)]  # not overlapped, to shorten the bubble
+            ops += [Forward(d(0)), Backward(d(1), False)]  # not overlapped, to shorten the bubble
         else:
-            ops.append(("FB", d(0), d(1)))
-        ops.append(("FB", d(1), d(0)))
+            ops.append(ForwardBackward(d(0), d(1)))
+        ops.append(ForwardBackward(d(1), d(0)))
     for _ in range(half_ranks - half_rank - 1):  # step 5
-        ops += [("B", d(1), False), ("FB", d(1), d(0))]
+        ops += [Backward(d(1), False), ForwardBackward(d(1), d(0))]
     deferred = False
     for index in range(half_rank + 1):  # step 6: the second half of the chunks defer their weight gradients
         if index == (half_rank + 1) // 2 and half_rank % 2 == 1:
             deferred = True
-        ops.append(("B", d(1), deferred))
+        ops.append(Backward(d(1), deferred))
         if index == (half_rank + 1) // 2 and half_rank % 2 == 0:
             deferred = True
-        ops.append(("B", d(0), deferred))
+        ops.append(Backward(d(0), deferred))
     for _ in range(half_ranks - half_rank - 1):  # step 7
-        ops += [("W",), ("B", d(0), True)]
-    ops += [("W",)] * (half_rank + 1)  # step 8
+        ops += [WeightGradient(), Backward(d(0), True)]
+    ops += [WeightGradient()] * (half_rank + 1)  # step 8
     return ops
+
+
+def _parts(op: Op) -> list[tuple[str, int]]:
+    """The (F or B, direction) passes an operation runs: what it waits for and hands on."""
+    if isinstance(op, ForwardBackward):
+        return [("F", op.forward_direction), ("B", op.backward_direction)]
+    if isinstance(op, Forward):
+        return [("F", op.direction)]
+    if isinstance(op, Backward):
+        return [("B", op.direction)]
+    return []
 
 
 def dualpipe_step(
@@ -108,7 +150,7 @@ def dualpipe_step(
         for rank, order in enumerate(orders):
             while position[rank] < len(order):
                 op = order[position[rank]]
-                parts = [("F", op[1]), ("B", op[2])] if op[0] == "FB" else [] if op[0] == "W" else [(op[0], op[1])]
+                parts = _parts(op)
                 needs = []
                 for kind, direction in parts:
                     micro = next_micro[rank][(kind, direction)]
@@ -119,14 +161,14 @@ def dualpipe_step(
                 if any(arrived is None for arrived in needs):
                     break  # waits for a neighbour
                 start = max([clocks[rank], *[arrived + p2p_seconds for arrived in needs]])
-                if op[0] == "FB":
-                    seconds = pair(stage(rank, op[1]), stage(rank, op[2]))
-                elif op[0] == "F":
-                    seconds = forward[stage(rank, op[1])]
-                elif op[0] == "B":
-                    seconds = backward[stage(rank, op[1])]
-                    if op[2]:  # its weight gradient runs later, in a W
-                        deferred[rank].append(weight[stage(rank, op[1])])
+                if isinstance(op, ForwardBackward):
+                    seconds = pair(stage(rank, op.forward_direction), stage(rank, op.backward_direction))
+                elif isinstance(op, Forward):
+                    seconds = forward[stage(rank, op.direction)]
+                elif isinstance(op, Backward):
+                    seconds = backward[stage(rank, op.direction)]
+                    if op.deferred_weight:  # its weight gradient runs later, in a WeightGradient
+                        deferred[rank].append(weight[stage(rank, op.direction)])
                         seconds -= deferred[rank][-1]
                 else:
                     seconds = deferred[rank].pop(0)
