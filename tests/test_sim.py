@@ -21,7 +21,8 @@ from moesim.sim.collectives import Traffic, all_reduce_time, all_to_all
 from moesim.sim.timeline.clocks import run_stage_fast
 from moesim.sim.timeline.orders import one_f_one_b
 from moesim.sim.timeline.simpy_engine import run_pipeline, run_stage
-from moesim.sim.phases import Phase, PhaseBuilder
+from moesim.sim.phase import Phase
+from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import LayerRouting
 from moesim.sim.step import simulate

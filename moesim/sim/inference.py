@@ -23,7 +23,8 @@ from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.sim.device import comm_stretch, cost_model_for
 from moesim.sim.memory import MemoryBreakdown, memory_per_gpu
-from moesim.sim.phases import PhaseBuilder, output_head_seconds
+from moesim.sim.phase import output_head_seconds
+from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.result import StepResult
 from moesim.sim.routing_load import routing_summary

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from moesim.sim.phases import (
+from moesim.sim.phase import (
     BACKWARD_MEMORY_FACTOR,
     BACKWARD_SHUFFLE_FACTOR,
     Phase,
-    _or,
+    measured_or,
 )
 
 if TYPE_CHECKING:
@@ -69,10 +69,10 @@ def moe_block_phases(
         permute_bytes = 2 * permuted_rows * model.hidden_size * builder.element
         permute = unpermute = cost.memory_seconds(permute_bytes)  # fused kernels: one pass over what they move
         if not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
-            permute = _or(cost.fitted("permute", builder.work(top_k, served)), permute)
-            unpermute = _or(cost.fitted("unpermute", builder.work(top_k, served)), unpermute)
+            permute = measured_or(cost.fitted("permute", builder.work(top_k, served)), permute)
+            unpermute = measured_or(cost.fitted("unpermute", builder.work(top_k, served)), unpermute)
     if not builder.fused_kernels:  # the router is the executor's whichever all-to-all runs
-        router = _or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
+        router = measured_or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
     rows = routing_here.rank_rows
     gemm = np.array([builder.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens
     shared = shared_roofline_backward = 0.0
@@ -82,7 +82,7 @@ def moe_block_phases(
         shared_roofline_backward = float(
             builder.ffn_backward_seconds(builder.tokens, shared_inner, model.expert_ffn_activation)
         )
-        shared = _or(cost.fitted("shared_experts", builder.work(top_k, ffn_seconds=shared)), shared)
+        shared = measured_or(cost.fitted("shared_experts", builder.work(top_k, ffn_seconds=shared)), shared)
     dispatch, combine = builder.alltoalls(routing_index, routing_here)
     etp = builder.etp_gather(served)  # expert tensor parallelism: the gather after the dispatch, the scatter
     # before the combine

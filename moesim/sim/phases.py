@@ -19,7 +19,6 @@ rank of the group waits for the slowest to arrive.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -28,81 +27,25 @@ from moesim.models import accounting
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all, low_latency_all_to_all
-from moesim.routing.capacity import expert_capacity
 from moesim.cost.model import ATTENTION_BLOCK, CostModel, causal_tile_share
 from moesim.cost.phase_features import PhaseWork, router_fit_key
+from moesim.sim.moe_block import moe_block_phases
+from moesim.sim.phase import (
+    BACKWARD_ATTENTION_FACTOR,
+    BACKWARD_MEMORY_FACTOR,
+    Phase,
+    StageProgram,
+    backward_order,
+    mean_seconds,
+    measured_or,
+    moe_work,
+    output_head_seconds,
+    relabel,
+)
 from moesim.sim.plan import Layer, StagePlan
+from moesim.sim.recompute import replayed_phases
 from moesim.sim.routing_load import LayerRouting
 from moesim.cluster.topology import Topology
-
-BACKWARD_ATTENTION_FACTOR = 2.5
-BACKWARD_MEMORY_FACTOR = 2.0
-BACKWARD_SHUFFLE_FACTOR = 1.0
-"""The permutation and un-permutation's backward over their forward where kernels are modelled: the same rows moved
-the other way (measured on the H200 by moesim's executor: 0.93-1.02x, `validation/NVIDIA-H200`)."""
-
-
-def moe_work(
-    strategy: str,
-    capacity_factor: Optional[float],
-    tokens: float,
-    hidden: int,
-    experts: int,
-    top_k: int,
-    served: Optional[float] = None,
-    padded: bool = False,
-    **extra: Any,
-) -> PhaseWork:
-    """One rank's work in one MoE layer (`PhaseWork`): the permutation's slots per token, the rows it carries
-    (tokens x slots, or experts x capacity when a capacity bounds them or every expert is padded to it; expert
-    choice lays a token's slots over every expert, as the executor does on a GPU) and the served slots (default:
-    every carried row)."""
-    width, carried = top_k, float(tokens * top_k)
-    if strategy == "expert_choice":
-        width = experts
-        carried = float(experts * (expert_capacity(int(tokens), experts, top_k, capacity_factor or 1.0) or 0))
-    elif capacity_factor is not None:
-        buffer = float(experts * (expert_capacity(int(tokens), experts, top_k, capacity_factor) or 0))
-        carried = buffer if padded else min(carried, buffer)
-    return PhaseWork(
-        tokens,
-        hidden,
-        experts,
-        top_k,
-        slots=carried if served is None else served,
-        carried_rows=carried,
-        sort_keys=float(tokens * width),
-        **extra,
-    )
-
-
-@dataclass
-class Phase:
-    """One step of a rank's program: compute (per-rank seconds) or a collective (network seconds)."""
-
-    name: str
-    layer: int
-    seconds: np.ndarray  # [ranks] for compute; one value for a collective
-    collective: bool = False
-    overlapped: Optional["Phase"] = None  # compute that runs while this collective is in flight
-    chunks: int = 1
-    bytes_across_nodes: float = 0.0
-    detail: dict = field(default_factory=dict)
-
-
-@dataclass
-class StageProgram:
-    """Forward and backward phases of one micro-batch on a stage."""
-
-    forward: list[Phase]
-    backward: list[Phase]
-    replayed_s: float = 0.0  # seconds of recomputed work in the backward (a rank's mean, waits not counted)
-
-
-def output_head_seconds(cost: CostModel, rows: float, hidden: int, vocab: int) -> float:
-    """The output head on `rows` rows: the vocabulary GEMM and a pass over the fp32 logits (read and written)."""
-    return float(cost.gemm_seconds(rows, hidden, vocab)) + cost.memory_seconds(8 * rows * vocab)
-
 
 EXECUTOR_OFFSET_KERNELS = 2
 """Kernels of the executor's experts phase beyond its grouped GEMMs and activation: the groups' offsets, a cumulative
@@ -287,7 +230,7 @@ class PhaseBuilder:
             top_k, active_experts=int(np.count_nonzero(rank_rows)), rows=float(rank_rows.sum()), ffn_seconds=arithmetic
         )
         offsets = EXECUTOR_OFFSET_KERNELS * self.cost.kernel_launch_s
-        return _or(self.cost.fitted("experts", work), arithmetic + offsets)
+        return measured_or(self.cost.fitted("experts", work), arithmetic + offsets)
 
     def experts_backward_seconds(self, rank_rows: np.ndarray) -> float:
         """One rank's experts backward (input and weight gradients) from the cost model."""
@@ -335,7 +278,7 @@ class PhaseBuilder:
                 Layer(-1, layer.is_moe, layer.cross_attention), routing, routing_index
             )
         forward, backward = self._layer_cache[key]
-        return _relabel(forward, layer.index), _relabel(backward, layer.index)
+        return relabel(forward, layer.index), relabel(backward, layer.index)
 
     def _layer_phases(
         self, layer: Layer, routing: list[LayerRouting], routing_index: Optional[int]
@@ -357,8 +300,6 @@ class PhaseBuilder:
             layer_forward.append(Phase("dense_ffn", layer.index, self.same(dense)))
             layer_backward.append(Phase("dense_ffn", layer.index, self.same(dense_backward)))
         else:
-            from moesim.sim.moe_block import moe_block_phases
-
             assert routing_index is not None
             block_forward, block_backward = moe_block_phases(self, layer, routing[routing_index], routing_index)
             layer_forward += block_forward
@@ -367,8 +308,6 @@ class PhaseBuilder:
 
     def replayed(self, layer: Layer, layer_forward: list[Phase]) -> list[Phase]:
         """What the layer's backward recomputes first (`moesim.sim.recompute`)."""
-        from moesim.sim.recompute import replayed_phases
-
         return replayed_phases(self, layer, layer_forward)
 
     def stage_program(self, stage: int, routing: list[LayerRouting], first_moe_layer: int) -> StageProgram:
@@ -392,8 +331,8 @@ class PhaseBuilder:
             forward += layer_forward
             # later layers' backward runs first: prepend; recomputation replays (part of) the forward first
             replay = self.replayed(layer, layer_forward)
-            replayed += sum(_mean_seconds(phase) for phase in replay)
-            backward[:0] = replay + _backward_order(layer_backward)
+            replayed += sum(mean_seconds(phase) for phase in replay)
+            backward[:0] = replay + backward_order(layer_backward)
         if stage == self.plan.num_stages - 1:
             vocab = model.vocab_size // self.tp
             loss = cost.memory_seconds(8 * self.tokens * vocab)
@@ -404,32 +343,3 @@ class PhaseBuilder:
             forward.append(Phase("lm_head", -1, self.same(head)))
             backward.insert(0, Phase("lm_head", -1, self.same(head_backward)))
         return StageProgram(forward, backward, replayed)
-
-
-def _or(measured: Optional[float], modelled: float) -> float:
-    """A calibrated phase time where the profile has one, else the roofline's."""
-    return modelled if measured is None else measured
-
-
-def _mean_seconds(phase: Phase) -> float:
-    """A phase's time on a rank, on average, with the work it overlaps when that takes longer."""
-    seconds = float(np.mean(phase.seconds))
-    return max(seconds, float(np.mean(phase.overlapped.seconds))) if phase.overlapped is not None else seconds
-
-
-def _relabel(phases: list[Phase], index: int) -> list[Phase]:
-    """Copies of a layer's phases (and the work they overlap) as layer `index`'s."""
-    copies: dict[int, Phase] = {}
-
-    def copy(phase: Phase) -> Phase:
-        if id(phase) not in copies:
-            overlapped = copy(phase.overlapped) if phase.overlapped is not None else None
-            copies[id(phase)] = replace(phase, layer=index, overlapped=overlapped)
-        return copies[id(phase)]
-
-    return [copy(phase) for phase in phases]
-
-
-def _backward_order(layer_backward: list[Phase]) -> list[Phase]:
-    """A layer's backward runs its forward pieces in reverse: MoE block first, attention last."""
-    return layer_backward[::-1]

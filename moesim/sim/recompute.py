@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moesim.sim.phases import Phase
+from moesim.sim.phase import Phase
 
 if TYPE_CHECKING:
     from moesim.sim.phases import PhaseBuilder

@@ -14,7 +14,7 @@ import torch
 
 from moesim.cost.model import CostModel
 from moesim.cost.phase_features import DEVICE_PHASE_FEATURES, PhaseWork, feature_vector, router_fit_key
-from moesim.sim.phases import moe_work
+from moesim.sim.phase import moe_work
 from moesim.validation.layer_cases import LayerCase, layer_grids
 from moesim.validation.timing import nonnegative_relative_fit
 from moesim.cost import model_from_profile

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
 from moesim.scenario import Scenario
-from moesim.sim.phases import Phase
+from moesim.sim.phase import Phase
 from moesim.sim.timeline.clocks import run_pipeline_fast, run_stage_fast
 from moesim.sim.timeline.simpy_engine import run_pipeline, run_stage
 from moesim.sim.timeline.spans import Slice, busy_by_phase

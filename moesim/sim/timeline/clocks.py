@@ -7,7 +7,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from moesim.sim.phases import Phase
+from moesim.sim.phase import Phase
 from moesim.sim.timeline.orders import stage_items
 from moesim.sim.timeline.spans import chunk_seconds
 

@@ -19,7 +19,7 @@ from typing import Generator, Iterable, Optional, Sequence
 
 import simpy
 
-from moesim.sim.phases import Phase
+from moesim.sim.phase import Phase
 from moesim.sim.timeline.orders import Item, stage_items
 from moesim.sim.timeline.spans import Slice, chunk_seconds
 

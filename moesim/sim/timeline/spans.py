@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moesim.sim.phases import Phase
+from moesim.sim.phase import Phase
 
 
 @dataclass(frozen=True)
