@@ -14,7 +14,8 @@ A snapshot holds, from the checkout the script sits in:
 Strings are compared only where they are not prose: notes, sources, paths and other sentences may change with a
 move (issue 24 allows it), so strings longer than 24 characters or holding a space or a slash are skipped. The
 numbers in PUBLISHED.md are read out of its text, in order, so a reworded sentence passes and a changed figure
-does not. Keys that time moesim itself (`WALL_CLOCK`) are skipped. Exit 0 when identical, 1 otherwise.
+does not. Sweep rows are compared point by point, whatever order the workers finished them in. Keys that time
+moesim itself (`WALL_CLOCK`) are skipped. Exit 0 when identical, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ def snapshot(out: Path, workers: int) -> None:
     out.write_text(json.dumps(figures, indent=1, sort_keys=True))
 
 
+def _sweep_point(row: dict) -> str:
+    """A sweep row's point: its swept settings (dotted paths other than the `phase.` columns)."""
+    return json.dumps({key: value for key, value in row.items() if "." in key and not key.startswith("phase.")})
+
+
+def normalised(figures: dict) -> dict:
+    """Sweep rows in the order of their points: a sweep with workers stores them as they finish."""
+    return {
+        name: sorted(value, key=_sweep_point) if name.startswith("sweep ") and isinstance(value, list) else value
+        for name, value in figures.items()
+    }
+
+
 def _prose(value: str) -> bool:
     return len(value) > 24 or " " in value or "/" in value
 
@@ -136,7 +150,8 @@ def main() -> int:
     if args.command == "snapshot":
         snapshot(args.out, args.workers)
         return 0
-    found = differences(json.loads(args.before.read_text()), json.loads(args.after.read_text()))
+    before, after = (normalised(json.loads(path.read_text())) for path in (args.before, args.after))
+    found = differences(before, after)
     for line in found[:200]:
         print(line)
     print(f"{len(found)} differences" if found else "identical: every number, key and short string")

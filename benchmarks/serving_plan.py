@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from moesim.errors import MoesimError
-from moesim.sim import scenario_routing
+from moesim.planning.serving import SharedIterationCosts, _overrides, serving_layouts
 from moesim.scenario import load_scenario, scenario_from_dict
 from moesim.serving import simulate_serving
-from moesim.planning.serving import SharedIterationCosts, _overrides, serving_layouts
+from moesim.sim import scenario_routing
 
 REPO = Path(__file__).resolve().parent.parent
 

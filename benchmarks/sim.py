@@ -28,12 +28,11 @@ from pathlib import Path
 
 from moesim import load_scenario, simulate
 from moesim.planning.prices import DEFAULT_PRICE_PER_GPU_HOUR
-from moesim.planning.training import _evaluate, candidates
 from moesim.planning.store import ResultsStore
 from moesim.planning.sweep import run_sweep
-from moesim.scenario import scenario_from_dict
+from moesim.planning.training import _evaluate, candidates
+from moesim.scenario import apply_overrides, read_document, scenario_from_dict
 from moesim.sim import routing_load, stages
-from moesim.scenario import apply_overrides, read_document
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,6 +7,8 @@ fix. The CLI prints that line and exits with code 2; anything else is a bug.
 
 from __future__ import annotations
 
+import difflib
+
 
 class MoesimError(Exception):
     """Base class for errors caused by user input, not by a bug in moesim.
@@ -29,8 +31,6 @@ class UnknownPresetError(ScenarioError):
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """One line for an unknown name: the closest known one, then all of them."""
-    import difflib
-
     lowered = str(name).lower()
     # a known name that the given one begins ('H100' -> 'H100-SXM') beats the closest spelling ('H800')
     extended = [

@@ -8,8 +8,8 @@ import pytest
 
 from moesim.models import PUBLISHED, Precision, model_preset, model_preset_names
 from moesim.models.accounting import (
-    active_params,
     activation_bytes_per_token,
+    active_params,
     attention_params,
     attention_score_flops_per_token,
     expert_params,

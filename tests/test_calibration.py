@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from moesim.errors import MoesimError
-from moesim.executor.launch import skewed_tokens
+from moesim.cost import model_from_profile
 from moesim.cost.phase_features import (
     DEVICE_PHASE_FEATURES,
     HOST_PHASE_FEATURES,
@@ -18,11 +17,12 @@ from moesim.cost.phase_features import (
     host_phase_features,
     router_fit_key,
 )
+from moesim.errors import MoesimError
+from moesim.executor.launch import skewed_tokens
 from moesim.validation.calibrate import LAYER_CONFIGS, calibrate, fit_latency_bandwidth
 from moesim.validation.timing import interleaved_samples, nonnegative_relative_fit
 from moesim.validation.validate import Config, default_grid
 from moesim.validation.validate_report import rule_orderings
-from moesim.cost import model_from_profile
 
 
 def test_fit_recovers_latency_and_bandwidth() -> None:

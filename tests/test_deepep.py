@@ -50,10 +50,10 @@ def test_low_latency_kernels_hold_the_sms_only_for_their_send_and_receive_phases
     """DeepEP's low-latency kernels hold no SMs while their messages fly (no stretch of the compute, unlike the
     normal kernels' `comm_sms`) but run their send and receive phases on the SMs: they replace the permutation
     and un-permutation, each the fixed synchronisation cost plus its bytes at HBM bandwidth."""
+    from moesim.sim.device import comm_stretch, cost_model_for
     from moesim.sim.moe_block import LOW_LATENCY_KERNEL_FIXED_S, low_latency_kernel_seconds
     from moesim.sim.phases import PhaseBuilder
     from moesim.sim.plan import StagePlan
-    from moesim.sim.device import comm_stretch, cost_model_for
 
     def scenario(algorithm: str) -> Any:
         document = _decode(algorithm)

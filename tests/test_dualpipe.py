@@ -7,6 +7,7 @@ import pytest
 
 from moesim.errors import MoesimError
 from moesim.scenario import scenario_from_dict
+from moesim.sim.step import simulate
 from moesim.sim.timeline.dualpipe import (
     Backward,
     Forward,
@@ -16,7 +17,6 @@ from moesim.sim.timeline.dualpipe import (
     dualpipe_step,
     rank_ops,
 )
-from moesim.sim.step import simulate
 
 
 @pytest.mark.parametrize("ranks, micro_batches", [(4, 8), (8, 20), (16, 120)])

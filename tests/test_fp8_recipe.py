@@ -9,10 +9,10 @@ from moesim.cluster.topology import Topology
 from moesim.errors import MoesimError
 from moesim.models.precision import Precision
 from moesim.scenario import scenario_from_dict
+from moesim.sim.device import cost_model_for
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import route_layers
-from moesim.sim.device import cost_model_for
 from moesim.sim.step import simulate
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from moesim.cost import model_from_profile
 from moesim.validation.layer_cases import layer_grids
 from moesim.validation.single_device import report_from_raw
 from moesim.validation.single_device_report import error_stats
-from moesim.cost import model_from_profile
 
 VALIDATION = Path(__file__).resolve().parent.parent / "validation"
 OUT_OF_MEMORY = {"NVIDIA-H200": 0, "NVIDIA-H100-80GB-HBM3": 3}

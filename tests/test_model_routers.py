@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from moesim.errors import MoesimError
-from moesim.sim.scenario_routing import router_for_scenario
 from moesim.scenario import scenario_from_dict
+from moesim.sim.scenario_routing import router_for_scenario
 
 TOKENS = 512
 

@@ -9,10 +9,10 @@ import pytest
 
 from moesim.errors import MoesimError
 from moesim.scenario import scenario_from_dict
+from moesim.sim.step import simulate
 from moesim.sim.timeline.clocks import run_pipeline_fast
 from moesim.sim.timeline.orders import Pair, interleaved_one_f_one_b, paired
 from moesim.sim.timeline.simpy_engine import run_pipeline
-from moesim.sim.step import simulate
 
 
 def test_steady_state_forwards_pair_with_the_backward_after_them() -> None:

@@ -11,9 +11,9 @@ import pytest
 
 from moesim.scenario import scenario_from_dict
 from moesim.sim import routing_load, stages
+from moesim.sim.step import simulate
 from moesim.sim.timeline.clocks import run_pipeline_fast
 from moesim.sim.timeline.simpy_engine import run_pipeline
-from moesim.sim.step import simulate
 
 OLMOE = {
     "model": {"preset": "olmoe-1b-7b", "num_layers": 4},

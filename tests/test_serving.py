@@ -127,11 +127,11 @@ def test_the_curve_trades_latency_for_throughput(tmp_path) -> None:  # type: ign
     latency = [result.tpot_s[50] for _, result in curve]
     assert [level for level, _ in curve] == [8, 32, 128]
     assert throughput == sorted(throughput) and latency == sorted(latency)
+    import json
+
     from typer.testing import CliRunner
 
     from moesim.cli import app
-
-    import json
 
     path = tmp_path / "curve.json"
     path.write_text(json.dumps(_mixtral()))
@@ -408,8 +408,8 @@ def test_a_pipeline_keeps_a_batch_in_flight_per_stage() -> None:
         sum(cost._attention(tokens, context, True, s) for s in (0, 1))
     )
     # a stage's GPU holds two of the four layers: twice the tokens a GPU holding all four would, shared by 2 engines
-    from moesim.sim.memory import memory_per_gpu
     from moesim.models import accounting
+    from moesim.sim.memory import memory_per_gpu
 
     memory = memory_per_gpu(cost._base, cost.plan)
     free = memory.capacity_bytes - memory.weights_bytes - memory.alltoall_buffer_bytes - memory.activations_bytes

@@ -56,8 +56,8 @@ def test_plan_serve_prints_a_verdict_and_exits_1_when_nothing_meets_the_targets(
 
 
 def test_the_search_splits_nodes_into_prefill_and_decode_pools_and_tries_tensor_parallel_replicas() -> None:
-    from moesim.scenario import scenario_from_dict
     from moesim.planning.serving import serving_layouts
+    from moesim.scenario import scenario_from_dict
 
     layouts = list(serving_layouts(scenario_from_dict(OLMOE), ["H100-SXM"], 16))
     splits = {layout.split for layout in layouts}
@@ -87,9 +87,9 @@ def test_a_model_one_node_cannot_hold_is_served_in_pipeline_stages_across_nodes(
     import pytest
 
     from moesim.errors import MoesimError
+    from moesim.planning.serving import Layout, _overrides, serving_layouts
     from moesim.scenario import scenario_from_dict
     from moesim.serving import simulate_serving
-    from moesim.planning.serving import Layout, _overrides, serving_layouts
 
     mixtral = {**OLMOE, "model": {"preset": "mixtral-8x7b", "num_layers": 32}}
     layouts = list(serving_layouts(scenario_from_dict(mixtral), ["H100-SXM"], 32))
@@ -113,10 +113,10 @@ def test_layouts_with_the_same_pools_but_other_node_counts_share_one_iteration_m
     """The planner builds iteration times once per pool shape (`iteration_cost_key`): an EP group's ranks and
     links are the same in any cluster that holds it, so a deployment served with shared iteration times gets
     exactly the figures it gets alone, one pool or two."""
+    from moesim.planning.serving import Layout, SharedIterationCosts, _overrides
     from moesim.scenario import scenario_from_dict
     from moesim.serving import prefill_pool_scenario, simulate_serving
     from moesim.serving.iteration import iteration_cost_key
-    from moesim.planning.serving import Layout, SharedIterationCosts, _overrides
 
     def scenario(layout: Layout):  # type: ignore[no-untyped-def]
         return scenario_from_dict(OLMOE, _overrides(layout, 40.0, 3.0, 8192, 64))

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from moesim.cluster.hardware import gpu_preset
-from moesim.cost.shipped_profiles import SHIPPED_PROFILES, shipped_profile
+from moesim.cost import model_for_gpu
 from moesim.cost.build import ffn_backward_seconds
-from moesim.cost.kernel_tables import shipped_tables
 from moesim.cost.fp8 import Fp8Speedup
 from moesim.cost.gemm_fit import dense_errors, fit_dense_model, relative_errors
 from moesim.cost.grouped import GroupedGemmModel
-from moesim.cost import model_for_gpu
+from moesim.cost.kernel_tables import shipped_tables
+from moesim.cost.shipped_profiles import SHIPPED_PROFILES, shipped_profile
 
 DEVICES = {"H200": "h200-2026-11-26", "H100-SXM": "h100-2026-11-26"}
 
@@ -226,9 +226,9 @@ def test_attention_costs_each_query_block_and_fits_prompts_and_decode_timed_in_a
     run at 44% of peak, long ones at 62%); decode batches that fill the GPU read their KV caches at the copy
     bandwidth. Small decode batches with long caches are PyTorch's kernel without split-KV (an engine's splits the
     cache over the SMs): left out of the check, and said so."""
-    from moesim.models import model_preset
     from moesim.cost.kernel_tables import causal_attention_flops, causal_query_blocks
     from moesim.cost.model import causal_tile_share
+    from moesim.models import model_preset
 
     tables = shipped_tables(DEVICES[gpu])
     cost = model_for_gpu(gpu_preset(gpu))

@@ -13,20 +13,19 @@ from typer.testing import CliRunner
 
 import moesim
 from moesim import scenario_from_dict
-from moesim.errors import ScenarioError
 from moesim.cli import app
 from moesim.cluster.topology import Topology
-from moesim.errors import MoesimError
+from moesim.cost import model_for_gpu, model_from_profile
+from moesim.errors import MoesimError, ScenarioError
 from moesim.sim.collectives import Traffic, all_reduce_time, all_to_all
-from moesim.sim.timeline.clocks import run_stage_fast
-from moesim.sim.timeline.orders import one_f_one_b
-from moesim.sim.timeline.simpy_engine import run_pipeline, run_stage
 from moesim.sim.phase import Phase
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import LayerRouting
 from moesim.sim.step import simulate
-from moesim.cost import model_for_gpu, model_from_profile
+from moesim.sim.timeline.clocks import run_stage_fast
+from moesim.sim.timeline.orders import one_f_one_b
+from moesim.sim.timeline.simpy_engine import run_pipeline, run_stage
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,11 +11,11 @@ import typer
 from rich.table import Table
 
 from moesim.cli.common import (
-    progress_bar,
     SET_HELP,
     app,
     console,
     output_file,
+    progress_bar,
     user_errors_exit_2,
 )
 from moesim.errors import MoesimError

@@ -23,9 +23,9 @@ def plan_serving_command(
 ) -> None:
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
+    from moesim.planning.serving import plan_serving
     from moesim.scenario import scenario_from_dict
     from moesim.serving.checked import checked_words
-    from moesim.planning.serving import plan_serving
 
     rate = request_rate or scenario_from_dict(document).serving.request_rate
     if rate is None:

@@ -11,16 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from moesim.cli.common import (
-    progress_bar,
-    fit_columns,
     SET_HELP,
     _interrupt,
     app,
     console,
+    fit_columns,
     output_file,
     output_folder,
     print_json,
     print_table,
+    progress_bar,
     user_errors_exit_2,
 )
 from moesim.cli.plan_serving import plan_serving_command

@@ -36,7 +36,6 @@ def check(
     import yaml
 
     from moesim.scenario import load_scenario
-
     from moesim.sim.memory import check_fits, memory_per_gpu
     from moesim.sim.plan import StagePlan
 
@@ -67,10 +66,10 @@ def route(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Route the scenario's router scores under one or more rules and compare them."""
-    from moesim.sim.scenario_routing import compare_rules, scores_for_scenario
-    from moesim.routing.names import ROUTING_STRATEGIES
     from moesim.errors import unknown_name_message
+    from moesim.routing.names import ROUTING_STRATEGIES
     from moesim.scenario import load_scenario
+    from moesim.sim.scenario_routing import compare_rules, scores_for_scenario
 
     resolved = load_scenario(scenario, overrides)
     chosen = list(strategies) or [resolved.routing.strategy]

@@ -23,10 +23,11 @@ fast path against shortest paths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Optional
 
+import networkx as nx
 import numpy as np
 
 DEFAULT_NODES_PER_LEAF = {"rail_optimized": 32, "fat_tree": 4, "single_switch": 1 << 30}
@@ -71,8 +72,6 @@ class Topology:
 
     def with_bandwidth_scale(self, factor: float) -> "Topology":
         """The same cluster with every link `factor` times faster."""
-        from dataclasses import replace
-
         return replace(
             self, scale_up_bytes_per_s=self.scale_up_bytes_per_s * factor, nic_bytes_per_s=self.nic_bytes_per_s * factor
         )
@@ -193,8 +192,6 @@ class Topology:
     def to_networkx(self) -> Any:
         """The cluster as a directed networkx graph; edges carry `bandwidth` (bytes/s), `latency` (s) and `link`
         (resource id)."""
-        import networkx as nx
-
         graph = nx.DiGraph()
         offsets = self._offsets
 

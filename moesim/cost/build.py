@@ -32,18 +32,18 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from moesim.cluster.hardware import GpuSpec
-from moesim.cost.kernel_tables import KernelTables, causal_attention_flops, causal_query_blocks
-from moesim.cost.model import causal_tile_share
 from moesim.cost.fp8 import Fp8Speedup
 from moesim.cost.gemm_fit import (
     GroupedSample,
-    minimise_log,
     dense_errors,
     fit_dense_model,
     fit_forward_then_gradient,
+    minimise_log,
     relative_errors,
 )
 from moesim.cost.grouped import GroupedGemmModel
+from moesim.cost.kernel_tables import KernelTables, causal_attention_flops, causal_query_blocks
+from moesim.cost.model import causal_tile_share
 
 SMS = 132
 """Multiprocessors of an H100 / H200 / H800 SXM."""

@@ -9,8 +9,8 @@ and an HBM copy. Every file but `gemm_bf16.csv` and `hbm_copy.json` is optional.
 from __future__ import annotations
 
 import csv
-import math
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional

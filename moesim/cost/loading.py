@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from moesim.cluster.hardware import gpu_preset, gpu_preset_names
+from moesim.cost.fp8 import Fp8Speedup
+from moesim.cost.grouped import GroupedGemmModel
 from moesim.cost.model import (
     DEFAULT_ATTENTION_EFFICIENCY,
     DEFAULT_BACKWARD_GEMM_FACTOR,
@@ -18,8 +20,6 @@ from moesim.cost.model import (
     KERNEL_FIELDS,
     CostModel,
 )
-from moesim.cost.fp8 import Fp8Speedup
-from moesim.cost.grouped import GroupedGemmModel
 from moesim.cost.phase_features import phase_fit_entry
 from moesim.cost.shipped_profiles import shipped_profile, shipped_profile_path
 from moesim.cost.shipping import scaled_phase_fit

@@ -29,16 +29,15 @@ scatter-add: shipped profiles carry the H200 executor's measured costs).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from moesim.errors import MoesimError
 from moesim.cost.fp8 import Fp8Speedup, assumed_speedup
 from moesim.cost.grouped import GroupedGemmModel
 from moesim.cost.phase_features import PhaseWork, feature_vector
+from moesim.errors import MoesimError
 
 DEFAULT_MAX_EFFICIENCY = 0.75  # large bf16 GEMMs reach about 70-80% of dense peak on Hopper/Ampere
 DEFAULT_HALF_ROWS = 128.0  # rows at which a GEMM reaches half of that

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from moesim.cluster.hardware import gpu_preset
-from moesim.cost.shipped_profiles import SHIPPED, SHIPPED_PROFILES
 from moesim.cost.build import KERNEL_LAUNCH_S, build_profile
 from moesim.cost.kernel_tables import shipped_tables
+from moesim.cost.shipped_profiles import SHIPPED, SHIPPED_PROFILES
 
 DEVICE_NAMES = {"H200": "NVIDIA-H200", "H100-SXM": "NVIDIA-H100-80GB-HBM3"}
 """GPU preset -> the device name its executor measurements are filed under."""

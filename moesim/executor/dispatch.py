@@ -71,6 +71,7 @@ class ExpertParallel:
     def _differentiable_exchange(self, data: torch.Tensor, out_splits: list[int], in_splits: list[int]) -> torch.Tensor:
         out = data.new_empty((sum(out_splits), *data.shape[1:]))
         if self.use_alltoall:
+            # multi-rank runs only; not every torch build has torch.distributed.nn
             from torch.distributed.nn.functional import all_to_all_single
 
             with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd op

@@ -27,7 +27,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moesim.scenario import Scenario
+from moesim.errors import MoesimError
+from moesim.executor.dispatch import ExpertParallel
+from moesim.executor.layer import MoELayer
+from moesim.models.spec import GATED_ACTIVATIONS
+from moesim.scenario import Scenario, scenario_from_dict
+from moesim.sim.scenario_routing import router_for_scenario
+from moesim.workload import RouterScores, save_trace
 
 
 def free_port() -> int:
@@ -109,8 +115,6 @@ EXECUTOR_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.
 def executor_dtype(scenario: Scenario) -> torch.dtype:
     """The torch dtype of the scenario's activations (bf16 by default); fp8 compute and padding to capacity are not
     executed."""
-    from moesim.errors import MoesimError
-
     name = scenario.workload.precision.activations
     if name not in EXECUTOR_DTYPES:
         raise MoesimError(
@@ -132,9 +136,6 @@ def executor_dtype(scenario: Scenario) -> torch.dtype:
 
 def layer_for(scenario: Scenario, device: torch.device, parallel: Any = None):  # type: ignore[no-untyped-def]
     """The scenario's MoE layer on `device` in the scenario's precision (expert-parallel when `parallel` is given)."""
-    from moesim.executor.layer import MoELayer
-    from moesim.sim.scenario_routing import router_for_scenario
-
     model = scenario.model
     return MoELayer(
         model.hidden_size,
@@ -175,8 +176,6 @@ def _save_scores(layer: Any, x: torch.Tensor, token_ids: torch.Tensor, rank: int
     dist.all_gather(gathered, logits)
     dist.all_gather(ids, token_ids.cpu())
     if rank == 0:
-        from moesim.workload import RouterScores, save_trace
-
         source = torch.arange(world).repeat_interleave(x.shape[0])
         save_trace(trace_path, [RouterScores(torch.cat(gathered), torch.cat(ids), source, 0)])
 
@@ -191,9 +190,6 @@ def _layers_worker(
     repeats: int,
     trace_paths: list[Optional[str]],
 ) -> list[dict[str, Any]]:
-    from moesim.scenario import scenario_from_dict
-
-    from moesim.executor.dispatch import ExpertParallel
 
     device = torch.device(f"cuda:{rank}") if dist.get_backend() == "nccl" else torch.device("cpu")
     setups = []
@@ -282,8 +278,6 @@ def measure_layers(
 def layer_bytes(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = None) -> float:
     """Bytes one rank holds to run the scenario's MoE layer: its experts' weights (and their gradients when
     training), the router and shared experts, and a few copies of its tokens' activations (a rough bound)."""
-    from moesim.models.spec import GATED_ACTIVATIONS
-
     model = scenario.model
     element = 4 if executor_dtype(scenario) == torch.float32 else 2
     gated = 3 if model.expert_ffn_activation in GATED_ACTIVATIONS else 2
@@ -297,8 +291,6 @@ def layer_bytes(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] =
 
 def check_host_memory(scenario: Scenario, ranks: int, tokens_per_rank: Optional[int] = None) -> None:
     """Stop before launching when the ranks' layers cannot fit in this machine's available memory."""
-    from moesim.errors import MoesimError
-
     try:
         available = next(
             int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable")

@@ -168,7 +168,7 @@ def busiest_share_curve(log: dict[str, Any], count: int = 2) -> np.ndarray:
 
 
 def plot_balance(logs: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # heavy: loaded only where a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

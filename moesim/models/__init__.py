@@ -1,8 +1,8 @@
 """Model architectures (`ModelSpec`), published presets and their accounting."""
 
 from moesim.models.accounting import (
-    active_params,
     activation_bytes_per_token,
+    active_params,
     forward_flops_per_token,
     kv_cache_bytes_per_token,
     summarize,

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def figure_png(draw: Any, width: float = 7.0, height: float = 3.6) -> bytes:
-    import matplotlib
+    import matplotlib  # heavy: loaded only where a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -41,7 +41,7 @@ def phase_plot(result: Any) -> bytes:
     segments = phase_segments(result.phase_seconds)
 
     def draw(axes: Any) -> None:
-        import matplotlib
+        import matplotlib  # heavy: loaded only where a plot is drawn
 
         colours = matplotlib.colormaps["tab10"].colors
         left = 0.0

@@ -18,26 +18,30 @@ import numpy as np
 
 from moesim.errors import MoesimError
 from moesim.planning.accuracy import validation_line
-from moesim.planning.prices import FALLBACK_PRICE_PER_GPU_HOUR
 from moesim.planning.plots import (
-    latency_cdf_plot,
-    serving_curve_plot,
-    iteration_plot,
     drop_plot,
     figure_png,
+    iteration_plot,
+    latency_cdf_plot,
     load_heatmap,
     memory_plot,
     pareto_plot,
     phase_plot,
+    serving_curve_plot,
 )
+from moesim.planning.prices import FALLBACK_PRICE_PER_GPU_HOUR
+from moesim.planning.store import ResultsStore
 from moesim.scenario import Scenario, scenario_from_dict
+from moesim.serving import concurrency_curve, prefill_pool_scenario, simulate_serving
+from moesim.serving.engine import draw_lengths
+from moesim.serving.iteration import IterationCost
+from moesim.sim.routing_load import route_layers
+from moesim.sim.sources import phases_by_source
+from moesim.sim.step import simulate
 
 
 def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) -> tuple[Path, Path]:
     """Simulate, plot and write report.html and report.md into `out_dir`."""
-    from moesim.sim.routing_load import route_layers
-    from moesim.sim.step import simulate
-
     document = scenario.model_dump(mode="json")
     mode = ["simulation.network_mode=fast"] if fast else []
     result = simulate(scenario_from_dict(document, mode))
@@ -97,7 +101,6 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         *serving_notes,
         *result.notes,
     ]
-    from moesim.sim.sources import phases_by_source
 
     lines = [f"{', '.join(phases)}: {label}" for label, phases in phases_by_source(result.sources)]
     return write_pages(
@@ -108,8 +111,6 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
 def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, float]], list[tuple[str, str]]]:
     """Throughput and price at half, the same and twice the nodes (fast network mode), and the sizes that cannot
     run with why. Training keeps its global batch; serving gives each data-parallel replica its own batch."""
-    from moesim.sim.step import simulate
-
     points, unrunnable = [], []
     per_replica = ["workload.global_batch_size=null"] if scenario.workload.mode == "inference" else []
     for nodes in sorted(
@@ -143,10 +144,6 @@ def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, flo
 def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
     """Latency distributions of the `serving` requests, the throughput-latency curve over concurrency (what
     `moesim serve` reports) and where an iteration's time goes, or none with the reason in `notes`."""
-    from moesim.serving import concurrency_curve, prefill_pool_scenario, simulate_serving
-    from moesim.serving.engine import draw_lengths
-    from moesim.serving.iteration import IterationCost
-
     ranks = scenario.cluster.world_size // (scenario.parallelism.tp_size * scenario.parallelism.cp_size)
     spec = scenario.serving
     try:
@@ -290,8 +287,6 @@ def write_results_report(
 ) -> tuple[Path, Path]:
     """A report over one sweep of a results store (default: the latest): every point's step time, throughput and
     drops in plots and a table; the fastest point; the store's other sweeps listed."""
-    from moesim.planning.store import ResultsStore
-
     with ResultsStore(store_path) as store:
         sweeps = store.sweeps()
         if not sweeps:

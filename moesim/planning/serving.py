@@ -25,8 +25,8 @@ from moesim.planning import pareto
 from moesim.planning.prices import check_gpus_and_prices, merged_prices, price_per_gpu_hour
 from moesim.scenario import Scenario, scenario_from_dict
 from moesim.serving import ServingResult, simulate_serving
-from moesim.serving.pools import deployment_load, pool_scenarios
 from moesim.serving.iteration import IterationCost, iteration_cost_key
+from moesim.serving.pools import deployment_load, pool_scenarios
 
 KEEPS_UP = 0.95
 """By default a deployment keeps up when the rate asks at most this share of what its engines serve at their

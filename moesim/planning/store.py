@@ -141,7 +141,7 @@ def export_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def export_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
     try:
-        import pyarrow as pa
+        import pyarrow as pa  # optional: only --parquet needs it
         import pyarrow.parquet as pq
     except ModuleNotFoundError:
         raise MoesimError("Parquet export needs pyarrow: pip install 'moesim[parquet]'") from None

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import torch
+
 from moesim.errors import MoesimError
 from moesim.planning.grid import Point, grid
 from moesim.planning.store import ResultsStore
 from moesim.scenario import Scenario, scenario_from_dict
+from moesim.sim.step import simulate
 
 SUMMARY_FIELDS = (
     "step_time_s",
@@ -47,8 +50,6 @@ def sweep_id(document: dict[str, Any], swept: Sequence[str]) -> str:
 
 def run_point(document: dict[str, Any], overrides: list[str]) -> tuple[Optional[dict[str, Any]], Optional[str], float]:
     """Simulate one point (in a worker): (flat result, error line, seconds)."""
-    from moesim.sim.step import simulate
-
     started = time.perf_counter()
     try:
         result = simulate(scenario_from_dict(document, overrides))
@@ -160,7 +161,6 @@ def _leave_interrupts_to_the_parent() -> None:
     One thread per worker: the workers are the parallelism, and torch's own thread pool in each of them would
     oversubscribe the cores (a 2-worker sweep on 2 cores ran 9x slower than one process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
 
     torch.set_num_threads(1)
 
@@ -169,7 +169,7 @@ def _run_on_ray(
     document: dict[str, Any], todo: list[Point], record: Callable[..., None], address: Optional[str]
 ) -> None:
     try:
-        import ray
+        import ray  # optional: only --ray needs it
     except ModuleNotFoundError:
         raise MoesimError("--ray needs Ray: pip install 'moesim[ray]'") from None
     started_here = not ray.is_initialized()

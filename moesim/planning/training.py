@@ -23,6 +23,7 @@ from moesim.planning import pareto
 from moesim.planning.prices import check_gpus_and_prices, merged_prices, price_per_gpu_hour
 from moesim.routing.names import ROUTING_STRATEGIES
 from moesim.scenario import Scenario, scenario_from_dict
+from moesim.sim.step import simulate
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,6 @@ def candidates(
 def _evaluate(
     document: dict[str, Any], candidate: Candidate, mode: str, prices: dict[str, float], extra: Sequence[str] = ()
 ) -> Optional[Option]:
-    from moesim.sim.step import simulate
-
     try:
         scenario = scenario_from_dict(document, [*candidate.overrides(), f"simulation.network_mode={mode}", *extra])
         result = simulate(scenario)

@@ -47,7 +47,7 @@ QUEUE_TABLE = 2**24
 def _kernels() -> Optional[Any]:
     """The compiled kernels' module, or None when Triton is missing (imported on first use: it is heavy)."""
     try:
-        from moesim.routing import fused_triton
+        from moesim.routing import fused_triton  # optional and heavy: Triton, only on the fused path
     except ImportError:
         return None
     return fused_triton

@@ -17,7 +17,6 @@ from moesim.scenario.loading import (
     scenario_from_dict,
     scenario_json_schema,
 )
-from moesim.scenario.serving import ServingSpec
 from moesim.scenario.sections import (
     ClusterSpec,
     ParallelismSpec,
@@ -26,6 +25,7 @@ from moesim.scenario.sections import (
     SweepSpec,
     WorkloadSpec,
 )
+from moesim.scenario.serving import ServingSpec
 
 __all__ = [
     "MAX_WORLD_SIZE",

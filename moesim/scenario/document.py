@@ -10,8 +10,7 @@ from moesim.models.presets import model_preset
 from moesim.models.spec import ModelSpec
 from moesim.routing.names import unhonoured_settings
 from moesim.routing.rules import rule_options
-
-from moesim.scenario.serving import ServingSpec, most_tokens
+from moesim.scenario.paths import field_path_problem, section_class
 from moesim.scenario.sections import (
     ClusterSpec,
     ParallelismSpec,
@@ -22,6 +21,7 @@ from moesim.scenario.sections import (
     _expand_preset,
     _Section,
 )
+from moesim.scenario.serving import ServingSpec, most_tokens
 
 MAX_WORLD_SIZE = 2**20
 """The largest cluster a scenario may describe (the network model holds a few numbers per link)."""
@@ -58,6 +58,14 @@ class Scenario(_Section):
         if isinstance(data, dict) and "model" in data:
             data = {**data, "model": _expand_preset(data["model"], model_preset, "model")}
         return data
+
+    @model_validator(mode="after")
+    def _sweep_paths(self) -> "Scenario":
+        for path, values in self.sweep.params.items():
+            problem = field_path_problem(path.split("."), type(self))
+            if problem:
+                raise ValueError(f"sweep.params: '{path}': {problem}")
+        return self
 
     @model_validator(mode="after")
     def _check_and_fill(self) -> "Scenario":
@@ -240,16 +248,9 @@ def _reject_booleans(model: type[BaseModel], data: Any, prefix: str) -> None:
         kinds = {annotation, *getattr(annotation, "__args__", ())}
         if isinstance(value, bool) and bool(kinds & {int, float}) and bool not in kinds:
             raise ValueError(f"{prefix}{key}: {str(value).lower()} is not a number; give one")
-        section = _section_class(annotation)
+        section = section_class(annotation)
         if section is not None:
             _reject_booleans(section, value, f"{prefix}{key}.")
 
 
 # ---------------------------------------------------------------- paths and overrides
-def _section_class(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation (`X`, `Optional[X]`), if any."""
-    candidates = [annotation, *getattr(annotation, "__args__", ())]
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None

@@ -7,55 +7,31 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
-from moesim.cluster.hardware import GpuSpec
 from moesim.errors import ScenarioError
-from moesim.models.spec import ModelSpec
-
-from moesim.scenario.document import Scenario, _section_class
+from moesim.scenario.document import Scenario
+from moesim.scenario.paths import field_path_problem
 from moesim.scenario.sections import ClusterSpec
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+from moesim.cluster.hardware import gpu_preset_names
+from moesim.cluster.presets import cluster_preset_names
+from moesim.models.presets import model_preset_names
 
 
 def path_problem(path: Sequence[Any], root: type[BaseModel] = Scenario) -> str | None:
-    """Why a dotted scenario path does not name a field, or None if it does."""
-    cls: type[BaseModel] | None = root
-    for depth, part in enumerate(path):
-        if cls is None:
-            return None  # inside a free-form mapping (routing.options): anything goes
-        if part == "preset" and cls in (ModelSpec, GpuSpec, ClusterSpec):
-            continue
-        if part not in cls.model_fields:
-            where = ".".join(str(p) for p in path[:depth]) or "the top level"
-            return _nearest_key_message(str(part), list(cls.model_fields), where)
-        annotation = cls.model_fields[part].annotation
-        nested = _section_class(annotation)
-        if nested is None and depth < len(path) - 1 and not _is_mapping(annotation):
-            return f"'{part}' is a value, not a section"
-        cls = nested
-    return None
-
-
-def _is_mapping(annotation: Any) -> bool:
-    return getattr(annotation, "__origin__", None) is dict
-
-
-def _nearest_key_message(key: str, valid: list[str], where: str) -> str:
-    import difflib
-
-    def likeness(name: str) -> tuple[float, bool]:  # equally alike: the key's own completion first
-        return difflib.SequenceMatcher(None, key, name).ratio(), name.startswith(key)
-
-    best = max(valid, key=likeness, default=None)
-    close = [best] if best is not None and likeness(best)[0] >= 0.5 else []
-    hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
-    return f"unknown key '{key}' in {where}; {hint}"
+    """Why a dotted scenario path does not name a field, or None if it does (`paths.field_path_problem` from the
+    whole `Scenario`)."""
+    return field_path_problem(path, root)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b=c` into (["a", "b"], value), the value read as YAML (numbers, null, lists)."""
-    import yaml
-
     key, sep, raw = text.partition("=")
     path = [part.strip() for part in key.strip().split(".")]
     if not sep or not all(path):
@@ -94,8 +70,6 @@ def apply_overrides(document: dict[str, Any], overrides: Sequence[str]) -> dict[
 # ---------------------------------------------------------------- loading
 def read_document(path: str | Path) -> dict[str, Any]:
     """Parse a YAML, TOML or JSON scenario file into a mapping; every failure is a ScenarioError."""
-    import yaml
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -108,10 +82,6 @@ def read_document(path: str | Path) -> dict[str, Any]:
     syntax = {".toml": "TOML", ".json": "JSON"}.get(suffix, "YAML")
     try:
         if syntax == "TOML":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
             document = tomllib.loads(text)
         elif syntax == "JSON":
             document = json.loads(text)
@@ -182,9 +152,6 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
 
 def scenario_json_schema() -> dict[str, Any]:
     """JSON Schema of scenario files, with preset names allowed where a preset may stand."""
-    from moesim.cluster.hardware import gpu_preset_names
-    from moesim.models.presets import model_preset_names
-
     schema = Scenario.model_json_schema()
     defs = schema.setdefault("$defs", {})
 
@@ -207,7 +174,6 @@ def scenario_json_schema() -> dict[str, Any]:
         "description": Scenario.model_fields["model"].description,
     }
     cluster = defs["ClusterSpec"]["properties"]
-    from moesim.cluster.presets import cluster_preset_names
 
     cluster["preset"] = {
         "type": "string",

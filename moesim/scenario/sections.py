@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moesim.cluster.hardware import GpuSpec, gpu_preset
+from moesim.cluster.presets import cluster_preset
 from moesim.errors import MoesimError, ScenarioError
 from moesim.models.precision import Precision
 from moesim.routing.names import RoutingStrategy
@@ -71,8 +72,6 @@ class ClusterSpec(_Section):
     @classmethod
     def _resolve_gpu(cls, data: Any) -> Any:
         if isinstance(data, dict) and "preset" in data:
-            from moesim.cluster.presets import cluster_preset
-
             name = data["preset"]
             if not isinstance(name, str):
                 raise ScenarioError(f"cluster.preset: expected a preset name, got {name!r}")
@@ -273,12 +272,7 @@ class SweepSpec(_Section):
     @field_validator("params")
     @classmethod
     def _known_paths(cls, params: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        from moesim.scenario.loading import path_problem  # it walks the whole Scenario, defined after the sections
-
-        for path, values in params.items():
-            problem = path_problem(path.split("."))
-            if problem:
-                raise ValueError(f"sweep.params: '{path}': {problem}")
+        for path, values in params.items():  # the paths themselves: `Scenario`'s check, which knows every field
             if not values:
                 raise ValueError(f"sweep.params: '{path}' has no values; list at least one")
         return params

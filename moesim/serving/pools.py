@@ -5,18 +5,16 @@ request rate puts on the busier pool, which a planner reads before it serves any
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from moesim.errors import MoesimError
-from moesim.scenario import Scenario
+from moesim.scenario import Scenario, scenario_from_dict
 from moesim.scenario.serving import most_tokens
+from moesim.serving.iteration import IterationCost
 from moesim.serving.throughput import pool_load
 
-if TYPE_CHECKING:
-    from moesim.serving.iteration import IterationCost
 
-
-def kv_capacity_for(cost: "IterationCost", need: int) -> int:
+def kv_capacity_for(cost: IterationCost, need: int) -> int:
     """The KV cache tokens an engine holds, if it holds a request of `need` tokens (else an error)."""
     capacity = cost.kv_capacity_tokens()
     if capacity < need:
@@ -30,8 +28,6 @@ def kv_capacity_for(cost: "IterationCost", need: int) -> int:
 def prefill_pool_scenario(scenario: Scenario) -> Scenario:
     """The disaggregated prefill pool as a scenario of its own: its nodes, EP (default: the scenario's, at most the
     pool's GPUs) and TP, serving the same requests."""
-    from moesim.scenario import scenario_from_dict
-
     pool = scenario.serving.prefill_pool
     if pool is None:
         raise MoesimError("serving.prefill_pool: this scenario has no prefill pool")
@@ -59,15 +55,13 @@ class Pool:
     scenario: Scenario
     phase: str
     ranks: int
-    cost: "IterationCost"
+    cost: IterationCost
     kv_capacity: int
 
 
 def pool_scenarios(scenario: Scenario) -> list[tuple[Scenario, str]]:
     """Each pool of the deployment as a scenario of its own, with what its engines do: the scenario itself doing
     "both", or its "prefill" pool and its "decode" pool (the scenario's cluster)."""
-    from moesim.scenario import scenario_from_dict
-
     if scenario.serving.prefill_pool is None:
         return [(scenario, "both")]
     decode = scenario_from_dict(scenario.model_dump(mode="json"), ["serving.prefill_pool=null"])
@@ -75,12 +69,10 @@ def pool_scenarios(scenario: Scenario) -> list[tuple[Scenario, str]]:
 
 
 def deployment_pools(
-    scenario: Scenario, cost: Optional["IterationCost"], prefill_cost: Optional["IterationCost"]
+    scenario: Scenario, cost: Optional[IterationCost], prefill_cost: Optional[IterationCost]
 ) -> list[Pool]:
     """The deployment's pools (`pool_scenarios`) with their engines (`cost`: the one pool's or the decode pool's
     iteration times where already built, `prefill_cost` the prefill pool's)."""
-    from moesim.serving.iteration import IterationCost
-
     spec = scenario.serving
     if scenario.workload.mode != "inference":
         raise MoesimError("workload.mode: `moesim serve` serves an inference deployment; set workload.mode=inference")
@@ -97,7 +89,7 @@ def deployment_pools(
 
 
 def deployment_load(
-    scenario: Scenario, cost: Optional["IterationCost"] = None, prefill_cost: Optional["IterationCost"] = None
+    scenario: Scenario, cost: Optional[IterationCost] = None, prefill_cost: Optional[IterationCost] = None
 ) -> Optional[float]:
     """The load `simulate_serving` reports (the busier pool's), without serving the requests: a planner skips
     the engines of a deployment that cannot keep up."""

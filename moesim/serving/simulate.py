@@ -6,19 +6,20 @@ stream gets (latency percentiles, throughput, cost).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from moesim.models import accounting
 from moesim.scenario import Scenario
+from moesim.scenario.serving import ServingSpec
+from moesim.serving.capacity import pool_capacity
+from moesim.serving.checked import checked_words
+from moesim.serving.engine import EngineRun, run_engine
+from moesim.serving.iteration import IterationCost
 from moesim.serving.pools import Pool, deployment_pools, prefill_pool_scenario
 from moesim.serving.ranks import AttentionRecorder
 from moesim.serving.throughput import Served, closed_loop_steady, open_stream, pool_load
-
-if TYPE_CHECKING:
-    from moesim.scenario.serving import ServingSpec
-    from moesim.serving.engine import EngineRun
-    from moesim.serving.iteration import IterationCost
 
 PERCENTILES = (50, 90, 99)
 CURVE_GENERATIONS = 8
@@ -62,13 +63,11 @@ def _percentiles(values: list[float]) -> dict[int, float]:
 
 
 def simulate_serving(
-    scenario: Scenario, cost: Optional["IterationCost"] = None, prefill_cost: Optional["IterationCost"] = None
+    scenario: Scenario, cost: Optional[IterationCost] = None, prefill_cost: Optional[IterationCost] = None
 ) -> ServingResult:
     """Serve the scenario's `serving` requests and measure them (`cost`: iteration times already built for this
     deployment, or for its decode pool when disaggregated, and `prefill_cost` for its prefill pool, e.g. by
     `concurrency_curve`: building them is most of a run's time)."""
-    from moesim.serving.engine import run_engine
-
     par, spec = scenario.parallelism, scenario.serving
     if spec.prefill_pool is not None:
         return _disaggregated(scenario, prefill_cost, cost)
@@ -138,10 +137,8 @@ def simulate_serving(
     )
 
 
-def _rests_on(scenario: Scenario, cost: "IterationCost") -> str:
+def _rests_on(scenario: Scenario, cost: IterationCost) -> str:
     """What the iteration times rest on, and how they were checked on real GPUs."""
-    from moesim.serving.checked import checked_words
-
     gpu = scenario.cluster.gpu.name
     return f"{gpu} iteration times: {cost.cost.source}; {checked_words(gpu, cost.cost.source)}"
 
@@ -151,7 +148,7 @@ def _dollars_per_million(price_per_gpu_hour: float, gpus: int, output_tokens_per
     return price_per_gpu_hour * gpus / (output_tokens_per_s * 3600) * 1e6 if output_tokens_per_s else float("inf")
 
 
-def _measured(spec: "ServingSpec", run: "EngineRun", ranks: int, stream: Optional[Served]) -> tuple[list, Served]:
+def _measured(spec: ServingSpec, run: EngineRun, ranks: int, stream: Optional[Served]) -> tuple[list, Served]:
     """The requests an engine's latencies are measured over and what the `ranks` engines serve: an open stream's
     rate served (`stream`), a closed loop's steady window, or, for a batch (every request there at once) or a
     closed loop too short to reach a steady window, the whole run less its first requests."""
@@ -194,16 +191,13 @@ def _time_per_token(requests: list) -> list[float]:  # type: ignore[type-arg]
 
 
 def _disaggregated(
-    scenario: Scenario, prefill_cost: Optional["IterationCost"], decode_cost: Optional["IterationCost"]
+    scenario: Scenario, prefill_cost: Optional[IterationCost], decode_cost: Optional[IterationCost]
 ) -> ServingResult:
     """Prefill and decode on separate pools. Poisson arrivals split evenly over a pool's ranks stay Poisson, so one
     rank of each pool is simulated at its share of the rate; the decode pool's arrivals are taken as Poisson too
     (a request reaches it when its prompt is done and its KV cache has crossed the network, in the prefill pool's
     NICs' time). A request's end-to-end latency pairs the i-th request's time to first token with the i-th
     decoded request's time per output token."""
-    from moesim.serving.engine import run_engine
-    from moesim.models import accounting
-
     spec = scenario.serving
     pools = deployment_pools(scenario, decode_cost, prefill_cost)
     (prefill_pool, decode_pool), recorders = pools, [AttentionRecorder(pool.cost) for pool in pools]
@@ -276,16 +270,14 @@ def _disaggregated(
 
 
 def _prefill_feed(
-    spec: "ServingSpec", prefill_pool: "Pool", decoded: Served, stream: Optional[Served]
-) -> tuple["ServingSpec", Optional[Served], str, Served]:
+    spec: ServingSpec, prefill_pool: "Pool", decoded: Served, stream: Optional[Served]
+) -> tuple[ServingSpec, Optional[Served], str, Served]:
     """What the prefill pool is served, and what the deployment serves: an open stream's requests as they are;
     under a closed loop, the rate the decode pool serves at its concurrency, as a Poisson stream (the requests
     being prefilled at a time are few beside those decoding), unless that rate is beyond the prefill pool: then
     the deployment serves what the prefill pool can, and the pools' latencies are bounds (the prefill pool's queue
     taken as the whole concurrency, the decode pool's batch as all of it). Returns the prefill pool's requests,
     their stream, the note on the closed loop and the deployment's throughput."""
-    from moesim.serving.capacity import pool_capacity
-
     if stream is not None:
         return spec, stream, "", decoded
     rate = decoded.requests_per_s
@@ -312,14 +304,12 @@ def _prefill_feed(
 def concurrency_curve(
     scenario: Scenario,
     levels: Sequence[int],
-    cost: Optional["IterationCost"] = None,
-    prefill_cost: Optional["IterationCost"] = None,
+    cost: Optional[IterationCost] = None,
+    prefill_cost: Optional[IterationCost] = None,
 ) -> list[tuple[int, ServingResult]]:
     """Throughput against latency: the scenario's requests served closed-loop at each concurrency in `levels`
     (the iteration times built once, or `cost`'s, and the prefill pool's once, or `prefill_cost`'s), each with
     at least `CURVE_GENERATIONS` times its concurrency in requests, so that the loop holds it for a while."""
-    from moesim.serving.iteration import IterationCost
-
     cost = cost or IterationCost(scenario)
     if scenario.serving.prefill_pool is not None and prefill_cost is None:
         prefill_cost = IterationCost(prefill_pool_scenario(scenario))

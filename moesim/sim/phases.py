@@ -23,12 +23,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from moesim.cluster.topology import Topology
+from moesim.cost.model import ATTENTION_BLOCK, CostModel, causal_tile_share
+from moesim.cost.phase_features import PhaseWork, router_fit_key
 from moesim.models import accounting
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all, low_latency_all_to_all
-from moesim.cost.model import ATTENTION_BLOCK, CostModel, causal_tile_share
-from moesim.cost.phase_features import PhaseWork, router_fit_key
 from moesim.sim.moe_block import moe_block_phases
 from moesim.sim.phase import (
     BACKWARD_ATTENTION_FACTOR,
@@ -45,7 +46,6 @@ from moesim.sim.phase import (
 from moesim.sim.plan import Layer, StagePlan
 from moesim.sim.recompute import replayed_phases
 from moesim.sim.routing_load import LayerRouting
-from moesim.cluster.topology import Topology
 
 EXECUTOR_OFFSET_KERNELS = 2
 """Kernels of the executor's experts phase beyond its grouped GEMMs and activation: the groups' offsets, a cumulative

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from moesim.cluster.placement import Placement
+from moesim.reuse import reuse
 from moesim.routing.capacity import expert_capacity
-from moesim.sim.scenario_routing import router_for_scenario, scores_for_layers, warm_up_bias
 from moesim.routing.metrics import rank_traffic_tokens
 from moesim.routing.router import Router
 from moesim.scenario import Scenario
 from moesim.sim.collectives import Traffic
-from moesim.reuse import reuse
+from moesim.sim.scenario_routing import router_for_scenario, scores_for_layers, warm_up_bias
 
 
 @dataclass(frozen=True)

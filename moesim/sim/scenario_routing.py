@@ -9,6 +9,7 @@ for a comparison, as long as each rule honours the settings that decide the choi
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import OrderedDict
@@ -19,13 +20,13 @@ import torch
 
 from moesim.cluster.placement import Placement
 from moesim.errors import MoesimError
+from moesim.reuse import reuse
 from moesim.routing.bias_balanced import BiasBalancedRouter
 from moesim.routing.metrics import RoutingMetrics, summarize_routing
 from moesim.routing.names import unhonoured_settings
 from moesim.routing.registry import make_router, rule_options
 from moesim.routing.router import Router
 from moesim.scenario import Scenario
-from moesim.reuse import reuse
 from moesim.workload.scores import RouterScores
 from moesim.workload.synthetic import SyntheticScores
 from moesim.workload.trace import TraceError, load_trace
@@ -235,7 +236,5 @@ def compare_rules(scenario: Scenario, strategies: list[str], scores: list[Router
 
 def _with_first_gate(logits: Any) -> Any:
     """Scores for two-level dense-or-experts gating: a first column for the binary gate (log-mean-exp of the rest)."""
-    import math
-
     gate = torch.logsumexp(logits, dim=1, keepdim=True) - math.log(logits.shape[1])
     return torch.cat([gate, logits], dim=1)

@@ -8,16 +8,15 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-
 from moesim.cluster.topology import Topology
-from moesim.scenario import Scenario
 from moesim.cost.model import CostModel
+from moesim.reuse import reuse
+from moesim.scenario import Scenario
 from moesim.sim.breakdown import weight_gradient_seconds
-from moesim.sim.timeline import Slice, timeline_for
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
-from moesim.reuse import reuse
 from moesim.sim.routing_load import LayerRouting, route_layers
+from moesim.sim.timeline import Slice, timeline_for
 
 
 @dataclass

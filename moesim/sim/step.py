@@ -10,26 +10,25 @@ batch through every stage, then `decode_tokens` decode steps at the mean context
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from moesim.cluster.topology import Topology
+from moesim.cost.model import CostModel
 from moesim.models import accounting
 from moesim.scenario import Scenario
-from moesim.sim.collectives import all_reduce_time
-from moesim.cost.model import CostModel
 from moesim.sim.breakdown import stage_work
+from moesim.sim.collectives import all_reduce_time
+from moesim.sim.device import comm_stretch, cost_model_for
+from moesim.sim.inference import static_batch
+from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
+from moesim.sim.plan import StagePlan
+from moesim.sim.result import StepResult
+from moesim.sim.routing_load import routing_summary
+from moesim.sim.sources import phase_sources
+from moesim.sim.stages import StagePasses, simulate_stages
 from moesim.sim.timeline import Slice, timeline_for
 from moesim.sim.timeline.dualpipe import chunks_of, dualpipe_step
 from moesim.sim.timeline.orders import overlapped_seconds, stage_items
-from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
-from moesim.sim.plan import StagePlan
-from moesim.sim.stages import simulate_stages, StagePasses
-from moesim.sim.routing_load import routing_summary
-from moesim.sim.result import StepResult
-from moesim.sim.device import comm_stretch, cost_model_for
-from moesim.sim.inference import static_batch
-from moesim.sim.sources import phase_sources
 
 
 def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:

@@ -33,6 +33,8 @@ import torch
 
 from moesim.cost.model import CostModel
 from moesim.cost.phase_features import HOST_PHASE_FEATURES, host_phase_features, router_fit_key
+from moesim.executor.launch import measure_layers, spawn
+from moesim.scenario import scenario_from_dict
 from moesim.validation.microbench import (  # noqa: F401  (re-exported: callers name them from here)
     BACKWARD_SIZES,
     GEMM_SHAPES,
@@ -96,8 +98,6 @@ def calibration_layers(ranks: int, quick: bool) -> list[CalibrationLayer]:
 
 def calibration_scenarios(ranks: int, quick: bool) -> tuple[list[CalibrationLayer], list[Any]]:
     """The calibration layers and a one-layer inference scenario for each (what `measure_layers` runs)."""
-    from moesim.scenario import scenario_from_dict
-
     layers = calibration_layers(ranks, quick)
     scenarios = [
         scenario_from_dict(
@@ -209,8 +209,6 @@ def measure_device(
     device: str, ranks: int, quick: bool, on_step: Optional[Callable[[str], None]] = None
 ) -> dict[str, Any]:
     """The micro-benchmarks: GEMM curve, memory, launch (every rank at once) and all_to_all_single against bytes."""
-    from moesim.executor.launch import spawn
-
     step = on_step or (lambda _: None)
     rounds, repeats = calibration_rounds(quick)
     rows = list(QUICK_GEMM_ROWS if quick else GEMM_ROWS)
@@ -330,8 +328,6 @@ def calibrate(
     (`moesim validate` runs the same calibration with its layers interleaved among the
     validation layers instead, so that both see the machine at the same times.)
     """
-    from moesim.executor.launch import measure_layers
-
     measured = measure_device(device, ranks, quick, on_step)
     layers, scenarios = calibration_scenarios(ranks, quick) if ranks > 1 else ([], [])
     reports = []

@@ -20,6 +20,10 @@ from typing import Any
 
 import torch
 
+from moesim.executor.launch import layer_for
+from moesim.validation.calibrate import device_name
+from moesim.validation.serving_cases import check_scenario
+
 DEVICE_OPS = ("kernel", "gpu_memset", "gpu_memcpy")
 """Trace categories of work on the device."""
 CASES = (("mixtral-8x7b", 16), ("mixtral-8x7b", 1024), ("qwen3-30b-a3b", 16), ("qwen3-30b-a3b", 1024))
@@ -53,9 +57,6 @@ def phase_counts(trace_events: list[dict[str, Any]]) -> dict[str, int]:
 
 def count_layer(model: str, tokens: int, device: torch.device) -> dict[str, int]:
     """Kernels by phase in one forward of `model`'s MoE layer over `tokens` tokens (after two untimed ones)."""
-    from moesim.executor.launch import layer_for
-    from moesim.validation.serving_check import check_scenario
-
     layer = layer_for(check_scenario(model, "H100-SXM", layers=1), device)
     x = torch.randn(tokens, layer.hidden_size, device=device, dtype=layer.expert_up.dtype)
     with torch.inference_mode():
@@ -83,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="validation", help="folder of the device reports")
     args = parser.parse_args(argv)
-    from moesim.validation.calibrate import device_name
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = device_name(device, 1)

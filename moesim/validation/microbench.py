@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from moesim.executor.launch import spawn
+from moesim.executor.layer import activate
 from moesim.validation.timing import interleaved_samples, median_seconds
 
 GEMM_SHAPES = ((96, 384), (192, 768), (384, 1536), (640, 1280), (384, 192), (768, 384), (1536, 640))
@@ -76,8 +78,6 @@ BACKWARD_SIZES = ((768, 192), (3072, 384), (1536, 768))
 
 def measure_backward_factor(device: torch.device, sizes: Sequence[tuple[int, int]], rounds: int, repeats: int) -> float:
     """An FFN's backward time (input and weight gradients) over its forward time under autograd; median over sizes."""
-    from moesim.executor.layer import activate
-
     tasks: dict[tuple[int, str], Callable[[], Any]] = {}
     for index, (rows, hidden) in enumerate(sizes):
         x = torch.randn(rows, hidden, device=device, requires_grad=True)
@@ -118,8 +118,6 @@ def _alltoall_worker(rank: int, world: int, sizes: list[int], rounds: int, repea
 
 def measure_alltoall(ranks: int, sizes: Sequence[int], rounds: int, repeats: int) -> list[tuple[int, float]]:
     """(bytes each rank sends in all, seconds) of all_to_all_single over spawned ranks; the slowest rank counts."""
-    from moesim.executor.launch import spawn
-
     per_rank = spawn(_alltoall_worker, ranks, [int(size) for size in sizes], rounds, repeats)
     return [(int(size), max(times[index] for times in per_rank)) for index, size in enumerate(sizes)]
 

@@ -22,111 +22,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from moesim.executor.launch import executor_dtype, layer_for
+from moesim.executor.timing import PhaseClock
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.sim.phases import PhaseBuilder
+from moesim.serving.iteration import IterationCost
+from moesim.validation.calibrate import device_name
+from moesim.validation.serving_cases import CHECK_LAYERS, GPU_CASES, QUICK_CASES, IterationCase, check_scenario, predict
+from moesim.validation.serving_check_report import render, shipped_gpu
 from moesim.validation.single_device import HOST_AHEAD_CYCLES
 
-CHECK_LAYERS = 4
-"""Decoder layers in the measured stack (the predicted scenario has as many): enough that per-layer costs dominate
-the embedding and head, few enough that the largest KV caches fit beside the weights."""
 REPEATS = 5
-
-
-@dataclass(frozen=True)
-class IterationCase:
-    """One engine iteration: `decode` sequences each reading `context` cached tokens, and `prompts` whole prompts
-    of `prompt_tokens` tokens each (causal)."""
-
-    model: str
-    decode: int = 0
-    context: int = 0
-    prompts: int = 0
-    prompt_tokens: int = 0
-
-    @property
-    def prefill_tokens(self) -> int:
-        return self.prompts * self.prompt_tokens
-
-    @property
-    def label(self) -> str:
-        parts = []
-        if self.decode:
-            parts.append(f"{self.decode} decode @ {self.context}")
-        if self.prompts:
-            parts.append(f"{self.prompts} x {self.prompt_tokens} prompt")
-        return " + ".join(parts)
-
-
-GPU_CASES = [
-    IterationCase(model, **shape)
-    for model in ("mixtral-8x7b", "qwen3-30b-a3b")
-    for shape in (
-        dict(decode=1, context=512),
-        dict(decode=4, context=512),
-        dict(decode=16, context=512),
-        dict(decode=32, context=512),
-        dict(decode=64, context=512),
-        dict(decode=128, context=512),
-        dict(decode=256, context=512),
-        dict(decode=512, context=512),
-        dict(decode=896, context=512),
-        dict(decode=64, context=4096),
-        dict(decode=256, context=2048),
-        dict(decode=32, context=8192),
-        dict(prompts=1, prompt_tokens=512),
-        dict(prompts=1, prompt_tokens=2048),
-        dict(prompts=1, prompt_tokens=8192),
-        dict(prompts=16, prompt_tokens=512),
-        dict(prompts=32, prompt_tokens=512),
-        dict(decode=256, context=512, prompts=8, prompt_tokens=512),
-        dict(decode=512, context=1024, prompts=1, prompt_tokens=4096),
-    )
-]
-QUICK_CASES = [
-    IterationCase("tiny-moe", decode=8, context=128),
-    IterationCase("tiny-moe", prompts=2, prompt_tokens=64),
-    IterationCase("tiny-moe", decode=4, context=64, prompts=1, prompt_tokens=32),
-]
-
-
-def check_scenario(model: str, gpu: str, layers: int = CHECK_LAYERS, token_budget: int = 16384) -> Scenario:
-    """The scenario moesim predicts a case with: the model cut to `layers` layers on one `gpu`, bf16, the
-    executor's eager MoE kernels, one engine without two-batch overlap."""
-    document = {
-        "name": f"serving-check-{model}",
-        "seed": 0,
-        "model": model,
-        "cluster": {"num_nodes": 1, "gpus_per_node": 1, "gpu": gpu},
-        "parallelism": {"tp_size": 1, "ep_size": 1},
-        "workload": {"mode": "inference", "micro_batch_size": 1, "seq_len": 2048},
-        "routing": {"strategy": "top_k", "capacity_factor": None},
-        "simulation": {"moe_kernels": "eager"},
-        "serving": {"token_budget": token_budget},
-    }
-    return scenario_from_dict(document, [f"model.num_layers={layers}"])
-
-
-def predict(case: IterationCase, cost: Any) -> dict[str, float]:
-    """moesim's seconds for the iteration by an `IterationCost`, and its attention blocks' (prompt tokens attend
-    to half their prompt on average, as the engine passes them). moesim's attention holds a layer's four norm and
-    residual-add kernels; the stack times the second pair with the MoE block, so half of them move there."""
-    prefill_context = case.prompt_tokens / 2
-    sampled = case.decode + case.prompts
-    total = cost.seconds(case.prefill_tokens, prefill_context, case.decode, case.context, sampled=sampled)
-    attention = cost._attention(case.prefill_tokens, prefill_context, False) + cost._attention(
-        case.decode, case.context, True
-    )
-    tokens = case.decode + case.prefill_tokens
-    builder = PhaseBuilder(cost._base, cost.plan, cost.cost, cost.forward.topology, tokens, 1, True)
-    norms = sum(builder.attention_parts(layer)["norms"] for layer in cost.plan.layers)
-    return {"iteration": total, "attention": attention - norms / 2}
 
 
 class DecoderStack:
@@ -134,8 +46,6 @@ class DecoderStack:
     and the output head, with weights drawn on the device."""
 
     def __init__(self, scenario: Scenario, device: torch.device) -> None:
-        from moesim.executor.launch import executor_dtype, layer_for
-
         model = scenario.model
         self.model, self.device, self.dtype = model, device, executor_dtype(scenario)
         dtype = self.dtype
@@ -211,8 +121,6 @@ class DecoderStack:
 
 def measure(stack: DecoderStack, case: IterationCase, repeats: int = REPEATS) -> dict[str, float]:
     """Median seconds of the iteration and of its attention, MoE and head blocks, as device work."""
-    from moesim.executor.timing import PhaseClock
-
     clock = PhaseClock(stack.device)
     cache = stack.caches(case)
     tokens = case.decode + case.prefill_tokens
@@ -246,8 +154,6 @@ def run_check(
     """Measure and predict every case, one model's stack on the device at a time (`save(rows)` after each)."""
     rows: list[dict] = []
     for model in dict.fromkeys(case.model for case in cases):
-        from moesim.serving.iteration import IterationCost
-
         scenario = check_scenario(model, gpu)
         cost = IterationCost(scenario)
         stack = DecoderStack(scenario, device)
@@ -278,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny model on the CPU, to try the check")
     parser.add_argument("--out", default="validation", help="folder of the device reports")
     args = parser.parse_args(argv)
-    from moesim.validation.calibrate import device_name
-    from moesim.validation.serving_check_report import render, shipped_gpu
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     name = device_name(device, 1)

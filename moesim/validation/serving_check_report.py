@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moesim.serving.iteration import IterationCost
+from moesim.validation.serving_cases import IterationCase, check_scenario, predict
+
 SHIPPED_GPUS = {"H100": "H100-SXM", "H200": "H200", "H800": "H800"}
 
 
@@ -27,10 +30,6 @@ def shipped_gpu(device: str) -> str:
 
 def compared(document: dict[str, Any]) -> list[dict[str, Any]]:
     """Every measured case with moesim's prediction made now, and the ratios."""
-    from moesim.validation.serving_check import IterationCase, check_scenario, predict
-
-    from moesim.serving.iteration import IterationCost
-
     costs: dict[str, Any] = {}
     rows = []
     for row in document["rows"]:

@@ -26,6 +26,11 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from moesim.executor.launch import skewed_tokens
+from moesim.executor.layer import MoELayer
+from moesim.routing import make_router
+from moesim.validation.calibrate import device_name
+from moesim.validation.kernels import measure_kernels
 from moesim.validation.layer_cases import GATED, LayerCase, LayerShape, layer_grids
 from moesim.validation.single_device_fit import (  # noqa: F401  (re-exported: the report and the CLI use them)
     FORWARD_PHASES,
@@ -51,8 +56,6 @@ class ResidentLayers:
         self.layers: OrderedDict[LayerShape, Any] = OrderedDict()
 
     def get(self, shape: LayerShape, router: Any) -> Any:
-        from moesim.executor.layer import MoELayer
-
         if shape in self.layers:
             self.layers.move_to_end(shape)
         else:
@@ -77,16 +80,12 @@ class ResidentLayers:
 
 
 def _router(case: LayerCase) -> Any:
-    from moesim.routing import make_router
-
     return make_router(case.rule, case.shape.experts, case.top_k, **case.router_options())
 
 
 def _inputs(
     case: LayerCase, layer: Any, index: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from moesim.executor.launch import skewed_tokens
-
     generator = torch.Generator(device=device).manual_seed(1000 + index)
     x = torch.randn(case.tokens, case.shape.hidden, generator=generator, device=device).to(dtype)
     x = skewed_tokens(x, layer.router_weight, case.skew)
@@ -188,9 +187,6 @@ def run_single_device(
 ) -> dict[str, Any]:
     """Measure kernels, calibration and (unless `validation` is False) validation layers on this device, interleaved;
     everything a profile and a report need, as raw data."""
-    from moesim.validation.calibrate import device_name
-    from moesim.validation.kernels import measure_kernels
-
     step = on_step or (lambda _: None)
     target = torch.device(device)
     calibration, held_out = layer_grids(device, quick)

@@ -12,12 +12,19 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from moesim.cluster.topology import Topology
+from moesim.cost import model_from_profile
 from moesim.cost.model import CostModel
 from moesim.cost.phase_features import DEVICE_PHASE_FEATURES, PhaseWork, feature_vector, router_fit_key
+from moesim.scenario import scenario_from_dict
+from moesim.sim.collectives import Traffic
 from moesim.sim.phase import moe_work
+from moesim.sim.phases import PhaseBuilder
+from moesim.sim.plan import StagePlan
+from moesim.sim.routing_load import LayerRouting
+from moesim.validation.kernels import dense_model_from, dense_peak, grouped_model_from
 from moesim.validation.layer_cases import LayerCase, layer_grids
 from moesim.validation.timing import nonnegative_relative_fit
-from moesim.cost import model_from_profile
 
 FORWARD_PHASES = ("router", "permute", "experts", "unpermute", "shared_experts")
 
@@ -36,8 +43,6 @@ def _gpu_of(profile: dict[str, Any]) -> dict[str, Any]:
 def base_profile(device_name: str, kernels: dict[str, Any], memory_gb: float) -> dict[str, Any]:
     """The profile's kernel models: dense efficiency curve by rows, copy bandwidth, and on a GPU the grouped-GEMM model
     (the CPU runs its experts one after another, so no grouped model describes it)."""
-    from moesim.validation.kernels import dense_model_from, dense_peak, grouped_model_from
-
     peak = dense_peak(kernels)
     by_rows: dict[int, list[float]] = {}
     for row in kernels["dense"]:
@@ -148,13 +153,6 @@ def predict_case(
     case: LayerCase, measured: dict[str, Any], profile: dict[str, Any], path: Path, cost: Optional[CostModel] = None
 ) -> dict[str, float]:
     """The simulator's seconds per phase of one case, replaying the expert loads its router produced."""
-    from moesim.cluster.topology import Topology
-    from moesim.scenario import scenario_from_dict
-    from moesim.sim.collectives import Traffic
-    from moesim.sim.phases import PhaseBuilder
-    from moesim.sim.plan import StagePlan
-    from moesim.sim.routing_load import LayerRouting
-
     scenario = scenario_from_dict(case.scenario_document(_gpu_of(profile), str(path)))
     loads = np.asarray(measured["loads"], dtype=float)
     requested = float(case.tokens * case.top_k)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from moesim.validation.single_device import FORWARD_PHASES
+from moesim.validation.validate_report import scatter_svg
 
 TARGET_MEDIAN, TARGET_P90 = 0.05, 0.15
 
@@ -39,8 +40,6 @@ def write_single_device_report(
 ) -> Path:
     """Write the report, `rows.json` and `layer_time.svg` into `folder` (beside the run's `raw.json`); the report's
     path."""
-    from moesim.validation.validate_report import scatter_svg
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rows.json").write_text(json.dumps(rows, indent=1))
     (folder / "layer_time.svg").write_text(scatter_svg(rows))

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
+from moesim.validation.calibrate import device_name
 from moesim.validation.single_device import HOST_AHEAD_CYCLES
 from moesim.validation.timing import median_seconds, seconds_in_stream
 
@@ -132,8 +134,6 @@ QUICK_ATTENTION = [("decode", 2, 4, 2, 1, 64), ("prefill", 1, 4, 2, 32, 32)]
 
 def _attention_kernel(case: tuple, device: torch.device, dtype: torch.dtype) -> Callable[[], object]:
     """One attention case's scaled dot-product attention call on fresh random operands (128-wide heads)."""
-    import torch.nn.functional as F
-
     kind, sequences, heads, kv_heads, queries, context = case
     width = 128
     keys = torch.randn(sequences, kv_heads, context, width, device=device, dtype=dtype)
@@ -208,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-only", action="store_true", help="time the attention kernels only")
     parser.add_argument("--row-sweep", action="store_true", help="Mixtral's grouped GEMMs around 128 rows a group")
     args = parser.parse_args(argv)
-    from moesim.validation.calibrate import device_name
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     name = device_name(device, 1)

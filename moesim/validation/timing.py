@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Hashable, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
+import torch
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -54,8 +55,6 @@ def interleaved_samples(
             work = tasks[key]
             for _ in range(repeats):
                 if on_gpu:
-                    import torch
-
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     start.record()
                     work()
@@ -85,7 +84,6 @@ def seconds_in_stream(work: Callable[[], Any], device: Any, calls: int, spin_cyc
         for _ in range(calls):
             work()
         return (time.perf_counter() - started) / calls
-    import torch
 
     torch.cuda.synchronize(device)
     torch.cuda._sleep(spin_cycles)
@@ -100,8 +98,6 @@ def seconds_in_stream(work: Callable[[], Any], device: Any, calls: int, spin_cyc
 
 def _spin_up(device: Any, seconds: float = 0.02) -> None:
     """Keep the GPU busy for about `seconds` so that its clocks are up when timing starts."""
-    import torch
-
     block = torch.ones(2048, 2048, device=device, dtype=torch.bfloat16)
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:

@@ -12,35 +12,20 @@ in the report can be re-checked without the ~10 MB of traces in the repository.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
-from moesim.workload import RouterScores
+from moesim.executor.launch import executor_dtype, layer_for, skewed_tokens
+from moesim.validation.validate import Config, scenario_for
+from moesim.workload import RouterScores, trace_digest
 
 
-def digest(scores: RouterScores) -> str:
-    """SHA-256 of the logits (float32), token ids and source ranks (int64), as a trace file stores them."""
-    sha = hashlib.sha256()
-    for array in (
-        scores.logits.float().numpy().astype(np.float32),
-        scores.token_ids.numpy().astype(np.int64),
-        scores.source_rank.numpy().astype(np.int64),
-    ):
-        sha.update(np.ascontiguousarray(array).tobytes())
-    return sha.hexdigest()
-
-
-def regenerate(config: Any) -> RouterScores:
+def regenerate(config: Config) -> RouterScores:
     """The router scores the executor's ranks saw for one validation configuration (`validate.Config`)."""
-    from moesim.executor.launch import executor_dtype, layer_for, skewed_tokens
-    from moesim.validation.validate import scenario_for
-
     scenario = scenario_for(config)
     layer = layer_for(scenario, torch.device("cpu"))
     count = scenario.workload.micro_batch_size * scenario.workload.seq_len
@@ -56,10 +41,8 @@ def regenerate(config: Any) -> RouterScores:
     return RouterScores(torch.cat(logits), torch.cat(ids), source, 0)
 
 
-def config_of(row: dict[str, Any]) -> Any:
+def config_of(row: dict[str, Any]) -> Config:
     """The `validate.Config` a validation row was measured for."""
-    from moesim.validation.validate import Config
-
     return Config(**row["config_fields"])
 
 
@@ -70,7 +53,7 @@ def check_rows(rows: list[dict[str, Any]]) -> tuple[int, list[str]]:
         if row.get("trace_sha256") and row["config"] not in seen:
             seen[row["config"]] = row["trace_sha256"]
     by_label = {row["config"]: row for row in rows}
-    differing = [label for label, sha in seen.items() if digest(regenerate(config_of(by_label[label]))) != sha]
+    differing = [label for label, sha in seen.items() if trace_digest(regenerate(config_of(by_label[label]))) != sha]
     return len(seen), differing
 
 

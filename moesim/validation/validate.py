@@ -21,12 +21,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from moesim.cluster.topology import Topology
+from moesim.cost import model_from_profile
+from moesim.executor.launch import measure_layers
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.sim.timeline.clocks import run_stage_fast
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan
 from moesim.sim.routing_load import route_layers
-from moesim.cost import model_from_profile
+from moesim.sim.timeline.clocks import run_stage_fast
+from moesim.validation.calibrate import calibration_scenarios, measure_device, write_profile
+from moesim.workload import load_trace, trace_digest
 
 MOE_PHASES = ("router", "permute", "dispatch", "experts", "combine", "unpermute")
 
@@ -232,11 +235,6 @@ def validate(
     change in the machine's speed during the run reaches calibration and validation
     alike; the profile fitted to them alone is written to `profile_dir`.
     """
-    from moesim.executor.launch import measure_layers
-    from moesim.validation.traces import digest
-    from moesim.workload import load_trace
-    from moesim.validation.calibrate import calibration_scenarios, measure_device, write_profile
-
     grid = default_grid(quick, ranks) + ([] if quick else held_out_grid(ranks))
     layers: list[Any] = []
     calibration: list[Scenario] = []
@@ -267,7 +265,7 @@ def validate(
             common = {
                 "config_fields": asdict(config),
                 "held_out": config.held_out,
-                "trace_sha256": digest(load_trace(trace)[0]),
+                "trace_sha256": trace_digest(load_trace(trace)[0]),
                 "config": config.label,
                 "ranks": ranks,
                 "mode": config.mode,

@@ -2,6 +2,6 @@
 
 from moesim.workload.scores import RouterScores
 from moesim.workload.synthetic import SyntheticScores
-from moesim.workload.trace import TraceError, load_trace, save_trace
+from moesim.workload.trace import TraceError, load_trace, save_trace, trace_digest
 
-__all__ = ["RouterScores", "SyntheticScores", "load_trace", "save_trace", "TraceError"]
+__all__ = ["RouterScores", "SyntheticScores", "load_trace", "save_trace", "trace_digest", "TraceError"]

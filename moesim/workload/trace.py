@@ -18,6 +18,7 @@ says what is wrong in one line.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +53,18 @@ def save_trace(path: str | Path, layers: Sequence[RouterScores]) -> Path:
         layer_index=np.array([scores.layer for scores in layers], dtype=np.int64),
     )
     return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def trace_digest(scores: RouterScores) -> str:
+    """SHA-256 of the logits (float32), token ids and source ranks (int64), as a trace file stores them."""
+    sha = hashlib.sha256()
+    for array in (
+        scores.logits.float().numpy().astype(np.float32),
+        scores.token_ids.numpy().astype(np.int64),
+        scores.source_rank.numpy().astype(np.int64),
+    ):
+        sha.update(np.ascontiguousarray(array).tobytes())
+    return sha.hexdigest()
 
 
 def load_trace(path: str | Path) -> list[RouterScores]:
