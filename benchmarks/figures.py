@@ -67,7 +67,9 @@ def _moesim_json(args: list[str]) -> object:
 def _env() -> dict[str, str]:
     import os
 
-    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    # MKL picks its threads by the machine's load unless told not to, and a reduction split another way moves the
+    # 16th digit (seen: the same checkout's `plan --serve` twice, 152 numbers apart at 1e-16 relative)
+    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "MKL_DYNAMIC": "FALSE"}
 
 
 def _published() -> list[str]:

@@ -2,9 +2,9 @@
 
 Two engines play the same schedules to the same times (the tests hold them equal):
 
-- `SimPyTimeline` (`simpy_engine.py`): a SimPy process per rank, collectives as barriers that end after the
+- `SIMPY` (`simpy_engine.py`): a SimPy process per rank, collectives as barriers that end after the
   slowest rank arrives, every span of every rank recorded (the Chrome trace and the report's plots read them);
-- `ClockTimeline` (`clocks.py`): per-rank clocks, the same arithmetic without processes and without spans: what a
+- `CLOCKS` (`clocks.py`): per-rank clocks, the same arithmetic without processes and without spans: what a
   planner's thousands of layouts need.
 
 `timeline_for(scenario)` chooses one, once: `simulation.timeline`, or by default SimPy with `network_mode: full`
@@ -16,7 +16,7 @@ DualPipe is its own player over its own op list (`dualpipe.py`, per-rank clocks 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Any, Callable
 
 from moesim.scenario import Scenario
 from moesim.sim.phase import Phase
@@ -35,68 +35,38 @@ class StageRun:
     slices: list[Slice] = field(default_factory=list)
 
 
-class Timeline(Protocol):
+@dataclass(frozen=True)
+class Timeline:
     """An engine that plays a stage's phases and a pipeline's 1F1B schedule."""
 
     name: str
     """What the notes call it."""
-
-    def stage(self, phases: list[Phase], ranks: int, pass_name: str, start: float = 0.0) -> StageRun: ...
-
-    def pipeline(
-        self,
-        forward: Sequence[float],
-        backward: Sequence[float],
-        micro_batches: int,
-        p2p_seconds: float,
-        chunks: int = 1,
-        pair_seconds: Optional[Sequence[float]] = None,
-    ) -> tuple[float, list[Slice]]: ...
+    stage: Callable[..., StageRun]
+    """(phases, ranks, pass name, start) -> one pass over a stage."""
+    pipeline: Callable[..., tuple[float, list[Slice]]]
+    """(forward, backward seconds per stage, micro-batches, p2p seconds, chunks, pair seconds) -> (seconds, spans)."""
 
 
-class SimPyTimeline:
-    """SimPy processes per rank, with every span recorded."""
-
-    name = "SimPy"
-
-    def stage(self, phases: list[Phase], ranks: int, pass_name: str, start: float = 0.0) -> StageRun:
-        seconds, slices = run_stage(phases, ranks, pass_name, start=start)
-        return StageRun(seconds, busy_by_phase(slices, ranks), slices)
-
-    def pipeline(
-        self,
-        forward: Sequence[float],
-        backward: Sequence[float],
-        micro_batches: int,
-        p2p_seconds: float,
-        chunks: int = 1,
-        pair_seconds: Optional[Sequence[float]] = None,
-    ) -> tuple[float, list[Slice]]:
-        return run_pipeline(forward, backward, micro_batches, p2p_seconds, chunks, pair_seconds)
+def _simpy_stage(phases: list[Phase], ranks: int, pass_name: str, start: float = 0.0) -> StageRun:
+    seconds, slices = run_stage(phases, ranks, pass_name, start=start)
+    return StageRun(seconds, busy_by_phase(slices, ranks), slices)
 
 
-class ClockTimeline:
-    """Per-rank clocks: the same times, no spans."""
-
-    name = "per-rank clocks"
-
-    def stage(self, phases: list[Phase], ranks: int, pass_name: str, start: float = 0.0) -> StageRun:
-        seconds, busy = run_stage_fast(phases, ranks)
-        return StageRun(seconds, busy)
-
-    def pipeline(
-        self,
-        forward: Sequence[float],
-        backward: Sequence[float],
-        micro_batches: int,
-        p2p_seconds: float,
-        chunks: int = 1,
-        pair_seconds: Optional[Sequence[float]] = None,
-    ) -> tuple[float, list[Slice]]:
-        return run_pipeline_fast(forward, backward, micro_batches, p2p_seconds, chunks, pair_seconds), []
+def _clock_stage(phases: list[Phase], ranks: int, pass_name: str, start: float = 0.0) -> StageRun:
+    seconds, busy = run_stage_fast(phases, ranks)
+    return StageRun(seconds, busy)
 
 
-TIMELINES: dict[str, Timeline] = {"simpy": SimPyTimeline(), "clocks": ClockTimeline()}
+def _clock_pipeline(*schedule: Any) -> tuple[float, list[Slice]]:
+    return run_pipeline_fast(*schedule), []
+
+
+SIMPY = Timeline("SimPy", _simpy_stage, run_pipeline)
+"""SimPy processes per rank, with every span recorded."""
+CLOCKS = Timeline("per-rank clocks", _clock_stage, _clock_pipeline)
+"""Per-rank clocks: the same times, no spans."""
+
+TIMELINES: dict[str, Timeline] = {"simpy": SIMPY, "clocks": CLOCKS}
 """The engines by the name `simulation.timeline` takes."""
 
 
@@ -111,4 +81,4 @@ def timeline_for(scenario: Scenario) -> Timeline:
     return TIMELINES[timeline_name(scenario)]
 
 
-__all__ = ["ClockTimeline", "SimPyTimeline", "Slice", "StageRun", "TIMELINES", "Timeline", "timeline_for"]
+__all__ = ["CLOCKS", "SIMPY", "Slice", "StageRun", "TIMELINES", "Timeline", "timeline_for", "timeline_name"]
