@@ -97,10 +97,9 @@ def predict(case: IterationCase, cost: Any) -> dict[str, float]:
     prefill_context = case.prompt_tokens / 2
     sampled = case.decode + case.prompts
     total = cost.seconds(case.prefill_tokens, prefill_context, case.decode, case.context, sampled=sampled)
-    attention = cost._attention(case.prefill_tokens, prefill_context, False) + cost._attention(
-        case.decode, case.context, True
-    )
+    attention = cost.attention_seconds(case.prefill_tokens, prefill_context, case.decode, case.context)
     tokens = case.decode + case.prefill_tokens
-    builder = PhaseBuilder(cost._base, cost.plan, cost.cost, cost.forward.topology, tokens, 1, True)
+    forward = cost.forward
+    builder = PhaseBuilder(forward.scenario, forward.plan, forward.cost, forward.topology, tokens, 1, True)
     norms = sum(builder.attention_parts(layer)["norms"] for layer in cost.plan.layers)
     return {"iteration": total, "attention": attention - norms / 2}
