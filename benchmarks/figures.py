@@ -26,6 +26,7 @@ import math
 import re
 import subprocess
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -156,6 +157,11 @@ def main() -> int:
     found = differences(before, after)
     for line in found[:200]:
         print(line)
+    if len(found) > 200:
+        print(f"(+{len(found) - 200} more)")
+    by_command = Counter(line[1:].split(".")[0].split("[")[0] for line in found)
+    for command, count in sorted(by_command.items()):
+        print(f"{command}: {count} differences")
     print(f"{len(found)} differences" if found else "identical: every number, key and short string")
     return 1 if found else 0
 
