@@ -115,7 +115,9 @@ def _run_stages(
                 took, pass_busy = run.seconds, run.busy
                 slices += run.slices
                 seconds.append(took)
-                collectives = {phase.name for phase in phases if phase.collective}
+                # in the phases' order, not a set's: a set of strings iterates in the hash's order, which moved the
+                # sum's last digit from one process to the next
+                collectives = dict.fromkeys(phase.name for phase in phases if phase.collective)
                 comm.append(sum(pass_busy.get(phase_name, 0.0) for phase_name in collectives))
                 for key, value in pass_busy.items():
                     busy[key] = busy.get(key, 0.0) + value
