@@ -34,11 +34,14 @@ from moesim.executor.timing import PhaseClock
 from moesim.scenario import Scenario, scenario_from_dict
 from moesim.serving.iteration import IterationCost
 from moesim.validation.calibrate import device_name
+from moesim.validation.held_out import SERVING_ITERATIONS
 from moesim.validation.serving_cases import CHECK_LAYERS, GPU_CASES, QUICK_CASES, IterationCase, check_scenario, predict
 from moesim.validation.serving_check_report import render, shipped_gpu
 from moesim.validation.single_device import HOST_AHEAD_CYCLES
 
 REPEATS = 5
+HELD_OUT = frozenset(SERVING_ITERATIONS)
+"""Iterations drawn before they were measured (`held_out.SERVING_ITERATIONS`): their rows carry `held_out`."""
 
 
 class DecoderStack:
@@ -165,7 +168,8 @@ def run_check(
                 torch.cuda.empty_cache()
                 continue
             predicted = predict(case, cost)
-            rows.append({"case": asdict(case), "label": case.label, "measured": measured, "predicted": predicted})
+            row = {"case": asdict(case), "label": case.label, "measured": measured, "predicted": predicted}
+            rows.append({**row, "held_out": case in HELD_OUT})
             if save:
                 save(rows)
             if progress:
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         document["rows"] = rows
         (folder / "serving.json").write_text(json.dumps(document, indent=1) + "\n")
 
-    save(run_check(QUICK_CASES if args.quick else GPU_CASES, device, gpu, save=save))
+    save(run_check(QUICK_CASES if args.quick else GPU_CASES + SERVING_ITERATIONS, device, gpu, save=save))
     (folder / "SERVING.md").write_text(render(document))
     print(render(document))
     return 0

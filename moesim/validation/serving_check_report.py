@@ -50,6 +50,7 @@ def compared(document: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": predicted["iteration"] / measured["iteration"],
                 "attention_ratio": predicted["attention"] / max(measured["attention"], 1e-12),
                 "rest_ratio": (predicted["iteration"] - predicted["attention"]) / max(rest, 1e-12),
+                "held_out": bool(row.get("held_out")),
             }
         )
     return rows
@@ -67,10 +68,23 @@ def errors(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def _error_line(kind: str, rows: list[dict[str, Any]], what: str) -> list[str]:
+    """The iteration error over one kind of rows (held out or development), or nothing where there are none."""
+    if not rows:
+        return []
+    summary = errors(rows)
+    return [
+        f"Iteration error, {kind} ({what}): median {summary['median']:.1%}, p90 {summary['p90']:.1%}, "
+        f"max {summary['max']:.1%}, signed median {summary['signed_median']:+.1%} over {len(rows)} iterations.",
+        "",
+    ]
+
+
 def render(document: dict[str, Any]) -> str:
     """SERVING.md: what ran, the table (80 columns), and the errors."""
     rows = compared(document)
-    summary = errors(rows)
+    development = [row for row in rows if not row["held_out"]]
+    held = [row for row in rows if row["held_out"]]
     lines = [
         f"# Serving iterations on {document['device']}: measured against moesim",
         "",
@@ -79,9 +93,8 @@ def render(document: dict[str, Any]) -> str:
         f"predicted with the shipped {document['predicted_gpu']} profile by `IterationCost` (regenerate: "
         "`python -m moesim.validation.serving_check_report <this folder>/serving.json`).",
         "",
-        f"Iteration error: median {summary['median']:.1%}, p90 {summary['p90']:.1%}, max {summary['max']:.1%}, "
-        f"signed median {summary['signed_median']:+.1%} over {len(rows)} iterations.",
-        "",
+        *_error_line("held out", held, "drawn before they were measured, validation/held_out/serving_iterations.json"),
+        *_error_line("development", development, "looked at while the model changed: not a held-out accuracy"),
         "```",
         f"{'model':13} {'iteration':34} {'measured':>9} {'moesim':>6} {'attn':>5} {'rest':>5}",
         f"{'':13} {'':34} {'ms':>9} {'x':>6} {'x':>5} {'x':>5}",
@@ -89,13 +102,13 @@ def render(document: dict[str, Any]) -> str:
     for row in rows:
         lines.append(
             f"{row['model'][:13]:13} {row['label'][:34]:34} {row['measured_ms']:9.3f} {row['ratio']:6.2f} "
-            f"{row['attention_ratio']:5.2f} {row['rest_ratio']:5.2f}"
+            f"{row['attention_ratio']:5.2f} {row['rest_ratio']:5.2f}" + (" *" if row["held_out"] else "")
         )
     lines += [
         "```",
         "",
         "x: moesim / measured, for the iteration, its attention blocks (norm, QKV, attention, output projection) "
-        "and the rest (embedding, MoE blocks, head on the sampled rows).",
+        "and the rest (embedding, MoE blocks, head on the sampled rows)." + (" *: held out." if held else ""),
         "",
     ]
     return "\n".join(lines)
