@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -69,8 +70,6 @@ def _moesim_json(args: list[str]) -> object:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     # one hash seed for every process: moesim summed a set of phase names, so the string hash's random order moved
     # the 16th digit of `plan --serve` from run to run (the base commit, seeds 1 and 2: 152 numbers apart)
     return {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(REPO), "COLUMNS": "200"}

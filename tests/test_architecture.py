@@ -97,7 +97,8 @@ def test_no_import_circle() -> None:
 
 def test_imports_inside_functions_say_why() -> None:
     """Outside the CLI (whose commands import what they use, for its start-up), an import inside a function keeps
-    a heavy or optional dependency off a path that does not need it, and says so on its line or the one above."""
+    a heavy or optional dependency off a path that does not need it, and says so: on its line, the line above, or
+    another import of the same function (`import matplotlib  # ...` covers its pyplot)."""
     silent = []
     for module, path in _modules().items():
         if _room(module) == "cli":
@@ -106,20 +107,15 @@ def test_imports_inside_functions_say_why() -> None:
         for function in ast.walk(ast.parse(path.read_text())):
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
-            for node in ast.walk(function):
-                if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    first = node.lineno - 1
-                    said = "#" in lines[first] or lines[first - 1].strip().startswith("#")
-                    block = [line for line in lines[first : node.end_lineno] if "#" in line]
-                    if not (said or block or _follows_reasoned(lines, first)):
-                        silent.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+            imports = [node for node in ast.walk(function) if isinstance(node, (ast.Import, ast.ImportFrom))]
+            said = [
+                any("#" in line for line in lines[node.lineno - 1 : node.end_lineno])
+                or lines[node.lineno - 2].strip().startswith("#")
+                for node in imports
+            ]
+            if imports and not any(said):
+                silent += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for node in imports]
     assert not silent, silent
-
-
-def _follows_reasoned(lines: list[str], index: int) -> bool:
-    """An import right below another import whose reason covers both (`import matplotlib  # ...` and its pyplot)."""
-    previous = lines[index - 1].strip()
-    return previous.startswith(("import ", "from ")) and "#" in previous or previous.startswith("matplotlib.use")
 
 
 def test_no_module_over_400_lines() -> None:

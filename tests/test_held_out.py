@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from moesim.cost.kernel_tables import csv_rows
 from moesim.validation import held_out
 from moesim.validation.serving_cases import GPU_CASES
 
@@ -59,7 +60,7 @@ def test_kernel_shapes_are_held_out_whole_on_both_gpus() -> None:
         folder = held_out.TABLES / device
         ffns = held_out.table_ffns(folder)
         for table in (path.stem for path in folder.glob("*.csv")):
-            rows = held_out._rows(folder / f"{table}.csv")
+            rows = csv_rows(folder / f"{table}.csv")
             keys = [held_out.kernel_row_key(table, row, ffns) for row in rows]
             whole = [index for index, key in enumerate(keys) if key in chosen]
             assert tables.get(table, []) == whole, (device, table)

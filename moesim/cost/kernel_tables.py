@@ -53,7 +53,8 @@ class KernelTables:
         return self.folder.name
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV's rows as mappings of column to text (empty when the file is absent)."""
     if not path.exists():
         return []
     with path.open(newline="") as handle:
@@ -67,7 +68,7 @@ def _table(
     floats (empty when the file is absent)."""
     return [
         tuple(r[c] for c in text) + tuple(int(r[c]) for c in whole) + tuple(float(r[c]) for c in real)
-        for r in _rows(path)
+        for r in csv_rows(path)
     ]
 
 

@@ -31,8 +31,9 @@ def check_gpus_and_prices(gpus: Sequence[str], prices: dict[str, float]) -> None
             raise MoesimError(f"--price: {name}={price} is negative; give dollars per GPU-hour, e.g. {name}=2.5")
 
 
-def merged_prices(given: Optional[dict[str, float]]) -> dict[str, float]:
-    """The user's prices over the defaults."""
+def checked_prices(gpus: Sequence[str], given: Optional[dict[str, float]]) -> dict[str, float]:
+    """The user's prices over the defaults, once the GPUs and prices are checked (`check_gpus_and_prices`)."""
+    check_gpus_and_prices(gpus, given or {})
     return {**DEFAULT_PRICE_PER_GPU_HOUR, **(given or {})}
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from moesim.errors import MoesimError
 from moesim.planning import pareto
-from moesim.planning.prices import check_gpus_and_prices, merged_prices, price_per_gpu_hour
+from moesim.planning.prices import checked_prices, price_per_gpu_hour
 from moesim.scenario import Scenario, scenario_from_dict
 from moesim.serving import ServingResult, simulate_serving
 from moesim.serving.iteration import IterationCost, iteration_cost_key
@@ -226,8 +226,7 @@ def plan_serving(
         return result.load is not None and result.load <= max_load
 
     base = scenario_from_dict(document)
-    check_gpus_and_prices(gpus, prices or {})
-    prices = merged_prices(prices)
+    prices = checked_prices(gpus, prices)
     layouts = list(serving_layouts(base, gpus, max_gpus))
     own = (base.serving.token_budget, base.serving.max_running)
     total = len(layouts) + REFINED * len(BATCH_LIMITS)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from moesim.errors import MoesimError, unknown_name_message
 from moesim.planning import pareto
-from moesim.planning.prices import check_gpus_and_prices, merged_prices, price_per_gpu_hour
+from moesim.planning.prices import checked_prices, price_per_gpu_hour
 from moesim.routing.names import ROUTING_STRATEGIES
 from moesim.scenario import Scenario, scenario_from_dict
 from moesim.sim.step import simulate
@@ -157,11 +157,9 @@ def pareto_front(options: Sequence[Option]) -> list[Option]:
     return pareto.pareto_front(options, lambda o: (o.dollars_per_hour, o.step_time_s), PARETO_GAIN)
 
 
-def check_choices(
-    gpus: Sequence[str], strategies: Sequence[str], factors: Sequence[Optional[float]], prices: dict[str, float]
-) -> None:
-    """Every name the planner is given exists and every number is usable; else an error naming the option."""
-    check_gpus_and_prices(gpus, prices)
+def check_choices(strategies: Sequence[str], factors: Sequence[Optional[float]]) -> None:
+    """Every routing rule the planner is given exists and every capacity factor is usable (GPUs and prices:
+    `prices.checked_prices`); else an error naming the option."""
     for name in strategies:
         if name not in ROUTING_STRATEGIES:
             raise MoesimError(f"--strategies: {unknown_name_message('routing rule', name, list(ROUTING_STRATEGIES))}")
@@ -189,8 +187,8 @@ def plan(
     base = scenario_from_dict(document)
     strategies = list(strategies or [base.routing.strategy])
     factors = list(capacity_factors) if capacity_factors is not None else [base.routing.capacity_factor]
-    check_choices(gpus, strategies, factors, prices or {})
-    prices = merged_prices(prices)
+    prices = checked_prices(gpus, prices)
+    check_choices(strategies, factors)
     pool = list(candidates(base, gpus, max_gpus, strategies, factors))
     if not pool:
         raise MoesimError("plan: no cluster layout fits the constraints; raise --max-gpus or add GPU types")

@@ -271,7 +271,7 @@ class SweepSpec(_Section):
 
     @field_validator("params")
     @classmethod
-    def _known_paths(cls, params: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def _values_listed(cls, params: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for path, values in params.items():  # the paths themselves: `Scenario`'s check, which knows every field
             if not values:
                 raise ValueError(f"sweep.params: '{path}' has no values; list at least one")

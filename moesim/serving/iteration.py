@@ -63,7 +63,6 @@ class IterationCost:
         # the pass is the simulator's inference pass over `tokens` tokens per rank (one chunk of that many)
         self._base = scenario_from_dict(document, ["workload.prefill_chunk_tokens=null", "workload.decode_tokens=0"])
         self.forward = InferencePass(self._base)
-        self.plan, self.cost = self.forward.plan, self.forward.cost
         # layers alike in attention (cross-attention or not) cost the same: one of each, and how many, per stage
         self._stage_kinds: list[dict[bool, tuple[Any, int]]] = []
         for stage in self.plan.stages:
@@ -82,6 +81,16 @@ class IterationCost:
             if self.two_modes
             else self._base
         )
+
+    @property
+    def plan(self) -> Any:
+        """The pass's stage plan (`InferencePass.plan`)."""
+        return self.forward.plan
+
+    @property
+    def cost(self) -> Any:
+        """The pass's kernel cost model (`InferencePass.cost`)."""
+        return self.forward.cost
 
     def _pass_without_attention(self, tokens: int, scenario: Scenario | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The forward pass at `tokens` tokens per rank without its attention, as (compute, collectives) seconds of

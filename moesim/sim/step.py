@@ -99,6 +99,7 @@ def _training_step(
     )
     p2p = p2p if par.pp_size > 1 else 0.0
     dualpipe = par.pipeline_schedule == "dualpipe"
+    timeline = timeline_for(scenario)
     pairs = overlapped_pairs(stages, scenario) if sim.alltoall_overlap == "1f1b" else None
     pipeline_slices: list[Slice] = []
     if dualpipe:  # DeepSeek's schedule op by op (moesim.sim.timeline.dualpipe); a rank holds two chunks
@@ -114,7 +115,7 @@ def _training_step(
         pipeline, work = dual.pipeline_s, dual.work_s
         held = {stage: micro / 2 for stage in chunks_of(dual.rank, plan.num_stages)}
     else:
-        pipeline, pipeline_slices = timeline_for(scenario).pipeline(
+        pipeline, pipeline_slices = timeline.pipeline(
             forward_s, backward_s, micro, p2p, par.virtual_pipeline_size, pairs
         )
         items = stage_items(forward_s, backward_s, micro, par.virtual_pipeline_size, pairs)[worst]
@@ -166,7 +167,6 @@ def _training_step(
         f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} "
         "identical replicas"
     )
-    timeline = timeline_for(scenario).name
     if dualpipe:
         first, second = chunks_of(dual.rank, plan.num_stages)
         notes.append(
@@ -175,7 +175,7 @@ def _training_step(
             f"{pipeline - dual.work_s:.3f} s"
         )
     else:
-        notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {timeline}")
+        notes.append(f"phase times: the busiest stage ({worst}) over {micro} micro-batches; timeline {timeline.name}")
     if pairs and not dualpipe:
         hidden = forward_s[worst] + backward_s[worst] - pairs[worst]
         notes.append(

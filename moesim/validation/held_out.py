@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from moesim.cost.kernel_tables import csv_rows
 from moesim.validation.serving_cases import GPU_CASES, IterationCase
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -45,39 +46,45 @@ TABLES = REPO / "moesim" / "cost" / "tables"
 
 @dataclass(frozen=True)
 class Draw:
-    """One split: its salt, the share held out (of keys, or of key groups where the rule says so), what a key is."""
+    """One split: its salt, what a key is, and what is held out: the keys whose digest falls below `share`, or the
+    `count` keys with the lowest digests (of each family, for kernel shapes) where there are only a few."""
 
     name: str
     salt: str
-    share: float
     key: str
     source: str
+    share: float = 0.0
+    count: int = 0
 
 
 DRAWS = {
     "serving_runs": Draw(
-        "serving_runs", "moesim-held-out-2026-12-07/serving-runs", 0.5, "a run's `id`", str(SERVING_RUNS)
+        "serving_runs",
+        "moesim-held-out-2026-12-07/serving-runs",
+        "a run's `id`",
+        "shared/serving-measurements/aiconfigurator-silicon-given.csv (beside the checkout)",
+        share=0.5,
     ),
     "kernel_shapes": Draw(
         "kernel_shapes",
         "moesim-held-out-2026-12-07/kernel-shapes",
-        1 / 3,
         "an expert FFN shape `hidden x ffn` (its up and down GEMMs together); an attention layout `heads/kv_heads`",
         "moesim/cost/tables/<device>/",
+        count=1,
     ),
     "serving_iterations": Draw(
         "serving_iterations",
         "moesim-held-out-2026-12-07/serving-iterations",
-        16,
         "an iteration case's label (model, decode batch @ context, prompts x tokens)",
         "the next GPU run of moesim.validation.serving_check",
+        count=16,
     ),
     "network_tables": Draw(
         "network_tables",
         "moesim-held-out-2026-12-07/network-tables",
-        0.3,
         "`<table>:<ranks>:<tokens or bytes>`",
         "measured all-to-all and collective tables (not in the repository yet)",
+        share=0.3,
     ),
 }
 """The draws, fixed: changing a salt or a share is drawing again, which the record's test catches."""
@@ -94,9 +101,9 @@ def held_out(draw: Draw, key: str) -> bool:
     return digest(draw, key) < draw.share
 
 
-def lowest(draw: Draw, keys: Iterable[str], count: int = 1) -> list[str]:
-    """The `count` keys with the lowest digests: a draw of whole groups where there are only a few."""
-    return sorted(set(keys), key=lambda key: digest(draw, key))[:count]
+def lowest(draw: Draw, keys: Iterable[str]) -> list[str]:
+    """The draw's `count` keys with the lowest digests: a draw of whole groups where there are only a few."""
+    return sorted(set(keys), key=lambda key: digest(draw, key))[: draw.count]
 
 
 # ---------------------------------------------------------------- serving runs
@@ -123,14 +130,9 @@ def ffn_of(inner: int, cols: int, ffns: Iterable[tuple[int, int]]) -> Optional[s
     return None
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def table_ffns(folder: Path) -> list[tuple[int, int]]:
     """The expert FFN shapes a device's tables time (`ffn_backward_bf16.csv` names them)."""
-    return sorted({(int(row["hidden"]), int(row["expert_ffn"])) for row in _rows(folder / "ffn_backward_bf16.csv")})
+    return sorted({(int(row["hidden"]), int(row["expert_ffn"])) for row in csv_rows(folder / "ffn_backward_bf16.csv")})
 
 
 def kernel_row_key(table: str, row: dict[str, str], ffns: list[tuple[int, int]]) -> Optional[str]:
@@ -153,7 +155,7 @@ def kernel_shape_split() -> dict[str, object]:
     for folder in folders:
         ffns = table_ffns(folder)
         keys_by_folder[folder.name] = {
-            path.stem: [kernel_row_key(path.stem, row, ffns) for row in _rows(path)]
+            path.stem: [kernel_row_key(path.stem, row, ffns) for row in csv_rows(path)]
             for path in sorted(folder.glob("*.csv"))
         }
     every = {key for tables in keys_by_folder.values() for keys in tables.values() for key in keys if key}
@@ -193,7 +195,7 @@ def _case_key(case: IterationCase) -> str:
 def held_out_iterations() -> list[IterationCase]:
     """The grid's iterations with the 16 lowest digests, in the grid's order."""
     grid = iteration_grid()
-    chosen = set(lowest(DRAWS["serving_iterations"], map(_case_key, grid), int(DRAWS["serving_iterations"].share)))
+    chosen = set(lowest(DRAWS["serving_iterations"], map(_case_key, grid)))
     return [case for case in grid if _case_key(case) in chosen]
 
 
