@@ -58,6 +58,21 @@ def user_errors_exit_2(command: Command) -> Command:
     return wrapper  # type: ignore[return-value]
 
 
+def warn_model_notes(model: Any) -> None:
+    """Print what a Hugging Face import approximated, one warning line each, on stderr."""
+    for note in getattr(model, "import_notes", ()):
+        typer.echo(f"warning: model {model.name}: {note}", err=True)
+
+
+def load_scenario_noting(path: Any, overrides: Any) -> Any:
+    """`load_scenario`, then the model's import notes as warnings (every command that reads a scenario file)."""
+    from moesim.scenario import load_scenario
+
+    scenario = load_scenario(path, overrides)
+    warn_model_notes(scenario.model)
+    return scenario
+
+
 def output_file(path: Optional[Path], option: str) -> Optional[Path]:
     """A file the command will write, checked before any work: not a folder, in a folder that exists."""
     if path is None:

@@ -38,8 +38,8 @@ def execute(
     trace: Optional[Path] = typer.Option(None, "--save-trace", help="Save the router scores as a trace file (.npz)."),
 ) -> None:
     """Run one MoE layer for real, expert-parallel over torch.distributed, and time each phase."""
+    from moesim.cli.common import load_scenario_noting as load_scenario
     from moesim.executor.launch import execute as run_execute
-    from moesim.scenario import load_scenario
 
     output_file(out, "--out")
     output_file(trace, "--save-trace")

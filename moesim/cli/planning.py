@@ -22,6 +22,7 @@ from moesim.cli.common import (
     print_table,
     progress_bar,
     user_errors_exit_2,
+    warn_model_notes,
 )
 from moesim.cli.plan_serving import plan_serving_command
 from moesim.errors import MoesimError
@@ -61,6 +62,7 @@ def sweep(
     output_file(csv_path, "--csv")
     output_file(parquet_path, "--parquet")
     document = apply_overrides(read_document(scenario), overrides)
+    _note_model(document)
     grid_params = dict(parse_param(text) for text in params) or None
     with progress_bar("sweep", to_stderr=True, transient=as_json) as progress:
         task = progress.add_task("points", total=None)
@@ -223,6 +225,7 @@ def plan_command(
     from moesim.scenario import apply_overrides, parse_override, read_document
 
     document = apply_overrides(read_document(scenario), overrides)
+    _note_model(document)
     if serve == (target_tokens_per_s is not None):
         raise MoesimError("plan: give --target-tokens-per-s (training) or --serve (serving), one of the two")
     price_table = {}
@@ -339,8 +342,8 @@ def report(
     ),
 ) -> None:
     """Write a cluster sizing report (self-contained HTML with plots, and Markdown)."""
+    from moesim.cli.common import load_scenario_noting as load_scenario
     from moesim.planning.report import write_report, write_results_report
-    from moesim.scenario import load_scenario
 
     output_folder(out, "--out")
     with console.status("simulating and plotting ...", spinner="dots"):
@@ -351,3 +354,10 @@ def report(
         else:
             html_path, md_path = write_report(load_scenario(source, overrides), out, fast)
     console.print(f"report written to {html_path} and {md_path}")
+
+
+def _note_model(document: dict) -> None:
+    """The import notes of a document's model, as warnings, before a search or sweep starts."""
+    from moesim.scenario import scenario_from_dict
+
+    warn_model_notes(scenario_from_dict(document).model)

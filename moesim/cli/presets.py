@@ -3,6 +3,7 @@ rests on."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -16,6 +17,7 @@ from moesim.cli.common import (
     print_json,
     profiles_app,
     user_errors_exit_2,
+    warn_model_notes,
 )
 from moesim.errors import MoesimError
 from moesim.sim.sources import grade
@@ -120,21 +122,29 @@ def presets_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 def presets_show(
     name: Optional[str] = typer.Argument(None, help="Model preset name, e.g. mixtral-8x7b."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Show a GPU preset instead, e.g. H100-SXM."),
+    model_file: Optional[Path] = typer.Option(
+        None, "--model", help="Show a Hugging Face config.json (or a checkpoint folder holding one) instead."
+    ),
     seq_len: Optional[int] = typer.Option(
         None, "--seq-len", min=1, help="Sequence length for FLOPs (default: 4,096 or the model's context if shorter)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show a model preset's architecture and accounting, or a GPU preset."""
+    """Show a model preset's architecture and accounting, a Hugging Face config's, or a GPU preset."""
     if gpu is not None:
         _show_gpu(gpu, as_json)
         return
-    if name is None:
-        raise MoesimError("name a model preset (moesim presets show mixtral-8x7b) or a GPU (--gpu H100-SXM)")
+    if (name is None) == (model_file is None):
+        raise MoesimError(
+            "name a model preset (moesim presets show mixtral-8x7b), a config.json (--model FILE) or a GPU "
+            "(--gpu H100-SXM), one of them"
+        )
     from moesim.models.accounting import summarize
+    from moesim.models.hf_import import spec_from_hf_file
     from moesim.models.presets import PUBLISHED, model_preset
 
-    spec = model_preset(name)
+    spec = model_preset(name) if name is not None else spec_from_hf_file(model_file)  # type: ignore[arg-type]
+    warn_model_notes(spec)
     summary = summarize(spec, seq_len or min(4096, spec.max_seq_len))
     published = PUBLISHED.get(spec.name)
     if as_json:
@@ -186,11 +196,19 @@ def _model_table(spec: Any, summary: Any, published: Any) -> Table:
             units.byte_size(summary.activation_bytes_per_token),
             "Korthikanti et al. 2022",
         ),
-        ("KV cache / token (bf16)", units.byte_size(summary.kv_cache_bytes_per_token), spec.attention_type.upper()),
+        ("KV cache / token (bf16)", units.byte_size(summary.kv_cache_bytes_per_token), _kv_source(spec)),
     ]
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _kv_source(spec: Any) -> str:
+    """How the KV cache per token is counted: the attention kind, and whether a window would hold less."""
+    kind = spec.attention_type.upper()
+    if spec.attention_window is None:
+        return kind
+    return f"{kind}, every layer's whole context"
 
 
 def _show_gpu(name: str, as_json: bool) -> None:

@@ -35,7 +35,7 @@ def check(
     """Validate a scenario and print it with every default filled in."""
     import yaml
 
-    from moesim.scenario import load_scenario
+    from moesim.cli.common import load_scenario_noting as load_scenario
     from moesim.sim.memory import check_fits, memory_per_gpu
     from moesim.sim.plan import StagePlan
 
@@ -66,9 +66,9 @@ def route(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Route the scenario's router scores under one or more rules and compare them."""
+    from moesim.cli.common import load_scenario_noting as load_scenario
     from moesim.errors import unknown_name_message
     from moesim.routing.names import ROUTING_STRATEGIES
-    from moesim.scenario import load_scenario
     from moesim.sim.scenario_routing import compare_rules, scores_for_scenario
 
     resolved = load_scenario(scenario, overrides)
@@ -138,7 +138,7 @@ def run(
     ),
 ) -> None:
     """Simulate one step of the scenario and print where the time goes."""
-    from moesim.scenario import load_scenario
+    from moesim.cli.common import load_scenario_noting as load_scenario
     from moesim.sim.step import simulate
     from moesim.sim.timeline import timeline_name
 
@@ -282,7 +282,7 @@ def serve(
     ),
 ) -> None:
     """Serve the scenario's requests with continuous batching: latency percentiles, throughput, cost."""
-    from moesim.scenario import load_scenario
+    from moesim.cli.common import load_scenario_noting as load_scenario
     from moesim.serving import PERCENTILES, concurrency_curve, simulate_serving
 
     resolved = load_scenario(scenario, overrides)

@@ -21,6 +21,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from moesim.models.attention import (  # the attention's work, re-exported: part of the accounting's face
+    attention_score_flops_per_token as attention_score_flops_per_token,
+)
+from moesim.models.attention import decoder_attended_keys as decoder_attended_keys
+from moesim.models.attention import score_flops_per_key as score_flops_per_key
+from moesim.models.attention import windowed_keys as windowed_keys
 from moesim.models.precision import Precision
 from moesim.models.spec import GATED_ACTIVATIONS, ModelSpec
 
@@ -66,6 +72,8 @@ def attention_params(spec: ModelSpec) -> int:
         count += q_width + 2 * kv_width + hidden
     if spec.qk_norm:
         count += 2 * head_dim
+    if spec.attention_sinks:
+        count += heads
     return count
 
 
@@ -155,32 +163,6 @@ def expert_params_total(spec: ModelSpec) -> int:
 def _matmul_params_per_token(spec: ModelSpec) -> int:
     """Weights a token multiplies against (the input embedding is a lookup)."""
     return _layer_params(spec, spec.top_k) + spec.vocab_size * spec.hidden_size
-
-
-def attention_score_flops_per_token(
-    spec: ModelSpec, seq_len: int, causal: bool = True, absorbed: bool = False
-) -> float:
-    """FLOPs of Q·K^T and softmax·V per token, all layers (grows with sequence length).
-
-    MLA decodes with its up-projections absorbed (DeepSeek-V2 paper 2.1.2; FlashMLA, SGLang, vLLM): every head
-    scores the cached latent and rotary key (kv_lora_rank + qk_rope_head_dim) and sums the latent
-    (kv_lora_rank), `absorbed`; prefill expands the latent into per-head keys and values first.
-    """
-    heads = spec.num_attention_heads
-    if spec.attention_type == "mla" and absorbed:
-        qk_dim = spec.kv_lora_rank + spec.qk_rope_head_dim  # type: ignore[operator]
-        v_dim = spec.kv_lora_rank
-    elif spec.attention_type == "mla":
-        qk_dim = spec.qk_nope_head_dim + spec.qk_rope_head_dim  # type: ignore[operator]
-        v_dim = spec.v_head_dim
-    else:
-        qk_dim = v_dim = spec.attention_head_dim
-    per_layer_full = 2.0 * heads * (qk_dim + v_dim) * seq_len  # type: ignore[operator]
-    self_context = 0.5 if causal else 1.0
-    if spec.architecture == "encoder_decoder":
-        # encoder self-attention sees the whole source; decoder: causal self + full cross
-        return per_layer_full * (spec.num_encoder_layers + spec.num_layers * (self_context + 1.0))
-    return per_layer_full * spec.num_layers * self_context
 
 
 def forward_flops_per_token(spec: ModelSpec, seq_len: int, causal: bool = True) -> float:

@@ -62,6 +62,26 @@ class ModelSpec(BaseModel):
     norm_type: Literal["rmsnorm", "layernorm"] = Field(
         "rmsnorm", description="`rmsnorm` (a weight per channel) or `layernorm` (weight and bias)."
     )
+    attention_sinks: bool = Field(
+        False, description="A learned sink logit per head in each layer's softmax (GPT-OSS): one parameter a head."
+    )
+    attention_window: Optional[int] = Field(
+        None,
+        gt=0,
+        description="Local attention: a windowed layer's query sees at most this many keys (tokens); null = every "
+        "layer attends to the whole context.",
+    )
+    attention_window_kind: Literal["sliding", "chunked"] = Field(
+        "sliding",
+        description="`sliding`: the last `attention_window` tokens (Mistral, GPT-OSS); `chunked`: the tokens of the "
+        "query's own chunk of `attention_window` (Llama 4).",
+    )
+    full_attention_every: Optional[int] = Field(
+        None,
+        gt=0,
+        description="With `attention_window`: every n-th layer (n-1, 2n-1, ...) attends to the whole context "
+        "(GPT-OSS: 2, Llama 4: 4); null = every layer is windowed.",
+    )
 
     # feed-forward
     intermediate_size: int = Field(..., gt=0, description="Hidden size of a dense (non-MoE) FFN layer (elements).")
@@ -114,6 +134,10 @@ class ModelSpec(BaseModel):
         None, gt=0, description="Group-limited routing: groups a token may use (DeepSeek `topk_group`)."
     )
     routed_scaling_factor: float = Field(1.0, gt=0, description="Multiplier on routed-expert weights (DeepSeek).")
+    import_notes: list[str] = Field(
+        default_factory=list,
+        description="What the Hugging Face import approximated, each with its size (filled by the import).",
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "ModelSpec":
@@ -148,6 +172,10 @@ class ModelSpec(BaseModel):
                 raise ValueError(
                     f"topk_groups ({self.topk_groups}) is larger than num_expert_groups ({self.num_expert_groups})"
                 )
+        if self.full_attention_every is not None and self.attention_window is None:
+            raise ValueError("full_attention_every needs attention_window; set attention_window or drop it")
+        if self.attention_window is not None and self.architecture != "decoder":
+            raise ValueError("attention_window: local attention is modelled for decoder-only models; drop it")
         if self.first_k_dense_layers > self.num_layers:
             raise ValueError(
                 f"first_k_dense_layers ({self.first_k_dense_layers}) exceeds num_layers ({self.num_layers})"
@@ -169,6 +197,13 @@ class ModelSpec(BaseModel):
     def shared_expert_size(self) -> int:
         """Hidden size of one shared expert."""
         return self.shared_expert_intermediate_size or self.moe_intermediate_size
+
+    def is_windowed_layer(self, index: int) -> bool:
+        """Whether decoder layer `index` (0-based) attends through the local window, not the whole context."""
+        if self.attention_window is None:
+            return False
+        every = self.full_attention_every
+        return every is None or (index + 1) % every != 0
 
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer `index` (0-based, within one stack) has an MoE FFN."""

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from moesim.errors import ScenarioError
+from moesim.models.hf_import import looks_like_config_path, spec_from_hf_file
 from moesim.models.presets import model_preset
 from moesim.models.spec import ModelSpec
 from moesim.routing.names import unhonoured_settings
@@ -56,7 +58,7 @@ class Scenario(_Section):
     @classmethod
     def _resolve_model(cls, data: Any) -> Any:
         if isinstance(data, dict) and "model" in data:
-            data = {**data, "model": _expand_preset(data["model"], model_preset, "model")}
+            data = {**data, "model": _expand_model(data["model"])}
         return data
 
     @model_validator(mode="after")
@@ -235,6 +237,22 @@ class Scenario(_Section):
                 f"its options: {', '.join(accepted) or 'none'}"
             )
         return self
+
+
+def _expand_model(value: Any) -> Any:
+    """A model preset (`NAME`, `{preset: NAME, ...}`) or a Hugging Face config.json (`path/config.json`,
+    `{hf_config: PATH, field: value}`; a preset-like string naming a file counts too) as full `ModelSpec` fields."""
+    if isinstance(value, str) and looks_like_config_path(value):
+        value = {"hf_config": value}
+    if isinstance(value, dict) and isinstance(value.get("preset"), str) and looks_like_config_path(value["preset"]):
+        value = {**{key: val for key, val in value.items() if key != "preset"}, "hf_config": value["preset"]}
+    if isinstance(value, dict) and "hf_config" in value:
+        path = value["hf_config"]
+        if not isinstance(path, str):
+            raise ScenarioError(f"model.hf_config: expected a path to a config.json, got {path!r}")
+        overrides = {key: val for key, val in value.items() if key != "hf_config"}
+        return {**spec_from_hf_file(path).model_dump(), **overrides}
+    return _expand_preset(value, model_preset, "model")
 
 
 def _reject_booleans(model: type[BaseModel], data: Any, prefix: str) -> None:

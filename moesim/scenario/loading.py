@@ -4,6 +4,7 @@ the JSON Schema."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from moesim.errors import ScenarioError
+from moesim.models.hf_import import looks_like_config_path
 from moesim.scenario.document import Scenario
 from moesim.scenario.paths import field_path_problem
 from moesim.scenario.sections import ClusterSpec
@@ -93,7 +95,22 @@ def read_document(path: str | Path) -> dict[str, Any]:
         raise ScenarioError(f"{path}: the file holds no scenario; it needs at least a `model:` entry")
     if not isinstance(document, dict):
         raise ScenarioError(f"{path}: a scenario must be a mapping of sections, found {type(document).__name__}")
-    return document
+    return _model_file_beside(document, path.parent)
+
+
+def _model_file_beside(document: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A scenario's relative config.json path read from the scenario's own folder (then from the working folder),
+    rewritten relative to the working folder so the document holds a path that works wherever it goes next."""
+    model = document.get("model")
+    key = "hf_config" if isinstance(model, dict) and "hf_config" in model else "preset"
+    name = model if isinstance(model, str) else model.get(key) if isinstance(model, dict) else None
+    if not isinstance(name, str) or not looks_like_config_path(name) or Path(name).is_absolute():
+        return document
+    beside = folder / name
+    if not beside.exists() or Path(name).exists() and Path(name).resolve() == beside.resolve():
+        return document
+    moved = os.path.relpath(beside)
+    return {**document, "model": moved if isinstance(model, str) else {**model, key: moved}}
 
 
 def _syntax_problem(error: Exception) -> str:
@@ -169,10 +186,17 @@ def scenario_json_schema() -> dict[str, Any]:
             ]
         }
 
-    schema["properties"]["model"] = {
-        **preset_or_spec("#/$defs/ModelSpec", model_preset_names(), "Model"),
-        "description": Scenario.model_fields["model"].description,
-    }
+    model = preset_or_spec("#/$defs/ModelSpec", model_preset_names(), "Model")
+    model["anyOf"][1:1] = [
+        {"type": "string", "pattern": r"\.json$|[/\\]", "description": "A Hugging Face config.json (path)"},
+        {
+            "type": "object",
+            "required": ["hf_config"],
+            "properties": {"hf_config": {"type": "string"}},
+            "description": "A Hugging Face config.json with overridden fields",
+        },
+    ]
+    schema["properties"]["model"] = {**model, "description": Scenario.model_fields["model"].description}
     cluster = defs["ClusterSpec"]["properties"]
 
     cluster["preset"] = {

@@ -28,7 +28,7 @@ def field_path_problem(path: Sequence[Any], root: type[BaseModel]) -> str | None
     for depth, part in enumerate(path):
         if cls is None:
             return None  # inside a free-form mapping (routing.options): anything goes
-        if part == "preset" and cls in (ModelSpec, GpuSpec, ClusterSpec):
+        if part == "preset" and cls in (ModelSpec, GpuSpec, ClusterSpec) or part == "hf_config" and cls is ModelSpec:
             continue
         if part not in cls.model_fields:
             where = ".".join(str(p) for p in path[:depth]) or "the top level"

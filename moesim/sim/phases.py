@@ -142,19 +142,16 @@ class PhaseBuilder:
             q_width = model.num_attention_heads * model.attention_head_dim // self.tp
             qkv_width = q_width + 2 * model.kv_heads * model.attention_head_dim // self.tp
             gemm = gemm_of(model.hidden_size, qkv_width) + gemm_of(q_width, model.hidden_size)
-        layers = max(1, model.num_layers + model.num_encoder_layers)
-        # MLA decodes in its absorbed form (scores over the 576-wide latent), prefill in the expanded one
-        per_layer_scores = accounting.attention_score_flops_per_token(model, 2 * self.context, absorbed=self.decode)
-        per_layer_scores /= layers
-        # attention_score_flops_per_token halves the context for causal masks; 2 x context restores the full context.
         # A prompt's causal mask runs its diagonal tiles whole; each 128 queries of a head are a block of their own
         share = 1.0 if self.decode else causal_tile_share(self.context)
-        score_flops = per_layer_scores * self.tokens / self.tp * share
+        # MLA decodes in its absorbed form (scores over the 576-wide latent), prefill in the expanded one
+        keys, cached_keys = self._attended_keys(share)
+        score_flops = accounting.score_flops_per_key(model, absorbed=self.decode) * keys * self.tokens / self.tp
         blocks = 0.0 if self.decode else heads_per_rank * math.ceil(self.tokens / ATTENTION_BLOCK)
         scores = cost.attention_seconds(score_flops, blocks)
         kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
-        if self.decode:  # decode reads the whole KV cache for each new token
-            scores = max(scores, cost.memory_seconds(kv_bytes * self.context * self.tokens / self.tp))
+        if self.decode:  # decode reads the KV cache its window holds (the whole context without one) per new token
+            scores = max(scores, cost.memory_seconds(kv_bytes * cached_keys * self.tokens / self.tp))
         if self.scenario.workload.mode == "inference":  # the new tokens' keys and values into the KV cache (engines
             # fuse it with the rotary embedding): read and written once
             scores += cost.memory_seconds(2 * kv_bytes * self.tokens / self.tp)
@@ -171,6 +168,24 @@ class PhaseBuilder:
             "norms": norms,
             "projections_backward": backward_gemm,
         }
+
+    def _attended_keys(self, share: float) -> tuple[float, float]:
+        """Keys a query attends in a layer, the mean over the model's layers, and the cached keys a decode query
+        reads: the context (x `share`, the causal tiles a prompt runs) in whole-context layers, the window's keys in
+        windowed ones (`accounting.windowed_keys`); an encoder-decoder's cross and encoder attention see the whole
+        source."""
+        model, context = self.model, self.context
+        if model.architecture == "encoder_decoder":
+            layers = model.num_layers + model.num_encoder_layers
+            mean = accounting.attention_score_flops_per_token(model, 2 * context) / layers
+            keys = mean / accounting.score_flops_per_key(model)
+            return keys * share, float(context)
+        windowed = sum(model.is_windowed_layer(index) for index in range(model.num_layers))
+        whole = model.num_layers - windowed
+        local = accounting.windowed_keys(model, context, self.decode) if windowed else 0.0
+        cached = accounting.windowed_keys(model, context, decode=True) if windowed else 0.0
+        keys = (whole * context * share + windowed * local) / model.num_layers
+        return keys, (whole * context + windowed * cached) / model.num_layers
 
     def attention(self, layer: Layer) -> tuple[float, float]:
         """(forward, backward) seconds of a layer's attention: projections (GEMMs), scores (FlashAttention: its
