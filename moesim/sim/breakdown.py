@@ -39,16 +39,17 @@ def weight_gradient_seconds(
     """Seconds of weight-gradient GEMMs in one micro-batch's backward on `stage` (a rank's mean)."""
     model, cost = builder.model, builder.cost
     tokens, hidden, element, fp8 = builder.tokens, model.hidden_size, builder.element, builder.fp8
+    gathered = builder.gemm_tokens  # what the TP-split attention, dense FFN and head GEMMs run
     total = 0.0
     moe_layer = first_moe
     for layer in builder.plan.stages[stage]:
         projections = accounting.attention_params(model) * (2 if layer.cross_attention else 1) / builder.tp
         cols = max(1, int(projections // hidden))
-        total += float(cost.gemm_weight_grad_seconds(tokens, hidden, cols, fp8=fp8))
+        total += float(cost.gemm_weight_grad_seconds(gathered, hidden, cols, fp8=fp8))
         if not layer.is_moe:
             inner = model.intermediate_size // builder.tp
             gated = model.dense_ffn_activation in GATED_ACTIVATIONS
-            total += float(cost.ffn_weight_grad_seconds(tokens, hidden, inner, gated, element, fp8))
+            total += float(cost.ffn_weight_grad_seconds(gathered, hidden, inner, gated, element, fp8))
             continue
         rows = routing[moe_layer % len(routing)].rank_rows
         moe_layer += 1
@@ -56,7 +57,9 @@ def weight_gradient_seconds(
         total += float(
             np.mean(
                 [
-                    cost.experts_ffn_weight_grad_seconds(rank_rows, hidden, builder.expert_inner, gated, element, fp8)
+                    cost.experts_ffn_weight_grad_seconds(
+                        rank_rows * builder.expert_row_gather, hidden, builder.expert_inner, gated, element, fp8
+                    )
                     for rank_rows in rows
                 ]
             )
@@ -66,7 +69,7 @@ def weight_gradient_seconds(
             total += float(cost.ffn_weight_grad_seconds(tokens, hidden, inner, gated, element, fp8))
         total += float(cost.gemm_weight_grad_seconds(tokens, hidden, model.num_experts))
     if stage == builder.plan.num_stages - 1:
-        total += float(cost.gemm_weight_grad_seconds(tokens, hidden, model.vocab_size // builder.tp))
+        total += float(cost.gemm_weight_grad_seconds(gathered, hidden, model.vocab_size // builder.tp))
     return total
 
 

@@ -49,8 +49,8 @@ class InferencePass:
         """Each stage's forward pass over `tokens` tokens per rank (prompt tokens of `context` keys, or decode
         tokens reading `context` cached ones): seconds, busy seconds by phase, seconds in collectives. `scenario`
         runs another scenario's settings (its collectives, say) on this pass's stages, cost model and topology."""
-        passes, _, _ = simulate_stages(
-            scenario or self.scenario, self.plan, self.cost, self.topology, tokens, context, decode, False
+        passes, _, _ = simulate_stages(  # serving's tokens are an attention rank's: its TP group's own
+            scenario or self.scenario, self.plan, self.cost, self.topology, tokens, context, decode, False, False
         )
         return passes
 
@@ -61,7 +61,7 @@ class InferencePass:
     def attention_seconds(self, layer: Any, tokens: int, context: int, decode: bool) -> float:
         """One layer's attention over `tokens` tokens per rank: prompt tokens of a `context`-token prompt (causal),
         or decode tokens reading `context` cached tokens."""
-        builder = PhaseBuilder(self.scenario, self.plan, self.cost, self.topology, tokens, context, decode)
+        builder = PhaseBuilder(self.scenario, self.plan, self.cost, self.topology, tokens, context, decode, False)
         return builder.attention(layer)[0]
 
     def head_seconds(self, rows: int) -> float:

@@ -64,6 +64,7 @@ class PhaseBuilder:
         tokens: int,
         context: int,
         decode: bool = False,
+        tp_gathers: bool = True,
     ):
         self.scenario, self.plan, self.cost, self.topology = scenario, plan, cost, topology
         self.model = scenario.model
@@ -74,6 +75,14 @@ class PhaseBuilder:
         self.tp = scenario.parallelism.tp_size
         self.etp = scenario.parallelism.expert_tp_size
         self.expert_inner = self.model.moe_intermediate_size // self.etp  # each expert's FFN share on a GPU
+        # The tokens a TP group's attention, dense-FFN and output-head GEMMs run, each GPU on its 1/TP of the widths
+        # and heads: with `tp_gathers` the rank holds its sequence-parallel share (1/TP of the group's tokens, as
+        # Megatron-Core splits them for the norms, the router and the experts) and the group gathers them all
+        # first; without, `tokens` already are the group's (serving's attention ranks).
+        self.gemm_tokens = tokens * self.tp if tp_gathers else tokens
+        # Likewise the experts' rows with expert tensor parallelism: each GPU of an ETP group runs every row the
+        # group received (gathered after the dispatch) on its 1/ETP of each expert's FFN
+        self.expert_row_gather = self.etp if tp_gathers else 1
         precision = scenario.workload.precision
         self.element = precision.activation_bytes
         self.fp8 = precision.gemm == "fp8"  # linear layers' GEMMs; the router and output head stay bf16
@@ -123,12 +132,14 @@ class PhaseBuilder:
         if model.attention_type == "mla":  # the latent-to-head (up) projections
             qk_dim = model.qk_nope_head_dim + model.qk_rope_head_dim  # type: ignore[operator]
             if model.q_lora_rank:
-                up += float(cost.gemm_seconds(self.tokens, model.q_lora_rank, heads_per_rank * qk_dim, fp8=self.fp8))
+                up += float(
+                    cost.gemm_seconds(self.gemm_tokens, model.q_lora_rank, heads_per_rank * qk_dim, fp8=self.fp8)
+                )
             value = model.qk_nope_head_dim + model.v_head_dim  # type: ignore[operator]
-            up += float(cost.gemm_seconds(self.tokens, model.kv_lora_rank, heads_per_rank * value, fp8=self.fp8))
+            up += float(cost.gemm_seconds(self.gemm_tokens, model.kv_lora_rank, heads_per_rank * value, fp8=self.fp8))
 
         def gemm_of(inner: int, width: int) -> float:
-            return float(cost.gemm_seconds(self.tokens, max(1, inner), max(1, width), fp8=self.fp8))
+            return float(cost.gemm_seconds(self.gemm_tokens, max(1, inner), max(1, width), fp8=self.fp8))
 
         if layer.cross_attention:  # as one GEMM of all the projections' columns
             gemm = gemm_of(model.hidden_size, cols)
@@ -146,21 +157,21 @@ class PhaseBuilder:
         share = 1.0 if self.decode else causal_tile_share(self.context)
         # MLA decodes in its absorbed form (scores over the 576-wide latent), prefill in the expanded one
         keys, cached_keys = self._attended_keys(share)
-        score_flops = accounting.score_flops_per_key(model, absorbed=self.decode) * keys * self.tokens / self.tp
-        blocks = 0.0 if self.decode else heads_per_rank * math.ceil(self.tokens / ATTENTION_BLOCK)
+        score_flops = accounting.score_flops_per_key(model, absorbed=self.decode) * keys * self.gemm_tokens / self.tp
+        blocks = 0.0 if self.decode else heads_per_rank * math.ceil(self.gemm_tokens / ATTENTION_BLOCK)
         scores = cost.attention_seconds(score_flops, blocks)
         kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
         if self.decode:  # decode reads the KV cache its window holds (the whole context without one) per new token
-            scores = max(scores, cost.memory_seconds(kv_bytes * cached_keys * self.tokens / self.tp))
+            scores = max(scores, cost.memory_seconds(kv_bytes * cached_keys * self.gemm_tokens / self.tp))
         if self.scenario.workload.mode == "inference":  # the new tokens' keys and values into the KV cache (engines
             # fuse it with the rotary embedding): read and written once
-            scores += cost.memory_seconds(2 * kv_bytes * self.tokens / self.tp)
+            scores += cost.memory_seconds(2 * kv_bytes * self.gemm_tokens / self.tp)
         row = self.tokens * model.hidden_size * self.element
         if self.fused_kernels:  # an engine's fused residual-add + RMSNorm, twice a layer: two inputs in, two out
             norms = 2 * cost.memory_seconds(4 * row)
         else:  # eager: each norm reads and writes the hidden state, each residual add reads two and writes one
             norms = 2 * cost.memory_seconds(2 * row) + 2 * cost.memory_seconds(3 * row)
-        backward_gemm = float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, cols, fp8=self.fp8))
+        backward_gemm = float(cost.gemm_backward_seconds(self.gemm_tokens, model.hidden_size, cols, fp8=self.fp8))
         return {
             "projections": gemm,
             "up_projections": min(up, gemm),
@@ -231,7 +242,7 @@ class PhaseBuilder:
         or the calibrated model of the phase built on them."""
         model = self.model
         arithmetic = self.cost.experts_ffn_seconds(
-            rank_rows,
+            rank_rows * self.expert_row_gather,
             model.hidden_size,
             self.expert_inner,
             model.expert_ffn_activation in GATED_ACTIVATIONS,
@@ -251,7 +262,7 @@ class PhaseBuilder:
         """One rank's experts backward (input and weight gradients) from the cost model."""
         model = self.model
         return self.cost.experts_ffn_backward_seconds(
-            rank_rows,
+            rank_rows * self.expert_row_gather,
             model.hidden_size,
             self.expert_inner,
             model.expert_ffn_activation in GATED_ACTIVATIONS,
@@ -271,7 +282,8 @@ class PhaseBuilder:
         if self.tp == 1:
             return 0.0
         group = np.arange(self.tp)
-        return all_reduce_time(self.topology, group, self.tokens * self.model.hidden_size * self.element, "ring")
+        # Megatron's reduce-scatter and all-gather of the whole sequence's activations move what an all-reduce does
+        return all_reduce_time(self.topology, group, self.gemm_tokens * self.model.hidden_size * self.element, "ring")
 
     def etp_gather(self, rows: float) -> float:
         """Expert tensor parallelism: the all-gather of a rank's dispatched rows over its ETP group (after the
@@ -310,8 +322,8 @@ class PhaseBuilder:
             layer_backward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
         if not layer.is_moe:
             inner = model.intermediate_size // self.tp
-            dense = float(self.ffn_seconds(self.tokens, inner, model.dense_ffn_activation))
-            dense_backward = float(self.ffn_backward_seconds(self.tokens, inner, model.dense_ffn_activation))
+            dense = float(self.ffn_seconds(self.gemm_tokens, inner, model.dense_ffn_activation))
+            dense_backward = float(self.ffn_backward_seconds(self.gemm_tokens, inner, model.dense_ffn_activation))
             layer_forward.append(Phase("dense_ffn", layer.index, self.same(dense)))
             layer_backward.append(Phase("dense_ffn", layer.index, self.same(dense_backward)))
         else:
@@ -350,10 +362,11 @@ class PhaseBuilder:
             backward[:0] = replay + backward_order(layer_backward)
         if stage == self.plan.num_stages - 1:
             vocab = model.vocab_size // self.tp
-            loss = cost.memory_seconds(8 * self.tokens * vocab)
-            head = output_head_seconds(cost, self.tokens, model.hidden_size, vocab)
+            loss = cost.memory_seconds(8 * self.gemm_tokens * vocab)
+            head = output_head_seconds(cost, self.gemm_tokens, model.hidden_size, vocab)
             head_backward = (
-                float(cost.gemm_backward_seconds(self.tokens, model.hidden_size, vocab)) + BACKWARD_MEMORY_FACTOR * loss
+                float(cost.gemm_backward_seconds(self.gemm_tokens, model.hidden_size, vocab))
+                + BACKWARD_MEMORY_FACTOR * loss
             )
             forward.append(Phase("lm_head", -1, self.same(head)))
             backward.insert(0, Phase("lm_head", -1, self.same(head_backward)))

@@ -51,9 +51,11 @@ def expert_group_document(scenario: Scenario, keep_nodes: bool = False, leave_ou
     return scenario.model_dump(mode="json", exclude=exclude)
 
 
-def stage_cache_key(scenario: Scenario, tokens: int, context: int, decode: bool, backward: bool) -> str:
+def stage_cache_key(
+    scenario: Scenario, tokens: int, context: int, decode: bool, backward: bool, tp_gathers: bool = True
+) -> str:
     """What one expert-parallel group's stage programs depend on (`expert_group_document`)."""
-    return json.dumps([expert_group_document(scenario), tokens, context, decode, backward], sort_keys=True)
+    return json.dumps([expert_group_document(scenario), tokens, context, decode, backward, tp_gathers], sort_keys=True)
 
 
 def simulate_stages(
@@ -65,15 +67,18 @@ def simulate_stages(
     context: int,
     decode: bool,
     backward: bool,
+    tp_gathers: bool = True,
 ) -> tuple[StagePasses, list[LayerRouting], list[str]]:
     """Each stage's pass times, busy times and slices, its routing and notes: simulated, or reused from a scenario
-    that differs only in its data-parallel size (`stage_cache_key`)."""
-    key = stage_cache_key(scenario, tokens, context, decode, backward)
+    that differs only in its data-parallel size (`stage_cache_key`). `tokens` are a rank's sequence-parallel share
+    of its TP group's (`tp_gathers`, training and `run`'s static batch), or the TP group's own (serving's attention
+    ranks); see `PhaseBuilder.gemm_tokens`."""
+    key = stage_cache_key(scenario, tokens, context, decode, backward, tp_gathers)
     stages, routing, notes = reuse(
         _stage_cache,
         key,
         STAGE_CACHE_SIZE,
-        lambda: _run_stages(scenario, plan, cost, topology, tokens, context, decode, backward),
+        lambda: _run_stages(scenario, plan, cost, topology, tokens, context, decode, backward, tp_gathers),
     )
     return stages, routing, list(notes)  # callers add notes of their own
 
@@ -87,12 +92,13 @@ def _run_stages(
     context: int,
     decode: bool,
     backward: bool,
+    tp_gathers: bool,
 ) -> tuple[StagePasses, list[LayerRouting], list[str]]:
     """Route once, build each stage's phases, and run them on the scenario's timeline."""
     par = scenario.parallelism
     all_moe = list(range(plan.scenario.model.num_moe_layers))
     routing, notes = route_layers(scenario, all_moe, tokens * par.ep_size, topology.gpus_per_node)
-    builder = PhaseBuilder(scenario, plan, cost, topology, tokens, context, decode)
+    builder = PhaseBuilder(scenario, plan, cost, topology, tokens, context, decode, tp_gathers)
     timeline = timeline_for(scenario)
     cache: dict[tuple, tuple] = {}
     result = StagePasses([], [], [], [], [])
