@@ -81,7 +81,8 @@ def test_headline_figures_within_one_percent() -> None:
         assert active_params(spec, count_input_embedding=with_embedding) == pytest.approx(active, rel=0.01), name
     spec = model_preset("deepseek-v3")  # DeepSeek-V3 report, abstract: 671B total, 37B activated
     assert total_params(spec) == pytest.approx(671e9, rel=0.001)
-    assert active_params(spec, count_input_embedding=False) == pytest.approx(37e9, rel=0.0102)
+    # "37B" printed to two digits: anything from 36.5B to 37.5B prints so (the docs' bar for two-digit figures)
+    assert abs(active_params(spec, count_input_embedding=False) - 37e9) <= allowed_error(37e9, 2)
 
 
 def test_mixtral_counts_by_hand() -> None:

@@ -244,3 +244,18 @@ def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, content: str |
     result = CliRunner().invoke(app, ["run", "scenarios/mixtral-8x7b-serving.yaml", "--set", f"model={path}"])
     assert result.exit_code == 2
     assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda path: path.stem)
+def test_every_family_runs_through_the_simulator(path: Path) -> None:
+    """Each committed config simulates (four of its layers, one 8-GPU node, EP 8: every family's expert count
+    divides by 8), training and serving's static batch."""
+    from moesim.sim.step import simulate
+
+    model = {"hf_config": str(path), "num_layers": 4}
+    base = {"model": model, "parallelism": {"ep_size": 8}, "simulation": {"network_mode": "fast"}}
+    inference = {**base, "workload": {"mode": "inference", "micro_batch_size": 4, "seq_len": 1024, "decode_tokens": 4}}
+    training = {**base, "workload": {"seq_len": 1024, "global_batch_size": 16}}
+    for document in (inference, training):
+        result = simulate(scenario_from_dict(document), check_memory=False)
+        assert result.step_time_s > 0 and 0 < result.mfu < 1

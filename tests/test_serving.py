@@ -262,8 +262,9 @@ def test_two_batch_overlap_pays_off_when_communication_dominates() -> None:
     def throughput(nic: float, overlap: bool) -> float:
         return simulate_serving(scenario_from_dict(deepseek(nic, overlap))).output_tokens_per_s_per_gpu
 
-    # a slower network: the all-to-alls weigh as much as the compute and hide under the other half's
-    assert throughput(50, True) > 1.05 * throughput(50, False)
+    # a slower network: the all-to-alls outweigh the compute, which hides under the other half's (a gain bounded by
+    # the compute there is to hide: 4.6% here, 5-6% before the kernel profiles' held-out refit)
+    assert throughput(50, True) > 1.03 * throughput(50, False)
     # a fast one: two half batches read every expert's weights twice and gain little to hide
     assert throughput(400, True) < throughput(400, False)
 

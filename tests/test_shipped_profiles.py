@@ -1,7 +1,9 @@
-"""The shipped GPU profiles against every row of the measured kernel tables they were fitted to.
+"""The shipped GPU profiles against the measured kernel tables: the development rows they were fitted to, and the
+held-out rows (whole shapes, `validation/held_out/kernel_shapes.json`) they never saw.
 
 Tables: `moesim/cost/tables/<device>/` (NVIDIA H200 and H100 SXM, 2026-11-26). Errors are
-|predicted / measured - 1|; the bounds are the GPU cost-model issue's (median 8%, 90th percentile 20%).
+|predicted / measured - 1|; the bounds are the GPU cost-model issue's (median 8%, 90th percentile 20%), met on the
+development rows; the held-out errors are what the profiles record and `profiles show` prints, pinned here.
 The kernel models are compared as fitted (the tables' times include their host synchronisation).
 """
 
@@ -18,10 +20,16 @@ from moesim.cost.build import ffn_backward_seconds
 from moesim.cost.fp8 import Fp8Speedup
 from moesim.cost.gemm_fit import dense_errors, fit_dense_model, relative_errors
 from moesim.cost.grouped import GroupedGemmModel
-from moesim.cost.kernel_tables import shipped_tables
+from moesim.cost.kernel_tables import TABLES, KernelTables, read_tables
 from moesim.cost.shipped_profiles import SHIPPED_PROFILES, shipped_profile
+from moesim.cost.shipping import held_out_rows
 
 DEVICES = {"H200": "h200-2026-11-26", "H100-SXM": "h100-2026-11-26"}
+
+
+def shipped_tables(folder: str, held_out: bool = False) -> KernelTables:
+    """A device's development rows (what its profile was fitted to), or with `held_out` the rows kept from it."""
+    return read_tables(TABLES / folder, held_out_rows(folder), held_out=held_out)
 
 
 def _stats(errors: np.ndarray) -> tuple[float, float]:
@@ -32,16 +40,17 @@ def _stats(errors: np.ndarray) -> tuple[float, float]:
 def test_gemm_model_reproduces_every_measured_gemm(gpu: str) -> None:
     tables = shipped_tables(DEVICES[gpu])
     dense = GroupedGemmModel.from_dict(shipped_profile(gpu)["dense_gemm"])
-    assert len(tables.gemm) == 66
+    assert len(tables.gemm) == 44  # of 66: Mixtral's expert FFN held out
     median, p90 = _stats(dense_errors(dense, tables.gemm))
     assert median <= 0.08 and p90 <= 0.20, (median, p90)
-    # shape-aware: at 1,024 rows Mixtral's up-projection runs near 70% of peak, Qwen3's down-projection near 10%
+    # shape-aware: at 1,024 rows DeepSeek-V3's expert up-projection runs near 56% of peak, Qwen3's down-projection
+    # near 10%
     rates = {
         (inner, cols): 2 * rows * inner * cols / float(dense.dense_seconds(rows, inner, cols)) / 989.4e12
         for rows, inner, cols, _ in tables.gemm
         if rows == 1024
     }
-    assert rates[(4096, 28672)] > 0.6 and rates[(768, 2048)] < 0.2
+    assert rates[(7168, 4096)] > 0.5 and rates[(768, 2048)] < 0.2
 
 
 @pytest.mark.parametrize("gpu", DEVICES)
@@ -51,7 +60,7 @@ def test_grouped_model_reproduces_every_measured_grouped_gemm(gpu: str) -> None:
     samples = [
         ("forward", [rows] * groups, inner, cols, seconds) for groups, rows, inner, cols, seconds in tables.grouped
     ]
-    assert len(samples) == 40
+    assert len(samples) == 32  # of 40
     median, p90 = _stats(relative_errors(grouped, samples))
     assert median <= 0.08 and p90 <= 0.20, (median, p90)
     # 128 experts x 128 rows of 2048x1536: one grouped GEMM is several times faster than 128 GEMMs one by one
@@ -81,7 +90,7 @@ def test_backward_models_reproduce_the_measured_backwards() -> None:
             ]
         )
         median, _ = _stats(errors)
-        assert median <= 0.10, (gpu, median)
+        assert median <= 0.10, (gpu, median)  # the development rows: two FFN shapes (H100 8.8%, H200 3.1%)
     # the grouped backward (input + weight gradients) measured on the H100: 2.4-4.8x its forward
     tables = shipped_tables(DEVICES["H100-SXM"])
     grouped = GroupedGemmModel.from_dict(shipped_profile("H100-SXM")["grouped_gemm"])
@@ -119,9 +128,43 @@ def test_shipped_dense_fit_is_what_the_build_command_fits() -> None:
         assert float(refitted.dense_seconds(r, inner, cols)) == pytest.approx(
             float(shipped.dense_seconds(r, inner, cols)), rel=1e-3
         )
-    assert rows.size == 66
+    assert rows.size == 44
     recorded = shipped_profile("H200")["errors"]["dense_gemm"]
     assert recorded["median"] == pytest.approx(_stats(dense_errors(shipped, tables.gemm))[0], rel=1e-6)
+    # fitted to every row, the model is another one: the held-out rows were kept from the shipped fit
+    every = read_tables(TABLES / DEVICES["H200"])
+    with_them = fit_dense_model(every.gemm, 989.4e12, every.copy_bytes_per_s, 132)
+    assert with_them.as_dict() != shipped.as_dict()
+
+
+@pytest.mark.parametrize(
+    ("gpu", "part", "median", "p90"),
+    [
+        ("H100-SXM", "dense_gemm", 0.169, 0.199),
+        ("H100-SXM", "grouped_gemm", 0.041, 0.058),
+        ("H100-SXM", "attention", 0.075, 0.842),
+        ("H200", "dense_gemm", 0.034, 0.078),
+        ("H200", "grouped_gemm", 0.061, 0.161),
+        ("H200", "attention", 0.039, 0.788),
+    ],
+)
+def test_held_out_errors_are_the_shipped_models_on_shapes_it_never_saw(
+    gpu: str, part: str, median: float, p90: float
+) -> None:
+    """The profiles' recorded held-out errors, recomputed from the held-out rows with the shipped models, and the
+    figures docs/cost-model.md quotes (Mixtral 8x7B's expert FFN and the 32/8 attention layout held out)."""
+    profile, held = shipped_profile(gpu), shipped_tables(DEVICES[gpu], held_out=True)
+    recorded = profile["held_out_errors"][part]
+    assert (round(recorded["median"], 3), round(recorded["p90"], 3)) == (median, p90)
+    if part == "dense_gemm":
+        dense = GroupedGemmModel.from_dict(profile["dense_gemm"])
+        assert recorded["median"] == pytest.approx(_stats(dense_errors(dense, held.gemm))[0], rel=1e-9)
+        assert recorded["count"] == len(held.gemm) == 22
+    if part == "grouped_gemm":
+        grouped = GroupedGemmModel.from_dict(profile["grouped_gemm"])
+        samples = [("forward", [r] * g, i, c, sec) for g, r, i, c, sec in held.grouped]
+        assert recorded["median"] == pytest.approx(_stats(relative_errors(grouped, samples))[0], rel=1e-9)
+    assert "held-out error" in model_for_gpu(gpu_preset(gpu)).source_of(part)
 
 
 def test_each_gpu_preset_says_what_its_model_rests_on() -> None:
@@ -133,7 +176,7 @@ def test_each_gpu_preset_says_what_its_model_rests_on() -> None:
     assert "derived from H100-SXM" in h800.source_of("dense_gemm") and "derived" in h800.source
     assert h800.gemm_seconds(4096, 7168, 4096) == h100.gemm_seconds(4096, 7168, 4096)
     b200 = model_for_gpu(gpu_preset("B200"))
-    assert b200.dense is None and "assumed" in b200.source_of("anything") or "datasheet" in b200.source
+    assert b200.dense is None and ("assumed" in b200.source_of("anything") or "datasheet" in b200.source)
     # a changed preset is not the measured GPU any more: datasheet, labelled so
     tuned = model_for_gpu(gpu_preset("H100-SXM", peak_bf16_tflops=1200))
     assert tuned.dense is None and "datasheet" in tuned.source
@@ -190,18 +233,19 @@ def test_shipped_router_and_permutation_are_the_executors_device_work() -> None:
 
 @pytest.mark.parametrize(
     "gpu, plain, grouped_gap, taken, bounds",
-    [("H100-SXM", 17.4e-6, 21.5e-6, 19.0e-6, (0.06, 0.15)), ("H200", 24.7e-6, 27.5e-6, 26.1e-6, (0.11, 0.20))],
+    [("H100-SXM", 18.6e-6, 21.5e-6, 19.7e-6, (0.05, 0.11)), ("H200", 26.2e-6, 27.5e-6, 26.9e-6, (0.10, 0.17))],
 )
 def test_the_host_synchronisation_taken_off_the_tables_is_measured(
     gpu: str, plain: float, grouped_gap: float, taken: float, bounds: tuple[float, float]
 ) -> None:
-    """Each GPU's table GEMMs timed again back to back in a busy stream (`in_stream_bf16.csv`, 2026-11-26): the
-    tables' host-synchronised figures hold 17 us (plain) and 22 us (grouped) more on the H100, 25 and 27 us on the
-    H200, for kernels under 100 us; each profile takes off its measured median. The grouped model, fitted to the
-    tables, then meets the stream times: on the H100 within 5.0% (median) and 11.0% (90th); on the H200 within
-    10.0% and 17.0%, where its kernel runs 16 rows a group slower than 128 (a kernel choice no tile model makes)."""
+    """Each GPU's table GEMMs timed again back to back in a busy stream (`in_stream_bf16.csv`, 2026-11-26, its
+    development rows): the tables' host-synchronised figures hold 19 us (plain) and 22 us (grouped) more on the
+    H100, 26 and 27 us on the H200, for kernels under 100 us; each profile takes off its measured median. The
+    grouped model, fitted to the tables, then meets the stream times: on the H100 within 4.8% (median) and 11.0%
+    (90th); on the H200 within 9.5% and 16.3%, where its kernel runs 16 rows a group slower than 128 (a kernel
+    choice no tile model makes)."""
     tables = shipped_tables(DEVICES[gpu])
-    assert len(tables.in_stream) == 106
+    assert len(tables.in_stream) == 76  # of 106
     gaps = {
         kind: np.median([t - s for k, *_, t, s in tables.in_stream if k == kind and s < 100e-6])
         for kind in ("gemm_bf16", "grouped")
@@ -225,14 +269,16 @@ def test_attention_costs_each_query_block_and_fits_prompts_and_decode_timed_in_a
     8,192 tokens fit a fixed cost, whole causal tiles at one rate and each query block's own cost (short prompts
     run at 44% of peak, long ones at 62%); decode batches that fill the GPU read their KV caches at the copy
     bandwidth. Small decode batches with long caches are PyTorch's kernel without split-KV (an engine's splits the
-    cache over the SMs): left out of the check, and said so."""
+    cache over the SMs): left out of the check, and said so. The development rows are the 32/4 layout's (two prompts
+    and its decode batches; the 32/8 layout is held out): with two prompts in a stream the fixed cost is fitted at
+    22-23 us, which overcosts short prompts of the held-out layout (held-out p90 79-84%, the test above)."""
     from moesim.cost.kernel_tables import causal_attention_flops, causal_query_blocks
     from moesim.cost.model import causal_tile_share
     from moesim.models import model_preset
 
     tables = shipped_tables(DEVICES[gpu])
     cost = model_for_gpu(gpu_preset(gpu))
-    assert cost.attention_overhead_s < 12e-6 and 0.5 < cost.attention_efficiency < 0.7  # the 4-point fit's was 56 us
+    assert cost.attention_overhead_s < 25e-6 and 0.5 < cost.attention_efficiency < 0.7  # every row's fit: 7-8 us
     errors = []
     for kind, sequences, heads, kv_heads, _, context, seconds in tables.attention_in_stream:
         if kind == "prefill":
@@ -245,8 +291,8 @@ def test_attention_costs_each_query_block_and_fits_prompts_and_decode_timed_in_a
         else:
             continue
         errors.append(predicted / seconds - 1)
-    assert len(errors) == 18
+    assert len(errors) == 6
     median, p90 = _stats(np.array(errors))
-    assert median <= 0.08 and p90 <= 0.15, (median, p90)  # H100 3.3%, 11.8%; H200 6.4%, 11.2%
+    assert median <= 0.08 and p90 <= 0.15, (median, p90)  # H100 1.7%, 8.3%; H200 2.5%, 7.0%
     assert causal_tile_share(512) == pytest.approx(5 / 8) and causal_tile_share(1 << 20) == pytest.approx(0.5, 1e-3)
     assert model_preset("mixtral-8x7b").attention_head_dim == 128

@@ -26,7 +26,7 @@ gradient's to the backward samples (`fit_forward_then_gradient`).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -179,13 +179,64 @@ def _grouped_samples(tables: KernelTables) -> tuple[list[GroupedSample], list[Gr
     return forward, backward
 
 
+@dataclass(frozen=True)
+class FittedParts:
+    """The fitted kernel models a held-out table is predicted with."""
+
+    dense: GroupedGemmModel
+    ffn_fixed_s: float
+    grouped: GroupedGemmModel
+    attention: Optional[tuple[float, float, float]]  # (efficiency, fixed seconds, seconds a query block) in a stream
+    bandwidth: float
+
+
+def held_out_errors(fitted: FittedParts, fp8: Optional[Fp8Speedup], held: KernelTables, peak: float) -> dict[str, Any]:
+    """Each part's `predicted / measured - 1` summary on the rows the fit never saw (parts with such rows only):
+    plain GEMMs, the FFN backward, grouped GEMMs, fp8 speedups and causal prefill attention in a stream."""
+    errors: dict[str, Any] = {}
+    if held.gemm:
+        errors["dense_gemm"] = error_summary(dense_errors(fitted.dense, held.gemm), "gemm_bf16.csv")
+    if held.ffn_backward:
+        backward = [
+            float(ffn_backward_seconds(fitted.dense, r, hidden, inner, fitted.bandwidth, fitted.ffn_fixed_s)) / seconds
+            - 1.0
+            for r, hidden, inner, _, seconds in held.ffn_backward
+        ]
+        errors["dense_backward"] = error_summary(backward, "ffn_backward_bf16.csv")
+    forward, _ = _grouped_samples(held)
+    if forward:
+        errors["grouped_gemm"] = error_summary(
+            relative_errors(fitted.grouped, forward), "grouped_gemm_uniform_bf16.csv"
+        )
+    if fp8 is not None and held.fp8_speedup:
+        speedups = [fp8.speedup(rows, inner, cols) / value - 1.0 for rows, inner, cols, value in held.fp8_speedup]
+        errors["fp8_dense"] = error_summary(speedups, "gemm_fp8_vs_bf16.csv")
+    prompts = [row for row in held.attention_in_stream if row[0] == "prefill"]
+    if fitted.attention is not None and prompts:
+        efficiency, fixed, block = fitted.attention
+        attention = [
+            (
+                fixed
+                + _tile_flops(sequences, heads, context, 128) / (peak * efficiency)
+                + causal_query_blocks(sequences, heads, context) * block / SMS
+            )
+            / seconds
+            - 1.0
+            for _, sequences, heads, _, _, context, seconds in prompts
+        ]
+        errors["attention"] = error_summary(attention, "attention_in_stream.csv")
+    return errors
+
+
 def build_profile(
     tables: KernelTables,
     gpu: GpuSpec,
     gradients_from: Optional[KernelTables] = None,
     phase_fit: Optional[dict[str, Any]] = None,
+    held_out: Optional[KernelTables] = None,
 ) -> dict[str, Any]:
-    """The profile of `gpu` fitted to `tables` (see the module docstring); `phase_fit` is carried as given."""
+    """The profile of `gpu` fitted to `tables` (see the module docstring); `phase_fit` is carried as given. With
+    `held_out` (rows kept from the fit: a held-out draw's), each part's error there too (`held_out_errors`)."""
     peak, bandwidth = gpu.peak_bf16_flops, tables.copy_bytes_per_s
     label = f"measured: {tables.name}"
     sources: dict[str, str] = {}
@@ -252,6 +303,7 @@ def build_profile(
         timing = profile["timing_overhead_s"]
         samples = _attention_samples(tables, timing)
         efficiency, fixed, block, attention_errors = fit_attention_in_stream(samples, peak)
+        attention_fit = (efficiency, fixed, block)
         # a profile's overheads are as host-synchronised tables time them: the cost model takes the timing off
         profile.update(attention_efficiency=efficiency, attention_overhead_s=fixed + timing, attention_block_s=block)
         errors["attention"] = error_summary(attention_errors, "attention_in_stream.csv + attention_sdpa_bf16.csv")
@@ -286,6 +338,12 @@ def build_profile(
         )
     if phase_fit:
         profile["phase_fit"] = phase_fit
+    if held_out is not None:
+        fitted = FittedParts(
+            dense, ffn_fixed, grouped, attention_fit if tables.attention_in_stream else None, bandwidth
+        )
+        fitted_fp8 = Fp8Speedup.from_list(profile["fp8_dense_speedup"]) if "fp8_dense_speedup" in profile else None
+        profile["held_out_errors"] = held_out_errors(fitted, fitted_fp8, held_out, peak)
     profile["sources"] = sources
     profile["errors"] = errors
     profile["source"] = f"measured kernel tables {tables.name}"

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Collection, Mapping, Optional
 
 from moesim.cost.model import ATTENTION_BLOCK
 
@@ -62,53 +62,75 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _table(
-    path: Path, text: tuple[str, ...] = (), whole: tuple[str, ...] = (), real: tuple[str, ...] = ()
+    path: Path,
+    text: tuple[str, ...] = (),
+    whole: tuple[str, ...] = (),
+    real: tuple[str, ...] = (),
+    keep: Callable[[str, int], bool] = lambda table, index: True,
 ) -> list[tuple]:  # type: ignore[type-arg]
     """A CSV's rows as tuples of the named columns, in that order: `text` as read, `whole` as integers, `real` as
-    floats (empty when the file is absent)."""
+    floats (empty when the file is absent); only the rows `keep(table, row number from 0)` keeps."""
     return [
         tuple(r[c] for c in text) + tuple(int(r[c]) for c in whole) + tuple(float(r[c]) for c in real)
-        for r in csv_rows(path)
+        for index, r in enumerate(csv_rows(path))
+        if keep(path.stem, index)
     ]
 
 
-def read_tables(folder: Path) -> KernelTables:
-    """The tables in `folder` (see the module docstring)."""
+def read_tables(
+    folder: Path, rows: Optional[Mapping[str, Collection[int]]] = None, held_out: bool = False
+) -> KernelTables:
+    """The tables in `folder` (see the module docstring). With `rows` (table name -> row numbers, from 0: a held-out
+    draw's), the tables without those rows, or with `held_out` those rows alone."""
+    chosen = rows or {}
+
+    def keep(table: str, index: int) -> bool:
+        return (index in chosen.get(table, ())) == held_out
+
     copy = json.loads((folder / "hbm_copy.json").read_text())
-    gemm = _table(folder / "gemm_bf16.csv", whole=("rows", "inner", "cols"), real=("seconds",))
-    if not gemm:
+    gemm = _table(folder / "gemm_bf16.csv", whole=("rows", "inner", "cols"), real=("seconds",), keep=keep)
+    if not gemm and not held_out:
         raise FileNotFoundError(f"{folder}: no gemm_bf16.csv")
     grouped = ("groups", "rows_per_group", "inner", "cols")
     return KernelTables(
         folder=folder,
         copy_bytes_per_s=float(copy["copy_bytes_read_plus_written"]) / float(copy["seconds"]),
         gemm=gemm,
-        fp8_speedup=_table(folder / "gemm_fp8_vs_bf16.csv", whole=("rows", "inner", "cols"), real=("fp8_speedup",)),
-        grouped=_table(folder / "grouped_gemm_uniform_bf16.csv", whole=grouped, real=("grouped_seconds",)),
+        fp8_speedup=_table(
+            folder / "gemm_fp8_vs_bf16.csv", whole=("rows", "inner", "cols"), real=("fp8_speedup",), keep=keep
+        ),
+        grouped=_table(folder / "grouped_gemm_uniform_bf16.csv", whole=grouped, real=("grouped_seconds",), keep=keep),
         grouped_fp8=_table(
             folder / "grouped_gemm_fp8_and_backward.csv",
             whole=grouped,
             real=("bf16_seconds", "fp8_seconds", "backward_over_forward_bf16"),
+            keep=keep,
         ),
         ffn_backward=_table(
             folder / "ffn_backward_bf16.csv",
             whole=("rows", "hidden", "expert_ffn"),
             real=("forward_seconds", "backward_seconds"),
+            keep=keep,
         ),
         attention=_table(
-            folder / "attention_sdpa_bf16.csv", whole=("batch", "heads", "seq_len", "head_dim"), real=("seconds",)
+            folder / "attention_sdpa_bf16.csv",
+            whole=("batch", "heads", "seq_len", "head_dim"),
+            real=("seconds",),
+            keep=keep,
         ),
         attention_in_stream=_table(
             folder / "attention_in_stream.csv",
             text=("kind",),
             whole=("sequences", "heads", "kv_heads", "queries", "context"),
             real=("stream_seconds",),
+            keep=keep,
         ),
         in_stream=_table(
             folder / "in_stream_bf16.csv",
             text=("table",),
             whole=("groups", "rows", "inner", "cols"),
             real=("table_seconds", "stream_seconds"),
+            keep=keep,
         ),
     )
 

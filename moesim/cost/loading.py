@@ -121,13 +121,16 @@ def _in_stream(data: Optional[dict[str, Any]], timing: float, launch: float) -> 
 
 
 def _labelled_sources(data: dict[str, Any], path: Path) -> tuple[tuple[str, str], ...]:
-    """Each part's source from a profile, with its measured error where the profile records one."""
-    errors = data.get("errors", {})
+    """Each part's source from a profile, with the error that applies to it: on held-out shapes the fit never saw
+    where the profile has them (the shipped profiles), else leave-one-out, else in-sample (the fit's own rows)."""
+    errors, held_out = data.get("errors", {}), data.get("held_out_errors", {})
     labelled = []
     for part, label in data.get("sources", {}).items():
-        error, kind = errors.get(f"{part}_leave_one_out"), "leave-one-out error"
+        error, kind = held_out.get(part), "held-out error"
         if not error:
-            error, kind = errors.get(part), "error"
+            error, kind = errors.get(f"{part}_leave_one_out"), "leave-one-out error"
+        if not error:
+            error, kind = errors.get(part), "in-sample error"
         if error:
             label += f" ({kind} median {100 * error['median']:.1f}%, p90 {100 * error['p90']:.1f}%, n={error['count']})"
         labelled.append((part, label))

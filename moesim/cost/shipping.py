@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from moesim.cluster.hardware import gpu_preset
 from moesim.cost.build import KERNEL_LAUNCH_S, build_profile
-from moesim.cost.kernel_tables import shipped_tables
+from moesim.cost.kernel_tables import TABLES, read_tables, shipped_tables
 from moesim.cost.shipped_profiles import SHIPPED, SHIPPED_PROFILES
 
 DEVICE_NAMES = {"H200": "NVIDIA-H200", "H100-SXM": "NVIDIA-H100-80GB-HBM3"}
@@ -36,6 +36,18 @@ scatter-add 1.03x, the router's top-k 0.98x; only plain gathers 1.3x, where band
 serving check's un-permutations ran 0.7x the scaled model."""
 PHASE_SOURCE = PHASE_SOURCES["H200"]
 """The source for a GPU without its own."""
+HELD_OUT_RECORD = Path(__file__).resolve().parents[2] / "validation" / "held_out" / "kernel_shapes.json"
+"""The held-out draw of the kernel tables (`moesim.validation.held_out`): whole shapes the shipped profiles are never
+fitted to, on which their held-out errors are measured."""
+
+
+def held_out_rows(folder: str, record: Path = HELD_OUT_RECORD) -> Optional[dict[str, list[int]]]:
+    """The held-out row numbers of a device's tables, by table; None where the checkout has no record."""
+    if not record.exists():
+        return None
+    return json.loads(record.read_text())["held_out_rows"].get(folder, {})
+
+
 SHIPPED_PHASES = ("router:", "permute", "unpermute")
 """The executor's measured phase models a shipped profile carries. Not its MoE-block backward: that model scales the
 calibration's own kernel models (and gives the router's and shared experts' backward no time); the shipped kernel
@@ -104,13 +116,24 @@ def build_shipped(
         if derived_from:
             profile = derived_profile(built[derived_from], name, derived_from)
         else:
-            tables = shipped_tables(folder)
+            rows = held_out_rows(folder)
+            tables = read_tables(TABLES / folder, rows) if rows is not None else shipped_tables(folder)
+            held = read_tables(TABLES / folder, rows, held_out=True) if rows is not None else None
             assert tables is not None, folder
-            donor = shipped_tables(donor_folder) if donor_folder else None
+            donor_rows = held_out_rows(donor_folder) if donor_folder else None
+            donor = read_tables(TABLES / donor_folder, donor_rows) if donor_folder else None  # its held-out rows too
             source = phase_source or PHASE_SOURCES.get(name, PHASE_SOURCE)
             phases = json.loads(source.read_text()) if source.exists() else {}
             fits = scaled_phase_fit(phases, tables.copy_bytes_per_s, KERNEL_LAUNCH_S) if phases else None
-            profile = build_profile(tables, gpu_preset(name), donor, fits)
+            profile = build_profile(tables, gpu_preset(name), donor, fits, held)
+            if held is not None:
+                record = json.loads(HELD_OUT_RECORD.read_text())
+                profile["held_out"] = {
+                    "record": "validation/held_out/kernel_shapes.json",
+                    "shapes": record["held_out_shapes"],
+                    "rows": sum(len(numbers) for numbers in (rows or {}).values()),
+                    "note": "the fit never saw these shapes' rows; held_out_errors are the shipped model's error there",
+                }
             if fits:
                 own = phases.get("device", "") == DEVICE_NAMES.get(name)
                 profile["sources"]["moe_kernels"] = (

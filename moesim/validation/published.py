@@ -16,6 +16,7 @@ from pathlib import Path
 
 from moesim.models import accounting
 from moesim.scenario import load_scenario
+from moesim.sim.result import StepResult
 from moesim.sim.step import simulate
 from moesim.validation.deepep import (
     DEEPEP_LOW_LATENCY,
@@ -42,6 +43,7 @@ class PublishedRun:
     published: float
     source: str
     differences: str
+    """What moesim assumes differently; `{name}` fields are filled from the run's own result (`run_figures`)."""
 
 
 PUBLISHED_RUNS = [
@@ -54,14 +56,12 @@ PUBLISHED_RUNS = [
         "GEMMs and dispatch, selective recomputation of RMSNorm, MLA up-projections and SwiGLU, FP8-cached linear "
         "inputs, 20 SMs for DeepEP, fused MoE kernels: DeepEP permutes in its dispatch and un-permutes in its "
         "combine) and is too fast, for named reasons: an overlapped forward-backward pair takes the longer of its "
-        "compute and its collectives (perfect overlap), so moesim's busiest rank computes 12.6 s where DeepSeek "
-        "measured 17.6 s (table below); its bubble is 0.6 s where DeepSeek measured 2.1 s (the schedule's ranks "
-        "here are nearly equal; DeepSeek's are not, nor are its pairs perfectly overlapped); it counts the "
-        "optimizer as one memory pass (0.007 s against 0.29 s). Until this release moesim costed the router and "
-        "the permutations as its eager PyTorch executor runs them, 3.4 s a step that DeepSeek's fused kernels do "
-        "not spend, which hid part of this gap (150K, 0.83). The network model is not measured and the H800 "
-        "profile is derived from H100 kernel measurements. What it would take: measured pairs (a GPU run of two "
-        "overlapped chunks) and a measured optimizer step.",
+        "compute and its collectives (perfect overlap), so moesim's busiest rank computes {compute_s:.2f} s where "
+        "DeepSeek measured 17.55 s (table below); its bubble is {bubble_s:.2f} s where DeepSeek measured 2.06 s (the "
+        "schedule's ranks here are nearly equal; DeepSeek's are not, nor are its pairs perfectly overlapped); it "
+        "counts the optimizer as one memory pass ({optimizer_s:.3f} s against 0.29 s). The network model is not "
+        "measured and the H800 profile is derived from H100 kernel measurements. What it would take: measured "
+        "pairs (a GPU run of two overlapped chunks) and a measured optimizer step.",
     ),
     PublishedRun(
         "mixtral-8x7b-training-mcore.yaml",
@@ -91,6 +91,23 @@ DEEPSEEK_STEP_BREAKDOWN = {  # DeepSeek, ISCA 2025 (arXiv 2505.09343), Table 4: 
 }
 
 
+COMPUTE_PARTS = (
+    "forward_s",
+    "backward_input_s",
+    "backward_weight_s",
+    "recompute_s",
+    "overlap_hidden_s",
+    "grad_allreduce_exposed_s",
+)
+"""The breakdown parts that make Table 4's "forward, backward and their communication"."""
+
+
+def run_figures(result: StepResult) -> dict[str, float]:
+    """A training result's figures that a row's prose quotes: its breakdown parts and their compute sum."""
+    parts = dict(result.breakdown)
+    return {**parts, "compute_s": sum(parts[key] for key in COMPUTE_PARTS)}
+
+
 def deepseek_breakdown_rows(network_mode: str = "full") -> list[str]:
     """DeepSeek-V3's measured step breakdown beside moesim's, the parts mapped as closely as their names allow."""
     scenario = load_scenario(
@@ -102,17 +119,9 @@ def deepseek_breakdown_rows(network_mode: str = "full") -> list[str]:
         "step": sum(parts.values()),
         "pipeline bubble": parts["bubble_s"],
         "optimizer": parts["optimizer_s"],
-        "forward, backward and their communication (1F 1.13 + 1B 1.99 + 1W 0.48 + 1F1B 13.95)": sum(
-            parts[key]
-            for key in (
-                "forward_s",
-                "backward_input_s",
-                "backward_weight_s",
-                "recompute_s",
-                "overlap_hidden_s",
-                "grad_allreduce_exposed_s",
-            )
-        ),
+        "forward, backward and their communication (1F 1.13 + 1B 1.99 + 1W 0.48 + 1F1B 13.95)": run_figures(result)[
+            "compute_s"
+        ],
     }
     rows = ["| part | DeepSeek (s) | moesim (s) |", "| --- | ---: | ---: |"]
     rows += [f"| {name} | {value:.2f} | {ours[name]:.2f} |" for name, value in DEEPSEEK_STEP_BREAKDOWN.items()]
@@ -176,15 +185,16 @@ def deepep_rows(network_mode: str = "full") -> list[str]:
     return rows
 
 
-def predicted(run: PublishedRun, network_mode: str = "full") -> tuple[str, float]:
-    """(deployment label, moesim's figure in the run's metric)."""
+def predicted(run: PublishedRun, network_mode: str = "full") -> tuple[str, float, str]:
+    """(deployment label, moesim's figure in the run's metric, the differences with moesim's figures filled in)."""
     scenario = load_scenario(REPO / "scenarios" / run.scenario, [f"simulation.network_mode={network_mode}"])
     result = simulate(scenario)
     label = f"{scenario.name} ({scenario.cluster.world_size} x {scenario.cluster.gpu.name})"
+    differences = run.differences.format(**run_figures(result))
     if run.metric == "gpu_hours_per_trillion_tokens":
-        return label, 1e12 / result.tokens_per_s_per_gpu / 3600
+        return label, 1e12 / result.tokens_per_s_per_gpu / 3600, differences
     flops = accounting.megatron_flops_per_token(scenario.model, scenario.workload.seq_len)
-    return label, flops * result.tokens_per_s_per_gpu
+    return label, flops * result.tokens_per_s_per_gpu, differences
 
 
 def _ratio(ours: float, published: float) -> str:
@@ -234,11 +244,11 @@ def published_table(network_mode: str = "full") -> str:
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     for run in PUBLISHED_RUNS:
-        label, value = predicted(run, network_mode)
+        label, value, differences = predicted(run, network_mode)
         lines.append(
             f"| {label} | {_figure(run.metric, run.published)} | {_figure(run.metric, value)} | "
             f"{_ratio(value, run.published)} "
-            f"| {run.source} | {run.differences} |"
+            f"| {run.source} | {differences} |"
         )
     lines += ["", "## DeepEP's all-to-all bandwidth", "", *deepep_rows(network_mode)]
     lines += ["", "## Serving", "", *serving_rows()]
