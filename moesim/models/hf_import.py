@@ -132,20 +132,25 @@ class _Reader:
 Fields = tuple[dict[str, Any], list[str]]
 
 
-def _common(reader: _Reader) -> dict[str, Any]:
-    """The keys most families share (Llama's names)."""
+LLAMA_NAMES = ("num_hidden_layers", "hidden_size", "max_position_embeddings", "num_attention_heads")
+"""The keys most families name the layers, width, context and heads by (Llama's)."""
+
+
+def _common(reader: _Reader, names: tuple[str, str, str, str] = LLAMA_NAMES) -> dict[str, Any]:
+    """The keys every family has, under its `names` for layers, width, context and heads."""
     activation = reader.text("hidden_act", "silu")
     if activation not in ("silu", "swish"):
         raise ModelImportError(
             f"model: config.json 'hidden_act' = '{activation}': the families mapped use SiLU-gated FFNs; "
             "write the model's fields out with its ffn activation"
         )
+    layers, hidden, context, heads = names
     fields: dict[str, Any] = dict(
-        num_layers=reader.int("num_hidden_layers"),
-        hidden_size=reader.int("hidden_size"),
+        num_layers=reader.int(layers),
+        hidden_size=reader.int(hidden),
         vocab_size=reader.int("vocab_size"),
-        max_seq_len=reader.int("max_position_embeddings", 4096),
-        num_attention_heads=reader.int("num_attention_heads"),
+        max_seq_len=reader.int(context, 4096),
+        num_attention_heads=reader.int(heads),
         tie_word_embeddings=reader.flag("tie_word_embeddings"),
     )
     if reader.has("num_key_value_heads"):
@@ -282,14 +287,9 @@ def _dbrx(reader: _Reader) -> Fields:
     attention, ffn = reader.sub("attn_config"), reader.sub("ffn_config")
     inner = ffn.int("ffn_hidden_size")
     weights = ffn.config.get("moe_normalize_expert_weights", 1)
-    fields: dict[str, Any] = dict(
-        num_layers=reader.int("n_layers"),
-        hidden_size=reader.int("d_model"),
-        vocab_size=reader.int("vocab_size"),
-        max_seq_len=reader.int("max_seq_len", 4096),
-        num_attention_heads=reader.int("n_heads"),
+    fields = _common(reader, ("n_layers", "d_model", "max_seq_len", "n_heads"))
+    fields.update(
         num_key_value_heads=attention.int("kv_n_heads"),
-        tie_word_embeddings=reader.flag("tie_word_embeddings"),
         intermediate_size=inner,
         moe_intermediate_size=inner,
         num_experts=ffn.int("moe_num_experts"),
