@@ -6,7 +6,8 @@
 1. One training step of DeepSeek-V3 (its preset: top-8 of 256 experts, EP 64, DeepEP
    all-to-all on H800 nodes) at 64, 256, 1024 and 2048 GPUs, fast and full mode. PP grows
    with the cluster (GPUs / 128 stages) so EP 64 and DP 128 stay fixed, with 8 micro-batches
-   per step; memory checks are off (64 GPUs cannot hold the model). Prints the wall time of
+   per step on the 1F1B schedule (DualPipe, the scenario's own, needs an even pp of at least 2
+   and twice pp micro-batches); memory checks are off (64 GPUs cannot hold the model). Prints the wall time of
    each, and the growth from 256 to 2048 GPUs (target: at most 8x, the growth in GPUs) and
    the 1024-GPU times (targets: at most 1 s fast, 30 s full, on a 2-core machine).
 2. A 100-point sweep of the Mixtral 8x7B serving scenario (capacity factor x skew x routing
@@ -38,13 +39,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def deepseek(gpus: int, mode: str) -> float:
-    stages = max(1, gpus // 128)
-    data_parallel = gpus // stages
+    pipeline = max(1, gpus // 128)
+    data_parallel = gpus // pipeline
     scenario = load_scenario(
         REPO / "scenarios" / "deepseek-v3-pretraining.yaml",
         [
             f"cluster.num_nodes={gpus // 8}",
-            f"parallelism.pp_size={stages}",
+            f"parallelism.pp_size={pipeline}",
+            "parallelism.pipeline_schedule=1f1b",  # DualPipe needs an even pp >= 2 and 2 x pp micro-batches
             f"simulation.network_mode={mode}",
             f"workload.global_batch_size={8 * data_parallel}",
         ],

@@ -53,6 +53,15 @@ def test_plan_serve_prints_a_verdict_and_exits_1_when_nothing_meets_the_targets(
     assert impossible.exit_code == 1 and "no plan" in impossible.output
     neither = runner.invoke(app, ["plan", str(path)])
     assert neither.exit_code == 2 and "one of the two" in neither.output
+    # --json gives numbers as numbers (the table's "90%" and "1,234" are for reading)
+    data = json.loads(
+        runner.invoke(
+            app, ["plan", str(path), "--serve", "--ttft", "1", "--tpot", "0.05", "--max-gpus", "8", "--json"]
+        ).stdout
+    )
+    first = data["options"][0]
+    assert isinstance(first["gpus"], int) and isinstance(first["load"], float) and 0 < first["load"] < 1
+    assert isinstance(first["output_tokens_per_s_per_gpu"], float) and first["gpu"] == "H100-SXM"
 
 
 def test_the_search_splits_nodes_into_prefill_and_decode_pools_and_tries_tensor_parallel_replicas() -> None:

@@ -44,28 +44,47 @@ def plan_serving_command(
             max_load,
         )
 
-    def row(option: Any) -> dict[str, str]:
+    def figures(option: Any) -> dict[str, Any]:
+        """An option's figures as numbers (the JSON's), each named with its unit."""
         r = option.result
         return {
-            "GPUs": str(option.gpus),
-            "GPU": option.gpu,
+            "gpus": option.gpus,
+            "gpu": option.gpu,
             "form": option.layout.form_label,
-            "TP": str(option.tp_size),
-            "EP": option.layout.ep_label,
+            "tp_size": option.tp_size,
+            "ep": option.layout.ep_label,
             "split": option.layout.split,
-            "budget": f"{option.token_budget:,}",
-            "seqs": str(option.max_running),
-            "TTFT p90 s": f"{r.ttft_s[90]:.3g}",
-            "TPOT p90 ms": f"{r.tpot_s[90] * 1e3:.3g}",
-            "tok/s/GPU": f"{r.output_tokens_per_s_per_gpu:,.0f}",
-            "load": "-" if r.load is None else f"{r.load:.0%}",
-            "$/M tokens": f"{r.dollars_per_million_output_tokens:.4g}",
+            "token_budget": option.token_budget,
+            "max_running": option.max_running,
+            "ttft_p90_s": r.ttft_s[90],
+            "tpot_p90_s": r.tpot_s[90],
+            "output_tokens_per_s_per_gpu": r.output_tokens_per_s_per_gpu,
+            "load": r.load,
+            "dollars_per_million_output_tokens": r.dollars_per_million_output_tokens,
+        }
+
+    def row(option: Any) -> dict[str, str]:
+        f = figures(option)
+        return {
+            "GPUs": str(f["gpus"]),
+            "GPU": f["gpu"],
+            "form": f["form"],
+            "TP": str(f["tp_size"]),
+            "EP": f["ep"],
+            "split": f["split"],
+            "budget": f"{f['token_budget']:,}",
+            "seqs": str(f["max_running"]),
+            "TTFT p90 s": f"{f['ttft_p90_s']:.3g}",
+            "TPOT p90 ms": f"{f['tpot_p90_s'] * 1e3:.3g}",
+            "tok/s/GPU": f"{f['output_tokens_per_s_per_gpu']:,.0f}",
+            "load": "-" if f["load"] is None else f"{f['load']:.0%}",
+            "$/M tokens": f"{f['dollars_per_million_output_tokens']:.4g}",
         }
 
     if as_json:
         print_json(
             {
-                "options": [{**row(o), "result": o.result.as_dict()} for o in result.options],
+                "options": [{**figures(o), "result": o.result.as_dict()} for o in result.options],
                 "evaluated": result.evaluated,
                 "compute_sources": result.compute_sources,
             }
@@ -106,8 +125,12 @@ def plan_serving_command(
         rows = [row(option) for option in options]
         if not rows:
             continue
-        columns, _ = fit_columns(list(rows[0]), rows, console.width, ("seqs", "budget", "load", "tok/s/GPU", "GPU"))
+        columns, dropped = fit_columns(
+            list(rows[0]), rows, console.width, ("seqs", "budget", "load", "tok/s/GPU", "GPU")
+        )
         print_table(title, columns, rows)
+        if dropped:
+            console.print(f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--json has them)[/dim]")
     for gpu, source in sorted(result.compute_sources.items()):
         console.print(f"[dim]{gpu} iteration times: {source}; {checked_words(gpu, source)}[/dim]")
     console.print(

@@ -56,7 +56,7 @@ def sweep(
 
     from moesim.planning.grid import parse_param
     from moesim.planning.store import ResultsStore, export_csv, export_parquet
-    from moesim.planning.sweep import run_sweep
+    from moesim.planning.sweep import run_sweep, sweep_grid
     from moesim.scenario import apply_overrides, read_document
 
     output_file(csv_path, "--csv")
@@ -64,6 +64,7 @@ def sweep(
     document = apply_overrides(read_document(scenario), overrides)
     _note_model(document)
     grid_params = dict(parse_param(text) for text in params) or None
+    sweep_grid(document, grid_params)  # a bad value stops here, before the progress bar and the store
     with progress_bar("sweep", to_stderr=True, transient=as_json) as progress:
         task = progress.add_task("points", total=None)
 
@@ -228,6 +229,8 @@ def plan_command(
     _note_model(document)
     if serve == (target_tokens_per_s is not None):
         raise MoesimError("plan: give --target-tokens-per-s (training) or --serve (serving), one of the two")
+    if target_tokens_per_s is not None and target_tokens_per_s <= 0:
+        raise MoesimError(f"--target-tokens-per-s: {target_tokens_per_s:g} tokens/s is no target; give a rate above 0")
     price_table = {}
     for item in (prices or "").split(","):
         if item.strip():

@@ -208,7 +208,10 @@ def step_table(result: Any) -> Table:
 
 def print_sources(result: Any) -> None:
     """Under the tables: what each basis means for this result (every distinct source, with its measured error)."""
-    console.print("[bold]basis of the figures[/bold] (measured error: |predicted / measured - 1| on the tables)")
+    console.print(
+        "[bold]basis of the figures[/bold] (error: |predicted / measured - 1|, on kernel shapes the fit never saw "
+        "where the profile has them, else as labelled)"
+    )
     for label, phases in phases_by_source(result.sources):
         console.print(escape(f"  [{grade(label)}] {', '.join(phases)}: {label}"))
 
@@ -253,10 +256,22 @@ def summary_table(result: Any) -> Table:
         ("expert load imbalance (max / mean)", f"{result.load_imbalance:.3f}"),
         ("bytes across nodes per step", units.byte_size(result.bytes_across_nodes_per_step)),
         ("peak memory per GPU", f"{memory['total_bytes'] / 1e9:.1f} GB of {memory['capacity_bytes'] / 1e9:.0f} GB"),
+        *[(f"  {label}", f"{memory[key] / 1e9:.1f} GB") for key, label in MEMORY_PARTS if memory.get(key)],
     ]
     for row in rows:
         table.add_row(*row)
     return table
+
+
+MEMORY_PARTS = (
+    ("weights_bytes", "weights"),
+    ("grads_bytes", "gradients"),
+    ("optimizer_bytes", "optimizer states"),
+    ("activations_bytes", "activations"),
+    ("kv_cache_bytes", "KV cache"),
+    ("alltoall_buffer_bytes", "all-to-all buffers"),
+)
+"""The parts of a GPU's memory `run` lists under its peak (`sim.memory.MemoryBreakdown`)."""
 
 
 @app.command()
@@ -317,7 +332,16 @@ def serve(
     if as_json:
         print_json(result.as_dict())
         return
-    table = Table(title=f"{resolved.name}: latency (s)", box=box.SIMPLE_HEAD, show_edge=False)
+    title = f"{resolved.name}: latency (s)"
+    if result.overloaded:
+        typer.echo(
+            f"warning: serve: overloaded: requests arrive at {result.load:,.3g}x the rate this deployment serves; the "
+            "queue grows without end and the latencies below are this run's, not a steady state; lower "
+            "serving.request_rate or add GPUs (moesim plan --serve)",
+            err=True,
+        )
+        title += f", OVERLOADED ({result.load:,.3g}x capacity): growing with the run's length"
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False)
     table.add_column("")
     for percentile in PERCENTILES:
         table.add_column(f"p{percentile}", justify="right")

@@ -30,7 +30,7 @@ class Point:
 
 def parse_param(text: str) -> tuple[str, list[Any]]:
     """`routing.capacity_factor=1.0,1.25,2.0` -> ("routing.capacity_factor", [1.0, 1.25, 2.0])."""
-    path, value = parse_override(text)
+    path, value = parse_override(text, "--param")
     dotted = ".".join(path)
     if isinstance(value, str):
         values = [parse_override(f"x={item}")[1] for item in value.split(",")]

@@ -16,11 +16,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from moesim.errors import MoesimError
+from moesim.errors import MoesimError, ScenarioError
 from moesim.planning.grid import Point, grid
 from moesim.planning.store import ResultsStore
 from moesim.scenario import Scenario, scenario_from_dict
@@ -73,6 +73,39 @@ class SweepSummary:
     store: Path
 
 
+def sweep_grid(
+    document: dict, params: Optional[Mapping[str, Sequence[Any]]] = None
+) -> tuple[Scenario, dict[str, Sequence[Any]], list[Point]]:
+    """(the base scenario, the swept parameters, the grid's points), every value checked before any work starts: the
+    base scenario validates, there is something to sweep, and each value makes a valid scenario somewhere."""
+    base: Scenario = scenario_from_dict(document)
+    swept = dict(params or base.sweep.params)
+    if not swept:
+        raise MoesimError("nothing to sweep: give --param PATH=V1,V2 or a sweep.params section")
+    points = grid(swept)
+    check_every_value(document, swept, points)
+    return base, swept, points
+
+
+def check_every_value(document: dict, params: Mapping[str, Sequence[Any]], points: Sequence[Point]) -> None:
+    """Stop on a parameter value that no point of the grid can take (a typo, a wrong type): each value must make a
+    valid scenario in at least one point; a value valid only with some others leaves the rest as failed points."""
+    for name, values in params.items():
+        for value in values:
+            first: Optional[ScenarioError] = None
+            for point in points:
+                if (name, value) not in point.values:
+                    continue
+                try:
+                    scenario_from_dict(document, point.overrides)
+                    break
+                except ScenarioError as error:
+                    first = first or error
+            else:
+                if first is not None:
+                    raise ScenarioError(f"--param {name}={value}: no point of the grid takes it ({first})")
+
+
 def run_sweep(
     document: dict[str, Any],
     params: Optional[dict[str, Sequence[Any]]] = None,
@@ -90,13 +123,7 @@ def run_sweep(
     stored with an error again (a stored failure is otherwise final, like a stored result).
     `on_progress(done, total)` is called as points finish.
     """
-    base: Scenario = scenario_from_dict(document)  # validates the base scenario first
-    params = dict(params or base.sweep.params)
-    if not params:
-        raise MoesimError("nothing to sweep: give --param PATH=V1,V2 or a sweep.params section")
-    points = grid(params)
-    for point in points[:1]:
-        scenario_from_dict(document, point.overrides)  # a bad value fails before any work starts
+    base, params, points = sweep_grid(document, params)
     identity = sweep_id(document, list(params))
     store = ResultsStore(store_path or base.sweep.store)
     try:

@@ -32,12 +32,13 @@ def path_problem(path: Sequence[Any], root: type[BaseModel] = Scenario) -> str |
     return field_path_problem(path, root)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `a.b=c` into (["a", "b"], value), the value read as YAML (numbers, null, lists)."""
+def parse_override(text: str, option: str = "--set") -> tuple[list[str], Any]:
+    """Split `a.b=c` into (["a", "b"], value), the value read as YAML (numbers, null, lists); a malformed one is an
+    error naming `option`, the command-line option it came from."""
     key, sep, raw = text.partition("=")
     path = [part.strip() for part in key.strip().split(".")]
     if not sep or not all(path):
-        raise ScenarioError(f"--set '{text}': expected KEY=VALUE with a dotted key, e.g. routing.top_k=2")
+        raise ScenarioError(f"{option} '{text}': expected KEY=VALUE with a dotted key, e.g. routing.top_k=2")
     try:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
@@ -86,9 +87,9 @@ def read_document(path: str | Path) -> dict[str, Any]:
         if syntax == "TOML":
             document = tomllib.loads(text)
         elif syntax == "JSON":
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_unique_json_keys)
         else:
-            document = yaml.safe_load(text)
+            document = yaml.load(text, Loader=_UniqueKeyLoader)
     except Exception as error:  # each parser has its own error type; all mean "not valid syntax"
         raise ScenarioError(f"{path}: not valid {syntax} ({_syntax_problem(error)})") from None
     if document is None:
@@ -113,6 +114,33 @@ def _model_file_beside(document: dict[str, Any], folder: Path) -> dict[str, Any]
     return {**document, "model": moved if isinstance(model, str) else {**model, key: moved}}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (plain YAML keeps the later silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key '{key}': the later would silently replace the earlier; keep one",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that gives no key twice."""
+    keys = [key for key, _ in pairs]
+    doubled = next((key for key in keys if keys.count(key) > 1), None)
+    if doubled is not None:
+        raise ValueError(f"duplicate key '{doubled}': the later would silently replace the earlier; keep one")
+    return dict(pairs)
+
+
 def _syntax_problem(error: Exception) -> str:
     """Where and what a parser complained about, in one line."""
     mark = getattr(error, "problem_mark", None)  # YAML
@@ -127,8 +155,10 @@ def _syntax_problem(error: Exception) -> str:
 def _format_validation_error(error: ValidationError) -> str:
     """One line for the first problem pydantic found, naming the field and the fix."""
     problems = error.errors()
-    first = problems[0]
-    location = list(first["loc"])
+    # a validator's own message says more than a type mismatch: where a union's branches all failed (a length
+    # given as {min, max} with min above max), the branch that took the value's shape and said why comes first
+    first = next((problem for problem in problems if problem["type"] == "value_error"), problems[0])
+    location = _field_path(first["loc"])
     where = ".".join(str(part) for part in location)
     message = first["msg"].removeprefix("Value error, ")
     kind = first["type"]
@@ -140,8 +170,21 @@ def _format_validation_error(error: ValidationError) -> str:
         shown = first.get("input")
         got = "" if isinstance(shown, dict) else f" (got {shown!r})"
         message = f"{where}: {message.replace('Input should', 'should')}{got}"
-    more = len(problems) - 1
+    more = len({tuple(_field_path(problem["loc"])) for problem in problems}) - 1  # a union's branches: one field
     return message + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+_BRANCH_NAMES = {"int", "float", "str", "bool", "list", "dict", "none"}
+
+
+def _field_path(location: Sequence[Any]) -> list[Any]:
+    """A pydantic error location without the names of a union's branches (`int`, `list[int]`, `function-after[...]`):
+    the scenario's own field path."""
+    return [
+        part
+        for part in location
+        if not (isinstance(part, str) and (part.lower() in _BRANCH_NAMES or "[" in part or part[:1].isupper()))
+    ]
 
 
 def scenario_from_dict(document: Any, overrides: Sequence[str] = (), origin: str = "scenario") -> Scenario:

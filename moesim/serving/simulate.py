@@ -54,8 +54,14 @@ class ServingResult:
     busier pool's when disaggregated); None for a closed loop, which never offers more than it serves. Below 1 the
     queue stays bounded, whatever share of the time the engines are busy."""
 
+    @property
+    def overloaded(self) -> bool:
+        """Requests arrive faster than the deployment serves them: the queue, and every latency, grows with the
+        run's length (no steady state to report)."""
+        return self.load is not None and self.load >= 1.0
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "overloaded": self.overloaded}
 
 
 def _percentiles(values: list[float]) -> dict[int, float]:
