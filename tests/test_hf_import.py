@@ -29,6 +29,7 @@ PUBLISHED_IMPORTS = {
 PRESET_OF = {
     "mixtral-8x7b-v0.1": "mixtral-8x7b",
     "qwen3-30b-a3b": "qwen3-30b-a3b",
+    "qwen3-235b-a22b": "qwen3-235b-a22b",
     "deepseek-v2": "deepseek-v2",
     "deepseek-v3": "deepseek-v3",
     "olmoe-1b-7b-0924": "olmoe-1b-7b",

@@ -262,6 +262,23 @@ _PRESETS: dict[str, dict[str, Any]] = {
         router_normalize_weights=True,  # norm_topk_prob true
         source="huggingface.co/Qwen/Qwen3-30B-A3B config.json",
     ),
+    # Qwen Team 2025, huggingface.co/Qwen/Qwen3-235B-A22B/blob/main/config.json (models/hf/qwen3-235b-a22b.json)
+    "qwen3-235b-a22b": dict(
+        num_layers=94,
+        hidden_size=4096,
+        vocab_size=151936,
+        max_seq_len=40960,
+        num_attention_heads=64,
+        num_key_value_heads=4,
+        head_dim=128,
+        qk_norm=True,
+        intermediate_size=12288,
+        moe_intermediate_size=1536,
+        num_experts=128,
+        top_k=8,
+        router_normalize_weights=True,  # norm_topk_prob true
+        source="huggingface.co/Qwen/Qwen3-235B-A22B config.json",
+    ),
     # A model small enough to run anywhere in tests and on a laptop CPU.
     "tiny-moe": dict(
         num_layers=2,
@@ -309,6 +326,7 @@ PUBLISHED: dict[str, PublishedCounts] = {
     "nllb-moe-54b": PublishedCounts(54.5e9, None, 3, True, "NLLB Team 2022, 'No Language Left Behind'"),
     "olmoe-1b-7b": PublishedCounts(6.9e9, 1.3e9, 2, True, "Muennighoff et al. 2024 (OLMoE), abstract"),
     "qwen3-30b-a3b": PublishedCounts(30.5e9, 3.3e9, 2, True, "Qwen3 model card (huggingface.co/Qwen/Qwen3-30B-A3B)"),
+    "qwen3-235b-a22b": PublishedCounts(235e9, 22e9, 2, True, "Qwen3 technical report (arXiv 2505.09388), Table 2"),
 }
 
 
