@@ -30,6 +30,7 @@ from moesim.models import accounting
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all, low_latency_all_to_all
+from moesim.sim.fp8_casts import cast_phases
 from moesim.sim.moe_block import moe_block_phases
 from moesim.sim.phase import (
     BACKWARD_ATTENTION_FACTOR,
@@ -316,6 +317,10 @@ class PhaseBuilder:
         attention, attention_backward = self.attention(layer)
         layer_forward.append(Phase("attention", layer.index, self.same(attention)))
         layer_backward.append(Phase("attention", layer.index, self.same(attention_backward)))
+        casts = cast_phases(self, layer, routing[routing_index].rank_rows if routing_index is not None else None)
+        if casts:  # FP8 training: the casts around the layer's GEMMs (`moesim.sim.fp8_casts`)
+            layer_forward.append(casts[0])
+            layer_backward.append(casts[1])
         tp_reduce = self.tp_allreduce()
         if tp_reduce:
             layer_forward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))

@@ -26,6 +26,8 @@ PHASE_PARTS: dict[str, tuple[str, ...]] = {
     "experts": ("grouped_gemm", "grouped_backward"),
     "lm_head": ("dense_gemm", "dense_backward"),
     "embedding": ("memory",),
+    "fp8_casts": ("fp8_casts",),
+    "recompute": ("attention", "dense_gemm", "memory"),  # replayed scores, up-projections, norms, activations
 }
 """The cost-model parts behind each compute phase (a profile without a part falls back to its whole source)."""
 
@@ -40,6 +42,11 @@ def phase_sources(
 ) -> dict[str, str]:
     """Each phase (names as in a result, 'prefill/' and 'decode/' prefixes allowed) -> what its time rests on."""
     labels = dict(cost.sources)
+    labels["fp8_casts"] = (
+        "derived: the bytes moesim.sim.fp8_casts counts (each FP8 GEMM's input and output gradient cast with its "
+        "transpose, 4 bytes an element; not measured as such) at the memory model's rate: "
+        + labels.get("memory", cost.source)
+    )
     if fused:  # the eager executor's phase models are not used: say what replaces them
         labels[KERNEL_PHASES] = FUSED_KERNELS
     out: dict[str, str] = {}
