@@ -109,3 +109,18 @@ def test_run_shows_what_the_peak_memory_holds() -> None:
     assert result.exit_code == 0
     for part in ("weights", "activations", "KV cache", "all-to-all buffers"):
         assert f"  {part}" in result.stdout
+
+
+def test_energy_per_million_tokens_with_its_source_in_run_and_serve() -> None:
+    """Every GPU at its datasheet board power for the whole run: Mixtral 8x7B on 8 H100 at 700 W each."""
+    from moesim.cluster.hardware import gpu_preset
+    from moesim.cluster.power import energy_per_million_tokens
+
+    energy = energy_per_million_tokens(gpu_preset("H100-SXM"), 1000.0)
+    assert energy is not None and energy.kwh_per_million_tokens == pytest.approx(700 / 1000 * 1e6 / 3.6e6)
+    assert "board power (700 W, H100-SXM)" in energy.source and "not measured" in energy.source
+    ran = json.loads(runner.invoke(app, ["run", SERVING, "--json"]).stdout)
+    assert ran["energy_kwh_per_million_tokens"] == pytest.approx(700 / ran["tokens_per_s_per_gpu"] / 3.6)
+    served = json.loads(runner.invoke(app, ["serve", SERVING, "--json"]).stdout)
+    assert served["energy_kwh_per_million_tokens"] == pytest.approx(700 / served["output_tokens_per_s_per_gpu"] / 3.6)
+    assert "energy: assumed" in runner.invoke(app, ["serve", SERVING]).stdout

@@ -214,10 +214,14 @@ def print_sources(result: Any) -> None:
     )
     for label, phases in phases_by_source(result.sources):
         console.print(escape(f"  [{grade(label)}] {', '.join(phases)}: {label}"))
+    if getattr(result, "energy_source", ""):
+        console.print(escape(f"  [assumed] energy: {result.energy_source}"))
 
 
 def summary_table(result: Any) -> Table:
     """The step's headline figures, each with its unit."""
+    from moesim.sim.memory import MEMORY_PARTS
+
     table = Table(title="step")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -255,23 +259,17 @@ def summary_table(result: Any) -> Table:
         ("drop rate", f"{result.drop_rate:.2%}"),
         ("expert load imbalance (max / mean)", f"{result.load_imbalance:.3f}"),
         ("bytes across nodes per step", units.byte_size(result.bytes_across_nodes_per_step)),
+        *(
+            [(f"energy per million {counted} (GPUs)", f"{result.energy_kwh_per_million_tokens:.3g} kWh")]
+            if result.energy_kwh_per_million_tokens is not None
+            else []
+        ),
         ("peak memory per GPU", f"{memory['total_bytes'] / 1e9:.1f} GB of {memory['capacity_bytes'] / 1e9:.0f} GB"),
         *[(f"  {label}", f"{memory[key] / 1e9:.1f} GB") for key, label in MEMORY_PARTS if memory.get(key)],
     ]
     for row in rows:
         table.add_row(*row)
     return table
-
-
-MEMORY_PARTS = (
-    ("weights_bytes", "weights"),
-    ("grads_bytes", "gradients"),
-    ("optimizer_bytes", "optimizer states"),
-    ("activations_bytes", "activations"),
-    ("kv_cache_bytes", "KV cache"),
-    ("alltoall_buffer_bytes", "all-to-all buffers"),
-)
-"""The parts of a GPU's memory `run` lists under its peak (`sim.memory.MemoryBreakdown`)."""
 
 
 @app.command()
@@ -365,9 +363,16 @@ def serve(
             f"$ per million output tokens (${resolved.serving.price_per_gpu_hour:g}/GPU-h)",
             f"{result.dollars_per_million_output_tokens:.4g}",
         ),
+        *(
+            [("energy per million output tokens (GPUs)", f"{result.energy_kwh_per_million_tokens:.3g} kWh")]
+            if result.energy_kwh_per_million_tokens is not None
+            else []
+        ),
     ):
         figures.add_row(label, value)
     console.print(figures)
+    if result.energy_source:
+        console.print(f"[dim]energy: {result.energy_source}[/dim]")
     for note in result.notes:
         console.print(f"[dim]note: {note}[/dim]")
 

@@ -86,9 +86,15 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         f"{scenario.model.name} on {scenario.cluster.world_size} x {scenario.cluster.gpu.name}: step time "
         f"{result.step_time_s:.3f} s, {result.tokens_per_s_per_gpu:,.0f} {counted}/s per GPU, MFU {result.mfu:.1%}, "
         f"drop rate {result.drop_rate:.2%}, peak memory {result.memory['total_bytes'] / 1e9:.1f} of "
-        f"{result.memory['capacity_bytes'] / 1e9:.0f} GB per GPU."
+        f"{result.memory['capacity_bytes'] / 1e9:.0f} GB per GPU"
+        + (
+            f", {result.energy_kwh_per_million_tokens:.3g} kWh per million {counted} (the GPUs' board power)."
+            if result.energy_kwh_per_million_tokens is not None
+            else "."
+        )
     )
     assumptions = [
+        *([f"energy: {result.energy_source}"] if result.energy_source else []),
         f"routing: {scenario.routing.strategy}, top-{scenario.routing.top_k}, capacity factor "
         f"{scenario.routing.capacity_factor or 'dropless'}; router scores: {scenario.workload.scores} "
         f"(skew {scenario.workload.expert_popularity_skew})",

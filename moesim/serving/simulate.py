@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from moesim.cluster.power import energy_per_million_tokens
 from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.scenario.serving import ServingSpec
@@ -53,6 +54,9 @@ class ServingResult:
     """The offered rate over the capacity of an engine at its largest steady batch (`capacity.pool_capacity`; the
     busier pool's when disaggregated); None for a closed loop, which never offers more than it serves. Below 1 the
     queue stays bounded, whatever share of the time the engines are busy."""
+    energy_kwh_per_million_tokens: Optional[float] = None
+    """Energy per million output tokens, every GPU of the deployment at its board power (`cluster.power`)."""
+    energy_source: str = ""
 
     @property
     def overloaded(self) -> bool:
@@ -73,7 +77,18 @@ def simulate_serving(
 ) -> ServingResult:
     """Serve the scenario's `serving` requests and measure them (`cost`: iteration times already built for this
     deployment, or for its decode pool when disaggregated, and `prefill_cost` for its prefill pool, e.g. by
-    `concurrency_curve`: building them is most of a run's time)."""
+    `concurrency_curve`: building them is most of a run's time), with the energy per million output tokens."""
+    result = _served(scenario, cost, prefill_cost)
+    energy = energy_per_million_tokens(scenario.cluster.gpu, result.output_tokens_per_s_per_gpu)
+    if energy is not None:
+        result.energy_kwh_per_million_tokens, result.energy_source = energy.kwh_per_million_tokens, energy.source
+    return result
+
+
+def _served(
+    scenario: Scenario, cost: Optional[IterationCost] = None, prefill_cost: Optional[IterationCost] = None
+) -> ServingResult:
+    """`simulate_serving` without the energy."""
     par, spec = scenario.parallelism, scenario.serving
     if spec.prefill_pool is not None:
         return _disaggregated(scenario, prefill_cost, cost)

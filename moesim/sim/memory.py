@@ -138,3 +138,14 @@ def check_fits(memory: MemoryBreakdown, training: bool = True) -> None:
             f"{memory.alltoall_buffer_bytes / GB:.1f}), the GPU has {memory.capacity_bytes / GB:.0f} GB: short by "
             f"{short:.1f} GB; {TRAINING_ADVICE if training else INFERENCE_ADVICE}"
         )
+
+
+MEMORY_PARTS = (
+    ("weights_bytes", "weights"),
+    ("grads_bytes", "gradients"),
+    ("optimizer_bytes", "optimizer states"),
+    ("activations_bytes", "activations"),
+    ("kv_cache_bytes", "KV cache"),
+    ("alltoall_buffer_bytes", "all-to-all buffers"),
+)
+"""The parts of a GPU's memory by their `MemoryBreakdown` keys, as `moesim run` lists them under the peak."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from moesim.sim.timeline.spans import Slice
 
@@ -40,6 +40,9 @@ class StepResult:
     notes: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     """What each phase's time rests on (`moesim.sim.sources`): measured, derived or assumed, with errors."""
+    energy_kwh_per_million_tokens: Optional[float] = None
+    """Energy per million (output, in inference) tokens, the GPUs at their board power (`cluster.power`)."""
+    energy_source: str = ""
     breakdown: dict[str, float] = field(default_factory=dict)
     """Training: the busiest stage's step in parts that add up to it (`moesim.sim.breakdown.BREAKDOWN_PARTS`)."""
     slices: list[Slice] = field(default_factory=list, repr=False)

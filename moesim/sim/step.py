@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from moesim.cluster.power import energy_per_million_tokens
 from moesim.cluster.topology import Topology
 from moesim.cost.model import CostModel
 from moesim.models import accounting
@@ -41,6 +42,9 @@ def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
     cost = cost_model_for(scenario)
     training = scenario.workload.mode == "training"
     result = (_training_step if training else static_batch)(scenario, plan, topology, cost, memory)
+    energy = energy_per_million_tokens(scenario.cluster.gpu, result.tokens_per_s_per_gpu)
+    if energy is not None:
+        result.energy_kwh_per_million_tokens, result.energy_source = energy.kwh_per_million_tokens, energy.source
     result.sources = phase_sources(
         cost,
         result.phase_seconds,
