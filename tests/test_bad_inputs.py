@@ -124,3 +124,19 @@ def test_energy_per_million_tokens_with_its_source_in_run_and_serve() -> None:
     served = json.loads(runner.invoke(app, ["serve", SERVING, "--json"]).stdout)
     assert served["energy_kwh_per_million_tokens"] == pytest.approx(700 / served["output_tokens_per_s_per_gpu"] / 3.6)
     assert "energy: assumed" in runner.invoke(app, ["serve", SERVING]).stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["scenarios/olmoe-1b-7b-training.yaml", "--max-gpus", "8"], "plan --serve: this is a training scenario"),
+        ([SERVING, "--max-gpus", "1"], "--max-gpus: plan --serve searches whole nodes of 8 GPUs"),
+    ],
+)
+def test_plan_serve_says_why_there_is_nothing_to_search(arguments: list[str], said: str) -> None:
+    """It said 'none of 0 layouts meets the targets' (or asked for a request rate) where the scenario was a
+    training one or no whole node fits under --max-gpus."""
+    path, *rest = arguments
+    one_line_exit_2(
+        ["plan", str(REPO / path) if not path.startswith("/") else path, "--serve", "--request-rate", "10", *rest], said
+    )

@@ -23,11 +23,13 @@ def plan_serving_command(
 ) -> None:
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
-    from moesim.planning.serving import plan_serving
+    from moesim.planning.serving import plan_serving, searchable_layouts
     from moesim.scenario import scenario_from_dict
     from moesim.serving.checked import checked_words
 
-    rate = request_rate or scenario_from_dict(document).serving.request_rate
+    base = scenario_from_dict(document)
+    searchable_layouts(base, gpus, max_gpus)  # nothing to search stops here, before the progress bar
+    rate = request_rate or base.serving.request_rate
     if rate is None:
         raise MoesimError("--request-rate: give the requests/s to serve (or set serving.request_rate)")
     with progress_bar("serving layouts", to_stderr=True, transient=as_json) as progress:

@@ -204,6 +204,27 @@ def _overrides(layout: Layout, request_rate: float, price: float, budget: int, r
     ]
 
 
+def searchable_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> list[Layout]:
+    """The layouts `plan --serve` will serve (`serving_layouts`), or an error saying why there are none: a training
+    scenario, or fewer GPUs allowed than one node holds."""
+    if base.workload.mode != "inference":
+        raise MoesimError(
+            "plan --serve: this is a training scenario (workload.mode: training); set workload.mode=inference (and a "
+            "serving section), or size training with --target-tokens-per-s"
+        )
+    layouts = list(serving_layouts(base, gpus, max_gpus))
+    if not layouts:
+        per_node = base.cluster.gpus_per_node
+        raise MoesimError(
+            f"--max-gpus: plan --serve searches whole nodes of {per_node} GPUs (cluster.gpus_per_node), more than "
+            f"{max_gpus}; give at least {per_node}"
+            if max_gpus < per_node
+            else f"plan --serve: no layout of at most {max_gpus} GPUs divides {base.model.name}'s heads and experts "
+            "evenly; raise --max-gpus"
+        )
+    return layouts
+
+
 def plan_serving(
     document: dict[str, Any],
     request_rate: float,
@@ -227,7 +248,7 @@ def plan_serving(
 
     base = scenario_from_dict(document)
     prices = checked_prices(gpus, prices)
-    layouts = list(serving_layouts(base, gpus, max_gpus))
+    layouts = searchable_layouts(base, gpus, max_gpus)
     own = (base.serving.token_budget, base.serving.max_running)
     total = len(layouts) + REFINED * len(BATCH_LIMITS)
     evaluated: list[ServingOption] = []
