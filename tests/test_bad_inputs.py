@@ -140,3 +140,14 @@ def test_plan_serve_says_why_there_is_nothing_to_search(arguments: list[str], sa
     one_line_exit_2(
         ["plan", str(REPO / path) if not path.startswith("/") else path, "--serve", "--request-rate", "10", *rest], said
     )
+
+
+def test_calibrate_does_not_overwrite_the_committed_profiles_by_default() -> None:
+    """`moesim calibrate --ranks 2`, as docs/executor.md shows it, wrote over the committed
+    validation/profiles/cpu-x86_64-2ranks-1thread-each.json; its default folder is now the user's own."""
+    import inspect
+
+    from moesim.cli.executor import calibrate
+
+    default = inspect.signature(calibrate).parameters["out"].default.default
+    assert default == Path("profiles") and "/profiles/" in (REPO / ".gitignore").read_text()

@@ -42,6 +42,9 @@ def test_report_files(report: tuple[Path, Path]) -> None:
     assert "How fast is a small MoE step" in page and "Answer." in page
     markdown = md_path.read_text()
     assert markdown.count("![") == PLOTS
+    # which moesim, which commit, when: a report handed on says what made it
+    assert re.search(r"\*moesim [^,]+, commit \S+.*, written \d{4}-\d\d-\d\d \d\d:\d\d UTC\*", markdown)
+    assert "commit" in page and "written" in page
     for name in re.findall(r"\]\((plot\d\.png)\)", markdown):
         assert (md_path.parent / name).read_bytes().startswith(b"\x89PNG")
 

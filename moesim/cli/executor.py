@@ -69,7 +69,11 @@ def calibrate(
     ranks: int = typer.Option(
         2, "--ranks", min=1, help="CPU: ranks for the all-to-all measurement (and threads per rank)."
     ),
-    out: Path = typer.Option(Path("validation/profiles"), "--out", help="Folder for the profile JSON."),
+    out: Path = typer.Option(
+        Path("profiles"),
+        "--out",
+        help="Folder for the profile JSON (default ./profiles: yours; validation/profiles holds the committed ones).",
+    ),
     quick: bool = typer.Option(False, "--quick", help="Fewer sizes and repetitions."),
 ) -> None:
     """Measure this device and write a CostModel profile: on a CPU GEMMs, memory, launches, backward ratio,

@@ -10,7 +10,10 @@ validation error that applies to these predictions (from validation/validation_r
 from __future__ import annotations
 
 import base64
+import datetime
 import html
+import importlib.metadata
+import subprocess
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -207,8 +210,11 @@ def write_pages(
         (out / file_name).write_bytes(png)
         figures[title] = (file_name, base64.b64encode(png).decode())
     error_line = validation_line()
+    stamp = provenance()
     markdown = [
         f"# Sizing report: {name}",
+        "",
+        f"*{stamp}*",
         "",
         f"**Question.** {question}",
         "",
@@ -246,6 +252,7 @@ def write_pages(
     md_path.write_text("\n".join(markdown))
     body = [
         f"<h1>Sizing report: {html.escape(name)}</h1>",
+        f"<p><i>{html.escape(stamp)}</i></p>",
         f"<p><b>Question.</b> {html.escape(question)}</p>",
         f"<p><b>Answer.</b> {html.escape(answer)}</p>",
         "<h2>Assumptions</h2><ul>",
@@ -358,3 +365,24 @@ def write_results_report(
         out_dir,
         table=table,
     )
+
+
+def provenance() -> str:
+    """Which moesim wrote a report, from which commit, and when: a plan handed on says what made it."""
+    try:
+        version = importlib.metadata.version("moesim")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(not installed)"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown (not a git checkout)"
+    written = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"moesim {version}, commit {commit}, written {written}"
