@@ -151,3 +151,16 @@ def test_calibrate_does_not_overwrite_the_committed_profiles_by_default() -> Non
 
     default = inspect.signature(calibrate).parameters["out"].default.default
     assert default == Path("profiles") and "/profiles/" in (REPO / ".gitignore").read_text()
+
+
+def test_a_decode_sweep_shows_the_decode_step(tmp_path: Path) -> None:
+    """The decode-latency scenario says 'compare decode_step_s'; the sweep table hid it."""
+    result = runner.invoke(
+        app,
+        [
+            "sweep", SERVING, "-p", "workload.micro_batch_size=1,2", "--store", str(tmp_path / "s.sqlite"),
+            "--set", "simulation.network_mode=fast", "--set", "workload.decode_tokens=4",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "decode step (ms)" in result.stdout

@@ -116,10 +116,12 @@ def sweep(
         if swept:
             console.print("swept: " + ", ".join(swept))
         ok = sorted((row for row in rows if row["status"] == "ok"), key=lambda row: row["step_time_s"])
+        decoding = any(row.get("decode_step_s") for row in ok)  # inference: the figure a decode sweep compares
         cells = [
             {
                 **{head: str(row.get(path)) for head, path in zip(heads, swept)},
                 "step (s)": f"{row['step_time_s']:.4f}",
+                **({"decode step (ms)": f"{row['decode_step_s'] * 1e3:.3g}"} if decoding else {}),
                 "tokens/s/GPU": f"{row['tokens_per_s_per_gpu']:,.0f}",
                 "MFU": f"{row['mfu']:.1%}",
                 "drops": f"{row['drop_rate']:.2%}",
@@ -127,7 +129,8 @@ def sweep(
             }
             for row in ok
         ]
-        columns = [*heads, "step (s)", "tokens/s/GPU", "MFU", "drops", "memory (GB)"]
+        columns = [*heads, "step (s)", *(["decode step (ms)"] if decoding else []), "tokens/s/GPU", "MFU", "drops"]
+        columns.append("memory (GB)")
         shown, dropped = fit_columns(columns, cells, console.width, ("memory (GB)", "MFU", "drops"))
         print_table("sweep results (fastest first)", shown, cells)
         if dropped:
