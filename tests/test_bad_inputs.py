@@ -163,4 +163,4 @@ def test_a_decode_sweep_shows_the_decode_step(tmp_path: Path) -> None:
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "decode step (ms)" in result.stdout
+    assert "decode (ms)" in result.stdout

@@ -121,7 +121,7 @@ def sweep(
             {
                 **{head: str(row.get(path)) for head, path in zip(heads, swept)},
                 "step (s)": f"{row['step_time_s']:.4f}",
-                **({"decode step (ms)": f"{row['decode_step_s'] * 1e3:.3g}"} if decoding else {}),
+                **({"decode (ms)": f"{row['decode_step_s'] * 1e3:.3g}"} if decoding else {}),
                 "tokens/s/GPU": f"{row['tokens_per_s_per_gpu']:,.0f}",
                 "MFU": f"{row['mfu']:.1%}",
                 "drops": f"{row['drop_rate']:.2%}",
@@ -129,9 +129,11 @@ def sweep(
             }
             for row in ok
         ]
-        columns = [*heads, "step (s)", *(["decode step (ms)"] if decoding else []), "tokens/s/GPU", "MFU", "drops"]
+        columns = [*heads, "step (s)", *(["decode (ms)"] if decoding else []), "tokens/s/GPU", "MFU", "drops"]
         columns.append("memory (GB)")
-        shown, dropped = fit_columns(columns, cells, console.width, ("memory (GB)", "MFU", "drops"))
+        # a decode sweep keeps its decode step longest (its scenarios say to compare it)
+        drop_order = ("memory (GB)", "MFU", "drops", *(("tokens/s/GPU", "step (s)") if decoding else ()))
+        shown, dropped = fit_columns(columns, cells, console.width, drop_order)
         print_table("sweep results (fastest first)", shown, cells)
         if dropped:
             console.print(f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--json has them)[/dim]")
