@@ -43,6 +43,16 @@ def test_plan_meets_the_target_at_the_lowest_cost() -> None:
     assert best.dollars_per_hour == pytest.approx(best.gpus * (2.0 if best.candidate.gpu == "H100-SXM" else 1.8))
     assert result.harsher and all(h.candidate in {o.candidate for o in result.options} for h in result.harsher)
     assert result.evaluated > result.feasible > 0
+    # each GPU searched shows its own cheapest plan, confirmed in full, even where another GPU's are all cheaper
+    assert set(result.best_per_gpu) <= {"H100-SXM", "A100-80GB"} and best.candidate.gpu in result.best_per_gpu
+    for gpu, option in result.best_per_gpu.items():
+        assert option.candidate.gpu == gpu and option.confirmed and option.tokens_per_s >= 2e6
+    assert result.best_per_gpu[best.candidate.gpu].dollars_per_million_tokens == best.dollars_per_million_tokens
+    lower = plan(
+        document(), target_tokens_per_s=1e6, gpus=["H100-SXM", "A100-80GB"], max_gpus=32, prices={"H100-SXM": 2.0}
+    )
+    assert set(lower.best_per_gpu) == {"H100-SXM", "A100-80GB"}
+    assert {o.candidate.gpu for o in lower.options} == {"H100-SXM"}  # the five cheapest are all H100s
 
 
 def test_pareto_front_has_no_dominated_option() -> None:

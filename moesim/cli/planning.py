@@ -281,6 +281,7 @@ def plan_command(
                 "evaluated": result.evaluated,
                 "feasible": result.feasible,
                 "best_achievable": best.as_dict() if best else None,
+                "best_per_gpu": {gpu: option.as_dict() for gpu, option in result.best_per_gpu.items()},
             }
         )
         if not result.options:
@@ -309,8 +310,10 @@ def plan_command(
         f"{result.evaluated} layouts simulated in fast mode, {result.feasible} meet the target; "
         "finalists confirmed in full mode:"
     )
+    others = [option for gpu, option in result.best_per_gpu.items() if gpu != top.candidate.gpu]
     tables = (
         ("best plans (full timeline)", result.options),
+        ("the cheapest plan of each other GPU searched (full timeline)", others),
         ("Pareto front: cost per hour against step time (fast)", result.pareto),
         ("sensitivity: skew +0.5 and NICs at half speed", result.harsher),
     )

@@ -15,7 +15,7 @@ factor, keeps the global batch of the scenario, and:
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from moesim.errors import MoesimError, unknown_name_message
@@ -145,6 +145,9 @@ class Plan:
     feasible: int
     best_achievable: Optional[Option] = None
     """The fastest layout within the drop-rate limit, target or not (what to say when nothing meets the target)."""
+    best_per_gpu: dict[str, Option] = field(default_factory=dict)
+    """Each searched GPU type's cheapest layout that meets the target, confirmed in full mode (a GPU none of whose
+    layouts meets it is absent): what a buyer compares when the overall cheapest is another GPU."""
 
 
 PARETO_GAIN = 0.01
@@ -224,6 +227,15 @@ def plan(
         if rerun:
             harsher.append(rerun)
     ranked = sorted(confirmed, key=lambda o: o.dollars_per_million_tokens)
+    per_gpu: dict[str, Option] = {}
+    for option in sorted(fast, key=lambda o: (o.dollars_per_million_tokens, o.gpus)):
+        gpu = option.candidate.gpu
+        if gpu in per_gpu:
+            continue
+        done = next((o for o in ranked if o.candidate == option.candidate), None)
+        full = done or _evaluate(document, option.candidate, "full", prices)
+        if full and full.tokens_per_s >= target_tokens_per_s:
+            per_gpu[gpu] = full
     return Plan(
         ranked,
         pareto_front(fast),
@@ -231,4 +243,5 @@ def plan(
         len(pool),
         len(fast),
         best,
+        per_gpu,
     )
