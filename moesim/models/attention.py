@@ -44,7 +44,7 @@ def windowed_keys(spec: ModelSpec, context: float, decode: bool) -> float:
 def decoder_attended_keys(spec: ModelSpec, context: float, decode: bool) -> float:
     """Keys a query attends, summed over the decoder's layers (see `windowed_keys`); whole-context layers
     attend `context` keys in decode and `context / 2` on average in a causal prompt."""
-    windowed = sum(spec.is_windowed_layer(index) for index in range(spec.num_layers))
+    windowed = spec.num_windowed_layers
     whole = spec.num_layers - windowed
     full_keys = context if decode else context / 2.0
     return whole * full_keys + (windowed * windowed_keys(spec, context, decode) if windowed else 0.0)
@@ -61,7 +61,7 @@ def attention_score_flops_per_token(
         self_context = 0.5 if causal else 1.0
         return per_key * seq_len * (spec.num_encoder_layers + spec.num_layers * (self_context + 1.0))
     if not causal:  # every query sees the whole sequence, or at most its window
-        windowed = sum(spec.is_windowed_layer(index) for index in range(spec.num_layers))
+        windowed = spec.num_windowed_layers
         window = min(seq_len, spec.attention_window or seq_len)
         return per_key * ((spec.num_layers - windowed) * seq_len + windowed * window)
     return per_key * decoder_attended_keys(spec, seq_len, decode=False)

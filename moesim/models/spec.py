@@ -205,6 +205,11 @@ class ModelSpec(BaseModel):
         every = self.full_attention_every
         return every is None or (index + 1) % every != 0
 
+    @property
+    def num_windowed_layers(self) -> int:
+        """Decoder layers that attend through the local window (`is_windowed_layer`)."""
+        return sum(self.is_windowed_layer(index) for index in range(self.num_layers))
+
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer `index` (0-based, within one stack) has an MoE FFN."""
         first = self.first_k_dense_layers

@@ -205,10 +205,18 @@ def plan(
             fast.append(option)
         if on_progress:
             on_progress("fast search", index + 1, len(pool))
-    chosen = sorted(fast, key=lambda o: (o.dollars_per_million_tokens, o.gpus))[:finalists]
+    by_cost = sorted(fast, key=lambda o: (o.dollars_per_million_tokens, o.gpus))
+    chosen = by_cost[:finalists]
+    full_runs: dict[Candidate, Optional[Option]] = {}  # each layout simulated in full once
+
+    def full_run(candidate: Candidate) -> Optional[Option]:
+        if candidate not in full_runs:
+            full_runs[candidate] = _evaluate(document, candidate, "full", prices)
+        return full_runs[candidate]
+
     confirmed = []
     for index, option in enumerate(chosen):
-        full = _evaluate(document, option.candidate, "full", prices)
+        full = full_run(option.candidate)
         if full and full.tokens_per_s >= target_tokens_per_s:
             confirmed.append(full)
         if on_progress:
@@ -228,12 +236,11 @@ def plan(
             harsher.append(rerun)
     ranked = sorted(confirmed, key=lambda o: o.dollars_per_million_tokens)
     per_gpu: dict[str, Option] = {}
-    for option in sorted(fast, key=lambda o: (o.dollars_per_million_tokens, o.gpus)):
+    for option in by_cost:
         gpu = option.candidate.gpu
         if gpu in per_gpu:
             continue
-        done = next((o for o in ranked if o.candidate == option.candidate), None)
-        full = done or _evaluate(document, option.candidate, "full", prices)
+        full = full_run(option.candidate)
         if full and full.tokens_per_s >= target_tokens_per_s:
             per_gpu[gpu] = full
     return Plan(

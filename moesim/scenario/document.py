@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from moesim.errors import ScenarioError
-from moesim.models.hf_import import looks_like_config_path, spec_from_hf_file
+from moesim.models.hf_import import config_reference, hf_file_fields
 from moesim.models.presets import model_preset
 from moesim.models.spec import ModelSpec
 from moesim.routing.names import unhonoured_settings
@@ -242,17 +242,14 @@ class Scenario(_Section):
 def _expand_model(value: Any) -> Any:
     """A model preset (`NAME`, `{preset: NAME, ...}`) or a Hugging Face config.json (`path/config.json`,
     `{hf_config: PATH, field: value}`; a preset-like string naming a file counts too) as full `ModelSpec` fields."""
-    if isinstance(value, str) and looks_like_config_path(value):
-        value = {"hf_config": value}
-    if isinstance(value, dict) and isinstance(value.get("preset"), str) and looks_like_config_path(value["preset"]):
-        value = {**{key: val for key, val in value.items() if key != "preset"}, "hf_config": value["preset"]}
-    if isinstance(value, dict) and "hf_config" in value:
-        path = value["hf_config"]
-        if not isinstance(path, str):
-            raise ScenarioError(f"model.hf_config: expected a path to a config.json, got {path!r}")
-        overrides = {key: val for key, val in value.items() if key != "hf_config"}
-        return {**spec_from_hf_file(path).model_dump(), **overrides}
-    return _expand_preset(value, model_preset, "model")
+    reference = config_reference(value)
+    if reference is None:
+        return _expand_preset(value, model_preset, "model")
+    key, path = reference
+    if not isinstance(path, str):
+        raise ScenarioError(f"model.hf_config: expected a path to a config.json, got {path!r}")
+    overrides = {name: val for name, val in value.items() if name != key} if key else {}
+    return {**hf_file_fields(path), **overrides}
 
 
 def _reject_booleans(model: type[BaseModel], data: Any, prefix: str) -> None:

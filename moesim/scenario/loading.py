@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from moesim.errors import ScenarioError
-from moesim.models.hf_import import looks_like_config_path
+from moesim.models.hf_import import config_reference
 from moesim.scenario.document import Scenario
 from moesim.scenario.paths import field_path_problem
 from moesim.scenario.sections import ClusterSpec
@@ -103,15 +103,15 @@ def _model_file_beside(document: dict[str, Any], folder: Path) -> dict[str, Any]
     """A scenario's relative config.json path read from the scenario's own folder (then from the working folder),
     rewritten relative to the working folder so the document holds a path that works wherever it goes next."""
     model = document.get("model")
-    key = "hf_config" if isinstance(model, dict) and "hf_config" in model else "preset"
-    name = model if isinstance(model, str) else model.get(key) if isinstance(model, dict) else None
-    if not isinstance(name, str) or not looks_like_config_path(name) or Path(name).is_absolute():
+    reference = config_reference(model)
+    if reference is None or not isinstance(reference[1], str) or Path(reference[1]).is_absolute():
         return document
+    key, name = reference
     beside = folder / name
     if not beside.exists() or Path(name).exists() and Path(name).resolve() == beside.resolve():
         return document
     moved = os.path.relpath(beside)
-    return {**document, "model": moved if isinstance(model, str) else {**model, key: moved}}
+    return {**document, "model": moved if key is None else {**model, key: moved}}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

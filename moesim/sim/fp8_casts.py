@@ -18,7 +18,7 @@ the serving issue prices with the engines.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -63,19 +63,11 @@ def ffn_gemms(hidden: int, inner: int, activation: str) -> list[Gemm]:
     return [(hidden, up, "column"), (inner, hidden, "row")]
 
 
-def cast_bytes(rows: float | np.ndarray, gemms: list[Gemm]) -> tuple[float | np.ndarray, ...]:
-    """(forward, backward) bytes the casts of `gemms` on `rows` rows move: their inputs, their output gradients."""
-    return (
-        CAST_BYTES_PER_ELEMENT * rows * sum(inner for inner, _, _ in gemms),
-        CAST_BYTES_PER_ELEMENT * rows * sum(width for _, width, _ in gemms),
-    )
-
-
-def _tp_cast_bytes(builder: "PhaseBuilder", gemms: list[Gemm]) -> tuple[float, float]:
-    """Casts of TP-split GEMMs: a tensor in the sequence-parallel region (a column-parallel GEMM's input, a
-    row-parallel one's output gradient) is cast on the rank's share of the sequence, before the all-gather or
-    after the reduce-scatter (FP8 crosses the TP group); a split one on the gathered sequence."""
-    shard, gathered = builder.tokens, builder.gemm_tokens
+def cast_bytes(gemms: list[Gemm], shard: Any, gathered: Any) -> tuple[Any, Any]:
+    """(forward, backward) bytes the casts of `gemms` move: their inputs, their output gradients. A tensor in the
+    sequence-parallel region (a column-parallel GEMM's input, a row-parallel one's output gradient) is cast on the
+    `shard` rows a rank holds, before the all-gather or after the reduce-scatter (FP8 crosses the TP group); a
+    split one on the `gathered` rows. Without TP, or for experts' rows, the two are the same."""
     forward = sum(
         CAST_BYTES_PER_ELEMENT * (shard if kind == "column" else gathered) * inner for inner, _, kind in gemms
     )
@@ -96,20 +88,22 @@ def cast_phases(
     gemms = attention_gemms(model, builder.tp) * (2 if layer.cross_attention else 1)
     if not layer.is_moe:
         gemms += ffn_gemms(model.hidden_size, model.intermediate_size // builder.tp, model.dense_ffn_activation)
-    forward, backward = _tp_cast_bytes(builder, gemms)
+    forward, backward = cast_bytes(gemms, builder.tokens, builder.gemm_tokens)
     casts = len(gemms)
     if layer.is_moe:
         assert rank_rows is not None
         rows = np.array([float(np.sum(rows)) for rows in rank_rows]) * builder.expert_row_gather
-        experts = cast_bytes(rows, ffn_gemms(model.hidden_size, builder.expert_inner, model.expert_ffn_activation))
+        experts = cast_bytes(
+            ffn_gemms(model.hidden_size, builder.expert_inner, model.expert_ffn_activation), rows, rows
+        )
         forward, backward, casts = forward + experts[0], backward + experts[1], casts + 2
         if model.num_shared_experts:
             inner = model.shared_expert_size * model.num_shared_experts
-            shared = cast_bytes(builder.tokens, ffn_gemms(model.hidden_size, inner, model.expert_ffn_activation))
+            shared_gemms = ffn_gemms(model.hidden_size, inner, model.expert_ffn_activation)
+            shared = cast_bytes(shared_gemms, builder.tokens, builder.tokens)
             forward, backward, casts = forward + shared[0], backward + shared[1], casts + 2
     bandwidth = cost.memory_bytes_per_s * cost.memory_efficiency
-    passes = [
-        np.broadcast_to(np.asarray(moved, dtype=float) / bandwidth + casts * cost.kernel_launch_s, (builder.ranks,))
-        for moved in (forward, backward)
-    ]
-    return Phase("fp8_casts", layer.index, passes[0].copy()), Phase("fp8_casts", layer.index, passes[1].copy())
+    forward_s, backward_s = (
+        np.zeros(builder.ranks) + moved / bandwidth + casts * cost.kernel_launch_s for moved in (forward, backward)
+    )
+    return Phase("fp8_casts", layer.index, forward_s), Phase("fp8_casts", layer.index, backward_s)

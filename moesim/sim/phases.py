@@ -192,7 +192,7 @@ class PhaseBuilder:
             mean = accounting.attention_score_flops_per_token(model, 2 * context) / layers
             keys = mean / accounting.score_flops_per_key(model)
             return keys * share, float(context)
-        windowed = sum(model.is_windowed_layer(index) for index in range(model.num_layers))
+        windowed = model.num_windowed_layers
         whole = model.num_layers - windowed
         local = accounting.windowed_keys(model, context, self.decode) if windowed else 0.0
         cached = accounting.windowed_keys(model, context, decode=True) if windowed else 0.0
