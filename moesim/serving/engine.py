@@ -7,8 +7,8 @@ arrival order (chunked prefill), admitting a waiting request only while `serving
 (its prompt plus its whole output reserved) allow. The share of a prompt found in the prefix cache
 (`serving.prefix_cache_hit_rate`) is not computed, but it is held in the KV cache and attended to. A request's
 first token comes at the end of the iteration that finishes its prompt; each later iteration adds one token. The
-deployment's requests are spread evenly over its attention ranks: one rank is simulated with its share of the
-arrivals (its rate, or its share of the concurrency).
+deployment's requests are spread over its attention ranks: one rank is simulated with its share of the arrivals
+(its rate, or its share of the concurrency: `serving.dealing` says which engines hold one request more).
 """
 
 from __future__ import annotations
@@ -68,12 +68,16 @@ def run_engine(
     ranks: int,
     seed: int = 0,
     phase: str = "both",
+    count: Optional[int] = None,
+    held: Optional[int] = None,
 ) -> EngineRun:
-    """Serve one rank's share of `spec`'s requests (`ranks` attention ranks share them). `phase`: "both" (one
-    engine prefills and decodes), "prefill" (a disaggregated prefill pool: a request leaves with its first token)
-    or "decode" (a decode pool: a request arrives with its prompt's KV cache and its first token)."""
+    """Serve one rank's share of `spec`'s requests (`ranks` attention ranks share them; `count` of them, default
+    1/`ranks` of `serving.num_requests`; a closed loop holding `held` of them at a time, default 1/`ranks` of its
+    concurrency: `serving.dealing` deals the remainder). `phase`: "both" (one engine prefills and decodes),
+    "prefill" (a disaggregated prefill pool: a request leaves with its first token) or "decode" (a decode pool: a
+    request arrives with its prompt's KV cache and its first token)."""
     rng = np.random.default_rng(seed)
-    count = max(1, spec.num_requests // ranks)
+    count = count or max(1, spec.num_requests // ranks)
     inputs, outputs = draw_lengths(spec.input_tokens, count, rng), draw_lengths(spec.output_tokens, count, rng)
     if spec.arrival == "poisson":
         assert spec.request_rate is not None
@@ -92,7 +96,7 @@ def run_engine(
         if phase == "prefill"
         else (lambda request: request.input_tokens + request.output_tokens)
     )  # KV tokens a running request holds
-    closed_limit = max(1, spec.concurrency // ranks) if spec.arrival == "closed" else None
+    closed_limit = (held or max(1, spec.concurrency // ranks)) if spec.arrival == "closed" else None
     pending = deque(requests)  # not yet arrived (or, closed loop, not yet released)
     waiting: deque[Request] = deque()
     running: list[Request] = []

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from moesim.sim.plan import attention_ranks_per_expert_group
+
 if TYPE_CHECKING:
     from moesim.scenario import Scenario
     from moesim.serving.iteration import IterationCost
@@ -34,8 +36,7 @@ def expected_largest_normal(count: int) -> float:
 
 def ranks_per_group(scenario: "Scenario") -> int:
     """Attention ranks that meet in one EP group's all-to-alls (1 for replicas that share none)."""
-    par = scenario.parallelism
-    return max(1, par.ep_size * par.expert_tp_size // (par.tp_size * par.cp_size))
+    return attention_ranks_per_expert_group(scenario)
 
 
 @dataclass

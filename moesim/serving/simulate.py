@@ -16,17 +16,16 @@ from moesim.scenario import Scenario
 from moesim.scenario.serving import ServingSpec
 from moesim.serving.capacity import pool_capacity
 from moesim.serving.checked import checked_words
-from moesim.serving.engine import EngineRun, run_engine
+from moesim.serving.dealing import MIN_COUNTED, deal, engine_requests, is_batch
+from moesim.serving.engine import run_engine
 from moesim.serving.iteration import IterationCost
 from moesim.serving.pools import Pool, deployment_pools, prefill_pool_scenario
-from moesim.serving.ranks import AttentionRecorder
-from moesim.serving.throughput import Served, closed_loop_steady, open_stream, pool_load
+from moesim.serving.ranks import AttentionRecorder, ranks_per_group
+from moesim.serving.throughput import Served, measured, open_stream, pool_load, pooled
 
 PERCENTILES = (50, 90, 99)
 CURVE_GENERATIONS = 8
 """A concurrency curve's point serves at least this many times its concurrency in requests."""
-WARM_UP_SHARE = 0.1
-"""The first requests, while the batch fills, are not counted in the latencies."""
 
 
 @dataclass
@@ -96,9 +95,25 @@ def _served(
     (pool,) = deployment_pools(scenario, cost, prefill_cost)
     ranks, cost, capacity = pool.ranks, pool.cost, pool.kv_capacity
     recorder = AttentionRecorder(cost)
-    run = run_engine(spec, recorder.seconds, capacity, ranks, scenario.seed)
+    dealt = deal(spec.concurrency, ranks) if spec.arrival == "closed" else None
+    held = dealt.most if dealt else 0
+    run = run_engine(
+        spec, recorder.seconds, capacity, ranks, scenario.seed, count=engine_requests(spec, ranks, held), held=held
+    )
     load, served_rate, load_note = pool_load(spec, cost, capacity, ranks, "both")
-    counted, served = _measured(spec, run, ranks, open_stream(spec, served_rate, load))
+    lockstep = ranks_per_group(scenario) > 1
+    counted, served = measured(spec, run, ranks, open_stream(spec, served_rate, load), dealt, lockstep)
+    if dealt and not dealt.even and not lockstep and dealt.lighter and not is_batch(spec):
+        light = run_engine(
+            spec,
+            cost.seconds,
+            capacity,
+            ranks,
+            scenario.seed,
+            count=engine_requests(spec, ranks, dealt.lighter),
+            held=dealt.lighter,
+        )
+        counted, served = pooled(spec, (counted, served), measured(spec, light, ranks, None, dealt, lockstep, True))
     ttft = [r.first_token_s - r.arrival_s for r in counted if r.first_token_s is not None]
     tpot = _time_per_token(counted)
     e2e = [r.finish_s - r.arrival_s for r in counted if r.finish_s is not None]
@@ -117,7 +132,12 @@ def _served(
         f"{run.busy_s / window:.0%} busy",
         f"KV cache per engine: {capacity:,} tokens; iterations that left a request waiting for it: "
         f"{run.kv_limited_iterations:,}",
-        f"latencies over {len(counted)} of {len(run.requests)} requests an engine",
+        f"latencies over {len(counted)} of {len(run.requests)} requests an engine"
+        + (
+            f" (serving.num_requests raised from {spec.num_requests:,} for {MIN_COUNTED} at least)"
+            if len(run.requests) > max(1, spec.num_requests // ranks)
+            else ""
+        ),
         *load_note,
         served.note,
         *recorder.spread_note(scenario),
@@ -169,39 +189,6 @@ def _dollars_per_million(price_per_gpu_hour: float, gpus: int, output_tokens_per
     return price_per_gpu_hour * gpus / (output_tokens_per_s * 3600) * 1e6 if output_tokens_per_s else float("inf")
 
 
-def _measured(spec: ServingSpec, run: EngineRun, ranks: int, stream: Optional[Served]) -> tuple[list, Served]:
-    """The requests an engine's latencies are measured over and what the `ranks` engines serve: an open stream's
-    rate served (`stream`), a closed loop's steady window, or, for a batch (every request there at once) or a
-    closed loop too short to reach a steady window, the whole run less its first requests."""
-    if stream is not None:
-        return _counted(run.requests), stream
-    per_engine = max(1, spec.concurrency // ranks)
-    steady, served = closed_loop_steady(run.requests, ranks, per_engine) if spec.arrival == "closed" else ([], None)
-    if served is not None:
-        return steady, served
-    window = run.end_s
-    batch = spec.arrival == "closed" and per_engine >= len(run.requests)
-    why = (
-        "a batch (every request there from the start): throughput over the whole run, its makespan"
-        if batch
-        else f"throughput over the whole run, filling and draining included: {len(run.requests)} requests an engine "
-        f"never kept it at its concurrency of {per_engine} (more serving.num_requests do)"
-    )
-    whole = Served(
-        len(run.requests) / window * ranks,
-        sum(r.output_tokens for r in run.requests) / window * ranks,
-        sum(r.input_tokens for r in run.requests) / window * ranks,
-        f"{why}; latencies without the first {WARM_UP_SHARE:.0%}",
-    )
-    return _counted(run.requests), whole
-
-
-def _counted(requests: list) -> list:  # type: ignore[type-arg]
-    """The requests in arrival order, the warm-up share left out."""
-    ordered = sorted(requests, key=lambda r: r.arrival_s)
-    return ordered[int(len(ordered) * WARM_UP_SHARE) :]
-
-
 def _time_per_token(requests: list) -> list[float]:  # type: ignore[type-arg]
     """Each finished request's seconds per output token after its first."""
     return [
@@ -224,19 +211,29 @@ def _disaggregated(
     (prefill_pool, decode_pool), recorders = pools, [AttentionRecorder(pool.cost) for pool in pools]
     prefill, prefill_ranks = prefill_pool.scenario, prefill_pool.ranks
     decode, decode_ranks, decode_capacity = decode_pool.scenario, decode_pool.ranks, decode_pool.kv_capacity
-    decode_run = run_engine(spec, recorders[1].seconds, decode_capacity, decode_ranks, scenario.seed, "decode")
+    held = deal(spec.concurrency, decode_ranks).most if spec.arrival == "closed" else 0
+    decode_run = run_engine(
+        spec,
+        recorders[1].seconds,
+        decode_capacity,
+        decode_ranks,
+        scenario.seed,
+        "decode",
+        count=engine_requests(spec, decode_ranks, held),
+        held=held,
+    )
     loads = [
         pool_load(spec, pool.cost, pool.kv_capacity, pool.ranks, pool.phase, f"a {pool.phase} engine") for pool in pools
     ]
     pool_loads = [load for load, _, _ in loads if load is not None]
     rates = [rate for _, rate, _ in loads if rate is not None]
     stream = open_stream(spec, min(rates) if rates else None, max(pool_loads) if pool_loads else None)
-    decoded, served = _measured(spec, decode_run, decode_ranks, stream)
+    decoded, served = measured(spec, decode_run, decode_ranks, stream)
     prefill_spec, prefill_stream, closed_note, served = _prefill_feed(spec, prefill_pool, served, stream)
     prefill_run = run_engine(
         prefill_spec, recorders[0].seconds, prefill_pool.kv_capacity, prefill_ranks, scenario.seed, "prefill"
     )
-    prompted, prefilled = _measured(prefill_spec, prefill_run, prefill_ranks, prefill_stream)
+    prompted, prefilled = measured(prefill_spec, prefill_run, prefill_ranks, prefill_stream)
     topology_nic = prefill.cluster.nic_gbps * 1e9 / 8 * prefill.parallelism.tp_size
     kv_per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
     latency = prefill.cluster.network_latency_us * 1e-6

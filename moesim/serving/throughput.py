@@ -13,11 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
+
 from moesim.scenario.serving import ServingSpec, mean_tokens
 from moesim.serving.capacity import pool_capacity
+from moesim.serving.dealing import WARM_UP_SHARE, Deal, deal
 
 if TYPE_CHECKING:
-    from moesim.serving.engine import Request
+    from moesim.serving.engine import EngineRun, Request
     from moesim.serving.iteration import IterationCost
 
 
@@ -93,3 +96,75 @@ def closed_loop_steady(
         f"{last_release:.3g} s; filling and draining left out)"
     )
     return released, Served(per_engine * ranks, per_engine * output * ranks, per_engine * inputs * ranks, note)
+
+
+def measured(
+    spec: ServingSpec,
+    run: "EngineRun",
+    ranks: int,
+    stream: Optional[Served],
+    dealt: Optional[Deal] = None,
+    lockstep: bool = True,
+    lighter: bool = False,
+) -> tuple[list, Served]:
+    """The requests an engine's latencies are measured over and what the `ranks` engines serve: an open stream's
+    rate served (`stream`), a closed loop's steady window, or, for a batch (every request there at once) or a
+    closed loop too short to reach a steady window, the whole run less its first requests. A closed loop dealt
+    unevenly (`dealt`; `serving.dealing`): engines in `lockstep` serve the whole concurrency at the simulated
+    busiest engine's pace; otherwise `run` is the busier engines' (or, `lighter`, the lighter ones') and serves
+    for them alone."""
+    if stream is not None:
+        return counted(run.requests), stream
+    dealt = dealt or deal(spec.concurrency, ranks)
+    per_engine = dealt.lighter if lighter else dealt.most
+    engines = ranks - dealt.busier if lighter else (ranks if dealt.even or lockstep else dealt.busier)
+    steady, served = closed_loop_steady(run.requests, engines, per_engine) if spec.arrival == "closed" else ([], None)
+    if served is not None:
+        if not dealt.even:
+            scale = spec.concurrency / (ranks * per_engine) if lockstep else 1.0  # the loop at the busiest's pace
+            served = Served(
+                served.requests_per_s * scale,
+                served.output_tokens_per_s * scale,
+                served.input_tokens_per_s * scale,
+                f"{served.note}; {dealt.words()}" + (", in lockstep" if lockstep else ", simulated apart"),
+            )
+        return steady, served
+    window = run.end_s
+    batch = spec.arrival == "closed" and per_engine >= len(run.requests)
+    why = (
+        "a batch (every request there from the start): throughput over the whole run, its makespan"
+        if batch
+        else f"throughput over the whole run, filling and draining included: {len(run.requests)} requests an engine "
+        f"never kept it at its concurrency of {per_engine} (more serving.num_requests do)"
+    )
+    whole = Served(
+        len(run.requests) / window * ranks,
+        sum(r.output_tokens for r in run.requests) / window * ranks,
+        sum(r.input_tokens for r in run.requests) / window * ranks,
+        f"{why}; latencies without the first {WARM_UP_SHARE:.0%}",
+    )
+    return counted(run.requests), whole
+
+
+def pooled(spec: ServingSpec, busier: tuple[list, Served], lighter: tuple[list, Served]) -> tuple[list, Served]:
+    """The busier and the lighter engines together (`serving.dealing`): their throughputs added, their requests
+    pooled in proportion to the requests each kind of engine serves (evenly spaced picks from each, as many in
+    all as both counted)."""
+    (busy, first), (light, second) = busier, lighter
+    served = Served(
+        first.requests_per_s + second.requests_per_s,
+        first.output_tokens_per_s + second.output_tokens_per_s,
+        first.input_tokens_per_s + second.input_tokens_per_s,
+        first.note,
+    )
+    total = len(busy) + len(light)
+    share = first.requests_per_s / served.requests_per_s if served.requests_per_s else 0.5
+    picks = [(busy, round(total * share)), (light, total - round(total * share))]
+    pooled = [group[int(i)] for group, count in picks if group and count for i in np.linspace(0, len(group) - 1, count)]
+    return pooled, served
+
+
+def counted(requests: list) -> list:  # type: ignore[type-arg]
+    """The requests in arrival order, the warm-up share left out."""
+    ordered = sorted(requests, key=lambda r: r.arrival_s)
+    return ordered[int(len(ordered) * WARM_UP_SHARE) :]

@@ -39,7 +39,7 @@ def low_latency_kernel_seconds(builder: "PhaseBuilder", served: float, top_k: in
     precision = builder.scenario.workload.precision
     hidden, element = model.hidden_size, builder.element
     sent, returned = precision.token_bytes(hidden, "dispatch"), precision.token_bytes(hidden, "combine")
-    tokens = builder.tokens
+    tokens = builder.routed_tokens
     dispatch_bytes = tokens * (hidden * element + sent) + 2 * served * sent
     combine_bytes = served * (hidden * element + returned) + tokens * (top_k * returned + hidden * element)
     fixed = LOW_LATENCY_KERNEL_FIXED_S
@@ -65,7 +65,7 @@ def moe_block_phases(
     if sim.alltoall_algorithm == "deepep_low_latency":  # DeepEP's kernels lay the copies out by expert
         permute, unpermute = low_latency_kernel_seconds(builder, served, top_k)
     else:
-        permuted_rows = served if builder.scenario.routing.pad_to_capacity else builder.tokens * top_k
+        permuted_rows = served if builder.scenario.routing.pad_to_capacity else builder.routed_tokens * top_k
         permute_bytes = 2 * permuted_rows * model.hidden_size * builder.element
         permute = unpermute = cost.memory_seconds(permute_bytes)  # fused kernels: one pass over what they move
         if not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
@@ -78,9 +78,11 @@ def moe_block_phases(
     shared = shared_roofline_backward = 0.0
     if model.num_shared_experts:
         shared_inner = model.shared_expert_size * model.num_shared_experts
-        shared = float(builder.ffn_seconds(builder.tokens, shared_inner, model.expert_ffn_activation))
+        # split by TP like a dense FFN (Megatron-Core's SharedExpertMLP; the engines' TP shared experts)
+        shared_inner //= builder.tp
+        shared = float(builder.ffn_seconds(builder.gemm_tokens, shared_inner, model.expert_ffn_activation))
         shared_roofline_backward = float(
-            builder.ffn_backward_seconds(builder.tokens, shared_inner, model.expert_ffn_activation)
+            builder.ffn_backward_seconds(builder.gemm_tokens, shared_inner, model.expert_ffn_activation)
         )
         shared = measured_or(cost.fitted("shared_experts", builder.work(top_k, ffn_seconds=shared)), shared)
     dispatch, combine = builder.alltoalls(routing_index, routing_here)

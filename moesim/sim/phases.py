@@ -84,6 +84,10 @@ class PhaseBuilder:
         # Likewise the experts' rows with expert tensor parallelism: each GPU of an ETP group runs every row the
         # group received (gathered after the dispatch) on its 1/ETP of each expert's FFN
         self.expert_row_gather = self.etp if tp_gathers else 1
+        # The tokens this GPU routes out and lays out by expert: its own share, or (serving's TP attention ranks,
+        # the tokens replicated on the group's GPUs) 1/TP of the group's, as an engine's fused MoE selects each
+        # GPU's rows from the replicated tokens
+        self.routed_tokens = float(tokens) if tp_gathers else tokens / self.tp
         precision = scenario.workload.precision
         self.element = precision.activation_bytes
         self.fp8 = precision.gemm == "fp8"  # linear layers' GEMMs; the router and output head stay bf16

@@ -125,3 +125,21 @@ class StagePlan:
         if capacity is None:  # dropless: a buffer for twice the mean load
             return 2 * self.pass_tokens_per_rank * top_k
         return capacity * experts_per_rank
+
+
+def attention_ranks_per_expert_group(scenario: Scenario) -> int:
+    """Attention ranks (TP x CP groups of GPUs, each with its own requests) whose tokens meet in one expert group of
+    `ep_size` x `expert_tp_size` GPUs when serving; 1 where the group is one attention rank or less (attention
+    tensor parallel over the experts' GPUs: every GPU holds the same tokens, as TensorRT-LLM, SGLang and vLLM run
+    TP attention with EP or TP experts)."""
+    par = scenario.parallelism
+    return max(1, par.ep_size * par.expert_tp_size // (par.tp_size * par.cp_size))
+
+
+def expert_group_tokens(scenario: Scenario, tokens: int, tp_gathers: bool) -> int:
+    """Distinct tokens routed over one expert group in a pass where a rank holds `tokens`: with `tp_gathers` (a
+    sequence-parallel share on every GPU, training) each of the `ep_size` ranks holds its own; without (serving's
+    attention ranks, `tokens` a TP group's, replicated on its GPUs) each attention rank of the group holds its own."""
+    if tp_gathers:
+        return tokens * scenario.parallelism.ep_size
+    return tokens * attention_ranks_per_expert_group(scenario)

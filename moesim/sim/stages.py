@@ -14,7 +14,7 @@ from moesim.reuse import reuse
 from moesim.scenario import Scenario
 from moesim.sim.breakdown import weight_gradient_seconds
 from moesim.sim.phases import PhaseBuilder
-from moesim.sim.plan import StagePlan
+from moesim.sim.plan import StagePlan, expert_group_tokens
 from moesim.sim.routing_load import LayerRouting, route_layers
 from moesim.sim.timeline import Slice, timeline_for
 
@@ -97,7 +97,8 @@ def _run_stages(
     """Route once, build each stage's phases, and run them on the scenario's timeline."""
     par = scenario.parallelism
     all_moe = list(range(plan.scenario.model.num_moe_layers))
-    routing, notes = route_layers(scenario, all_moe, tokens * par.ep_size, topology.gpus_per_node)
+    routed = expert_group_tokens(scenario, tokens, tp_gathers)
+    routing, notes = route_layers(scenario, all_moe, routed, topology.gpus_per_node)
     builder = PhaseBuilder(scenario, plan, cost, topology, tokens, context, decode, tp_gathers)
     timeline = timeline_for(scenario)
     cache: dict[tuple, tuple] = {}

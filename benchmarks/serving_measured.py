@@ -1,0 +1,106 @@
+"""moesim's serving predictions against the given file's measured runs (issue 26).
+
+Serves every run of the given file (`../shared/serving-measurements/aiconfigurator-silicon-given.csv`) that moesim
+can describe (`moesim.validation.measured_runs`), closed-loop at the run's concurrency, and prints the mean TTFT
+and TPOT errors (moesim / measured - 1): the median and 90th percentile of their size and the signed median, by
+engine, GPU, model and concurrency band, with how many runs it skipped and why.
+
+    python benchmarks/serving_measured.py                      # development part, H100/H200 MoE runs
+    python benchmarks/serving_measured.py --part held_out      # the quoting part: the shipped model's errors
+    python benchmarks/serving_measured.py --json runs.json     # every run's figures as well
+
+Develop on the development part only; the held-out part is read to quote the shipped model, never to change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from typing import Optional
+
+import numpy as np
+
+from moesim.validation.measured_runs import GPUS, MeasuredRun, read_runs, scenario_document, skip_reason
+
+
+def serve(run: MeasuredRun) -> dict:
+    """moesim's mean TTFT and TPOT (ms) for `run`."""
+    from moesim.scenario import Scenario
+    from moesim.serving.simulate import simulate_serving
+
+    result = simulate_serving(Scenario.model_validate(scenario_document(run)))
+    return {
+        "ttft_ms": float(np.mean(result.ttft_samples_s)) * 1e3,
+        "tpot_ms": float(np.mean(result.tpot_samples_s)) * 1e3,
+    }
+
+
+def errors_line(label: str, rows: list[dict]) -> str:
+    """`label`, runs, then TPOT and TTFT: median |error|, p90 |error|, signed median (percent)."""
+    cells = [f"{label:<24.24}", f"{len(rows):>4}"]
+    for figure in ("tpot", "ttft"):
+        signed = np.array([row[f"{figure}_error"] for row in rows])
+        cells += [
+            f"{np.median(np.abs(signed)):>5.0%}",
+            f"{np.percentile(np.abs(signed), 90):>5.0%}",
+            f"{np.median(signed):>+6.0%}",
+        ]
+    return " ".join(cells)
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Errors over all runs, then by engine, GPU, model and concurrency band (fits 80 columns)."""
+    head = f"{'':<24} {'runs':>4} {'TPOT median p90 signed':>19} {'TTFT median p90 signed':>19}"
+    lines = [head, errors_line("all", rows)]
+    for key in ("engine", "system", "model", "band"):
+        lines.append(f"by {key}:")
+        for value in sorted({row[key] for row in rows}):
+            lines.append(errors_line(f"  {value}", [row for row in rows if row[key] == value]))
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("development", "held_out"), default="development")
+    parser.add_argument("--jobs", type=int, default=2, help="processes serving runs side by side")
+    parser.add_argument("--limit", type=int, default=0, help="serve only the first N runs (0: all)")
+    parser.add_argument("--json", help="write every run's figures here")
+    args = parser.parse_args(argv)
+    runs = [run for run in read_runs(args.part) if run.moe and run.system in GPUS]
+    reasons = Counter(skip_reason(run) for run in runs)
+    served = [run for run in runs if skip_reason(run) is None]
+    if args.limit:
+        served = served[: args.limit]
+    print(f"{args.part} part: {len(runs)} H100/H200 MoE runs; {len(served)} served; skipped:", flush=True)
+    for reason, count in reasons.most_common():
+        if reason is not None:
+            print(f"  {count:>4}  {reason}")
+    started, rows = time.time(), []
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for index, (run, figures) in enumerate(zip(served, pool.map(serve, served)), 1):
+            rows.append(
+                {
+                    **asdict(run),
+                    "model": run.model_name,
+                    "band": run.band,
+                    **{f"moesim_{key}": value for key, value in figures.items()},
+                    "ttft_error": figures["ttft_ms"] / run.ttft_ms - 1,
+                    "tpot_error": figures["tpot_ms"] / run.tpot_ms - 1,
+                }
+            )
+            if index % 10 == 0 or index == len(served):
+                print(f"  served {index}/{len(served)} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    print("\n".join(table(rows)))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
