@@ -81,3 +81,19 @@ def test_tp_attention_over_ep_experts_routes_each_token_once() -> None:
     assert attention_ranks_per_expert_group(scenario) == 1
     assert expert_group_tokens(scenario, TOKENS, tp_gathers=False) == TOKENS
     assert expert_group_tokens(scenario, TOKENS, tp_gathers=True) == 8 * TOKENS  # training: SP shares
+
+
+def test_tp_attention_over_the_experts_moves_no_tokens_and_all_reduces_twice() -> None:
+    """TP 8 over EP 8: every GPU holds the tokens, so no dispatch or combine; each layer all-reduces after its
+    attention and after its MoE block. With data-parallel attention (TP 1, EP 8) the tokens are dispatched."""
+    plan_of = {}
+    for layout in ((8, 8, 1), (1, 8, 1)):
+        scenario = scenario_from_dict(serving_document(*layout))
+        plan = StagePlan(scenario)
+        passes, _, _ = simulate_stages(
+            scenario, plan, COUNTER, Topology.from_cluster(scenario.cluster), TOKENS, TOKENS, False, False, False
+        )
+        plan_of[layout] = passes.busy[0]
+    replicated, dispatched = plan_of[(8, 8, 1)], plan_of[(1, 8, 1)]
+    assert "dispatch" not in replicated and "combine" not in replicated
+    assert "dispatch" in dispatched and "tp_allreduce" not in dispatched

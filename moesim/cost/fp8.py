@@ -9,7 +9,10 @@ groups (a kernel choice). So the speedup is kept as measured: `Fp8Speedup` holds
 measured points (inner, cols, rows, speedup; rows per group for a grouped GEMM), takes
 the nearest measured shape (in log size), averages its points of equal rows (a grouped
 GEMM's group counts) and interpolates in log rows, clamped at the ends. The fp8 time is
-the bf16 model's time over that speedup.
+the bf16 model's time over that speedup. Below the fewest rows measured (a decode step's
+few rows per expert), where reading the weights bounds a GEMM, fp8 weights are half the
+bytes: the speedup is at least what the GEMM model gives for the bytes halved
+(`CostModel.fp8_speedup`), not the clamped end of a table measured where compute binds.
 
 Without measurements the speedup is an assumption (`assumed_speedup`): a fraction
 `ASSUMED_SHARE_OF_PEAK_RATIO` of the datasheet's fp8/bf16 peak ratio for large GEMMs,
@@ -48,6 +51,12 @@ class Fp8Speedup:
         sizes = np.unique(nearest[:, 2])
         means = [float(nearest[nearest[:, 2] == size, 3].mean()) for size in sizes]
         return float(np.interp(np.log(max(rows, 1.0)), np.log(sizes), means))
+
+    def fewest_rows(self, inner: float, cols: float) -> float:
+        """The fewest rows measured of the shape nearest `inner x cols` (below them the table says nothing)."""
+        data = self._array
+        distance = np.abs(np.log(data[:, :2]) - np.log([inner, cols])).sum(axis=1)
+        return float(data[np.isclose(distance, distance.min()), 2].min())
 
     def errors(self) -> np.ndarray:
         """Relative error of each point's speedup as the lookup gives it (averaging equal rows of a shape)."""

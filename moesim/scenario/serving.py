@@ -51,6 +51,14 @@ class ServingSpec(_Section):
     )
     concurrency: int = Field(64, gt=0, description="Requests in flight for the whole deployment (closed arrivals).")
     num_requests: int = Field(400, gt=0, description="Requests simulated (the first 10% are warm-up, not counted).")
+    engine: Optional[Literal["trtllm", "sglang", "vllm"]] = Field(
+        None,
+        description="The serving engine whose measured kernels price what they replace (aiconfigurator's tables: "
+        "its TP all-reduce, CUDA graphs in decode iterations); null: moesim's own kernel models throughout.",
+    )
+    engine_version: Optional[str] = Field(
+        None, description="The engine's version (the nearest measured one not newer is read); null: the oldest."
+    )
     token_budget: int = Field(8192, gt=0, description="Tokens per iteration: decodes first, then prefill chunks.")
     max_running: int = Field(256, gt=0, description="Sequences an engine (one attention rank) runs at once at most.")
     price_per_gpu_hour: float = Field(3.0, ge=0, description="US dollars per GPU-hour, for the cost per token.")

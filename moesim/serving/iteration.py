@@ -29,11 +29,18 @@ from moesim.sim.inference import InferencePass, expert_group_document
 def iteration_cost_key(scenario: Scenario) -> str:
     """What an `IterationCost` depends on: the scenario less its labels, its node count (an EP group's ranks and
     links are the same in any cluster that holds it; with pipeline stages the node count stays, as it decides
-    whether the stages' hops cross the network) and its serving settings other than the three an iteration reads
-    (token budget, two-batch overlap, draft tokens). Deployments with the same key share one `IterationCost`."""
+    whether the stages' hops cross the network) and its serving settings other than the five an iteration reads
+    (token budget, two-batch overlap, draft tokens, engine and its version). Deployments with the same key share
+    one `IterationCost`."""
     serving = scenario.serving
     document = expert_group_document(scenario, keep_nodes=scenario.parallelism.pp_size > 1, leave_out=("serving",))
-    read = [serving.token_budget, serving.two_batch_overlap, serving.speculative_tokens]
+    read = [
+        serving.token_budget,
+        serving.two_batch_overlap,
+        serving.speculative_tokens,
+        serving.engine,
+        serving.engine_version,
+    ]
     return json.dumps([document, read], sort_keys=True)
 
 
@@ -92,7 +99,9 @@ class IterationCost:
         """The pass's kernel cost model (`InferencePass.cost`)."""
         return self.forward.cost
 
-    def _pass_without_attention(self, tokens: int, scenario: Scenario | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _pass_without_attention(
+        self, tokens: int, scenario: Scenario | None = None, decode: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The forward pass at `tokens` tokens per rank without its attention, as (compute, collectives) seconds of
         each pipeline stage. With `serving.two_batch_overlap`, those of one half batch (its compute stretched by
         the SMs communication holds), to be interleaved with the other half's by `_overlapped`; without, the whole
@@ -100,12 +109,12 @@ class IterationCost:
         scenario = scenario or self._base
         overlap = self.scenario.serving.two_batch_overlap
         if not overlap or tokens < 2:  # one token cannot be split: as two halves with nothing to overlap
-            stages = self.forward.stages(tokens, scenario=scenario)
+            stages = self.forward.stages(tokens, decode=decode, scenario=scenario)
             whole = np.array(
                 [forward - busy.get("attention", 0.0) for forward, busy in zip(stages.forward_s, stages.busy)]
             )
             return (whole / 2 if overlap else whole), np.zeros(self.stages)
-        stages = self.forward.stages(tokens // 2, scenario=scenario)
+        stages = self.forward.stages(tokens // 2, decode=decode, scenario=scenario)
         collectives = np.array([forward for forward, _ in stages.comm_s])
         compute = (np.array(stages.forward_s) - collectives) * self.forward.comm_stretch(scenario)
         return compute - np.array([busy.get("attention", 0.0) for busy in stages.busy]), collectives
@@ -224,7 +233,7 @@ class IterationCost:
         top = max(1, self.scenario.serving.token_budget)
         self._grid = sorted({2**power for power in range(int(np.log2(top)) + 1)} | {top})
         for decode_only, scenario in ((False, self._base), (True, self._decode_base)):
-            passes = [self._pass_without_attention(tokens, scenario) for tokens in self._grid]
+            passes = [self._pass_without_attention(tokens, scenario, decode_only) for tokens in self._grid]
             # stage-major, so that an iteration interpolates each stage's contiguous row
             computes = np.array([c for c, _ in passes]).T.copy()
             self._passes[decode_only] = (computes, np.array([m for _, m in passes]).T.copy())
@@ -250,7 +259,7 @@ class IterationCost:
         attention in place of the pass's and the output head on its `sampled` rows (as `seconds`)."""
         total = prefill_tokens + decode_tokens
         scenario = self._decode_base if prefill_tokens == 0 else self._base
-        stages = self.forward.stages(max(1, total), scenario=scenario)
+        stages = self.forward.stages(max(1, total), decode=prefill_tokens == 0, scenario=scenario)
         phases: dict[str, float] = {}
         for busy in stages.busy:
             for name, seconds in busy.items():

@@ -105,19 +105,20 @@ def moe_block_phases(
         )
 
     shared_phase = Phase("shared_experts", layer.index, builder.same(shared)) if shared else None
-    overlapped = shared_phase if (shared_phase and sim.overlap_shared_experts) else None
+    local = builder.experts_local  # the tokens already on every GPU: no dispatch, no combine (`PhaseBuilder`)
+    overlapped = shared_phase if (shared_phase and sim.overlap_shared_experts and not local) else None
     layer_forward += [
         Phase("router", layer.index, builder.same(router)),
         Phase("permute", layer.index, builder.same(permute)),
-        transfer("dispatch", dispatch, count_exchange, overlapped),
     ]
+    if not local:
+        layer_forward.append(transfer("dispatch", dispatch, count_exchange, overlapped))
     if shared_phase and not overlapped:
         layer_forward.append(shared_phase)
-    layer_forward += [
-        Phase("experts", layer.index, gemm, chunks=sim.moe_chunks),
-        transfer("combine", combine),
-        Phase("unpermute", layer.index, builder.same(unpermute)),
-    ]
+    layer_forward.append(Phase("experts", layer.index, gemm, chunks=sim.moe_chunks))
+    if not local:
+        layer_forward.append(transfer("combine", combine))
+    layer_forward.append(Phase("unpermute", layer.index, builder.same(unpermute)))
     # backward: a calibrated MoE-block model (grouped-GEMM backward of the experts, the other phases
     # relative to their forward), else the fixed ratios
     fit = cost.coefficients("backward")

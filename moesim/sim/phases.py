@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as np
 
 from moesim.cluster.topology import Topology
+from moesim.cost.engine_tables import allreduce_seconds
 from moesim.cost.model import ATTENTION_BLOCK, CostModel, causal_tile_share
 from moesim.cost.phase_features import PhaseWork, router_fit_key
 from moesim.models import accounting
@@ -44,7 +45,7 @@ from moesim.sim.phase import (
     output_head_seconds,
     relabel,
 )
-from moesim.sim.plan import Layer, StagePlan
+from moesim.sim.plan import Layer, StagePlan, attention_ranks_per_expert_group
 from moesim.sim.recompute import replayed_phases
 from moesim.sim.routing_load import LayerRouting
 
@@ -88,6 +89,12 @@ class PhaseBuilder:
         # the tokens replicated on the group's GPUs) 1/TP of the group's, as an engine's fused MoE selects each
         # GPU's rows from the replicated tokens
         self.routed_tokens = float(tokens) if tp_gathers else tokens / self.tp
+        # Serving with TP attention: two all-reduces a layer (after attention, after the FFN or MoE block). Where
+        # every GPU of the expert group holds the attention rank's tokens, the engines move no tokens: each GPU
+        # picks its own experts' rows and the partial outputs are summed by that second all-reduce (vLLM's and
+        # SGLang's fused MoE under TP, TensorRT-LLM without attention DP)
+        self.serving_tp = not tp_gathers and self.tp > 1
+        self.experts_local = self.serving_tp and attention_ranks_per_expert_group(scenario) == 1
         precision = scenario.workload.precision
         self.element = precision.activation_bytes
         self.fp8 = precision.gemm == "fp8"  # linear layers' GEMMs; the router and output head stay bf16
@@ -287,8 +294,16 @@ class PhaseBuilder:
         if self.tp == 1:
             return 0.0
         group = np.arange(self.tp)
+        size = self.gemm_tokens * self.model.hidden_size * self.element
+        serving = self.scenario.serving
+        if serving.engine and self.tp <= self.topology.gpus_per_node:  # the engine's own kernels, measured
+            # (`cost.engine_tables`): replayed in a CUDA graph when the iteration only decodes
+            gpu = self.scenario.cluster.gpu.name
+            measured = allreduce_seconds(gpu, serving.engine, serving.engine_version, self.tp, size, self.decode)
+            if measured is not None:
+                return measured
         # Megatron's reduce-scatter and all-gather of the whole sequence's activations move what an all-reduce does
-        return all_reduce_time(self.topology, group, self.gemm_tokens * self.model.hidden_size * self.element, "ring")
+        return all_reduce_time(self.topology, group, size, "ring")
 
     def etp_gather(self, rows: float) -> float:
         """Expert tensor parallelism: the all-gather of a rank's dispatched rows over its ETP group (after the
@@ -340,6 +355,8 @@ class PhaseBuilder:
             block_forward, block_backward = moe_block_phases(self, layer, routing[routing_index], routing_index)
             layer_forward += block_forward
             layer_backward += block_backward
+        if tp_reduce and self.serving_tp:  # the FFN's or MoE block's output, summed over the TP group
+            layer_forward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
         return layer_forward, layer_backward
 
     def replayed(self, layer: Layer, layer_forward: list[Phase]) -> list[Phase]:

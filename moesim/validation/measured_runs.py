@@ -190,5 +190,7 @@ def scenario_document(run: MeasuredRun, requests: Optional[int] = None) -> dict[
             "arrival": "closed",
             "concurrency": run.concurrency,
             "num_requests": requests or max(64, 4 * run.concurrency),
+            "engine": run.engine,
+            "engine_version": run.engine_version or None,
         },
     }

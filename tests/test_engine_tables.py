@@ -1,0 +1,61 @@
+"""The engines' measured kernels (aiconfigurator's tables, `moesim.cost.engine_tables`): the rows read back as
+measured, the version rule, and a serving deployment that names its engine all-reducing with the engine's kernels
+(in a CUDA graph when it only decodes)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from moesim.cost.engine_tables import allreduce_seconds, source_commit, table_version
+from moesim.scenario import scenario_from_dict
+from moesim.serving.iteration import IterationCost
+
+
+def test_measured_rows_read_back() -> None:
+    """aiconfigurator's rows (H200, SGLang 0.5.9, 8 GPUs, 4,096 bf16 elements: 4.9002 us in a graph, 22.0083 us
+    eager; H100, TensorRT-LLM 1.2.0rc5, 8,192 elements: 3.984 us)."""
+    assert allreduce_seconds("H200", "sglang", "0.5.9", 8, 4096 * 2, graph=True) == pytest.approx(4.9002e-6)
+    assert allreduce_seconds("H200", "sglang", "0.5.9", 8, 4096 * 2, graph=False) == pytest.approx(22.0083e-6)
+    assert allreduce_seconds("H100-SXM", "trtllm", "1.2.0rc5", 8, 8192 * 2, graph=True) == pytest.approx(3.984e-6)
+    assert len(source_commit()) == 40
+
+
+def test_between_sizes_the_time_is_log_log_interpolated() -> None:
+    between = allreduce_seconds("H200", "sglang", "0.5.9", 8, 6144 * 2, graph=True)
+    assert between == pytest.approx(math.exp((math.log(4.9002e-6) + math.log(5.1555e-6)) / 2), rel=0.01)
+
+
+def test_the_newest_measured_version_not_newer_is_read() -> None:
+    assert table_version("H200", "sglang", "0.5.9") == "0.5.9"
+    assert table_version("H200", "sglang", "0.5.8.post1") == "0.5.6.post2"
+    assert table_version("H200", "sglang", "0.5.1.post1") == "0.5.6.post2"  # older than all: the oldest
+    assert table_version("H200", "trtllm", None) == "1.2.0rc5"
+    assert table_version("H200", "trtllm", "gpt-oss-dev") == "1.2.0rc5"  # not a version number
+    assert table_version("A100-80GB", "vllm", "0.14.0") is None  # no table for the GPU
+
+
+def _tp8(engine: str | None) -> dict:
+    return {
+        "model": {"preset": "mixtral-8x7b", "num_layers": 4},
+        "cluster": {"num_nodes": 1, "gpu": "H200"},
+        "parallelism": {"tp_size": 8, "ep_size": 8},
+        "workload": {"mode": "inference"},
+        "simulation": {"network_mode": "fast", "moe_kernels": "fused"},
+        "serving": {"engine": engine, "engine_version": "0.5.9"},
+    }
+
+
+def test_an_engine_all_reduces_with_its_own_kernels() -> None:
+    """TP 8: per layer two all-reduces of the batch's activations (after attention, after the MoE block); with
+    SGLang named, its graph-replayed kernel at 2 tokens (2 x 4,096 elements: 5.1555 us, its 8,192 row) instead of
+    a ring of NCCL latencies; prefill iterations launch eagerly."""
+    plain, engine = (IterationCost(scenario_from_dict(_tp8(name))) for name in (None, "sglang"))
+    decode = [cost.breakdown(0, 0.0, 2, 512.0)["tp_allreduce"] for cost in (plain, engine)]
+    layers_allreduces = 2 * 4
+    assert decode[1] == pytest.approx(layers_allreduces * 5.1555e-6, rel=1e-6)
+    assert decode[1] < decode[0] / 2
+    prefill = engine.breakdown(2048, 1024.0, 0, 0.0)["tp_allreduce"]
+    eager = allreduce_seconds("H200", "sglang", "0.5.9", 8, 2048 * 4096 * 2, graph=False)
+    assert prefill == pytest.approx(layers_allreduces * eager, rel=1e-6)
