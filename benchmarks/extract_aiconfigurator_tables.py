@@ -68,6 +68,51 @@ def custom_allreduce(repo: str) -> "object":
     return pd.concat(frames).sort_values(["gpu", "engine", "version", "mode", "gpus", "elements"])
 
 
+ATTENTION_VERSIONS = {"trtllm": ("1.2.0rc5",), "sglang": ("0.5.6.post2", "0.5.9"), "vllm": ("0.14.0", "0.18.0")}
+"""The measured versions of the decode-attention tables carried (the tables are large): those nearest the engines of
+the given serving runs (TensorRT-LLM 0.8-1.3, SGLang 0.5.1-0.5.9, vLLM 0.11-0.18)."""
+
+
+def generation_attention(repo: str) -> "object":
+    """Each engine's decode attention kernel (its KV cache in bf16; full attention, no window), by batch, heads and
+    KV heads a GPU, head size and cached tokens (`step`), for grouped-query attention (`gqa`) and DeepSeek's MLA
+    (`mla`: its heads a GPU; the latent cache, 512 + 64 wide); latency in microseconds."""
+    import pandas as pd
+
+    frames = []
+    for op, name, kind in (
+        ("attention", "generation_attention_perf.parquet", "gqa"),
+        ("mla", "generation_mla_perf.parquet", "mla"),
+    ):
+        for gpu, engine, version, path in _tables(repo, op, name):
+            if version not in ATTENTION_VERSIONS[engine] or (kind == "mla" and engine == "vllm"):
+                continue  # vLLM 0.14's MLA rows are flat at 130-170 us from 1 to 65K cached tokens: launch-bound,
+                # measured eagerly, not as the engine replays its decode steps
+            table = pd.read_parquet(io.BytesIO(_git(repo, "show", f"HEAD:{path}")))
+            table = table[table["kv_cache_dtype"] == "bfloat16"]
+            if "window_size" in table:
+                table = table[table["window_size"] == 0]
+            gqa = kind == "gqa"
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "gpu": gpu,
+                        "engine": engine,
+                        "version": version,
+                        "kind": kind,
+                        "heads": table["num_heads"].astype(int),
+                        "kv_heads": table["num_key_value_heads"].astype(int) if gqa else 1,
+                        "head_dim": table["head_dim"].astype(int) if gqa else 576,
+                        "batch": table["batch_size"].astype(int),
+                        "context": table["step"].astype(int),
+                        "latency_us": (table["latency"] * 1e3).round(3),
+                    }
+                )
+            )
+    keys = ["gpu", "engine", "version", "kind", "heads", "kv_heads", "head_dim", "batch", "context"]
+    return pd.concat(frames).groupby(keys, as_index=False)["latency_us"].min().sort_values(keys)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__)
@@ -76,6 +121,10 @@ def main(argv: list[str]) -> int:
     commit = _git(repo, "rev-parse", "HEAD").decode().strip()
     OUT.mkdir(parents=True, exist_ok=True)
     custom_allreduce(repo).to_csv(OUT / "custom_allreduce.csv", index=False)  # type: ignore[attr-defined]
+    attention = generation_attention(repo)
+    attention.to_csv(  # type: ignore[attr-defined]
+        OUT / "generation_attention.csv.gz", index=False, compression={"method": "gzip", "mtime": 0}
+    )
     (OUT / "COMMIT").write_text(commit + "\n")
     print(f"wrote {OUT} from ai-dynamo/aiconfigurator {commit}")
     return 0

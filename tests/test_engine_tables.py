@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from moesim.cost.engine_tables import allreduce_seconds, source_commit, table_version
+from moesim.cost.engine_tables import allreduce_seconds, decode_attention_seconds, source_commit, table_version
 from moesim.scenario import scenario_from_dict
 from moesim.serving.iteration import IterationCost
 
@@ -59,3 +59,15 @@ def test_an_engine_all_reduces_with_its_own_kernels() -> None:
     prefill = engine.breakdown(2048, 1024.0, 0, 0.0)["tp_allreduce"]
     eager = allreduce_seconds("H200", "sglang", "0.5.9", 8, 2048 * 4096 * 2, graph=False)
     assert prefill == pytest.approx(layers_allreduces * eager, rel=1e-6)
+
+
+def test_decode_attention_reads_the_engines_measured_kernel() -> None:
+    """SGLang 0.5.9 on the H200, 16 heads and 1 KV head of 128 a GPU (Qwen3-235B at TP 4), 8 sequences of 1,023
+    cached tokens: 16.101 us measured; between measured batches and contexts, log-log; a layout the table lacks
+    (none of the engines measured 3 KV heads a GPU) leaves moesim's model to it."""
+    assert decode_attention_seconds("H200", "sglang", "0.5.9", "gqa", 16, 1, 128, 8, 1023) == pytest.approx(16.101e-6)
+    low = decode_attention_seconds("H200", "sglang", "0.5.9", "gqa", 16, 1, 128, 4, 1023)
+    high = decode_attention_seconds("H200", "sglang", "0.5.9", "gqa", 16, 1, 128, 8, 1023)
+    middle = decode_attention_seconds("H200", "sglang", "0.5.9", "gqa", 16, 1, 128, math.sqrt(32), 1023)
+    assert middle == pytest.approx(math.sqrt(low * high))
+    assert decode_attention_seconds("H200", "sglang", "0.5.9", "gqa", 16, 3, 128, 8, 1023) is None

@@ -10,13 +10,17 @@ size, in graph mode for iterations that only decode (the engines capture those) 
 prefill; the table's version is the newest measured one not newer than the engine's (else the oldest measured),
 and `table_version` says which.
 
+The engines' decode-attention kernels (FlashInfer, FlashAttention, TensorRT-LLM's XQA and MLA kernels) are read
+the same way (`decode_attention_seconds`), by the heads and KV heads a GPU holds, the batch and the cached tokens.
+
 Source: github.com/ai-dynamo/aiconfigurator (Apache-2.0), commit in `engines/aiconfigurator/COMMIT`, files
-`aic-core/src/aiconfigurator_core/systems/data/<gpu>/comm/<engine>/<version>/custom_allreduce_perf.parquet`.
+`aic-core/src/aiconfigurator_core/systems/data/<gpu>/{comm,attention,mla}/<engine>/<version>/*.parquet`.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -58,11 +62,16 @@ def _allreduce_rows() -> dict[tuple[str, str, str, str, int], tuple[np.ndarray, 
 
 
 def table_version(gpu: str, engine: str, version: Optional[str]) -> Optional[str]:
-    """The measured version of `engine` on `gpu` (moesim's GPU name) moesim reads for the engine's `version`: the
-    newest measured one not newer than it, else the oldest measured (also for a version not stated); None where
-    the GPU or the engine has no table."""
+    """The measured version of `engine`'s all-reduce on `gpu` (moesim's GPU name) moesim reads for the engine's
+    `version` (`nearest_version`); None where the GPU or the engine has no table."""
     key = GPU_KEYS.get(gpu)
-    measured = sorted({v for g, e, v, _, _ in _allreduce_rows() if g == key and e == engine}, key=version_key)
+    return nearest_version({v for g, e, v, _, _ in _allreduce_rows() if g == key and e == engine}, version)
+
+
+def nearest_version(versions: set[str], version: Optional[str]) -> Optional[str]:
+    """Of the measured `versions`, the newest not newer than `version`, else the oldest (also for a version not
+    stated, or not a version number); None where there are none."""
+    measured = sorted(versions, key=version_key)
     if not measured:
         return None
     wanted = version_key(version) if version and version[0].isdigit() else ()  # "gpt-oss-dev": not a version
@@ -92,3 +101,83 @@ def allreduce_seconds(
     if size >= elements[-1]:
         return float(seconds[-1] * size / elements[-1])
     return float(np.exp(np.interp(np.log(size), np.log(elements), np.log(seconds))))
+
+
+AttentionKey = tuple[str, str, str, str, int, int, int]
+"""(gpu, engine, version, kind, heads, KV heads, head size) of a decode-attention table."""
+
+
+@lru_cache(maxsize=None)
+def _attention_tables() -> dict[AttentionKey, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each decode-attention table: its batches, its cached-token counts and seconds by (batch, context), NaN
+    where not measured (the large corners aiconfigurator's collector left out)."""
+    points: dict[AttentionKey, dict[tuple[int, int], float]] = {}
+    with gzip.open(TABLES / "generation_attention.csv.gz", "rt", newline="") as handle:
+        for row in csv.DictReader(handle):
+            key = (
+                row["gpu"],
+                row["engine"],
+                row["version"],
+                row["kind"],
+                int(row["heads"]),
+                int(row["kv_heads"]),
+                int(row["head_dim"]),
+            )
+            points.setdefault(key, {})[(int(row["batch"]), int(row["context"]))] = float(row["latency_us"]) * 1e-6
+    tables = {}
+    for key, measured in points.items():
+        batches = np.array(sorted({b for b, _ in measured}), float)
+        contexts = np.array(sorted({c for _, c in measured}), float)
+        grid = np.full((batches.size, contexts.size), np.nan)
+        for (batch, context), seconds in measured.items():
+            grid[np.searchsorted(batches, batch), np.searchsorted(contexts, context)] = seconds
+        tables[key] = (batches, contexts, grid)
+    return tables
+
+
+def _along_context(contexts: np.ndarray, row: np.ndarray, context: float) -> float:
+    """One batch's seconds at `context` cached tokens: log-log between measured ones, the fewest's below them,
+    linear in the cached tokens beyond the most (reading the KV cache bounds the kernel there)."""
+    measured = ~np.isnan(row)
+    known, seconds = contexts[measured], row[measured]
+    if context <= known[0]:
+        return float(seconds[0])
+    if context >= known[-1]:
+        return float(seconds[-1] * context / known[-1])
+    return float(np.exp(np.interp(np.log(context), np.log(known), np.log(seconds))))
+
+
+def decode_attention_seconds(
+    gpu: str,
+    engine: str,
+    version: Optional[str],
+    kind: str,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    batch: float,
+    context: float,
+) -> Optional[float]:
+    """Seconds of the engine's decode-attention kernel on one GPU for `batch` sequences reading `context` cached
+    tokens each (`kind` "gqa" with `heads` and `kv_heads` a GPU of `head_dim`, or "mla" with `heads` a GPU), as
+    measured (log-log between measured batches and contexts; beyond the largest batch measured, linear in the
+    batch); None where the engine's tables lack the GPU or the head layout."""
+    key = GPU_KEYS.get(gpu)
+    tables = _attention_tables()
+    versions = {k[2] for k in tables if k[0] == key and k[1] == engine and k[3] == kind}
+    measured = nearest_version(versions, version)
+    found = tables.get((key, engine, measured, kind, heads, kv_heads, head_dim)) if measured and key else None
+    if found is None or batch <= 0:
+        return None
+    batches, contexts, grid = found
+    rows = [i for i in range(batches.size) if not np.isnan(grid[i]).all()]
+    batches, grid = batches[rows], grid[rows]
+    if batch >= batches[-1]:
+        return _along_context(contexts, grid[-1], context) * batch / batches[-1]
+    if batch <= batches[0]:
+        return _along_context(contexts, grid[0], context)
+    upper = int(np.searchsorted(batches, batch))
+    lower = upper - 1
+    low, high = (_along_context(contexts, grid[i], context) for i in (lower, upper))
+    weight = (np.log(batch) - np.log(batches[lower])) / (np.log(batches[upper]) - np.log(batches[lower]))
+    return float(np.exp((1 - weight) * np.log(low) + weight * np.log(high)))

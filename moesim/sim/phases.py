@@ -24,13 +24,13 @@ from typing import Any, Optional
 import numpy as np
 
 from moesim.cluster.topology import Topology
-from moesim.cost.engine_tables import allreduce_seconds
 from moesim.cost.model import ATTENTION_BLOCK, CostModel, causal_tile_share
 from moesim.cost.phase_features import PhaseWork, router_fit_key
 from moesim.models import accounting
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
 from moesim.sim.collectives import all_reduce_time, all_to_all, low_latency_all_to_all
+from moesim.sim.engine_kernels import engine_allreduce, engine_decode_attention
 from moesim.sim.fp8_casts import cast_phases
 from moesim.sim.moe_block import moe_block_phases
 from moesim.sim.phase import (
@@ -178,6 +178,9 @@ class PhaseBuilder:
         if self.scenario.workload.mode == "inference":  # the new tokens' keys and values into the KV cache (engines
             # fuse it with the rotary embedding): read and written once
             scores += cost.memory_seconds(2 * kv_bytes * self.gemm_tokens / self.tp)
+        measured = engine_decode_attention(self, heads_per_rank, cached_keys) if self.decode else None
+        if measured is not None:  # the engine's own kernel, measured (its cache append included)
+            scores = measured
         row = self.tokens * model.hidden_size * self.element
         if self.fused_kernels:  # an engine's fused residual-add + RMSNorm, twice a layer: two inputs in, two out
             norms = 2 * cost.memory_seconds(4 * row)
@@ -295,13 +298,9 @@ class PhaseBuilder:
             return 0.0
         group = np.arange(self.tp)
         size = self.gemm_tokens * self.model.hidden_size * self.element
-        serving = self.scenario.serving
-        if serving.engine and self.tp <= self.topology.gpus_per_node:  # the engine's own kernels, measured
-            # (`cost.engine_tables`): replayed in a CUDA graph when the iteration only decodes
-            gpu = self.scenario.cluster.gpu.name
-            measured = allreduce_seconds(gpu, serving.engine, serving.engine_version, self.tp, size, self.decode)
-            if measured is not None:
-                return measured
+        measured = engine_allreduce(self, size)  # a serving engine's own kernels, measured
+        if measured is not None:
+            return measured
         # Megatron's reduce-scatter and all-gather of the whole sequence's activations move what an all-reduce does
         return all_reduce_time(self.topology, group, size, "ring")
 
