@@ -64,12 +64,39 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def side_by_side(rows: list[dict]) -> list[str]:
+    """moesim beside aiconfigurator on the runs both served: median and p90 of the error's size, by engine, GPU,
+    model and concurrency band (fits 80 columns)."""
+    both = [row for row in rows if "peer_tpot_error" in row]
+
+    def line(label: str, group: list[dict]) -> str:
+        cells = [f"{label:<20.20}", f"{len(group):>4}"]
+        for figure in ("tpot", "ttft"):
+            for who in ("", "peer_"):
+                sizes = np.abs([row[f"{who}{figure}_error"] for row in group])
+                cells.append(f"{np.median(sizes):>5.0%} {np.percentile(sizes, 90):>5.0%}")
+        return " ".join(cells)
+
+    lines = [
+        f"moesim beside aiconfigurator on {len(both)} runs both served ({len(rows) - len(both)} it could not):",
+        f"{'':<20} {'runs':>4} {'TPOT moesim':>11} {'aiconfig.':>11} {'TTFT moesim':>11} {'aiconfig.':>11}",
+        f"{'':<20} {'':>4}" + "   med   p90" * 4,
+        line("all", both),
+    ]
+    for key in ("engine", "system", "model", "band"):
+        lines.append(f"by {key}:")
+        for value in sorted({row[key] for row in both}):
+            lines.append(line(f"  {value}", [row for row in both if row[key] == value]))
+    return lines
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("development", "held_out"), default="development")
     parser.add_argument("--jobs", type=int, default=2, help="processes serving runs side by side")
     parser.add_argument("--limit", type=int, default=0, help="serve only the first N runs (0: all)")
     parser.add_argument("--json", help="write every run's figures here")
+    parser.add_argument("--peer", action="store_true", help="also serve the runs through aiconfigurator")
     args = parser.parse_args(argv)
     runs = [run for run in read_runs(args.part) if run.moe and run.system in GPUS]
     reasons = Counter(skip_reason(run) for run in runs)
@@ -102,6 +129,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     if several:
         print("multi-node runs (no bar yet):")
         print(errors_line("all", several))
+    if args.peer:
+        from aiconfigurator_peer import estimates
+
+        peer = estimates([asdict(run) for run in served], args.jobs)
+        for row in rows:
+            found = peer.get(row["id"], {})
+            if "tpot_ms" in found and found["tpot_ms"] > 0:
+                row["peer_ttft_ms"], row["peer_tpot_ms"] = found["ttft_ms"], found["tpot_ms"]
+                row["peer_ttft_error"] = found["ttft_ms"] / row["ttft_ms"] - 1
+                row["peer_tpot_error"] = found["tpot_ms"] / row["tpot_ms"] - 1
+        single = [row for row in rows if row["tp"] * row["attention_dp"] * row["pp"] <= GPUS_PER_NODE]
+        print("\n".join(side_by_side(single)))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
