@@ -24,6 +24,7 @@ PUBLISHED_IMPORTS = {
     "gpt-oss-120b": (116.83e9, 5, 5.13e9, 3, False, "OpenAI, gpt-oss-120b & gpt-oss-20b model card (2025), Table 1"),
     "qwen2-57b-a14b": (57e9, 2, 14e9, 2, True, "Qwen2 technical report (arXiv 2407.10671), Table 1: 57B-A14B"),
     "qwen3-235b-a22b": (235e9, 3, 22e9, 2, True, "Qwen3 technical report (arXiv 2505.09388), Table 2"),
+    "minimax-m2.5": (230e9, 2, 10e9, 2, False, "MiniMax-M2 model card: 230B total, 10B active (M2.5: same config)"),
 }
 # Families with a preset: the import must give the preset's model (same counts, FLOPs and caches).
 PRESET_OF = {
@@ -45,10 +46,11 @@ def within_last_digit(value: float, published: float, digits: int) -> bool:
 
 def test_every_committed_config_is_a_family_it_maps() -> None:
     files = sorted(CONFIGS.glob("*.json"))
-    assert len(files) == 11
+    assert len(files) == 12
     families = {json.loads(path.read_text())["model_type"] for path in files}
     assert families == {
-        "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "olmoe", "dbrx", "gpt_oss", "llama4"
+        "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "olmoe", "dbrx", "gpt_oss", "llama4",
+        "minimax_m2",
     }  # fmt: skip
     assert all(path.stem in (CONFIGS / "SOURCES.md").read_text() for path in files)
 

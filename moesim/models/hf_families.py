@@ -12,7 +12,18 @@ class ModelImportError(ScenarioError):
     """A config.json that cannot be read or mapped; the message names the key and the fix."""
 
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "olmoe", "dbrx", "gpt_oss", "llama4")
+FAMILIES = (
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "olmoe",
+    "dbrx",
+    "gpt_oss",
+    "llama4",
+    "minimax_m2",
+)
 """`model_type` values the import maps (`llama4_text` is read as `llama4`)."""
 
 
@@ -301,6 +312,40 @@ def _llama4(reader: Reader) -> Fields:
     return fields, notes + _quantization_note(reader)
 
 
+def _minimax_m2(reader: Reader) -> Fields:
+    """MiniMax-M2 (`MiniMaxM2ForCausalLM`): grouped-query attention wider than the model (48 heads of 128 on a
+    3,072-wide stream) with a norm over all the queries' and all the keys' features, a routed MoE in every layer
+    without a shared expert, sigmoid scores with a per-expert correction bias for the choice (DeepSeek-V3's rule,
+    no groups), the chosen weights renormalised, and multi-token-prediction modules."""
+    fields = _common(reader)
+    inner = reader.int("intermediate_size")
+    reader.refuse_unless(
+        "shared_intermediate_size", lambda value: not value, "a shared expert beside the routed ones is not mapped"
+    )
+    bias = reader.flag("use_routing_bias")
+    fields.update(
+        intermediate_size=inner,
+        moe_intermediate_size=inner,
+        num_experts=reader.int("num_local_experts"),
+        top_k=reader.int("num_experts_per_tok"),
+        qk_norm=reader.flag("use_qk_norm"),
+        router_score_function=reader.text("scoring_func", "softmax"),
+        router_normalize_weights=True,  # MiniMaxM2SparseMoeBlock: the top-k weights divided by their sum
+        router_bias=bias,
+        router_strategy="bias_balanced" if bias else "top_k",
+        num_mtp_modules=reader.config.get("num_mtp_modules") or 0 if reader.flag("use_mtp") else 0,
+    )
+    notes = []
+    if reader.text("qk_norm_type", "per_head") == "per_layer":
+        heads, kv = fields["num_attention_heads"], fields.get("num_key_value_heads", fields["num_attention_heads"])
+        width = reader.int("head_dim")
+        notes.append(
+            f"its query and key norms span the layer's {heads * width:,} and {kv * width:,} features, not a head's "
+            f"{width}: +{(heads + kv - 2) * width * fields['num_layers']:,} norm weights uncounted"
+        )
+    return fields, notes + _quantization_note(reader)
+
+
 def _quantization_note(reader: Reader) -> list[str]:
     method = reader.sub("quantization_config").config.get("quant_method")
     if not method:
@@ -321,4 +366,5 @@ MAPPERS: dict[str, Callable[[Reader], Fields]] = {
     "dbrx": _dbrx,
     "gpt_oss": _gpt_oss,
     "llama4": _llama4,
+    "minimax_m2": _minimax_m2,
 }

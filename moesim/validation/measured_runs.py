@@ -34,6 +34,7 @@ MODELS: dict[str, Union[str, Path]] = {
     "deepseek-ai/DeepSeek-V3": "deepseek-v3",
     "Qwen/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b",
     "openai/gpt-oss-120b": REPO / "models" / "hf" / "gpt-oss-120b.json",
+    "MiniMaxAI/MiniMax-M2.5": REPO / "models" / "hf" / "minimax-m2.5.json",
 }
 """Model paths of the given file moesim describes: a preset or a Hugging Face config under `models/hf/`."""
 
