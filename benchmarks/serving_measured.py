@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from moesim.validation.measured_runs import GPUS, GPUS_PER_NODE, MeasuredRun, read_runs, scenario_document, skip_reason
+from moesim.validation.measured_runs import GPUS, MeasuredRun, read_runs, scenario_document, skip_reason
 
 
 def serve(run: MeasuredRun) -> dict:
@@ -115,6 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     **asdict(run),
                     "model": run.model_name,
                     "band": run.band,
+                    "group": run.group,
                     **{f"moesim_{key}": value for key, value in figures.items()},
                     "ttft_error": figures["ttft_ms"] / run.ttft_ms - 1,
                     "tpot_error": figures["tpot_ms"] / run.tpot_ms - 1,
@@ -122,13 +123,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             )
             if index % 10 == 0 or index == len(served):
                 print(f"  served {index}/{len(served)} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
-    single = [row for row in rows if row["tp"] * row["attention_dp"] * row["pp"] <= GPUS_PER_NODE]
-    several = [row for row in rows if row not in single]
+    single = [row for row in rows if row["group"] == "single-node"]
     print("single-node runs (the bar: TPOT median <= 8%, p90 <= 20%; TTFT median <= 15%, p90 <= 40%):")
     print("\n".join(table(single)))
-    if several:
-        print("multi-node runs (no bar yet):")
-        print(errors_line("all", several))
+    for group in ("multi-node", "disaggregated"):
+        members = [row for row in rows if row["group"] == group]
+        if members:
+            print(f"{group} runs (no bar yet):")
+            print(errors_line("all", members))
     if args.peer:
         from aiconfigurator_peer import estimates
 
@@ -139,7 +141,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 row["peer_ttft_ms"], row["peer_tpot_ms"] = found["ttft_ms"], found["tpot_ms"]
                 row["peer_ttft_error"] = found["ttft_ms"] / row["ttft_ms"] - 1
                 row["peer_tpot_error"] = found["tpot_ms"] / row["tpot_ms"] - 1
-        single = [row for row in rows if row["tp"] * row["attention_dp"] * row["pp"] <= GPUS_PER_NODE]
         print("\n".join(side_by_side(single)))
     if args.json:
         with open(args.json, "w") as handle:

@@ -206,8 +206,8 @@ def test_disaggregated_prefill_spares_the_decode_pool_its_prompts() -> None:
     # the first token waits for its KV cache to cross a 400 Gb/s NIC: 4,096 tokens of 4-layer MLA latents
     kv = 4 * (512 + 64) * 2 * 4096
     assert min(apart.ttft_samples_s) > kv / 50e9
-    with pytest.raises(MoesimError, match="serving.prefill_pool: disaggregated serving is simulated with arrival"):
-        scenario_from_dict({**deepseek, "serving": {"prefill_pool": {"num_nodes": 1}}})
+    closed = scenario_from_dict({**deepseek, "serving": {"prefill_pool": {"num_nodes": 1}, "concurrency": 16}})
+    assert closed.serving.arrival == "closed"  # a closed loop: the decode pool holds it (docs/serving.md)
 
 
 def test_a_disaggregated_curve_builds_each_pools_iteration_times_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,9 @@ class PoolSpec(_Section):
         None, gt=0, description="Its expert parallelism; default: the scenario's, at most the pool's GPUs."
     )
     tp_size: int = Field(1, gt=0, description="Its tensor parallelism.")
+    expert_tp_size: Optional[int] = Field(
+        None, gt=0, description="Its expert tensor parallelism; default: the scenario's."
+    )
 
 
 class ServingSpec(_Section):
@@ -98,8 +101,6 @@ class ServingSpec(_Section):
 
     @model_validator(mode="after")
     def _rate_for_poisson(self) -> "ServingSpec":
-        if self.prefill_pool is not None and self.arrival != "poisson":
-            raise ValueError("serving.prefill_pool: disaggregated serving is simulated with arrival: poisson")
         if self.arrival == "poisson" and self.request_rate is None:
             raise ValueError("serving.request_rate: poisson arrivals need a rate; set request_rate (requests/s)")
         for name in ("input_tokens", "output_tokens"):

@@ -27,7 +27,7 @@ def kv_capacity_for(cost: IterationCost, need: int) -> int:
 
 def prefill_pool_scenario(scenario: Scenario) -> Scenario:
     """The disaggregated prefill pool as a scenario of its own: its nodes, EP (default: the scenario's, at most the
-    pool's GPUs) and TP, serving the same requests."""
+    pool's GPUs), TP and expert TP (default: the scenario's), serving the same requests."""
     pool = scenario.serving.prefill_pool
     if pool is None:
         raise MoesimError("serving.prefill_pool: this scenario has no prefill pool")
@@ -39,10 +39,10 @@ def prefill_pool_scenario(scenario: Scenario) -> Scenario:
             f"cluster.num_nodes={pool.num_nodes}",
             f"parallelism.ep_size={pool.ep_size or default_ep}",
             f"parallelism.tp_size={pool.tp_size}",
+            f"parallelism.expert_tp_size={pool.expert_tp_size or scenario.parallelism.expert_tp_size}",
             "parallelism.dp_size=null",
             "workload.global_batch_size=null",
             "serving.prefill_pool=null",
-            "serving.arrival=poisson",
         ],
     )
 

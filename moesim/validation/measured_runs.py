@@ -11,6 +11,8 @@ How a row's fields become a scenario (aiconfigurator's column meanings, its READ
   split `moe_tp_size` (expert tensor parallel) x `moe_ep_size` (expert parallel).
 - `gemm_quant_mode` / `moe_quant_mode` `fp8` or `fp8_block`: FP8 weights and GEMMs (moesim prices both as its
   FP8 kernel tables measured them: the per-tensor and 128x128-block scalings are not told apart); empty: BF16.
+- Disaggregated runs: the decode pool is the cluster (its engines x its layout), the prefill pool a pool of nodes of
+  the same size (`serving.prefill_pool`); a pool's engine count is 1 where the row does not state it.
 - The closed loop at `silicon_concurrency` requests of `isl` prompt and `osl` output tokens; the figures compared
   are the mean time to first token and the mean time per output token, as the benchmark client reports them.
 """
@@ -76,6 +78,12 @@ class MeasuredRun:
     concurrency: int
     ttft_ms: float
     tpot_ms: float
+    prefill_tp: int = 1  # disaggregated runs: the prefill pool's layout and both pools' engines ("workers")
+    prefill_attention_dp: int = 1
+    prefill_moe_tp: int = 1
+    prefill_moe_ep: int = 1
+    prefill_workers: int = 1
+    decode_workers: int = 1
 
     @property
     def moe(self) -> bool:
@@ -83,7 +91,20 @@ class MeasuredRun:
 
     @property
     def gpus(self) -> int:
+        """GPUs of one engine (the decode pool's when disaggregated)."""
         return self.tp * self.attention_dp * self.pp
+
+    @property
+    def prefill_gpus(self) -> int:
+        return self.prefill_tp * self.prefill_attention_dp
+
+    @property
+    def group(self) -> str:
+        """How the errors are grouped: "single-node" (one engine on one node: the issue's bar), "multi-node" or
+        "disaggregated" (printed, no bar yet)."""
+        if self.mode == "disagg":
+            return "disaggregated"
+        return "single-node" if self.gpus <= GPUS_PER_NODE else "multi-node"
 
     @property
     def model_name(self) -> str:
@@ -141,9 +162,22 @@ def read_runs(part: str, path: Path = SERVING_RUNS) -> list[MeasuredRun]:
                     concurrency=_concurrency(row),
                     ttft_ms=float(row["silicon_ttft_ms"]),
                     tpot_ms=float(row["silicon_tpot_ms"]),
+                    **(_prefill_pool(row) if pool else {}),
                 )
             )
     return runs
+
+
+def _prefill_pool(row: dict[str, str]) -> dict[str, int]:
+    """A disaggregated row's prefill pool and both pools' engine counts (one engine a pool where not stated)."""
+    return dict(
+        prefill_tp=_int(row["prefill_tp_size"]),
+        prefill_attention_dp=_int(row["prefill_attention_dp_size"]),
+        prefill_moe_tp=_int(row["prefill_moe_tp_size"]),
+        prefill_moe_ep=_int(row["prefill_moe_ep_size"]),
+        prefill_workers=_int(row["prefill_num_workers"]),
+        decode_workers=_int(row["decode_num_workers"]),
+    )
 
 
 def skip_reason(run: MeasuredRun) -> Optional[str]:
@@ -152,8 +186,12 @@ def skip_reason(run: MeasuredRun) -> Optional[str]:
         return f"{run.system}: no measured kernel tables (the hardware issue, 28)"
     if run.model_path not in MODELS:
         return f"{run.model_name}: no preset or config yet"
-    if run.mode != "agg":
-        return "disaggregated: pool sizes below a node not described yet"
+    if run.mode == "disagg":
+        per_node = min(run.gpus, GPUS_PER_NODE)
+        if (run.prefill_gpus * run.prefill_workers) % per_node or run.gpus % per_node:
+            return "disaggregated: pools that do not fill whole nodes of the decode engine's size"
+        if run.prefill_moe_tp * run.prefill_moe_ep != run.prefill_gpus:
+            return "moe_tp x moe_ep differs from tp x attention_dp (inconsistent row)"
     for mode in (run.gemm_quant, run.moe_quant):
         if mode and mode not in FP8_MODES:
             return f"{mode} weights: 4-bit weight formats not modelled yet"
@@ -170,17 +208,22 @@ def scenario_document(run: MeasuredRun, requests: Optional[int] = None) -> dict[
     model = MODELS[run.model_path]
     fp8 = run.gemm_quant in FP8_MODES
     precision = {"weights": "fp8", "gemm": "fp8"} if fp8 else {}
-    gpus = run.gpus
+    per_node = min(run.gpus, GPUS_PER_NODE)
+    gpus = run.gpus * run.decode_workers
+    serving: dict[str, Any] = {}
+    if run.mode == "disagg":  # the cluster is the decode pool; the prefill pool has nodes of the same size
+        serving["prefill_pool"] = {
+            "num_nodes": run.prefill_gpus * run.prefill_workers // per_node,
+            "tp_size": run.prefill_tp,
+            "ep_size": run.prefill_moe_ep,
+            "expert_tp_size": run.prefill_moe_tp,
+        }
     return {
         "name": run.id,
         "description": f"{run.model_name} on {gpus} {run.system}, {run.engine} {run.engine_version}".strip(),
         "seed": 0,
         "model": str(model),
-        "cluster": {
-            "num_nodes": max(1, gpus // GPUS_PER_NODE),
-            "gpus_per_node": min(gpus, GPUS_PER_NODE),
-            "gpu": GPUS[run.system],
-        },
+        "cluster": {"num_nodes": gpus // per_node, "gpus_per_node": per_node, "gpu": GPUS[run.system]},
         "parallelism": {"tp_size": run.tp, "ep_size": run.moe_ep, "expert_tp_size": run.moe_tp},
         "workload": {"mode": "inference", "seq_len": run.isl, "precision": precision},
         "routing": {"capacity_factor": None},
@@ -193,5 +236,6 @@ def scenario_document(run: MeasuredRun, requests: Optional[int] = None) -> dict[
             "num_requests": requests or max(64, 4 * run.concurrency),
             "engine": run.engine,
             "engine_version": run.engine_version or None,
+            **serving,
         },
     }
