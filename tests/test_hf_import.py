@@ -25,6 +25,7 @@ PUBLISHED_IMPORTS = {
     "qwen2-57b-a14b": (57e9, 2, 14e9, 2, True, "Qwen2 technical report (arXiv 2407.10671), Table 1: 57B-A14B"),
     "qwen3-235b-a22b": (235e9, 3, 22e9, 2, True, "Qwen3 technical report (arXiv 2505.09388), Table 2"),
     "minimax-m2.5": (230e9, 2, 10e9, 2, False, "MiniMax-M2 model card: 230B total, 10B active (M2.5: same config)"),
+    "kimi-k2.5": (1e12, 1, 32e9, 2, False, "Kimi-K2 model card: 1T total, 32B activated (K2.5: the same text model)"),
 }
 # Families with a preset: the import must give the preset's model (same counts, FLOPs and caches).
 PRESET_OF = {
@@ -46,11 +47,11 @@ def within_last_digit(value: float, published: float, digits: int) -> bool:
 
 def test_every_committed_config_is_a_family_it_maps() -> None:
     files = sorted(CONFIGS.glob("*.json"))
-    assert len(files) == 12
+    assert len(files) == 13
     families = {json.loads(path.read_text())["model_type"] for path in files}
     assert families == {
         "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "olmoe", "dbrx", "gpt_oss", "llama4",
-        "minimax_m2",
+        "minimax_m2", "kimi_k25",
     }  # fmt: skip
     assert all(path.stem in (CONFIGS / "SOURCES.md").read_text() for path in files)
 

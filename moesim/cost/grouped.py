@@ -74,8 +74,13 @@ class GroupedGemmModel:
     dense_tiles: tuple[tuple[int, int], ...] = ()
     """Tile shapes a plain-GEMM library picks among (empty: the one tile above, no split contraction)."""
 
-    def _moved(self, weights: float, rows: Any, inner: int, cols: int, element_bytes: int) -> Any:
-        return element_bytes * (weights * inner * cols + rows * inner) + OUTPUT_BYTES * rows * cols
+    def _moved(
+        self, weights: float, rows: Any, inner: int, cols: int, element_bytes: float, weight_bytes: float | None = None
+    ) -> Any:
+        """Bytes moved: each active group's weights (`weight_bytes` each, default `element_bytes`: a weight-only
+        format reads its own size), each row in and out."""
+        weight = element_bytes if weight_bytes is None else weight_bytes
+        return weight * weights * inner * cols + element_bytes * rows * inner + OUTPUT_BYTES * rows * cols
 
     def _blend(self, compute: Any, memory: Any) -> Any:
         p = self.sharpness
@@ -99,11 +104,12 @@ class GroupedGemmModel:
         )
 
     def forward_work(
-        self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2
+        self, rows: np.ndarray, inner: int, cols: int, element_bytes: int = 2, weight_bytes: float | None = None
     ) -> tuple[float, float, float]:
         """(waves of tiles, seconds per wave of compute, bytes moved) of a grouped product."""
         tiles = float(np.ceil(rows / self.tile_rows).sum() * np.ceil(cols / self.tile_cols))
-        moved = self._moved(float(np.count_nonzero(rows)), float(rows.sum()), inner, cols, element_bytes)
+        active = float(np.count_nonzero(rows))
+        moved = self._moved(active, float(rows.sum()), inner, cols, element_bytes, weight_bytes)
         return float(np.ceil(tiles / self.sms)), self.tile_seconds(inner, self.tile_rows, self.tile_cols), float(moved)
 
     def weight_grad_work(
@@ -125,12 +131,20 @@ class GroupedGemmModel:
         )
         return overhead + self._blend(units * unit_seconds, moved / (self.bandwidth_bytes_per_s * memory_efficiency))
 
-    def seconds(self, rows: Sequence[float] | np.ndarray, inner: int, cols: int, element_bytes: int = 2) -> float:
-        """One grouped GEMM: groups with `rows` rows each, `[rows x inner] @ [inner x cols]`."""
+    def seconds(
+        self,
+        rows: Sequence[float] | np.ndarray,
+        inner: int,
+        cols: int,
+        element_bytes: int = 2,
+        weight_bytes: float | None = None,
+    ) -> float:
+        """One grouped GEMM: groups with `rows` rows each, `[rows x inner] @ [inner x cols]` (weights of
+        `weight_bytes` each where they are stored smaller than they are computed)."""
         rows = np.asarray(rows, dtype=float)
         if rows.sum() <= 0:
             return self.overhead_s
-        return float(self.time_of(*self.forward_work(rows, inner, cols, element_bytes)))
+        return float(self.time_of(*self.forward_work(rows, inner, cols, element_bytes, weight_bytes)))
 
     def weight_grad_seconds(
         self, rows: Sequence[float] | np.ndarray, inner: int, cols: int, element_bytes: int = 2

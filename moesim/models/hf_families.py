@@ -23,6 +23,7 @@ FAMILIES = (
     "gpt_oss",
     "llama4",
     "minimax_m2",
+    "kimi_k2",
 )
 """`model_type` values the import maps (`llama4_text` is read as `llama4`)."""
 
@@ -346,6 +347,11 @@ def _minimax_m2(reader: Reader) -> Fields:
     return fields, notes + _quantization_note(reader)
 
 
+def _with_quantization_note(mapped: Fields, reader: Reader) -> Fields:
+    fields, notes = mapped
+    return fields, notes + _quantization_note(reader)
+
+
 def _quantization_note(reader: Reader) -> list[str]:
     method = reader.sub("quantization_config").config.get("quant_method")
     if not method:
@@ -367,4 +373,6 @@ MAPPERS: dict[str, Callable[[Reader], Fields]] = {
     "gpt_oss": _gpt_oss,
     "llama4": _llama4,
     "minimax_m2": _minimax_m2,
+    "kimi_k2": lambda reader: _with_quantization_note(_deepseek(reader), reader),  # Kimi-K2 and K2.5's text
+    # model: DeepseekV3ForCausalLM, 384 experts in one group
 }

@@ -88,6 +88,9 @@ def spec_from_hf_config(
     vision = isinstance(config.get("vision_config"), dict)
     if family == "llama4" and isinstance(config.get("text_config"), dict):
         config = {**config["text_config"], "model_type": "llama4"}
+    if family == "kimi_k25" and isinstance(config.get("text_config"), dict):  # Kimi-K2.5: DeepSeek-V3's text model
+        config = {**config["text_config"], "model_type": "kimi_k2"}
+        family = "kimi_k2"
     family = "llama4" if family == "llama4_text" else family
     if family not in MAPPERS:
         raise ModelImportError(

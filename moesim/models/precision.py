@@ -14,6 +14,11 @@ DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 FP8_SCALE_BLOCK = 128
 """Elements sharing one fp32 scale in fine-grained fp8 (DeepSeek-V3 technical report, section 3.3.2)."""
 
+WEIGHT_ONLY_BYTES: dict[str, float] = {"mxfp4": 0.5 + 1 / 32, "nvfp4": 0.5 + 1 / 16, "int4": 0.5 + 2 / 32}
+"""Bytes per weight of the 4-bit weight-only formats, scales included: MXFP4 (OCP microscaling: an 8-bit scale per
+32 weights, as gpt-oss is released), NVFP4 (an fp8 scale per 16) and int4 with a bf16 scale per 32 (Kimi-K2.5's
+released experts: compressed-tensors, group size 32, its config.json)."""
+
 OPTIMIZER_STATES_PER_PARAM: dict[str, int] = {"adam": 2, "sgd_momentum": 1, "sgd": 0}
 """Optimizer state tensors kept per parameter (Adam: first and second moment)."""
 
@@ -41,6 +46,11 @@ class Precision(BaseModel):
         description="Compute precision of the linear layers' GEMMs, forward and backward (fp8: e4m3 with "
         "fine-grained scales, DeepSeek-V3's recipe; the router, embedding and output head stay bf16).",
     )
+    expert_weights: Optional[Literal["mxfp4", "nvfp4", "int4"]] = Field(
+        None,
+        description="Inference: the routed experts' weights in a 4-bit weight-only format, read at that size (scales "
+        "included) and computed in bf16 as W4A16 kernels do (Marlin, Triton); null: `weights`.",
+    )
     dispatch: Optional[DType] = Field(
         None, description="Format of the tokens sent to the experts (null: the activations'; DeepSeek-V3: fp8)."
     )
@@ -56,6 +66,11 @@ class Precision(BaseModel):
     @property
     def weight_bytes(self) -> int:
         return DTYPE_BYTES[self.weights]
+
+    @property
+    def expert_weight_bytes(self) -> float:
+        """Bytes per routed-expert weight: the 4-bit format's where one is set, else `weight_bytes`."""
+        return WEIGHT_ONLY_BYTES[self.expert_weights] if self.expert_weights else self.weight_bytes
 
     @property
     def grad_bytes(self) -> int:

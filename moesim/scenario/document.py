@@ -151,6 +151,11 @@ class Scenario(_Section):
                 f"workload.precision.gemm: {cluster.gpu.name} has no fp8 tensor cores (peak_fp8_tflops is null); "
                 "use gemm: bf16 or a GPU with fp8 (H100-SXM, H800, H200, B200)"
             )
+        if self.workload.precision.expert_weights and self.workload.mode == "training":
+            raise ValueError(
+                "workload.precision.expert_weights: 4-bit weight-only experts are an inference format; set it to "
+                "null for training"
+            )
         top_k = routing.top_k or model.top_k
         if top_k > model.num_experts:
             raise ValueError(

@@ -69,7 +69,7 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
         dense_params = sum(plan.stage_dense_params(chunk) for chunk in held) / tp
         copies = 1 + scenario.simulation.redundant_experts / model.num_experts  # redundant expert copies
         expert_params = sum(plan.stage_expert_params(chunk) for chunk in held) * copies / ep
-        weights = (dense_params + expert_params) * precision.weight_bytes
+        weights = dense_params * precision.weight_bytes + expert_params * precision.expert_weight_bytes
         grads = optimizer = activations = buffers = kv_cache = 0.0
         if training:
             grads = (dense_params + expert_params) * precision.grad_bytes

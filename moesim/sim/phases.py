@@ -98,6 +98,7 @@ class PhaseBuilder:
         precision = scenario.workload.precision
         self.element = precision.activation_bytes
         self.fp8 = precision.gemm == "fp8"  # linear layers' GEMMs; the router and output head stay bf16
+        self.expert_weight_bytes = precision.expert_weight_bytes if precision.expert_weights else None  # 4-bit
         self.fused_kernels = scenario.simulation.moe_kernels == "fused"
         hidden = self.model.hidden_size
         self.combine_scale = precision.token_bytes(hidden, "combine") / precision.token_bytes(hidden, "dispatch")
@@ -264,6 +265,7 @@ class PhaseBuilder:
             self.element,
             self.fp8,
             self.fused_kernels,
+            self.expert_weight_bytes,
         )
         if self.fused_kernels:  # an engine's kernels, not the executor's measured bookkeeping
             return arithmetic

@@ -11,6 +11,8 @@ How a row's fields become a scenario (aiconfigurator's column meanings, its READ
   split `moe_tp_size` (expert tensor parallel) x `moe_ep_size` (expert parallel).
 - `gemm_quant_mode` / `moe_quant_mode` `fp8` or `fp8_block`: FP8 weights and GEMMs (moesim prices both as its
   FP8 kernel tables measured them: the per-tensor and 128x128-block scalings are not told apart); empty: BF16.
+  A 4-bit `moe_quant_mode` (`nvfp4`, `mxfp4`, `int4_wo`) on these Hopper GPUs: the experts' weights read at their
+  size and computed in bf16 (`workload.precision.expert_weights`), the other GEMMs in bf16.
 - Disaggregated runs: the decode pool is the cluster (its engines x its layout), the prefill pool a pool of nodes of
   the same size (`serving.prefill_pool`); a pool's engine count is 1 where the row does not state it.
 - The closed loop at `silicon_concurrency` requests of `isl` prompt and `osl` output tokens; the figures compared
@@ -37,6 +39,7 @@ MODELS: dict[str, Union[str, Path]] = {
     "Qwen/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b",
     "openai/gpt-oss-120b": REPO / "models" / "hf" / "gpt-oss-120b.json",
     "MiniMaxAI/MiniMax-M2.5": REPO / "models" / "hf" / "minimax-m2.5.json",
+    "moonshotai/Kimi-K2.5": REPO / "models" / "hf" / "kimi-k2.5.json",
 }
 """Model paths of the given file moesim describes: a preset or a Hugging Face config under `models/hf/`."""
 
@@ -52,6 +55,9 @@ MOE_MODELS = (
 """Substrings of the given file's MoE model paths (the rest are dense Llama and Qwen models)."""
 
 FP8_MODES = ("fp8", "fp8_block")
+WEIGHT_ONLY = {"nvfp4": "nvfp4", "mxfp4": "mxfp4", "int4_wo": "int4"}
+"""The given file's 4-bit expert formats, as moesim's weight-only formats (Hopper has no FP4 tensor cores: the
+engines read the 4-bit weights and compute in bf16; FP4 compute on Blackwell is the hardware issue's)."""
 BANDS = ((1, 8), (9, 64), (65, 512))
 """Concurrency bands (requests in flight) the errors are quoted by."""
 
@@ -192,9 +198,8 @@ def skip_reason(run: MeasuredRun) -> Optional[str]:
             return "disaggregated: pools that do not fill whole nodes of the decode engine's size"
         if run.prefill_moe_tp * run.prefill_moe_ep != run.prefill_gpus:
             return "moe_tp x moe_ep differs from tp x attention_dp (inconsistent row)"
-    for mode in (run.gemm_quant, run.moe_quant):
-        if mode and mode not in FP8_MODES:
-            return f"{mode} weights: 4-bit weight formats not modelled yet"
+    if run.moe_quant and run.moe_quant not in FP8_MODES + tuple(WEIGHT_ONLY):
+        return f"{run.moe_quant} experts: not a format moesim models"
     if run.moe_tp * run.moe_ep != run.tp * run.attention_dp:
         return "moe_tp x moe_ep differs from tp x attention_dp (inconsistent row)"
     if run.pp > 1:
@@ -207,7 +212,9 @@ def scenario_document(run: MeasuredRun, requests: Optional[int] = None) -> dict[
     concurrency, `requests` requests in all (default: enough for the loop to hold its concurrency for a while)."""
     model = MODELS[run.model_path]
     fp8 = run.gemm_quant in FP8_MODES
-    precision = {"weights": "fp8", "gemm": "fp8"} if fp8 else {}
+    precision: dict[str, Any] = {"weights": "fp8", "gemm": "fp8"} if fp8 else {}
+    if run.moe_quant in WEIGHT_ONLY:  # on Hopper a weight-only format: read at 4 bits, computed in bf16
+        precision["expert_weights"] = WEIGHT_ONLY[run.moe_quant]
     per_node = min(run.gpus, GPUS_PER_NODE)
     gpus = run.gpus * run.decode_workers
     serving: dict[str, Any] = {}
