@@ -71,3 +71,12 @@ def test_decode_attention_reads_the_engines_measured_kernel() -> None:
     middle = decode_attention_seconds("H200", "sglang", "0.5.9", "gqa", 16, 1, 128, math.sqrt(32), 1023)
     assert middle == pytest.approx(math.sqrt(low * high))
     assert decode_attention_seconds("H200", "sglang", "0.5.9", "gqa", 16, 3, 128, 8, 1023) is None
+
+
+def test_serve_says_which_engine_it_models() -> None:
+    from moesim.cost.engine_tables import engine_words
+
+    assert "none named" in engine_words("H200", None, None)
+    named = engine_words("H200", "sglang", "0.5.8")
+    assert "SGLang 0.5.8" in named and "SGLang 0.5.6.post2 on the H200" in named and "moesim's own" in named
+    assert "no measured tables" in engine_words("A100-80GB", "vllm", "0.14.0")

@@ -181,3 +181,22 @@ def decode_attention_seconds(
     low, high = (_along_context(contexts, grid[i], context) for i in (lower, upper))
     weight = (np.log(batch) - np.log(batches[lower])) / (np.log(batches[upper]) - np.log(batches[lower]))
     return float(np.exp((1 - weight) * np.log(low) + weight * np.log(high)))
+
+
+def engine_words(gpu: str, engine: Optional[str], version: Optional[str]) -> str:
+    """What a serving run models of its engine, for the notes: which measured tables it reads and what stays
+    moesim's own."""
+    if not engine:
+        return (
+            "engine: none named (serving.engine): moesim's own kernel models throughout; name trtllm, sglang or "
+            "vllm to read that engine's measured all-reduce and decode attention"
+        )
+    name = f"{ENGINE_NAMES[engine]} {version or '(version not stated)'}"
+    measured = table_version(gpu, engine, version)
+    if measured is None:
+        return f"engine: {name}: no measured tables for the {gpu}; moesim's own kernel models throughout"
+    return (
+        f"engine: {name}: its TP all-reduce and decode attention as aiconfigurator measured {ENGINE_NAMES[engine]} "
+        f"{measured} on the {gpu} (commit {source_commit()[:9]}; CUDA graphs in decode-only iterations); "
+        "scheduling, MoE and other kernels: moesim's own models"
+    )

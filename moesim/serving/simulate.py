@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from moesim.cluster.power import energy_per_million_tokens
+from moesim.cost.engine_tables import engine_words
 from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.scenario.serving import ServingSpec
@@ -179,9 +180,13 @@ def _served(
 
 
 def _rests_on(scenario: Scenario, cost: IterationCost) -> str:
-    """What the iteration times rest on, and how they were checked on real GPUs."""
-    gpu = scenario.cluster.gpu.name
-    return f"{gpu} iteration times: {cost.cost.source}; {checked_words(gpu, cost.cost.source)}"
+    """What the iteration times rest on (the engine's measured kernels where one is named), and how they were
+    checked on real GPUs."""
+    gpu, serving = scenario.cluster.gpu.name, scenario.serving
+    return (
+        f"{gpu} iteration times: {cost.cost.source}; {checked_words(gpu, cost.cost.source)}; "
+        f"{engine_words(gpu, serving.engine, serving.engine_version)}"
+    )
 
 
 def _dollars_per_million(price_per_gpu_hour: float, gpus: int, output_tokens_per_s: float) -> float:
