@@ -116,15 +116,22 @@ def _sliding_window_all_layers(reader: Reader, fields: dict[str, Any]) -> None:
             )
 
 
-def _mixtral(reader: Reader) -> Fields:
-    fields = _common(reader)
-    _sliding_window_all_layers(reader, fields)
+def _local_experts(reader: Reader) -> dict[str, Any]:
+    """Mixtral's naming of a routed MoE in every layer: `num_local_experts` of `intermediate_size` each."""
     inner = reader.int("intermediate_size")
-    fields.update(
+    return dict(
         intermediate_size=inner,
         moe_intermediate_size=inner,
         num_experts=reader.int("num_local_experts"),
         top_k=reader.int("num_experts_per_tok"),
+    )
+
+
+def _mixtral(reader: Reader) -> Fields:
+    fields = _common(reader)
+    _sliding_window_all_layers(reader, fields)
+    fields.update(
+        _local_experts(reader),
         router_normalize_weights=True,  # transformers' MixtralSparseMoeBlock: softmax, top-k, divided by their sum
     )
     return fields, []
@@ -319,16 +326,12 @@ def _minimax_m2(reader: Reader) -> Fields:
     without a shared expert, sigmoid scores with a per-expert correction bias for the choice (DeepSeek-V3's rule,
     no groups), the chosen weights renormalised, and multi-token-prediction modules."""
     fields = _common(reader)
-    inner = reader.int("intermediate_size")
     reader.refuse_unless(
         "shared_intermediate_size", lambda value: not value, "a shared expert beside the routed ones is not mapped"
     )
     bias = reader.flag("use_routing_bias")
     fields.update(
-        intermediate_size=inner,
-        moe_intermediate_size=inner,
-        num_experts=reader.int("num_local_experts"),
-        top_k=reader.int("num_experts_per_tok"),
+        _local_experts(reader),
         qk_norm=reader.flag("use_qk_norm"),
         router_score_function=reader.text("scoring_func", "softmax"),
         router_normalize_weights=True,  # MiniMaxM2SparseMoeBlock: the top-k weights divided by their sum
