@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -67,8 +68,8 @@ def environment() -> Path:
 def estimates(runs: list[dict], jobs: int = 2) -> dict[str, dict]:
     """aiconfigurator's TTFT and TPOT (ms) by run id, or the error it gave."""
     python = environment()
-    folder = ENVIRONMENT / "work"
-    folder.mkdir(exist_ok=True)
+    (ENVIRONMENT / "work").mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=ENVIRONMENT / "work"))  # one folder a call: benchmarks may run side by side
     (folder / "worker.py").write_text(WORKER)
     (folder / "runs.json").write_text(json.dumps(runs))
     subprocess.run(

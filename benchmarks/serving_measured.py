@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -90,6 +91,33 @@ def side_by_side(rows: list[dict]) -> list[str]:
     return lines
 
 
+def write_markdown(path: str, part: str, argv: list[str], shown: list[str]) -> None:
+    """The printed tables as a Markdown page: what made them, when, from which commit."""
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"# moesim against the given file's measured serving runs ({part} part)",
+        "",
+        f"Written by `python benchmarks/serving_measured.py {' '.join(argv)}` at commit {commit or '(unknown)'} on "
+        f"{time.strftime('%Y-%m-%d')}. Errors are moesim / measured - 1 (aiconfigurator's likewise) for each run's "
+        "mean TTFT and TPOT; median and 90th percentile of their size and the signed median. The runs: "
+        "`../shared/serving-measurements/aiconfigurator-silicon-given.csv`, split by "
+        "`validation/held_out/serving_runs.json`"
+        + (
+            ": the held-out part, never used to build or tune moesim."
+            if part == "held_out"
+            else ": the part moesim is developed on (these figures are not its accuracy)."
+        ),
+        "",
+        "```",
+        *shown,
+        "```",
+        "",
+    ]
+    Path(path).write_text("\n".join(lines))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("development", "held_out"), default="development")
@@ -97,16 +125,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="serve only the first N runs (0: all)")
     parser.add_argument("--json", help="write every run's figures here")
     parser.add_argument("--peer", action="store_true", help="also serve the runs through aiconfigurator")
+    parser.add_argument("--markdown", help="write the tables printed to this Markdown file (with the command)")
     args = parser.parse_args(argv)
     runs = [run for run in read_runs(args.part) if run.moe and run.system in GPUS]
     reasons = Counter(skip_reason(run) for run in runs)
     served = [run for run in runs if skip_reason(run) is None]
     if args.limit:
         served = served[: args.limit]
-    print(f"{args.part} part: {len(runs)} H100/H200 MoE runs; {len(served)} served; skipped:", flush=True)
+    shown: list[str] = []
+
+    def show(text: str) -> None:
+        print(text, flush=True)
+        shown.append(text)
+
+    show(f"{args.part} part: {len(runs)} H100/H200 MoE runs; {len(served)} served; skipped:")
     for reason, count in reasons.most_common():
         if reason is not None:
-            print(f"  {count:>4}  {reason}")
+            show(f"  {count:>4}  {reason}")
     started, rows = time.time(), []
     with ProcessPoolExecutor(args.jobs) as pool:
         for index, (run, figures) in enumerate(zip(served, pool.map(serve, served)), 1):
@@ -124,13 +159,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             if index % 10 == 0 or index == len(served):
                 print(f"  served {index}/{len(served)} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
     single = [row for row in rows if row["group"] == "single-node"]
-    print("single-node runs (the bar: TPOT median <= 8%, p90 <= 20%; TTFT median <= 15%, p90 <= 40%):")
-    print("\n".join(table(single)))
+    show("single-node runs (the bar: TPOT median <= 8%, p90 <= 20%; TTFT median <= 15%, p90 <= 40%):")
+    show("\n".join(table(single)))
     for group in ("multi-node", "disaggregated"):
         members = [row for row in rows if row["group"] == group]
         if members:
-            print(f"{group} runs (no bar yet):")
-            print(errors_line("all", members))
+            show(f"{group} runs (no bar yet):")
+            show(errors_line("all", members))
     if args.peer:
         from aiconfigurator_peer import estimates
 
@@ -141,7 +176,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 row["peer_ttft_ms"], row["peer_tpot_ms"] = found["ttft_ms"], found["tpot_ms"]
                 row["peer_ttft_error"] = found["ttft_ms"] / row["ttft_ms"] - 1
                 row["peer_tpot_error"] = found["tpot_ms"] / row["tpot_ms"] - 1
-        print("\n".join(side_by_side(single)))
+        show("\n".join(side_by_side(single)))
+    if args.markdown:
+        write_markdown(args.markdown, args.part, argv if argv is not None else sys.argv[1:], shown)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)

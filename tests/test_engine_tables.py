@@ -80,3 +80,22 @@ def test_serve_says_which_engine_it_models() -> None:
     named = engine_words("H200", "sglang", "0.5.8")
     assert "SGLang 0.5.8" in named and "SGLang 0.5.6.post2 on the H200" in named and "moesim's own" in named
     assert "no measured tables" in engine_words("A100-80GB", "vllm", "0.14.0")
+
+
+def test_the_quoted_run_errors_are_the_committed_held_out_tables() -> None:
+    """`moesim serve` quotes the held-out errors of whole runs: they are validation/SERVING_MEASURED.md's."""
+    from pathlib import Path
+
+    from moesim.serving.checked import MEASURED_RUNS_CHECK, runs_words
+
+    page = (Path(__file__).resolve().parent.parent / "validation" / "SERVING_MEASURED.md").read_text()
+    assert "held_out part" in page
+    single = page[page.index("single-node runs") :]
+    cells = next(line for line in single.splitlines() if line.startswith("all")).split()
+    runs, tpot50, tpot90, _, ttft50, ttft90 = cells[1:7]
+    check = MEASURED_RUNS_CHECK
+    assert int(runs) == check.runs
+    assert [float(v.rstrip("%")) / 100 for v in (tpot50, tpot90, ttft50, ttft90)] == [
+        check.tpot_median, check.tpot_p90, check.ttft_median, check.ttft_p90
+    ]  # fmt: skip
+    assert "152 held-out" in runs_words("H200", "vllm") and runs_words("H200", None) == ""

@@ -44,3 +44,30 @@ def _words(check: IterationCheck) -> str:
         f"{check.median:.1%} at the median, {check.p90:.1%} at the 90th percentile "
         f"(validation/{check.device}/SERVING.md)"
     )
+
+
+class RunsCheck(NamedTuple):
+    runs: int
+    tpot_median: float
+    tpot_p90: float
+    ttft_median: float
+    ttft_p90: float
+
+
+MEASURED_RUNS_CHECK = RunsCheck(152, 0.14, 0.34, 0.36, 0.71)
+"""Whole serving runs with their engine named, against the held-out half of the given measured runs (single-node
+H100/H200 MoE runs; `benchmarks/serving_measured.py --part held_out`, validation/SERVING_MEASURED.md, which a test
+holds this to): |predicted / measured - 1| of the mean TPOT and TTFT, 2026-12-07."""
+
+
+def runs_words(gpu: str, engine: str | None) -> str:
+    """The held-out error of whole serving runs that applies to a run on `gpu` with `engine` named, in a few words
+    (none where it does not apply: another GPU, or no engine named)."""
+    if gpu not in SERVING_CHECKS or not engine:
+        return ""
+    check = MEASURED_RUNS_CHECK
+    return (
+        f"whole runs with the engine named, on {check.runs} held-out measured runs (validation/SERVING_MEASURED.md): "
+        f"TPOT within {check.tpot_median:.0%} at the median, {check.tpot_p90:.0%} at the 90th percentile; TTFT "
+        f"{check.ttft_median:.0%} and {check.ttft_p90:.0%} (too short)"
+    )

@@ -16,7 +16,7 @@ from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.scenario.serving import ServingSpec
 from moesim.serving.capacity import pool_capacity
-from moesim.serving.checked import checked_words
+from moesim.serving.checked import checked_words, runs_words
 from moesim.serving.dealing import MIN_COUNTED, deal, engine_requests, is_batch
 from moesim.serving.engine import run_engine
 from moesim.serving.iteration import IterationCost
@@ -183,9 +183,10 @@ def _rests_on(scenario: Scenario, cost: IterationCost) -> str:
     """What the iteration times rest on (the engine's measured kernels where one is named), and how they were
     checked on real GPUs."""
     gpu, serving = scenario.cluster.gpu.name, scenario.serving
+    runs = runs_words(gpu, serving.engine)
     return (
         f"{gpu} iteration times: {cost.cost.source}; {checked_words(gpu, cost.cost.source)}; "
-        f"{engine_words(gpu, serving.engine, serving.engine_version)}"
+        f"{engine_words(gpu, serving.engine, serving.engine_version)}" + (f"; {runs}" if runs else "")
     )
 
 
