@@ -168,3 +168,19 @@ def test_tensor_parallelism_charges_each_rank_a_tp_share_not_its_square() -> Non
         )
         flops.append(builder.attention_parts(plan.layers[0])["projections"] * tp)  # a TP group's ranks together
     assert flops[0] == pytest.approx(flops[1]) == pytest.approx(flops[2])
+
+
+def test_a_dense_layer_pays_two_tp_collectives_a_moe_layer_one() -> None:
+    """Megatron-Core's TP with SP: a dense layer all-gathers and reduce-scatters around its attention and around
+    its FFN (two all-reduces' worth each way); a MoE layer around its attention only (its tokens, SP-split, go to
+    the experts by the all-to-all)."""
+    scenario = scenario_from_dict(document(), ["parallelism.tp_size=2", "cluster.gpus_per_node=2"])
+    plan = StagePlan(scenario)
+    builder = PhaseBuilder(scenario, plan, COUNTER, Topology.from_cluster(scenario.cluster), plan.tokens_per_rank, 1024)
+    routing, _ = route_layers(scenario, [0], plan.tokens_per_rank, 2)
+    dense, moe = plan.layers[0], plan.layers[1]
+    assert not dense.is_moe and moe.is_moe
+    for layer, index, count in ((dense, None, 2), (moe, 0, 1)):
+        forward, backward = builder.layer_phases(layer, routing, index)
+        assert sum(phase.name == "tp_allreduce" for phase in forward) == count
+        assert sum(phase.name == "tp_allreduce" for phase in backward) == count

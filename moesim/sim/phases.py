@@ -89,10 +89,9 @@ class PhaseBuilder:
         # the tokens replicated on the group's GPUs) 1/TP of the group's, as an engine's fused MoE selects each
         # GPU's rows from the replicated tokens
         self.routed_tokens = float(tokens) if tp_gathers else tokens / self.tp
-        # Serving with TP attention: two all-reduces a layer (after attention, after the FFN or MoE block). Where
-        # every GPU of the expert group holds the attention rank's tokens, the engines move no tokens: each GPU
-        # picks its own experts' rows and the partial outputs are summed by that second all-reduce (vLLM's and
-        # SGLang's fused MoE under TP, TensorRT-LLM without attention DP)
+        # Serving with TP attention: two all-reduces a layer (after attention, after the FFN or MoE). Where every GPU
+        # of the expert group holds the tokens, the engines move none: each GPU picks its experts' rows, the second
+        # all-reduce sums the partial outputs (vLLM's, SGLang's fused MoE under TP; TensorRT-LLM without ADP)
         self.serving_tp = not tp_gathers and self.tp > 1
         self.experts_local = self.serving_tp and attention_ranks_per_expert_group(scenario) == 1
         precision = scenario.workload.precision
@@ -356,8 +355,9 @@ class PhaseBuilder:
             block_forward, block_backward = moe_block_phases(self, layer, routing[routing_index], routing_index)
             layer_forward += block_forward
             layer_backward += block_backward
-        if tp_reduce and self.serving_tp:  # the FFN's or MoE block's output, summed over the TP group
+        if tp_reduce and (self.serving_tp or not layer.is_moe):  # a dense FFN's (or served MoE's) row-parallel output
             layer_forward.append(Phase("tp_allreduce", layer.index, np.array([tp_reduce]), collective=True))
+            layer_backward += [] if self.serving_tp else [layer_forward[-1]]  # (SP: its reduce-scatter, all-gather)
         return layer_forward, layer_backward
 
     def replayed(self, layer: Layer, layer_forward: list[Phase]) -> list[Phase]:
