@@ -99,3 +99,13 @@ def test_the_quoted_run_errors_are_the_committed_held_out_tables() -> None:
         check.tpot_median, check.tpot_p90, check.ttft_median, check.ttft_p90
     ]  # fmt: skip
     assert "152 held-out" in runs_words("H200", "vllm") and runs_words("H200", None) == ""
+
+
+def test_naming_an_engine_runs_its_fused_moe_kernels() -> None:
+    """The executor's eager MoE bookkeeping is moesim's own PyTorch executor's: a scenario that names its engine
+    gets the engines' fused kernels, unless it sets simulation.moe_kernels itself."""
+    base = {"model": "mixtral-8x7b", "workload": {"mode": "inference"}}
+    assert scenario_from_dict(base).simulation.moe_kernels == "eager"
+    assert scenario_from_dict({**base, "serving": {"engine": "vllm"}}).simulation.moe_kernels == "fused"
+    kept = {**base, "serving": {"engine": "vllm"}, "simulation": {"moe_kernels": "eager"}}
+    assert scenario_from_dict(kept).simulation.moe_kernels == "eager"

@@ -70,6 +70,14 @@ class Scenario(_Section):
         return self
 
     @model_validator(mode="after")
+    def _engine_kernels(self) -> "Scenario":
+        """A scenario that names its serving engine runs that engine's fused MoE kernels unless it says otherwise
+        (`simulation.moe_kernels`: the executor's eager bookkeeping is moesim's own PyTorch executor's)."""
+        if self.serving.engine and "moe_kernels" not in self.simulation.model_fields_set:
+            self.simulation.moe_kernels = "fused"
+        return self
+
+    @model_validator(mode="after")
     def _check_and_fill(self) -> "Scenario":
         model, par, cluster, routing = self.model, self.parallelism, self.cluster, self.routing
         if cluster.world_size > MAX_WORLD_SIZE:
