@@ -164,3 +164,21 @@ def test_a_decode_sweep_shows_the_decode_step(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "decode (ms)" in result.stdout
+
+
+def test_an_unreachable_ray_address_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ray = pytest.importorskip("ray")
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Failed to connect to Ray cluster at 10.255.255.1:6379")
+
+    monkeypatch.setattr(ray, "init", unreachable)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    arguments = ["sweep", SWEEP, "--store", str(tmp_path / "s.sqlite"), "--ray", "10.255.255.1:6379"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # beside the progress bar
+    assert errors == [errors[0]] and "--ray: cannot reach a Ray cluster at '10.255.255.1:6379'" in errors[0]
+    assert "Traceback" not in result.output

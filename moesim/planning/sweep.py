@@ -201,7 +201,14 @@ def _run_on_ray(
         raise MoesimError("--ray needs Ray: pip install 'moesim[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        try:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as error:  # Ray's, for an address
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise MoesimError(
+                f"--ray: cannot reach a Ray cluster at {address!r} ({first}); start one (ray start --head), "
+                "give its address, or use --ray local"
+            ) from None
     try:
         remote = ray.remote(run_point)
         pending = {remote.remote(document, point.overrides): point for point in todo}
