@@ -151,7 +151,9 @@ def test_serving_reports_show_latency_distributions_and_the_curve(tmp_path: Path
     assert markdown.count("![") == PLOTS + 3
     assert "## Serving latency distributions" in markdown and "## Serving throughput against latency" in markdown
     assert "## Where an iteration's time goes" in markdown
-    assert "TTFT p50" in markdown
+    answer = next(line for line in markdown.splitlines() if line.startswith("**Answer.**"))
+    assert "Served as a request stream (moesim serve): TTFT p50" in answer and "TPOT p50" in answer
+    assert "phases that run at once" in markdown  # the phase bar says why it adds to more than the step
 
 
 def test_an_iterations_phases_add_up_to_its_time_without_overlap() -> None:

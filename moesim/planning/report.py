@@ -24,20 +24,15 @@ from moesim.planning.accuracy import validation_line
 from moesim.planning.plots import (
     drop_plot,
     figure_png,
-    iteration_plot,
-    latency_cdf_plot,
     load_heatmap,
     memory_plot,
     pareto_plot,
     phase_plot,
-    serving_curve_plot,
 )
 from moesim.planning.prices import FALLBACK_PRICE_PER_GPU_HOUR
+from moesim.planning.report_serving import serving_plots
 from moesim.planning.store import ResultsStore
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.serving import concurrency_curve, prefill_pool_scenario, simulate_serving
-from moesim.serving.engine import draw_lengths
-from moesim.serving.iteration import IterationCost
 from moesim.sim.routing_load import route_layers
 from moesim.sim.sources import phases_by_source
 from moesim.sim.step import simulate
@@ -83,8 +78,12 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
         "Memory per GPU": memory_plot(result.memory),
     }
     serving_notes: list[str] = []
+    served: list[str] = []  # the served stream's latencies, for the answer
     if scenario.workload.mode == "inference":
-        plots.update(serving_plots(scenario_from_dict(document, ["simulation.network_mode=fast"]), serving_notes))
+        plots.update(
+            serving_plots(scenario_from_dict(document, ["simulation.network_mode=fast"]), serving_notes, served)
+        )
+    phases_sum = sum(result.phase_seconds.values())
     answer = (
         f"{scenario.model.name} on {scenario.cluster.world_size} x {scenario.cluster.gpu.name}: step time "
         f"{result.step_time_s:.3f} s, {result.tokens_per_s_per_gpu:,.0f} {counted}/s per GPU, MFU {result.mfu:.1%}, "
@@ -95,9 +94,13 @@ def write_report(scenario: Scenario, out_dir: str | Path, fast: bool = False) ->
             if result.energy_kwh_per_million_tokens is not None
             else "."
         )
+        + (f" Served as a request stream (moesim serve): {served[0]}." if served else "")
     )
     assumptions = [
         *([f"energy: {result.energy_source}"] if result.energy_source else []),
+        f"step time by phase: each phase's busy seconds on the busiest stage (mean per rank), {phases_sum:.3g} s in "
+        f"all against the {result.step_time_s:.3g} s step: phases that run at once (communication under compute, "
+        "micro-batches of a pipeline, two-batch overlap) add up to more than the step they share",
         f"routing: {scenario.routing.strategy}, top-{scenario.routing.top_k}, capacity factor "
         f"{scenario.routing.capacity_factor or 'dropless'}; router scores: {scenario.workload.scores} "
         f"(skew {scenario.workload.expert_popularity_skew})",
@@ -148,47 +151,6 @@ def nearby_sizes(scenario: Scenario, document: dict) -> tuple[list[dict[str, flo
             }
         )
     return points, unrunnable
-
-
-def serving_plots(scenario: Scenario, notes: list[str]) -> dict[str, bytes]:
-    """Latency distributions of the `serving` requests, the throughput-latency curve over concurrency (what
-    `moesim serve` reports) and where an iteration's time goes, or none with the reason in `notes`."""
-    ranks = scenario.cluster.world_size // (scenario.parallelism.tp_size * scenario.parallelism.cp_size)
-    spec = scenario.serving
-    try:
-        cost = IterationCost(scenario)  # the iteration times (the decode pool's when disaggregated), built once
-        prefill_cost = IterationCost(prefill_pool_scenario(scenario)) if spec.prefill_pool else None
-        served = simulate_serving(scenario, cost, prefill_cost)
-        curve = concurrency_curve(scenario, [ranks * level for level in (1, 4, 16, 64)], cost, prefill_cost)
-    except MoesimError as error:
-        notes.append(f"serving plots left out: {error}")
-        return {}
-    load = "" if served.load is None else f", load {served.load:.0%} of the busier pool's capacity"
-    notes.append(
-        f"serving: {scenario.serving.num_requests} requests, {scenario.serving.arrival} arrivals (moesim serve); "
-        f"TTFT p50 {served.ttft_s[50]:.3g} s, TPOT p50 {served.tpot_s[50] * 1e3:.3g} ms{load}"
-    )
-    points = [(level, result.tpot_s[50], result.output_tokens_per_s_per_gpu) for level, result in curve]
-    context = float(np.mean(draw_lengths(spec.input_tokens, 64, np.random.default_rng(0))))
-    width = 1 + spec.speculative_tokens
-    # a disaggregated scenario prefills on its prefill pool; before two-batch overlap hides what it hides
-    prefill_cost = prefill_cost or cost
-    pool = " (prefill pool)" if spec.prefill_pool else ""
-    overlap = ", before two-batch overlap" if spec.two_batch_overlap else ""
-    iterations = [
-        (
-            f"prefill{pool}, {spec.token_budget:,} tokens{overlap}",
-            prefill_cost.breakdown(spec.token_budget, context / 2, 0, 0),
-        )
-    ]
-    for batch in sorted({1, max(1, int(served.mean_running))}):
-        label = f"decode, {batch} sequence{'s' if batch > 1 else ''}{overlap}"
-        iterations.append((label, cost.breakdown(0, 0, width * batch, context)))
-    return {
-        "Serving latency distributions": latency_cdf_plot(served.ttft_samples_s, served.tpot_samples_s),
-        "Serving throughput against latency": serving_curve_plot(points),
-        "Where an iteration's time goes": iteration_plot(iterations),
-    }
 
 
 def write_pages(
