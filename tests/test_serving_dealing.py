@@ -61,3 +61,20 @@ def test_percentiles_are_over_a_hundred_requests_an_engine() -> None:
 def test_a_batch_is_served_as_it_is() -> None:
     spec = ServingSpec(arrival="closed", concurrency=64, num_requests=64)
     assert engine_requests(spec, 8, 8) == 8
+
+
+def test_a_benchmark_measurement_counts_every_request_from_a_simultaneous_start() -> None:
+    """`serving.measure: benchmark`: the first wave's prompts queue behind each other and are counted, as serving
+    benchmark clients count them; the steady measurement leaves them out. Same run, TTFT longer; every request
+    counted."""
+    steady = scenario_from_dict(_deployment(8, 64, requests=640))
+    benchmark = scenario_from_dict(
+        {**_deployment(8, 64, requests=640), "serving": {**_deployment(8, 64)["serving"], "num_requests": 640,
+                                                          "measure": "benchmark"}}
+    )  # fmt: skip
+    first, second = simulate_serving(steady), simulate_serving(benchmark)
+    assert len(second.ttft_samples_s) == 640 // 8  # every request of an engine
+    assert sum(second.ttft_samples_s) / len(second.ttft_samples_s) > sum(first.ttft_samples_s) / len(
+        first.ttft_samples_s
+    )
+    assert any("measured as a benchmark client does" in note for note in second.notes)

@@ -54,6 +54,13 @@ class ServingSpec(_Section):
     )
     concurrency: int = Field(64, gt=0, description="Requests in flight for the whole deployment (closed arrivals).")
     num_requests: int = Field(400, gt=0, description="Requests simulated (the first 10% are warm-up, not counted).")
+    measure: Literal["steady", "benchmark"] = Field(
+        "steady",
+        description="How a closed loop's latencies are measured: `steady`, while it holds its concurrency (filling "
+        "and draining left out); `benchmark`, every request from a simultaneous start, as serving benchmark clients "
+        "(aiperf, genai-perf, vLLM's and SGLang's bench_serving) average them, the first wave's queue of prompts "
+        "included.",
+    )
     engine: Optional[Literal["trtllm", "sglang", "vllm"]] = Field(
         None,
         description="The serving engine whose measured kernels price what they replace (aiconfigurator's tables: "

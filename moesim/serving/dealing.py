@@ -10,7 +10,8 @@ the lighter engines are simulated apart and their figures combined by how many e
 
 An engine serves at least `MIN_COUNTED` requests in the window its latencies are measured over, so that the p99
 printed is a percentile of a hundred requests or more (the scenario's `serving.num_requests` is raised for that,
-and the notes say so); a batch (as many requests as the concurrency, all there at once) is served as it is.
+and the notes say so); a batch (as many requests as the concurrency, all there at once) and a closed loop measured as
+a benchmark client measures it (`serving.measure: benchmark`) are served as they are.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def engine_requests(spec: ServingSpec, ranks: int, held: int) -> int:
     over `MIN_COUNTED` at least (a closed loop's window leaves out its first and its last `held` requests; an open
     stream its first `WARM_UP_SHARE`); a batch's share as it is."""
     share = max(1, spec.num_requests // ranks)
-    if is_batch(spec):
+    if is_batch(spec) or (spec.arrival == "closed" and spec.measure == "benchmark"):  # as many as the client sends
         return max(share, held)
     if spec.arrival == "closed":
         return max(share, MIN_COUNTED + 2 * held)

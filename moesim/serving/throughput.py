@@ -116,6 +116,8 @@ def measured(
     if stream is not None:
         return counted(run.requests), stream
     dealt = dealt or deal(spec.concurrency, ranks)
+    if spec.arrival == "closed" and spec.measure == "benchmark":
+        return benchmark_measured(spec, run, ranks, dealt, lockstep, lighter)
     per_engine = dealt.lighter if lighter else dealt.most
     engines = ranks - dealt.busier if lighter else (ranks if dealt.even or lockstep else dealt.busier)
     steady, served = closed_loop_steady(run.requests, engines, per_engine) if spec.arrival == "closed" else ([], None)
@@ -168,3 +170,26 @@ def counted(requests: list) -> list:  # type: ignore[type-arg]
     """The requests in arrival order, the warm-up share left out."""
     ordered = sorted(requests, key=lambda r: r.arrival_s)
     return ordered[int(len(ordered) * WARM_UP_SHARE) :]
+
+
+def benchmark_measured(
+    spec: ServingSpec, run: "EngineRun", ranks: int, dealt: Deal, lockstep: bool, lighter: bool
+) -> tuple[list, Served]:
+    """A closed loop measured as serving benchmark clients measure it (`serving.measure: benchmark`): every
+    request counted, from the simultaneous start (the first wave's prompts queue behind each other) to the last
+    finish, and the throughput over that whole run."""
+    window = run.end_s
+    if dealt.even:
+        scale = float(ranks)
+    elif lockstep:  # the loop at the busiest engine's pace: all the requests in flight
+        scale = spec.concurrency / dealt.most
+    else:  # the engines of this kind only (`pooled` adds the other kind's)
+        scale = float(ranks - dealt.busier if lighter else dealt.busier)
+    served = Served(
+        len(run.requests) / window * scale,
+        sum(r.output_tokens for r in run.requests) / window * scale,
+        sum(r.input_tokens for r in run.requests) / window * scale,
+        f"closed loop measured as a benchmark client does: all {len(run.requests)} requests an engine from a "
+        "simultaneous start, the first wave included; throughput over the whole run",
+    )
+    return sorted(run.requests, key=lambda r: r.arrival_s), served

@@ -15,8 +15,10 @@ How a row's fields become a scenario (aiconfigurator's column meanings, its READ
   size and computed in bf16 (`workload.precision.expert_weights`), the other GEMMs in bf16.
 - Disaggregated runs: the decode pool is the cluster (its engines x its layout), the prefill pool a pool of nodes of
   the same size (`serving.prefill_pool`); a pool's engine count is 1 where the row does not state it.
-- The closed loop at `silicon_concurrency` requests of `isl` prompt and `osl` output tokens; the figures compared
-  are the mean time to first token and the mean time per output token, as the benchmark client reports them.
+- The closed loop at `silicon_concurrency` requests of `isl` prompt and `osl` output tokens, measured as a benchmark
+  client measures it (`serving.measure: benchmark`: `BENCHMARK_ROUNDS` x the concurrency requests from a
+  simultaneous start, every one counted); the figures compared are the mean time to first token and the mean time
+  per output token, as the client reports them.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ FP8_MODES = ("fp8", "fp8_block")
 WEIGHT_ONLY = {"nvfp4": "nvfp4", "mxfp4": "mxfp4", "int4_wo": "int4"}
 """The given file's 4-bit expert formats, as moesim's weight-only formats (Hopper has no FP4 tensor cores: the
 engines read the 4-bit weights and compute in bf16; FP4 compute on Blackwell is the hardware issue's)."""
+BENCHMARK_ROUNDS = 10
+"""Requests a run's client sends, in rounds of its concurrency, all counted from a simultaneous start (assumed:
+aiconfigurator's deployment guide benchmarks with `concurrency * 10` requests; the given file does not say)."""
 BANDS = ((1, 8), (9, 64), (65, 512))
 """Concurrency bands (requests in flight) the errors are quoted by."""
 
@@ -240,7 +245,8 @@ def scenario_document(run: MeasuredRun, requests: Optional[int] = None) -> dict[
             "output_tokens": run.osl,
             "arrival": "closed",
             "concurrency": run.concurrency,
-            "num_requests": requests or max(64, 4 * run.concurrency),
+            "num_requests": requests or BENCHMARK_ROUNDS * run.concurrency,
+            "measure": "benchmark",
             "engine": run.engine,
             "engine_version": run.engine_version or None,
             **serving,
