@@ -37,6 +37,7 @@ ALLREDUCE_ELEMENT_BYTES = 2
 """The tables all-reduce bf16 activations."""
 
 
+@lru_cache(maxsize=None)
 def source_commit() -> str:
     return (TABLES / "COMMIT").read_text().strip()
 
@@ -61,6 +62,7 @@ def _allreduce_rows() -> dict[tuple[str, str, str, str, int], tuple[np.ndarray, 
     return tables
 
 
+@lru_cache(maxsize=None)
 def table_version(gpu: str, engine: str, version: Optional[str]) -> Optional[str]:
     """The measured version of `engine`'s all-reduce on `gpu` (moesim's GPU name) moesim reads for the engine's
     `version` (`nearest_version`); None where the GPU or the engine has no table."""
@@ -147,6 +149,13 @@ def _along_context(contexts: np.ndarray, row: np.ndarray, context: float) -> flo
     return float(np.exp(np.interp(np.log(context), np.log(known), np.log(seconds))))
 
 
+@lru_cache(maxsize=None)
+def _attention_version(gpu: str, engine: str, version: Optional[str], kind: str) -> Optional[str]:
+    """The measured version of `engine`'s `kind` decode attention on `gpu` read for `version` (`nearest_version`)."""
+    key = GPU_KEYS.get(gpu)
+    return nearest_version({k[2] for k in _attention_tables() if k[:2] == (key, engine) and k[3] == kind}, version)
+
+
 def decode_attention_seconds(
     gpu: str,
     engine: str,
@@ -163,15 +172,11 @@ def decode_attention_seconds(
     measured (log-log between measured batches and contexts; beyond the largest batch measured, linear in the
     batch); None where the engine's tables lack the GPU or the head layout."""
     key = GPU_KEYS.get(gpu)
-    tables = _attention_tables()
-    versions = {k[2] for k in tables if k[0] == key and k[1] == engine and k[3] == kind}
-    measured = nearest_version(versions, version)
-    found = tables.get((key, engine, measured, kind, heads, kv_heads, head_dim)) if measured and key else None
+    measured = _attention_version(gpu, engine, version, kind)
+    found = _attention_tables().get((key, engine, measured, kind, heads, kv_heads, head_dim)) if measured else None
     if found is None or batch <= 0:
         return None
-    batches, contexts, grid = found
-    rows = [i for i in range(batches.size) if not np.isnan(grid[i]).all()]
-    batches, grid = batches[rows], grid[rows]
+    batches, contexts, grid = found  # every batch row has a measured context
     if batch >= batches[-1]:
         return _along_context(contexts, grid[-1], context) * batch / batches[-1]
     if batch <= batches[0]:

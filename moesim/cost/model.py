@@ -157,7 +157,7 @@ class CostModel:
             return self.grouped.seconds(rows, inner, cols, 2) / self.grouped.seconds(rows, inner, cols, 1)
         if not grouped and self.dense is not None:
             ratio = self.dense.dense_seconds(rows, inner, cols, 2) / self.dense.dense_seconds(rows, inner, cols, 1)
-            return float(np.asarray(ratio).ravel()[0])
+            return float(ratio[0])
         return 1.0
 
     def gemm_seconds(

@@ -114,7 +114,7 @@ def _served(
             count=engine_requests(spec, ranks, dealt.lighter),
             held=dealt.lighter,
         )
-        counted, served = pooled(spec, (counted, served), measured(spec, light, ranks, None, dealt, lockstep, True))
+        counted, served = pooled((counted, served), measured(spec, light, ranks, None, dealt, lockstep, True))
     ttft = [r.first_token_s - r.arrival_s for r in counted if r.first_token_s is not None]
     tpot = _time_per_token(counted)
     e2e = [r.finish_s - r.arrival_s for r in counted if r.finish_s is not None]

@@ -116,22 +116,18 @@ def measured(
     if stream is not None:
         return counted(run.requests), stream
     dealt = dealt or deal(spec.concurrency, ranks)
+    scale = _engines_served(spec, dealt, ranks, lockstep, lighter)
     if spec.arrival == "closed" and spec.measure == "benchmark":
-        return benchmark_measured(spec, run, ranks, dealt, lockstep, lighter)
+        note = (
+            f"closed loop measured as a benchmark client does: all {len(run.requests)} requests an engine from a "
+            "simultaneous start, the first wave included; throughput over the whole run"
+        )
+        return sorted(run.requests, key=lambda r: r.arrival_s), _over_whole_run(run, scale, note)
     per_engine = dealt.lighter if lighter else dealt.most
-    engines = ranks - dealt.busier if lighter else (ranks if dealt.even or lockstep else dealt.busier)
-    steady, served = closed_loop_steady(run.requests, engines, per_engine) if spec.arrival == "closed" else ([], None)
+    steady, served = closed_loop_steady(run.requests, 1, per_engine) if spec.arrival == "closed" else ([], None)
     if served is not None:
-        if not dealt.even:
-            scale = spec.concurrency / (ranks * per_engine) if lockstep else 1.0  # the loop at the busiest's pace
-            served = Served(
-                served.requests_per_s * scale,
-                served.output_tokens_per_s * scale,
-                served.input_tokens_per_s * scale,
-                f"{served.note}; {dealt.words()}" + (", in lockstep" if lockstep else ", simulated apart"),
-            )
-        return steady, served
-    window = run.end_s
+        suffix = "" if dealt.even else f"; {dealt.words()}" + (", in lockstep" if lockstep else ", simulated apart")
+        return steady, _scaled(served, scale, served.note + suffix)
     batch = spec.arrival == "closed" and per_engine >= len(run.requests)
     why = (
         "a batch (every request there from the start): throughput over the whole run, its makespan"
@@ -139,16 +135,40 @@ def measured(
         else f"throughput over the whole run, filling and draining included: {len(run.requests)} requests an engine "
         f"never kept it at its concurrency of {per_engine} (more serving.num_requests do)"
     )
-    whole = Served(
-        len(run.requests) / window * ranks,
-        sum(r.output_tokens for r in run.requests) / window * ranks,
-        sum(r.input_tokens for r in run.requests) / window * ranks,
-        f"{why}; latencies without the first {WARM_UP_SHARE:.0%}",
-    )
+    whole = _over_whole_run(run, ranks, f"{why}; latencies without the first {WARM_UP_SHARE:.0%}")
     return counted(run.requests), whole
 
 
-def pooled(spec: ServingSpec, busier: tuple[list, Served], lighter: tuple[list, Served]) -> tuple[list, Served]:
+def _engines_served(spec: ServingSpec, dealt: Deal, ranks: int, lockstep: bool, lighter: bool) -> float:
+    """How many engines' worth of one simulated engine's throughput the deployment serves: all of them when the
+    loop is dealt evenly; in lockstep, the whole concurrency at the busiest engine's pace; otherwise the engines of
+    the simulated kind only (`pooled` adds the other kind's)."""
+    if dealt.even:
+        return float(ranks)
+    if lockstep:
+        return spec.concurrency / dealt.most
+    return float(ranks - dealt.busier if lighter else dealt.busier)
+
+
+def _scaled(served: Served, scale: float, note: str) -> Served:
+    return Served(
+        served.requests_per_s * scale, served.output_tokens_per_s * scale, served.input_tokens_per_s * scale, note
+    )
+
+
+def _over_whole_run(run: "EngineRun", scale: float, note: str) -> Served:
+    """One engine's requests over its whole run (first release to last finish), times `scale` engines."""
+    window = run.end_s
+    requests = run.requests
+    return Served(
+        len(requests) / window * scale,
+        sum(r.output_tokens for r in requests) / window * scale,
+        sum(r.input_tokens for r in requests) / window * scale,
+        note,
+    )
+
+
+def pooled(busier: tuple[list, Served], lighter: tuple[list, Served]) -> tuple[list, Served]:
     """The busier and the lighter engines together (`serving.dealing`): their throughputs added, their requests
     pooled in proportion to the requests each kind of engine serves (evenly spaced picks from each, as many in
     all as both counted)."""
@@ -170,26 +190,3 @@ def counted(requests: list) -> list:  # type: ignore[type-arg]
     """The requests in arrival order, the warm-up share left out."""
     ordered = sorted(requests, key=lambda r: r.arrival_s)
     return ordered[int(len(ordered) * WARM_UP_SHARE) :]
-
-
-def benchmark_measured(
-    spec: ServingSpec, run: "EngineRun", ranks: int, dealt: Deal, lockstep: bool, lighter: bool
-) -> tuple[list, Served]:
-    """A closed loop measured as serving benchmark clients measure it (`serving.measure: benchmark`): every
-    request counted, from the simultaneous start (the first wave's prompts queue behind each other) to the last
-    finish, and the throughput over that whole run."""
-    window = run.end_s
-    if dealt.even:
-        scale = float(ranks)
-    elif lockstep:  # the loop at the busiest engine's pace: all the requests in flight
-        scale = spec.concurrency / dealt.most
-    else:  # the engines of this kind only (`pooled` adds the other kind's)
-        scale = float(ranks - dealt.busier if lighter else dealt.busier)
-    served = Served(
-        len(run.requests) / window * scale,
-        sum(r.output_tokens for r in run.requests) / window * scale,
-        sum(r.input_tokens for r in run.requests) / window * scale,
-        f"closed loop measured as a benchmark client does: all {len(run.requests)} requests an engine from a "
-        "simultaneous start, the first wave included; throughput over the whole run",
-    )
-    return sorted(run.requests, key=lambda r: r.arrival_s), served
