@@ -60,11 +60,12 @@ def test_a_layers_casts_are_its_fp8_gemms_inputs_and_gradients_at_the_copy_bandw
 def test_tensor_parallel_casts_take_each_tensor_where_it_is_split() -> None:
     """At TP 2 the hidden-wide tensors are cast on the rank's sequence share, the head-split ones on the gathered
     sequence at half the width: the attention's casts stay what TP 1 casts, halved."""
-    (one, cast_one, _), (two, cast_two, _) = _casts(_document(tp=1)), _casts(_document(tp=2))
+    (one, cast_one, rows_one), (two, cast_two, rows_two) = _casts(_document(tp=1)), _casts(_document(tp=2))
     assert (one.tokens, one.gemm_tokens, two.tokens, two.gemm_tokens) == (4096, 4096, 2048, 4096)
     bandwidth = one.cost.memory_bytes_per_s * one.cost.memory_efficiency
-    experts_one = CAST_BYTES_PER_ELEMENT * 4096 * 8 * (2048 + 768) / bandwidth  # forced balance: 8 copies a token
-    experts_two = experts_one / 2  # half the tokens a rank
+    # the experts' casts on rank 0's routed rows (forced balance: about 8 copies a token, half the tokens at TP 2)
+    experts_one = CAST_BYTES_PER_ELEMENT * float(rows_one[0].sum()) * (2048 + 768) / bandwidth
+    experts_two = CAST_BYTES_PER_ELEMENT * float(rows_two[0].sum()) * (2048 + 768) / bandwidth
     attention_one = float(cast_one[0].seconds[0]) - experts_one - 4 * one.cost.kernel_launch_s
     attention_two = float(cast_two[0].seconds[0]) - experts_two - 4 * two.cost.kernel_launch_s
     assert attention_two == pytest.approx(attention_one / 2, rel=1e-9)

@@ -70,7 +70,7 @@ RULE_TABLE: tuple[Rule, ...] = (
          "NLLB-style gate between the dense path / expert groups, then experts",
          ("mode", "num_expert_groups", "topk_groups", "dense_threshold")),
     Rule("balanced", "forced:ForcedBalanceRouter",
-         "forced balance: round-robin over experts (Megatron's --moe-router-force-load-balancing)", score_free=True),
+         "forced balance: top-k of random logits (Megatron's --moe-router-force-load-balancing)", score_free=True),
 )  # fmt: skip
 
 RULES_BY_NAME: dict[str, Rule] = {rule.name: rule for rule in RULE_TABLE}

@@ -96,9 +96,12 @@ PUBLISHED_RUNS = [
         8826.0,
         "NVIDIA Megatron-Bridge performance summary, release 26.06, DGX-H100, as issue 25 quotes it: 8,826 "
         "tokens/s a GPU (203 TFLOP/s)",
-        "forced balance takes routing skew out: what is left is the step's own cost, which moesim undercounts "
-        "(issue 25: FP8 casts and transposes, the small kernels, host launches, FSDP's gathers as Megatron runs "
-        "them).",
+        "forced balance as Megatron draws it (random logits: each token's 8 experts on about 6.5 of the 16 GPUs, "
+        "in both nodes); the stack's own kernels are not what moesim runs here: its eager executor's permutation "
+        "(6 s of the step; Megatron's recipes fuse it, `moe_permute_fusion`) and a flat NCCL all-to-all (14 s; "
+        "Megatron-Bridge's 16-GPU recipe runs HybridEP, node-deduplicated), while FSDP's gathers, the small "
+        "kernels and host launches are not counted (issue 25's stack section). Those two settings alone move "
+        "moesim to 14,549 tokens/s (1.65): the row's agreement is not yet for the right reasons.",
     ),
 ]
 
