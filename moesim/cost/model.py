@@ -234,12 +234,17 @@ class CostModel:
         """FFN(s) on `rows` tokens: up (and gate) projection, activation, down projection."""
         width = 2 * inner if gated else inner
         rows = np.asarray(rows, dtype=float)
-        activation = rows * (width + inner) * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
         return (
             self.gemm_seconds(rows, hidden, width, element_bytes, fp8)
             + self.gemm_seconds(rows, inner, hidden, element_bytes, fp8)
-            + activation
+            + self.ffn_activation_seconds(rows, inner, gated, element_bytes)
         )
+
+    def ffn_activation_seconds(self, rows: Any, inner: int, gated: bool, element_bytes: int = 2) -> Any:
+        """The activation inside `ffn_seconds`: one pass reading the up projection's output (both halves when
+        gated) and writing the activated `inner` columns, no launch of its own."""
+        width = 2 * inner if gated else inner
+        return rows * (width + inner) * element_bytes / (self.memory_bytes_per_s * self.memory_efficiency)
 
     def ffn_backward_seconds(
         self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2, fp8: bool = False

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moesim.models import accounting
-from moesim.scenario import load_scenario
+from moesim.scenario import Scenario, load_scenario
 from moesim.sim.result import StepResult
 from moesim.sim.step import simulate
 from moesim.validation.deepep import (
@@ -44,6 +44,8 @@ class PublishedRun:
     source: str
     differences: str
     """What moesim assumes differently; `{name}` fields are filled from the run's own result (`run_figures`)."""
+    what_if: tuple[str, ...] = ()
+    """Overrides of a what-if run whose figure the prose quotes as `{what_if}` and `{what_if_ratio}`."""
 
 
 PUBLISHED_RUNS = [
@@ -98,10 +100,12 @@ PUBLISHED_RUNS = [
         "tokens/s a GPU (203 TFLOP/s)",
         "forced balance as Megatron draws it (random logits: each token's 8 experts on about 6.5 of the 16 GPUs, "
         "in both nodes); the stack's own kernels are not what moesim runs here: its eager executor's permutation "
-        "(6 s of the step; Megatron's recipes fuse it, `moe_permute_fusion`) and a flat NCCL all-to-all (14 s; "
-        "Megatron-Bridge's 16-GPU recipe runs HybridEP, node-deduplicated), while FSDP's gathers, the small "
-        "kernels and host launches are not counted (issue 25's stack section). Those two settings alone move "
-        "moesim to 14,549 tokens/s (1.65): the row's agreement is not yet for the right reasons.",
+        "({permutation_s:.0f} s of the step; Megatron's recipes fuse it, `moe_permute_fusion`) and a flat NCCL "
+        "all-to-all ({alltoall_s:.0f} s; Megatron-Bridge's 16-GPU recipe runs HybridEP, node-deduplicated), while "
+        "FSDP's gathers, the small kernels and host launches are not counted (issue 25's stack section). Those two "
+        "settings alone move moesim to {what_if:,.0f} tokens/s ({what_if_ratio:.2f}): the row's agreement is not "
+        "yet for the right reasons.",
+        ("simulation.moe_kernels=fused", "simulation.alltoall_algorithm=deepep", "simulation.comm_sms=32"),
     ),
 ]
 
@@ -126,9 +130,15 @@ COMPUTE_PARTS = (
 
 
 def run_figures(result: StepResult) -> dict[str, float]:
-    """A training result's figures that a row's prose quotes: its breakdown parts and their compute sum."""
-    parts = dict(result.breakdown)
-    return {**parts, "compute_s": sum(parts[key] for key in COMPUTE_PARTS)}
+    """A training result's figures that a row's prose quotes: its breakdown parts and their compute sum, its
+    permutation's and its all-to-all's seconds in the step."""
+    parts, phases = dict(result.breakdown), result.phase_seconds
+    return {
+        **parts,
+        "compute_s": sum(parts[key] for key in COMPUTE_PARTS),
+        "permutation_s": phases.get("permute", 0.0) + phases.get("unpermute", 0.0),
+        "alltoall_s": phases.get("dispatch", 0.0) + phases.get("combine", 0.0),
+    }
 
 
 def deepseek_breakdown_rows(network_mode: str = "full") -> list[str]:
@@ -208,18 +218,27 @@ def deepep_rows(network_mode: str = "full") -> list[str]:
     return rows
 
 
+def _metric(metric: str, scenario: Scenario, result: StepResult) -> float:
+    """A training result in a published run's metric."""
+    if metric == "gpu_hours_per_trillion_tokens":
+        return 1e12 / result.tokens_per_s_per_gpu / 3600
+    if metric == "tokens_per_s_per_gpu":
+        return result.tokens_per_s_per_gpu
+    return accounting.megatron_flops_per_token(scenario.model, scenario.workload.seq_len) * result.tokens_per_s_per_gpu
+
+
 def predicted(run: PublishedRun, network_mode: str = "full") -> tuple[str, float, str]:
     """(deployment label, moesim's figure in the run's metric, the differences with moesim's figures filled in)."""
-    scenario = load_scenario(REPO / "scenarios" / run.scenario, [f"simulation.network_mode={network_mode}"])
+    path, mode = REPO / "scenarios" / run.scenario, f"simulation.network_mode={network_mode}"
+    scenario = load_scenario(path, [mode])
     result = simulate(scenario)
     label = f"{scenario.name} ({scenario.cluster.world_size} x {scenario.cluster.gpu.name})"
-    differences = run.differences.format(**run_figures(result))
-    if run.metric == "gpu_hours_per_trillion_tokens":
-        return label, 1e12 / result.tokens_per_s_per_gpu / 3600, differences
-    if run.metric == "tokens_per_s_per_gpu":
-        return label, result.tokens_per_s_per_gpu, differences
-    flops = accounting.megatron_flops_per_token(scenario.model, scenario.workload.seq_len)
-    return label, flops * result.tokens_per_s_per_gpu, differences
+    figures = run_figures(result)
+    if run.what_if:
+        alternative = load_scenario(path, [mode, *run.what_if])
+        figures["what_if"] = _metric(run.metric, alternative, simulate(alternative))
+        figures["what_if_ratio"] = figures["what_if"] / run.published
+    return label, _metric(run.metric, scenario, result), run.differences.format(**figures)
 
 
 def _ratio(ours: float, published: float) -> str:

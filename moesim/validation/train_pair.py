@@ -88,7 +88,7 @@ def _classify(builder: PhaseBuilder, phase: Phase, backward: bool, classes: dict
         if name == "shared_experts":
             rows, inner = builder.gemm_tokens, model.shared_expert_size * model.num_shared_experts // builder.tp
         if name == "shared_experts" and not backward:  # `CostModel.ffn_seconds`'s activation pass
-            activation = rows * 3 * inner * builder.element / (cost.memory_bytes_per_s * cost.memory_efficiency)
+            activation = cost.ffn_activation_seconds(rows, inner, gated, builder.element)
         else:
             activation = cost.activation_seconds(rows, inner, gated, builder.element, backward, fused and not backward)
         other = cost.ffn_backward_overhead_s if (name == "shared_experts" and backward) else 0.0
@@ -102,12 +102,13 @@ def _classify(builder: PhaseBuilder, phase: Phase, backward: bool, classes: dict
         classes["permutation"] += seconds
     elif name == "fp8_casts":
         classes["fp8_cast"] += seconds
-    elif name == "recompute":  # DeepSeek's selective recomputation: norms, MLA up-projections, the SwiGLU
+    elif name == "recompute":  # selective recomputation's compute modules (`moesim.sim.recompute`)
         parts = builder.attention_parts(builder.plan.layers[phase.layer])
         modules = set(builder.scenario.workload.recompute_modules)
         norms = parts["norms"] if "layernorm" in modules else 0.0
         up = parts["up_projections"] if "mla_up_proj" in modules else 0.0
-        _add(classes, gemm=up, norm=norms, activation=seconds - up - norms)
+        scores = parts["scores"] if "core_attn" in modules else 0.0
+        _add(classes, gemm=up, norm=norms, attention=scores, activation=seconds - up - norms - scores)
     else:
         raise ValueError(f"phase {name!r} has no kernel class here: the chunk pair has no such phase")
 
