@@ -76,3 +76,22 @@ def test_held_out_serving_iterations_are_new_cases() -> None:
     assert len(cases) == len(set(cases)) == 16
     assert not set(cases) & set(GPU_CASES)
     assert {case.model for case in cases} <= {case.model for case in GPU_CASES}
+
+
+def test_network_tables_are_split_by_key_before_any_fit() -> None:
+    recorded = _recorded("network_tables")["tables"]
+    assert set(recorded) == {path.name for path in held_out.NETWORK_TABLES.glob("*.csv")}
+    total = sum(table["rows"] for table in recorded.values())
+    held = sum(table["held_out_rows"] for table in recorded.values())
+    assert total == 1596 + 437 + 95 + 25  # nccl-tests, DeepEP normal and low-latency, DeepEP's README rows
+    assert 0.25 < held / total < 0.35  # a 30% share of keys
+    draw = held_out.DRAWS["network_tables"]
+    normal = csv_rows(held_out.NETWORK_TABLES / "deepep_normal.csv")
+    by_key: dict[str, set[bool]] = {}
+    for row in normal:  # rows that differ only in SMs share a key and fall together
+        by_key.setdefault(held_out.network_row_key(row), set()).add(held_out.is_held_out_network_row(row))
+    assert all(len(flags) == 1 for flags in by_key.values())
+    assert any(len([r for r in normal if held_out.network_row_key(r) == key]) == 6 for key in by_key)
+    first = csv_rows(held_out.NETWORK_TABLES / "nccl_intranode.csv")[0]
+    assert held_out.network_row_key(first) == "nccl/a100_sxm/all_gather:2:512"
+    assert held_out.is_held_out_network_row(first) == (held_out.digest(draw, "nccl/a100_sxm/all_gather:2:512") < 0.3)

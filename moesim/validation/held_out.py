@@ -18,9 +18,9 @@ the measured values:
   at while the model changed, so they are development. The next GPU run also measures `SERVING_ITERATIONS`, drawn
   here from a grid of decode batches, contexts and prompts (the 16 with the lowest digests, none of them a
   development case): those are its held-out rows.
-- **network tables** (measured all-to-all and collective tables, not in the repository yet): a row is held out when
-  the digest of `<table>:<ranks>:<tokens or bytes>` falls in the lowest 30%; the tables' README says so when they
-  land.
+- **network tables** (`validation/network/*.csv`: measured collectives and all-to-alls): a row is held out when
+  the digest of `<table>:<ranks>:<tokens or bytes>` falls in the lowest 30% (rows that differ only in the SMs a
+  kernel held share a key, and fall together). Fit on the rest; quote errors on these.
 
     python -m moesim.validation.held_out          # write validation/held_out/ (the record; a test holds it)
 """
@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 RECORD = REPO / "validation" / "held_out"
 SERVING_RUNS = REPO.parent / "shared" / "serving-measurements" / "aiconfigurator-silicon-given.csv"
 TABLES = REPO / "moesim" / "cost" / "tables"
+NETWORK_TABLES = REPO / "validation" / "network"
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ DRAWS = {
         "network_tables",
         "moesim-held-out-2026-12-07/network-tables",
         "`<table>:<ranks>:<tokens or bytes>`",
-        "measured all-to-all and collective tables (not in the repository yet)",
+        "validation/network/*.csv (measured all-to-all and collective tables)",
         share=0.3,
     ),
 }
@@ -203,6 +204,32 @@ SERVING_ITERATIONS = held_out_iterations()
 """The held-out iterations the serving check's next GPU run measures (16 of the grid, by digest)."""
 
 
+# ---------------------------------------------------------------- network tables
+def network_row_key(row: dict[str, str]) -> str:
+    """A measured network row's key: `<table>:<ranks>:<tokens or bytes>`."""
+    return f"{row['table']}:{row['ranks']}:{row['tokens'] if 'tokens' in row else row['bytes']}"
+
+
+def network_table_split(folder: Path = NETWORK_TABLES) -> dict[str, dict[str, object]]:
+    """For each table file, its rows and the keys held out (sorted)."""
+    draw = DRAWS["network_tables"]
+    split: dict[str, dict[str, object]] = {}
+    for path in sorted(folder.glob("*.csv")):
+        keys = [network_row_key(row) for row in csv_rows(path)]
+        chosen = sorted({key for key in keys if held_out(draw, key)})
+        split[path.name] = {
+            "rows": len(keys),
+            "held_out_rows": sum(key in chosen for key in keys),
+            "held_out": chosen,
+        }
+    return split
+
+
+def is_held_out_network_row(row: dict[str, str]) -> bool:
+    """Whether a measured network row is held out (the record's rule, applied to one row)."""
+    return held_out(DRAWS["network_tables"], network_row_key(row))
+
+
 # ---------------------------------------------------------------- the record
 def record() -> dict[str, dict]:
     """Every draw and what it holds out, as written to `validation/held_out/`."""
@@ -222,7 +249,7 @@ def record() -> dict[str, dict]:
         development="the 38 iterations of validation/<device>/serving.json (looked at while the model changed)",
         held_out=[asdict(case) for case in SERVING_ITERATIONS],
     )
-    documents["network_tables"].update(held_out="drawn by the rule when the tables land")
+    documents["network_tables"].update(tables=network_table_split())
     return documents
 
 

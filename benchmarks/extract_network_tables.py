@@ -1,0 +1,143 @@
+"""Extract the measured communication tables moesim checks its network against into CSV files (issue 28).
+
+Writes `validation/network/`:
+
+- `nccl_intranode.csv` — nccl-tests (all_reduce_perf, all_gather_perf, reduce_scatter_perf, alltoall_perf) inside
+  one NVLink domain, as aiconfigurator's collector ran them (`collector/network/collect_nccl.py`: one process,
+  2/4/8 GPUs, half precision, 512 B to 512 MiB): `bytes` is nccl-tests' size (its `-b`), `time_us` its
+  out-of-place time. A100 SXM (NCCL 2.27.3), H100 SXM, H200 SXM, B200, B300, GB200 and GB300 (NCCL 2.29.2).
+- `deepep_normal.csv`, `deepep_low_latency.csv` — DeepEP's normal and low-latency kernels on 1-8 H100 nodes
+  (8 GPUs a node), DeepSeek-V3's shape (hidden 7,168, top-8 of 256 or 288 experts), FP8 dispatch and BF16 combine,
+  as aiconfigurator's collector ran DeepEP's own tests (`collector/wideep/sglang/deepep/`; the `sglang/0.5.6.post2`
+  folder, which holds the multi-node tables).
+
+Source: github.com/ai-dynamo/aiconfigurator (Apache-2.0), `aic-core/src/aiconfigurator_core/systems/data/<gpu>/comm/
+{nccl,sglang}/<version>/*.parquet`, at the commit written to `validation/network/AICONFIGURATOR_COMMIT`. It needs
+pandas and pyarrow (not moesim's dependencies). It never opens the repository's `silicon_sample.csv`.
+
+    python benchmarks/extract_network_tables.py PATH_TO_AICONFIGURATOR_GIT_DIR
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent.parent / "validation" / "network"
+DATA = "aic-core/src/aiconfigurator_core/systems/data"
+NCCL_FOLDERS = {
+    "a100_sxm": "2.27.3",
+    "h100_sxm": "2.29.2",
+    "h200_sxm": "2.29.2",
+    "b200_sxm": "2.29.2",
+    "b300_sxm": "2.29.2",
+    "gb200": "2.29.2",
+    "gb300": "2.29.2",
+}
+"""The NCCL folder read for each GPU: the newest NCCL each GPU was measured with."""
+DEEPEP_FOLDER = ("h100_sxm", "sglang/0.5.6.post2")
+"""The one folder with multi-node DeepEP tables (1, 2, 4 and 8 nodes of 8 H100)."""
+GPUS_PER_NODE = 8
+
+
+def _git(repo: str, *args: str) -> bytes:
+    return subprocess.run(["git", "--git-dir", repo, *args], check=True, capture_output=True).stdout
+
+
+def _parquet(repo: str, path: str) -> "object":
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(_git(repo, "show", f"HEAD:{DATA}/{path}")))
+
+
+def nccl_intranode(repo: str) -> "object":
+    """nccl-tests inside a node, half precision: nccl-tests' size in bytes (aiconfigurator stores elements)."""
+    import pandas as pd
+
+    frames = []
+    for gpu, version in NCCL_FOLDERS.items():
+        table = _parquet(repo, f"{gpu}/comm/nccl/{version}/nccl_perf.parquet")
+        table = table[table["nccl_dtype"] == "half"]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "table": "nccl/" + gpu + "/" + table["op_name"],
+                    "gpu": gpu,
+                    "nccl": table["version"],
+                    "collective": table["op_name"],
+                    "ranks": table["num_gpus"].astype(int),
+                    "bytes": table["message_size"].astype(int) * 2,
+                    "time_us": (table["latency"] * 1e3).round(3),
+                }
+            )
+        )
+    return pd.concat(frames).sort_values(["gpu", "collective", "ranks", "bytes"])
+
+
+def deepep_normal(repo: str) -> "object":
+    """DeepEP's normal kernels, its autotuned best time for each SM count (transmit and notify kernels apart)."""
+    import pandas as pd
+
+    gpu, folder = DEEPEP_FOLDER
+    table = _parquet(repo, f"{gpu}/comm/{folder}/wideep_deepep_normal_perf.parquet")
+    table = table[table["device"] == "NVIDIA H100"]
+    return pd.DataFrame(
+        {
+            "table": f"deepep_normal/{gpu}",
+            "gpu": gpu,
+            "ranks": table["node_num"].astype(int) * GPUS_PER_NODE,
+            "nodes": table["node_num"].astype(int),
+            "tokens": table["num_token"].astype(int),
+            "hidden": table["hidden_size"].astype(int),
+            "topk": table["num_topk"].astype(int),
+            "experts": table["num_experts"].astype(int),
+            "sms": table["dispatch_sms"].astype(int),
+            "dispatch_us": table["dispatch_transmit_us"],
+            "dispatch_notify_us": table["dispatch_notify_us"],
+            "combine_us": table["combine_transmit_us"],
+            "combine_notify_us": table["combine_notify_us"],
+        }
+    ).sort_values(["ranks", "sms", "tokens"])
+
+
+def deepep_low_latency(repo: str) -> "object":
+    """DeepEP's low-latency kernels (NVLink allowed inside a node, as aiconfigurator's collector runs them)."""
+    import pandas as pd
+
+    gpu, folder = DEEPEP_FOLDER
+    table = _parquet(repo, f"{gpu}/comm/{folder}/wideep_deepep_ll_perf.parquet")
+    return pd.DataFrame(
+        {
+            "table": f"deepep_low_latency/{gpu}/" + table["num_experts"].astype(str) + "experts",
+            "gpu": gpu,
+            "ranks": table["node_num"].astype(int) * GPUS_PER_NODE,
+            "nodes": table["node_num"].astype(int),
+            "tokens": table["num_token"].astype(int),
+            "hidden": table["hidden_size"].astype(int),
+            "topk": table["num_topk"].astype(int),
+            "experts": table["num_experts"].astype(int),
+            "dispatch_us": table["dispatch_avg_t_us"],
+            "combine_us": table["combine_avg_t_us"],
+        }
+    ).sort_values(["experts", "ranks", "tokens"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    repo = argv[0]
+    OUT.mkdir(parents=True, exist_ok=True)
+    nccl_intranode(repo).to_csv(OUT / "nccl_intranode.csv", index=False)  # type: ignore[attr-defined]
+    deepep_normal(repo).to_csv(OUT / "deepep_normal.csv", index=False)  # type: ignore[attr-defined]
+    deepep_low_latency(repo).to_csv(OUT / "deepep_low_latency.csv", index=False)  # type: ignore[attr-defined]
+    commit = _git(repo, "rev-parse", "HEAD").decode().strip()
+    (OUT / "AICONFIGURATOR_COMMIT").write_text(commit + "\n")
+    print(f"wrote {OUT} from ai-dynamo/aiconfigurator {commit}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
