@@ -76,6 +76,20 @@ def nccl_intranode(repo: str) -> "object":
     return pd.concat(frames).sort_values(["gpu", "collective", "ranks", "bytes"])
 
 
+def _deepep_shape(table: "object", name: "object") -> dict:
+    """The columns every DeepEP row has: its table, GPU, ranks (8 a node) and the routed shape."""
+    return {
+        "table": name,
+        "gpu": DEEPEP_FOLDER[0],
+        "ranks": table["node_num"].astype(int) * GPUS_PER_NODE,  # type: ignore[index]
+        "nodes": table["node_num"].astype(int),  # type: ignore[index]
+        "tokens": table["num_token"].astype(int),  # type: ignore[index]
+        "hidden": table["hidden_size"].astype(int),  # type: ignore[index]
+        "topk": table["num_topk"].astype(int),  # type: ignore[index]
+        "experts": table["num_experts"].astype(int),  # type: ignore[index]
+    }
+
+
 def deepep_normal(repo: str) -> "object":
     """DeepEP's normal kernels, its autotuned best time for each SM count (transmit and notify kernels apart)."""
     import pandas as pd
@@ -85,14 +99,7 @@ def deepep_normal(repo: str) -> "object":
     table = table[table["device"] == "NVIDIA H100"]
     return pd.DataFrame(
         {
-            "table": f"deepep_normal/{gpu}",
-            "gpu": gpu,
-            "ranks": table["node_num"].astype(int) * GPUS_PER_NODE,
-            "nodes": table["node_num"].astype(int),
-            "tokens": table["num_token"].astype(int),
-            "hidden": table["hidden_size"].astype(int),
-            "topk": table["num_topk"].astype(int),
-            "experts": table["num_experts"].astype(int),
+            **_deepep_shape(table, f"deepep_normal/{gpu}"),
             "sms": table["dispatch_sms"].astype(int),
             "dispatch_us": table["dispatch_transmit_us"],
             "dispatch_notify_us": table["dispatch_notify_us"],
@@ -110,14 +117,7 @@ def deepep_low_latency(repo: str) -> "object":
     table = _parquet(repo, f"{gpu}/comm/{folder}/wideep_deepep_ll_perf.parquet")
     return pd.DataFrame(
         {
-            "table": f"deepep_low_latency/{gpu}/" + table["num_experts"].astype(str) + "experts",
-            "gpu": gpu,
-            "ranks": table["node_num"].astype(int) * GPUS_PER_NODE,
-            "nodes": table["node_num"].astype(int),
-            "tokens": table["num_token"].astype(int),
-            "hidden": table["hidden_size"].astype(int),
-            "topk": table["num_topk"].astype(int),
-            "experts": table["num_experts"].astype(int),
+            **_deepep_shape(table, f"deepep_low_latency/{gpu}/" + table["num_experts"].astype(str) + "experts"),
             "dispatch_us": table["dispatch_avg_t_us"],
             "combine_us": table["combine_avg_t_us"],
         }

@@ -66,15 +66,16 @@ def test_a_batch_is_served_as_it_is() -> None:
 def test_a_benchmark_measurement_counts_every_request_from_a_simultaneous_start() -> None:
     """`serving.measure: benchmark`: the first wave's prompts queue behind each other and are counted, as serving
     benchmark clients count them; the steady measurement leaves them out. Same run, TTFT longer; every request
-    counted."""
-    steady = scenario_from_dict(_deployment(8, 64, requests=640))
-    benchmark = scenario_from_dict(
-        {**_deployment(8, 64, requests=640), "serving": {**_deployment(8, 64)["serving"], "num_requests": 640,
-                                                          "measure": "benchmark"}}
-    )  # fmt: skip
+    counted. Prompts of 4,096 tokens: an engine's eight first prompts (32K tokens) exceed one iteration's token
+    budget, so they queue (with 256-token prompts all eight fit one iteration and nothing queues)."""
+    base = _deployment(8, 64, requests=640)
+    base["serving"]["input_tokens"] = 4096
+    steady = scenario_from_dict(base)
+    benchmark = scenario_from_dict({**base, "serving": {**base["serving"], "measure": "benchmark"}})
     first, second = simulate_serving(steady), simulate_serving(benchmark)
     assert len(second.ttft_samples_s) == 640 // 8  # every request of an engine
-    assert sum(second.ttft_samples_s) / len(second.ttft_samples_s) > sum(first.ttft_samples_s) / len(
-        first.ttft_samples_s
-    )
+    mean_steady = sum(first.ttft_samples_s) / len(first.ttft_samples_s)
+    mean_benchmark = sum(second.ttft_samples_s) / len(second.ttft_samples_s)
+    assert mean_benchmark > 1.2 * mean_steady  # the first wave's queueing, not rounding
+    assert second.ttft_s[99] > 1.5 * first.ttft_s[99]
     assert any("measured as a benchmark client does" in note for note in second.notes)

@@ -23,12 +23,14 @@ fast path against shortest paths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Optional
 
 import networkx as nx
 import numpy as np
+
+from moesim.cluster.collective_tables import MeasuredCollectives, shipped
 
 DEFAULT_NODES_PER_LEAF = {"rail_optimized": 32, "fat_tree": 4, "single_switch": 1 << 30}
 
@@ -47,6 +49,9 @@ class Topology:
     nodes_per_leaf: Optional[int] = None
     scale_up_latency_s: float = 2e-6
     network_latency_s: float = 5e-6
+    collectives: Optional[MeasuredCollectives] = field(default=None, compare=False, repr=False)
+    """NCCL's measured collectives inside a node (latency and achieved rate by message size), or None: the link at
+    `scale_up_bytes_per_s` and `scale_up_latency_s`."""
 
     def __post_init__(self) -> None:
         if self.kind not in DEFAULT_NODES_PER_LEAF:
@@ -66,8 +71,9 @@ class Topology:
             kind=cluster.topology,
             oversubscription=cluster.oversubscription,
             nodes_per_leaf=cluster.nodes_per_leaf,
-            scale_up_latency_s=cluster.scale_up_latency_us * 1e-6,
+            scale_up_latency_s=(2.0 if cluster.scale_up_latency_us is None else cluster.scale_up_latency_us) * 1e-6,
             network_latency_s=cluster.network_latency_us * 1e-6,
+            collectives=shipped(cluster.gpu.name) if cluster.scale_up_collectives == "measured" else None,
         )
 
     def with_bandwidth_scale(self, factor: float) -> "Topology":
@@ -132,6 +138,11 @@ class Topology:
             start += size
         offsets["_total"] = start
         return offsets
+
+    @property
+    def scale_up_links(self) -> slice:
+        """The scale-up ports' link indices, out and in."""
+        return slice(self._offsets["up_out"], self._offsets["up_in"] + self.world_size)
 
     @property
     def num_links(self) -> int:

@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from moesim.cluster.collective_tables import GPU_TABLES as MEASURED_GPUS
 from moesim.cluster.hardware import GpuSpec, gpu_preset
 from moesim.cluster.presets import cluster_preset
 from moesim.errors import MoesimError, ScenarioError
@@ -65,7 +66,18 @@ class ClusterSpec(_Section):
     oversubscription: float = Field(
         1.0, ge=1.0, description="Leaf-to-spine oversubscription ratio (1 = non-blocking, 2 = half the uplinks)."
     )
-    scale_up_latency_us: float = Field(2.0, ge=0, description="Per-message latency inside a node (microseconds).")
+    scale_up_latency_us: Optional[float] = Field(
+        None,
+        ge=0,
+        description="Per-message latency inside a node (microseconds); default 2, or NCCL's measured latency where "
+        "`scale_up_collectives: measured` and tables measure the GPU (then it cannot be set).",
+    )
+    scale_up_collectives: Literal["measured", "datasheet"] = Field(
+        "measured",
+        description="NCCL inside a node: `measured` reads nccl-tests tables (latency and achieved rate by message "
+        "size, moesim/cluster/measured/) where they measure the GPU (A100-80GB, H100-SXM, H200, B200), scaled to "
+        "scale_up_gb_per_s; `datasheet`: scale_up_gb_per_s and scale_up_latency_us as given.",
+    )
     network_latency_us: float = Field(5.0, ge=0, description="Per-message latency across nodes (microseconds).")
 
     @model_validator(mode="before")
@@ -92,6 +104,19 @@ class ClusterSpec(_Section):
             self.nics_per_node = self.gpus_per_node
         if self.nic_gbps is None:
             self.nic_gbps = self.gpu.nic_gbps
+        return self
+
+    @model_validator(mode="after")
+    def _measured_latency_is_not_also_set(self) -> "ClusterSpec":
+        if (
+            self.scale_up_latency_us is not None
+            and self.scale_up_collectives == "measured"
+            and self.gpu.name in MEASURED_GPUS
+        ):
+            raise ScenarioError(
+                f"cluster.scale_up_latency_us: NCCL's latency inside one {self.gpu.name} node is measured; "
+                "set cluster.scale_up_collectives: datasheet to give your own"
+            )
         return self
 
     @property

@@ -17,7 +17,9 @@ All-to-all algorithms:
 
 All-reduce: ring (2(n-1)/n x bytes over the slowest member link) and hierarchical
 (reduce-scatter in the node, all-reduce of 1/g of the data across nodes, all-gather in
-the node); `auto` takes the faster, as NCCL's tuner would.
+the node); `auto` takes the faster, as NCCL's tuner would. Inside a node, on a GPU whose
+nccl-tests tables moesim carries, NCCL's measured all-reduce, reduce-scatter and
+all-gather replace the ring's arithmetic (`moesim.cluster.collective_tables`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def all_to_all(topology: Topology, traffic: Traffic, algorithm: str = "flat", mo
     if algorithm == "deepep_low_latency":
         raise ValueError("deepep_low_latency counts (token, expert) copies: use low_latency_all_to_all")
     if algorithm == "flat" or not _same_layout(topology, ranks):
-        return transfer_time(topology, ranks, traffic.rank_bytes, mode)
+        return transfer_time(topology, ranks, traffic.rank_bytes, mode, nccl=algorithm != "deepep")
     gpus = topology.gpus_per_node
     members = len(ranks)
     nodes = members // gpus
@@ -78,8 +80,8 @@ def all_to_all(topology: Topology, traffic: Traffic, algorithm: str = "flat", mo
         for local in range(gpus):
             rail = np.arange(nodes) * gpus + local
             stage_two[np.ix_(rail, rail)] = crossing[:, :, local]
-        first = transfer_time(topology, ranks, stage_one, mode)
-        second = transfer_time(topology, ranks, stage_two, mode)
+        first = transfer_time(topology, ranks, stage_one, mode, nccl=True)
+        second = transfer_time(topology, ranks, stage_two, mode, nccl=True)
         return TransferResult(
             first.seconds + second.seconds,
             first.bytes_total + second.bytes_total,
@@ -128,6 +130,9 @@ def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, al
         return 0.0
     nodes = np.unique(topology.node_of(ranks))
     per_node = members // nodes.size
+    measured = topology.collectives
+    if measured is not None and nodes.size == 1:  # NCCL inside a node, as measured
+        return measured.seconds("all_reduce", members, size_bytes, topology.scale_up_bytes_per_s)
     nic_share = topology.nic_bytes_per_s * min(1.0, topology.nics_per_node / topology.gpus_per_node)
     leaves = np.unique(topology.leaf_of_nic(topology.nic_of(ranks)))
     network_bandwidth = nic_share / (topology.oversubscription if leaves.size > 1 else 1.0)
@@ -138,10 +143,16 @@ def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, al
     ring = 2 * (members - 1) / members * size_bytes / ring_bandwidth + 2 * (members - 1) * alpha
     if algorithm == "ring" or nodes.size == 1 or per_node == 1:
         return ring
-    inside = (
-        2 * (per_node - 1) / per_node * size_bytes / topology.scale_up_bytes_per_s
-        + 2 * (per_node - 1) * topology.scale_up_latency_s
-    )
+    if measured is not None:  # reduce-scatter and all-gather inside each node, as NCCL measured them
+        link = topology.scale_up_bytes_per_s
+        inside = measured.seconds("reduce_scatter", per_node, size_bytes, link) + measured.seconds(
+            "all_gather", per_node, size_bytes, link
+        )
+    else:
+        inside = (
+            2 * (per_node - 1) / per_node * size_bytes / topology.scale_up_bytes_per_s
+            + 2 * (per_node - 1) * topology.scale_up_latency_s
+        )
     across = (
         2 * (nodes.size - 1) / nodes.size * (size_bytes / per_node) / network_bandwidth + 2 * (nodes.size - 1) * alpha
     )

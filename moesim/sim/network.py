@@ -14,6 +14,11 @@ Two modes:
 A collective also pays one per-message latency (the network's when any flow leaves a
 node). All arithmetic is numpy over flows and links; the only Python loops are over
 rounds of the filling algorithm and over completion events.
+
+NCCL's all-to-all (`nccl=True`) on a GPU whose nccl-tests tables moesim carries runs its
+scale-up links at the rate NCCL achieved for that per-peer message size on that many
+GPUs of a node, and pays NCCL's measured latency when no flow leaves the node
+(`moesim.cluster.collective_tables`); other kernels (DeepEP's) keep the link rate.
 """
 
 from __future__ import annotations
@@ -118,11 +123,13 @@ def transfer_time(
     ranks: np.ndarray,
     byte_matrix: np.ndarray,
     mode: str = "full",
+    nccl: bool = False,
 ) -> TransferResult:
     """Time for every rank i to send byte_matrix[i, j] to rank j at once (an alltoallv).
 
     `ranks` are the global ranks the matrix rows and columns refer to; the diagonal
-    (data a rank keeps) costs nothing.
+    (data a rank keeps) costs nothing. `nccl`: the transfer is NCCL's all-to-all, whose
+    measured rate and latency inside a node apply where the topology carries them.
     """
     if mode not in ("full", "fast"):
         raise ValueError(f"network mode must be 'full' or 'fast', got {mode!r}")
@@ -136,8 +143,17 @@ def transfer_time(
     if sizes.size == 0:
         return TransferResult(0.0, 0.0, 0.0, 0.0)
     flow_of, link_of = topology.flow_links(sources, destinations)
-    flows = FlowSet(sizes.size, flow_of, link_of, topology.link_capacity(ranks))
+    capacity = topology.link_capacity(ranks)
     latency = topology.latency(sources, destinations)
+    local = topology.node_of(sources) == topology.node_of(destinations)
+    if nccl and topology.collectives is not None and local.any():
+        peers = int(np.bincount(topology.node_of(ranks)).max())  # the group's GPUs in its fullest node
+        size = float(sizes[local].mean()) * peers  # nccl-tests' size: a rank's per-peer message x the peers
+        rate = topology.collectives.bus_rate("alltoall", peers, size, topology.scale_up_bytes_per_s)
+        capacity[topology.scale_up_links] = rate
+        if local.all():
+            latency = topology.collectives.curves["alltoall"].latency(peers)
+    flows = FlowSet(sizes.size, flow_of, link_of, capacity)
     if mode == "fast":
         seconds = bottleneck_time(flows, sizes)
     else:

@@ -8,13 +8,15 @@ parts it uses, and `grade` sums a label up in one word for an 80-column table.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
+from moesim.cluster.collective_tables import MeasuredCollectives
 from moesim.cost.model import CostModel
 
 KERNEL_PHASES = "moe_kernels"
 """The router, permutation and un-permutation kernels (their measured phase models)."""
 NETWORK = "network model: datasheet NVLink and NIC rates, assumed protocol efficiency (not measured by moesim)"
+NETWORK_ACROSS_NODES = "NICs and DeepEP's kernels at datasheet rates (not measured by moesim)"
 
 PHASE_PARTS: dict[str, tuple[str, ...]] = {
     "attention": ("dense_gemm", "dense_backward", "attention"),
@@ -37,10 +39,23 @@ FUSED_KERNELS = (
 )
 
 
+def network_source(collectives: Optional[MeasuredCollectives]) -> str:
+    """What the communication phases rest on: NCCL's measured curves inside a node where the GPU has them."""
+    if collectives is None:
+        return NETWORK
+    return f"network model: {collectives.label()}; {NETWORK_ACROSS_NODES}"
+
+
 def phase_sources(
-    cost: CostModel, phases: Iterable[str], fp8: bool, training: bool, fused: bool = False
+    cost: CostModel,
+    phases: Iterable[str],
+    fp8: bool,
+    training: bool,
+    fused: bool = False,
+    network: str = NETWORK,
 ) -> dict[str, str]:
-    """Each phase (names as in a result, 'prefill/' and 'decode/' prefixes allowed) -> what its time rests on."""
+    """Each phase (names as in a result, 'prefill/' and 'decode/' prefixes allowed) -> what its time rests on;
+    communication phases -> `network`."""
     labels = dict(cost.sources)
     labels["fp8_casts"] = (
         "derived: the bytes moesim.sim.fp8_casts counts (each FP8 GEMM's input and output gradient cast with its "
@@ -54,7 +69,7 @@ def phase_sources(
         name = phase.split("/")[-1]
         parts = PHASE_PARTS.get(name)
         if parts is None:
-            out[phase] = NETWORK
+            out[phase] = network
             continue
         if not training:
             parts = tuple(part for part in parts if "backward" not in part)

@@ -72,7 +72,7 @@ PUBLISHED_RUNS = [
         "Megatron-LM, megatron/core/transformer/moe README, MCore v0.9: 468 TFLOP/s per H100",
         "the benchmark's other settings (distributed optimizer, overlapped gradient reduce and parameter gather, "
         "aux-loss routing) are not stated in full; moesim routes with its synthetic scores (no skew) and rests on "
-        "the H100's measured kernels and datasheet links.",
+        "the H100's measured kernels, NCCL's measured collectives inside a node and datasheet network links.",
     ),
     PublishedRun(
         "mixtral-8x22b-training-mcore.yaml",
