@@ -21,12 +21,12 @@ pandas and pyarrow (not moesim's dependencies). It never opens the repository's 
 from __future__ import annotations
 
 import io
-import subprocess
 import sys
 from pathlib import Path
 
+from extract_aiconfigurator_tables import DATA, _git  # the sibling script: its git reader and data folder
+
 OUT = Path(__file__).resolve().parent.parent / "validation" / "network"
-DATA = "aic-core/src/aiconfigurator_core/systems/data"
 NCCL_FOLDERS = {
     "a100_sxm": "2.27.3",
     "h100_sxm": "2.29.2",
@@ -40,10 +40,6 @@ NCCL_FOLDERS = {
 DEEPEP_FOLDER = ("h100_sxm", "sglang/0.5.6.post2")
 """The one folder with multi-node DeepEP tables (1, 2, 4 and 8 nodes of 8 H100)."""
 GPUS_PER_NODE = 8
-
-
-def _git(repo: str, *args: str) -> bytes:
-    return subprocess.run(["git", "--git-dir", repo, *args], check=True, capture_output=True).stdout
 
 
 def _parquet(repo: str, path: str) -> "object":

@@ -35,7 +35,7 @@ MEASURED = Path(__file__).resolve().parent / "measured"
 FLOOR_BYTES = 4096
 """Messages up to this size set a GPU count's latency floor (the median of their times)."""
 GPU_TABLES = {"A100-80GB": "a100_sxm", "H100-SXM": "h100_sxm", "H200": "h200_sxm", "B200": "b200_sxm"}
-"""moesim's GPU presets that nccl-tests tables measure, by the tables' names for them."""
+"""moesim's GPU presets that nccl-tests tables measure, by aiconfigurator's names for them (its data folders)."""
 
 
 def bus_factor(collective: str, ranks: int) -> float:

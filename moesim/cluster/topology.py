@@ -33,6 +33,8 @@ import numpy as np
 from moesim.cluster.collective_tables import MeasuredCollectives, shipped
 
 DEFAULT_NODES_PER_LEAF = {"rail_optimized": 32, "fat_tree": 4, "single_switch": 1 << 30}
+DATASHEET_SCALE_UP_LATENCY_S = 2e-6
+"""A message's latency inside a node where nothing measured says otherwise (`cluster.scale_up_latency_us` unset)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Topology:
     kind: str = "rail_optimized"
     oversubscription: float = 1.0
     nodes_per_leaf: Optional[int] = None
-    scale_up_latency_s: float = 2e-6
+    scale_up_latency_s: float = DATASHEET_SCALE_UP_LATENCY_S
     network_latency_s: float = 5e-6
     collectives: Optional[MeasuredCollectives] = field(default=None, compare=False, repr=False)
     """NCCL's measured collectives inside a node (latency and achieved rate by message size), or None: the link at
@@ -71,7 +73,11 @@ class Topology:
             kind=cluster.topology,
             oversubscription=cluster.oversubscription,
             nodes_per_leaf=cluster.nodes_per_leaf,
-            scale_up_latency_s=(2.0 if cluster.scale_up_latency_us is None else cluster.scale_up_latency_us) * 1e-6,
+            scale_up_latency_s=(
+                DATASHEET_SCALE_UP_LATENCY_S
+                if cluster.scale_up_latency_us is None
+                else cluster.scale_up_latency_us * 1e-6
+            ),
             network_latency_s=cluster.network_latency_us * 1e-6,
             collectives=shipped(cluster.gpu.name) if cluster.scale_up_collectives == "measured" else None,
         )

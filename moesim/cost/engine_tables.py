@@ -28,11 +28,13 @@ from typing import Optional
 
 import numpy as np
 
+from moesim.cluster.collective_tables import GPU_TABLES
+
 TABLES = Path(__file__).resolve().parent / "engines" / "aiconfigurator"
 ENGINES = ("trtllm", "sglang", "vllm")
 ENGINE_NAMES = {"trtllm": "TensorRT-LLM", "sglang": "SGLang", "vllm": "vLLM"}
-GPU_KEYS = {"H100-SXM": "h100_sxm", "H200": "h200_sxm"}
-"""moesim's GPU presets the tables measure, by the tables' names for them."""
+GPU_KEYS = {name: GPU_TABLES[name] for name in ("H100-SXM", "H200")}
+"""moesim's GPU presets the engines' tables measure, by aiconfigurator's names for them."""
 ALLREDUCE_ELEMENT_BYTES = 2
 """The tables all-reduce bf16 activations."""
 

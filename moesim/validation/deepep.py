@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.cluster.topology import Topology
+from moesim.cost.kernel_tables import csv_rows
 from moesim.scenario import scenario_from_dict
 from moesim.sim.collectives import all_to_all, low_latency_all_to_all
 from moesim.sim.routing_load import route_layers
+from moesim.validation.held_out import NETWORK_TABLES
 
 DEEPEP_SOURCE = "deepseek-ai/DeepEP README, normal kernels on H800 + CX7 400 Gb/s (DeepSeek-V3 pre-training setting)"
 
@@ -31,7 +33,18 @@ class DeepEPRow:
     combine_gb_per_s: float
 
 
-DEEPEP_NORMAL = [DeepEPRow(8, 153, 158), DeepEPRow(16, 43, 43), DeepEPRow(32, 58, 57), DeepEPRow(64, 51, 50)]
+def readme_rows(version: str, kernel: str) -> list[tuple[int, float, float]]:
+    """(EP, dispatch, combine) of one version's table in `validation/network/deepep_readme.csv` (DeepEP's README
+    rows, transcribed once by commit)."""
+    return [
+        (int(row["ranks"]), float(row["dispatch"]), float(row["combine"]))
+        for row in csv_rows(NETWORK_TABLES / "deepep_readme.csv")
+        if row["version"] == version and row["kernel"] == kernel
+    ]
+
+
+DEEPEP_NORMAL = [DeepEPRow(*row) for row in readme_rows("v1-2025-04-22", "normal")]
+"""The README's normal-kernel table since its 2025-04-22 correction (the current `docs/legacy.md`)."""
 
 
 def predicted_bandwidths(ep: int, network_mode: str = "full") -> tuple[float, float]:
@@ -86,14 +99,8 @@ class DeepEPLatencyRow:
     combine_us: float
 
 
-DEEPEP_LOW_LATENCY = [
-    DeepEPLatencyRow(8, 163, 318),
-    DeepEPLatencyRow(16, 173, 329),
-    DeepEPLatencyRow(32, 182, 350),
-    DeepEPLatencyRow(64, 186, 353),
-    DeepEPLatencyRow(128, 192, 369),
-    DeepEPLatencyRow(256, 194, 360),
-]
+DEEPEP_LOW_LATENCY = [DeepEPLatencyRow(*row) for row in readme_rows("v1-2025-02-24", "low_latency")]
+"""The README's first low-latency table (pure RDMA, 2025-02-24), the kernels moesim's model describes."""
 
 
 def predicted_low_latency(ep: int) -> tuple[float, float]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from moesim.cluster.collective_tables import GPU_TABLES, MEASURED, MeasuredCollectives, bus_factor, fit
 from moesim.cluster.hardware import gpu_preset
+from moesim.cluster.topology import DATASHEET_SCALE_UP_LATENCY_S
 from moesim.cost.kernel_tables import csv_rows
 from moesim.validation.held_out import NETWORK_TABLES, is_held_out_network_row
 
@@ -32,8 +33,6 @@ DATASHEET_GB_PER_S = {
     "gb300": 900.0,
 }
 """Each measured GPU's datasheet NVLink rate, one direction (GB/s): what the curves are fractions of."""
-DATASHEET_LATENCY_S = 2e-6
-"""The datasheet model's per-message latency inside a node (the scenario default `scale_up_latency_us`)."""
 
 
 def nccl_rows() -> list[dict[str, str]]:
@@ -60,7 +59,7 @@ def datasheet_seconds(collective: str, ranks: int, size: float, link_bytes_per_s
     """moesim's model before the tables: the bus bytes at the datasheet rate, plus a fixed latency per ring step
     (all-reduce: 2 (n - 1) steps, as `all_reduce_time`'s ring) or per collective (the others)."""
     steps = 2 * (ranks - 1) if collective == "all_reduce" else 1
-    return steps * DATASHEET_LATENCY_S + bus_factor(collective, ranks) * size / link_bytes_per_s
+    return steps * DATASHEET_SCALE_UP_LATENCY_S + bus_factor(collective, ranks) * size / link_bytes_per_s
 
 
 @dataclass(frozen=True)
