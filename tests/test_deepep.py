@@ -1,5 +1,5 @@
 """DeepEP's two kernel modes as moesim models them: the normal kernels (node-deduplicated RDMA, then NVLink) and
-the low-latency kernels (every token-expert copy over RDMA)."""
+the low-latency kernels (every token-expert copy its own message)."""
 
 from __future__ import annotations
 
@@ -30,13 +30,25 @@ def _decode(algorithm: str) -> dict:
     }
 
 
-def test_low_latency_time_is_latency_plus_the_busiest_nic() -> None:
-    topology = Topology.from_cluster(scenario_from_dict(_decode("deepep")).cluster)
+def test_low_latency_time_is_the_floor_plus_the_busiest_rank() -> None:
+    document = _decode("deepep")
+    links = {**document, "cluster": {**document["cluster"], "deepep_kernels": "link_rates"}}
+    topology = Topology.from_cluster(scenario_from_dict(links).cluster)
     # 128 tokens x 8 copies per rank, one rank receiving 10% more: 7,392 fp8 bytes a copy at 50 GB/s
     copies_in = np.array([1024.0] * 15 + [1126.4])
     result = low_latency_all_to_all(topology, copies_in, np.full(16, 1024.0), 7392)
     assert result.seconds == pytest.approx(topology.network_latency_s + 1126.4 * 7392 / 50e9)
     assert result.bytes_across_nodes == 16 * 1024 * 7392  # every copy over RDMA, none deduplicated
+    # the measured kernels: their floor at EP 16 plus the busiest rank's RDMA copies at the measured rate; half of
+    # each rank's copies from its own node go over NVLink (at 1,126.4 x 3,696 bytes, well under the RDMA time)
+    measured = Topology.from_cluster(scenario_from_dict(document).cluster)
+    kernels = measured.deepep
+    assert kernels is not None
+    local = np.full(16, 0.5)
+    result = low_latency_all_to_all(measured, copies_in, np.full(16, 1024.0), 7392, local)
+    fit = kernels.low_latency["dispatch"]
+    assert result.seconds == pytest.approx(fit.floor(16) + 563.2 * 7392 / (fit.rdma_efficiency * 50e9))
+    assert result.bytes_across_nodes == pytest.approx(16 * 1024 * 7392 / 2 + 0.5 * 102.4 * 7392)
 
 
 def test_a_decode_step_can_use_either_mode() -> None:

@@ -89,8 +89,17 @@ def test_a_measured_latency_cannot_also_be_set_by_hand() -> None:
         scenario_from_dict(document)
     datasheet = ClusterSpec(gpu="H100-SXM", scale_up_latency_us=3, scale_up_collectives="datasheet")
     assert Topology.from_cluster(datasheet).collectives is None
-    h800 = Topology.from_cluster(ClusterSpec(gpu="H800", scale_up_latency_us=3))
-    assert h800.collectives is None and h800.scale_up_latency_s == 3e-6  # no table measures an H800
+    mi300x = Topology.from_cluster(ClusterSpec(gpu="MI300X", scale_up_latency_us=3))
+    assert mi300x.collectives is None and mi300x.scale_up_latency_s == 3e-6  # no table measures an MI300X
+
+
+def test_an_h800_reads_the_h100_tables_at_its_own_nvlink_rate() -> None:
+    h800, h100 = shipped("H800"), shipped("H100-SXM")
+    assert h800 == h100  # the same measured fractions and latencies
+    topology = Topology.from_cluster(ClusterSpec(gpu="H800"))
+    size = 256 * 2**20
+    ratio = h800.seconds("all_gather", 8, size, topology.scale_up_bytes_per_s) / h100.seconds("all_gather", 8, size)
+    assert ratio == pytest.approx(450 / 200, rel=0.01)  # a large all-gather is bandwidth: 450 / 200 GB/s
 
 
 def test_every_gpu_preset_with_a_table_ships_its_fit() -> None:

@@ -52,6 +52,9 @@ def test_traffic_and_nodes() -> None:
     # two experts on one rank: one copy of the token
     same_rank = rank_traffic_tokens(assignment, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1]), 2)
     assert int(same_rank.sum()) == 4
+    # destinations given slot by slot (replicated experts): token 0's two slots on one rank, sent once
+    per_slot = torch.tensor([[1, 1], [0, 0], [0, 1]])
+    assert int(rank_traffic_tokens(assignment, per_slot, source, 4).sum()) == 4
 
 
 def test_affinity_captured() -> None:

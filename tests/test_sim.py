@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import moesim
@@ -346,6 +347,32 @@ def test_placement_replicas() -> None:
     rank_load = load @ share
     assert rank_load.max() < (load @ Placement(8, 4).shares()).max()
     assert placement.copies_per_rank.sum() == 10
+    # each (token, expert) pair goes to one copy, in proportion to the copies' shares
+    slots = placement.slot_ranks(torch.zeros((3000, 1), dtype=torch.long))
+    counts = np.bincount(slots.numpy().ravel(), minlength=4) / 3000
+    assert np.allclose(counts, share[0], atol=0.01)
+
+
+def test_replicated_experts_keep_the_dispatch_deduplicated() -> None:
+    """With redundant experts a token still crosses to a node once and to a rank once: DeepSeek-V3's top-8 on 4
+    nodes of 8 (EP 32, 32 redundant copies) sends each token to at most 4 nodes and 8 ranks, the node bytes at most
+    the rank bytes."""
+    from moesim.cluster.topology import Topology
+    from moesim.sim.routing_load import route_layers
+
+    document = {
+        "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 3},
+        "cluster": {"preset": "hgx-h800", "num_nodes": 4},
+        "parallelism": {"ep_size": 32},
+        "workload": {"mode": "inference", "seq_len": 512},
+        "simulation": {"redundant_experts": 32, "max_routed_tokens": 512 * 32},
+    }
+    scenario = scenario_from_dict(document)
+    (layer,), _ = route_layers(scenario, [3], 512 * 32, Topology.from_cluster(scenario.cluster).gpus_per_node)
+    token = scenario.workload.precision.token_bytes(7168, "dispatch")
+    per_token_nodes = layer.traffic.node_bytes.sum() / token / (512 * 32)
+    per_token_ranks = layer.traffic.rank_bytes.sum() / token / (512 * 32)
+    assert 1 < per_token_nodes <= 4 and per_token_nodes < per_token_ranks <= 8
 
 
 def test_cost_profile_replaces_the_curve(tmp_path: Path) -> None:

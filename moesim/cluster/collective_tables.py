@@ -36,6 +36,9 @@ FLOOR_BYTES = 4096
 """Messages up to this size set a GPU count's latency floor (the median of their times)."""
 GPU_TABLES = {"A100-80GB": "a100_sxm", "H100-SXM": "h100_sxm", "H200": "h200_sxm", "B200": "b200_sxm"}
 """moesim's GPU presets that nccl-tests tables measure, by aiconfigurator's names for them (its data folders)."""
+NCCL_STAND_INS = {"H800": "h100_sxm"}
+"""GPU presets read through another GPU's tables: an H800 is an H100 with fewer NVLink links, so its NCCL is the
+H100's measured latency and efficiency (a fraction of the datasheet rate) at its own datasheet rate."""
 
 
 def bus_factor(collective: str, ranks: int) -> float:
@@ -209,7 +212,7 @@ def fit(gpu: str, rows: list[dict[str, str]], datasheet_bytes_per_s: float, sour
 @lru_cache(maxsize=None)
 def shipped(gpu_name: str) -> Optional[MeasuredCollectives]:
     """The shipped fit for moesim's GPU preset `gpu_name`, or None where no table measures it."""
-    table = GPU_TABLES.get(gpu_name)
+    table = GPU_TABLES.get(gpu_name) or NCCL_STAND_INS.get(gpu_name)
     path = MEASURED / f"nccl_{table}.json"
     if table is None or not path.exists():
         return None

@@ -8,7 +8,8 @@ places them (its `eplb.py`, global policy): each extra slot goes to the expert w
 highest load per copy, then every copy, heaviest first, goes to the least loaded rank
 that still has a free slot, so every rank holds the same number of copies (one more on
 some when ep does not divide them); tokens of a replicated expert are split evenly over
-its copies.
+its copies, each (token, expert) pair to one copy (`slot_ranks`), so that a token bound for
+two experts on one rank or node is still sent there once.
 """
 
 from __future__ import annotations
@@ -58,6 +59,24 @@ class Placement:
         home = np.zeros((self.num_experts, self.ep_size))
         home[np.arange(self.num_experts), self.expert_rank.numpy()] = 1.0
         return home
+
+    def slot_ranks(self, expert_ids: torch.Tensor) -> torch.Tensor:
+        """The rank serving each (token, slot) of `expert_ids` [tokens, k] (-1 slots give any rank; mask them):
+        an expert's home rank, or for a replicated expert one of its copies, drawn slot by slot in proportion to
+        the copies' shares by a fixed low-discrepancy sequence (the same tokens always reach the same copies)."""
+        share = self.shares()
+        ids = expert_ids.clamp(min=0).numpy()
+        ranks = share.argmax(axis=1)[ids]
+        replicated = np.flatnonzero((share > 0).sum(axis=1) > 1)
+        if replicated.size:
+            tokens = np.arange(ids.shape[0])[:, None]
+            slots = np.arange(ids.shape[1])[None, :]
+            draw = np.modf(tokens * 0.6180339887498949 + slots * 0.7548776662466927)[0]
+            for expert in replicated:  # the replicated experts (redundant slots), not tokens
+                chosen = ids == expert
+                cumulative = np.cumsum(share[expert])
+                ranks[chosen] = np.minimum(np.searchsorted(cumulative, draw[chosen], side="right"), self.ep_size - 1)
+        return torch.from_numpy(np.ascontiguousarray(ranks))
 
     @property
     def copies_per_rank(self) -> np.ndarray:

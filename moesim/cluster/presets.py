@@ -10,11 +10,12 @@ _CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
     # NVIDIA DGX H100 user guide: 8 x H100 SXM over NVSwitch (900 GB/s per GPU both ways),
     # 8 x ConnectX-7 400 Gb/s, one per GPU, on a rail-optimised InfiniBand fabric.
     "dgx-h100": dict(gpus_per_node=8, gpu="H100-SXM", nics_per_node=8, nic_gbps=400, topology="rail_optimized"),
-    # DeepSeek-V3 technical report, section 3.1 and DeepEP's README: 8 x H800 per node, NVLink
-    # at about 160 GB/s per direction in practice, 400 Gb/s InfiniBand per GPU (about 50 GB/s).
+    # DeepSeek-V3 technical report, section 3.1 and DeepEP's README: 8 x H800 per node, NVLink at 200 GB/s per
+    # direction (datasheet; DeepEP reaches about 160 GB/s, which moesim's measured NCCL and DeepEP efficiencies
+    # give, so the datasheet rate is the input), 400 Gb/s InfiniBand per GPU (about 50 GB/s).
     "hgx-h800": dict(
         gpus_per_node=8,
-        gpu={"preset": "H800", "scale_up_gb_per_s": 160},
+        gpu="H800",
         nics_per_node=8,
         nic_gbps=400,
         topology="fat_tree",

@@ -31,6 +31,7 @@ import networkx as nx
 import numpy as np
 
 from moesim.cluster.collective_tables import MeasuredCollectives, shipped
+from moesim.cluster.deepep_kernels import DeepEPKernels, shipped_kernels
 
 DEFAULT_NODES_PER_LEAF = {"rail_optimized": 32, "fat_tree": 4, "single_switch": 1 << 30}
 DATASHEET_SCALE_UP_LATENCY_S = 2e-6
@@ -54,6 +55,9 @@ class Topology:
     collectives: Optional[MeasuredCollectives] = field(default=None, compare=False, repr=False)
     """NCCL's measured collectives inside a node (latency and achieved rate by message size), or None: the link at
     `scale_up_bytes_per_s` and `scale_up_latency_s`."""
+    deepep: Optional[DeepEPKernels] = field(default=None, compare=False, repr=False)
+    """DeepEP's measured kernels (floors, SM-limited rates, small-call efficiency), or None: its all-to-alls at
+    the link rates."""
 
     def __post_init__(self) -> None:
         if self.kind not in DEFAULT_NODES_PER_LEAF:
@@ -80,6 +84,7 @@ class Topology:
             ),
             network_latency_s=cluster.network_latency_us * 1e-6,
             collectives=shipped(cluster.gpu.name) if cluster.scale_up_collectives == "measured" else None,
+            deepep=shipped_kernels(cluster.gpu.name) if cluster.deepep_kernels == "measured" else None,
         )
 
     def with_bandwidth_scale(self, factor: float) -> "Topology":
@@ -112,6 +117,11 @@ class Topology:
 
     def node_of(self, ranks: np.ndarray) -> np.ndarray:
         return ranks // self.gpus_per_node
+
+    @property
+    def nic_share_bytes_per_s(self) -> float:
+        """One GPU's share of its node's NICs (bytes/s)."""
+        return self.nic_bytes_per_s * min(1.0, self.nics_per_node / self.gpus_per_node)
 
     def nic_of(self, ranks: np.ndarray) -> np.ndarray:
         """Global NIC index (node x nics_per_node + local NIC) each GPU uses."""

@@ -59,13 +59,17 @@ def rank_traffic_tokens(
     """[ranks, destinations] token copies from each source rank to each destination (deduplicated per destination).
 
     `expert_rank` maps each expert to its destination: a rank, or a node to count
-    node-deduplicated traffic (then pass `num_destinations`, the number of nodes).
+    node-deduplicated traffic (then pass `num_destinations`, the number of nodes); or, shaped as
+    `expert_ids`, gives each (token, slot) its own destination (replicated experts).
     """
     destinations_count = num_destinations or num_ranks
     served = assignment.served
     rows = torch.arange(assignment.num_tokens).unsqueeze(1).expand_as(assignment.expert_ids)
     destination = torch.full_like(assignment.expert_ids, -1)
-    destination[served] = expert_rank[assignment.expert_ids[served]]
+    per_slot = expert_rank.dim() == 2
+    destination[served] = (expert_rank[served] if per_slot else expert_rank[assignment.expert_ids[served]]).to(
+        destination.dtype
+    )
     token_rank_pairs = torch.unique(rows[served] * destinations_count + destination[served])
     tokens = token_rank_pairs // destinations_count
     destinations = token_rank_pairs % destinations_count

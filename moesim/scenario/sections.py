@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moesim.cluster.collective_tables import GPU_TABLES as MEASURED_GPUS
+from moesim.cluster.collective_tables import shipped as measured_collectives
 from moesim.cluster.hardware import GpuSpec, gpu_preset
 from moesim.cluster.presets import cluster_preset
 from moesim.errors import MoesimError, ScenarioError
@@ -75,8 +75,15 @@ class ClusterSpec(_Section):
     scale_up_collectives: Literal["measured", "datasheet"] = Field(
         "measured",
         description="NCCL inside a node: `measured` reads nccl-tests tables (latency and achieved rate by message "
-        "size, moesim/cluster/measured/) where they measure the GPU (A100-80GB, H100-SXM, H200, B200), scaled to "
+        "size, moesim/cluster/measured/) where they measure the GPU (A100-80GB, H100-SXM, H200, B200; H800 reads "
+        "the H100's), scaled to "
         "scale_up_gb_per_s; `datasheet`: scale_up_gb_per_s and scale_up_latency_us as given.",
+    )
+    deepep_kernels: Literal["measured", "link_rates"] = Field(
+        "measured",
+        description="DeepEP's all-to-alls: `measured` reads its kernels' measured floors, SM-limited rates and "
+        "small-call efficiency (moesim/cluster/measured/deepep_*.json) where tables measure the GPU (H100-SXM, "
+        "H800, H200); `link_rates`: the bytes at the links' rates.",
     )
     network_latency_us: float = Field(5.0, ge=0, description="Per-message latency across nodes (microseconds).")
 
@@ -111,7 +118,7 @@ class ClusterSpec(_Section):
         if (
             self.scale_up_latency_us is not None
             and self.scale_up_collectives == "measured"
-            and self.gpu.name in MEASURED_GPUS
+            and measured_collectives(self.gpu.name) is not None
         ):
             raise ScenarioError(
                 f"cluster.scale_up_latency_us: NCCL's latency inside one {self.gpu.name} node is measured; "
@@ -320,7 +327,7 @@ class SimulationSpec(_Section):
         "flat",
         description="MoE all-to-all: flat (NCCL), hierarchical two-stage (Tutel/DeepSpeed), deepep (DeepEP's normal "
         "kernels: node-deduplicated RDMA, then NVLink) or deepep_low_latency (DeepEP's decode kernels: every "
-        "token-expert copy over RDMA).",
+        "token-expert copy its own message, NVLink inside a node, RDMA across).",
     )
     moe_kernels: Literal["eager", "fused"] = Field(
         "eager",
@@ -346,7 +353,8 @@ class SimulationSpec(_Section):
         ge=0,
         description="SMs the communication kernels occupy while they run, taken from overlapped compute "
         "(DeepSeek-V3: 20 of the H800's 132 for DeepEP's normal kernels; its low-latency kernels hold none while "
-        "their messages fly); 0 = copy engines or free.",
+        "their messages fly); 0 = copy engines or free. DeepEP's normal kernels run at the measured rate of this "
+        "many SMs (0: DeepEP's default, 20).",
     )
     moe_chunks: int = Field(
         1,

@@ -14,6 +14,10 @@ All-to-all algorithms:
 * `deepep` — DeepEP-style node deduplication: a token crosses the network once per
   destination node, to the GPU of its own rail there, which forwards it over NVLink to
   every GPU that needs it; RDMA and NVLink forwarding overlap, so the slower decides.
+  On a GPU whose DeepEP kernels moesim has measured (`topology.deepep`), the time is the
+  measured kernels' (`moesim.cluster.deepep_kernels`: a floor, SM-limited NVLink rates,
+  the efficiency of a call that size) for the busiest rank's bytes; the links' flows
+  still give the bytes moved.
 
 All-reduce: ring (2(n-1)/n x bytes over the slowest member link) and hierarchical
 (reduce-scatter in the node, all-reduce of 1/g of the data across nodes, all-gather in
@@ -24,10 +28,12 @@ all-gather replace the ring's arithmetic (`moesim.cluster.collective_tables`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 
+from moesim.cluster.deepep_kernels import DEFAULT_SMS
 from moesim.cluster.topology import Topology
 from moesim.sim.network import TransferResult, transfer_time
 
@@ -41,10 +47,11 @@ class Traffic:
     ranks: np.ndarray  # global rank of each group member
     rank_bytes: np.ndarray  # [members, members]
     node_bytes: np.ndarray  # [members, nodes the group spans], deduplicated per destination node
+    direction: str = "dispatch"
 
     def transposed(self, scale: float = 1.0) -> "Traffic":
         """The combine: the same tokens in the opposite direction, bytes x `scale` (its own precision)."""
-        return Traffic(self.ranks, self.rank_bytes.T * scale, self.node_bytes * scale)
+        return Traffic(self.ranks, self.rank_bytes.T * scale, self.node_bytes * scale, "combine")
 
 
 def _same_layout(topology: Topology, ranks: np.ndarray) -> bool:
@@ -55,13 +62,49 @@ def _same_layout(topology: Topology, ranks: np.ndarray) -> bool:
     return bool(counts.size > 1 and np.all(counts == topology.gpus_per_node))
 
 
-def all_to_all(topology: Topology, traffic: Traffic, algorithm: str = "flat", mode: str = "full") -> TransferResult:
-    """Time of one alltoallv with the given algorithm."""
+def deepep_volumes(topology: Topology, traffic: Traffic) -> tuple[float, float, float, int]:
+    """(RDMA bytes, NVLink-stage bytes, NVLink link bytes, nodes) of the busiest rank in a DeepEP normal-kernel
+    call: the bytes a rank sends to other nodes once per node or its rail receives from them, the tokens a rank
+    receives or sends in all (its own included, as DeepEP's tests count them), and of those the ones that cross
+    NVLink (the link bytes: its own left out)."""
+    node_index = np.unique(topology.node_of(traffic.ranks), return_inverse=True)[1]
+    nodes = int(node_index.max()) + 1
+    members = np.arange(traffic.ranks.size)
+    remote = traffic.node_bytes.copy()
+    remote[members, node_index] = 0.0
+    rail = np.asarray(traffic.ranks) % topology.gpus_per_node
+    received = np.zeros((nodes, topology.gpus_per_node))
+    np.add.at(received, (np.broadcast_to(np.arange(nodes), remote.shape), rail[:, None]), remote)
+    rdma = max(float(remote.sum(axis=1).max()), float(received.max()))
+    rank_bytes = traffic.rank_bytes
+    nvlink = max(float(rank_bytes.sum(axis=0).max()), float(rank_bytes.sum(axis=1).max()))
+    own = np.diag(rank_bytes)
+    link = max(float((rank_bytes.sum(axis=0) - own).max()), float((rank_bytes.sum(axis=1) - own).max()))
+    return rdma, nvlink, link, nodes
+
+
+def _measured_deepep(topology: Topology, traffic: Traffic, sms: int, links: TransferResult) -> TransferResult:
+    """The link model's bytes with the measured kernels' time."""
+    rdma, nvlink, link, nodes = deepep_volumes(topology, traffic)
+    seconds = topology.deepep.normal_seconds(
+        traffic.direction, nodes, sms, rdma, nvlink, link, topology.nic_share_bytes_per_s, topology.scale_up_bytes_per_s
+    )
+    floor = topology.deepep.normal[traffic.direction].floor_s
+    return TransferResult(seconds, links.bytes_total, links.bytes_across_nodes, min(seconds, min(floor.values())))
+
+
+def all_to_all(
+    topology: Topology, traffic: Traffic, algorithm: str = "flat", mode: str = "full", sms: int = DEFAULT_SMS
+) -> TransferResult:
+    """Time of one alltoallv with the given algorithm (`sms`: the SMs DeepEP's normal kernels hold)."""
     if algorithm not in ALLTOALL_ALGORITHMS:
         raise ValueError(f"all-to-all algorithm must be one of {ALLTOALL_ALGORITHMS}, got {algorithm!r}")
     ranks = traffic.ranks
     if algorithm == "deepep_low_latency":
         raise ValueError("deepep_low_latency counts (token, expert) copies: use low_latency_all_to_all")
+    if algorithm == "deepep" and topology.deepep is not None and ranks.size > 1:
+        links = all_to_all(replace(topology, deepep=None), traffic, algorithm, "fast")  # bytes only
+        return _measured_deepep(topology, traffic, sms, links)
     if algorithm == "flat" or not _same_layout(topology, ranks):
         return transfer_time(topology, ranks, traffic.rank_bytes, mode, nccl=algorithm != "deepep")
     gpus = topology.gpus_per_node
@@ -109,17 +152,48 @@ def all_to_all(topology: Topology, traffic: Traffic, algorithm: str = "flat", mo
     )
 
 
+def local_share(topology: Topology, traffic: Traffic) -> np.ndarray:
+    """Per rank, the share of the tokens it receives that come from its own node (itself included)."""
+    node = topology.node_of(traffic.ranks)
+    same = node[:, None] == node[None, :]
+    received = traffic.rank_bytes.sum(axis=0)
+    return np.divide((traffic.rank_bytes * same).sum(axis=0), received, out=np.zeros_like(received), where=received > 0)
+
+
 def low_latency_all_to_all(
-    topology: Topology, copies_in: np.ndarray, copies_out: np.ndarray, token_bytes: float
+    topology: Topology,
+    copies_in: np.ndarray,
+    copies_out: np.ndarray,
+    token_bytes: float,
+    local_in: Optional[np.ndarray] = None,
+    direction: str = "dispatch",
+    nvlink: bool = True,
 ) -> TransferResult:
-    """DeepEP's low-latency kernels (decode): every (token, expert) copy goes straight to its expert's GPU over
-    RDMA (IBGDA), with no NVLink hop and no deduplication per node or rank; the time is the network latency plus
-    the busiest NIC's bytes, in or out, at its line rate. Per-message overheads are not modelled (DeepEP's
-    achieved rate falls from 46 to 39 GB/s between EP 8 and EP 256)."""
+    """DeepEP's low-latency kernels (decode): every (token, expert) copy is its own message, with no deduplication
+    per node or rank. `copies_in` / `copies_out`: the copies each rank receives / sends; `local_in`: the share of a
+    rank's received copies that come from its own node (0 where not given).
+
+    On a GPU whose kernels moesim has measured (`topology.deepep`), the time is their floor at that many ranks
+    (it grows with the peers a rank talks to) plus the busiest rank's copies at the measured rates: to its own
+    node over NVLink (`nvlink`, DeepEP's default since 2025-06) or everything over RDMA (the first kernels).
+    Elsewhere: the network latency plus the busiest NIC's bytes, in or out, at its line rate."""
     sent, received = copies_out * token_bytes, copies_in * token_bytes
-    seconds = topology.network_latency_s + max(float(sent.max()), float(received.max())) / topology.nic_bytes_per_s
     total = float(sent.sum())
-    return TransferResult(seconds, total, total, topology.network_latency_s)
+    kernels = topology.deepep
+    if kernels is None:
+        seconds = topology.network_latency_s + max(float(sent.max()), float(received.max())) / topology.nic_bytes_per_s
+        return TransferResult(seconds, total, total, topology.network_latency_s)
+    local = np.zeros_like(received) if local_in is None or not nvlink else np.asarray(local_in, float)
+    ranks = received.size
+    remote_in, local_bytes = received * (1 - local), received * local
+    share = float(local.mean())  # senders spread their copies like the receivers' mean
+    rdma = max(float(remote_in.max()), float(sent.max()) * (1 - share))
+    nvl = max(float(local_bytes.max()), float(sent.max()) * share)
+    fit = kernels.low_latency[direction]
+    seconds = kernels.low_latency_seconds(
+        direction, ranks, rdma, nvl, topology.nic_share_bytes_per_s, topology.scale_up_bytes_per_s
+    )
+    return TransferResult(seconds, total, float(remote_in.sum()), fit.floor(ranks))
 
 
 def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, algorithm: str = "auto") -> float:

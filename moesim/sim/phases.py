@@ -23,13 +23,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+from moesim.cluster.deepep_kernels import DEFAULT_SMS
 from moesim.cluster.topology import Topology
 from moesim.cost.model import ATTENTION_BLOCK, CostModel, causal_tile_share
 from moesim.cost.phase_features import PhaseWork, router_fit_key
 from moesim.models import accounting
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario import Scenario
-from moesim.sim.collectives import all_reduce_time, all_to_all, low_latency_all_to_all
+from moesim.sim.collectives import all_reduce_time, all_to_all, local_share, low_latency_all_to_all
 from moesim.sim.engine_kernels import engine_allreduce, engine_decode_attention
 from moesim.sim.fp8_casts import cast_phases
 from moesim.sim.moe_block import moe_block_phases
@@ -106,24 +107,20 @@ class PhaseBuilder:
 
     def alltoalls(self, index: int, routing: LayerRouting) -> tuple:
         """(dispatch, combine) transfer results of a routed layer, computed once per distinct layer."""
-        if index not in self._alltoall_cache and self.scenario.simulation.alltoall_algorithm == "deepep_low_latency":
+        sim = self.scenario.simulation
+        if index not in self._alltoall_cache and sim.alltoall_algorithm == "deepep_low_latency":
             copies_in = np.array([rows.sum() for rows in routing.rank_rows])  # every routed copy, as received
             copies_out = np.full(self.ranks, copies_in.sum() / self.ranks)  # tokens start evenly on the ranks
             token = self.scenario.workload.precision.token_bytes(self.model.hidden_size, "dispatch")
+            local, combine = local_share(self.topology, routing.traffic), token * self.combine_scale
             self._alltoall_cache[index] = (
-                low_latency_all_to_all(self.topology, copies_in, copies_out, token),
-                low_latency_all_to_all(self.topology, copies_out, copies_in, token * self.combine_scale),
+                low_latency_all_to_all(self.topology, copies_in, copies_out, token, local),
+                low_latency_all_to_all(self.topology, copies_out, copies_in, combine, local, "combine"),
             )
         if index not in self._alltoall_cache:
-            sim = self.scenario.simulation
-            self._alltoall_cache[index] = (
-                all_to_all(self.topology, routing.traffic, sim.alltoall_algorithm, sim.network_mode),
-                all_to_all(
-                    self.topology,
-                    routing.traffic.transposed(self.combine_scale),
-                    sim.alltoall_algorithm,
-                    sim.network_mode,
-                ),
+            pair, sms = (routing.traffic, routing.traffic.transposed(self.combine_scale)), sim.comm_sms or DEFAULT_SMS
+            self._alltoall_cache[index] = tuple(
+                all_to_all(self.topology, traffic, sim.alltoall_algorithm, sim.network_mode, sms) for traffic in pair
             )
         return self._alltoall_cache[index]
 

@@ -164,13 +164,11 @@ def _route_layers(
             )
         elif sim.redundant_experts:
             share = layer_placement.shares()
-            # per (source rank, expert) copies, split over the expert's replicas (no per-rank dedup)
-            every_expert = torch.arange(model.num_experts)  # each expert its own destination: no dedup
-            pairs = rank_traffic_tokens(assignment, every_expert, source, ep, model.num_experts).double().numpy()
-            rank_tokens = pairs @ share * scale
-            node_share = np.zeros((model.num_experts, num_nodes))
-            np.add.at(node_share.T, node_index, share.T)
-            node_tokens = np.minimum(pairs @ node_share * scale, rank_tokens.sum(axis=1, keepdims=True))
+            # each (token, expert) pair to one of the expert's copies, then deduplicated per rank and per node
+            slot_rank = layer_placement.slot_ranks(assignment.expert_ids)
+            slot_node = torch.from_numpy(node_index)[slot_rank]
+            rank_tokens = rank_traffic_tokens(assignment, slot_rank, source, ep).double().numpy() * scale
+            node_tokens = rank_traffic_tokens(assignment, slot_node, source, ep, num_nodes).double().numpy() * scale
             rank_rows = [load[share[:, rank] > 0] * share[share[:, rank] > 0, rank] for rank in range(ep)]
         else:
             rank_tokens = rank_traffic_tokens(assignment, placement.expert_rank, source, ep).double().numpy() * scale

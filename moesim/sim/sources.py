@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 from moesim.cluster.collective_tables import MeasuredCollectives
+from moesim.cluster.deepep_kernels import DeepEPKernels
 from moesim.cost.model import CostModel
 
 KERNEL_PHASES = "moe_kernels"
@@ -39,11 +40,18 @@ FUSED_KERNELS = (
 )
 
 
-def network_source(collectives: Optional[MeasuredCollectives]) -> str:
-    """What the communication phases rest on: NCCL's measured curves inside a node where the GPU has them."""
-    if collectives is None:
+def network_source(collectives: Optional[MeasuredCollectives], deepep: Optional[DeepEPKernels] = None) -> str:
+    """What the communication phases rest on: NCCL's measured curves inside a node and DeepEP's measured kernels
+    where the GPU has them."""
+    if collectives is None and deepep is None:
         return NETWORK
-    return f"network model: {collectives.label()}; {NETWORK_ACROSS_NODES}"
+    inside = collectives.label() if collectives else "NVLink at its datasheet rate (not measured by moesim)"
+    across = (
+        f"NICs at datasheet rates for NCCL (not measured by moesim); {deepep.label()}"
+        if deepep
+        else (NETWORK_ACROSS_NODES)
+    )
+    return f"network model: {inside}; {across}"
 
 
 def phase_sources(

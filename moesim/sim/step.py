@@ -51,7 +51,9 @@ def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
         scenario.workload.precision.gemm == "fp8",
         training,
         scenario.simulation.moe_kernels == "fused",
-        network_source(topology.collectives),
+        network_source(
+            topology.collectives, topology.deepep if "deepep" in scenario.simulation.alltoall_algorithm else None
+        ),
     )
     return result
 

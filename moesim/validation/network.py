@@ -1,7 +1,7 @@
 """`validation/NETWORK.md`: moesim's network beside every measured communication table it carries (issue 28).
 
 python -m moesim.validation.network          # write validation/NETWORK.md (a test holds it to the code)
-python -m moesim.validation.network --fit    # fit the shipped NCCL curves (moesim/cluster/measured/) again
+python -m moesim.validation.network --fit    # fit the shipped NCCL curves and DeepEP kernels (moesim/cluster/measured/)
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from moesim.cluster.collective_tables import COLLECTIVES
-from moesim.cost.kernel_tables import csv_rows
-from moesim.validation.deepep import predicted_bandwidths, predicted_low_latency
-from moesim.validation.held_out import NETWORK_TABLES, is_held_out_network_row
+from moesim.cluster.collective_tables import COLLECTIVES, shipped
+from moesim.cluster.deepep_kernels import shipped_kernels
+from moesim.validation.deepep_fit import write_shipped
+from moesim.validation.held_out import NETWORK_TABLES
 from moesim.validation.network_checks import Check, fit_all, nccl_checks, summary, write_fits
+from moesim.validation.network_deepep import aiconfigurator_section, readme_section
 
 REPORT = NETWORK_TABLES.parent / "NETWORK.md"
 
@@ -79,51 +80,6 @@ def _nccl_section(checks: list[Check]) -> list[str]:
     return lines + ["", "</details>", ""]
 
 
-def _deepep_section() -> list[str]:
-    rows = csv_rows(NETWORK_TABLES / "deepep_readme.csv")
-    lines = [
-        "## DeepEP's published tables (H800 + CX7 400 Gb/s)",
-        "",
-        "Not yet fitted: moesim's DeepEP model is still the link-rate one (`deepep` and `deepep_low_latency` "
-        "all-to-alls on the `hgx-h800` preset, as `validation/PUBLISHED.md` runs them), so no row here was used to "
-        "fit anything and every row is a check; the held-out draw still marks its rows for when a fit comes. V1 "
-        "rows only (V2's 8,192-token rows at 6-12 SMs and its SM100 rows need the SM-dependent rates not yet "
-        "modelled). Normal kernels: the bottleneck link's GB/s at 4,096 tokens a rank; low-latency: us at 128 "
-        "tokens a rank.",
-        "",
-        "| version | kernel | EP | draw | dispatch: DeepEP | moesim | combine: DeepEP | moesim |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    sizes = {
-        kernel: sorted({int(r["ranks"]) for r in rows if r["kernel"] == kernel}) for kernel in ("normal", "low_latency")
-    }
-    normal = {ep: predicted_bandwidths(ep) for ep in sizes["normal"]}
-    latency = {ep: predicted_low_latency(ep) for ep in sizes["low_latency"]}
-    with_nvlink = {int(r["ranks"]): float(r["dispatch"]) for r in rows if r["version"] == "v1-2025-06-05"}
-    for row in rows:
-        if row["version"].startswith("v2"):
-            continue
-        ep = int(row["ranks"])
-        dispatch, combine = normal[ep] if row["kernel"] == "normal" else latency[ep]
-        unit = row["unit"]
-        lines.append(
-            f"| {row['version']} | {row['kernel']} ({row['link']}) | {ep} | "
-            f"{'held out' if is_held_out_network_row(row) else 'development'} | {row['dispatch']} {unit} | "
-            f"{dispatch:.0f} {unit} | {row['combine']} {unit} | {combine:.0f} {unit} |"
-        )
-    lines += [
-        "",
-        "moesim's low-latency model is pure RDMA (every copy through the NIC), which is V1 as first published; the "
-        "2025-06-05 kernels send a node's own copies over NVLink, which moesim does not model yet, so its "
-        f"dispatch there is {latency[8][0] / with_nvlink[8]:.1f}x DeepEP's time at EP 8 and "
-        f"{latency[16][0] / with_nvlink[16]:.1f}x at EP 16. The aiconfigurator DeepEP tables (`deepep_normal.csv`, "
-        "`deepep_low_latency.csv`: 1-8 H100 nodes, 1 to 131,072 tokens, 4-24 SMs) are committed and split but not "
-        "yet set beside moesim.",
-        "",
-    ]
-    return lines
-
-
 def report() -> str:
     checks = nccl_checks()
     header = [
@@ -134,7 +90,8 @@ def report() -> str:
         "`validation/held_out/network_tables.json`) never reach a fit; only their errors are quoted as accuracy.",
         "",
     ]
-    return "\n".join(header + _nccl_section(checks) + _deepep_section())
+    deepep = shipped_kernels("H100-SXM", fabric=True)
+    return "\n".join(header + _nccl_section(checks) + aiconfigurator_section(deepep) + readme_section())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -142,6 +99,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if "--fit" in argv:
         for path in write_fits(fit_all()):
             print(path)
+        shipped.cache_clear()  # the DeepEP fit's NVLink ceiling reads the NCCL fit just written
+        shipped_kernels.cache_clear()
+        print(write_shipped())
         return 0
     REPORT.write_text(report())
     print(REPORT)

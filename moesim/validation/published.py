@@ -169,12 +169,16 @@ def deepseek_breakdown_rows(network_mode: str = "full") -> list[str]:
 
 
 def deepep_rows(network_mode: str = "full") -> list[str]:
-    """DeepEP's normal-kernel bandwidths beside moesim's network model (`moesim.validation.deepep`)."""
+    """DeepEP's README tables beside moesim's DeepEP kernels (`moesim.validation.deepep`; none of these rows is
+    fitted: the kernels are fitted to aiconfigurator's H100 tables, `validation/NETWORK.md`)."""
 
     rows = [
-        f"{DEEPEP_SOURCE}: 4,096 tokens per rank, hidden 7,168, top-8, fp8 dispatch, bf16 combine; the bottleneck "
-        "link's bandwidth, NVLink at EP 8 and RDMA beyond. moesim: DeepSeek-V3's router and its `deepep` all-to-all "
-        "on the `hgx-h800` preset (NVLink 160 GB/s, 400 Gb/s NICs), the same bytes over its predicted time.",
+        f"{DEEPEP_SOURCE}: 4,096 tokens per rank, hidden 7,168, top-8, fp8 dispatch, bf16 combine, 24 SMs; the "
+        "bottleneck link's bandwidth in DeepEP's tests' byte counts, NVLink at EP 8 (the tokens a rank receives, "
+        "its own included) and RDMA beyond (a rank's tokens once per destination node, its own node included). "
+        "moesim: DeepSeek-V3's router and its `deepep` all-to-all on the `hgx-h800` preset (DeepEP's measured "
+        "kernels: floors, SM-limited NVLink rates, the RDMA rate a NIC reaches, fitted on H100 tables), the same "
+        "byte counts over its predicted time.",
         "",
         "| EP | link | dispatch: DeepEP | moesim | ratio | combine: DeepEP | moesim | ratio |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -188,16 +192,13 @@ def deepep_rows(network_mode: str = "full") -> list[str]:
         rows.append(f"| {row.ep} | {link} | {cells[0]} | {cells[1]} |")
     rows += [
         "",
-        "At EP 16 moesim is slow: with two nodes every token goes to both, and moesim's NVLink fan-out (each "
-        "arriving token copied to each of its destination GPUs in the node, about 3.3 per token, at 160 GB/s) takes "
-        "longer than the RDMA hop, while DeepEP's 43 GB/s means its whole dispatch took about 0.7 ms; either the "
-        "fan-out volume or its rate is modelled wrong, and only a measured two-node run can say which. DeepEP's 58 "
-        "and 57 GB/s at EP 32 exceed a 400 Gb/s NIC's 50 GB/s line rate, so its byte count there includes bytes "
-        "moesim's node-deduplicated count does not send over the NIC; moesim's RDMA figures stop at the line rate "
-        "by construction. No moesim run has measured this network.",
+        "At EP 16 both nodes receive nearly every token, so a rank's NVLink stage carries about 6.5 tokens for each "
+        "one it sends over RDMA and the H800's NVLink, not its NIC, sets the time; DeepEP's RDMA count includes a "
+        "rank's own node (half its tokens at EP 16), which is how 58 GB/s at EP 32 exceeds a 50 GB/s NIC.",
         "",
-        f"{DEEPEP_LOW_LATENCY_SOURCE}. moesim's `deepep_low_latency` all-to-all: every token-expert copy over "
-        "RDMA, the network latency plus the busiest NIC's bytes at the line rate, routed top-8 over 256 experts "
+        f"{DEEPEP_LOW_LATENCY_SOURCE}, every copy over RDMA (the kernels as first published). moesim's "
+        "`deepep_low_latency` all-to-all: the measured kernels' floor at that many ranks (it grows with the peers a "
+        "rank sends to) plus the busiest rank's copies at the measured RDMA rate, routed top-8 over 256 experts "
         "from random scores as DeepEP's test does.",
         "",
         "| EP | dispatch: DeepEP | moesim | ratio | combine: DeepEP | moesim | ratio |",
@@ -209,11 +210,13 @@ def deepep_rows(network_mode: str = "full") -> list[str]:
         for published, ours in ((row.dispatch_us, dispatch), (row.combine_us, combine)):
             cells.append(f"{published:.0f} us | {ours:.0f} us | {_ratio(ours, published)}")
         rows.append(f"| {row.ep} | {cells[0]} | {cells[1]} |")
+    first, last = DEEPEP_LOW_LATENCY[0], DEEPEP_LOW_LATENCY[-1]
+    ours = predicted_low_latency(first.ep)[0], predicted_low_latency(last.ep)[0]
     rows += [
         "",
-        "DeepEP's time grows by 19% from EP 8 to EP 256 at the same bytes per rank (its rate falls from 46 to 39 "
-        "GB/s); moesim's grows only with the busiest rank's share of the random routing: the per-peer message cost "
-        "of sending to up to 255 GPUs is not modelled.",
+        f"DeepEP's dispatch grows by {last.dispatch_us / first.dispatch_us - 1:.0%} from EP {first.ep} to EP "
+        f"{last.ep} at the same bytes per rank, moesim's by {ours[1] / ours[0] - 1:.0%}: the fitted floor (measured "
+        "to EP 64, extended at its last slope) and the random routing's busiest rank.",
     ]
     return rows
 
