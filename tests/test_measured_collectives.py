@@ -93,6 +93,17 @@ def test_a_measured_latency_cannot_also_be_set_by_hand() -> None:
     assert mi300x.collectives is None and mi300x.scale_up_latency_s == 3e-6  # no table measures an MI300X
 
 
+def test_a_domain_larger_than_the_tables_measure_runs_at_the_datasheet_rate() -> None:
+    """GB200's tables measure 2 and 4 GPUs: a 4-GPU tray reads them, a 72-GPU NVL72 rack does not extend them."""
+    tray = Topology.from_cluster(ClusterSpec(gpu="GB200", gpus_per_node=4))
+    rack = Topology.from_cluster(ClusterSpec(gpu="GB200", gpus_per_node=72))
+    assert tray.collectives is not None and tray.collectives.covers(4)
+    assert rack.collectives is None and rack.scale_up_latency_s == 2e-6
+    assert Topology.from_cluster(
+        ClusterSpec(gpu="GB200", gpus_per_node=72, scale_up_latency_us=3)
+    ).scale_up_latency_s == (3e-6)  # no measured latency to contradict
+
+
 def test_an_h800_reads_the_h100_tables_at_its_own_nvlink_rate() -> None:
     h800, h100 = shipped("H800"), shipped("H100-SXM")
     assert h800 == h100  # the same measured fractions and latencies
@@ -111,7 +122,7 @@ def test_every_gpu_preset_with_a_table_ships_its_fit() -> None:
             "reduce_scatter",
             "alltoall",
         }
-        assert measured.measured_ranks == (2, 4, 8)
+        assert measured.measured_ranks == ((2, 4) if name.startswith("GB") else (2, 4, 8))
     assert bus_factor("all_reduce", 8) == 2 * 7 / 8 and bus_factor("alltoall", 4) == 3 / 4
 
 

@@ -65,6 +65,11 @@ def execute(
 @app.command()
 @user_errors_exit_2
 def calibrate(
+    target: Optional[str] = typer.Argument(
+        None, help="network: fit nccl-tests output (FILES) into a network profile; omit to measure this device."
+    ),
+    files: Optional[List[Path]] = typer.Argument(None, help="network: nccl-tests output files (stdout of *_perf)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="network: the GPU preset measured (default: from FILES)."),
     device: str = typer.Option("cpu", "--device", help="cpu (ranks sharing this machine) or cuda (one GPU)."),
     ranks: int = typer.Option(
         2, "--ranks", min=1, help="CPU: ranks for the all-to-all measurement (and threads per rank)."
@@ -78,8 +83,17 @@ def calibrate(
 ) -> None:
     """Measure this device and write a CostModel profile: on a CPU GEMMs, memory, launches, backward ratio,
     all-to-all and the expert-parallel layer's phases; on one GPU grouped GEMMs, GEMMs, a copy and whole MoE layers
-    of other shapes than the validation's (router, permute, experts, unpermute, shared experts, backward)."""
+    of other shapes than the validation's (router, permute, experts, unpermute, shared experts, backward).
+    `calibrate network FILES`: fit your cluster's nccl-tests output into a network profile instead."""
     from moesim.validation.calibrate import calibrate as run_calibrate
+
+    if target is not None:
+        if target != "network":
+            raise MoesimError(f"calibrate: '{target}' is not a target; use `calibrate network FILES` or no argument")
+        from moesim.cli.calibrate_network import calibrate_network  # the network path's own imports
+
+        calibrate_network(files or [], gpu, out)
+        return
 
     if device not in ("cpu", "cuda"):
         raise MoesimError(f"--device: '{device}' is neither cpu nor cuda")

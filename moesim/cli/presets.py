@@ -211,7 +211,18 @@ def _kv_source(spec: Any) -> str:
     return f"{kind}, every layer's whole context"
 
 
+def _nccl_basis(gpu_name: str) -> str:
+    from moesim.cluster.collective_tables import shipped  # the presets command's only use of the tables
+
+    measured = shipped(gpu_name)
+    if measured is None:
+        return "datasheet NVLink rate and 2 us a message (no table measures this GPU)"
+    largest = max(measured.measured_ranks)
+    return f"{measured.label()}; up to {largest} GPUs (a larger NVLink domain: the datasheet rate)"
+
+
 def _show_gpu(name: str, as_json: bool) -> None:
+    from moesim.cluster.deepep_kernels import shipped_kernels  # cached JSON read, only for this table
     from moesim.cluster.hardware import gpu_preset
     from moesim.cost import model_for_gpu
 
@@ -231,6 +242,8 @@ def _show_gpu(name: str, as_json: bool) -> None:
         ("NIC line rate", f"{gpu.nic_gbps:g} Gb/s"),
         ("board power", f"{gpu.tdp_watts:g} W" if gpu.tdp_watts else "-"),
         ("compute cost model", model_for_gpu(gpu).source + " (moesim profiles show)"),
+        ("NCCL inside a node", _nccl_basis(gpu.name)),
+        ("DeepEP's kernels", deepep.label() if (deepep := shipped_kernels(gpu.name)) else "link rates (not measured)"),
     ]
     for row in rows:
         table.add_row(*row)

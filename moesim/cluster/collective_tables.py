@@ -34,7 +34,15 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
 MEASURED = Path(__file__).resolve().parent / "measured"
 FLOOR_BYTES = 4096
 """Messages up to this size set a GPU count's latency floor (the median of their times)."""
-GPU_TABLES = {"A100-80GB": "a100_sxm", "H100-SXM": "h100_sxm", "H200": "h200_sxm", "B200": "b200_sxm"}
+GPU_TABLES = {
+    "A100-80GB": "a100_sxm",
+    "H100-SXM": "h100_sxm",
+    "H200": "h200_sxm",
+    "B200": "b200_sxm",
+    "B300": "b300_sxm",
+    "GB200": "gb200",
+    "GB300": "gb300",
+}
 """moesim's GPU presets that nccl-tests tables measure, by aiconfigurator's names for them (its data folders)."""
 NCCL_STAND_INS = {"H800": "h100_sxm"}
 """GPU presets read through another GPU's tables: an H800 is an H100 with fewer NVLink links, so its NCCL is the
@@ -91,6 +99,10 @@ class MeasuredCollectives:
     measured_ranks: tuple[int, ...]
     held_out_error: tuple[int, float, float] = (0, 0.0, 0.0)
     """(rows, median, 90th percentile) of |predicted / measured - 1| on the GPU's held-out rows."""
+
+    def covers(self, ranks: int) -> bool:
+        """Whether the tables measure an NVLink domain this large (moesim does not extend them beyond)."""
+        return ranks <= max(self.measured_ranks)
 
     def label(self) -> str:
         """What a figure resting on these curves rests on, with its held-out error."""

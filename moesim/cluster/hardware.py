@@ -113,6 +113,44 @@ _GPU_PRESETS: dict[str, dict[str, Any]] = {
         tdp_watts=1000,
         source="NVIDIA DGX B200 datasheet",
     ),
+    # Blackwell Ultra and Grace Blackwell, per GPU, dense, as aiconfigurator's system files give them (ai-dynamo/
+    # aiconfigurator, aic-core/src/aiconfigurator_core/systems/{b300_sxm,gb200,gb300}.yaml, from NVIDIA's Blackwell
+    # datasheet; memory as nvidia-smi reports it there); NVLink 5 at 900 GB/s a direction; SMs: NVIDIA's "Inside
+    # NVIDIA Blackwell Ultra" (160) and the B200's (148); NICs: ConnectX-8 800 Gb/s on HGX B300 and GB300,
+    # ConnectX-7 400 Gb/s on GB200 NVL72.
+    "B300": dict(
+        peak_bf16_tflops=2250,
+        peak_fp8_tflops=4500,
+        hbm_gb=288.4,
+        hbm_tb_per_s=7.75,
+        scale_up_gb_per_s=900,
+        nic_gbps=800,
+        sms=160,
+        tdp_watts=1100,
+        source="aiconfigurator systems/b300_sxm.yaml (NVIDIA HGX B300 figures); NVIDIA 'Inside Blackwell Ultra'",
+    ),
+    "GB200": dict(
+        peak_bf16_tflops=2500,
+        peak_fp8_tflops=5000,
+        hbm_gb=198.7,
+        hbm_tb_per_s=8.0,
+        scale_up_gb_per_s=900,
+        nic_gbps=400,
+        sms=148,
+        tdp_watts=1200,
+        source="aiconfigurator systems/gb200.yaml (NVIDIA Blackwell datasheet, GB200 NVL72)",
+    ),
+    "GB300": dict(
+        peak_bf16_tflops=2500,
+        peak_fp8_tflops=5000,
+        hbm_gb=298.0,
+        hbm_tb_per_s=8.0,
+        scale_up_gb_per_s=900,
+        nic_gbps=800,
+        sms=160,
+        tdp_watts=1400,
+        source="aiconfigurator systems/gb300.yaml (NVIDIA GB300 NVL72 figures); NVIDIA 'Inside Blackwell Ultra'",
+    ),
     # AMD Instinct MI300X datasheet: 1,307.4 TFLOPS bf16 and 2,614.9 fp8 dense, 192 GB HBM3 at
     # 5.3 TB/s, Infinity Fabric 896 GB/s aggregate peer bandwidth (7 links x 64 GB/s per direction).
     "MI300X": dict(

@@ -22,9 +22,16 @@ _CLUSTER_PRESETS: dict[str, dict[str, Any]] = {
     ),
     # NVIDIA DGX A100 user guide: 8 x A100 80GB, NVLink 600 GB/s both ways, 8 x HDR 200 Gb/s.
     "dgx-a100": dict(gpus_per_node=8, gpu="A100-80GB", nics_per_node=8, nic_gbps=200, topology="rail_optimized"),
-    # NVIDIA GB200 NVL72: 72 Blackwell GPUs in one NVLink domain (1.8 TB/s per GPU both ways),
-    # one 400 Gb/s NIC per GPU for the scale-out network; modelled with the B200 preset.
-    "gb200-nvl72": dict(gpus_per_node=72, gpu="B200", nics_per_node=72, nic_gbps=400, topology="rail_optimized"),
+    # NVIDIA DGX B200 datasheet: 8 x B200 over NVLink 5 (1.8 TB/s per GPU both ways), 8 x ConnectX-7 400 Gb/s.
+    "dgx-b200": dict(gpus_per_node=8, gpu="B200", nics_per_node=8, nic_gbps=400, topology="rail_optimized"),
+    # NVIDIA HGX B300: 8 x B300 over NVLink 5, 8 x ConnectX-8 800 Gb/s.
+    "hgx-b300": dict(gpus_per_node=8, gpu="B300", nics_per_node=8, nic_gbps=800, topology="rail_optimized"),
+    # NVIDIA GB200 NVL72: 72 Blackwell GPUs in one NVLink domain (1.8 TB/s per GPU both ways), one 400 Gb/s NIC
+    # per GPU for the scale-out network. NCCL's tables measure 2 and 4 GB200s, not 72: the rack's NVLink runs at
+    # its datasheet rate until a measurement of the whole domain is carried.
+    "gb200-nvl72": dict(gpus_per_node=72, gpu="GB200", nics_per_node=72, nic_gbps=400, topology="rail_optimized"),
+    # NVIDIA GB300 NVL72: 72 Blackwell Ultra GPUs in one NVLink domain, one ConnectX-8 800 Gb/s NIC per GPU.
+    "gb300-nvl72": dict(gpus_per_node=72, gpu="GB300", nics_per_node=72, nic_gbps=800, topology="rail_optimized"),
 }
 
 

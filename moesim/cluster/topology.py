@@ -32,10 +32,21 @@ import numpy as np
 
 from moesim.cluster.collective_tables import MeasuredCollectives, shipped
 from moesim.cluster.deepep_kernels import DeepEPKernels, shipped_kernels
+from moesim.cluster.network_profile import check_cluster_profile
 
 DEFAULT_NODES_PER_LEAF = {"rail_optimized": 32, "fat_tree": 4, "single_switch": 1 << 30}
 DATASHEET_SCALE_UP_LATENCY_S = 2e-6
 """A message's latency inside a node where nothing measured says otherwise (`cluster.scale_up_latency_us` unset)."""
+
+
+def measured_inside(cluster: Any) -> Optional[MeasuredCollectives]:
+    """NCCL's measured collectives for a cluster's nodes: where `scale_up_collectives: measured`, the cluster's own
+    profile (`network_profile`) or the shipped tables measure the GPU, and they measure a domain as large as its
+    node (an NVL72 rack of GB200s, measured on 2 and 4, is not)."""
+    if cluster.scale_up_collectives != "measured":
+        return None
+    measured = check_cluster_profile(cluster) or shipped(cluster.gpu.name)
+    return measured if measured is not None and measured.covers(cluster.gpus_per_node) else None
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ class Topology:
                 else cluster.scale_up_latency_us * 1e-6
             ),
             network_latency_s=cluster.network_latency_us * 1e-6,
-            collectives=shipped(cluster.gpu.name) if cluster.scale_up_collectives == "measured" else None,
+            collectives=measured_inside(cluster),
             deepep=shipped_kernels(cluster.gpu.name) if cluster.deepep_kernels == "measured" else None,
         )
 

@@ -7,9 +7,10 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moesim.cluster.collective_tables import shipped as measured_collectives
 from moesim.cluster.hardware import GpuSpec, gpu_preset
+from moesim.cluster.network_profile import check_cluster_profile
 from moesim.cluster.presets import cluster_preset
+from moesim.cluster.topology import measured_inside
 from moesim.errors import MoesimError, ScenarioError
 from moesim.models.precision import Precision
 from moesim.routing.names import RoutingStrategy
@@ -75,9 +76,14 @@ class ClusterSpec(_Section):
     scale_up_collectives: Literal["measured", "datasheet"] = Field(
         "measured",
         description="NCCL inside a node: `measured` reads nccl-tests tables (latency and achieved rate by message "
-        "size, moesim/cluster/measured/) where they measure the GPU (A100-80GB, H100-SXM, H200, B200; H800 reads "
-        "the H100's), scaled to "
+        "size, moesim/cluster/measured/) where they measure the GPU (A100-80GB, H100-SXM, H200, B200, B300: up to 8 "
+        "GPUs; GB200, GB300: up to 4; H800 reads the H100's) and a node no larger, scaled to "
         "scale_up_gb_per_s; `datasheet`: scale_up_gb_per_s and scale_up_latency_us as given.",
+    )
+    network_profile: Optional[str] = Field(
+        None,
+        description="Your fabric's NCCL measured inside a node (a JSON written by `moesim calibrate network` from "
+        "nccl-tests output); replaces the shipped tables.",
     )
     deepep_kernels: Literal["measured", "link_rates"] = Field(
         "measured",
@@ -118,12 +124,13 @@ class ClusterSpec(_Section):
         if (
             self.scale_up_latency_us is not None
             and self.scale_up_collectives == "measured"
-            and measured_collectives(self.gpu.name) is not None
+            and measured_inside(self) is not None
         ):
             raise ScenarioError(
                 f"cluster.scale_up_latency_us: NCCL's latency inside one {self.gpu.name} node is measured; "
                 "set cluster.scale_up_collectives: datasheet to give your own"
             )
+        check_cluster_profile(self)
         return self
 
     @property
