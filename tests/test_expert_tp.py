@@ -40,3 +40,21 @@ def test_etp_keeps_each_gpus_expert_work_halves_the_weights_and_spreads_the_grou
 def test_etp_must_fit_the_folded_ranks_and_the_ffn() -> None:
     with pytest.raises(MoesimError, match="parallelism.expert_tp_size: ep_size x expert_tp_size \\(24\\)"):
         scenario_from_dict(_mixtral(3))
+
+
+def test_the_etp_gather_is_nccls_measured_all_gather() -> None:
+    """Inside an H100 node the gather of a rank's dispatched rows over its ETP pair is nccl-tests' all-gather of the
+    pair's rows (its size: the whole output), not half a ring all-reduce."""
+    from moesim.cluster.topology import Topology
+    from moesim.sim.device import cost_model_for
+    from moesim.sim.phases import PhaseBuilder
+    from moesim.sim.plan import StagePlan
+
+    scenario = scenario_from_dict(_mixtral(2))
+    topology = Topology.from_cluster(scenario.cluster)
+    builder = PhaseBuilder(scenario, StagePlan(scenario), cost_model_for(scenario), topology, 4096, 4096)
+    rows = 8192.0
+    measured = topology.collectives
+    assert measured is not None
+    assert builder.etp_gather(rows) == measured.seconds("all_gather", 2, 2 * rows * 4096 * 2)
+    assert builder.etp_gather(0.0) == 0.0

@@ -304,11 +304,14 @@ class PhaseBuilder:
 
     def etp_gather(self, rows: float) -> float:
         """Expert tensor parallelism: the all-gather of a rank's dispatched rows over its ETP group (after the
-        dispatch; the reduce-scatter before the combine takes as long): half a ring all-reduce of the rows."""
-        if self.etp == 1:
+        dispatch; the reduce-scatter before the combine takes as long): NCCL's measured all-gather inside a node,
+        else half a ring all-reduce of the rows."""
+        size, measured = rows * self.model.hidden_size * self.element, self.topology.collectives
+        if self.etp == 1 or size <= 0:
             return 0.0
-        group = np.arange(self.etp)
-        return all_reduce_time(self.topology, group, rows * self.model.hidden_size * self.element, "ring") / 2
+        if measured is not None and self.etp <= self.topology.gpus_per_node:  # nccl-tests' size: the whole output
+            return measured.seconds("all_gather", self.etp, size * self.etp, self.topology.scale_up_bytes_per_s)
+        return all_reduce_time(self.topology, np.arange(self.etp), size, "ring") / 2
 
     # ------------------------------------------------------------ programs
     def layer_phases(
