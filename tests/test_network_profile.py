@@ -92,7 +92,7 @@ def test_calibrate_network_fits_the_rows_a_scenario_then_runs(tmp_path: Path) ->
     # are what collective_tables.fit gives
     rows = [{**row, "time_us": f"{float(row['time_us']):.2f}"} for row in nccl_rows() if row["gpu"] == "h100_sxm"]
     independent = fit("H100-SXM", rows, 450e9, "")
-    _, measured = load_profile(str(profile))
+    _, measured, _ = load_profile(str(profile))
     assert document["nccl"]["curves"] == json.loads(json.dumps(independent.to_json()))["curves"]
     scenario = scenario_from_dict(
         {"model": {"preset": "tiny-moe"}, "cluster": {"gpu": "H100-SXM", "network_profile": str(profile)}}
@@ -121,3 +121,62 @@ def test_a_profile_of_another_gpu_or_no_profile_is_an_error(tmp_path: Path) -> N
     result = CliRunner().invoke(app, ["calibrate", "network", str(across_only), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no nccl-tests run inside one node" in result.output
     assert CliRunner().invoke(app, ["calibrate", "disk"]).exit_code == 2
+
+
+def _deepep_output(dispatch: tuple[float, float], combine: tuple[float, float]) -> str:
+    """DeepEP's internode test output (local rank 0's lines, as tests/legacy/test_internode.py prints them)."""
+    return "\n".join(
+        [
+            "[config] num_tokens=4096, hidden=7168, num_topk_groups=4, num_topk=8",
+            "[tuning] SMs 24, NVL chunk 4, RDMA chunk 4: 60 + 3100 us, 40.00 GB/s (RDMA), 130.00 GB/s (NVL) ",
+            f"[tuning] Best dispatch (FP8): SMs 24, NVL chunk 16, RDMA chunk 16: {dispatch[0]:.0f} + {dispatch[1]:.0f} "
+            "us, 46.00 GB/s (RDMA), 150.00 GB/s (NVL)",
+            f"[tuning] Best combine: SMs 24, NVL chunk 3, RDMA chunk 16, {combine[0]:.2f} + {combine[1]:.2f} us, 45.00 "
+            "GB/s (RDMA), 150.00 GB/s (NVL)",
+        ]
+    )
+
+
+def test_deepeps_test_output_recalibrates_the_shipped_kernels_to_a_slower_fabric(tmp_path: Path) -> None:
+    """A 4-node cluster whose DeepEP transmits take 1.5x the shipped kernels' time (a slower fabric), and whose
+    low-latency kernels at EP 16 take 200 / 380 us: the profile's kernels give the measured times back, and a
+    scenario naming it runs them."""
+    from moesim.cluster.deepep_kernels import shipped_kernels
+    from moesim.validation.deepep_calibrate import DeepEPPoint, predicted
+
+    shipped = shipped_kernels("H100-SXM")
+    assert shipped is not None
+    times = {}
+    for direction in ("dispatch", "combine"):
+        point = DeepEPPoint("normal", direction, 32, 4096, 7168, 24, 0.0)
+        transmit = predicted(shipped, point, 50e9, 450e9) - shipped.normal[direction].notify_seconds(4, 0.0)
+        times[direction] = (80.0, 1.5 * transmit * 1e6)
+    internode = tmp_path / "test_internode.log"
+    internode.write_text(_deepep_output(times["dispatch"], times["combine"]))
+    low = tmp_path / "test_low_latency.log"
+    low.write_text(
+        "\n".join(
+            f"[rank {rank}] Dispatch bandwidth: 40.00 GB/s, avg_t=200.00 us | Combine bandwidth: 41.00 GB/s, "
+            "avg_t=380.00 us"
+            for rank in range(16)
+        )
+    )
+    runner = CliRunner()
+    missing = runner.invoke(app, ["calibrate", "network", str(internode), "--gpu", "H100-SXM"])
+    assert missing.exit_code == 2 and "--deepep-nodes" in missing.output
+    arguments = ["calibrate", "network", str(internode), str(low), "--gpu", "H100-SXM", "--deepep-nodes", "4"]
+    result = runner.invoke(app, [*arguments, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    profile = tmp_path / "network-h100-sxm.json"
+    document = json.loads(profile.read_text())
+    assert document["nccl"] is None and len(document["deepep"]["points"]) == 4
+    for row in document["deepep"]["points"]:
+        assert row["calibrated_us"] == pytest.approx(row["measured_us"], rel=0.01), row
+    normal = [row for row in document["deepep"]["points"] if row["kernel"] == "normal"]
+    assert all(row["shipped_us"] < 0.8 * row["measured_us"] for row in normal)  # the fabric is slower
+    scenario = scenario_from_dict(
+        {"model": {"preset": "tiny-moe"}, "cluster": {"gpu": "H100-SXM", "network_profile": str(profile)}}
+    )
+    kernels = Topology.from_cluster(scenario.cluster).deepep
+    assert kernels is not None and kernels.normal["dispatch"].rdma_efficiency[4] < 0.8 * 0.9715
+    assert Topology.from_cluster(scenario.cluster).collectives is not None  # the shipped NCCL tables stay

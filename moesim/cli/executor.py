@@ -70,6 +70,9 @@ def calibrate(
     ),
     files: Optional[List[Path]] = typer.Argument(None, help="network: nccl-tests output files (stdout of *_perf)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="network: the GPU preset measured (default: from FILES)."),
+    deepep_nodes: Optional[int] = typer.Option(
+        None, "--deepep-nodes", min=2, help="network: the nodes DeepEP's internode test ran on (it does not print it)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu (ranks sharing this machine) or cuda (one GPU)."),
     ranks: int = typer.Option(
         2, "--ranks", min=1, help="CPU: ranks for the all-to-all measurement (and threads per rank)."
@@ -92,7 +95,7 @@ def calibrate(
             raise MoesimError(f"calibrate: '{target}' is not a target; use `calibrate network FILES` or no argument")
         from moesim.cli.calibrate_network import calibrate_network  # the network path's own imports
 
-        calibrate_network(files or [], gpu, out)
+        calibrate_network(files or [], gpu, out, deepep_nodes)
         return
 
     if device not in ("cpu", "cuda"):

@@ -4,8 +4,10 @@
 `reduce_scatter_perf` and `alltoall_perf` (one or several runs a file, each starting `# Collective test starting:`),
 keeps the runs inside one node, and fits them with the same form as the shipped tables
 (`moesim.cluster.collective_tables`: a latency line through each GPU count's floor, the bus rate by message size);
-`cluster.network_profile: PATH` then replaces the shipped curves for that cluster. Runs across nodes are listed in the
-profile but not used: moesim's NCCL across nodes is the NIC's line rate until a measured model of it exists.
+DeepEP's test output, where given, recalibrates the shipped DeepEP kernels (`moesim.validation.deepep_calibrate`).
+`cluster.network_profile: PATH` then replaces the shipped curves and kernels for that cluster. Runs across nodes are
+listed in the profile but not used: moesim's NCCL across nodes is the NIC's line rate until a measured model of it
+exists.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from moesim.cluster.collective_tables import COLLECTIVES, MeasuredCollectives, fit
+from moesim.cluster.deepep_kernels import DeepEPKernels
 from moesim.errors import ScenarioError
 
 PROFILE_KIND = "moesim-network-profile"
@@ -65,26 +68,33 @@ def parse_nccl_tests(text: str) -> list[NcclRun]:
     return runs
 
 
-def build_profile(runs: list[NcclRun], gpu_name: str, datasheet_gb_per_s: float, sources: list[str]) -> dict:
-    """The profile document: NCCL's curves inside a node from the single-host runs, the others listed."""
+def build_profile(
+    runs: list[NcclRun], gpu_name: str, datasheet_gb_per_s: float, sources: list[str], deepep: Optional[dict] = None
+) -> dict:
+    """The profile document: NCCL's curves inside a node from the single-host runs (the others listed), and
+    DeepEP's kernels where the caller calibrated them (`deepep`: their JSON and the points)."""
     inside = [run for run in runs if run.hosts == 1 and run.ranks > 1]
-    if not inside:
+    if not inside and deepep is None:
         raise ScenarioError(
-            "calibrate network: no nccl-tests run inside one node (2 or more GPUs on one host) in the files; run "
-            "all_reduce_perf, all_gather_perf, reduce_scatter_perf or alltoall_perf with -g <gpus> on one node"
+            "calibrate network: no nccl-tests run inside one node (2 or more GPUs on one host) and no DeepEP test "
+            "output in the files; run all_reduce_perf, all_gather_perf, reduce_scatter_perf or alltoall_perf with "
+            "-g <gpus> on one node, or DeepEP's tests"
         )
     rows = [
         {"collective": run.collective, "ranks": str(run.ranks), "bytes": str(size), "time_us": str(time_us)}
         for run in inside
         for size, time_us in run.rows
     ]
-    source = f"nccl-tests on the user's {inside[0].device} node ({', '.join(sources)}; {len(rows)} rows)"
-    measured = fit(gpu_name, rows, datasheet_gb_per_s * 1e9, source)
+    measured = None
+    if inside:
+        source = f"nccl-tests on the user's {inside[0].device} node ({', '.join(sources)}; {len(rows)} rows)"
+        measured = fit(gpu_name, rows, datasheet_gb_per_s * 1e9, source).to_json()
     return {
         "kind": PROFILE_KIND,
         "gpu": gpu_name,
-        "device": inside[0].device,
-        "nccl": measured.to_json(),
+        "device": inside[0].device if inside else None,
+        "nccl": measured,
+        "deepep": deepep,
         "runs": [
             {
                 "collective": run.collective,
@@ -99,8 +109,9 @@ def build_profile(runs: list[NcclRun], gpu_name: str, datasheet_gb_per_s: float,
 
 
 @lru_cache(maxsize=None)
-def load_profile(path: str) -> tuple[str, MeasuredCollectives]:
-    """(GPU preset name, NCCL's curves) of a network profile; an error names the field and the fix."""
+def load_profile(path: str) -> tuple[str, Optional[MeasuredCollectives], Optional[DeepEPKernels]]:
+    """(GPU preset name, NCCL's curves, DeepEP's kernels) of a network profile (None: not measured there); an
+    error names the field and the fix."""
     try:
         document: Any = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -109,17 +120,31 @@ def load_profile(path: str) -> tuple[str, MeasuredCollectives]:
         ) from None
     if not isinstance(document, dict) or document.get("kind") != PROFILE_KIND:
         raise ScenarioError(f"cluster.network_profile: {path} is not a network profile; use moesim calibrate network")
-    return document["gpu"], MeasuredCollectives.from_json(document["nccl"])
+    nccl, deepep = document.get("nccl"), (document.get("deepep") or {}).get("kernels")
+    return (
+        document["gpu"],
+        MeasuredCollectives.from_json(nccl) if nccl else None,
+        DeepEPKernels.from_json(deepep) if deepep else None,
+    )
 
 
-def check_cluster_profile(cluster: Any) -> Optional[MeasuredCollectives]:
-    """A cluster's own NCCL curves, if it names a profile measured on its GPU."""
+def _profile(cluster: Any) -> tuple[Optional[MeasuredCollectives], Optional[DeepEPKernels]]:
     if cluster.network_profile is None:
-        return None
-    gpu, measured = load_profile(cluster.network_profile)
+        return None, None
+    gpu, measured, deepep = load_profile(cluster.network_profile)
     if gpu != cluster.gpu.name:
         raise ScenarioError(
             f"cluster.network_profile: {cluster.network_profile} was measured on {gpu}, the cluster's GPU is "
             f"{cluster.gpu.name}; calibrate on {cluster.gpu.name} or drop the profile"
         )
-    return measured
+    return measured, deepep
+
+
+def check_cluster_profile(cluster: Any) -> Optional[MeasuredCollectives]:
+    """A cluster's own NCCL curves, if it names a profile measured on its GPU that holds them."""
+    return _profile(cluster)[0]
+
+
+def profile_deepep(cluster: Any) -> Optional[DeepEPKernels]:
+    """A cluster's own DeepEP kernels, if its profile holds them."""
+    return _profile(cluster)[1]

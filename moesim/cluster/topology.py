@@ -32,7 +32,7 @@ import numpy as np
 
 from moesim.cluster.collective_tables import MeasuredCollectives, shipped
 from moesim.cluster.deepep_kernels import DeepEPKernels, shipped_kernels
-from moesim.cluster.network_profile import check_cluster_profile
+from moesim.cluster.network_profile import check_cluster_profile, profile_deepep
 
 DEFAULT_NODES_PER_LEAF = {"rail_optimized": 32, "fat_tree": 4, "single_switch": 1 << 30}
 DATASHEET_SCALE_UP_LATENCY_S = 2e-6
@@ -95,7 +95,9 @@ class Topology:
             ),
             network_latency_s=cluster.network_latency_us * 1e-6,
             collectives=measured_inside(cluster),
-            deepep=shipped_kernels(cluster.gpu.name) if cluster.deepep_kernels == "measured" else None,
+            deepep=(profile_deepep(cluster) or shipped_kernels(cluster.gpu.name))
+            if cluster.deepep_kernels == "measured"
+            else None,
         )
 
     def with_bandwidth_scale(self, factor: float) -> "Topology":
