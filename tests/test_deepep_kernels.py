@@ -116,6 +116,9 @@ def test_the_simulator_runs_the_measured_kernels_where_they_are_measured() -> No
     assert few.phase_seconds["dispatch"] > 1.5 * many.phase_seconds["dispatch"]  # the NVLink stage is the SMs'
     links = simulate(scenario_from_dict(scenario(24, "link_rates")), check_memory=False)
     assert links.phase_seconds["dispatch"] < many.phase_seconds["dispatch"]  # the link rates were optimistic
+    # each figure says what it rests on: the measured kernels, or the network model's link rates
+    assert many.sources["dispatch"].startswith("DeepEP's kernels measured on h100_sxm")
+    assert links.sources["combine"].startswith("network model:") and "wait" not in many.sources["dispatch"]
 
 
 def test_a_single_node_call_is_the_intranode_kernel() -> None:

@@ -17,7 +17,7 @@ from moesim.cost.model import CostModel
 KERNEL_PHASES = "moe_kernels"
 """The router, permutation and un-permutation kernels (their measured phase models)."""
 NETWORK = "network model: datasheet NVLink and NIC rates, assumed protocol efficiency (not measured by moesim)"
-NETWORK_ACROSS_NODES = "NICs and DeepEP's kernels at datasheet rates (not measured by moesim)"
+NETWORK_ACROSS_NODES = "NICs at datasheet rates (not measured by moesim)"
 
 PHASE_PARTS: dict[str, tuple[str, ...]] = {
     "attention": ("dense_gemm", "dense_backward", "attention"),
@@ -40,18 +40,21 @@ FUSED_KERNELS = (
 )
 
 
-def network_source(collectives: Optional[MeasuredCollectives], deepep: Optional[DeepEPKernels] = None) -> str:
-    """What the communication phases rest on: NCCL's measured curves inside a node and DeepEP's measured kernels
-    where the GPU has them."""
-    if collectives is None and deepep is None:
+def network_source(collectives: Optional[MeasuredCollectives]) -> str:
+    """What the communication phases rest on: NCCL's measured curves inside a node where the GPU has them."""
+    if collectives is None:
         return NETWORK
-    inside = collectives.label() if collectives else "NVLink at its datasheet rate (not measured by moesim)"
-    across = (
-        f"NICs at datasheet rates for NCCL (not measured by moesim); {deepep.label()}"
-        if deepep
-        else (NETWORK_ACROSS_NODES)
-    )
-    return f"network model: {inside}; {across}"
+    return f"network model: {collectives.label()}; {NETWORK_ACROSS_NODES}"
+
+
+def alltoall_source(deepep: Optional[DeepEPKernels], gpu_name: str, network: str) -> str:
+    """What a DeepEP dispatch and combine rest on: its kernels measured on an H100 (derived for another GPU of
+    the family, at that GPU's NVLink and NIC rates), else the network model's label."""
+    if deepep is None:
+        return network
+    if gpu_name == "H100-SXM":
+        return deepep.label()
+    return f"derived from H100-SXM at this GPU's NVLink and NIC rates: {deepep.label()}"
 
 
 def phase_sources(
@@ -61,9 +64,10 @@ def phase_sources(
     training: bool,
     fused: bool = False,
     network: str = NETWORK,
+    alltoall: Optional[str] = None,
 ) -> dict[str, str]:
     """Each phase (names as in a result, 'prefill/' and 'decode/' prefixes allowed) -> what its time rests on;
-    communication phases -> `network`."""
+    communication phases -> `network`, the dispatch and combine -> `alltoall` where given."""
     labels = dict(cost.sources)
     labels["fp8_casts"] = (
         "derived: the bytes moesim.sim.fp8_casts counts (each FP8 GEMM's input and output gradient cast with its "
@@ -77,7 +81,7 @@ def phase_sources(
         name = phase.split("/")[-1]
         parts = PHASE_PARTS.get(name)
         if parts is None:
-            out[phase] = network
+            out[phase] = alltoall if alltoall and name in ("dispatch", "combine") else network
             continue
         if not training:
             parts = tuple(part for part in parts if "backward" not in part)

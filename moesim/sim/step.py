@@ -25,7 +25,7 @@ from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.plan import StagePlan
 from moesim.sim.result import StepResult
 from moesim.sim.routing_load import routing_summary
-from moesim.sim.sources import network_source, phase_sources
+from moesim.sim.sources import alltoall_source, network_source, phase_sources
 from moesim.sim.stages import StagePasses, simulate_stages
 from moesim.sim.timeline import Slice, timeline_for
 from moesim.sim.timeline.dualpipe import chunks_of, dualpipe_step
@@ -51,8 +51,11 @@ def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
         scenario.workload.precision.gemm == "fp8",
         training,
         scenario.simulation.moe_kernels == "fused",
-        network_source(
-            topology.collectives, topology.deepep if "deepep" in scenario.simulation.alltoall_algorithm else None
+        network := network_source(topology.collectives),
+        alltoall_source(
+            topology.deepep if "deepep" in scenario.simulation.alltoall_algorithm else None,
+            scenario.cluster.gpu.name,
+            network,
         ),
     )
     return result

@@ -19,6 +19,13 @@ def _errors(rows: list[DeepEPCheck], field: str = "predicted_us") -> str:
     return f"{np.median(values):.1%} / {np.percentile(values, 90):.1%}" if values else "-"
 
 
+def _row(r: DeepEPCheck) -> str:
+    return (
+        f"| {r.kernel} | {r.direction} | {r.nodes} | {r.tokens} | {r.sms or '-'} | {r.measured_us:.1f} | "
+        f"{r.predicted_us:.1f} | {r.link_us:.1f} |"
+    )
+
+
 def _parameters(kernels: DeepEPKernels) -> list[str]:
     lines = [
         "| kernel | direction | nodes (ranks) | floor (us) | rate a SM (GB/s) | RDMA / NIC | notify (us + us/GB) |",
@@ -108,11 +115,7 @@ def aiconfigurator_section(kernels: DeepEPKernels) -> list[str]:
         "| kernel | direction | nodes | tokens | SMs | measured (us) | moesim (us) | link-rate model (us) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    lines += [
-        f"| {r.kernel} | {r.direction} | {r.nodes} | {r.tokens} | {r.sms or '-'} | {r.measured_us:.1f} | "
-        f"{r.predicted_us:.1f} | {r.link_us:.1f} |"
-        for r in worst
-    ]
+    lines += [_row(r) for r in worst]
     lines += [
         "",
         "<details><summary>Every held-out row (us)</summary>",
@@ -120,11 +123,7 @@ def aiconfigurator_section(kernels: DeepEPKernels) -> list[str]:
         "| kernel | direction | nodes | tokens | SMs | measured | moesim | link-rate model |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    lines += [
-        f"| {r.kernel} | {r.direction} | {r.nodes} | {r.tokens} | {r.sms or '-'} | {r.measured_us:.1f} | "
-        f"{r.predicted_us:.1f} | {r.link_us:.1f} |"
-        for r in held
-    ]
+    lines += [_row(r) for r in held]
     return lines + ["", "</details>", ""]
 
 
