@@ -10,6 +10,9 @@ Writes `validation/network/`:
   (8 GPUs a node), DeepSeek-V3's shape (hidden 7,168, top-8 of 256 or 288 experts), FP8 dispatch and BF16 combine,
   as aiconfigurator's collector ran DeepEP's own tests (`collector/wideep/sglang/deepep/`; the `sglang/0.5.6.post2`
   folder, which holds the multi-node tables).
+- `deepep_h200_normal.csv`, `deepep_h200_low_latency.csv` — the same kernels on one H200 node across 18 MoE shapes
+  (hidden 2,048-7,168, top-1 to top-22 of 8-512 experts), the normal kernels at 4-24 SMs (`sglang/0.5.12`): never
+  fitted, a check of the H100 fit on another GPU.
 
 Source: github.com/ai-dynamo/aiconfigurator (Apache-2.0), `aic-core/src/aiconfigurator_core/systems/data/<gpu>/comm/
 {nccl,sglang}/<version>/*.parquet`, at the commit written to `validation/network/AICONFIGURATOR_COMMIT`. It needs
@@ -120,6 +123,44 @@ def deepep_low_latency(repo: str) -> "object":
     ).sort_values(["experts", "ranks", "tokens"])
 
 
+H200_FOLDER = ("h200_sxm", "sglang/0.5.12")
+"""DeepEP's kernels on one H200 node across 18 MoE shapes (never fitted: a check of the H100 fit on another GPU)."""
+
+
+def _h200_shape(table: "object", kernel: str) -> dict:
+    shape = (
+        table["hidden_size"].astype(str) + "x" + table["num_topk"].astype(str) + "x" + table["num_experts"].astype(str)
+    )  # type: ignore[index]
+    return {**_deepep_shape(table, f"{kernel}/h200_sxm/" + shape), "gpu": H200_FOLDER[0]}
+
+
+def deepep_h200(repo: str) -> tuple["object", "object"]:
+    """DeepEP's normal (4-24 SMs) and low-latency kernels on one H200 node, every shape aiconfigurator measured."""
+    import pandas as pd
+
+    gpu, folder = H200_FOLDER
+    normal = _parquet(repo, f"{gpu}/comm/{folder}/wideep_deepep_normal_perf.parquet")
+    low = _parquet(repo, f"{gpu}/comm/{folder}/wideep_deepep_ll_perf.parquet")
+    normal = pd.DataFrame(
+        {
+            **_h200_shape(normal, "deepep_normal"),
+            "sms": normal["dispatch_sms"].astype(int),
+            "dispatch_us": normal["dispatch_transmit_us"],
+            "dispatch_notify_us": normal["dispatch_notify_us"],
+            "combine_us": normal["combine_transmit_us"],
+            "combine_notify_us": normal["combine_notify_us"],
+        }
+    ).sort_values(["table", "sms", "tokens"])
+    low = pd.DataFrame(
+        {
+            **_h200_shape(low, "deepep_low_latency"),
+            "dispatch_us": low["dispatch_avg_t_us"],
+            "combine_us": low["combine_avg_t_us"],
+        }
+    ).sort_values(["table", "tokens"])
+    return normal, low
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__)
@@ -129,6 +170,9 @@ def main(argv: list[str]) -> int:
     nccl_intranode(repo).to_csv(OUT / "nccl_intranode.csv", index=False)  # type: ignore[attr-defined]
     deepep_normal(repo).to_csv(OUT / "deepep_normal.csv", index=False)  # type: ignore[attr-defined]
     deepep_low_latency(repo).to_csv(OUT / "deepep_low_latency.csv", index=False)  # type: ignore[attr-defined]
+    h200_normal, h200_low = deepep_h200(repo)
+    h200_normal.to_csv(OUT / "deepep_h200_normal.csv", index=False)  # type: ignore[attr-defined]
+    h200_low.to_csv(OUT / "deepep_h200_low_latency.csv", index=False)  # type: ignore[attr-defined]
     commit = _git(repo, "rev-parse", "HEAD").decode().strip()
     (OUT / "AICONFIGURATOR_COMMIT").write_text(commit + "\n")
     print(f"wrote {OUT} from ai-dynamo/aiconfigurator {commit}")
