@@ -67,7 +67,8 @@ class NormalFit:
         fixed, per_byte = self.notify.get(nodes, (0.0, 0.0))
         return fixed + per_byte * nvl_bytes
 
-    def _efficiency_at(self, nodes: int, sms: int, ideal: float) -> float:
+    def efficiency_at(self, nodes: int, sms: int, ideal: float) -> float:
+        """Measured time above the floor over the ideal, at that ideal (log-interpolated) and SM count."""
         counts = sorted({count for n, count in self.efficiency if n == nodes})
 
         def along(count: int) -> float:
@@ -160,7 +161,7 @@ class DeepEPKernels:
             ideal = max(ideal, rdma_bytes / (fit.rdma_efficiency[key] * nic_bytes_per_s))
         if ideal <= 0:
             return 0.0
-        return fit.floor_s[key] + ideal * fit._efficiency_at(key, sms, ideal) + fit.notify_seconds(key, nvl_bytes)
+        return fit.floor_s[key] + ideal * fit.efficiency_at(key, sms, ideal) + fit.notify_seconds(key, nvl_bytes)
 
     def low_latency_seconds(
         self,
