@@ -16,7 +16,7 @@ that makes DeepEP slower at EP 256 than at EP 8 at the same bytes. moesim reads 
   between the measured sizes and in SMs between the measured SM counts; the notify kernel before it (counts
   exchanged, buffers cleared) a fixed time plus a time a byte, across nodes;
 * low-latency kernels: `time = floor(ranks) + max(RDMA bytes / (efficiency x NIC rate), NVLink bytes /
-  (efficiency x NVLink rate))`,
+  min(the kernel's measured NVLink rate, the NVLink ceiling))`,
   every (token, expert) copy its own message, the floor interpolated in log ranks (beyond the largest EP measured,
   extended at its last measured slope).
 
@@ -89,7 +89,7 @@ class LowLatencyFit:
 
     floor_s: dict[int, float]  # ranks -> seconds
     rdma_efficiency: float  # achieved RDMA rate / the GPU's NIC share
-    nvl_efficiency: float  # NVLink copies' rate (a rank's own node) / the datasheet NVLink rate
+    nvl_bytes_per_s: float  # NVLink copies' rate (a rank's own node) as measured, the kernel's own
 
     def floor(self, ranks: int) -> float:
         counts = sorted(self.floor_s)
@@ -175,7 +175,7 @@ class DeepEPKernels:
         """Seconds of one low-latency dispatch or combine over `ranks` ranks: the busiest rank's bytes to other
         nodes (RDMA) and to its own node (NVLink; 0 where the kernels send everything over RDMA)."""
         fit = self.low_latency[direction]
-        nvlink = fit.nvl_efficiency * nvlink_bytes_per_s
+        nvlink = min(fit.nvl_bytes_per_s, self.nvlink_efficiency * nvlink_bytes_per_s)  # the kernel, or the link
         ideal = max(rdma_bytes / (fit.rdma_efficiency * nic_bytes_per_s), nvl_bytes / nvlink)
         return fit.floor(ranks) + ideal
 
@@ -197,7 +197,7 @@ class DeepEPKernels:
             direction: {
                 "floor_s": {str(k): v for k, v in fit.floor_s.items()},
                 "rdma_efficiency": round(fit.rdma_efficiency, 4),
-                "nvl_efficiency": round(fit.nvl_efficiency, 4),
+                "nvl_bytes_per_s": round(fit.nvl_bytes_per_s),
             }
             for direction, fit in self.low_latency.items()
         }
@@ -234,7 +234,7 @@ class DeepEPKernels:
             direction: LowLatencyFit(
                 {int(k): float(v) for k, v in part["floor_s"].items()},
                 float(part["rdma_efficiency"]),
-                float(part["nvl_efficiency"]),
+                float(part["nvl_bytes_per_s"]),
             )
             for direction, part in document["low_latency"].items()
         }

@@ -189,7 +189,7 @@ def _fit_low_latency(rows: list[dict[str, str]], direction: str) -> LowLatencyFi
     for ranks, mine in sorted(groups.items()):
         if ranks > 8:
             floor[ranks] = float(np.mean([t for _, _, t in mine]) - rdma_slope * np.mean([r for r, _, _ in mine]))
-    return LowLatencyFit(floor, 1 / rdma_slope / NIC_BYTES_PER_S, 1 / nvl_slope / NVLINK_BYTES_PER_S)
+    return LowLatencyFit(floor, 1 / rdma_slope / NIC_BYTES_PER_S, 1 / nvl_slope)
 
 
 def nvlink_ceiling_share() -> float:

@@ -47,7 +47,7 @@ def _parameters(kernels: DeepEPKernels) -> list[str]:
         floors = ", ".join(f"{fit.floor_s[ranks] * 1e6:.1f}" for ranks in sorted(fit.floor_s))
         lines.append(
             f"| low-latency | {direction} | EP {', '.join(map(str, sorted(fit.floor_s)))} | {floors} | NVLink "
-            f"{fit.nvl_efficiency:.2f} of datasheet | {fit.rdma_efficiency:.2f} | - |"
+            f"{fit.nvl_bytes_per_s / 1e9:.0f} GB/s | {fit.rdma_efficiency:.2f} | - |"
         )
     return lines
 
@@ -178,9 +178,12 @@ def readme_section() -> list[str]:
         "The kernels aiconfigurator measured are DeepEP after its 2025-04 internode change (several queue pairs a "
         "peer, IBGDA for the normal kernels; the README's 2025-04-22 table): the first table (2025-02-24) timed the "
         "older kernels, slower at EP 32 and 64, which moesim does not model (no table of them to fit). The "
-        "low-latency kernels with NVLink (2025-06-05) move a node's own copies over NVLink at the H100's measured "
-        "efficiency of the H800's datasheet rate; DeepEP's EP 8 combine there is faster than that scaling says "
-        "(its H100 rate may be set by SMs, not the link). DeepEP V2's rows (2026-04-30: new kernels, 8,192 tokens, "
+        "low-latency kernels with NVLink (2025-06-05) move a node's own copies over NVLink at the kernel's rate "
+        "measured on H100 (278 GB/s dispatch, 233 combine: the kernel's, under the H100's NVLink ceiling) or the "
+        "H800's NVLink ceiling (NCCL's best all-to-all rate, 70% of 200 GB/s), the lower: as the normal kernels' "
+        "NVLink stage. (Until 2026-12-07 moesim scaled the H100 rate by the datasheet ratio, which put the EP 8 "
+        "combine at 1.38; this change was prompted by that row, so these rows are no longer a clean check of it.) "
+        "DeepEP V2's rows (2026-04-30: new kernels, 8,192 tokens, "
         "6-64 SMs, SM90 and SM100, a logical bandwidth that counts local traffic) are left out: no measured table "
         "of V2's kernels is fitted, and moesim models the V1 kernels.",
         "",
