@@ -12,7 +12,8 @@ Writes `validation/network/`:
   folder, which holds the multi-node tables).
 - `deepep_h200_normal.csv`, `deepep_h200_low_latency.csv` — the same kernels on one H200 node across 18 MoE shapes
   (hidden 2,048-7,168, top-1 to top-22 of 8-512 experts), the normal kernels at 4-24 SMs (`sglang/0.5.12`): never
-  fitted, a check of the H100 fit on another GPU.
+  fitted, a check of the H100 fit on another GPU; `deepep_blackwell_*.csv` the same on one B200 and one B300 node
+  (what moesim runs there today, the link rates, beside them).
 
 Source: github.com/ai-dynamo/aiconfigurator (Apache-2.0), `aic-core/src/aiconfigurator_core/systems/data/<gpu>/comm/
 {nccl,sglang}/<version>/*.parquet`, at the commit written to `validation/network/AICONFIGURATOR_COMMIT`. It needs
@@ -127,23 +128,23 @@ H200_FOLDER = ("h200_sxm", "sglang/0.5.12")
 """DeepEP's kernels on one H200 node across 18 MoE shapes (never fitted: a check of the H100 fit on another GPU)."""
 
 
-def _h200_shape(table: "object", kernel: str) -> dict:
+def _h200_shape(table: "object", kernel: str, gpu: str) -> dict:
     shape = (
         table["hidden_size"].astype(str) + "x" + table["num_topk"].astype(str) + "x" + table["num_experts"].astype(str)
     )  # type: ignore[index]
-    return {**_deepep_shape(table, f"{kernel}/h200_sxm/" + shape), "gpu": H200_FOLDER[0]}
+    return {**_deepep_shape(table, f"{kernel}/{gpu}/" + shape), "gpu": gpu}
 
 
-def deepep_h200(repo: str) -> tuple["object", "object"]:
-    """DeepEP's normal (4-24 SMs) and low-latency kernels on one H200 node, every shape aiconfigurator measured."""
+def deepep_h200(repo: str, gpu: str = H200_FOLDER[0]) -> tuple["object", "object"]:
+    """DeepEP's normal (4-24 SMs) and low-latency kernels on one node of `gpu`, every shape aiconfigurator measured."""
     import pandas as pd
 
-    gpu, folder = H200_FOLDER
+    folder = H200_FOLDER[1]
     normal = _parquet(repo, f"{gpu}/comm/{folder}/wideep_deepep_normal_perf.parquet")
     low = _parquet(repo, f"{gpu}/comm/{folder}/wideep_deepep_ll_perf.parquet")
     normal = pd.DataFrame(
         {
-            **_h200_shape(normal, "deepep_normal"),
+            **_h200_shape(normal, "deepep_normal", gpu),
             "sms": normal["dispatch_sms"].astype(int),
             "dispatch_us": normal["dispatch_transmit_us"],
             "dispatch_notify_us": normal["dispatch_notify_us"],
@@ -153,7 +154,7 @@ def deepep_h200(repo: str) -> tuple["object", "object"]:
     ).sort_values(["table", "sms", "tokens"])
     low = pd.DataFrame(
         {
-            **_h200_shape(low, "deepep_low_latency"),
+            **_h200_shape(low, "deepep_low_latency", gpu),
             "dispatch_us": low["dispatch_avg_t_us"],
             "combine_us": low["combine_avg_t_us"],
         }
@@ -161,7 +162,13 @@ def deepep_h200(repo: str) -> tuple["object", "object"]:
     return normal, low
 
 
+BLACKWELL_GPUS = ("b200_sxm", "b300_sxm")
+"""Blackwell nodes of 8 GPUs with single-node DeepEP tables (GB200 and GB300: a tray's GPU count unstated there)."""
+
+
 def main(argv: list[str]) -> int:
+    import pandas as pd
+
     if len(argv) != 1:
         print(__doc__)
         return 2
@@ -173,6 +180,9 @@ def main(argv: list[str]) -> int:
     h200_normal, h200_low = deepep_h200(repo)
     h200_normal.to_csv(OUT / "deepep_h200_normal.csv", index=False)  # type: ignore[attr-defined]
     h200_low.to_csv(OUT / "deepep_h200_low_latency.csv", index=False)  # type: ignore[attr-defined]
+    blackwell = [deepep_h200(repo, gpu) for gpu in BLACKWELL_GPUS]
+    pd.concat([normal for normal, _ in blackwell]).to_csv(OUT / "deepep_blackwell_normal.csv", index=False)
+    pd.concat([low for _, low in blackwell]).to_csv(OUT / "deepep_blackwell_low_latency.csv", index=False)
     commit = _git(repo, "rev-parse", "HEAD").decode().strip()
     (OUT / "AICONFIGURATOR_COMMIT").write_text(commit + "\n")
     print(f"wrote {OUT} from ai-dynamo/aiconfigurator {commit}")

@@ -225,6 +225,7 @@ def _show_gpu(name: str, as_json: bool) -> None:
     from moesim.cluster.deepep_kernels import shipped_kernels  # cached JSON read, only for this table
     from moesim.cluster.hardware import gpu_preset
     from moesim.cost import model_for_gpu
+    from moesim.sim.sources import alltoall_source  # the simulator's own label for a DeepEP phase
 
     gpu = gpu_preset(name)
     if as_json:
@@ -243,7 +244,7 @@ def _show_gpu(name: str, as_json: bool) -> None:
         ("board power", f"{gpu.tdp_watts:g} W" if gpu.tdp_watts else "-"),
         ("compute cost model", model_for_gpu(gpu).source + " (moesim profiles show)"),
         ("NCCL inside a node", _nccl_basis(gpu.name)),
-        ("DeepEP's kernels", deepep.label() if (deepep := shipped_kernels(gpu.name)) else "link rates (not measured)"),
+        ("DeepEP's kernels", alltoall_source(shipped_kernels(gpu.name), gpu.name, "link rates (not measured)")),
     ]
     for row in rows:
         table.add_row(*row)

@@ -38,9 +38,11 @@ from typing import Optional
 import numpy as np
 
 MEASURED = Path(__file__).resolve().parent / "measured"
-DEEPEP_GPUS = {"H100-SXM": "h100_sxm", "H800": "h100_sxm", "H200": "h100_sxm"}
-"""moesim's GPU presets whose DeepEP kernels the H100 tables describe (SM90, 132 SMs; an H800's NVLink ceiling is
-its own)."""
+DEEPEP_GPUS = {"H100-SXM": "h100_sxm", "H800": "h100_sxm", "H200": "h100_sxm", "B200": "h100_sxm", "B300": "h100_sxm"}
+"""moesim's GPU presets whose DeepEP kernels the H100 tables describe: the SM90 GPUs (an H800's NVLink ceiling is its
+own), and B200 and B300, where on one node they miss aiconfigurator's measurements by 10.5% at the median against
+the link rates' 93% (`validation/NETWORK.md`; chosen on the development rows). GB200 and GB300 are not: their trays'
+GPU count in those tables is not stated."""
 DIRECTIONS = ("dispatch", "combine")
 DEFAULT_SMS = 20
 """The SMs DeepEP's normal kernels hold unless told (its `Buffer.num_sms`; DeepSeek-V3's training, report 3.2.2)."""

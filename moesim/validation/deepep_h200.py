@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import numpy as np
 
@@ -66,28 +67,43 @@ def routed_tokens(tokens: int, topk: int, experts: int) -> tuple[float, float, f
     return stage / routed, link / routed, copies / routed
 
 
-def checks(kernels: DeepEPKernels) -> list[H200Check]:
-    """Every H200 row beside the H100-fitted kernels' time (normal kernels: one node, its SMs; no notify inside a
-    node; low-latency: every copy over NVLink)."""
+def checks(kernels: Optional[DeepEPKernels], table: str = "deepep_h200", gpu: Optional[str] = None) -> list[H200Check]:
+    """Every row of one node's tables (`table`_normal.csv and _low_latency.csv; `gpu`: only its rows) beside the
+    kernels' time (normal kernels: one node, its SMs; no notify inside a node; low-latency: every copy over NVLink),
+    or, with no kernels, the link-rate model's: 2 us plus the busiest link's bytes at the datasheet NVLink rate
+    (normal kernels), 5 us plus the busiest rank's copies at the NIC's line rate (low-latency: every copy over RDMA,
+    as moesim's link model sends them)."""
     out = []
-    for row in csv_rows(NETWORK_TABLES / "deepep_h200_normal.csv"):
-        tokens, hidden, sms = int(row["tokens"]), int(row["hidden"]), int(row["sms"])
-        stage, link, _ = routed_tokens(tokens, int(row["topk"]), int(row["experts"]))
-        shape = f"{hidden}x{row['topk']}x{row['experts']}"
-        for direction in ("dispatch", "combine"):
-            size = token_bytes(hidden, direction) * tokens
-            seconds = kernels.normal_seconds(
-                direction, 1, sms, 0.0, stage * size, link * size, 50e9, NVLINK_BYTES_PER_S
-            )
-            out.append(H200Check("normal", direction, shape, tokens, sms, float(row[f"{direction}_us"]), seconds * 1e6))
-    for row in csv_rows(NETWORK_TABLES / "deepep_h200_low_latency.csv"):
-        tokens, hidden = int(row["tokens"]), int(row["hidden"])
-        _, _, copies = routed_tokens(tokens, int(row["topk"]), int(row["experts"]))
-        shape = f"{hidden}x{row['topk']}x{row['experts']}"
-        for direction in ("dispatch", "combine"):
-            size = token_bytes(hidden, direction) * tokens * copies
-            seconds = kernels.low_latency_seconds(direction, RANKS, 0.0, size, 50e9, NVLINK_BYTES_PER_S)
-            out.append(
-                H200Check("low_latency", direction, shape, tokens, 0, float(row[f"{direction}_us"]), seconds * 1e6)
-            )
+    for kernel in ("normal", "low_latency"):
+        for row in csv_rows(NETWORK_TABLES / f"{table}_{kernel}.csv"):
+            if gpu is not None and row["gpu"] != gpu:
+                continue
+            tokens, hidden, sms = int(row["tokens"]), int(row["hidden"]), int(row.get("sms") or 0)
+            stage, link, copies = routed_tokens(tokens, int(row["topk"]), int(row["experts"]))
+            shape = f"{hidden}x{row['topk']}x{row['experts']}"
+            for direction in ("dispatch", "combine"):
+                size = token_bytes(hidden, direction) * tokens
+                seconds = _seconds(kernels, kernel, direction, sms, size, (stage, link, copies), row["gpu"])
+                measured = float(row[f"{direction}_us"])
+                out.append(H200Check(kernel, direction, shape, tokens, sms, measured, seconds * 1e6))
     return out
+
+
+def _seconds(
+    kernels: Optional[DeepEPKernels],
+    kernel: str,
+    direction: str,
+    sms: int,
+    size: float,
+    volumes: tuple[float, float, float],
+    gpu: str,
+) -> float:
+    """One row's time (seconds); `volumes`: the busiest rank's NVLink-stage tokens, link tokens and copies a token."""
+    stage, link, copies = volumes
+    nvlink = 2 * NVLINK_BYTES_PER_S if gpu.startswith("b") else NVLINK_BYTES_PER_S  # NVLink 5 on B200 and B300
+    nic = 100e9 if gpu == "b300_sxm" else 50e9  # ConnectX-8 800 Gb/s on HGX B300, else 400 Gb/s
+    if kernels is None:
+        return 2e-6 + link * size / nvlink if kernel == "normal" else 5e-6 + copies * size / nic
+    if kernel == "normal":
+        return kernels.normal_seconds(direction, 1, sms, 0.0, stage * size, link * size, nic, nvlink)
+    return kernels.low_latency_seconds(direction, RANKS, 0.0, copies * size, nic, nvlink)

@@ -14,7 +14,7 @@ from moesim.cluster.deepep_kernels import shipped_kernels
 from moesim.validation.deepep_fit import write_shipped
 from moesim.validation.held_out import NETWORK_TABLES
 from moesim.validation.network_checks import Check, fit_all, nccl_checks, summary, write_fits
-from moesim.validation.network_deepep import aiconfigurator_section, h200_section, readme_section
+from moesim.validation.network_deepep import aiconfigurator_section, blackwell_section, h200_section, readme_section
 
 REPORT = NETWORK_TABLES.parent / "NETWORK.md"
 
@@ -91,7 +91,8 @@ def report() -> str:
         "",
     ]
     deepep = shipped_kernels("H100-SXM", fabric=True)
-    sections = aiconfigurator_section(deepep) + h200_section(shipped_kernels("H200")) + readme_section()
+    generic = shipped_kernels("H200")
+    sections = aiconfigurator_section(deepep) + h200_section(generic) + blackwell_section(generic) + readme_section()
     return "\n".join(header + _nccl_section(checks) + sections)
 
 
