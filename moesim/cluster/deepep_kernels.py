@@ -48,10 +48,6 @@ DEFAULT_SMS = 20
 """The SMs DeepEP's normal kernels hold unless told (its `Buffer.num_sms`; DeepSeek-V3's training, report 3.2.2)."""
 
 
-def _nearest_log2(value: int, measured: list[int]) -> int:
-    return min(measured, key=lambda count: (abs(np.log2(count) - np.log2(value)), count))
-
-
 @dataclass(frozen=True)
 class NormalFit:
     """One direction of the normal kernels."""
@@ -141,6 +137,14 @@ class DeepEPKernels:
         ]
         return f"DeepEP's kernels measured on {self.gpu} ({self.source}); held-out error " + "; ".join(parts)
 
+    def node_key(self, direction: str, nodes: int) -> int:
+        """The node count whose fitted entry a call over `nodes` nodes reads: 1 inside a node, else the nearest in
+        log2 of the measured ones."""
+        if nodes <= 1:
+            return 1
+        counts = [count for count in self.normal[direction].floor_s if count > 1]
+        return min(counts, key=lambda count: (abs(np.log2(count) - np.log2(nodes)), count))
+
     def normal_seconds(
         self,
         direction: str,
@@ -156,7 +160,7 @@ class DeepEPKernels:
         RDMA bytes (leaving its node), NVLink-stage bytes (received, its own included) and of those the bytes that
         cross NVLink; the GPU's NIC share and datasheet NVLink rate in bytes/s."""
         fit = self.normal[direction]
-        key = 1 if nodes <= 1 else _nearest_log2(nodes, [count for count in fit.floor_s if count > 1])
+        key = self.node_key(direction, nodes)
         ceiling = self.nvlink_efficiency * nvlink_bytes_per_s
         ideal = max(nvl_bytes / (sms * fit.nvl_bytes_per_sm[key]), link_bytes / ceiling)
         if key > 1:

@@ -184,16 +184,23 @@ def low_latency_all_to_all(
         seconds = topology.network_latency_s + max(float(sent.max()), float(received.max())) / topology.nic_bytes_per_s
         return TransferResult(seconds, total, total, topology.network_latency_s)
     local = np.zeros_like(received) if local_in is None or not nvlink else np.asarray(local_in, float)
+    rdma, nvl = (copies * token_bytes for copies in low_latency_copies(copies_in, copies_out, local))
     ranks = received.size
-    remote_in, local_bytes = received * (1 - local), received * local
-    share = float(local.mean())  # senders spread their copies like the receivers' mean
-    rdma = max(float(remote_in.max()), float(sent.max()) * (1 - share))
-    nvl = max(float(local_bytes.max()), float(sent.max()) * share)
-    fit = kernels.low_latency[direction]
     seconds = kernels.low_latency_seconds(
         direction, ranks, rdma, nvl, topology.nic_share_bytes_per_s, topology.scale_up_bytes_per_s
     )
-    return TransferResult(seconds, total, float(remote_in.sum()), fit.floor(ranks))
+    across = float((received * (1 - local)).sum())
+    return TransferResult(seconds, total, across, kernels.low_latency[direction].floor(ranks))
+
+
+def low_latency_copies(copies_in: np.ndarray, copies_out: np.ndarray, local: np.ndarray) -> tuple[float, float]:
+    """(RDMA, NVLink) copies of the busiest rank in a low-latency call: received from other nodes or its own
+    (`local`: each rank's share from its own node), or sent, senders spreading theirs like the receivers' mean."""
+    share = float(np.mean(local))
+    sent = float(np.max(copies_out))
+    rdma = max(float((copies_in * (1 - local)).max()), sent * (1 - share))
+    nvl = max(float((copies_in * local).max()), sent * share)
+    return rdma, nvl
 
 
 def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, algorithm: str = "auto") -> float:
@@ -207,9 +214,8 @@ def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, al
     measured = topology.collectives
     if measured is not None and nodes.size == 1:  # NCCL inside a node, as measured
         return measured.seconds("all_reduce", members, size_bytes, topology.scale_up_bytes_per_s)
-    nic_share = topology.nic_bytes_per_s * min(1.0, topology.nics_per_node / topology.gpus_per_node)
     leaves = np.unique(topology.leaf_of_nic(topology.nic_of(ranks)))
-    network_bandwidth = nic_share / (topology.oversubscription if leaves.size > 1 else 1.0)
+    network_bandwidth = topology.nic_share_bytes_per_s / (topology.oversubscription if leaves.size > 1 else 1.0)
     if nodes.size == 1:
         ring_bandwidth, alpha = topology.scale_up_bytes_per_s, topology.scale_up_latency_s
     else:

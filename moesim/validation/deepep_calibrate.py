@@ -73,21 +73,20 @@ def parse_deepep(text: str, nodes: Optional[int]) -> list[DeepEPPoint]:
     return points
 
 
+def _volumes(point: DeepEPPoint) -> tuple[float, float, float]:
+    """(RDMA, NVLink-stage, NVLink link) bytes of the busiest rank at the point's shape (DeepEP's test routing)."""
+    rdma, nvl, link, _ = normal_volumes(point.ranks // 8, point.tokens, point.direction)
+    scale = point.hidden / HIDDEN
+    return rdma * scale, nvl * scale, link * scale
+
+
 def _normal_time(kernels: DeepEPKernels, point: DeepEPPoint, nic: float, nvlink: float) -> tuple[float, float]:
     """(transmit, notify) seconds the kernels give a normal-kernel point."""
-    rdma, nvl, link, nodes = (
-        v * point.hidden / HIDDEN if i < 3 else v
-        for i, v in enumerate(normal_volumes(point.ranks // 8, point.tokens, point.direction))
-    )
-    total = kernels.normal_seconds(point.direction, nodes, point.sms, rdma, nvl, link, nic, nvlink)
-    notify = kernels.normal[point.direction].notify_seconds(_key(kernels, point), nvl)
-    return total - notify, notify
-
-
-def _key(kernels: DeepEPKernels, point: DeepEPPoint) -> int:
-    counts = [count for count in kernels.normal[point.direction].floor_s if count > 1]
+    rdma, nvl, link = _volumes(point)
     nodes = point.ranks // 8
-    return nodes if nodes in counts else min(counts, key=lambda count: (abs(np.log2(count / nodes)), count))
+    total = kernels.normal_seconds(point.direction, nodes, point.sms, rdma, nvl, link, nic, nvlink)
+    notify = kernels.normal[point.direction].notify_seconds(kernels.node_key(point.direction, nodes), nvl)
+    return total - notify, notify
 
 
 def _with_node_count(fit: NormalFit, nodes: int, source: int) -> NormalFit:
@@ -107,10 +106,9 @@ def _with_node_count(fit: NormalFit, nodes: int, source: int) -> NormalFit:
 
 def _calibrate_normal(kernels: DeepEPKernels, point: DeepEPPoint, nic: float, nvlink: float) -> DeepEPKernels:
     nodes = point.ranks // 8
-    fit = _with_node_count(kernels.normal[point.direction], nodes, _key(kernels, point))
+    fit = _with_node_count(kernels.normal[point.direction], nodes, kernels.node_key(point.direction, nodes))
     kernels = replace(kernels, normal={**kernels.normal, point.direction: fit})
-    rdma, nvl, link, _ = normal_volumes(nodes, point.tokens, point.direction)
-    rdma, nvl = rdma * point.hidden / HIDDEN, nvl * point.hidden / HIDDEN
+    rdma, nvl, _ = _volumes(point)
     rdma_bound = rdma / (fit.rdma_efficiency[nodes] * nic) >= nvl / (point.sms * fit.nvl_bytes_per_sm[nodes])
 
     def scaled(factor: float) -> DeepEPKernels:

@@ -21,7 +21,14 @@ from moesim.cluster.deepep_kernels import DIRECTIONS, MEASURED, DeepEPKernels, L
 from moesim.cluster.topology import Topology
 from moesim.cost.kernel_tables import csv_rows
 from moesim.scenario import scenario_from_dict
-from moesim.sim.collectives import Traffic, all_to_all, deepep_volumes, local_share, low_latency_all_to_all
+from moesim.sim.collectives import (
+    Traffic,
+    all_to_all,
+    deepep_volumes,
+    local_share,
+    low_latency_all_to_all,
+    low_latency_copies,
+)
 from moesim.sim.routing_load import route_layers
 from moesim.validation.held_out import NETWORK_TABLES, is_held_out_network_row
 
@@ -92,12 +99,8 @@ def low_latency_volumes(nodes: int, tokens: int, direction: str, nvlink: bool = 
     message; `nvlink`: copies to a rank's own node over NVLink."""
     topology, traffic, copies = routed(nodes, tokens, True)
     local = local_share(topology, traffic) if nvlink and nodes > 1 else np.full(copies.size, float(nvlink))
-    sent = copies.sum() / copies.size
-    size = token_bytes(direction)
-    share = float(local.mean())
-    rdma = max(float((copies * (1 - local)).max()), sent * (1 - share)) * size
-    nvl = max(float((copies * local).max()), sent * share) * size
-    return rdma, nvl
+    rdma, nvl = low_latency_copies(copies, np.full(copies.size, copies.sum() / copies.size), local)
+    return rdma * token_bytes(direction), nvl * token_bytes(direction)
 
 
 def normal_rows() -> list[dict[str, str]]:

@@ -18,14 +18,17 @@ from typing import Optional
 
 import numpy as np
 
+from moesim.cluster.collective_tables import GPU_TABLES
 from moesim.cluster.deepep_kernels import DeepEPKernels
+from moesim.cluster.hardware import gpu_preset
 from moesim.cost.kernel_tables import csv_rows
 from moesim.validation.held_out import NETWORK_TABLES
 
 RANKS = 8
 ROUTED_TOKENS = 1024
 """Tokens a rank routed per row at most; bigger rows scale the bytes."""
-NVLINK_BYTES_PER_S = 450e9  # H200 SXM, one direction, as the H100's
+PRESET_OF_TABLE = {table: preset for preset, table in GPU_TABLES.items()}
+"""moesim's GPU preset for each of aiconfigurator's table names (h200_sxm -> H200, ...)."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,8 @@ def _seconds(
 ) -> float:
     """One row's time (seconds); `volumes`: the busiest rank's NVLink-stage tokens, link tokens and copies a token."""
     stage, link, copies = volumes
-    nvlink = 2 * NVLINK_BYTES_PER_S if gpu.startswith("b") else NVLINK_BYTES_PER_S  # NVLink 5 on B200 and B300
-    nic = 100e9 if gpu == "b300_sxm" else 50e9  # ConnectX-8 800 Gb/s on HGX B300, else 400 Gb/s
+    spec = gpu_preset(PRESET_OF_TABLE[gpu])  # the datasheet NVLink and NIC rates of the measured GPU
+    nvlink, nic = spec.scale_up_gb_per_s * 1e9, spec.nic_gbps * 1e9 / 8
     if kernels is None:
         return 2e-6 + link * size / nvlink if kernel == "normal" else 5e-6 + copies * size / nic
     if kernel == "normal":

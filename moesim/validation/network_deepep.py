@@ -196,9 +196,7 @@ def h200_section(kernels: DeepEPKernels) -> list[str]:
     rows = h200_checks(kernels)
 
     def summary(mine: list) -> str:
-        errors = [row.error for row in mine]
-        signed = np.median([row.predicted_us / row.measured_us - 1 for row in mine])
-        return f"{np.median(errors):.1%} / {np.percentile(errors, 90):.1%} | {signed:+.0%}"
+        return _errors_signed(mine, " | ")
 
     normal, low = ([row for row in rows if row.kernel == kind] for kind in KERNEL_NAMES)
     lines = [
@@ -289,7 +287,7 @@ def blackwell_section(kernels: DeepEPKernels) -> list[str]:
     return lines
 
 
-def _errors_signed(rows: list) -> str:
-    errors = [row.error for row in rows]
+def _errors_signed(rows: list, separator: str = ", ") -> str:
+    """Median / 90th percentile of |predicted / measured - 1|, then the signed median (+: moesim slower)."""
     signed = np.median([row.predicted_us / row.measured_us - 1 for row in rows])
-    return f"{np.median(errors):.1%} / {np.percentile(errors, 90):.1%}, {signed:+.0%}"
+    return f"{_errors(rows)}{separator}{signed:+.0%}"
