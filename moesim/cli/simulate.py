@@ -239,7 +239,7 @@ def summary_table(result: Any) -> Table:
                 f"{result.stage_forward_s[busiest] * 1e3:,.1f} / {result.stage_backward_s[busiest] * 1e3:,.1f} ms",
             ),
             (
-                "gradient all-reduce (exposed)",
+                "gradient sync at the step end (exposed)",
                 f"{result.grad_allreduce_s:.3f} s ({result.grad_allreduce_exposed_s:.3f} s)",
             ),
             ("optimizer step", f"{result.optimizer_s:.4f} s"),

@@ -108,10 +108,10 @@ class Scenario(_Section):
                 f"simulation.comm_sms: {sim.comm_sms} SMs for communication, and {cluster.gpu.name} has "
                 f"{cluster.gpu.sms or 'an unknown number of'} SMs; use fewer (DeepEP: 20 of 132) or set cluster.gpu.sms"
             )
-        if sim.alltoall_overlap != "none" and (self.workload.mode != "training" or par.virtual_pipeline_size > 1):
+        if sim.alltoall_overlap != "none" and self.workload.mode != "training":
             raise ValueError(
-                "simulation.alltoall_overlap: modelled for training with the plain 1F1B schedule; set "
-                "alltoall_overlap=none (inference overlap belongs to the serving planner; interleaved: not yet)"
+                "simulation.alltoall_overlap: modelled for training's 1F1B schedules; set alltoall_overlap=none "
+                "(inference overlap belongs to the serving planner)"
             )
         if "mla_up_proj" in self.workload.recompute_modules and model.attention_type != "mla":
             raise ValueError(

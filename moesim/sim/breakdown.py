@@ -27,7 +27,7 @@ BREAKDOWN_PARTS = (
     ("recompute_s", "recomputation"),
     ("overlap_hidden_s", "hidden by the all-to-all overlap"),
     ("bubble_s", "pipeline bubble"),
-    ("grad_allreduce_exposed_s", "gradient all-reduce (exposed)"),
+    ("grad_allreduce_exposed_s", "gradient sync at the step end (exposed)"),
     ("optimizer_s", "optimizer"),
 )
 """Keys of `StepResult.breakdown` and their labels, in the order a step runs them."""

@@ -214,13 +214,8 @@ def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, al
     measured = topology.collectives
     if measured is not None and nodes.size == 1:  # NCCL inside a node, as measured
         return measured.seconds("all_reduce", members, size_bytes, topology.scale_up_bytes_per_s)
-    leaves = np.unique(topology.leaf_of_nic(topology.nic_of(ranks)))
-    network_bandwidth = topology.nic_share_bytes_per_s / (topology.oversubscription if leaves.size > 1 else 1.0)
-    if nodes.size == 1:
-        ring_bandwidth, alpha = topology.scale_up_bytes_per_s, topology.scale_up_latency_s
-    else:
-        ring_bandwidth, alpha = min(topology.scale_up_bytes_per_s, network_bandwidth), topology.network_latency_s
-    ring = 2 * (members - 1) / members * size_bytes / ring_bandwidth + 2 * (members - 1) * alpha
+    network_bandwidth, alpha = _network_share(topology, ranks)
+    ring = _ring_seconds(topology, ranks, size_bytes, passes=2)
     if algorithm == "ring" or nodes.size == 1 or per_node == 1:
         return ring
     if measured is not None:  # reduce-scatter and all-gather inside each node, as NCCL measured them
@@ -242,3 +237,40 @@ def all_reduce_time(topology: Topology, ranks: np.ndarray, size_bytes: float, al
     if algorithm != "auto":
         raise ValueError(f"all-reduce algorithm must be 'ring', 'hierarchical' or 'auto', got {algorithm!r}")
     return min(ring, hierarchical)
+
+
+def _network_share(topology: Topology, ranks: np.ndarray) -> tuple[float, float]:
+    """A rank's share of its NIC across the leaves `ranks` span (oversubscribed above one leaf), and the network
+    latency."""
+    leaves = np.unique(topology.leaf_of_nic(topology.nic_of(ranks)))
+    return (
+        topology.nic_share_bytes_per_s / (topology.oversubscription if leaves.size > 1 else 1.0),
+        topology.network_latency_s,
+    )
+
+
+def _ring_seconds(topology: Topology, ranks: np.ndarray, size_bytes: float, passes: int) -> float:
+    """A ring over `ranks` moving (n - 1) / n of `size_bytes` `passes` times (2: all-reduce; 1: all-gather or
+    reduce-scatter) at the slower of NVLink and the NIC share where it leaves a node, with each hop's latency."""
+    members = ranks.size
+    if np.unique(topology.node_of(ranks)).size == 1:
+        bandwidth, alpha = topology.scale_up_bytes_per_s, topology.scale_up_latency_s
+    else:
+        network, alpha = _network_share(topology, ranks)
+        bandwidth = min(topology.scale_up_bytes_per_s, network)
+    return passes * ((members - 1) / members * size_bytes / bandwidth + (members - 1) * alpha)
+
+
+def shard_collective_time(topology: Topology, ranks: np.ndarray, size_bytes: float, collective: str) -> float:
+    """Seconds for an all-gather or reduce-scatter over `ranks` whose whole buffer (the gathered output, the
+    scattered input) is `size_bytes`: NCCL's measured curve inside a node where the GPU has one, else a ring
+    (half an all-reduce's traffic)."""
+    if collective not in ("all_gather", "reduce_scatter"):
+        raise ValueError(f"collective must be 'all_gather' or 'reduce_scatter', got {collective!r}")
+    ranks = np.asarray(ranks, np.int64)
+    if ranks.size <= 1 or size_bytes <= 0:
+        return 0.0
+    measured = topology.collectives
+    if measured is not None and np.unique(topology.node_of(ranks)).size == 1:
+        return measured.seconds(collective, ranks.size, size_bytes, topology.scale_up_bytes_per_s)
+    return _ring_seconds(topology, ranks, size_bytes, passes=1)

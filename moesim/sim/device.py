@@ -3,6 +3,7 @@ some of its multiprocessors."""
 
 from __future__ import annotations
 
+from moesim.cluster.deepep_kernels import DEFAULT_SMS
 from moesim.cost import CostModel, model_for_gpu, model_from_profile
 from moesim.scenario import Scenario
 
@@ -16,8 +17,10 @@ def comm_stretch(scenario: Scenario) -> float:
     """How much longer compute takes while communication kernels hold `simulation.comm_sms` of the GPU's SMs.
     DeepEP's low-latency kernels hold none while their messages are in flight (they issue RDMA writes and exit;
     a receive kernel runs later, DeepSeek's profile-data README and DeepEP issue #179): their SM time is a phase
-    of its own (`moe_block.low_latency_kernel_seconds`), not a stretch."""
+    of its own (`moe_block.low_latency_kernel_seconds`), not a stretch. DeepEP's normal kernels hold SMs whatever
+    `comm_sms` says: 0 means DeepEP's default, 20 (as for their measured rate, `deepep_kernels.DEFAULT_SMS`)."""
     gpu, sim = scenario.cluster.gpu, scenario.simulation
     if sim.alltoall_algorithm == "deepep_low_latency":
         return 1.0
-    return gpu.sms / (gpu.sms - sim.comm_sms) if sim.comm_sms and gpu.sms else 1.0
+    held = sim.comm_sms or (DEFAULT_SMS if sim.alltoall_algorithm == "deepep" else 0)
+    return gpu.sms / (gpu.sms - held) if held and gpu.sms and held < gpu.sms else 1.0

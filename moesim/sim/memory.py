@@ -79,20 +79,25 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
                 optimizer, expert_optimizer = optimizer / dp, expert_optimizer / expert_dp
             if par.zero_stage >= 2:
                 grads = dense_params * precision.grad_bytes / dp + expert_params * precision.grad_bytes / expert_dp
-            if par.zero_stage >= 3:
-                weights = (
+            if par.zero_stage >= 3:  # and two layers gathered whole: the one computing, the one prefetched
+                sharded = (
                     dense_params * precision.weight_bytes / dp + expert_params * precision.weight_bytes / expert_dp
                 )
+                working = 2 / max(1, plan.stage_layer_count(stage)) * (weights - sharded)
+                weights = sharded + max(0.0, working)
             optimizer += expert_optimizer
             # 1F1B keeps pp - stage micro-batches in flight; the all-to-all overlap's extra warm-up forward one more
             extra = 1 if scenario.simulation.alltoall_overlap != "none" else 0
             in_flight = float(min(par.pp_size - stage + extra, plan.micro_batches))
             chunks = par.virtual_pipeline_size
-            if (
-                chunks > 1
-            ):  # interleaved: (p - s - 1) x 2 + (v - 1) x p + 1 chunk forwards of 1/v of the layers in flight
+            # interleaved: (p - s - 1) x 2 + (v - 1) x p + 1 chunk forwards of 1/v of the layers in flight, one more
+            # with the all-to-all overlap
+            if chunks > 1:
                 in_flight = (
-                    min((par.pp_size - stage - 1) * 2 + (chunks - 1) * par.pp_size + 1, plan.micro_batches * chunks)
+                    min(
+                        (par.pp_size - stage - 1) * 2 + (chunks - 1) * par.pp_size + 1 + extra,
+                        plan.micro_batches * chunks,
+                    )
                     / chunks
                 )
             layers = float(plan.stage_layer_count(stage))

@@ -31,6 +31,7 @@ class StagePasses:
     comm_s: list[tuple[float, float]] = field(default_factory=list)  # (forward, backward) seconds in collectives
     replayed_s: list[float] = field(default_factory=list)  # recomputed seconds per backward
     weight_s: list[float] = field(default_factory=list)  # weight-gradient GEMM seconds per backward
+    pass_busy: list[tuple[dict[str, float], dict[str, float]]] = field(default_factory=list)  # per pass, by phase
 
 
 STAGE_CACHE_SIZE = 16
@@ -116,7 +117,7 @@ def _run_stages(
             passes = [("forward" if not decode else "decode", program.forward)]
             if backward:
                 passes.append(("backward", program.backward))
-            seconds, busy, slices, comm = [], {}, [], []
+            seconds, busy, slices, comm, by_pass = [], {}, [], [], []
             for name, phases in passes:
                 run = timeline.stage(phases, par.ep_size, name, start=sum(seconds))
                 took, pass_busy = run.seconds, run.busy
@@ -126,14 +127,15 @@ def _run_stages(
                 # sum's last digit from one process to the next
                 collectives = dict.fromkeys(phase.name for phase in phases if phase.collective)
                 comm.append(sum(pass_busy.get(phase_name, 0.0) for phase_name in collectives))
+                by_pass.append(dict(pass_busy))
                 for key, value in pass_busy.items():
                     busy[key] = busy.get(key, 0.0) + value
             across = sum(
                 p.bytes_across_nodes for p in program.forward + (program.backward if backward else []) if p.collective
             )
             weight = weight_gradient_seconds(builder, stage, routing, first_moe) if backward else 0.0
-            cache[signature] = (seconds, busy, slices, across, comm, program.replayed_s, weight)
-        seconds, busy, slices, across, comm, replayed, weight = cache[signature]
+            cache[signature] = (seconds, busy, slices, across, comm, program.replayed_s, weight, by_pass)
+        seconds, busy, slices, across, comm, replayed, weight, by_pass = cache[signature]
         result.forward_s.append(seconds[0])
         result.backward_s.append(seconds[1] if backward else 0.0)
         result.busy.append(busy)
@@ -142,6 +144,7 @@ def _run_stages(
         result.comm_s.append((comm[0], comm[1] if backward else 0.0))
         result.replayed_s.append(replayed if backward else 0.0)
         result.weight_s.append(weight)
+        result.pass_busy.append((by_pass[0], by_pass[1] if backward else {}))
     if len(cache) < plan.num_stages:
         notes.append(f"{plan.num_stages} pipeline stages, {len(cache)} distinct: identical stages simulated once")
     return result, routing, notes

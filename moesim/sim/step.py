@@ -18,18 +18,21 @@ from moesim.cost.model import CostModel
 from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.sim.breakdown import stage_work
-from moesim.sim.collectives import all_reduce_time
+from moesim.sim.collectives import all_reduce_time, shard_collective_time
 from moesim.sim.device import comm_stretch, cost_model_for
 from moesim.sim.inference import static_batch
+from moesim.sim.layer_pairs import layer_pair_seconds
 from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.plan import StagePlan
 from moesim.sim.result import StepResult
 from moesim.sim.routing_load import routing_summary
+from moesim.sim.sharded_weights import note as sharded_note
+from moesim.sim.sharded_weights import sharded_traffic, with_sharded_traffic
 from moesim.sim.sources import alltoall_source, network_source, phase_sources
 from moesim.sim.stages import StagePasses, simulate_stages
 from moesim.sim.timeline import Slice, timeline_for
 from moesim.sim.timeline.dualpipe import chunks_of, dualpipe_step
-from moesim.sim.timeline.orders import overlapped_seconds, stage_items
+from moesim.sim.timeline.orders import stage_items
 
 
 def simulate(scenario: Scenario, check_memory: bool = True) -> StepResult:
@@ -83,13 +86,15 @@ def _breakdown(stages: StagePasses, held: dict[int, float], work: float, pipelin
 
 
 def overlapped_pairs(stages: StagePasses, scenario: Scenario) -> list[float]:
-    """Per stage, a steady-state forward run together with another micro-batch's backward (`overlapped_seconds`)."""
+    """Per stage, a steady-state forward run together with another micro-batch's backward, layer by layer in
+    Megatron-Core's three slots (`moesim.sim.layer_pairs`)."""
     stretch = comm_stretch(scenario)
-    pairs = []
-    for forward, backward, (forward_comm, backward_comm) in zip(stages.forward_s, stages.backward_s, stages.comm_s):
-        comm = forward_comm + backward_comm
-        pairs.append(overlapped_seconds(forward + backward - comm, comm, stretch))
-    return pairs
+    return [
+        layer_pair_seconds(forward_busy, backward_busy, forward, backward, stretch)
+        for (forward_busy, backward_busy), forward, backward in zip(
+            stages.pass_busy, stages.forward_s, stages.backward_s
+        )
+    ]
 
 
 def _training_step(
@@ -100,6 +105,9 @@ def _training_step(
     stages, routing, notes = simulate_stages(
         scenario, plan, cost, topology, tokens, scenario.workload.seq_len, False, True
     )
+    sharded = sharded_traffic(scenario, plan, topology, stages)
+    if sharded.any:
+        stages = with_sharded_traffic(stages, sharded)
     forward_s, backward_s = stages.forward_s, stages.backward_s
     worst = int(np.argmax(np.add(forward_s, backward_s)))
     micro = plan.micro_batches
@@ -141,10 +149,18 @@ def _training_step(
     dp_group = np.arange(dp) * par.model_parallel_size
     expert_dp = max(1, dp * par.tp_size * par.cp_size // expert_shards)
     expert_group = (np.arange(expert_dp) * expert_shards) % topology.world_size
-    reduce = all_reduce_time(topology, dp_group, grads_dense, sim.allreduce_algorithm)
-    reduce += all_reduce_time(topology, np.unique(expert_group), grads_expert, sim.allreduce_algorithm)
+    if par.zero_stage >= 2:  # gradients reduce-scattered in every micro-batch (moesim.sim.sharded_weights)
+        weights_dense, weights_expert = dense_params * precision.weight_bytes, expert_params * precision.weight_bytes
+        reduce = 0.0  # ZeRO-3 gathers its weights when it needs them; ZeRO-2 gathers the updated ones once
+        if par.zero_stage == 2:
+            reduce = shard_collective_time(topology, dp_group, weights_dense, "all_gather")
+            reduce += shard_collective_time(topology, np.unique(expert_group), weights_expert, "all_gather")
+    else:
+        reduce = all_reduce_time(topology, dp_group, grads_dense, sim.allreduce_algorithm)
+        reduce += all_reduce_time(topology, np.unique(expert_group), grads_expert, sim.allreduce_algorithm)
     last_backward = max(backward_s[stage] for stage in held)
     exposed = max(0.0, reduce - last_backward) if sim.overlap_grad_reduce else reduce
+    exposed += sharded.tail_s
     # the optimizer reads and writes its states, the weights and the gradients once: ZeRO-1 and above shard the
     # dense parameters' share over the data-parallel ranks and the experts' over the expert-data-parallel ranks
     dense_on_gpu, experts_on_gpu = dense_params, expert_params
@@ -177,6 +193,8 @@ def _training_step(
         f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} "
         "identical replicas"
     )
+    if sharded.any:
+        notes.append(sharded_note(sharded, par.zero_stage, micro, worst))
     if dualpipe:
         first, second = chunks_of(dual.rank, plan.num_stages)
         notes.append(

@@ -112,9 +112,11 @@ def stage_items(
     chunks: int,
     pair: Optional[Sequence[float]] = None,
 ) -> list[list[Item]]:
-    """Each stage's F and B in schedule order with their durations. With `pair` (seconds per stage), the
-    all-to-all overlap: one more warm-up forward, and each steady-state forward and the backward after it run as
-    a pair whose two halves take `pair_split` of the pair's time."""
+    """Each stage's F and B in schedule order with their durations. With `pair` (seconds per stage, a whole
+    forward and backward of the stage run together), the all-to-all overlap: one more warm-up forward (with
+    virtual stages too: Megatron-Core's `get_pp_rank_microbatches` adds it when `overlap_moe_expert_parallel_comm`
+    is set), and each steady-state forward and the backward after it run as a pair whose two halves take
+    `pair_split` of the pair's time, a model chunk's share of it."""
     stages = len(forward)
     items = []
     orders = interleaved_one_f_one_b(stages, micro_batches, chunks, 1 if pair else 0)
@@ -122,7 +124,9 @@ def stage_items(
         stage_list: list[Item] = []
         for unit in paired(order) if pair else order:
             if isinstance(unit, Pair):
-                halves = pair_split(forward[stage], backward[stage], pair[stage])  # type: ignore[index]
+                # a pair of model chunks: 1/chunks of the stage's forward, backward and pair (the pair's time is
+                # linear in both streams' seconds, `overlapped_seconds`)
+                halves = pair_split(forward[stage], backward[stage], pair[stage] / chunks)  # type: ignore[index]
                 label = f"F{unit.forward[0]}+B{unit.backward[0]}"
                 stage_list.append(Item("F", *unit.forward, halves[0], label))
                 stage_list.append(Item("B", *unit.backward, halves[1], label))
