@@ -21,6 +21,9 @@ the measured values:
 - **network tables** (`validation/network/*.csv`: measured collectives and all-to-alls): a row is held out when
   the digest of `<table>:<ranks>:<tokens or bytes>` falls in the lowest 30% (rows that differ only in the SMs a
   kernel held share a key, and fall together). Fit on the rest; quote errors on these.
+- **GEMM tables** (`validation/kernels/gemm_h100_sglang.csv.gz`: aiconfigurator's measured H100 GEMMs, bf16 and
+  FP8): whole weight shapes `n x k` whose digest falls in the lowest 30%, every row count and format of them, so
+  a held-out error is that of a weight shape the model never saw. Drawn before any model change looked at the table.
 
     python -m moesim.validation.held_out          # write validation/held_out/ (the record; a test holds it)
 """
@@ -28,6 +31,7 @@ the measured values:
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import sys
@@ -43,6 +47,7 @@ RECORD = REPO / "validation" / "held_out"
 SERVING_RUNS = REPO.parent / "shared" / "serving-measurements" / "aiconfigurator-silicon-given.csv"
 TABLES = REPO / "moesim" / "cost" / "tables"
 NETWORK_TABLES = REPO / "validation" / "network"
+GEMM_TABLE = REPO / "validation" / "kernels" / "gemm_h100_sglang.csv.gz"
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,13 @@ DRAWS = {
         "moesim-held-out-2026-12-07/network-tables",
         "`<table>:<ranks>:<tokens or bytes>`",
         "validation/network/*.csv (measured all-to-all and collective tables)",
+        share=0.3,
+    ),
+    "gemm_tables": Draw(
+        "gemm_tables",
+        "moesim-held-out-2026-12-07/gemm-tables",
+        "a weight shape `n x k` (all its row counts and formats together)",
+        "validation/kernels/gemm_h100_sglang.csv.gz (aiconfigurator's measured H100 GEMMs, SGLang 0.5.14)",
         share=0.3,
     ),
 }
@@ -230,6 +242,25 @@ def is_held_out_network_row(row: dict[str, str]) -> bool:
     return held_out(DRAWS["network_tables"], network_row_key(row))
 
 
+# ---------------------------------------------------------------- GEMM tables
+def gemm_shape_key(n: int | str, k: int | str) -> str:
+    """A measured GEMM's key: its weight shape `n x k`."""
+    return f"{int(n)}x{int(k)}"
+
+
+def is_held_out_gemm(n: int | str, k: int | str) -> bool:
+    """Whether a measured GEMM's weight shape is held out (the record's rule, applied to one row)."""
+    return held_out(DRAWS["gemm_tables"], gemm_shape_key(n, k))
+
+
+def gemm_table_split(path: Path = GEMM_TABLE) -> dict[str, object]:
+    """The table's weight shapes, and those held out (sorted)."""
+    with gzip.open(path, "rt") as handle:
+        shapes = sorted({gemm_shape_key(row["n"], row["k"]) for row in csv.DictReader(handle)})
+    chosen = [shape for shape in shapes if held_out(DRAWS["gemm_tables"], shape)]
+    return {"shapes": len(shapes), "held_out_shapes": len(chosen), "held_out": chosen}
+
+
 # ---------------------------------------------------------------- the record
 def record() -> dict[str, dict]:
     """Every draw and what it holds out, as written to `validation/held_out/`."""
@@ -250,6 +281,7 @@ def record() -> dict[str, dict]:
         held_out=[asdict(case) for case in SERVING_ITERATIONS],
     )
     documents["network_tables"].update(tables=network_table_split())
+    documents["gemm_tables"].update(gemm_table_split())
     return documents
 
 
