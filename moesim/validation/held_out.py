@@ -21,9 +21,10 @@ the measured values:
 - **network tables** (`validation/network/*.csv`: measured collectives and all-to-alls): a row is held out when
   the digest of `<table>:<ranks>:<tokens or bytes>` falls in the lowest 30% (rows that differ only in the SMs a
   kernel held share a key, and fall together). Fit on the rest; quote errors on these.
-- **GEMM tables** (`validation/kernels/gemm_h100_sglang.csv.gz`: aiconfigurator's measured H100 GEMMs, bf16 and
-  FP8): whole weight shapes `n x k` whose digest falls in the lowest 30%, every row count and format of them, so
-  a held-out error is that of a weight shape the model never saw. Drawn before any model change looked at the table.
+- **GEMM tables** (`validation/kernels/gemm_<gpu>_sglang.csv.gz`: aiconfigurator's measured H100 and H200 GEMMs,
+  bf16 and FP8): whole weight shapes `n x k` whose digest falls in the lowest 30%, every row count, format and GPU
+  of them, so a held-out error is that of a weight shape the model never saw. Drawn before any model change looked
+  at the tables.
 
     python -m moesim.validation.held_out          # write validation/held_out/ (the record; a test holds it)
 """
@@ -47,7 +48,7 @@ RECORD = REPO / "validation" / "held_out"
 SERVING_RUNS = REPO.parent / "shared" / "serving-measurements" / "aiconfigurator-silicon-given.csv"
 TABLES = REPO / "moesim" / "cost" / "tables"
 NETWORK_TABLES = REPO / "validation" / "network"
-GEMM_TABLE = REPO / "validation" / "kernels" / "gemm_h100_sglang.csv.gz"
+GEMM_TABLES = REPO / "validation" / "kernels"
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ DRAWS = {
         "gemm_tables",
         "moesim-held-out-2026-12-07/gemm-tables",
         "a weight shape `n x k` (all its row counts and formats together)",
-        "validation/kernels/gemm_h100_sglang.csv.gz (aiconfigurator's measured H100 GEMMs, SGLang 0.5.14)",
+        "validation/kernels/gemm_<gpu>_sglang.csv.gz (aiconfigurator's measured H100 and H200 GEMMs, SGLang 0.5.14)",
         share=0.3,
     ),
 }
@@ -253,12 +254,17 @@ def is_held_out_gemm(n: int | str, k: int | str) -> bool:
     return held_out(DRAWS["gemm_tables"], gemm_shape_key(n, k))
 
 
-def gemm_table_split(path: Path = GEMM_TABLE) -> dict[str, object]:
-    """The table's weight shapes, and those held out (sorted)."""
-    with gzip.open(path, "rt") as handle:
-        shapes = sorted({gemm_shape_key(row["n"], row["k"]) for row in csv.DictReader(handle)})
-    chosen = [shape for shape in shapes if held_out(DRAWS["gemm_tables"], shape)]
-    return {"shapes": len(shapes), "held_out_shapes": len(chosen), "held_out": chosen}
+def gemm_table_split(folder: Path = GEMM_TABLES) -> dict[str, object]:
+    """The tables' weight shapes (every GPU's table, one rule), and those held out (sorted)."""
+    shapes: set[str] = set()
+    tables = {}
+    for path in sorted(folder.glob("gemm_*.csv.gz")):
+        with gzip.open(path, "rt") as handle:
+            rows = [gemm_shape_key(row["n"], row["k"]) for row in csv.DictReader(handle)]
+        tables[path.name] = {"rows": len(rows), "held_out_rows": sum(held_out(DRAWS["gemm_tables"], s) for s in rows)}
+        shapes.update(rows)
+    chosen = [shape for shape in sorted(shapes) if held_out(DRAWS["gemm_tables"], shape)]
+    return {"tables": tables, "shapes": len(shapes), "held_out_shapes": len(chosen), "held_out": chosen}
 
 
 # ---------------------------------------------------------------- the record
