@@ -1,14 +1,15 @@
-"""Extract aiconfigurator's measured H100 GEMM table into a CSV moesim checks its GEMM model against (issue 25).
+"""Extract aiconfigurator's measured H100 and H200 GEMMs into CSVs moesim checks its GEMM model against (issue 25).
 
 Writes `validation/kernels/gemm_h100_sglang.csv.gz` and `gemm_h200_sglang.csv.gz`: SGLang 0.5.14's GEMMs on one
-H100 SXM and one H200 SXM as aiconfigurator's collector timed them, bf16 (`torch` linear, cuBLAS), FP8 with per-tensor scales (sgl-kernel's `fp8_scaled_mm`) and
-FP8 with 1x128 / 128x128 block scales (DeepGEMM's `gemm_nt_f8f8bf16`), on a grid of 22 x 22 weight shapes (n x k)
-at the training-sized row counts (m >= 256; the table goes down to 1 row). Columns: `dtype`, `kernel`, `m`, `n`,
-`k`, `time_us` (the table's `latency` is milliseconds).
+H100 SXM and one H200 SXM as aiconfigurator's collector timed them, bf16 (`torch` linear, cuBLAS), FP8 with
+per-tensor scales (sgl-kernel's `fp8_scaled_mm`) and FP8 with 1x128 / 128x128 block scales (DeepGEMM's
+`gemm_nt_f8f8bf16`), on a grid of 22 x 22 weight shapes (n x k) at the training-sized row counts (m >= 256; the
+table goes down to 1 row). Columns: `dtype`, `kernel`, `m`, `n`, `k`, `time_us` (the table's `latency` is ms).
 
 Source: github.com/ai-dynamo/aiconfigurator (Apache-2.0), `aic-core/src/aiconfigurator_core/systems/data/<gpu>/
-gemm/sglang/0.5.14/gemm_perf.parquet` (`h100_sxm`, `h200_sxm`), at the commit written to `validation/kernels/AICONFIGURATOR_COMMIT`. It
-needs pandas and pyarrow (not moesim's dependencies). It never opens the repository's `silicon_sample.csv`.
+gemm/sglang/0.5.14/gemm_perf.parquet` (`h100_sxm`, `h200_sxm`), at the commit written to
+`validation/kernels/AICONFIGURATOR_COMMIT`. It needs pandas and pyarrow (not moesim's dependencies). It never
+opens the repository's `silicon_sample.csv`.
 
     python benchmarks/extract_gemm_tables.py PATH_TO_AICONFIGURATOR_GIT_DIR
 """

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from moesim.cluster.hardware import gpu_preset, gpu_preset_names
 from moesim.cost.fp8 import Fp8Speedup
+from moesim.cost.fp8_gemms import shipped_fp8_gemms
 from moesim.cost.grouped import GroupedGemmModel
 from moesim.cost.model import (
     DEFAULT_ATTENTION_EFFICIENCY,
@@ -34,7 +35,7 @@ def model_for_gpu(gpu: Any) -> CostModel:
     if path is not None and gpu.name in gpu_preset_names():
         preset = gpu_preset(gpu.name)
         if all(getattr(gpu, name) == getattr(preset, name) for name in KERNEL_FIELDS):
-            return model_from_profile(path)
+            return with_measured_fp8_gemms(model_from_profile(path), gpu.name)
     bandwidth = gpu.hbm_tb_per_s * 1e12
     phases = _assumed_moe_kernels(bandwidth * DEFAULT_MEMORY_EFFICIENCY)
     sources = [("GEMMs, attention, memory", "datasheet peak x assumed efficiency (no measurement of this GPU)")]
@@ -54,6 +55,16 @@ def model_for_gpu(gpu: Any) -> CostModel:
         phase_fit=phases,
         sources=tuple(sources),
     )
+
+
+def with_measured_fp8_gemms(model: CostModel, gpu_name: str) -> CostModel:
+    """The model with its plain FP8 GEMMs read from the measured table where the preset has one
+    (`moesim.cost.fp8_gemms`), labelled as such; unchanged otherwise."""
+    table = shipped_fp8_gemms(gpu_name)
+    if table is None or not model.peak_fp8_flops:
+        return model
+    sources = tuple((part, label) for part, label in model.sources if part != "fp8_dense")
+    return replace(model, fp8_gemms=table, sources=sources + (("fp8_dense", table.label),))
 
 
 def model_from_profile(path: str | Path) -> CostModel:

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from moesim.cost.fp8 import Fp8Speedup, assumed_speedup
+from moesim.cost.fp8_gemms import MeasuredGemms
 from moesim.cost.grouped import GroupedGemmModel
 from moesim.cost.phase_features import PhaseWork, feature_vector
 from moesim.errors import MoesimError
@@ -93,6 +94,8 @@ class CostModel:
     """Measured fp8 speedups of plain GEMMs by shape and rows; None: `assumed_speedup`."""
     fp8_grouped: Optional[Fp8Speedup] = None
     """The same for grouped expert GEMMs (rows per group)."""
+    fp8_gemms: Optional[MeasuredGemms] = None
+    """Plain FP8 GEMMs as measured (`moesim.cost.fp8_gemms`), from its fewest rows up; None: the speedups."""
     attention_overhead_s: float = DEFAULT_LAUNCH_SECONDS
     attention_block_s: float = 0.0
     """A query block's own cost in a FlashAttention kernel beyond its tiles' FLOPs (loading its queries, the
@@ -173,7 +176,30 @@ class CostModel:
             compute = flops / (self.peak_flops * self.efficiency(rows_array))
             memory = moved / (self.memory_bytes_per_s * self.memory_efficiency)
             seconds = np.where(rows_array > 0, np.maximum(compute, memory), 0.0) + self.kernel_launch_s
-        return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
+        return self._fp8(seconds, rows_array, inner, cols) if fp8 else seconds
+
+    def _fp8(self, bf16_seconds: np.ndarray, rows: np.ndarray, inner: int, cols: int) -> np.ndarray:
+        """A plain GEMM in FP8: measured where the table has its rows, else the bf16 time over the speedup."""
+        speedup = bf16_seconds / self.fp8_speedup(rows, inner, cols)
+        table = self.fp8_gemms
+        if table is None:
+            return speedup
+        return np.where(rows >= table.fewest_rows, table.seconds(rows, inner, cols), speedup)
+
+    def _fp8_backward(self, seconds: np.ndarray, rows: np.ndarray, inner: int, cols: int, input_grad: bool) -> Any:
+        """A plain GEMM's FP8 backward, measured where the table has its rows: the input gradient a GEMM of the
+        transposed shape (`input_grad`), the weight gradient `[inner x rows] @ [rows x cols]`; else `seconds`."""
+        table = self.fp8_gemms
+        if table is None:
+            return seconds
+        weight = np.array(
+            [
+                float(table.seconds(np.array([inner]), int(count), cols)[0]) if count > 0 else 0.0
+                for count in rows.ravel()
+            ]
+        ).reshape(rows.shape)
+        measured = weight + (table.seconds(rows, cols, inner) if input_grad else 0.0)
+        return np.where(rows >= table.fewest_rows, measured, seconds)
 
     def gemm_backward_seconds(
         self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2, fp8: bool = False
@@ -186,7 +212,9 @@ class CostModel:
         seconds = self.dense.dense_seconds(
             rows_array, cols, inner, element_bytes
         ) + self.dense.dense_weight_grad_seconds(rows_array, inner, cols, element_bytes)
-        return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
+        if not fp8:
+            return seconds
+        return self._fp8_backward(seconds / self.fp8_speedup(rows_array, inner, cols), rows_array, inner, cols, True)
 
     def gemm_weight_grad_seconds(
         self, rows: np.ndarray | float, inner: int, cols: int, element_bytes: int = 2, fp8: bool = False
@@ -196,7 +224,9 @@ class CostModel:
         if self.dense is None:
             return self.backward_gemm_factor / 2 * self.gemm_seconds(rows_array, inner, cols, element_bytes, fp8)
         seconds = self.dense.dense_weight_grad_seconds(rows_array, inner, cols, element_bytes)
-        return seconds / self.fp8_speedup(rows_array, inner, cols) if fp8 else seconds
+        if not fp8:
+            return seconds
+        return self._fp8_backward(seconds / self.fp8_speedup(rows_array, inner, cols), rows_array, inner, cols, False)
 
     def ffn_weight_grad_seconds(
         self, rows: np.ndarray | float, hidden: int, inner: int, gated: bool, element_bytes: int = 2, fp8: bool = False
