@@ -33,9 +33,12 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the resolved scenario as JSON."),
 ) -> None:
     """Validate a scenario and print it with every default filled in."""
+    import textwrap
+
     import yaml
 
     from moesim.cli.common import load_scenario_noting as load_scenario
+    from moesim.scenario.stacks import stack_lines
     from moesim.sim.memory import check_fits, memory_per_gpu
     from moesim.sim.plan import StagePlan
 
@@ -46,6 +49,10 @@ def check(
         print_json(data)
         return
     typer.echo(f"# {scenario.name}: valid ({resolved.cluster.world_size} GPUs, model {resolved.model.name})")
+    for line in stack_lines(resolved):  # wrapped at the terminal's width, indented as given
+        indent = " " * (len(line) - len(line.lstrip()) + 2)
+        for piece in textwrap.wrap(line, width=console.width - 2, subsequent_indent=indent):
+            typer.echo(f"# {piece}")
     dumper = _compact_lists_dumper()
     # PyYAML breaks a line once it passes the width: leave room for the token that passes it
     typer.echo(yaml.dump(data, Dumper=dumper, sort_keys=False, width=console.width - 8), nl=False)

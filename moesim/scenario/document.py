@@ -24,6 +24,7 @@ from moesim.scenario.sections import (
     _Section,
 )
 from moesim.scenario.serving import ServingSpec, most_tokens
+from moesim.scenario.stacks import ENGINES, StackSpec
 
 MAX_WORLD_SIZE = 2**20
 """The largest cluster a scenario may describe (the network model holds a few numbers per link)."""
@@ -46,6 +47,10 @@ class Scenario(_Section):
     sweep: SweepSpec = Field(default_factory=SweepSpec, description="Grid of variants for `moesim sweep`.")
     serving: ServingSpec = Field(
         default_factory=ServingSpec, description="Requests for `moesim serve` (continuous batching)."
+    )
+    stack: StackSpec = Field(
+        default_factory=StackSpec,
+        description="The framework or engine whose defaults to use (`moesim check` lists them).",
     )
 
     @model_validator(mode="before")
@@ -102,6 +107,9 @@ class Scenario(_Section):
                 f"serving: requests of up to {longest:,} tokens (prompt and output) exceed {model.name}'s context "
                 f"({model.max_seq_len:,}); shorten them or set model.max_seq_len"
             )
+        stack, engine = self.stack.name, self.serving.engine
+        if stack in ENGINES and engine is not None and engine != stack:
+            raise ValueError(f"stack.name: {stack} and serving.engine: {engine} name two engines; keep one")
         sim = self.simulation
         if sim.comm_sms and (cluster.gpu.sms is None or sim.comm_sms >= cluster.gpu.sms):
             raise ValueError(

@@ -16,6 +16,7 @@ from moesim.models.hf_import import config_reference
 from moesim.scenario.document import Scenario
 from moesim.scenario.paths import field_path_problem
 from moesim.scenario.sections import ClusterSpec
+from moesim.scenario.stacks import apply_stack
 
 try:
     import tomllib
@@ -191,7 +192,7 @@ def scenario_from_dict(document: Any, overrides: Sequence[str] = (), origin: str
     """Validate a parsed document (plus overrides) into a `Scenario`; problems are ScenarioErrors."""
     if not isinstance(document, dict):
         raise ScenarioError(f"{origin}: a scenario must be a mapping of sections, found {type(document).__name__}")
-    document = apply_overrides(document, overrides)
+    document = apply_stack(apply_overrides(document, overrides))  # the scenario's own settings win over its stack's
     try:
         return Scenario.model_validate(document)
     except ValidationError as error:

@@ -92,8 +92,9 @@ PUBLISHED_RUNS = [
         2048 * 4096 / 19.7 / 256,  # 19.7 s a step of 2,048 x 4,096 tokens on 256 GPUs
         "NVIDIA Megatron-MoE-ModelZoo, Qwen3 best practice, as issue 25 quotes it: 19.7 s a step (245 TFLOP/s a "
         "GPU); 17.6 s with 1F1B all-to-all overlap",
-        "moesim routes the model's aux-loss top-8 with its synthetic scores, whose skew at that point of training "
-        "no source states.",
+        "Megatron-Core's stack as the ModelZoo's config for it sets it (fused permutation and router, DeepEP's "
+        "dispatcher); moesim routes the model's aux-loss top-8 with its synthetic scores, whose skew at that point "
+        "of training no source states.",
     ),
     PublishedRun(
         "qwen3-235b-a22b-training-mcore.yaml",
@@ -116,14 +117,13 @@ PUBLISHED_RUNS = [
         "NVIDIA Megatron-Bridge performance summary, release 26.06, DGX-H100, as issue 25 quotes it: 8,826 "
         "tokens/s a GPU (203 TFLOP/s)",
         "forced balance as Megatron draws it (random logits: each token's 8 experts on about 6.5 of the 16 GPUs, "
-        "in both nodes); the stack's own kernels are not what moesim runs here: its eager executor's permutation "
-        "({permutation_s:.0f} s of the step; Megatron's recipes fuse it, `moe_permute_fusion`) and a flat NCCL "
-        "all-to-all ({alltoall_s:.0f} s; Megatron-Bridge's 16-GPU recipe runs HybridEP, node-deduplicated); FSDP's "
-        "gathers and reduce-scatters in every micro-batch are counted ({sharded_s:.2f} s of the step not hidden "
-        "behind the compute), the small kernels and host launches are not (issue 25's stack section). Those two "
-        "settings alone move moesim to {what_if:,.0f} tokens/s ({what_if_ratio:.2f}): the row's agreement is not "
-        "yet for the right reasons.",
-        ("simulation.moe_kernels=fused", "simulation.alltoall_algorithm=deepep", "simulation.comm_sms=32"),
+        "in both nodes); Megatron-Core's stack with its fused permutation ({permutation_s:.1f} s of the step), as "
+        "Megatron-Bridge's Qwen3 recipes set it, and NCCL's all-to-all ({alltoall_s:.0f} s): the row does not say "
+        "its dispatcher, and Megatron-Bridge's 16-GPU BF16 recipe runs HybridEP (node-deduplicated, 32 SMs), which "
+        "moves moesim to {what_if:,.0f} tokens/s ({what_if_ratio:.2f}); FSDP's gathers and reduce-scatters in every "
+        "micro-batch are counted ({sharded_s:.2f} s of the step not hidden behind the compute), the small kernels "
+        "and host launches are not.",
+        ("simulation.alltoall_algorithm=deepep", "simulation.comm_sms=32"),
     ),
 ]
 
