@@ -62,6 +62,9 @@ class FlopCounter(CostModel):
     def attention_seconds(self, flops, query_blocks=0.0):  # type: ignore[override]
         return flops
 
+    def attention_backward_slowdown(self, tokens):  # type: ignore[override]
+        return 1.0  # a rate, not FLOPs
+
 
 COUNTER = FlopCounter(
     name="flops",

@@ -6,8 +6,8 @@ where one was measured:
   from the H100) or one measured by `moesim calibrate` (`moesim.cost.model_from_profile`): GEMMs by shape
   (`moesim.cost.grouped`: tiles, waves, the library's tile choice, split contraction),
   grouped expert GEMMs from every group's rows together, backward GEMMs (input gradients
-  of the transposed shape, weight gradients contracting over the rows), fp8 speedups by
-  shape and rows (`moesim.cost.fp8`), attention and copies as measured;
+  of the transposed shape, weight gradients contracting over the rows), fp8 GEMMs as measured
+  (`moesim.cost.fp8_gemms`) or by speedups (`moesim.cost.fp8`), attention and copies as measured;
 * a datasheet GPU (`moesim.cost.model_for_gpu` on any other preset): datasheet peaks with an assumed
   efficiency curve, a GEMM of `rows x inner` by `inner x cols` taking
 
@@ -17,8 +17,7 @@ where one was measured:
   with efficiency(rows) = max_efficiency x rows / (rows + half_rows), experts as separate
   GEMMs one after another, backward GEMMs `backward_gemm_factor` (2) x forward, and fp8
   an assumed share of the datasheet's fp8/bf16 ratio;
-* a CPU profile (`moesim calibrate` on CPU): a measured efficiency curve by rows,
-  interpolated in log(rows), and linear phase models fitted to the executor's layers.
+* a CPU profile (`moesim calibrate` on CPU): an efficiency curve by rows and the executor's phase models.
 
 Measured phase models (`phase_fit`, linear in named `FEATURES`) replace the roofline of
 a phase where a profile has one: the router, permutation and un-permutation as the
@@ -34,6 +33,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from moesim.cost.attention_backward import backward_slowdown
 from moesim.cost.fp8 import Fp8Speedup, assumed_speedup
 from moesim.cost.fp8_gemms import MeasuredGemms
 from moesim.cost.grouped import GroupedGemmModel
@@ -187,8 +187,8 @@ class CostModel:
         return np.where(rows >= table.fewest_rows, table.seconds(rows, inner, cols), speedup)
 
     def _fp8_backward(self, seconds: np.ndarray, rows: np.ndarray, inner: int, cols: int, input_grad: bool) -> Any:
-        """A plain GEMM's FP8 backward, measured where the table has its rows: the input gradient a GEMM of the
-        transposed shape (`input_grad`), the weight gradient `[inner x rows] @ [rows x cols]`; else `seconds`."""
+        """A GEMM's FP8 backward as measured where the table has its rows (input gradient: the transposed GEMM,
+        with `input_grad`; weight gradient: `[inner x rows] @ [rows x cols]`), else `seconds`."""
         table = self.fp8_gemms
         if table is None:
             return seconds
@@ -383,6 +383,10 @@ class CostModel:
     def memory_seconds(self, size_bytes: float) -> float:
         """A memory-bound kernel moving `size_bytes`."""
         return size_bytes / (self.memory_bytes_per_s * self.memory_efficiency) + self.kernel_launch_s
+
+    def attention_backward_slowdown(self, tokens: float) -> float:
+        """The attention forward's rate over its backward's, per FLOP (`moesim.cost.attention_backward`)."""
+        return backward_slowdown(tokens)
 
     def attention_seconds(self, flops: float, query_blocks: float = 0.0) -> float:
         """Attention scores (QK^T, softmax, AV) of `flops` (causal: the diagonal's tiles counted whole,

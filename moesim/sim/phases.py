@@ -6,7 +6,7 @@ experts, overlapping the dispatch when enabled) -> combine -> unpermute; dense l
 run a dense FFN instead of router ... unpermute. Backward runs the layers in reverse:
 GEMMs cost their input and weight gradients as the profile's kernel models cost them
 (`CostModel.gemm_backward_seconds`; 2x the forward on a datasheet GPU), the experts'
-grouped GEMMs likewise, attention scores 2.5 times (FlashAttention backward),
+grouped GEMMs likewise, attention scores 2.5x the FLOPs at FlashAttention's measured backward rate,
 memory-bound kernels twice, each all-to-all once more; a profile with a measured MoE
 backward model (`phase_fit['backward']`) costs that block from it instead; full
 recomputation replays the forward first. `workload.precision.gemm: fp8` runs the linear
@@ -188,6 +188,8 @@ class PhaseBuilder:
             "projections": gemm,
             "up_projections": min(up, gemm),
             "scores": scores,
+            # FlashAttention's backward: 2.5x the forward's FLOPs at its own, lower, measured rate
+            "scores_backward": BACKWARD_ATTENTION_FACTOR * scores * cost.attention_backward_slowdown(self.context),
             "norms": norms,
             "projections_backward": backward_gemm,
         }
@@ -211,14 +213,12 @@ class PhaseBuilder:
         return keys, (whole * context + windowed * cached) / model.num_layers
 
     def attention(self, layer: Layer) -> tuple[float, float]:
-        """(forward, backward) seconds of a layer's attention: projections (GEMMs), scores (FlashAttention: its
-        backward `BACKWARD_ATTENTION_FACTOR` x the forward), norms (memory passes, twice backward)."""
+        """(forward, backward) seconds of a layer's attention: projections (GEMMs), scores (FlashAttention; its
+        backward: `attention_parts`), norms (memory passes, twice backward)."""
         parts = self.attention_parts(layer)
         return (
             parts["projections"] + parts["scores"] + parts["norms"],
-            parts["projections_backward"]
-            + BACKWARD_ATTENTION_FACTOR * parts["scores"]
-            + BACKWARD_MEMORY_FACTOR * parts["norms"],
+            parts["projections_backward"] + parts["scores_backward"] + BACKWARD_MEMORY_FACTOR * parts["norms"],
         )
 
     def ffn_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:

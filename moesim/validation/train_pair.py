@@ -21,7 +21,7 @@ from moesim.cluster.topology import Topology
 from moesim.models.spec import GATED_ACTIVATIONS
 from moesim.scenario.loading import load_scenario
 from moesim.sim.device import comm_stretch, cost_model_for
-from moesim.sim.phase import BACKWARD_ATTENTION_FACTOR, BACKWARD_MEMORY_FACTOR, Phase, mean_seconds
+from moesim.sim.phase import BACKWARD_MEMORY_FACTOR, Phase, mean_seconds
 from moesim.sim.phases import PhaseBuilder
 from moesim.sim.plan import StagePlan, expert_group_tokens
 from moesim.sim.routing_load import route_layers
@@ -74,7 +74,7 @@ def _classify(builder: PhaseBuilder, phase: Phase, backward: bool, classes: dict
             _add(
                 classes,
                 gemm=parts["projections_backward"],
-                attention=BACKWARD_ATTENTION_FACTOR * parts["scores"],
+                attention=parts["scores_backward"],
                 norm=BACKWARD_MEMORY_FACTOR * parts["norms"],
             )
         else:

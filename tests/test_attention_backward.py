@@ -1,0 +1,39 @@
+"""FlashAttention's backward: 2.5x the forward's FLOPs at its measured, lower rate (FlashAttention-3's paper)."""
+
+from __future__ import annotations
+
+import pytest
+
+from moesim.cluster.hardware import gpu_preset
+from moesim.cluster.topology import Topology
+from moesim.cost import model_for_gpu
+from moesim.cost.attention_backward import backward_slowdown
+from moesim.scenario import scenario_from_dict
+from moesim.sim.phase import BACKWARD_ATTENTION_FACTOR
+from moesim.sim.phases import PhaseBuilder
+from moesim.sim.plan import StagePlan
+
+
+def test_the_measured_rates_read_back_and_hold_at_the_ends() -> None:
+    # FlashAttention-2 on an H100 SXM5, head dim 128: forward 368, backward 310 TFLOP/s at 4,096 tokens
+    assert backward_slowdown(4096) == pytest.approx(368 / 310)
+    assert backward_slowdown(512) == pytest.approx(309 / 214)
+    assert backward_slowdown(64) == backward_slowdown(512)  # held below the shortest measured sequence
+    assert backward_slowdown(131072) == pytest.approx(370 / 322)  # and above the longest
+    assert backward_slowdown(512) > backward_slowdown(2048) > backward_slowdown(16384) > 1.0
+
+
+def test_a_layers_attention_backward_is_the_flops_at_that_rate() -> None:
+    scenario = scenario_from_dict(
+        {
+            "model": {"preset": "mixtral-8x7b", "num_layers": 1},
+            "cluster": {"num_nodes": 1, "gpu": "H100-SXM"},
+            "parallelism": {"ep_size": 8},
+            "workload": {"mode": "training", "seq_len": 4096},
+        }
+    )
+    plan = StagePlan(scenario)
+    cost = model_for_gpu(gpu_preset("H100-SXM"))
+    builder = PhaseBuilder(scenario, plan, cost, Topology.from_cluster(scenario.cluster), plan.tokens_per_rank, 4096)
+    parts = builder.attention_parts(plan.layers[0])
+    assert parts["scores_backward"] == pytest.approx(BACKWARD_ATTENTION_FACTOR * parts["scores"] * 368 / 310)
