@@ -37,3 +37,24 @@ def test_a_layers_attention_backward_is_the_flops_at_that_rate() -> None:
     builder = PhaseBuilder(scenario, plan, cost, Topology.from_cluster(scenario.cluster), plan.tokens_per_rank, 4096)
     parts = builder.attention_parts(plan.layers[0])
     assert parts["scores_backward"] == pytest.approx(BACKWARD_ATTENTION_FACTOR * parts["scores"] * 368 / 310)
+
+
+def test_the_norms_inside_an_attention_are_memory_passes_of_what_they_normalise() -> None:
+    """Qwen3's per-head RMSNorm on its queries and keys; MLA's on its two latents (DeepSeek-V3: 1,536 + 512 a
+    token): each one pass read and written over the attended tokens, none without either."""
+    cost = model_for_gpu(gpu_preset("H100-SXM"))
+    for preset, widths in (("qwen3-30b-a3b", (32 * 128, 4 * 128)), ("deepseek-v3", (1536, 512)), ("mixtral-8x7b", ())):
+        scenario = scenario_from_dict(
+            {
+                "model": {"preset": preset, "num_layers": 1, "first_k_dense_layers": 0},
+                "cluster": {"num_nodes": 1, "gpu": "H100-SXM"},
+                "parallelism": {"ep_size": 8},
+                "workload": {"mode": "training", "seq_len": 4096},
+            }
+        )
+        plan = StagePlan(scenario)
+        builder = PhaseBuilder(
+            scenario, plan, cost, Topology.from_cluster(scenario.cluster), plan.tokens_per_rank, 4096
+        )
+        expected = sum(cost.memory_seconds(2 * builder.gemm_tokens * width * 2) for width in widths)
+        assert builder.attention_parts(plan.layers[0])["head_norms"] == pytest.approx(expected)

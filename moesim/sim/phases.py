@@ -34,6 +34,7 @@ from moesim.sim.collectives import all_reduce_time, all_to_all, local_share, low
 from moesim.sim.engine_kernels import engine_allreduce, engine_decode_attention
 from moesim.sim.fp8_casts import cast_phases
 from moesim.sim.moe_block import moe_block_phases
+from moesim.sim.norms import head_norm_seconds, layer_norm_seconds
 from moesim.sim.phase import (
     BACKWARD_ATTENTION_FACTOR,
     BACKWARD_MEMORY_FACTOR,
@@ -131,8 +132,8 @@ class PhaseBuilder:
     def attention_parts(self, layer: Layer) -> dict[str, float]:
         """A layer's attention forward, part by part (seconds): `projections` (GEMMs, of which `up_projections` are
         MLA's latent-to-head ones), `scores` (the fused attention kernel; decode: at least its KV-cache read) and
-        `norms` (the layer's norms and residual adds: four memory-bound kernels, two fused ones with an engine's
-        kernels)."""
+        `norms` (the layer's norms and residual adds) and `head_norms` (the ones inside its attention), both from
+        `moesim.sim.norms`."""
         model, cost = self.model, self.cost
         projections = accounting.attention_params(model) * (2 if layer.cross_attention else 1) / self.tp
         cols = max(1, int(projections // model.hidden_size))
@@ -178,11 +179,7 @@ class PhaseBuilder:
         measured = engine_decode_attention(self, heads_per_rank, cached_keys) if self.decode else None
         if measured is not None:  # the engine's own kernel, measured (its cache append included)
             scores = measured
-        row = self.tokens * model.hidden_size * self.element
-        if self.fused_kernels:  # an engine's fused residual-add + RMSNorm, twice a layer: two inputs in, two out
-            norms = 2 * cost.memory_seconds(4 * row)
-        else:  # eager: each norm reads and writes the hidden state, each residual add reads two and writes one
-            norms = 2 * cost.memory_seconds(2 * row) + 2 * cost.memory_seconds(3 * row)
+        norms = layer_norm_seconds(self)
         backward_gemm = float(cost.gemm_backward_seconds(self.gemm_tokens, model.hidden_size, cols, fp8=self.fp8))
         return {
             "projections": gemm,
@@ -191,6 +188,7 @@ class PhaseBuilder:
             # FlashAttention's backward: 2.5x the forward's FLOPs at its own, lower, measured rate
             "scores_backward": BACKWARD_ATTENTION_FACTOR * scores * cost.attention_backward_slowdown(self.context),
             "norms": norms,
+            "head_norms": head_norm_seconds(self, heads_per_rank),
             "projections_backward": backward_gemm,
         }
 
@@ -217,8 +215,10 @@ class PhaseBuilder:
         backward: `attention_parts`), norms (memory passes, twice backward)."""
         parts = self.attention_parts(layer)
         return (
-            parts["projections"] + parts["scores"] + parts["norms"],
-            parts["projections_backward"] + parts["scores_backward"] + BACKWARD_MEMORY_FACTOR * parts["norms"],
+            parts["projections"] + parts["scores"] + parts["norms"] + parts["head_norms"],
+            parts["projections_backward"]
+            + parts["scores_backward"]
+            + BACKWARD_MEMORY_FACTOR * (parts["norms"] + parts["head_norms"]),
         )
 
     def ffn_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:

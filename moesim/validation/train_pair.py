@@ -75,10 +75,15 @@ def _classify(builder: PhaseBuilder, phase: Phase, backward: bool, classes: dict
                 classes,
                 gemm=parts["projections_backward"],
                 attention=parts["scores_backward"],
-                norm=BACKWARD_MEMORY_FACTOR * parts["norms"],
+                norm=BACKWARD_MEMORY_FACTOR * (parts["norms"] + parts["head_norms"]),
             )
         else:
-            _add(classes, gemm=parts["projections"], attention=parts["scores"], norm=parts["norms"])
+            _add(
+                classes,
+                gemm=parts["projections"],
+                attention=parts["scores"],
+                norm=parts["norms"] + parts["head_norms"],
+            )
     elif name in ("dispatch", "combine"):
         classes["communication"] += seconds
         if phase.overlapped is not None:
@@ -108,6 +113,8 @@ def _classify(builder: PhaseBuilder, phase: Phase, backward: bool, classes: dict
         modules = set(builder.scenario.workload.recompute_modules)
         norms = parts["norms"] if "layernorm" in modules else 0.0
         up = parts["up_projections"] if "mla_up_proj" in modules else 0.0
+        if "mla_up_proj" in modules and model.attention_type == "mla":  # the latent norms before the up-projections
+            norms += parts["head_norms"]
         scores = parts["scores"] if "core_attn" in modules else 0.0
         _add(classes, gemm=up, norm=norms, attention=scores, activation=seconds - up - norms - scores)
     else:
