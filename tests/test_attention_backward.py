@@ -58,3 +58,31 @@ def test_the_norms_inside_an_attention_are_memory_passes_of_what_they_normalise(
         )
         expected = sum(cost.memory_seconds(2 * builder.gemm_tokens * width * 2) for width in widths)
         assert builder.attention_parts(plan.layers[0])["head_norms"] == pytest.approx(expected)
+
+
+def test_rope_is_a_pass_over_the_rotated_queries_and_keys_in_training_only() -> None:
+    """GQA: every query and key head a rank holds; MLA: the decoupled rotary part (64 of DeepSeek-V3's 192 per
+    head) of 128 query heads and one shared key; none for T5-style Switch, none when serving (engines fuse it with
+    the KV-cache write)."""
+    cost = model_for_gpu(gpu_preset("H100-SXM"))
+    cases = (
+        ("qwen3-30b-a3b", "training", (32 + 4) * 128),
+        ("deepseek-v3", "training", (128 + 1) * 64),
+        ("switch-base-8", "training", 0),
+        ("qwen3-30b-a3b", "inference", 0),
+    )
+    for preset, mode, width in cases:
+        scenario = scenario_from_dict(
+            {
+                "model": {"preset": preset, "num_layers": 2, "first_k_dense_layers": 0}
+                if preset != "switch-base-8"
+                else "switch-base-8",
+                "cluster": {"num_nodes": 1, "gpu": "H100-SXM"},
+                "parallelism": {"ep_size": 8},
+                "workload": {"mode": mode, "seq_len": 512},
+            }
+        )
+        plan = StagePlan(scenario)
+        builder = PhaseBuilder(scenario, plan, cost, Topology.from_cluster(scenario.cluster), plan.tokens_per_rank, 512)
+        expected = cost.memory_seconds(2 * builder.gemm_tokens * width * 2) if width else 0.0
+        assert builder.attention_parts(plan.layers[-1])["rope"] == pytest.approx(expected), preset

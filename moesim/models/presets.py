@@ -49,6 +49,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # Fedus et al. 2021 (Switch Transformers) on T5-Base; huggingface.co/google/switch-base-8 config.json
     # (d_model 768, d_ff 3072, 12+12 layers, 12 heads x 64, sparse every other layer, ReLU, tied embeddings).
     "switch-base-8": dict(
+        rotary=False,  # T5's relative position bias (Raffel et al. 2020), not RoPE
         architecture="encoder_decoder",
         num_layers=12,
         num_encoder_layers=12,
@@ -70,6 +71,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # Fedus et al. 2021, Table 9 (Switch-C): d_model 2080, d_ff 6144, 32 heads x 64, 15+15 layers,
     # every layer sparse, 2048 experts; huggingface.co/google/switch-c-2048 config.json.
     "switch-c-2048": dict(
+        rotary=False,  # T5's relative position bias, not RoPE
         architecture="encoder_decoder",
         num_layers=15,
         num_encoder_layers=15,
@@ -91,6 +93,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # Lepikhin et al. 2020 (GShard), section 3 and Table 3, MoE(2048E, 36L): M=1024, H=8192,
     # 16 heads, MoE every other layer in encoder and decoder, top-2, 32K wordpiece vocabulary.
     "gshard-600b": dict(
+        rotary=False,  # the Transformer's sinusoidal positions (Lepikhin et al. 2020 predates RoPE)
         architecture="encoder_decoder",
         num_layers=18,
         num_encoder_layers=18,
@@ -113,6 +116,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # Du et al. 2022 (GLaM), Table 4, GLaM (64B/64E): L=64, M=8192, H=32768, 128 heads x 128, E=64,
     # every other layer MoE, top-2; gated GELU in the dense FFNs (section 4), 256K SentencePiece vocab.
     "glam-1.2t": dict(
+        rotary=False,  # per-layer relative positional bias (Du et al. 2022)
         num_layers=64,
         hidden_size=8192,
         vocab_size=256000,
@@ -210,6 +214,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # NLLB Team 2022, huggingface.co/facebook/nllb-moe-54b/blob/main/config.json
     # (d_model 2048, 24+24 layers, 16 heads, ffn 8192, 128 experts, sparse every 4th layer).
     "nllb-moe-54b": dict(
+        rotary=False,  # fairseq's sinusoidal position embeddings
         architecture="encoder_decoder",
         num_layers=24,
         num_encoder_layers=24,

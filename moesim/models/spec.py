@@ -59,6 +59,11 @@ class ModelSpec(BaseModel):
     v_head_dim: Optional[int] = Field(None, gt=0, description="MLA: per-head value size.")
     attention_bias: bool = Field(False, description="Attention projections carry biases.")
     qk_norm: bool = Field(False, description="Per-head RMSNorm on queries and keys (OLMoE, Qwen3).")
+    rotary: bool = Field(
+        True,
+        description="Rotary position embedding on queries and keys (RoPE; MLA: its decoupled rotary part); false for "
+        "models with learned, sinusoidal or relative positions (T5's Switch, GShard, GLaM, NLLB).",
+    )
     norm_type: Literal["rmsnorm", "layernorm"] = Field(
         "rmsnorm", description="`rmsnorm` (a weight per channel) or `layernorm` (weight and bias)."
     )

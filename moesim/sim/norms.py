@@ -1,5 +1,5 @@
-"""A layer's normalisations: the two around its attention and FFN with their residual adds, and the ones its
-architecture adds inside the attention.
+"""A layer's memory passes around its attention: the two norms with their residual adds, the norms its
+architecture adds inside the attention, and the rotary embedding.
 
 Each is a memory-bound pass over what it normalises, read and written (twice that backward,
 `BACKWARD_MEMORY_FACTOR`). Inside the attention: Qwen3's and OLMoE's per-head RMSNorm on the queries and keys
@@ -7,6 +7,11 @@ Each is a memory-bound pass over what it normalises, read and written (twice tha
 key-value latents (DeepSeek-V3: q_a_layernorm over 1,536 and kv_a_layernorm over 512 elements a token; the
 down-projections, and so their norms, run on every attended token of a tensor-parallel rank). DeepSeek's own
 trace has four layer norms a layer (`validation/TRAIN_PAIR.md`).
+
+The rotary embedding (RoPE) rotates the queries and keys a rank holds, in training one pass forward and one on
+their gradients backward (MLA: the decoupled rotary part only, 64 of each head's 192 query and key dimensions, and
+one shared key; DeepSeek's trace: 24 rotary kernels in its four-layer chunk pair, 1.5 ms). Serving engines fuse it
+with the KV-cache write (`PhaseBuilder.attention_parts`), so it is not charged there.
 """
 
 from __future__ import annotations
@@ -36,3 +41,15 @@ def head_norm_seconds(builder: "PhaseBuilder", heads_per_rank: int) -> float:
     if model.attention_type == "mla":
         widths += [width for width in (model.q_lora_rank, model.kv_lora_rank) if width]
     return sum(cost.memory_seconds(2 * tokens * width * builder.element) for width in widths)
+
+
+def rotary_seconds(builder: "PhaseBuilder", heads_per_rank: int) -> float:
+    """One pass of the rotary embedding over the queries and keys a rank holds (training; 0 without RoPE)."""
+    model = builder.model
+    if not model.rotary or builder.scenario.workload.mode != "training":
+        return 0.0
+    if model.attention_type == "mla":
+        width = (heads_per_rank + 1) * model.qk_rope_head_dim  # type: ignore[operator]
+    else:
+        width = (heads_per_rank + max(1, model.kv_heads // builder.tp)) * model.attention_head_dim
+    return builder.cost.memory_seconds(2 * builder.gemm_tokens * width * builder.element)

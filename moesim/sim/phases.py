@@ -9,11 +9,9 @@ GEMMs cost their input and weight gradients as the profile's kernel models cost 
 grouped GEMMs likewise, attention scores 2.5x the FLOPs at FlashAttention's measured backward rate,
 memory-bound kernels twice, each all-to-all once more; a profile with a measured MoE
 backward model (`phase_fit['backward']`) costs that block from it instead; full
-recomputation replays the forward first. `workload.precision.gemm: fp8` runs the linear
-layers' GEMMs (not the router's or the output head's) at the measured fp8 speedup.
-Compute phases carry one duration per rank (only the expert phase differs between ranks:
-it follows each rank's expert loads); collectives carry their network time, and every
-rank of the group waits for the slowest to arrive.
+recomputation replays the forward first. `gemm: fp8` runs the linear layers' GEMMs in fp8.
+Compute phases carry one duration per rank (only the experts' follow each rank's expert
+loads); collectives their network time, every rank waiting for the slowest to arrive.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from moesim.sim.collectives import all_reduce_time, all_to_all, local_share, low
 from moesim.sim.engine_kernels import engine_allreduce, engine_decode_attention
 from moesim.sim.fp8_casts import cast_phases
 from moesim.sim.moe_block import moe_block_phases
-from moesim.sim.norms import head_norm_seconds, layer_norm_seconds
+from moesim.sim.norms import head_norm_seconds, layer_norm_seconds, rotary_seconds
 from moesim.sim.phase import (
     BACKWARD_ATTENTION_FACTOR,
     BACKWARD_MEMORY_FACTOR,
@@ -132,8 +130,8 @@ class PhaseBuilder:
     def attention_parts(self, layer: Layer) -> dict[str, float]:
         """A layer's attention forward, part by part (seconds): `projections` (GEMMs, of which `up_projections` are
         MLA's latent-to-head ones), `scores` (the fused attention kernel; decode: at least its KV-cache read) and
-        `norms` (the layer's norms and residual adds) and `head_norms` (the ones inside its attention), both from
-        `moesim.sim.norms`."""
+        `norms` (the layer's norms and residual adds), `head_norms` (the ones inside its attention) and `rope` (the
+        rotary embedding, training), from `moesim.sim.norms`."""
         model, cost = self.model, self.cost
         projections = accounting.attention_params(model) * (2 if layer.cross_attention else 1) / self.tp
         cols = max(1, int(projections // model.hidden_size))
@@ -189,6 +187,7 @@ class PhaseBuilder:
             "scores_backward": BACKWARD_ATTENTION_FACTOR * scores * cost.attention_backward_slowdown(self.context),
             "norms": norms,
             "head_norms": head_norm_seconds(self, heads_per_rank),
+            "rope": rotary_seconds(self, heads_per_rank),
             "projections_backward": backward_gemm,
         }
 
@@ -211,14 +210,14 @@ class PhaseBuilder:
         return keys, (whole * context + windowed * cached) / model.num_layers
 
     def attention(self, layer: Layer) -> tuple[float, float]:
-        """(forward, backward) seconds of a layer's attention: projections (GEMMs), scores (FlashAttention; its
-        backward: `attention_parts`), norms (memory passes, twice backward)."""
+        """(forward, backward) seconds of a layer's attention: projections, scores, norms (twice backward), RoPE."""
         parts = self.attention_parts(layer)
         return (
-            parts["projections"] + parts["scores"] + parts["norms"] + parts["head_norms"],
+            parts["projections"] + parts["scores"] + parts["norms"] + parts["head_norms"] + parts["rope"],
             parts["projections_backward"]
             + parts["scores_backward"]
-            + BACKWARD_MEMORY_FACTOR * (parts["norms"] + parts["head_norms"]),
+            + BACKWARD_MEMORY_FACTOR * (parts["norms"] + parts["head_norms"])
+            + parts["rope"],
         )
 
     def ffn_seconds(self, rows: np.ndarray | float, inner: int, activation: str) -> np.ndarray:

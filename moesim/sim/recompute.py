@@ -5,8 +5,8 @@ Selective recomputation (`workload.activation_recompute: selective`, `workload.r
 activations `moesim.models.accounting.activation_bytes_per_token` drops for the forward work that rebuilds them:
 
 * `core_attn`: the fused attention kernel's forward (its output and log-sum-exp are rebuilt);
-* `mla_up_proj`: MLA's latent-to-head up-projection GEMMs and the latent norms before them (DeepSeek-V3
-  recomputes them, report 3.3.3);
+* `mla_up_proj`: MLA's latent-to-head up-projection GEMMs, the latent norms before them and the RoPE after
+  (DeepSeek-V3 recomputes them, report 3.3.3);
 * `layernorm`: the norms' memory passes (DeepSeek-V3 recomputes RMSNorm);
 * `moe_act`: the experts' activation function, an element-wise pass over every routed row's intermediate;
 * `mlp`: a dense FFN's forward;
@@ -44,8 +44,11 @@ def replayed_phases(builder: "PhaseBuilder", layer: "Layer", layer_forward: list
     seconds = 0.0
     if "core_attn" in modules:
         seconds += parts["scores"]
-    if "mla_up_proj" in modules:  # the up-projections and the latent norms that feed them
-        seconds += parts["up_projections"] + (parts["head_norms"] if model.attention_type == "mla" else 0.0)
+    if "mla_up_proj" in modules and model.attention_type == "mla":  # its up-projections, with the latent norms
+        # that feed them and the RoPE applied after (Megatron-Core: "the MLA up projection and RoPE applying parts")
+        seconds += parts["up_projections"] + parts["head_norms"] + parts["rope"]
+    elif "mla_up_proj" in modules:
+        seconds += parts["up_projections"]
     if "layernorm" in modules:
         seconds += parts["norms"]
     if "moe_act" in modules and layer.is_moe:

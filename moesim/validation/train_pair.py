@@ -76,6 +76,7 @@ def _classify(builder: PhaseBuilder, phase: Phase, backward: bool, classes: dict
                 gemm=parts["projections_backward"],
                 attention=parts["scores_backward"],
                 norm=BACKWARD_MEMORY_FACTOR * (parts["norms"] + parts["head_norms"]),
+                rope=parts["rope"],
             )
         else:
             _add(
@@ -83,6 +84,7 @@ def _classify(builder: PhaseBuilder, phase: Phase, backward: bool, classes: dict
                 gemm=parts["projections"],
                 attention=parts["scores"],
                 norm=parts["norms"] + parts["head_norms"],
+                rope=parts["rope"],
             )
     elif name in ("dispatch", "combine"):
         classes["communication"] += seconds
@@ -113,10 +115,11 @@ def _classify(builder: PhaseBuilder, phase: Phase, backward: bool, classes: dict
         modules = set(builder.scenario.workload.recompute_modules)
         norms = parts["norms"] if "layernorm" in modules else 0.0
         up = parts["up_projections"] if "mla_up_proj" in modules else 0.0
-        if "mla_up_proj" in modules and model.attention_type == "mla":  # the latent norms before the up-projections
-            norms += parts["head_norms"]
+        rope = 0.0
+        if "mla_up_proj" in modules and model.attention_type == "mla":  # the latent norms before, the RoPE after
+            norms, rope = norms + parts["head_norms"], parts["rope"]
         scores = parts["scores"] if "core_attn" in modules else 0.0
-        _add(classes, gemm=up, norm=norms, attention=scores, activation=seconds - up - norms - scores)
+        _add(classes, gemm=up, norm=norms, rope=rope, attention=scores, activation=seconds - up - norms - rope - scores)
     else:
         raise ValueError(f"phase {name!r} has no kernel class here: the chunk pair has no such phase")
 
