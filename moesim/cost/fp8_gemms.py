@@ -23,7 +23,7 @@ import gzip
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -59,6 +59,7 @@ class MeasuredGemms:
     rows: tuple[tuple[int, int, int, float], ...] = field(compare=False, repr=False)
     label: str = ""
     _curves: dict = field(default_factory=dict, compare=False, repr=False)
+    _nearest: dict = field(default_factory=dict, compare=False, repr=False)  # (inner, cols) -> shapes and weights
 
     def __post_init__(self) -> None:
         curves: dict[tuple[int, int], list[tuple[float, float]]] = defaultdict(list)
@@ -68,15 +69,22 @@ class MeasuredGemms:
             points.sort()
             self._curves[shape] = (np.log([p[0] for p in points]), np.array([p[1] for p in points]))
 
-    @property
+    @cached_property
     def fewest_rows(self) -> float:
         return float(min(row[0] for row in self.rows))
 
+    def _shapes_near(self, inner: int, cols: int) -> list[tuple[float, tuple[int, int]]]:
+        """The measured weight shapes a shape's rate is read from, with their distances (found once a shape)."""
+        key = (inner, cols)
+        if key not in self._nearest:
+            self._nearest[key] = sorted(
+                (abs(np.log(inner / shape[0])) + abs(np.log(cols / shape[1])), shape) for shape in self._curves
+            )[:NEAREST_SHAPES]
+        return self._nearest[key]
+
     def rate(self, rows: np.ndarray, inner: int, cols: int) -> np.ndarray:
         """FLOP/s of `[rows x inner] @ [inner x cols]` (rows an array), from the nearest measured weight shapes."""
-        distances = sorted(
-            (abs(np.log(inner / shape[0])) + abs(np.log(cols / shape[1])), shape) for shape in self._curves
-        )[:NEAREST_SHAPES]
+        distances = self._shapes_near(inner, cols)
         logs = np.log(np.maximum(rows, 1.0))
         if distances[0][0] == 0.0:
             return np.interp(logs, *self._curves[distances[0][1]])

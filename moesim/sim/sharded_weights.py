@@ -45,6 +45,31 @@ class ShardedTraffic:
         return any(self.gather_s) or any(self.reduce_s)
 
 
+@dataclass(frozen=True)
+class GradientGroups:
+    """Who shares a rank's gradients: the dense weights over the data-parallel ranks, each layer's experts (split over
+    EP x ETP) over the expert-data-parallel ranks."""
+
+    dense: np.ndarray  # rank 0's data-parallel group
+    experts: np.ndarray  # rank 0's expert-data-parallel group
+    dp: int
+    expert_dp: int
+    expert_shards: int
+
+
+def gradient_groups(scenario: Scenario, topology: Topology) -> GradientGroups:
+    par = scenario.parallelism
+    dp, expert_shards = par.dp_size or 1, par.ep_size * par.expert_tp_size
+    expert_dp = max(1, dp * par.tp_size * par.cp_size // expert_shards)
+    return GradientGroups(
+        np.arange(dp) * par.model_parallel_size,
+        np.unique((np.arange(expert_dp) * expert_shards) % topology.world_size),
+        dp,
+        expert_dp,
+        expert_shards,
+    )
+
+
 def exposed_seconds(first_s: float, comm_s: float, compute_s: float, modules: int) -> float:
     """A pass's growth when each of its `modules` needs `comm_s` of collectives issued one module ahead on a side
     stream and computes for `compute_s` outside the links: the first module's `first_s` waits, the others wait only
@@ -61,17 +86,14 @@ def sharded_traffic(scenario: Scenario, plan: StagePlan, topology: Topology, sta
     par, precision = scenario.parallelism, scenario.workload.precision
     count = plan.num_stages
     zero = [0.0] * count
-    dp = par.dp_size or 1
-    expert_shards = par.ep_size * par.expert_tp_size
-    expert_dp = max(1, dp * par.tp_size * par.cp_size // expert_shards)
-    if par.zero_stage < 2 or (dp == 1 and expert_dp == 1):
+    groups = gradient_groups(scenario, topology)
+    if par.zero_stage < 2 or (groups.dp == 1 and groups.expert_dp == 1):
         return ShardedTraffic(zero, zero, zero, zero, 0.0)
-    dense_group = np.arange(dp) * par.model_parallel_size
-    expert_group = np.unique((np.arange(expert_dp) * expert_shards) % topology.world_size)
+    dense_group, expert_group = groups.dense, groups.experts
     gather, reduce, forward, backward = [], [], [], []
     for stage in range(count):
         dense = plan.stage_dense_params(stage) / par.tp_size
-        experts = plan.stage_expert_params(stage) / expert_shards
+        experts = plan.stage_expert_params(stage) / groups.expert_shards
         g = 0.0
         if par.zero_stage >= 3:
             g = shard_collective_time(

@@ -26,8 +26,8 @@ from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.plan import StagePlan
 from moesim.sim.result import StepResult
 from moesim.sim.routing_load import routing_summary
+from moesim.sim.sharded_weights import gradient_groups, sharded_traffic, with_sharded_traffic
 from moesim.sim.sharded_weights import note as sharded_note
-from moesim.sim.sharded_weights import sharded_traffic, with_sharded_traffic
 from moesim.sim.sources import alltoall_source, network_source, phase_sources
 from moesim.sim.stages import StagePasses, simulate_stages
 from moesim.sim.timeline import Slice, timeline_for
@@ -141,23 +141,20 @@ def _training_step(
         held = {worst: float(micro)}
     # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
     precision = scenario.workload.precision
+    groups = gradient_groups(scenario, topology)
+    dp, expert_dp, dp_group, expert_group = groups.dp, groups.expert_dp, groups.dense, groups.experts
     dense_params = sum(plan.stage_dense_params(stage) for stage in held) / par.tp_size  # DualPipe: two chunks
-    expert_shards = par.ep_size * par.expert_tp_size  # a layer's experts over EP, each expert over ETP
-    expert_params = sum(plan.stage_expert_params(stage) for stage in held) / expert_shards
+    expert_params = sum(plan.stage_expert_params(stage) for stage in held) / groups.expert_shards
     grads_dense, grads_expert = dense_params * precision.grad_bytes, expert_params * precision.grad_bytes
-    dp = par.dp_size or 1
-    dp_group = np.arange(dp) * par.model_parallel_size
-    expert_dp = max(1, dp * par.tp_size * par.cp_size // expert_shards)
-    expert_group = (np.arange(expert_dp) * expert_shards) % topology.world_size
     if par.zero_stage >= 2:  # gradients reduce-scattered in every micro-batch (moesim.sim.sharded_weights)
         weights_dense, weights_expert = dense_params * precision.weight_bytes, expert_params * precision.weight_bytes
         reduce = 0.0  # ZeRO-3 gathers its weights when it needs them; ZeRO-2 gathers the updated ones once
         if par.zero_stage == 2:
             reduce = shard_collective_time(topology, dp_group, weights_dense, "all_gather")
-            reduce += shard_collective_time(topology, np.unique(expert_group), weights_expert, "all_gather")
+            reduce += shard_collective_time(topology, expert_group, weights_expert, "all_gather")
     else:
         reduce = all_reduce_time(topology, dp_group, grads_dense, sim.allreduce_algorithm)
-        reduce += all_reduce_time(topology, np.unique(expert_group), grads_expert, sim.allreduce_algorithm)
+        reduce += all_reduce_time(topology, expert_group, grads_expert, sim.allreduce_algorithm)
     last_backward = max(backward_s[stage] for stage in held)
     exposed = max(0.0, reduce - last_backward) if sim.overlap_grad_reduce else reduce
     exposed += sharded.tail_s
