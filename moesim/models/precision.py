@@ -46,6 +46,20 @@ class Precision(BaseModel):
         description="Compute precision of the linear layers' GEMMs, forward and backward (fp8: e4m3 with "
         "fine-grained scales, DeepSeek-V3's recipe; the router, embedding and output head stay bf16).",
     )
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise", "mxfp8"] = Field(
+        "blockwise",
+        description="FP8 training's scaling recipe (Megatron-LM's --fp8-recipe): delayed (the amax inside the cast, "
+        "the scale from its history), tensorwise (current scaling: an amax pass before each cast), blockwise "
+        "(DeepSeek-V3's 1x128 / 128x128 scales), mxfp8 (a scale per 32); it sets the casts' passes and scale bytes "
+        "(`moesim.cost.fp8_recipes`); the GEMMs are timed from DeepGEMM's blockwise tables whichever it is.",
+    )
+    fp8_cast_kernels: Literal["transformer-engine", "deepseek"] = Field(
+        "transformer-engine",
+        description="Whose kernels make FP8 training's operands: transformer-engine (a fused cast-transpose writes "
+        "both copies of a tensor, weights cast once a step) or deepseek (DeepSeek-V3's: row-wise and column-wise "
+        "casts in separate passes, FP8 weights transposed every micro-batch, the SwiGLU input kept in FP8 and the "
+        "attention output in E5M6 where linear_inputs is fp8).",
+    )
     expert_weights: Optional[Literal["mxfp4", "nvfp4", "int4"]] = Field(
         None,
         description="Inference: the routed experts' weights in a 4-bit weight-only format, read at that size (scales "

@@ -12,8 +12,8 @@ setting it made:
 - a serving engine named twice (`stack.name` and `serving.engine`) must agree (an error otherwise).
 
 Not set by any stack yet (the simulator has no mechanism for them, and a stack does not pretend
-otherwise): CUDA graphs and the host's launch cost, the FP8 recipe's scaling (moesim's `gemm: fp8`
-is the blockwise one), the optimizer's sharding (`parallelism.zero_stage` is a layout choice).
+otherwise): CUDA graphs and the host's launch cost, the optimizer's sharding (`parallelism.zero_stage`
+is a layout choice).
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ STACKS: dict[str, tuple[StackDefault, ...]] = {
             "none",
             "Megatron-Core's TransformerConfig: overlap_moe_expert_parallel_comm defaults to False",
         ),
+        StackDefault(
+            "workload.precision.fp8_cast_kernels",
+            "transformer-engine",
+            "Megatron-Core runs FP8 through Transformer Engine (megatron/core/extensions/transformer_engine.py)",
+        ),
+        StackDefault("workload.precision.fp8_recipe", "delayed", "Megatron-LM arguments.py: --fp8-recipe default"),
     ),
     "deepseek-v3": (
         StackDefault("simulation.alltoall_algorithm", "deepep", f"{DEEPSEEK}: DeepEP's node-limited dispatch"),
@@ -67,6 +73,12 @@ STACKS: dict[str, tuple[StackDefault, ...]] = {
             "fused",
             f"{DEEPSEEK}: DeepEP permutes in its dispatch, un-permutes in its combine",
         ),
+        StackDefault(
+            "workload.precision.fp8_cast_kernels",
+            "deepseek",
+            "DeepSeek's training profile (deepseek-ai/profile-data train.json): its own cast kernels",
+        ),
+        StackDefault("workload.precision.fp8_recipe", "blockwise", "DeepSeek-V3 technical report, section 3.3.2"),
     ),
     "eager-pytorch": (
         StackDefault("simulation.moe_kernels", "eager", "moesim's PyTorch executor, measured (moesim/executor/)"),
@@ -116,12 +128,15 @@ def apply_stack(document: dict) -> dict:
     filled = copy.deepcopy(document)
     for default in STACKS[name]:
         written, _ = _lookup(filled, default.path)
-        section, key = default.path.split(".")
-        if section == "serving" and not isinstance(filled.get("serving"), dict):
+        *sections, key = default.path.split(".")
+        if sections[0] == "serving" and not isinstance(filled.get("serving"), dict):
             continue  # an engine's tables price served iterations: a scenario without a serving section has none
-        if written or not isinstance(filled.setdefault(section, {}), dict):
+        node: Any = filled
+        for section in sections:
+            node = node.setdefault(section, {}) if isinstance(node, dict) else None
+        if written or not isinstance(node, dict):
             continue
-        filled[section][key] = default.value
+        node[key] = default.value
     return filled
 
 
@@ -147,5 +162,5 @@ def stack_lines(scenario: Any) -> list[str]:
             lines.append(f"    from the stack: {default.source}")
         else:
             lines.append(f"    set in the scenario over the stack's {default.value!r}")
-    lines.append("  not set by a stack (no mechanism yet): CUDA graphs and host launch cost, the FP8 scaling recipe")
+    lines.append("  not set by a stack (no mechanism yet): CUDA graphs and host launch cost")
     return lines

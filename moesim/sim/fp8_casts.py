@@ -1,19 +1,26 @@
-"""What FP8 training spends around its GEMMs: the casts that make FP8 operands.
+"""What FP8 training spends around its GEMMs: the casts that make a layer's FP8 operands, forward and backward.
 
-An FP8 GEMM multiplies FP8 operands, so a training stack casts each linear layer's input activation from bf16 to
-FP8 (with its scales) before the forward GEMM, and writes a transposed FP8 copy of it for the weight gradient;
-in the backward it does the same with the output gradient (Transformer Engine's fused cast-transpose,
-`transformer_engine.pytorch` `cast_transpose`; DeepSeek-V3's per-tile quantisation, technical report section
-3.3, whose transposes DeepSeek's profile shows as kernels of their own). Each is a memory-bound pass: read the
-bf16 tensor (2 bytes an element), write it in FP8 (1) and its transpose (1), `CAST_BYTES_PER_ELEMENT`, plus a
-kernel launch, at the measured copy bandwidth. The scales (one fp32 per 128 elements blockwise, one per tensor
-otherwise) are under 4% of the FP8 bytes and left out, as are the weights' casts, which Transformer Engine makes
-once a step (on the first micro-batch) rather than per micro-batch.
+A layer's FP8 linear layers (the attention's projections, the dense FFN, the routed and shared experts) each need
+their input and output gradient quantised row-wise and column-wise; `moesim.cost.fp8_recipes` counts the memory
+passes that takes with the stack's cast kernels (`workload.precision.fp8_cast_kernels`) and recipe
+(`workload.precision.fp8_recipe`). This module says which tensors a layer has and where each comes from:
 
-Which tensors: the inputs (forward) and output gradients (backward) of the attention's projections, the dense
-FFNs, the experts' and shared experts' FFNs; the router and the output head run in bf16. Training only: serving
-engines fuse the activations' quantisation into the kernel before (RMSNorm + quant, the activation + quant), which
-the serving issue prices with the engines.
+- an input arrives in FP8 where the tokens are dispatched in FP8 (the routed experts' up-projection; with
+  DeepSeek's kernels the shared experts' too, which read the same FP8 copy, as its training profile shows) and
+  where DeepSeek's SwiGLU kernel writes its output in FP8 (the down-projection);
+- the experts' output gradient arrives in FP8 where the combine's backward carries it in the dispatch's format;
+- the backward finds an input only as its FP8 copy where `precision.linear_inputs` is fp8 and nothing recomputes
+  it (DeepSeek-V3 recomputes the norms, the MLA up-projections and the SwiGLU, report 3.3.3, 3.3.4);
+- with DeepSeek's kernels and `linear_inputs: fp8`, the SwiGLU input is kept in FP8 (cast, cast back) and the
+  attention output in E5M6 (report 3.3.4); recomputed up-projections cast their inputs again.
+
+Tokens dispatched in FP8 are cast once before they leave, and their gradients once before the combine's backward
+sends them. The weights are cast once a step (amortised over the step's micro-batches), and with DeepSeek's kernels
+transposed in every micro-batch. Each pass runs at the measured copy bandwidth, one launch a kernel. A tensor in the
+sequence-parallel region (a column-parallel GEMM's input, a row-parallel one's output gradient) is cast on the
+rows a rank holds, before the all-gather or after the reduce-scatter (FP8 crosses the TP group); a split one on the
+gathered rows. Training only: serving engines fuse the activations' quantisation into the kernel before, which the
+serving issue prices with the engines.
 """
 
 from __future__ import annotations
@@ -22,6 +29,17 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from moesim.cost.fp8_recipes import (
+    CastCost,
+    FP8Linear,
+    backward_casts,
+    e5m6_bytes,
+    forward_casts,
+    kept_in_fp8_bytes,
+    weight_casts_per_step,
+    weight_transposes_per_micro_batch,
+)
+from moesim.models.precision import DTYPE_BYTES, FP8_SCALE_BLOCK
 from moesim.models.spec import GATED_ACTIVATIONS, ModelSpec
 from moesim.sim.phase import Phase
 
@@ -29,17 +47,14 @@ if TYPE_CHECKING:
     from moesim.sim.phases import PhaseBuilder
     from moesim.sim.plan import Layer
 
-CAST_BYTES_PER_ELEMENT = 4.0
-"""Read the bf16 tensor (2 bytes), write its FP8 copy (1) and the FP8 transpose (1)."""
-
-
 Gemm = tuple[int, int, str]
 """(input width, output width, 'column' or 'row'): a TP-split GEMM as Megatron-Core splits it, column-parallel
 (its output split, its input the whole hidden state) or row-parallel (its input split, its output the hidden)."""
 
 
 def attention_gemms(model: ModelSpec, tp: int) -> list[Gemm]:
-    """A layer's attention projections on one TP rank, per token."""
+    """A layer's attention projections on one TP rank, per token: MLA's down-projections, up-projections (the two
+    after the latent norms) and output projection; or the fused QKV and the output projection."""
     heads = max(1, model.num_attention_heads // tp)
     if model.attention_type == "mla":
         qk = model.qk_nope_head_dim + model.qk_rope_head_dim  # type: ignore[operator]
@@ -57,24 +72,75 @@ def attention_gemms(model: ModelSpec, tp: int) -> list[Gemm]:
     return [(model.hidden_size, q_width + kv_width, "column"), (q_width, model.hidden_size, "row")]
 
 
+def up_projection_count(model: ModelSpec) -> int:
+    """MLA's latent-to-head projections among `attention_gemms` (the ones after the latent norms)."""
+    if model.attention_type != "mla":
+        return 0
+    return 2 if model.q_lora_rank else 1
+
+
 def ffn_gemms(hidden: int, inner: int, activation: str) -> list[Gemm]:
     """An FFN's two projections (the gated one's up and gate together), `inner` already a TP rank's share."""
     up = 2 * inner if activation in GATED_ACTIVATIONS else inner
     return [(hidden, up, "column"), (inner, hidden, "row")]
 
 
-def cast_bytes(gemms: list[Gemm], shard: Any, gathered: Any) -> tuple[Any, Any]:
-    """(forward, backward) bytes the casts of `gemms` move: their inputs, their output gradients. A tensor in the
-    sequence-parallel region (a column-parallel GEMM's input, a row-parallel one's output gradient) is cast on the
-    `shard` rows a rank holds, before the all-gather or after the reduce-scatter (FP8 crosses the TP group); a
-    split one on the `gathered` rows. Without TP, or for experts' rows, the two are the same."""
-    forward = sum(
-        CAST_BYTES_PER_ELEMENT * (shard if kind == "column" else gathered) * inner for inner, _, kind in gemms
+class _Casts:
+    """Adds up one layer's casts on one rank: forward and backward bytes (per rank), kernels."""
+
+    def __init__(self, builder: "PhaseBuilder"):
+        precision = builder.scenario.workload.precision
+        self.kernels, self.recipe = precision.fp8_cast_kernels, precision.fp8_recipe
+        self.shard, self.gathered = builder.tokens, builder.gemm_tokens
+        self.forward: Any = 0.0
+        self.backward: Any = 0.0
+        self.launches = [0, 0]
+
+    def add(self, cost: CastCost, input_rows: Any, inner: int, gradient_rows: Any, width: int, backward: bool) -> None:
+        moved = cost.input * input_rows * inner + cost.gradient * gradient_rows * width
+        if backward:
+            self.backward = self.backward + moved
+        else:
+            self.forward = self.forward + moved
+        self.launches[backward] += cost.kernels
+
+    def linear(self, gemm: Gemm, rows: Any = None, **flags: bool) -> None:
+        """A linear's forward and backward casts; `rows` for an expert's (the same on both sides), else TP's."""
+        inner, width, kind = gemm
+        linear = FP8Linear(inner, width, **flags)
+        if rows is None:
+            input_rows, gradient_rows = (self.shard, self.gathered) if kind == "column" else (self.gathered, self.shard)
+        else:
+            input_rows = gradient_rows = rows
+        self.add(forward_casts(linear, self.kernels, self.recipe), input_rows, inner, gradient_rows, width, False)
+        self.add(backward_casts(linear, self.kernels, self.recipe), input_rows, inner, gradient_rows, width, True)
+
+    def recast(self, gemm: Gemm) -> None:
+        """A recomputed linear casts its input again in the backward."""
+        inner, width, kind = gemm
+        rows = self.shard if kind == "column" else self.gathered
+        self.add(forward_casts(FP8Linear(inner, width), self.kernels, self.recipe), rows, inner, 0, width, True)
+
+    def passes(self, rows: Any, width: int, forward: float, backward: float) -> None:
+        """A tensor of `rows` x `width` cast forward and cast back in the backward (one kernel each)."""
+        self.forward = self.forward + forward * rows * width
+        self.backward = self.backward + backward * rows * width
+        self.launches[0] += 1
+        self.launches[1] += 1
+
+
+def _ffn(casts: _Casts, gemms: list[Gemm], rows: Any, deepseek: bool, kept: dict[str, bool], **up: bool) -> None:
+    """An FFN's two linears (routed or shared experts, a dense FFN): the down-projection's input is written in FP8
+    by DeepSeek's SwiGLU kernel, and kept in FP8 unless the activation is recomputed."""
+    up_gemm, down_gemm = gemms
+    down_gradient = up.pop("down_gradient_fp8", False)
+    casts.linear(up_gemm, rows, **up)
+    casts.linear(
+        down_gemm, rows, input_fp8=deepseek, gradient_fp8=down_gradient, kept_fp8=kept["act"] and not kept["act_bf16"]
     )
-    backward = sum(
-        CAST_BYTES_PER_ELEMENT * (gathered if kind == "column" else shard) * width for _, width, kind in gemms
-    )
-    return forward, backward
+    if deepseek and kept["swiglu_fp8"]:  # the SwiGLU input kept in FP8 (report 3.3.4)
+        forward, backward = kept_in_fp8_bytes()
+        casts.passes(rows if rows is not None else casts.gathered, up_gemm[1], forward, backward)
 
 
 def cast_phases(
@@ -83,27 +149,83 @@ def cast_phases(
     """A layer's FP8 casts, forward and backward, per rank (`rank_rows`: each rank's rows per expert in an MoE
     layer); None where the layer's GEMMs are not FP8 or the pass is not training."""
     scenario, model, cost = builder.scenario, builder.model, builder.cost
-    if not builder.fp8 or scenario.workload.mode != "training":
+    workload = scenario.workload
+    if not builder.fp8 or workload.mode != "training":
         return None
-    gemms = attention_gemms(model, builder.tp) * (2 if layer.cross_attention else 1)
+    precision = workload.precision
+    deepseek = precision.fp8_cast_kernels == "deepseek"
+    full = workload.activation_recompute == "full"
+    modules = set(workload.recompute_modules) if workload.activation_recompute == "selective" else set()
+    fp8_inputs = precision.linear_inputs == "fp8"
+    dispatch_fp8 = (precision.dispatch or precision.activations) == "fp8" and layer.is_moe
+    kept = {  # which inputs the backward finds only in FP8
+        "norm": fp8_inputs and not full and "layernorm" not in modules,
+        "latent": fp8_inputs and not full and "mla_up_proj" not in modules,
+        "act": (fp8_inputs or deepseek) and not full,
+        "act_bf16": "moe_act" in modules,
+        "swiglu_fp8": fp8_inputs and not full and "moe_act" in modules,
+    }
+    casts = _Casts(builder)
+    for _ in range(2 if layer.cross_attention else 1):
+        gemms = attention_gemms(model, builder.tp)
+        ups = up_projection_count(model)
+        first = gemms[: len(gemms) - 1 - ups]
+        for gemm in first:
+            casts.linear(gemm, kept_fp8=kept["norm"])
+        for gemm in gemms[len(first) : -1]:
+            casts.linear(gemm, kept_fp8=kept["latent"])
+            if "mla_up_proj" in modules:
+                casts.recast(gemm)
+        output = gemms[-1]
+        e5m6 = deepseek and fp8_inputs and not full and "core_attn" not in modules
+        casts.linear(output, kept_fp8=fp8_inputs and not full and not e5m6 and "core_attn" not in modules)
+        if e5m6:  # the attention output kept in E5M6 beside the GEMM's FP8 copy
+            casts.passes(casts.gathered, output[0], *e5m6_bytes())
     if not layer.is_moe:
-        gemms += ffn_gemms(model.hidden_size, model.intermediate_size // builder.tp, model.dense_ffn_activation)
-    forward, backward = cast_bytes(gemms, builder.tokens, builder.gemm_tokens)
-    casts = len(gemms)
-    if layer.is_moe:
+        gemms = ffn_gemms(model.hidden_size, model.intermediate_size // builder.tp, model.dense_ffn_activation)
+        _ffn(casts, gemms, None, deepseek, kept, kept_fp8=kept["norm"])
+    else:
         assert rank_rows is not None
         rows = np.array([float(np.sum(rows)) for rows in rank_rows]) * builder.expert_row_gather
-        experts = cast_bytes(
-            ffn_gemms(model.hidden_size, builder.expert_inner, model.expert_ffn_activation), rows, rows
-        )
-        forward, backward, casts = forward + experts[0], backward + experts[1], casts + 2
+        gemms = ffn_gemms(model.hidden_size, builder.expert_inner, model.expert_ffn_activation)
+        routed = {"input_fp8": dispatch_fp8, "kept_fp8": dispatch_fp8 or kept["norm"]}
+        _ffn(casts, gemms, rows, deepseek, kept, down_gradient_fp8=dispatch_fp8, **routed)
         if model.num_shared_experts:
-            inner = model.shared_expert_size * model.num_shared_experts
-            shared_gemms = ffn_gemms(model.hidden_size, inner, model.expert_ffn_activation)
-            shared = cast_bytes(shared_gemms, builder.tokens, builder.tokens)
-            forward, backward, casts = forward + shared[0], backward + shared[1], casts + 2
+            inner = model.shared_expert_size * model.num_shared_experts // builder.tp
+            shared = ffn_gemms(model.hidden_size, inner, model.expert_ffn_activation)
+            shares = deepseek and dispatch_fp8  # DeepSeek's shared experts read the dispatch's FP8 copy
+            _ffn(casts, shared, None, deepseek, kept, input_fp8=shares, kept_fp8=shares or kept["norm"])
+    if dispatch_fp8 and not builder.experts_local:  # the tokens cast before they leave; their gradients likewise
+        token_bytes = DTYPE_BYTES[precision.activations] + 1 + 4 / FP8_SCALE_BLOCK
+        casts.passes(builder.routed_tokens, model.hidden_size, token_bytes, token_bytes)
+    weights = _weight_elements(builder, layer)
+    per_step = weight_casts_per_step(casts.kernels, casts.recipe, precision.weight_bytes) / builder.plan.micro_batches
+    casts.forward = casts.forward + weights * per_step
+    transposes = weight_transposes_per_micro_batch(casts.kernels)
+    if transposes:  # a kernel a weight (the local experts' in one batched kernel a projection)
+        casts.forward = casts.forward + weights * transposes
+        attention = len(attention_gemms(model, builder.tp)) * (2 if layer.cross_attention else 1)
+        casts.launches[0] += attention + 2 + (2 if layer.is_moe and model.num_shared_experts else 0)
     bandwidth = cost.memory_bytes_per_s * cost.memory_efficiency
     forward_s, backward_s = (
-        np.zeros(builder.ranks) + moved / bandwidth + casts * cost.kernel_launch_s for moved in (forward, backward)
+        np.zeros(builder.ranks) + moved / bandwidth + launches * cost.kernel_launch_s
+        for moved, launches in ((casts.forward, casts.launches[0]), (casts.backward, casts.launches[1]))
     )
     return Phase("fp8_casts", layer.index, forward_s), Phase("fp8_casts", layer.index, backward_s)
+
+
+def _weight_elements(builder: "PhaseBuilder", layer: "Layer") -> float:
+    """FP8 weight elements a rank holds for the layer: its attention's and FFN's share (TP), its routed experts'
+    (EP, ETP) and shared experts' (TP)."""
+    model = builder.model
+    count = (2 if layer.cross_attention else 1) * sum(i * w for i, w, _ in attention_gemms(model, builder.tp))
+    if not layer.is_moe:
+        inner = model.intermediate_size // builder.tp
+        return count + sum(i * w for i, w, _ in ffn_gemms(model.hidden_size, inner, model.dense_ffn_activation))
+    local = max(1, model.num_experts // builder.scenario.parallelism.ep_size)
+    experts = ffn_gemms(model.hidden_size, builder.expert_inner, model.expert_ffn_activation)
+    count += local * sum(i * w for i, w, _ in experts)
+    if model.num_shared_experts:
+        inner = model.shared_expert_size * model.num_shared_experts // builder.tp
+        count += sum(i * w for i, w, _ in ffn_gemms(model.hidden_size, inner, model.expert_ffn_activation))
+    return float(count)

@@ -70,8 +70,9 @@ def phase_sources(
     communication phases -> `network`, the dispatch and combine -> `alltoall` where given."""
     labels = dict(cost.sources)
     labels["fp8_casts"] = (
-        "derived: the bytes moesim.sim.fp8_casts counts (each FP8 GEMM's input and output gradient cast with its "
-        "transpose, 4 bytes an element; not measured as such) at the memory model's rate: "
+        "derived: the bytes moesim.sim.fp8_casts counts (each FP8 linear's input and output gradient quantised "
+        "row-wise and column-wise as the stack's cast kernels do it, moesim.cost.fp8_recipes; not measured as such) "
+        "at the memory model's rate: "
         + labels.get("memory", cost.source)
     )
     if fused:  # the eager executor's phase models are not used: say what replaces them
