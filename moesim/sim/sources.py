@@ -72,8 +72,7 @@ def phase_sources(
     labels["fp8_casts"] = (
         "derived: the bytes moesim.sim.fp8_casts counts (each FP8 linear's input and output gradient quantised "
         "row-wise and column-wise as the stack's cast kernels do it, moesim.cost.fp8_recipes; not measured as such) "
-        "at the memory model's rate: "
-        + labels.get("memory", cost.source)
+        "at the memory model's rate: " + labels.get("memory", cost.source)
     )
     if fused:  # the eager executor's phase models are not used: say what replaces them
         labels[KERNEL_PHASES] = FUSED_KERNELS
