@@ -21,11 +21,11 @@ from moesim.scenario.sections import (
     ClusterSpec,
     ParallelismSpec,
     RoutingSpec,
-    SimulationSpec,
     SweepSpec,
     WorkloadSpec,
 )
 from moesim.scenario.serving import ServingSpec
+from moesim.scenario.simulation_options import SimulationSpec
 
 __all__ = [
     "MAX_WORLD_SIZE",

@@ -17,13 +17,13 @@ from moesim.scenario.sections import (
     ClusterSpec,
     ParallelismSpec,
     RoutingSpec,
-    SimulationSpec,
     SweepSpec,
     WorkloadSpec,
     _expand_preset,
     _Section,
 )
 from moesim.scenario.serving import ServingSpec, most_tokens
+from moesim.scenario.simulation_options import SimulationSpec
 from moesim.scenario.stacks import ENGINES, StackSpec
 
 MAX_WORLD_SIZE = 2**20

@@ -1,6 +1,7 @@
 """A training step cut into the parts a published breakdown names: forward, backward (input gradients and weight
 gradients), recomputation, the communication the all-to-all overlap hides, the pipeline bubble, the exposed
-gradient all-reduce and the optimizer, for the busiest pipeline stage. The parts add up to the step time.
+gradient sync, the optimizer and the exposed parameter all-gather (`moesim.sim.step_end`), for the busiest pipeline
+stage. The parts add up to the step time.
 
 The weight gradients come from the same kernel models as the backward phases (`CostModel.*weight_grad*`): the
 attention projections, dense and shared FFNs, every rank's experts (mean over ranks), the router and the output
@@ -29,6 +30,7 @@ BREAKDOWN_PARTS = (
     ("bubble_s", "pipeline bubble"),
     ("grad_allreduce_exposed_s", "gradient sync at the step end (exposed)"),
     ("optimizer_s", "optimizer"),
+    ("param_gather_exposed_s", "parameter all-gather after it (exposed)"),
 )
 """Keys of `StepResult.breakdown` and their labels, in the order a step runs them."""
 

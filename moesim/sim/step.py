@@ -18,7 +18,6 @@ from moesim.cost.model import CostModel
 from moesim.models import accounting
 from moesim.scenario import Scenario
 from moesim.sim.breakdown import stage_work
-from moesim.sim.collectives import all_reduce_time, shard_collective_time
 from moesim.sim.device import comm_stretch, cost_model_for
 from moesim.sim.inference import static_batch
 from moesim.sim.layer_pairs import layer_pair_seconds
@@ -26,10 +25,11 @@ from moesim.sim.memory import MemoryBreakdown, check_fits, memory_per_gpu
 from moesim.sim.plan import StagePlan
 from moesim.sim.result import StepResult
 from moesim.sim.routing_load import routing_summary
-from moesim.sim.sharded_weights import gradient_groups, sharded_traffic, with_sharded_traffic
 from moesim.sim.sharded_weights import note as sharded_note
+from moesim.sim.sharded_weights import sharded_traffic, with_sharded_traffic
 from moesim.sim.sources import alltoall_source, network_source, phase_sources
 from moesim.sim.stages import StagePasses, simulate_stages
+from moesim.sim.step_end import step_end
 from moesim.sim.timeline import Slice, timeline_for
 from moesim.sim.timeline.dualpipe import chunks_of, dualpipe_step
 from moesim.sim.timeline.orders import stage_items
@@ -139,35 +139,23 @@ def _training_step(
         items = stage_items(forward_s, backward_s, micro, par.virtual_pipeline_size, pairs)[worst]
         work, _ = stage_work(forward_s[worst], backward_s[worst], items, par.virtual_pipeline_size)
         held = {worst: float(micro)}
-    # data-parallel gradient all-reduce of the busiest stage's weights: dense over dp, experts over expert-dp
-    precision = scenario.workload.precision
-    groups = gradient_groups(scenario, topology)
-    dp, expert_dp, dp_group, expert_group = groups.dp, groups.expert_dp, groups.dense, groups.experts
-    dense_params = sum(plan.stage_dense_params(stage) for stage in held) / par.tp_size  # DualPipe: two chunks
-    expert_params = sum(plan.stage_expert_params(stage) for stage in held) / groups.expert_shards
-    grads_dense, grads_expert = dense_params * precision.grad_bytes, expert_params * precision.grad_bytes
-    if par.zero_stage >= 2:  # gradients reduce-scattered in every micro-batch (moesim.sim.sharded_weights)
-        weights_dense, weights_expert = dense_params * precision.weight_bytes, expert_params * precision.weight_bytes
-        reduce = 0.0  # ZeRO-3 gathers its weights when it needs them; ZeRO-2 gathers the updated ones once
-        if par.zero_stage == 2:
-            reduce = shard_collective_time(topology, dp_group, weights_dense, "all_gather")
-            reduce += shard_collective_time(topology, expert_group, weights_expert, "all_gather")
-    else:
-        reduce = all_reduce_time(topology, dp_group, grads_dense, sim.allreduce_algorithm)
-        reduce += all_reduce_time(topology, expert_group, grads_expert, sim.allreduce_algorithm)
-    last_backward = max(backward_s[stage] for stage in held)
-    exposed = max(0.0, reduce - last_backward) if sim.overlap_grad_reduce else reduce
-    exposed += sharded.tail_s
-    # the optimizer reads and writes its states, the weights and the gradients once: ZeRO-1 and above shard the
-    # dense parameters' share over the data-parallel ranks and the experts' over the expert-data-parallel ranks
-    dense_on_gpu, experts_on_gpu = dense_params, expert_params
-    if par.zero_stage >= 1:
-        dense_on_gpu, experts_on_gpu = dense_on_gpu / dp, experts_on_gpu / expert_dp
-    per_param = 2 * precision.optimizer_bytes_per_param + precision.weight_bytes + precision.grad_bytes
-    optimizer = cost.memory_seconds((dense_on_gpu + experts_on_gpu) * per_param)
-    step = pipeline + exposed + optimizer
+    # the gradients' sync, the optimizer and the parameters' gather after the last backward (moesim.sim.step_end)
+    end = step_end(
+        scenario,
+        plan,
+        topology,
+        cost,
+        held,
+        max(backward_s[stage] for stage in held),
+        sum(forward_s[stage] for stage in held),
+        sharded.tail_s,
+    )
+    exposed, optimizer = end.gradient_exposed_s, end.optimizer_s
+    step = pipeline + end.exposed_s
     breakdown = _breakdown(stages, held, work, pipeline)
-    breakdown.update(grad_allreduce_exposed_s=exposed, optimizer_s=optimizer)
+    breakdown.update(
+        grad_allreduce_exposed_s=exposed, optimizer_s=optimizer, param_gather_exposed_s=end.param_gather_exposed_s
+    )
     tokens_per_step = float((scenario.workload.global_batch_size or 1) * scenario.workload.seq_len)
     world = scenario.cluster.world_size
     # MFU counts the model's FLOPs (forward + backward, no recomputation); HFU also what recomputation replays
@@ -185,7 +173,7 @@ def _training_step(
     for stage, count in held.items():
         for name, seconds in stages.busy[stage].items():
             phases[name] = phases.get(name, 0.0) + seconds * count
-    replicas = dp * par.tp_size * par.cp_size // par.ep_size
+    replicas = (par.dp_size or 1) * par.tp_size * par.cp_size // par.ep_size
     notes.append(
         f"one expert-parallel group of {par.ep_size} ranks simulated per stage, standing for {replicas} "
         "identical replicas"
@@ -220,7 +208,7 @@ def _training_step(
         stage_backward_s=backward_s,
         pipeline_s=pipeline,
         pipeline_bubble_s=max(0.0, pipeline - work),  # the busiest stage's (DualPipe: rank's) own work aside
-        grad_allreduce_s=reduce,
+        grad_allreduce_s=end.gradient_sync_s,
         grad_allreduce_exposed_s=exposed,
         optimizer_s=optimizer,
         breakdown=breakdown,
