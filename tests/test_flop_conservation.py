@@ -108,6 +108,13 @@ def model_flops(scenario: Scenario) -> float:
     per_token = 3.0 * matmul + (1.0 + BACKWARD_ATTENTION_FACTOR) * scores
     if workload.activation_recompute == "full":  # every layer's forward again; the output head is not a layer
         per_token += matmul - 2.0 * model.vocab_size * model.hidden_size + scores
+    if model.num_mtp_modules and workload.train_mtp:  # each MTP module: its projection, block and head pass
+        mtp = accounting.mtp_forward_flops_per_token(model, workload.seq_len)
+        mtp_scores = accounting.score_flops_per_key(model) * keys
+        mtp += mtp_scores - accounting.score_flops_per_key(model) * workload.seq_len / 2  # diagonal tiles whole
+        per_token += model.num_mtp_modules * (3.0 * mtp + (BACKWARD_ATTENTION_FACTOR - 2.0) * mtp_scores)
+        if workload.activation_recompute == "full":  # the block and its entry again, not the head
+            per_token += model.num_mtp_modules * (mtp - 2.0 * model.vocab_size * model.hidden_size)
     return tokens * per_token
 
 
@@ -142,9 +149,9 @@ def random_layouts(count: int, seed: int) -> list[list[str]]:
     return layouts
 
 
-def document() -> dict:
+def document(mtp: int = 0) -> dict:
     return {
-        "model": MODEL,
+        "model": {**MODEL, "num_mtp_modules": mtp},
         "workload": {"micro_batch_size": 2, "seq_len": 1024, "global_batch_size": 64},
         "routing": {"strategy": "top_k", "capacity_factor": None},
         "simulation": {"network_mode": "fast", "max_routed_tokens": 1 << 20},
@@ -155,6 +162,17 @@ def document() -> dict:
 def test_flops_charged_equal_the_models_across_layouts(overrides: list[str]) -> None:
     scenario = scenario_from_dict(document(), overrides)
     assert charged_flops(scenario) == pytest.approx(model_flops(scenario), rel=1e-9)
+
+
+@pytest.mark.parametrize("overrides", random_layouts(6, seed=26), ids=lambda o: ",".join(v.split("=")[1] for v in o))
+def test_a_multi_token_prediction_module_adds_its_projection_block_and_head_pass(overrides: list[str]) -> None:
+    """Training with one MTP module (`moesim.sim.mtp`): the FLOPs charged are the main model's plus the module's
+    2h -> h projection, one MoE block and one more pass through the output head, on every layout."""
+    scenario = scenario_from_dict(document(mtp=1), overrides)
+    assert StagePlan(scenario).mtp_modules == 1
+    assert charged_flops(scenario) == pytest.approx(model_flops(scenario), rel=1e-9)
+    without = scenario_from_dict(document(mtp=1), [*overrides, "workload.train_mtp=false"])
+    assert charged_flops(without) == pytest.approx(charged_flops(scenario_from_dict(document(), overrides)))
 
 
 def test_tensor_parallelism_charges_each_rank_a_tp_share_not_its_square() -> None:

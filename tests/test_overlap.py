@@ -56,7 +56,8 @@ def _training(**simulation) -> dict:  # type: ignore[no-untyped-def]
         "model": {"preset": "deepseek-v3", "num_layers": 4, "first_k_dense_layers": 1},
         "cluster": {"num_nodes": 2, "gpu": "H800"},
         "parallelism": {"ep_size": 8, "pp_size": 2},
-        "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 64},
+        # the MTP module left out: the two stages' layers as the assertions below count them
+        "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 64, "train_mtp": False},
         "simulation": {"network_mode": "fast", **simulation},
     }
 

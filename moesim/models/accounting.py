@@ -175,6 +175,22 @@ def training_flops_per_token(spec: ModelSpec, seq_len: int, recompute: bool = Fa
     return (4.0 if recompute else 3.0) * forward_flops_per_token(spec, seq_len, causal)
 
 
+def mtp_entry_params(spec: ModelSpec) -> int:
+    """An MTP module's own parameters before its block: the 2h -> h projection and its two input norms and the
+    final norm before the shared output head (DeepSeek-V3's `eh_proj`, `enorm`, `hnorm`, `shared_head.norm`)."""
+    return 2 * spec.hidden_size * spec.hidden_size + 3 * norm_params(spec, spec.hidden_size)
+
+
+def mtp_forward_flops_per_token(spec: ModelSpec, seq_len: int, causal: bool = True) -> float:
+    """One MTP module's forward FLOPs per token: its projection, its block (attention and, in an MoE model, the
+    active MoE FFN) with its attention scores, and the shared output head."""
+    ffn = moe_ffn_params(spec, spec.top_k) if spec.num_experts > 1 else dense_ffn_params(spec)
+    matmul = 2 * spec.hidden_size * spec.hidden_size + attention_params(spec) + ffn
+    matmul += spec.vocab_size * spec.hidden_size
+    keys = seq_len / 2 if causal else seq_len  # a full-attention block: a causal query sees half on average
+    return 2.0 * matmul + score_flops_per_key(spec) * keys
+
+
 def megatron_flops_per_token(spec: ModelSpec, seq_len: int, causal_halved: bool = False) -> float:
     """Training FLOPs per token as Megatron-LM counts them for its "TFLOP/s per GPU" (`training.py`,
     `num_floating_point_operations`, the form of the MCore v0.9-v0.11 releases): 12 L h^2 x [attention (1 + kv

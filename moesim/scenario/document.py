@@ -126,6 +126,16 @@ class Scenario(_Section):
                 f"workload.recompute_modules: mla_up_proj recomputes MLA's up-projections and {model.name} has "
                 f"{model.attention_type} attention; drop mla_up_proj (core_attn recomputes its attention)"
             )
+        if par.pipeline_layers is not None:
+            mtp = model.num_mtp_modules if self.workload.mode == "training" and self.workload.train_mtp else 0
+            layers = model.num_layers + model.num_encoder_layers + (mtp if model.architecture == "decoder" else 0)
+            if len(par.pipeline_layers) != par.pp_size or sum(par.pipeline_layers) != layers:
+                raise ValueError(
+                    f"parallelism.pipeline_layers: {par.pipeline_layers} must give each of the {par.pp_size} stages "
+                    f"its layers, {layers} in all ({model.name}'s layers" + (f" and {mtp} MTP" if mtp else "") + ")"
+                )
+            if min(par.pipeline_layers) < 1:
+                raise ValueError("parallelism.pipeline_layers: every stage needs at least one layer")
         if par.dp_size is None:
             if cluster.world_size % par.model_parallel_size:
                 raise ValueError(

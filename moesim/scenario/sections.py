@@ -172,6 +172,13 @@ class ParallelismSpec(_Section):
         description="Model chunks per pipeline stage (Megatron-Core's interleaved 1F1B; 1 = plain 1F1B): the "
         "bubble shrinks by this factor, point-to-point transfers grow by it.",
     )
+    pipeline_layers: Optional[list[int]] = Field(
+        None,
+        description="Layers on each pipeline stage, first to last (Megatron's --decoder-first-pipeline-num-layers "
+        "and --decoder-last-pipeline-num-layers, or its --pipeline-model-parallel-layout): pp_size counts adding "
+        "up to the model's layers, the MTP modules counted on the last stage in training; default: as even as "
+        "possible, earlier stages taking the remainder.",
+    )
     pipeline_schedule: Optional[Literal["1f1b", "interleaved", "dualpipe"]] = Field(
         None,
         description="Pipeline schedule: 1f1b, interleaved (Megatron-Core's, with virtual_pipeline_size chunks) or "
@@ -201,6 +208,12 @@ class WorkloadSpec(_Section):
         None, gt=0, description="Sequences per optimizer step, all ranks; default: micro_batch_size x dp_size."
     )
     decode_tokens: int = Field(0, ge=0, description="Inference: tokens generated per sequence after the prompt.")
+    train_mtp: bool = Field(
+        True,
+        description="Training: run the model's multi-token-prediction modules (model.num_mtp_modules; DeepSeek-V3 "
+        "trains its one, report 2.2; Megatron's --mtp-num-layers) on the last pipeline stage; false: the main model "
+        "only.",
+    )
     prefill_chunk_tokens: Optional[int] = Field(
         8192,
         gt=0,

@@ -45,6 +45,8 @@ def weight_gradient_seconds(
     total = 0.0
     moe_layer = first_moe
     for layer in builder.plan.stages[stage]:
+        if layer.mtp:  # an MTP module's 2h -> h projection (`moesim.sim.mtp`)
+            total += float(cost.gemm_weight_grad_seconds(gathered, 2 * hidden, hidden // builder.tp, fp8=fp8))
         projections = accounting.attention_params(model) * (2 if layer.cross_attention else 1) / builder.tp
         cols = max(1, int(projections // hidden))
         total += float(cost.gemm_weight_grad_seconds(gathered, hidden, cols, fp8=fp8))
@@ -70,8 +72,9 @@ def weight_gradient_seconds(
             inner = model.shared_expert_size * model.num_shared_experts
             total += float(cost.ffn_weight_grad_seconds(tokens, hidden, inner, gated, element, fp8))
         total += float(cost.gemm_weight_grad_seconds(tokens, hidden, model.num_experts))
-    if stage == builder.plan.num_stages - 1:
-        total += float(cost.gemm_weight_grad_seconds(gathered, hidden, model.vocab_size // builder.tp))
+    if stage == builder.plan.num_stages - 1:  # the output head, once more for each MTP module
+        heads = 1 + builder.plan.mtp_modules
+        total += heads * float(cost.gemm_weight_grad_seconds(gathered, hidden, model.vocab_size // builder.tp))
     return total
 
 

@@ -32,6 +32,7 @@ from moesim.sim.collectives import all_reduce_time, all_to_all, local_share, low
 from moesim.sim.engine_kernels import engine_allreduce, engine_decode_attention
 from moesim.sim.fp8_casts import cast_phases
 from moesim.sim.moe_block import moe_block_phases
+from moesim.sim.mtp import entry_phases, output_head_phases
 from moesim.sim.norms import head_norm_seconds, layer_norm_seconds, rotary_seconds
 from moesim.sim.phase import (
     BACKWARD_ATTENTION_FACTOR,
@@ -42,7 +43,6 @@ from moesim.sim.phase import (
     mean_seconds,
     measured_or,
     moe_work,
-    output_head_seconds,
     relabel,
 )
 from moesim.sim.plan import Layer, StagePlan, attention_ranks_per_expert_group
@@ -318,10 +318,10 @@ class PhaseBuilder:
     ) -> tuple[list[Phase], list[Phase]]:
         """A layer's forward and backward phases (backward in forward order). Layers alike (dense or routed as
         the same routed layer, with or without cross-attention) cost the same: computed once, relabelled."""
-        key = (layer.is_moe, layer.cross_attention, routing_index)
+        key = (layer.is_moe, layer.cross_attention, routing_index, layer.mtp)
         if key not in self._layer_cache:
             self._layer_cache[key] = self._layer_phases(
-                Layer(-1, layer.is_moe, layer.cross_attention), routing, routing_index
+                Layer(-1, layer.is_moe, layer.cross_attention, layer.mtp), routing, routing_index
             )
         forward, backward = self._layer_cache[key]
         return relabel(forward, layer.index), relabel(backward, layer.index)
@@ -330,8 +330,9 @@ class PhaseBuilder:
         self, layer: Layer, routing: list[LayerRouting], routing_index: Optional[int]
     ) -> tuple[list[Phase], list[Phase]]:
         model = self.model
-        layer_forward: list[Phase] = []
-        layer_backward: list[Phase] = []
+        entry = entry_phases(self, layer.index) if layer.mtp else None  # an MTP module's (`moesim.sim.mtp`)
+        layer_forward: list[Phase] = [entry[0]] if entry else []
+        layer_backward: list[Phase] = [entry[1]] if entry else []
         attention, attention_backward = self.attention(layer)
         layer_forward.append(Phase("attention", layer.index, self.same(attention)))
         layer_backward.append(Phase("attention", layer.index, self.same(attention_backward)))
@@ -386,14 +387,9 @@ class PhaseBuilder:
             replay = self.replayed(layer, layer_forward)
             replayed += sum(mean_seconds(phase) for phase in replay)
             backward[:0] = replay + backward_order(layer_backward)
-        if stage == self.plan.num_stages - 1:
-            vocab = model.vocab_size // self.tp
-            loss = cost.memory_seconds(8 * self.gemm_tokens * vocab)
-            head = output_head_seconds(cost, self.gemm_tokens, model.hidden_size, vocab)
-            head_backward = (
-                float(cost.gemm_backward_seconds(self.gemm_tokens, model.hidden_size, vocab))
-                + BACKWARD_MEMORY_FACTOR * loss
-            )
-            forward.append(Phase("lm_head", -1, self.same(head)))
-            backward.insert(0, Phase("lm_head", -1, self.same(head_backward)))
+        if stage == self.plan.num_stages - 1:  # the output head, once for the model and once an MTP module
+            for _ in range(1 + self.plan.mtp_modules):
+                head, head_backward = output_head_phases(self)
+                forward.append(head)
+                backward.insert(0, head_backward)
         return StageProgram(forward, backward, replayed)

@@ -1,8 +1,10 @@
 """`StagePlan`: which layers each pipeline stage holds, and what they weigh.
 
 Layers (encoder first, then decoder) are split over `pp_size` stages as evenly as
-possible, earlier stages taking the remainder (Megatron-Core's uneven split); the first
-stage also holds the embedding, the last the output head.
+possible, earlier stages taking the remainder (Megatron-Core's uneven split), or as
+`parallelism.pipeline_layers` says; the first
+stage also holds the embedding, the last the output head and, in training, the MTP modules (each a layer in the
+split, `moesim.sim.mtp`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Layer:
     index: int  # position in the stack
     is_moe: bool
     cross_attention: bool  # decoder layer of an encoder-decoder model
+    mtp: bool = False  # the transformer block of a multi-token-prediction module (`moesim.sim.mtp`)
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,23 @@ class StagePlan:
         encoder = [Layer(i, model.is_moe_layer(i), False) for i in range(model.num_encoder_layers)]
         cross = model.architecture == "encoder_decoder"
         decoder = [Layer(i, model.is_moe_layer(i), cross) for i in range(model.num_layers)]
-        return encoder + decoder
+        mtp = [Layer(model.num_layers + i, model.num_experts > 1, False, True) for i in range(self.mtp_modules)]
+        return encoder + decoder + mtp
+
+    @property
+    def mtp_modules(self) -> int:
+        """MTP modules a training step runs (after the last layer, on the last stage: `moesim.sim.mtp`)."""
+        workload = self.scenario.workload
+        train = workload.mode == "training" and workload.train_mtp and self.scenario.model.architecture == "decoder"
+        return self.scenario.model.num_mtp_modules if train else 0
 
     @cached_property
     def stages(self) -> list[list[Layer]]:
-        splits = np.array_split(np.arange(len(self.layers)), self.scenario.parallelism.pp_size)
+        counts = self.scenario.parallelism.pipeline_layers
+        if counts is None:
+            splits = np.array_split(np.arange(len(self.layers)), self.scenario.parallelism.pp_size)
+        else:  # the scenario's own split (checked to add up by the scenario)
+            splits = np.split(np.arange(len(self.layers)), np.cumsum(counts)[:-1])
         return [[self.layers[i] for i in split] for split in splits]
 
     @property
@@ -62,10 +77,13 @@ class StagePlan:
         return sum(layer.is_moe for layer in self.stages[stage])
 
     def stage_dense_params(self, stage: int) -> float:
-        """Parameters of a stage that are not routed experts (sharded by TP, replicated over DP)."""
+        """Parameters of a stage that are not routed experts (sharded by TP, replicated over DP); an MTP module's
+        entry (its projection and norms) with its block, the output head it shares counted once."""
         model = self.scenario.model
         total = 0.0
         for layer in self.stages[stage]:
+            if layer.mtp:
+                total += accounting.mtp_entry_params(model)
             total += accounting.attention_params(model) * (2 if layer.cross_attention else 1)
             total += accounting.norm_params(model, model.hidden_size) * (3 if layer.cross_attention else 2)
             if layer.is_moe:

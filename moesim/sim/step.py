@@ -158,7 +158,8 @@ def _training_step(
     )
     tokens_per_step = float((scenario.workload.global_batch_size or 1) * scenario.workload.seq_len)
     world = scenario.cluster.world_size
-    # MFU counts the model's FLOPs (forward + backward, no recomputation); HFU also what recomputation replays
+    # MFU counts the main model's FLOPs (forward + backward, no recomputation, as model cards and published MFUs
+    # do); HFU also what recomputation replays and the MTP modules (`moesim.sim.mtp`)
     flops = accounting.training_flops_per_token(model, scenario.workload.seq_len)
     mfu = flops * tokens_per_step / (step * world * cost.peak_flops)
     workload = scenario.workload
@@ -167,6 +168,7 @@ def _training_step(
     )
     if workload.activation_recompute == "selective":
         hardware_flops += accounting.recomputed_flops_per_token(model, workload.seq_len, workload.recompute_modules)
+    hardware_flops += 3 * plan.mtp_modules * accounting.mtp_forward_flops_per_token(model, workload.seq_len)
     hfu = hardware_flops * tokens_per_step / (step * world * cost.peak_flops)
     drop_rate, imbalance = routing_summary(routing)
     phases: dict[str, float] = {}

@@ -61,7 +61,11 @@ PUBLISHED_RUNS = [
         "moesim runs DeepSeek's recipe (DualPipe played op by op as DeepSeek's reference code orders it, FP8 "
         "GEMMs and dispatch, selective recomputation of RMSNorm, MLA up-projections and SwiGLU, FP8-cached linear "
         "inputs, DeepSeek's own FP8 cast kernels, 20 SMs for DeepEP, fused MoE kernels: DeepEP permutes in its "
-        "dispatch and un-permutes in its combine) and is too fast, for named reasons: an overlapped forward-backward "
+        "dispatch and un-permutes in its combine, the MTP module trained on the last stage beside the output head, "
+        "report 2.2 and 3.2.3). DeepSeek does not publish how it split the 61 layers and the MTP block over its 16 "
+        "stages: on moesim's even split (Megatron's default, the last stage 3 of them) the rank that holds the "
+        "first and the last stage is the busiest; with the last stage 2 ({what_if_ratio:.2f}) another rank is. "
+        "It is too fast either way, for named reasons: an overlapped forward-backward "
         "pair takes the longer of its compute and its collectives (perfect overlap) and its kernels run at their "
         "measured speed alone (DeepSeek's trace of a pair, validation/TRAIN_PAIR.md, has its compute kernels, its "
         "FP8 casts most, take longer than moesim's), so moesim's busiest rank computes {compute_s:.2f} s where "
@@ -71,6 +75,7 @@ PUBLISHED_RUNS = [
         "it overlaps that gather), is {optimizer_part_s:.2f} s against 0.29 s. The network model is not "
         "measured and the H800 profile is derived from H100 kernel measurements. What it would take: measured "
         "pairs (a GPU run of two overlapped chunks) and a measured optimizer step.",
+        what_if=("parallelism.pipeline_layers=[4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,2]",),
     ),
     PublishedRun(
         "mixtral-8x7b-training-mcore.yaml",
