@@ -38,7 +38,8 @@ def _end(zero: int, last_backward: float = 0.0, first_forward: float = 0.0, **si
 
 def test_the_distributed_optimizer_reduce_scatters_then_gathers_what_plain_data_parallelism_all_reduces() -> None:
     """32 GPUs, EP 8: the dense weights sync over 32 data-parallel ranks on four nodes, the experts over 4
-    expert-data-parallel ranks; ZeRO-1's reduce-scatter and all-gather are the two halves of the all-reduce's ring."""
+    expert-data-parallel ranks (one a node); across nodes ZeRO-1's reduce-scatter and all-gather are the two halves
+    of the all-reduce, by the same algorithm."""
     scenario, plain = _end(0)
     _, sharded = _end(1)
     topology = Topology.from_cluster(scenario.cluster)
@@ -51,15 +52,35 @@ def test_the_distributed_optimizer_reduce_scatters_then_gathers_what_plain_data_
     )
     assert plain.gradient_sync_s == pytest.approx(reduce)
     assert plain.param_gather_s == 0.0
-    scatter = shard_collective_time(topology, groups.dense, dense * 2, "reduce_scatter") + shard_collective_time(
-        topology, groups.experts, experts * 2, "reduce_scatter"
+    assert sharded.gradient_sync_s == pytest.approx(reduce / 2)
+    assert sharded.param_gather_s == pytest.approx(reduce / 2)  # bf16 weights, bf16 gradients: the same bytes
+
+
+def test_inside_a_node_the_halves_are_nccls_measured_reduce_scatter_and_all_gather() -> None:
+    scenario = scenario_from_dict(
+        {
+            "model": {"preset": "mixtral-8x7b", "num_layers": 4},
+            "cluster": {"preset": "dgx-h100", "num_nodes": 1},
+            "parallelism": {"ep_size": 8, "zero_stage": 1},
+            "workload": {"mode": "training", "seq_len": 4096, "global_batch_size": 64},
+            "routing": {"strategy": "balanced", "capacity_factor": None},
+            "simulation": {"network_mode": "fast"},
+        }
     )
-    assert sharded.gradient_sync_s == pytest.approx(scatter)
-    assert sharded.param_gather_s == pytest.approx(scatter)  # bf16 weights, bf16 gradients: the same bytes
-    ring = all_reduce_time(topology, groups.dense, dense * 2, "ring") + all_reduce_time(
-        topology, groups.experts, experts * 2, "ring"
-    )
-    assert sharded.gradient_sync_s + sharded.param_gather_s == pytest.approx(ring, rel=0.05)  # a ring's two passes
+    plan, topology = StagePlan(scenario), Topology.from_cluster(scenario.cluster)
+    end = step_end(scenario, plan, topology, cost_model_for(scenario), {0: 1.0}, 0.0, 0.0)
+    groups = gradient_groups(scenario, topology)
+    assert (groups.dp, groups.expert_dp) == (8, 1)
+    dense = plan.stage_dense_params(0) * 2
+    assert end.gradient_sync_s == pytest.approx(shard_collective_time(topology, groups.dense, dense, "reduce_scatter"))
+    assert end.param_gather_s == pytest.approx(shard_collective_time(topology, groups.dense, dense, "all_gather"))
+
+
+def test_the_optimizer_pass_reads_and_writes_its_shard() -> None:
+    scenario, plain = _end(0)
+    _, sharded = _end(1)
+    plan = StagePlan(scenario)
+    dense, experts = plan.stage_dense_params(0), plan.stage_expert_params(0) / 8
     # the optimizer's pass: the fp32 master weight and two moments (12 bytes) read and written, the bf16 weight
     # and gradient, over the shard, and a launch
     per_param = 2 * 12 + 2 + 2

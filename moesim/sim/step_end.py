@@ -14,7 +14,9 @@ The gradients' collective overlaps the last backward where `simulation.overlap_g
 `--overlap-grad-reduce`: each bucket's collective is issued as its gradients are final); the all-gather runs after
 the optimizer, exposed, unless `simulation.overlap_param_gather` (Megatron's `--overlap-param-gather`, opt-in there)
 lets each bucket's gather run ahead of its layers in the next step's first forward, where the first forward hides
-it. The dense weights sync over the data-parallel ranks, the experts over the expert-data-parallel ranks. The
+it. The dense weights sync over the data-parallel ranks, the experts over the expert-data-parallel ranks; across
+nodes a reduce-scatter and an all-gather are the two halves of the all-reduce by the same algorithm (so sharding
+the optimizer moves what the all-reduce moved), inside a node NCCL's measured curves. The
 optimizer reads and writes its states, the weights and the gradients of its shard once (Adam in fp32: a memory
 pass at the measured copy rate).
 """
@@ -22,6 +24,8 @@ pass at the measured copy rate).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from moesim.cluster.topology import Topology
 from moesim.cost.model import CostModel
@@ -66,14 +70,18 @@ def step_end(
     dense = sum(plan.stage_dense_params(stage) for stage in held) / par.tp_size
     experts = sum(plan.stage_expert_params(stage) for stage in held) / groups.expert_shards
 
-    def collective(kind: str, bytes_per_param: float) -> float:
+    def one(kind: str, ranks: np.ndarray, size: float) -> float:
+        """One group's collective: an all-reduce by the scenario's algorithm; a reduce-scatter or an all-gather as
+        NCCL measured it inside a node, else half the all-reduce by the same algorithm (its two halves)."""
+        reduce = all_reduce_time(topology, ranks, size, sim.allreduce_algorithm)
         if kind == "all_reduce":
-            return all_reduce_time(
-                topology, groups.dense, dense * bytes_per_param, sim.allreduce_algorithm
-            ) + all_reduce_time(topology, groups.experts, experts * bytes_per_param, sim.allreduce_algorithm)
-        return shard_collective_time(topology, groups.dense, dense * bytes_per_param, kind) + shard_collective_time(
-            topology, groups.experts, experts * bytes_per_param, kind
-        )
+            return reduce
+        if np.unique(topology.node_of(np.asarray(ranks, np.int64))).size == 1:
+            return shard_collective_time(topology, ranks, size, kind)
+        return reduce / 2
+
+    def collective(kind: str, bytes_per_param: float) -> float:
+        return one(kind, groups.dense, dense * bytes_per_param) + one(kind, groups.experts, experts * bytes_per_param)
 
     gradients, gather = 0.0, 0.0
     if par.zero_stage == 0:
