@@ -52,6 +52,23 @@ def test_the_bubble_is_the_reports_closed_form_within_one_forward(ranks: int, mi
     assert hidden.pipeline_s < step.pipeline_s
 
 
+@pytest.mark.parametrize("ranks, micro_batches", [(4, 16), (8, 32)])
+def test_the_busiest_ranks_work_in_table_4s_parts(ranks: int, micro_batches: int) -> None:
+    """Counted from the order (`rank_ops`): a rank's forwards alone cost F, its backwards alone B (less W when
+    deferred), its deferred weight gradients W, its pairs F + B when nothing overlaps; they add up to its work."""
+    step = dualpipe_step([1.0] * ranks, [2.0] * ranks, [0.5] * ranks, [(0.0, 0.0)] * ranks, micro_batches)
+    ops = rank_ops(step.rank, ranks, micro_batches)
+    forwards = sum(isinstance(op, Forward) for op in ops)
+    pairs = sum(isinstance(op, ForwardBackward) for op in ops)
+    backwards = [op for op in ops if isinstance(op, Backward)]
+    deferred = sum(op.deferred_weight for op in backwards)
+    assert step.parts["1F"] == pytest.approx(forwards * 1.0)
+    assert step.parts["1B"] == pytest.approx(len(backwards) * 2.0 - deferred * 0.5)
+    assert step.parts["1W"] == pytest.approx(deferred * 0.5)
+    assert step.parts["1F1B"] == pytest.approx(pairs * 3.0)
+    assert sum(step.parts.values()) == pytest.approx(step.work_s)
+
+
 def _training(**parallelism) -> dict:  # type: ignore[no-untyped-def]
     return {
         "model": {"preset": "deepseek-v3", "num_layers": 8, "first_k_dense_layers": 1},

@@ -45,6 +45,8 @@ class StepResult:
     energy_source: str = ""
     breakdown: dict[str, float] = field(default_factory=dict)
     """Training: the busiest stage's step in parts that add up to it (`moesim.sim.breakdown.BREAKDOWN_PARTS`)."""
+    schedule_parts: dict[str, float] = field(default_factory=dict)
+    """DualPipe: the busiest rank's work by operation (`DualPipeStep.parts`: 1F, 1B, 1W, 1F1B), seconds."""
     slices: list[Slice] = field(default_factory=list, repr=False)
 
     def as_dict(self, with_slices: bool = False) -> dict[str, Any]:

@@ -214,6 +214,7 @@ def _training_step(
         grad_allreduce_exposed_s=exposed,
         optimizer_s=optimizer,
         breakdown=breakdown,
+        schedule_parts=dict(dual.parts) if dualpipe else {},
         tokens_per_step=tokens_per_step,
         tokens_per_s=tokens_per_step / step,
         tokens_per_s_per_gpu=tokens_per_step / step / world,

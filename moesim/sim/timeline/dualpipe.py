@@ -18,7 +18,7 @@ report's closed-form bubble (pp/2 - 1)(F&B + B - 3W) is the cross-check the test
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 from moesim.sim.timeline.orders import overlapped_seconds
@@ -62,6 +62,10 @@ class DualPipeStep:
     pipeline_s: float  # until the last rank finishes
     work_s: float  # the busiest rank's operations, back to back
     rank: int  # the busiest rank
+    parts: dict[str, float] = field(default_factory=dict)
+    """The busiest rank's work by operation, as DeepSeek's ISCA paper (Table 4) names them: "1F" (forward chunks
+    alone), "1B" (backward chunks alone, their weight gradients where not deferred), "1W" (deferred weight
+    gradients), "1F1B" (overlapped forward-backward pairs)."""
 
 
 def chunks_of(rank: int, stages: int) -> tuple[int, int]:
@@ -141,6 +145,7 @@ def dualpipe_step(
     orders = [rank_ops(rank, ranks, micro_batches) for rank in range(ranks)]
     done: dict[tuple[str, int, int, int], float] = {}  # (F or B, direction, micro-batch, rank) -> when
     clocks, work = [0.0] * ranks, [0.0] * ranks
+    by_kind = [dict.fromkeys(("1F", "1B", "1W", "1F1B"), 0.0) for _ in range(ranks)]
     position = [0] * ranks
     next_micro = [{("F", 0): 0, ("F", 1): 0, ("B", 0): 0, ("B", 1): 0} for _ in range(ranks)]
     deferred: list[list[float]] = [[] for _ in range(ranks)]
@@ -162,18 +167,20 @@ def dualpipe_step(
                     break  # waits for a neighbour
                 start = max([clocks[rank], *[arrived + p2p_seconds for arrived in needs]])
                 if isinstance(op, ForwardBackward):
+                    kind_of = "1F1B"
                     seconds = pair(stage(rank, op.forward_direction), stage(rank, op.backward_direction))
                 elif isinstance(op, Forward):
-                    seconds = forward[stage(rank, op.direction)]
+                    seconds, kind_of = forward[stage(rank, op.direction)], "1F"
                 elif isinstance(op, Backward):
-                    seconds = backward[stage(rank, op.direction)]
+                    seconds, kind_of = backward[stage(rank, op.direction)], "1B"
                     if op.deferred_weight:  # its weight gradient runs later, in a WeightGradient
                         deferred[rank].append(weight[stage(rank, op.direction)])
                         seconds -= deferred[rank][-1]
                 else:
-                    seconds = deferred[rank].pop(0)
+                    seconds, kind_of = deferred[rank].pop(0), "1W"
                 clocks[rank] = start + seconds
                 work[rank] += seconds
+                by_kind[rank][kind_of] += seconds
                 for kind, direction in parts:
                     micro = next_micro[rank][(kind, direction)]
                     done[(kind, direction, micro, rank)] = clocks[rank]
@@ -184,4 +191,4 @@ def dualpipe_step(
         if not progressed:
             raise RuntimeError("DualPipe schedule deadlocked")  # cannot happen for DeepSeek's order
     busiest = max(range(ranks), key=work.__getitem__)
-    return DualPipeStep(max(clocks), work[busiest], busiest)
+    return DualPipeStep(max(clocks), work[busiest], busiest, by_kind[busiest])
