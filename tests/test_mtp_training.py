@@ -78,3 +78,5 @@ def test_the_scenarios_pipeline_split_is_checked_and_used() -> None:
     unbalanced = simulate(scenario_from_dict(_document(pipeline_layers=[2, 5])), check_memory=False)
     balanced = simulate(scenario_from_dict(_document(pipeline_layers=[4, 3])), check_memory=False)
     assert unbalanced.step_time_s > balanced.step_time_s  # the last stage, with the heads, takes the longest
+    assert balanced.phase_seconds[MTP_PHASE] > 0
+    assert balanced.sources[MTP_PHASE].startswith("dense_gemm: ")  # a compute phase, not the network

@@ -29,6 +29,7 @@ PHASE_PARTS: dict[str, tuple[str, ...]] = {
     "experts": ("grouped_gemm", "grouped_backward"),
     "lm_head": ("dense_gemm", "dense_backward"),
     "embedding": ("memory",),
+    "mtp_entry": ("dense_gemm", "dense_backward", "memory"),  # an MTP module's projection and norms
     "fp8_casts": ("fp8_casts",),
     "recompute": ("attention", "dense_gemm", "memory"),  # replayed scores, up-projections, norms, activations
 }
