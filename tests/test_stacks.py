@@ -94,3 +94,18 @@ def test_check_lists_what_the_stack_set_and_where_the_scenario_overrode_it(tmp_p
     dispatcher = lines.index("#   simulation.alltoall_algorithm = 'deepep'")
     assert lines[dispatcher + 1] == "#     set in the scenario over the stack's 'flat'"
     assert "CUDA graphs and host launch cost" in output
+
+
+def test_deepseeks_stack_runs_its_router_eager_and_its_permutation_fused() -> None:
+    """DeepSeek's training profile shows PyTorch's top-k kernels in its router and DeepEP permuting in its dispatch:
+    the stack prices the router as the executor measured it (`moe_kernels: eager`'s router) and the permutation as
+    one fused pass (`moe_kernels: fused`'s)."""
+    document = {**SMALL, "stack": {"name": "deepseek-v3"}, "workload": {**SMALL["workload"], "mode": "training"}}
+    stack = simulate(scenario_from_dict(document), check_memory=False).phase_seconds
+    eager = simulate(scenario_from_dict(SMALL, ["simulation.moe_kernels=eager"]), check_memory=False).phase_seconds
+    fused = scenario_from_dict(SMALL, ["simulation.moe_kernels=fused", "simulation.alltoall_algorithm=deepep"])
+    fused_phases = simulate(fused, check_memory=False).phase_seconds
+    assert scenario_from_dict(document).simulation.router_kernels == "eager"
+    assert stack["router"] == pytest.approx(eager["router"])
+    assert stack["permute"] == pytest.approx(fused_phases["permute"])
+    assert stack["router"] > fused_phases["router"]

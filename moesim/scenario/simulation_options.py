@@ -36,6 +36,12 @@ class SimulationSpec(_Section):
         "(assumed, not measured), and each layer's residual adds fused into its RMSNorms; the grouped expert GEMMs "
         "stay as measured (CUTLASS kernels, as the engines').",
     )
+    router_kernels: Optional[Literal["eager", "fused"]] = Field(
+        None,
+        description="The router alone, where a stack fuses its permutation but runs its router as PyTorch ops "
+        "(DeepSeek's training profile: torch top-k and sigmoid kernels): eager prices the executor's measured "
+        "router, fused one memory pass; null: as moe_kernels.",
+    )
     allreduce_algorithm: Literal["auto", "ring", "hierarchical"] = Field(
         "auto", description="Data-parallel gradient all-reduce algorithm (auto = the faster)."
     )

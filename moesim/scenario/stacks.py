@@ -74,6 +74,12 @@ STACKS: dict[str, tuple[StackDefault, ...]] = {
             f"{DEEPSEEK}: DeepEP permutes in its dispatch, un-permutes in its combine",
         ),
         StackDefault(
+            "simulation.router_kernels",
+            "eager",
+            "DeepSeek's training profile (deepseek-ai/profile-data train.json): its router runs PyTorch's top-k "
+            "(sbtopk::gatherTopK) and sigmoid kernels",
+        ),
+        StackDefault(
             "workload.precision.fp8_cast_kernels",
             "deepseek",
             "DeepSeek's training profile (deepseek-ai/profile-data train.json): its own cast kernels",

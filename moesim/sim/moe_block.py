@@ -71,7 +71,7 @@ def moe_block_phases(
         if not builder.fused_kernels:  # the eager executor's measured phase models, where the profile has them
             permute = measured_or(cost.fitted("permute", builder.work(top_k, served)), permute)
             unpermute = measured_or(cost.fitted("unpermute", builder.work(top_k, served)), unpermute)
-    if not builder.fused_kernels:  # the router is the executor's whichever all-to-all runs
+    if not builder.fused_router:  # the router is the executor's whichever all-to-all runs
         router = measured_or(builder.router_fit(builder.work(top_k, router_gemm_seconds=router_gemm)), router)
     rows = routing_here.rank_rows
     gemm = np.array([builder.experts_seconds(rank_rows, top_k) for rank_rows in rows])  # ranks, not tokens

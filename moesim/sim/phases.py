@@ -99,6 +99,7 @@ class PhaseBuilder:
         self.fp8 = precision.gemm == "fp8"  # linear layers' GEMMs; the router and output head stay bf16
         self.expert_weight_bytes = precision.expert_weight_bytes if precision.expert_weights else None  # 4-bit
         self.fused_kernels = scenario.simulation.moe_kernels == "fused"
+        self.fused_router = (scenario.simulation.router_kernels or scenario.simulation.moe_kernels) == "fused"
         hidden = self.model.hidden_size
         self.combine_scale = precision.token_bytes(hidden, "combine") / precision.token_bytes(hidden, "dispatch")
         self._alltoall_cache: dict[int, tuple] = {}

@@ -255,8 +255,10 @@ def table(prediction: PairPrediction, measured: dict) -> str:
         f"take {casts * ms:.1f} ms; in the trace the cast kernels take {per_class['fp8_cast']:.1f} ms, as if they "
         f"ran at {bandwidth * casts / (per_class['fp8_cast'] / ms) / 1e12:.2f} TB/s (launches included): a residual "
         "of the kernels' own speed under the pair's load, which moesim has no measurement of alone.",
+        "- The router is priced as moesim's executor measured its eager PyTorch router (the trace runs PyTorch's top-k "
+        "and sigmoid kernels there, `simulation.router_kernels` of the deepseek-v3 stack), not as a fused kernel.",
         "- The other classes moesim has no mechanism for, or prices below the trace, are issue 25's list (the small "
-        "kernels, the router's top-k, copies).",
+        "kernels: MLA's RoPE on a copied slice of the queries, copies, element-wise kernels).",
         "",
     ]
     return "\n".join(lines)
