@@ -252,6 +252,15 @@ def summary_table(result: Any) -> Table:
             ("optimizer step", f"{result.optimizer_s:.4f} s"),
             ("tokens per step", f"{result.tokens_per_step:,.0f}"),
         ]
+        if result.schedule_parts:  # DualPipe: the busiest rank's work as DeepSeek's Table 4 names it
+            parts = result.schedule_parts
+            rows.insert(
+                -1,
+                (
+                    "DualPipe rank: 1F / 1B / 1W / 1F1B",
+                    " / ".join(f"{parts[key]:.2f}" for key in ("1F", "1B", "1W", "1F1B")) + " s",
+                ),
+            )
     else:
         rows += [
             ("prefill of the whole batch", f"{result.prefill_s:.3f} s"),
