@@ -33,6 +33,31 @@ def test_one_request_at_a_time_follows_the_iterations() -> None:
     assert run.mean_running == pytest.approx(1.0) and run.peak_running == 1
 
 
+@pytest.mark.parametrize("plain_engine", ["vllm", "sglang"])
+def test_an_overlap_scheduler_reports_each_token_one_iteration_later(plain_engine: str) -> None:
+    """TensorRT-LLM's scheduler launches the next iteration before this one's tokens are processed: the first token
+    is reported at the end of the iteration after the prompt's (the request already decoding in it), and a finished
+    sequence runs one more decode step before it leaves; the time per output token is the same. vLLM's and
+    SGLang's report each token with its iteration."""
+    plain = ServingSpec(input_tokens=1000, output_tokens=10, concurrency=1, num_requests=2, engine=plain_engine)
+    overlapped = ServingSpec(input_tokens=1000, output_tokens=10, concurrency=1, num_requests=2, engine="trtllm")
+    one, late = (run_engine(spec, linear, kv_capacity_tokens=10**6, ranks=1) for spec in (plain, overlapped))
+    first, second = one.requests[0], late.requests[0]
+    assert first.first_token_s == pytest.approx(1.010)
+    assert second.first_token_s == pytest.approx(1.010 + 0.0101)  # reported under the first decode iteration
+    assert second.finish_s == pytest.approx(first.finish_s + 0.0101)  # the extra decode step
+    assert (second.finish_s - second.first_token_s) == pytest.approx(first.finish_s - first.first_token_s)
+    assert late.iterations == one.iterations + 2  # one extra step a request
+    assert late.requests[1].arrival_s == pytest.approx(second.finish_s)
+
+
+def test_serve_says_which_scheduler_it_played() -> None:
+    trtllm = simulate_serving(scenario_from_dict(_mixtral(concurrency=8, engine="trtllm")))
+    assert any("one extra decoding step" in note for note in trtllm.notes)
+    vllm = simulate_serving(scenario_from_dict(_mixtral(concurrency=8, engine="vllm")))
+    assert not any("reported one iteration after" in note for note in vllm.notes)
+
+
 def test_long_prompts_are_prefilled_in_chunks_and_decodes_go_first() -> None:
     spec = ServingSpec(input_tokens=20000, output_tokens=2, concurrency=1, num_requests=1, token_budget=8192)
     run = run_engine(spec, linear, kv_capacity_tokens=10**6, ranks=1)

@@ -8,7 +8,9 @@ arrival order (chunked prefill), admitting a waiting request only while `serving
 (`serving.prefix_cache_hit_rate`) is not computed, but it is held in the KV cache and attended to. A request's
 first token comes at the end of the iteration that finishes its prompt; each later iteration adds one token. The
 deployment's requests are spread over its attention ranks: one rank is simulated with its share of the arrivals
-(its rate, or its share of the concurrency: `serving.dealing` says which engines hold one request more).
+(its rate, or its share of the concurrency: `serving.dealing` says which engines hold one request more). An engine
+whose scheduler runs one step ahead (`OVERLAP_SCHEDULERS`: TensorRT-LLM) reports each first token one iteration
+later and keeps a finished sequence for one more decode step.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ class EngineRun:
     def mean_running(self) -> float:
         """Sequences running on average while the engine is busy (time-weighted)."""
         return self.running_seconds / self.busy_s if self.busy_s > 0 else 0.0
+
+
+OVERLAP_SCHEDULERS: dict[str, str] = {
+    "trtllm": "TensorRT-LLM's overlap scheduler, on by default (disable_overlap_scheduler: False): it launches step "
+    "n+1 before step n's tokens are processed, 'one extra decoding step', and publishes step n's responses only "
+    "after that launch (its docs, features/overlap-scheduler: the opt-in enable_client_io_during_gpu_wait brings "
+    "them 'up to one iteration earlier'; PR #14061, 2026-05, an opt-in early first token)",
+}
+"""Engines whose scheduler reports a step's tokens one iteration late and runs a finished sequence one more decode
+step. SGLang's overlap scheduler (on by default since v0.4) also launches the next batch first, but processes the
+previous batch's results as soon as they are on the host (`Scheduler.event_loop_overlap`), so its tokens are not
+held back a whole iteration: not listed."""
 
 
 def draw_lengths(length: Length, count: int, rng: np.random.Generator) -> list[int]:
@@ -105,6 +119,8 @@ def run_engine(
     kv_used = 0
     in_system = 0
     gained = spec.tokens_per_step  # per decoding sequence and iteration
+    overlapped = phase != "prefill" and spec.engine in OVERLAP_SCHEDULERS
+    reported_next: list[Request] = []  # overlap scheduler: first tokens the next iteration's end reports
     while pending or waiting or running:
         # arrivals up to now (closed loop: release new requests as others finish)
         while pending and (
@@ -158,6 +174,9 @@ def run_engine(
         running_seconds += seconds * len(running)
         iterations += 1
         peak = max(peak, len(running))
+        for request in reported_next:  # the previous iteration's first tokens, processed under this one
+            request.first_token_s = now
+        reported_next = []
         for request in decoding:
             request.generated += gained
         for request, take in chunks:
@@ -165,8 +184,15 @@ def run_engine(
             if request.prefilled >= request.input_tokens:
                 request.first_token_s = now
                 request.generated = 1
+                if overlapped:
+                    reported_next.append(request)
         done = phase == "prefill" or None
-        for request in [r for r in running if r.first_token_s is not None and (done or r.generated >= r.output_tokens)]:
+        # with the overlap scheduler a sequence whose last token came in the previous iteration ran this one too
+        # (its stop was checked while this one ran) and leaves now; `generated` counts that extra step
+        extra = gained if overlapped else 0.0
+        for request in [
+            r for r in running if r.first_token_s is not None and (done or r.generated >= r.output_tokens + extra)
+        ]:
             request.finish_s = now
             running.remove(request)
             kv_used -= keeps(request)

@@ -18,7 +18,7 @@ from moesim.scenario.serving import ServingSpec
 from moesim.serving.capacity import pool_capacity
 from moesim.serving.checked import checked_words, runs_words
 from moesim.serving.dealing import MIN_COUNTED, deal, engine_requests, is_batch
-from moesim.serving.engine import run_engine
+from moesim.serving.engine import OVERLAP_SCHEDULERS, run_engine
 from moesim.serving.iteration import IterationCost
 from moesim.serving.pools import Pool, deployment_pools, prefill_pool_scenario
 from moesim.serving.ranks import AttentionRecorder, ranks_per_group
@@ -156,6 +156,11 @@ def _served(
         )
     if cost.two_modes:
         notes.append("DeepEP: normal kernels in iterations that prefill, low-latency kernels in decode-only ones")
+    if spec.engine in OVERLAP_SCHEDULERS:
+        notes.append(
+            "each token reported one iteration after it is computed, a finished sequence running one more decode "
+            f"step: {OVERLAP_SCHEDULERS[spec.engine]}"
+        )
     dollars = _dollars_per_million(spec.price_per_gpu_hour, gpus, output)
     return ServingResult(
         ttft_s=_percentiles(ttft),
