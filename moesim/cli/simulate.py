@@ -235,16 +235,12 @@ def summary_table(result: Any) -> Table:
     memory = result.memory
     rows = [("step time", f"{result.step_time_s:.3f} s")]
     if result.mode == "training":
-        busiest = max(
-            range(len(result.stage_forward_s)),
-            key=lambda stage: result.stage_forward_s[stage] + result.stage_backward_s[stage],
-        )
+        forward, backward = result.stage_forward_s, result.stage_backward_s
+        busiest = max(range(len(forward)), key=lambda stage: forward[stage] + backward[stage])
+        passes = f"{forward[busiest] * 1e3:,.1f} / {backward[busiest] * 1e3:,.1f} ms"
         rows += [
             ("pipeline (incl. bubble)", f"{result.pipeline_s:.3f} s ({result.pipeline_bubble_s:.3f} s bubble)"),
-            (
-                "1F / 1B, one micro-batch, busiest stage",
-                f"{result.stage_forward_s[busiest] * 1e3:,.1f} / {result.stage_backward_s[busiest] * 1e3:,.1f} ms",
-            ),
+            ("1F / 1B, one micro-batch, busiest stage", passes),
             (
                 "gradient sync at the step end (exposed)",
                 f"{result.grad_allreduce_s:.3f} s ({result.grad_allreduce_exposed_s:.3f} s)",
@@ -253,14 +249,8 @@ def summary_table(result: Any) -> Table:
             ("tokens per step", f"{result.tokens_per_step:,.0f}"),
         ]
         if result.schedule_parts:  # DualPipe: the busiest rank's work as DeepSeek's Table 4 names it
-            parts = result.schedule_parts
-            rows.insert(
-                -1,
-                (
-                    "DualPipe rank: 1F / 1B / 1W / 1F1B",
-                    " / ".join(f"{parts[key]:.2f}" for key in ("1F", "1B", "1W", "1F1B")) + " s",
-                ),
-            )
+            chunks = " / ".join(f"{result.schedule_parts[key]:.2f}" for key in ("1F", "1B", "1W", "1F1B"))
+            rows.append(("DualPipe rank: 1F / 1B / 1W / 1F1B", f"{chunks} s"))
     else:
         rows += [
             ("prefill of the whole batch", f"{result.prefill_s:.3f} s"),
