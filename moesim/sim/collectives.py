@@ -261,16 +261,22 @@ def _ring_seconds(topology: Topology, ranks: np.ndarray, size_bytes: float, pass
     return passes * ((members - 1) / members * size_bytes / bandwidth + (members - 1) * alpha)
 
 
-def shard_collective_time(topology: Topology, ranks: np.ndarray, size_bytes: float, collective: str) -> float:
+def shard_collective_time(
+    topology: Topology, ranks: np.ndarray, size_bytes: float, collective: str, algorithm: Optional[str] = None
+) -> float:
     """Seconds for an all-gather or reduce-scatter over `ranks` whose whole buffer (the gathered output, the
-    scattered input) is `size_bytes`: NCCL's measured curve inside a node where the GPU has one, else a ring
-    (half an all-reduce's traffic)."""
+    scattered input) is `size_bytes`: NCCL's measured curve inside a node where the GPU has one; across nodes half
+    the all-reduce by `algorithm` where one is given (the two halves of it, so sharding moves what the all-reduce
+    moved), else a ring (half an all-reduce's traffic)."""
     if collective not in ("all_gather", "reduce_scatter"):
         raise ValueError(f"collective must be 'all_gather' or 'reduce_scatter', got {collective!r}")
     ranks = np.asarray(ranks, np.int64)
     if ranks.size <= 1 or size_bytes <= 0:
         return 0.0
+    inside = np.unique(topology.node_of(ranks)).size == 1
     measured = topology.collectives
-    if measured is not None and np.unique(topology.node_of(ranks)).size == 1:
+    if measured is not None and inside:
         return measured.seconds(collective, ranks.size, size_bytes, topology.scale_up_bytes_per_s)
+    if algorithm is not None and not inside:
+        return all_reduce_time(topology, ranks, size_bytes, algorithm) / 2
     return _ring_seconds(topology, ranks, size_bytes, passes=1)

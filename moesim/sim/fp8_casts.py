@@ -39,7 +39,7 @@ from moesim.cost.fp8_recipes import (
     weight_casts_per_step,
     weight_transposes_per_micro_batch,
 )
-from moesim.models.precision import DTYPE_BYTES, FP8_SCALE_BLOCK
+from moesim.models.precision import DTYPE_BYTES
 from moesim.models.spec import GATED_ACTIVATIONS, ModelSpec
 from moesim.sim.phase import Phase
 
@@ -95,6 +95,7 @@ class _Casts:
         self.forward: Any = 0.0
         self.backward: Any = 0.0
         self.launches = [0, 0]
+        self.linears = 0  # linear layers (a projection of all the local experts counts once: one batched kernel)
 
     def add(self, cost: CastCost, input_rows: Any, inner: int, gradient_rows: Any, width: int, backward: bool) -> None:
         moved = cost.input * input_rows * inner + cost.gradient * gradient_rows * width
@@ -108,6 +109,7 @@ class _Casts:
         """A linear's forward and backward casts; `rows` for an expert's (the same on both sides), else TP's."""
         inner, width, kind = gemm
         linear = FP8Linear(inner, width, **flags)
+        self.linears += 1
         if rows is None:
             input_rows, gradient_rows = (self.shard, self.gathered) if kind == "column" else (self.gathered, self.shard)
         else:
@@ -135,9 +137,7 @@ def _ffn(casts: _Casts, gemms: list[Gemm], rows: Any, deepseek: bool, kept: dict
     up_gemm, down_gemm = gemms
     down_gradient = up.pop("down_gradient_fp8", False)
     casts.linear(up_gemm, rows, **up)
-    casts.linear(
-        down_gemm, rows, input_fp8=deepseek, gradient_fp8=down_gradient, kept_fp8=kept["act"] and not kept["act_bf16"]
-    )
+    casts.linear(down_gemm, rows, input_fp8=deepseek, gradient_fp8=down_gradient, kept_fp8=kept["act"])
     if deepseek and kept["swiglu_fp8"]:  # the SwiGLU input kept in FP8 (report 3.3.4)
         forward, backward = kept_in_fp8_bytes()
         casts.passes(rows if rows is not None else casts.gathered, up_gemm[1], forward, backward)
@@ -158,11 +158,10 @@ def cast_phases(
     modules = set(workload.recompute_modules) if workload.activation_recompute == "selective" else set()
     fp8_inputs = precision.linear_inputs == "fp8"
     dispatch_fp8 = (precision.dispatch or precision.activations) == "fp8" and layer.is_moe
-    kept = {  # which inputs the backward finds only in FP8
+    kept = {  # which inputs the backward finds only in FP8 (the SwiGLU's input: kept in FP8 beside its output)
         "norm": fp8_inputs and not full and "layernorm" not in modules,
         "latent": fp8_inputs and not full and "mla_up_proj" not in modules,
-        "act": (fp8_inputs or deepseek) and not full,
-        "act_bf16": "moe_act" in modules,
+        "act": (fp8_inputs or deepseek) and not full and "moe_act" not in modules,
         "swiglu_fp8": fp8_inputs and not full and "moe_act" in modules,
     }
     casts = _Casts(builder)
@@ -196,16 +195,16 @@ def cast_phases(
             shares = deepseek and dispatch_fp8  # DeepSeek's shared experts read the dispatch's FP8 copy
             _ffn(casts, shared, None, deepseek, kept, input_fp8=shares, kept_fp8=shares or kept["norm"])
     if dispatch_fp8 and not builder.experts_local:  # the tokens cast before they leave; their gradients likewise
-        token_bytes = DTYPE_BYTES[precision.activations] + 1 + 4 / FP8_SCALE_BLOCK
-        casts.passes(builder.routed_tokens, model.hidden_size, token_bytes, token_bytes)
+        hidden = model.hidden_size  # read in the activations' format, written as the dispatch sends it
+        token_bytes = (hidden * DTYPE_BYTES[precision.activations] + precision.token_bytes(hidden, "dispatch")) / hidden
+        casts.passes(builder.routed_tokens, hidden, token_bytes, token_bytes)
     weights = _weight_elements(builder, layer)
     per_step = weight_casts_per_step(casts.kernels, casts.recipe, precision.weight_bytes) / builder.plan.micro_batches
     casts.forward = casts.forward + weights * per_step
     transposes = weight_transposes_per_micro_batch(casts.kernels)
     if transposes:  # a kernel a weight (the local experts' in one batched kernel a projection)
         casts.forward = casts.forward + weights * transposes
-        attention = len(attention_gemms(model, builder.tp)) * (2 if layer.cross_attention else 1)
-        casts.launches[0] += attention + 2 + (2 if layer.is_moe and model.num_shared_experts else 0)
+        casts.launches[0] += casts.linears
     bandwidth = cost.memory_bytes_per_s * cost.memory_efficiency
     forward_s, backward_s = (
         np.zeros(builder.ranks) + moved / bandwidth + launches * cost.kernel_launch_s

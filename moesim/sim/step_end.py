@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from moesim.cluster.topology import Topology
 from moesim.cost.model import CostModel
 from moesim.scenario import Scenario
@@ -70,18 +68,17 @@ def step_end(
     dense = sum(plan.stage_dense_params(stage) for stage in held) / par.tp_size
     experts = sum(plan.stage_expert_params(stage) for stage in held) / groups.expert_shards
 
-    def one(kind: str, ranks: np.ndarray, size: float) -> float:
-        """One group's collective: an all-reduce by the scenario's algorithm; a reduce-scatter or an all-gather as
-        NCCL measured it inside a node, else half the all-reduce by the same algorithm (its two halves)."""
-        reduce = all_reduce_time(topology, ranks, size, sim.allreduce_algorithm)
-        if kind == "all_reduce":
-            return reduce
-        if np.unique(topology.node_of(np.asarray(ranks, np.int64))).size == 1:
-            return shard_collective_time(topology, ranks, size, kind)
-        return reduce / 2
-
     def collective(kind: str, bytes_per_param: float) -> float:
-        return one(kind, groups.dense, dense * bytes_per_param) + one(kind, groups.experts, experts * bytes_per_param)
+        """The dense weights' group and the experts' group, each by the scenario's all-reduce algorithm (a
+        reduce-scatter or an all-gather: its half across nodes, NCCL's measured curve inside one)."""
+        total = 0.0
+        for ranks, params in ((groups.dense, dense), (groups.experts, experts)):
+            size = params * bytes_per_param
+            if kind == "all_reduce":
+                total += all_reduce_time(topology, ranks, size, sim.allreduce_algorithm)
+            else:
+                total += shard_collective_time(topology, ranks, size, kind, sim.allreduce_algorithm)
+        return total
 
     gradients, gather = 0.0, 0.0
     if par.zero_stage == 0:

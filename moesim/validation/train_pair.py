@@ -45,6 +45,7 @@ class PairPrediction:
     compute_s: float
     communication_s: float
     stretch: float
+    copy_bytes_per_s: float  # the memory model's rate, which the FP8 casts run at
 
     @property
     def compute_busy_s(self) -> float:
@@ -157,7 +158,8 @@ def predicted_pair() -> PairPrediction:
     hidden = sum(float(p.overlapped.seconds.mean()) for p in program.forward + program.backward if p.overlapped)
     if abs(compute - hidden - charged) > 1e-9 * max(charged, 1e-12):  # the cut must add up to the phases
         raise AssertionError(f"kernel classes add to {compute - hidden:.6f} s, the phases to {charged:.6f} s")
-    return PairPrediction(classes, compute, communication, comm_stretch(scenario))
+    bandwidth = cost.memory_bytes_per_s * cost.memory_efficiency
+    return PairPrediction(classes, compute, communication, comm_stretch(scenario), bandwidth)
 
 
 def measured_pair(path: Path = MEASURED) -> dict:
@@ -227,9 +229,7 @@ def table(prediction: PairPrediction, measured: dict) -> str:
             f"{_ratio(in_pair, per_class[label], CLASS_BAR)} |"
         )
     notify = sum(row[4] for row in measured["kernels"] if row[1] == "communication" and "notify" in row[2])
-    scenario = load_scenario(SCENARIO)
-    cost = cost_model_for(scenario)
-    bandwidth, casts = cost.memory_bytes_per_s * cost.memory_efficiency, prediction.classes["fp8_cast"]
+    bandwidth, casts = prediction.copy_bytes_per_s, prediction.classes["fp8_cast"]
     moved = sum(
         row[4]
         for row in measured["kernels"]
