@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from moesim.cli.common import console, fit_columns, print_json, print_table, progress_bar
 from moesim.errors import MoesimError
@@ -20,10 +21,12 @@ def plan_serving_command(
     prices: dict[str, float],
     as_json: bool,
     max_load: float = 0.95,
+    deploy_engine: Optional[str] = None,
 ) -> None:
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
-    from moesim.planning.serving import plan_serving, searchable_layouts
+    from moesim.planning.deploy_serving import ENGINES, engine_deployment
+    from moesim.planning.serving import option_scenario, plan_serving, searchable_layouts
     from moesim.scenario import scenario_from_dict
     from moesim.serving.checked import checked_words
 
@@ -83,9 +86,16 @@ def plan_serving_command(
             "$/M tokens": f"{f['dollars_per_million_output_tokens']:.4g}",
         }
 
+    deployments = {}
+    if result.options:
+        chosen = option_scenario(document, result.options[0])
+        deployments = {name: engine_deployment(chosen, name) for name in (deploy_engine,) if name} or {
+            name: engine_deployment(chosen, name) for name in ENGINES
+        }
     if as_json:
         print_json(
             {
+                "deploy": {name: deployment.as_dict() for name, deployment in deployments.items()},
                 "options": [{**figures(o), "result": o.result.as_dict()} for o in result.options],
                 "evaluated": result.evaluated,
                 "compute_sources": result.compute_sources,
@@ -142,3 +152,10 @@ def plan_serving_command(
     )
     if not result.options:
         raise typer.Exit(code=1)
+    shown = deploy_engine or base.serving.engine or "sglang"
+    lines = engine_deployment(chosen, shown).lines(min(console.width, 100) - 2)
+    if not deploy_engine and not base.serving.engine:
+        lines.insert(
+            1, "  (the scenario names no engine: SGLang's shown; --deploy trtllm|vllm for another, --json has all)"
+        )
+    console.print(escape("\n".join(lines)), soft_wrap=True)

@@ -224,14 +224,26 @@ def plan_command(
     prices: Optional[str] = typer.Option(None, "--price", help="Dollars per GPU-hour, e.g. H100-SXM=2.5,H200=3.5."),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    deploy: Optional[str] = typer.Option(
+        None,
+        "--deploy",
+        help="--serve: the engine whose launch commands to print (trtllm, sglang or vllm; default: the scenario's "
+        "serving.engine, else sglang). Training plans print Megatron-Core's arguments.",
+    ),
 ) -> None:
     """Search GPU type, nodes, TP/PP/EP, routing and capacity factor for the cheapest plan that meets the target."""
 
+    from moesim.planning.deploy_training import megatron_deployment
+    from moesim.planning.training import option_scenario
     from moesim.planning.training import plan as run_plan
     from moesim.scenario import apply_overrides, parse_override, read_document
 
     document = apply_overrides(read_document(scenario), overrides)
     _note_model(document)
+    if deploy is not None and deploy not in ("trtllm", "sglang", "vllm"):
+        raise MoesimError(f"--deploy: {deploy!r} is not a serving engine; use trtllm, sglang or vllm")
+    if deploy is not None and not serve:
+        raise MoesimError("--deploy: a training plan prints Megatron-Core's arguments; --deploy goes with --serve")
     if serve == (target_tokens_per_s is not None):
         raise MoesimError("plan: give --target-tokens-per-s (training) or --serve (serving), one of the two")
     if target_tokens_per_s is not None and target_tokens_per_s <= 0:
@@ -246,7 +258,7 @@ def plan_command(
                 raise MoesimError(f"--price '{item}': expected GPU=DOLLARS, e.g. H100-SXM=2.5") from None
     if serve:
         gpus = [g.strip() for g in gpu.split(",")]
-        plan_serving_command(document, request_rate, ttft, tpot, gpus, max_gpus, price_table, as_json, max_load)
+        plan_serving_command(document, request_rate, ttft, tpot, gpus, max_gpus, price_table, as_json, max_load, deploy)
         return
     assert target_tokens_per_s is not None
     factors = None
@@ -272,9 +284,11 @@ def plan_command(
             on_progress=on_progress,
         )
     best = result.best_achievable
+    deployment = megatron_deployment(option_scenario(document, result.options[0])) if result.options else None
     if as_json:
         print_json(
             {
+                "deploy": deployment.as_dict() if deployment else None,
                 "options": [o.as_dict() for o in result.options],
                 "pareto": [o.as_dict() for o in result.pareto],
                 "harsher": [o.as_dict() for o in result.harsher],
@@ -339,6 +353,8 @@ def plan_command(
         "[dim]prices: $/GPU-hour assumptions (moesim.planning.prices.DEFAULT_PRICE_PER_GPU_HOUR) unless --price "
         "is given[/dim]"
     )
+    assert deployment is not None
+    console.print(escape("\n".join(deployment.lines(min(console.width, 100) - 2))), soft_wrap=True)
 
 
 @app.command()

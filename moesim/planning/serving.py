@@ -80,6 +80,8 @@ class ServingOption:
     gpus: int
     result: ServingResult
     meets: bool
+    overrides: tuple[str, ...] = ()
+    """The settings over the planned scenario that make this option (`option_scenario`)."""
 
     @property
     def gpu(self) -> str:
@@ -271,7 +273,7 @@ def plan_serving(
         latencies = (result.ttft_s, result.tpot_s)
         if any(o.layout == layout and (o.result.ttft_s, o.result.tpot_s) == latencies for o in evaluated):
             return  # batch limits that never bind at this rate: the same option again
-        evaluated.append(ServingOption(layout, budget, running, result.gpus, result, meets))
+        evaluated.append(ServingOption(layout, budget, running, result.gpus, result, meets, tuple(overrides)))
 
     for index, layout in enumerate(layouts):
         serve(layout, *own)
@@ -292,6 +294,11 @@ def plan_serving(
     keeping_up = [o for o in evaluated if keeps_up(o.result)]
     best = min(keeping_up, key=lambda o: o.result.tpot_s[90], default=None)
     return ServingPlan(options, pareto_front(options), len(evaluated) + overloaded, best, shared.compute_sources())
+
+
+def option_scenario(document: dict[str, Any], option: ServingOption) -> Scenario:
+    """The scenario `plan_serving` served for `option`: its layout and batch limits over the planned document."""
+    return scenario_from_dict(document, list(option.overrides))
 
 
 def pareto_front(options: Sequence[ServingOption]) -> list[ServingOption]:

@@ -76,6 +76,11 @@ class Option:
         }
 
 
+def option_scenario(document: dict[str, Any], option: Option) -> Scenario:
+    """The scenario the planner simulated for `option` (its layout over the planned document, full timeline)."""
+    return scenario_from_dict(document, [*option.candidate.overrides(), "simulation.network_mode=full"])
+
+
 def _divisors(value: int, limit: int) -> list[int]:
     return [d for d in range(1, min(value, limit) + 1) if value % d == 0]
 
