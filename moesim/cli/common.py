@@ -12,10 +12,46 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from moesim.errors import MoesimError
 
+
+def _click_class(name: str) -> type[Exception]:
+    """Click's exception class `name`, whichever click Typer runs on (its own copy or the click package)."""
+    return next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == name)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Click's usage errors (a bad option value, a missing argument, an unknown option) as moesim's own: one
+    `error:` line naming the option and the command's help, and exit 2 -- not click's usage box. `moesim` or a
+    command group alone still shows its help."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _click_class("UsageError") as error:
+            context = getattr(error, "ctx", None)
+            if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+                typer.echo(context.get_help())
+                sys.exit(2)
+            where = context.command_path if context is not None else "moesim"
+            message = " ".join(error.format_message().split())  # type: ignore[attr-defined]
+            typer.echo(f"error: {message} (see {where} --help)", err=True)
+            sys.exit(2)
+        except _click_class("ClickException") as error:
+            typer.echo(f"error: {' '.join(error.format_message().split())}", err=True)  # type: ignore[attr-defined]
+            sys.exit(getattr(error, "exit_code", 1))
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="moesim",
     help="Simulation-driven routing and systems planner for Mixture-of-Experts models.",
     no_args_is_help=True,

@@ -26,15 +26,16 @@ def plan_serving_command(
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
     from moesim.planning.deploy_serving import ENGINES, engine_deployment
-    from moesim.planning.serving import option_scenario, plan_serving, searchable_layouts
+    from moesim.planning.serving import check_targets, option_scenario, plan_serving, searchable_layouts
     from moesim.scenario import scenario_from_dict
     from moesim.serving.checked import checked_words
 
     base = scenario_from_dict(document)
     searchable_layouts(base, gpus, max_gpus)  # nothing to search stops here, before the progress bar
-    rate = request_rate or base.serving.request_rate
+    rate = request_rate if request_rate is not None else base.serving.request_rate
     if rate is None:
         raise MoesimError("--request-rate: give the requests/s to serve (or set serving.request_rate)")
+    check_targets(rate, ttft, tpot, max_load)  # so do targets that are none
     with progress_bar("serving layouts", to_stderr=True, transient=as_json) as progress:
         task = progress.add_task("layouts", total=None)
         result = plan_serving(

@@ -55,9 +55,9 @@ def sweep(
     Exits 1 when no point of the sweep ran without an error."""
 
     from moesim.planning.grid import parse_param
-    from moesim.planning.store import ResultsStore, export_csv, export_parquet
+    from moesim.planning.store import ResultsStore, check_store, export_csv, export_parquet
     from moesim.planning.sweep import run_sweep, sweep_grid
-    from moesim.scenario import apply_overrides, read_document
+    from moesim.scenario import apply_overrides, read_document, scenario_from_dict
 
     output_file(csv_path, "--csv")
     output_file(parquet_path, "--parquet")
@@ -65,6 +65,7 @@ def sweep(
     _note_model(document)
     grid_params = dict(parse_param(text) for text in params) or None
     sweep_grid(document, grid_params)  # a bad value stops here, before the progress bar and the store
+    check_store(store or scenario_from_dict(document).sweep.store)  # so does a damaged or foreign store
     with progress_bar("sweep", to_stderr=True, transient=as_json) as progress:
         task = progress.add_task("points", total=None)
 
@@ -370,16 +371,19 @@ def report(
 ) -> None:
     """Write a cluster sizing report (self-contained HTML with plots, and Markdown)."""
     from moesim.cli.common import load_scenario_noting as load_scenario
-    from moesim.planning.report import write_report, write_results_report
+    from moesim.planning.report import read_sweep, write_report, write_results_report
 
+    results = source.suffix.lower() in (".sqlite", ".db", ".sqlite3")
+    if results:
+        read_sweep(source, sweep_id)  # nothing to report on stops here, before the folder is made
+    else:
+        loaded = load_scenario(source, overrides)
     output_folder(out, "--out")
     with console.status("simulating and plotting ...", spinner="dots"):
-        if source.suffix.lower() in (".sqlite", ".db", ".sqlite3"):
-            if not source.exists():
-                raise MoesimError(f"{source}: no such results store")
+        if results:
             html_path, md_path = write_results_report(source, out, sweep_id)
         else:
-            html_path, md_path = write_report(load_scenario(source, overrides), out, fast)
+            html_path, md_path = write_report(loaded, out, fast)
     console.print(f"report written to {html_path} and {md_path}")
 
 

@@ -257,12 +257,12 @@ def write_pages(
     return html_path, md_path
 
 
-def write_results_report(
-    store_path: str | Path, out_dir: str | Path, sweep_id: Optional[str] = None
-) -> tuple[Path, Path]:
-    """A report over one sweep of a results store (default: the latest): every point's step time, throughput and
-    drops in plots and a table; the fastest point; the store's other sweeps listed."""
-    with ResultsStore(store_path) as store:
+def read_sweep(
+    store_path: str | Path, sweep_id: Optional[str] = None
+) -> tuple[list[Any], str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the store's sweeps, the one to report on, its points, those that finished), or an error saying why there
+    is nothing to report: no such store, not a store, no sweep of that id, no finished point. Reads only."""
+    with ResultsStore(store_path, create=False) as store:
         sweeps = store.sweeps()
         if not sweeps:
             raise MoesimError(f"{store_path}: no finished points to report on")
@@ -274,6 +274,15 @@ def write_results_report(
     ok = [row for row in rows if row["status"] == "ok"]
     if not ok:
         raise MoesimError(f"{store_path}: sweep {chosen} has no finished points to report on")
+    return sweeps, chosen, rows, ok
+
+
+def write_results_report(
+    store_path: str | Path, out_dir: str | Path, sweep_id: Optional[str] = None
+) -> tuple[Path, Path]:
+    """A report over one sweep of a results store (default: the latest): every point's step time, throughput and
+    drops in plots and a table; the fastest point; the store's other sweeps listed."""
+    sweeps, chosen, rows, ok = read_sweep(store_path, sweep_id)
     fixed = {"sweep_id", "status", "error", "sim_seconds"}
     swept = [key for key in ok[0] if key not in fixed and "." in key and not key.startswith("phase.")]
     labels = [

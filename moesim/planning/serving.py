@@ -227,6 +227,15 @@ def searchable_layouts(base: Scenario, gpus: Sequence[str], max_gpus: int) -> li
     return layouts
 
 
+def check_targets(request_rate: float, ttft_p90_s: float, tpot_p90_s: float, max_load: float) -> None:
+    """Raise unless the rate, both latency targets and the load limit are usable, naming the option."""
+    for option, value in (("--request-rate", request_rate), ("--ttft", ttft_p90_s), ("--tpot", tpot_p90_s)):
+        if not value > 0:
+            raise MoesimError(f"{option}: {value:g} is no target for --serve; give a value above 0")
+    if not 0 < max_load <= 1:
+        raise MoesimError(f"--max-load: {max_load} is not a load; give a share of capacity above 0, at most 1")
+
+
 def plan_serving(
     document: dict[str, Any],
     request_rate: float,
@@ -240,10 +249,7 @@ def plan_serving(
 ) -> ServingPlan:
     """Serve `request_rate` requests/s on every layout, then the cheapest with other batch limits; rank those within
     the targets, at a load of at most `max_load`, by cost."""
-    if request_rate <= 0 or ttft_p90_s <= 0 or tpot_p90_s <= 0:
-        raise MoesimError("--serve: the request rate and both latency targets must be positive")
-    if not 0 < max_load <= 1:
-        raise MoesimError(f"--max-load: {max_load} is not a load; give a share of capacity above 0, at most 1")
+    check_targets(request_rate, ttft_p90_s, tpot_p90_s, max_load)
 
     def keeps_up(result: ServingResult) -> bool:
         return result.load is not None and result.load <= max_load

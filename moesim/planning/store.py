@@ -13,6 +13,7 @@ import csv
 import json
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -33,15 +34,39 @@ CREATE TABLE IF NOT EXISTS points (
 """
 
 
-class ResultsStore:
-    """Sweep results in an SQLite file."""
+def check_store(path: str | Path) -> None:
+    """Raise unless `path` can be a results store: absent (a sweep creates it), or an SQLite file that holds
+    moesim's points or nothing yet. Read without writing: a damaged or foreign file is left as it was."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        with closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as error:
+        raise MoesimError(f"{path}: not a usable results store ({error}); give another --store") from None
+    if tables and "points" not in tables:
+        raise MoesimError(
+            f"{path}: not a moesim results store (it holds {', '.join(sorted(tables))}); give another --store"
+        )
 
-    def __init__(self, path: str | Path) -> None:
+
+class ResultsStore:
+    """Sweep results in an SQLite file (`create`: make the file and its table where absent; else it must be a
+    store already, opened to read)."""
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
+        check_store(self.path)
+        if not create and not self.path.is_file():
+            raise MoesimError(f"{self.path}: no such results store")
         try:
             self.connection = sqlite3.connect(self.path)
-            self.connection.execute(_SCHEMA)
-            self.connection.commit()
+            if create:
+                self.connection.execute(_SCHEMA)
+                self.connection.commit()
+            elif not self.connection.execute("SELECT name FROM sqlite_master WHERE name = 'points'").fetchone():
+                raise MoesimError(f"{self.path}: an empty results store (no sweep has written to it)")
         except sqlite3.DatabaseError as error:
             raise MoesimError(f"{self.path}: not a usable results store ({error})") from None
 

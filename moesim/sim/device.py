@@ -5,12 +5,22 @@ from __future__ import annotations
 
 from moesim.cluster.deepep_kernels import DEFAULT_SMS
 from moesim.cost import CostModel, model_for_gpu, model_from_profile
+from moesim.errors import MoesimError
 from moesim.scenario import Scenario
 
 
 def cost_model_for(scenario: Scenario) -> CostModel:
+    """The GPU's own cost model, or the profile `simulation.cost_profile` names (an error naming that setting when
+    the file is not a usable profile)."""
     profile = scenario.simulation.cost_profile
-    return model_from_profile(profile) if profile else model_for_gpu(scenario.cluster.gpu)
+    if not profile:
+        return model_for_gpu(scenario.cluster.gpu)
+    try:
+        return model_from_profile(profile)
+    except MoesimError as error:
+        raise MoesimError(
+            f"simulation.cost_profile: {error}; name a profile written by `moesim calibrate`, or null for the GPU's own"
+        ) from None
 
 
 def comm_stretch(scenario: Scenario) -> float:
