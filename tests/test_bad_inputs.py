@@ -182,3 +182,17 @@ def test_an_unreachable_ray_address_is_one_line_not_a_traceback(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # beside the progress bar
     assert errors == [errors[0]] and "--ray: cannot reach a Ray cluster at '10.255.255.1:6379'" in errors[0]
     assert "Traceback" not in result.output
+
+
+def test_the_mixtral_reports_latency_plot_shows_a_distribution_and_says_when_there_is_none() -> None:
+    """Its latency plot was two vertical lines: every request of one length, in a closed loop run in lockstep, got
+    the same latency. The scenario's requests now vary in length, and a plot of identical latencies says why."""
+    from moesim.planning.plots import latency_spread
+    from moesim.scenario import load_scenario
+    from moesim.serving import simulate_serving
+
+    served = simulate_serving(load_scenario(SERVING))
+    ttft = sorted(served.ttft_samples_s)
+    assert ttft[-1] > 2 * ttft[0] and len(set(served.tpot_samples_s)) > 10
+    assert latency_spread([0.25] * 50, "s", 1.0) == "every request 0.25 s (identical requests in lockstep)"
+    assert latency_spread([0.1, 0.2, 0.3], "ms", 1e3) == "p50 200 ms, p99 298 ms"

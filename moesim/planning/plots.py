@@ -8,14 +8,18 @@ from typing import Any
 import numpy as np
 
 
-def figure_png(draw: Any, width: float = 7.0, height: float = 3.6) -> bytes:
+def figure_png(draw: Any, width: float = 7.0, height: float = 3.6, panels: int = 1) -> bytes:
+    """PNG bytes of the figure `draw` draws on its axes (a sequence of `panels` axes side by side when more
+    than one)."""
     import matplotlib  # heavy: loaded only where a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(width, height), dpi=110)
+    figure, axes = plt.subplots(1, panels, figsize=(width, height), dpi=110)
     draw(axes)
+    if panels > 1:
+        figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.15)  # keeps outside legends and long labels
     plt.close(figure)
@@ -126,24 +130,43 @@ def memory_plot(memory: dict[str, float]) -> bytes:
     return figure_png(draw, width=5.0)
 
 
+def latency_spread(values: Any, unit: str, scale: float) -> str:
+    """A latency distribution in a few words: its median and 99th percentile in `unit`, or, where every request
+    took the same time to within 1%, that figure and why (same-length requests in lockstep give one value)."""
+    ordered = np.sort(np.asarray(values, dtype=float) * scale)
+    if not ordered.size:
+        return "no requests counted"
+    median, tail = float(np.percentile(ordered, 50)), float(np.percentile(ordered, 99))
+    if ordered[-1] <= ordered[0] * 1.01:
+        return f"every request {median:.3g} {unit} (identical requests in lockstep)"
+    return f"p50 {median:.3g} {unit}, p99 {tail:.3g} {unit}"
+
+
 def latency_cdf_plot(ttft_s: list[float], tpot_s: list[float]) -> bytes:
-    """The share of requests served within each latency: time to first token and time per output token."""
+    """The share of requests served within each latency, time to first token and time per output token side by
+    side, each on its own axis and unit with its 50th, 90th and 99th percentiles marked."""
 
-    def draw(axes: Any) -> None:
-        for values, label, scale in (
-            (ttft_s, "time to first token (s)", 1.0),
-            (tpot_s, "time per output token (ms)", 1e3),
+    def draw(panels: Any) -> None:
+        for axes, values, name, unit, scale in (
+            (panels[0], ttft_s, "Time to first token", "s", 1.0),
+            (panels[1], tpot_s, "Time per output token", "ms", 1e3),
         ):
-            ordered = np.sort(np.asarray(values) * scale)
+            ordered = np.sort(np.asarray(values, dtype=float) * scale)
             if ordered.size:
-                axes.plot(ordered, np.arange(1, ordered.size + 1) / ordered.size, label=label)
-        axes.set_xscale("log")
-        axes.set_xlabel("latency (log scale; units in the legend)")
-        axes.set_ylabel("share of requests")
-        axes.legend(fontsize=7, loc="lower right")
-        axes.set_title("Latency distributions")
+                shares = np.arange(1, ordered.size + 1) / ordered.size
+                axes.step(np.concatenate(([ordered[0]], ordered)), np.concatenate(([0.0], shares)), where="post")
+                for percentile, style in ((50, ":"), (90, "--"), (99, "-.")):
+                    position = np.percentile(ordered, percentile)
+                    axes.axvline(position, color="grey", linestyle=style, linewidth=0.8, label=f"p{percentile}")
+                spread = max(ordered[-1] - ordered[0], ordered[-1] * 0.05)  # a single value still gets an axis
+                axes.set_xlim(max(0.0, ordered[0] - spread * 0.1), ordered[-1] + spread * 0.1)
+                axes.legend(fontsize=7, loc="lower right")
+            axes.set_xlabel(f"{name.lower()} ({unit})")
+            axes.set_ylabel("share of requests")
+            axes.set_ylim(0, 1.02)
+            axes.set_title(f"{name}\n{latency_spread(values, unit, scale)}", fontsize=8)
 
-    return figure_png(draw)
+    return figure_png(draw, width=8.0, height=3.4, panels=2)
 
 
 def serving_curve_plot(points: list[tuple[int, float, float]]) -> bytes:
