@@ -38,7 +38,19 @@ def model_for_gpu(gpu: Any) -> CostModel:
             return with_measured_fp8_gemms(model_from_profile(path), gpu.name)
     bandwidth = gpu.hbm_tb_per_s * 1e12
     phases = _assumed_moe_kernels(bandwidth * DEFAULT_MEMORY_EFFICIENCY)
-    sources = [("GEMMs, attention, memory", "datasheet peak x assumed efficiency (no measurement of this GPU)")]
+    dense, grouped, backward = _borrowed_gemms(gpu)
+    sources = [
+        ("GEMMs, attention, memory", "datasheet peak x assumed efficiency (no measurement of this GPU)"),
+        *(
+            (
+                part,
+                f"{GEMM_DONOR}'s measured {kind} fits at this GPU's datasheet peak, bandwidth and SMs (not checked "
+                "on this GPU)",
+            )
+            for part, kind in (("dense_gemm", "GEMM"), ("grouped_gemm", "grouped-GEMM"))
+            if dense is not None
+        ),
+    ]
     if phases:
         sources.append(
             (
@@ -53,8 +65,40 @@ def model_for_gpu(gpu: Any) -> CostModel:
         memory_bytes_per_s=bandwidth,
         peak_fp8_flops=(gpu.peak_fp8_tflops * 1e12) if gpu.peak_fp8_tflops else None,
         phase_fit=phases,
+        dense=dense,
+        grouped=grouped,
+        backward_gemm_factor=backward,
         sources=tuple(sources),
     )
+
+
+GEMM_DONOR = "H100-SXM"
+"""The measured GPU whose GEMM fits a GPU without measurements borrows (`_borrowed_gemms`)."""
+
+
+def _borrowed_gemms(gpu: Any) -> tuple[Optional[GroupedGemmModel], Optional[GroupedGemmModel], float]:
+    """A GPU without measurements gets the donor's measured tile-and-wave GEMM fits at its own datasheet peak,
+    memory bandwidth (the donor's measured share of its datasheet rate) and SM count: GEMM time then follows each
+    shape's tiles, waves and fixed costs as the donor's kernels do, not one efficiency curve over the rows alone
+    (which made small GEMMs faster on an A100 than on the measured H100). Returns (dense, grouped, backward GEMM
+    factor); no fits where the donor has none."""
+    donor_path = shipped_profile_path(GEMM_DONOR)
+    if donor_path is None:
+        return None, None, DEFAULT_BACKWARD_GEMM_FACTOR
+    donor = model_from_profile(donor_path)
+    preset = gpu_preset(GEMM_DONOR)
+
+    def borrowed(model: Optional[GroupedGemmModel]) -> Optional[GroupedGemmModel]:
+        if model is None:
+            return None
+        return replace(
+            model,
+            peak_flops=gpu.peak_bf16_tflops * 1e12,
+            bandwidth_bytes_per_s=model.bandwidth_bytes_per_s * gpu.hbm_tb_per_s / preset.hbm_tb_per_s,
+            sms=gpu.sms or model.sms,
+        )
+
+    return borrowed(donor.dense), borrowed(donor.grouped), donor.backward_gemm_factor
 
 
 def with_measured_fp8_gemms(model: CostModel, gpu_name: str) -> CostModel:
