@@ -4,7 +4,7 @@ Every command that takes a scenario accepts `--set a.b=c` overrides. A problem w
 input prints one line on stderr and exits with code 2; no traceback.
 """
 
-from moesim.cli import executor, planning, presets, simulate  # noqa: F401  (each registers its commands, in this order)
+from moesim.cli import executor, planning, presets, reporting, simulate  # noqa: F401  (each registers its commands, in order)
 from moesim.cli.common import app
 
 __all__ = ["app"]

@@ -22,6 +22,7 @@ def plan_serving_command(
     as_json: bool,
     max_load: float = 0.95,
     deploy_engine: Optional[str] = None,
+    kwh_price: Optional[float] = None,
 ) -> None:
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
@@ -48,6 +49,7 @@ def plan_serving_command(
             prices,
             lambda done, total: progress.update(task, completed=done, total=total),
             max_load,
+            kwh_price,
         )
 
     def figures(option: Any) -> dict[str, Any]:
@@ -87,6 +89,7 @@ def plan_serving_command(
             "$/M tokens": f"{f['dollars_per_million_output_tokens']:.4g}",
         }
 
+    power = kwh_price if kwh_price is not None else base.serving.power_price_per_kwh
     deployments = {}
     if result.options:
         chosen = option_scenario(document, result.options[0])
@@ -149,7 +152,9 @@ def plan_serving_command(
     console.print(
         f"[dim]{result.evaluated} layouts served {rate:g} requests/s (fast network mode); output tokens; load: the "
         f"rate over what the busier pool's engines serve at their largest steady batch (at most {max_load:.0%}); "
-        "prices: $/GPU-hour assumptions unless --price is given[/dim]"
+        "prices: $/GPU-hour assumptions unless --price is given"
+        + (f"; with power at ${power:g}/kWh (board power, the whole hour)" if power else "")
+        + "[/dim]"
     )
     if not result.options:
         raise typer.Exit(code=1)

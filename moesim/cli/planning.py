@@ -17,7 +17,6 @@ from moesim.cli.common import (
     console,
     fit_columns,
     output_file,
-    output_folder,
     print_json,
     print_table,
     progress_bar,
@@ -223,6 +222,12 @@ def plan_command(
         None, "--capacity-factors", help="e.g. null,1.0,1.25 (default: the scenario's)."
     ),
     prices: Optional[str] = typer.Option(None, "--price", help="Dollars per GPU-hour, e.g. H100-SXM=2.5,H200=3.5."),
+    power_price: Optional[float] = typer.Option(
+        None,
+        "--power-price",
+        help="Dollars per kWh: each GPU's board power for the whole hour is added to its GPU-hour price (serving: "
+        "default serving.power_price_per_kwh).",
+    ),
     overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     deploy: Optional[str] = typer.Option(
@@ -245,6 +250,8 @@ def plan_command(
         raise MoesimError(f"--deploy: {deploy!r} is not a serving engine; use trtllm, sglang or vllm")
     if deploy is not None and not serve:
         raise MoesimError("--deploy: a training plan prints Megatron-Core's arguments; --deploy goes with --serve")
+    if power_price is not None and power_price < 0:
+        raise MoesimError(f"--power-price: {power_price:g} is negative; give dollars per kWh, e.g. 0.12")
     if serve == (target_tokens_per_s is not None):
         raise MoesimError("plan: give --target-tokens-per-s (training) or --serve (serving), one of the two")
     if target_tokens_per_s is not None and target_tokens_per_s <= 0:
@@ -259,7 +266,9 @@ def plan_command(
                 raise MoesimError(f"--price '{item}': expected GPU=DOLLARS, e.g. H100-SXM=2.5") from None
     if serve:
         gpus = [g.strip() for g in gpu.split(",")]
-        plan_serving_command(document, request_rate, ttft, tpot, gpus, max_gpus, price_table, as_json, max_load, deploy)
+        plan_serving_command(
+            document, request_rate, ttft, tpot, gpus, max_gpus, price_table, as_json, max_load, deploy, power_price
+        )
         return
     assert target_tokens_per_s is not None
     factors = None
@@ -283,6 +292,7 @@ def plan_command(
             factors,
             price_table,
             on_progress=on_progress,
+            kwh_price=power_price or 0.0,
         )
     best = result.best_achievable
     deployment = megatron_deployment(option_scenario(document, result.options[0])) if result.options else None
@@ -352,39 +362,12 @@ def plan_command(
         )
     console.print(
         "[dim]prices: $/GPU-hour assumptions (moesim.planning.prices.DEFAULT_PRICE_PER_GPU_HOUR) unless --price "
-        "is given[/dim]"
+        "is given"
+        + (f"; with power: each GPU's board power at ${power_price:g}/kWh for the whole hour" if power_price else "")
+        + "[/dim]"
     )
     assert deployment is not None
     console.print(escape("\n".join(deployment.lines(min(console.width, 100) - 2))), soft_wrap=True)
-
-
-@app.command()
-@user_errors_exit_2
-def report(
-    source: Path = typer.Argument(..., help="Scenario file to size, or a sweep's results store (.sqlite)."),
-    out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, report.md and the plots."),
-    overrides: List[str] = typer.Option([], "--set", help=SET_HELP),
-    fast: bool = typer.Option(False, "--fast", help="Fast network mode for the headline run."),
-    sweep_id: Optional[str] = typer.Option(
-        None, "--sweep", help="Which sweep of a results store (default: the latest)."
-    ),
-) -> None:
-    """Write a cluster sizing report (self-contained HTML with plots, and Markdown)."""
-    from moesim.cli.common import load_scenario_noting as load_scenario
-    from moesim.planning.report import read_sweep, write_report, write_results_report
-
-    results = source.suffix.lower() in (".sqlite", ".db", ".sqlite3")
-    if results:
-        read_sweep(source, sweep_id)  # nothing to report on stops here, before the folder is made
-    else:
-        loaded = load_scenario(source, overrides)
-    output_folder(out, "--out")
-    with console.status("simulating and plotting ...", spinner="dots"):
-        if results:
-            html_path, md_path = write_results_report(source, out, sweep_id)
-        else:
-            html_path, md_path = write_report(loaded, out, fast)
-    console.print(f"report written to {html_path} and {md_path}")
 
 
 def _note_model(document: dict) -> None:

@@ -303,6 +303,7 @@ def serve(
     """Serve the scenario's requests with continuous batching: latency percentiles, throughput, cost."""
     from moesim.cli.common import load_scenario_noting as load_scenario
     from moesim.serving import PERCENTILES, concurrency_curve, simulate_serving
+    from moesim.serving.simulate import price_words
 
     resolved = load_scenario(scenario, overrides)
     if concurrency is not None:
@@ -366,7 +367,7 @@ def serve(
         ("input tokens / s per GPU", f"{result.input_tokens_per_s / result.gpus:,.1f}"),
         ("requests / s", f"{result.requests_per_s:,.2f}"),
         (
-            f"$ per million output tokens (${resolved.serving.price_per_gpu_hour:g}/GPU-h)",
+            f"$ per million output tokens ({price_words(resolved.serving)})",
             f"{result.dollars_per_million_output_tokens:.4g}",
         ),
         *(

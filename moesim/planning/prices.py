@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from moesim.cluster.hardware import gpu_preset_names
+from moesim.cluster.hardware import gpu_preset, gpu_preset_names
 from moesim.errors import MoesimError, unknown_name_message
 
 DEFAULT_PRICE_PER_GPU_HOUR = {"H100-SXM": 3.0, "H800": 3.0, "H200": 3.8, "A100-80GB": 1.8, "B200": 5.5, "MI300X": 3.0}
@@ -40,3 +40,18 @@ def checked_prices(gpus: Sequence[str], given: Optional[dict[str, float]]) -> di
 def price_per_gpu_hour(prices: dict[str, float], gpu: str) -> float:
     """Dollars per GPU-hour of `gpu` under merged `prices` (the fallback where none is known)."""
     return prices.get(gpu, FALLBACK_PRICE_PER_GPU_HOUR)
+
+
+def with_power(prices: dict[str, float], gpus: Sequence[str], kwh_price: float) -> dict[str, float]:
+    """`prices` with each of `gpus`' datasheet board power at `kwh_price` dollars per kWh added to its GPU-hour
+    (drawn for the whole hour: an upper bound on the GPUs' electricity; hosts and cooling left out)."""
+    if kwh_price < 0:
+        raise MoesimError(f"--power-price: {kwh_price:g} is negative; give dollars per kWh, e.g. 0.12")
+    if not kwh_price:
+        return dict(prices)
+    return {
+        **prices,
+        **{
+            gpu: price_per_gpu_hour(prices, gpu) + (gpu_preset(gpu).tdp_watts or 0.0) / 1000 * kwh_price for gpu in gpus
+        },
+    }

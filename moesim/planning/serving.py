@@ -246,6 +246,7 @@ def plan_serving(
     prices: Optional[dict[str, float]] = None,
     on_progress: Optional[Callable[[int, int], None]] = None,
     max_load: float = KEEPS_UP,
+    kwh_price: Optional[float] = None,
 ) -> ServingPlan:
     """Serve `request_rate` requests/s on every layout, then the cheapest with other batch limits; rank those within
     the targets, at a load of at most `max_load`, by cost."""
@@ -267,6 +268,8 @@ def plan_serving(
     def serve(layout: Layout, budget: int, running: int) -> None:
         nonlocal overloaded
         overrides = _overrides(layout, request_rate, price_per_gpu_hour(prices, layout.gpu), budget, running)
+        if kwh_price is not None:  # else the scenario's own serving.power_price_per_kwh
+            overrides.append(f"serving.power_price_per_kwh={kwh_price}")
         try:
             scenario = scenario_from_dict(document, overrides)
             if (shared.load(scenario) or 0.0) > max_load:

@@ -18,9 +18,11 @@ import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from moesim.cluster.hardware import gpu_preset
+from moesim.cluster.power import energy_per_million_tokens
 from moesim.errors import MoesimError, unknown_name_message
 from moesim.planning import pareto
-from moesim.planning.prices import checked_prices, price_per_gpu_hour
+from moesim.planning.prices import checked_prices, price_per_gpu_hour, with_power
 from moesim.routing.names import ROUTING_STRATEGIES
 from moesim.scenario import Scenario, scenario_from_dict
 from moesim.sim.step import simulate
@@ -69,10 +71,12 @@ class Option:
         return self.gpus / (self.tokens_per_s * 3600) * 1e6
 
     def as_dict(self) -> dict[str, Any]:
+        energy = energy_per_million_tokens(gpu_preset(self.candidate.gpu), self.tokens_per_s / self.gpus)
         return {
             **asdict(self.candidate),
             **{k: v for k, v in asdict(self).items() if k != "candidate"},
             "gpu_hours_per_million_tokens": self.gpu_hours_per_million_tokens,
+            "energy_kwh_per_million_tokens": energy.kwh_per_million_tokens if energy else None,
         }
 
 
@@ -190,12 +194,14 @@ def plan(
     prices: Optional[dict[str, float]] = None,
     finalists: int = 5,
     on_progress: Optional[Callable[[str, int, int], None]] = None,
+    kwh_price: float = 0.0,
 ) -> Plan:
-    """Search, prune fast, confirm in full, rank by cost."""
+    """Search, prune fast, confirm in full, rank by cost (the GPU-hour's price, plus the GPUs' board power at
+    `kwh_price` dollars per kWh where one is given)."""
     base = scenario_from_dict(document)
     strategies = list(strategies or [base.routing.strategy])
     factors = list(capacity_factors) if capacity_factors is not None else [base.routing.capacity_factor]
-    prices = checked_prices(gpus, prices)
+    prices = with_power(checked_prices(gpus, prices), gpus, kwh_price)
     check_choices(strategies, factors)
     pool = list(candidates(base, gpus, max_gpus, strategies, factors))
     if not pool:

@@ -72,6 +72,13 @@ class ServingSpec(_Section):
     token_budget: int = Field(8192, gt=0, description="Tokens per iteration: decodes first, then prefill chunks.")
     max_running: int = Field(256, gt=0, description="Sequences an engine (one attention rank) runs at once at most.")
     price_per_gpu_hour: float = Field(3.0, ge=0, description="US dollars per GPU-hour, for the cost per token.")
+    power_price_per_kwh: float = Field(
+        0.0,
+        ge=0,
+        description="US dollars per kWh of electricity, added to price_per_gpu_hour as each GPU's datasheet board "
+        "power for the whole hour (an upper bound on what it draws; hosts and cooling left out); 0: power in the "
+        "GPU-hour price.",
+    )
     speculative_tokens: int = Field(
         0,
         ge=0,

@@ -161,7 +161,7 @@ def _served(
             "each token reported one iteration after it is computed, a finished sequence running one more decode "
             f"step: {OVERLAP_SCHEDULERS[spec.engine]}"
         )
-    dollars = _dollars_per_million(spec.price_per_gpu_hour, gpus, output)
+    dollars = _dollars_per_million(hourly_price(scenario), gpus, output)
     return ServingResult(
         ttft_s=_percentiles(ttft),
         tpot_s=_percentiles(tpot),
@@ -193,6 +193,19 @@ def _rests_on(scenario: Scenario, cost: IterationCost) -> str:
         f"{gpu} iteration times: {cost.cost.source}; {checked_words(gpu, cost.cost.source)}; "
         f"{engine_words(gpu, serving.engine, serving.engine_version)}" + (f"; {runs}" if runs else "")
     )
+
+
+def hourly_price(scenario: Scenario) -> float:
+    """Dollars per GPU-hour: `serving.price_per_gpu_hour`, plus the GPU's board power at
+    `serving.power_price_per_kwh` where one is given."""
+    spec, gpu = scenario.serving, scenario.cluster.gpu
+    return spec.price_per_gpu_hour + (gpu.tdp_watts or 0.0) / 1000 * spec.power_price_per_kwh
+
+
+def price_words(spec: ServingSpec) -> str:
+    """The hourly price as `serve` shows it: "$3/GPU-h", with "+ power $0.12/kWh" where power is priced."""
+    power = f" + power ${spec.power_price_per_kwh:g}/kWh" if spec.power_price_per_kwh else ""
+    return f"${spec.price_per_gpu_hour:g}/GPU-h{power}"
 
 
 def _dollars_per_million(price_per_gpu_hour: float, gpus: int, output_tokens_per_s: float) -> float:
@@ -259,7 +272,7 @@ def _disaggregated(
     gpus = prefill.cluster.world_size + decode.cluster.world_size
     output = served.output_tokens_per_s
     inputs = prefilled.input_tokens_per_s
-    dollars = _dollars_per_million(spec.price_per_gpu_hour, gpus, output)
+    dollars = _dollars_per_million(hourly_price(scenario), gpus, output)
     notes = [
         f"disaggregated: prefill on {prefill.cluster.world_size} GPUs ({prefill_ranks} ranks, "
         f"{prefill_run.busy_s / prefill_run.end_s:.0%} busy), decode on {decode.cluster.world_size} GPUs "
