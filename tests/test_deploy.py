@@ -250,3 +250,22 @@ def test_plan_serve_prints_the_engines_command_and_json_carries_all_three(tmp_pa
     assert bad.exit_code == 2 and "--deploy" in bad.output and "Traceback" not in bad.output
     training = runner.invoke(app, ["plan", str(path), "--target-tokens-per-s", "1000", "--deploy", "vllm"])
     assert training.exit_code == 2 and "--deploy" in training.output
+
+
+def test_a_training_plan_ends_with_megatron_cores_command() -> None:
+    arguments = [
+        "plan",
+        str(SCENARIOS / "olmoe-1b-7b-training.yaml"),
+        "--target-tokens-per-s",
+        "2e5",
+        "--max-gpus",
+        "16",
+    ]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index("to deploy on Megatron-Core (Megatron-LM pretrain_gpt.py):")
+    assert any("pretrain_gpt.py" in line for line in lines[start:])
+    assert any("--expert-model-parallel-size" in line for line in lines[start:])
+    assert max(len(line) for line in lines[start:]) <= 100  # the console's width when piped
+    assert "the cheapest plan of each other GPU searched" not in result.stdout  # one GPU searched: no empty table

@@ -355,7 +355,8 @@ def plan_command(
         [name for name in PLAN_COLUMNS if name not in constant], every_row, console.width, PLAN_DROP_ORDER
     )
     for title, rows in rows_by_table:
-        print_table(title, shown, rows)
+        if rows or title == tables[0][0]:  # a table with nothing to show (one GPU searched: no other's) is left out
+            print_table(title, shown, rows)
     if dropped:
         console.print(
             f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--json has every figure)[/dim]"
