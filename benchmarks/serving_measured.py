@@ -8,6 +8,8 @@ engine, GPU, model and concurrency band, with how many runs it skipped and why.
     python benchmarks/serving_measured.py                      # development part, H100/H200 MoE runs
     python benchmarks/serving_measured.py --part held_out      # the quoting part: the shipped model's errors
     python benchmarks/serving_measured.py --json runs.json     # every run's figures as well
+    python benchmarks/serving_measured.py --part held_out --errors validation/serving_run_errors.json
+                                                               # each run's errors only: plan --serve's --margin
 
 Develop on the development part only; the held-out part is read to quote the shipped model, never to change it.
 """
@@ -124,6 +126,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="processes serving runs side by side")
     parser.add_argument("--limit", type=int, default=0, help="serve only the first N runs (0: all)")
     parser.add_argument("--json", help="write every run's figures here")
+    parser.add_argument("--errors", help="write each run's id, group, engine and TTFT/TPOT errors here (JSON)")
     parser.add_argument("--peer", action="store_true", help="also serve the runs through aiconfigurator")
     parser.add_argument("--markdown", help="write the tables printed to this Markdown file (with the command)")
     args = parser.parse_args(argv)
@@ -182,7 +185,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
+    if args.errors:
+        write_errors(args.errors, args.part, argv if argv is not None else sys.argv[1:], rows)
     return 0
+
+
+def write_errors(path: str, part: str, argv: list[str], rows: list[dict]) -> None:
+    """Each served run's errors (moesim / measured - 1 of its mean TTFT and TPOT) with what made them: what
+    `plan --serve --margin` reads (`moesim.serving.checked.held_out_margin`); no measured figure is copied."""
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    keys = ("id", "group", "engine", "system", "concurrency", "ttft_error", "tpot_error")
+    document = {
+        "written_by": f"python benchmarks/serving_measured.py {' '.join(argv)}",
+        "commit": commit or "(unknown)",
+        "date": time.strftime("%Y-%m-%d"),
+        "part": part,
+        "errors": "moesim / measured - 1 of each run's mean TTFT and TPOT",
+        "runs": [{key: row[key] for key in keys} for row in rows],
+    }
+    Path(path).write_text(json.dumps(document, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 import typer
@@ -9,6 +10,22 @@ from rich.markup import escape
 
 from moesim.cli.common import console, fit_columns, print_json, print_table, progress_bar
 from moesim.errors import MoesimError
+
+
+def serving_options(serve: bool, deploy: Optional[str], margin: Optional[str]) -> Optional[int]:
+    """Check `plan`'s serving-only options (`--deploy ENGINE`, `--margin pNN`) before any work; the margin's
+    percentile, or None."""
+    if deploy is not None and deploy not in ("trtllm", "sglang", "vllm"):
+        raise MoesimError(f"--deploy: {deploy!r} is not a serving engine; use trtllm, sglang or vllm")
+    if deploy is not None and not serve:
+        raise MoesimError("--deploy: a training plan prints Megatron-Core's arguments; --deploy goes with --serve")
+    if margin is None:
+        return None
+    if not serve:
+        raise MoesimError("--margin: sizes serving plans (the held-out runs are served ones); give --serve")
+    if not re.fullmatch(r"p([1-9][0-9]?)", margin):
+        raise MoesimError(f"--margin: {margin!r} is not a percentile; give p50 or p90")
+    return int(margin[1:])
 
 
 def plan_serving_command(
@@ -23,13 +40,20 @@ def plan_serving_command(
     max_load: float = 0.95,
     deploy_engine: Optional[str] = None,
     kwh_price: Optional[float] = None,
+    margin_quantile: Optional[int] = None,
 ) -> None:
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
     from moesim.planning.deploy_serving import ENGINES, engine_deployment
-    from moesim.planning.serving import check_targets, option_scenario, plan_serving, searchable_layouts
+    from moesim.planning.serving import (
+        cheapest_within,
+        check_targets,
+        option_scenario,
+        plan_serving,
+        searchable_layouts,
+    )
     from moesim.scenario import scenario_from_dict
-    from moesim.serving.checked import checked_words
+    from moesim.serving.checked import checked_words, held_out_margin
 
     base = scenario_from_dict(document)
     searchable_layouts(base, gpus, max_gpus)  # nothing to search stops here, before the progress bar
@@ -37,6 +61,8 @@ def plan_serving_command(
     if rate is None:
         raise MoesimError("--request-rate: give the requests/s to serve (or set serving.request_rate)")
     check_targets(rate, ttft, tpot, max_load)  # so do targets that are none
+    margin = held_out_margin(margin_quantile) if margin_quantile is not None else None
+    factors = (margin.ttft, margin.tpot) if margin else (1.0, 1.0)
     with progress_bar("serving layouts", to_stderr=True, transient=as_json) as progress:
         task = progress.add_task("layouts", total=None)
         result = plan_serving(
@@ -50,7 +76,9 @@ def plan_serving_command(
             lambda done, total: progress.update(task, completed=done, total=total),
             max_load,
             kwh_price,
+            factors,
         )
+    unmargined = cheapest_within(result, ttft, tpot, max_load, (1.0, 1.0)) if margin else None
 
     def figures(option: Any) -> dict[str, Any]:
         """An option's figures as numbers (the JSON's), each named with its unit."""
@@ -100,6 +128,8 @@ def plan_serving_command(
         print_json(
             {
                 "deploy": {name: deployment.as_dict() for name, deployment in deployments.items()},
+                "margin": margin._asdict() if margin else None,
+                "without_margin": figures(unmargined) if unmargined else None,
                 "options": [{**figures(o), "result": o.result.as_dict()} for o in result.options],
                 "evaluated": result.evaluated,
                 "compute_sources": result.compute_sources,
@@ -126,7 +156,18 @@ def plan_serving_command(
             f"within TTFT p90 {ttft:g} s and TPOT p90 {tpot * 1e3:g} ms, "
             f"${best.result.dollars_per_million_output_tokens:.4g} per million output tokens"
         )
-    else:
+    if margin:
+        console.print(
+            f"margin: predicted p90 TTFT x{margin.ttft:.2f} and TPOT x{margin.tpot:.2f} before the targets "
+            f"({margin.source}); without it: "
+            + (
+                f"{unmargined.gpus} x {unmargined.gpu}, ${unmargined.result.dollars_per_million_output_tokens:.4g} "
+                "per million output tokens"
+                if unmargined
+                else "no plan either"
+            )
+        )
+    if not result.options:
         near = result.best_achievable
         reach = (
             f"; the lowest TPOT p90 that keeps up: {near.result.tpot_s[90] * 1e3:.3g} ms on {near.gpus} x {near.gpu}"

@@ -23,7 +23,7 @@ from moesim.cli.common import (
     user_errors_exit_2,
     warn_model_notes,
 )
-from moesim.cli.plan_serving import plan_serving_command
+from moesim.cli.plan_serving import plan_serving_command, serving_options
 from moesim.errors import MoesimError
 
 
@@ -222,6 +222,12 @@ def plan_command(
         None, "--capacity-factors", help="e.g. null,1.0,1.25 (default: the scenario's)."
     ),
     prices: Optional[str] = typer.Option(None, "--price", help="Dollars per GPU-hour, e.g. H100-SXM=2.5,H200=3.5."),
+    margin: Optional[str] = typer.Option(
+        None,
+        "--margin",
+        help="--serve: size for TTFT and TPOT as much slower than predicted as the held-out measured runs were at "
+        "this percentile (p50, p90): the plan a buyer can count on; the answer without it is printed beside.",
+    ),
     power_price: Optional[float] = typer.Option(
         None,
         "--power-price",
@@ -246,10 +252,7 @@ def plan_command(
 
     document = apply_overrides(read_document(scenario), overrides)
     _note_model(document)
-    if deploy is not None and deploy not in ("trtllm", "sglang", "vllm"):
-        raise MoesimError(f"--deploy: {deploy!r} is not a serving engine; use trtllm, sglang or vllm")
-    if deploy is not None and not serve:
-        raise MoesimError("--deploy: a training plan prints Megatron-Core's arguments; --deploy goes with --serve")
+    quantile = serving_options(serve, deploy, margin)  # --deploy and --margin go with --serve
     if power_price is not None and power_price < 0:
         raise MoesimError(f"--power-price: {power_price:g} is negative; give dollars per kWh, e.g. 0.12")
     if serve == (target_tokens_per_s is not None):
@@ -267,7 +270,18 @@ def plan_command(
     if serve:
         gpus = [g.strip() for g in gpu.split(",")]
         plan_serving_command(
-            document, request_rate, ttft, tpot, gpus, max_gpus, price_table, as_json, max_load, deploy, power_price
+            document,
+            request_rate,
+            ttft,
+            tpot,
+            gpus,
+            max_gpus,
+            price_table,
+            as_json,
+            max_load,
+            deploy,
+            power_price,
+            quantile,
         )
         return
     assert target_tokens_per_s is not None

@@ -105,6 +105,8 @@ class ServingPlan:
     compute_sources: dict[str, str] = field(default_factory=dict)
     """What each GPU type's iteration times rest on (a measured profile, one derived from another GPU's, or a
     datasheet with an assumed efficiency), by GPU name."""
+    considered: list[ServingOption] = field(default_factory=list)
+    """Every option served (qualifying or not): what another reading of the targets picks from."""
 
 
 class SharedIterationCosts:
@@ -247,9 +249,11 @@ def plan_serving(
     on_progress: Optional[Callable[[int, int], None]] = None,
     max_load: float = KEEPS_UP,
     kwh_price: Optional[float] = None,
+    margin: tuple[float, float] = (1.0, 1.0),
 ) -> ServingPlan:
     """Serve `request_rate` requests/s on every layout, then the cheapest with other batch limits; rank those within
-    the targets, at a load of at most `max_load`, by cost."""
+    the targets, at a load of at most `max_load`, by cost. `margin`: (TTFT, TPOT) factors the predicted 90th
+    percentiles are taken larger by before they meet the targets (`cheapest_within`)."""
     check_targets(request_rate, ttft_p90_s, tpot_p90_s, max_load)
 
     def keeps_up(result: ServingResult) -> bool:
@@ -278,7 +282,7 @@ def plan_serving(
             result = shared.serve(scenario)
         except MoesimError:
             return  # does not fit, or not a layout this model can take
-        meets = keeps_up(result) and result.ttft_s[90] <= ttft_p90_s and result.tpot_s[90] <= tpot_p90_s
+        meets = keeps_up(result) and within(result, ttft_p90_s, tpot_p90_s, margin)
         latencies = (result.ttft_s, result.tpot_s)
         if any(o.layout == layout and (o.result.ttft_s, o.result.tpot_s) == latencies for o in evaluated):
             return  # batch limits that never bind at this rate: the same option again
@@ -302,7 +306,28 @@ def plan_serving(
     )
     keeping_up = [o for o in evaluated if keeps_up(o.result)]
     best = min(keeping_up, key=lambda o: o.result.tpot_s[90], default=None)
-    return ServingPlan(options, pareto_front(options), len(evaluated) + overloaded, best, shared.compute_sources())
+    sources = shared.compute_sources()
+    return ServingPlan(options, pareto_front(options), len(evaluated) + overloaded, best, sources, evaluated)
+
+
+def within(result: ServingResult, ttft_p90_s: float, tpot_p90_s: float, margin: tuple[float, float]) -> bool:
+    """Whether the predicted 90th-percentile TTFT and TPOT, each taken larger by its `margin` factor, meet the
+    targets."""
+    return result.ttft_s[90] * margin[0] <= ttft_p90_s and result.tpot_s[90] * margin[1] <= tpot_p90_s
+
+
+def cheapest_within(
+    plan: ServingPlan, ttft_p90_s: float, tpot_p90_s: float, max_load: float, margin: tuple[float, float]
+) -> Optional[ServingOption]:
+    """The cheapest option the plan served that keeps up and meets the targets under another margin."""
+    fitting = [
+        option
+        for option in plan.considered
+        if option.result.load is not None
+        and option.result.load <= max_load
+        and within(option.result, ttft_p90_s, tpot_p90_s, margin)
+    ]
+    return min(fitting, key=lambda o: (o.result.dollars_per_million_output_tokens, o.result.tpot_s[90]), default=None)
 
 
 def option_scenario(document: dict[str, Any], option: ServingOption) -> Scenario:

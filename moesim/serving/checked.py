@@ -7,7 +7,13 @@ A GPU not listed was not checked: its iteration times rest on what its profile r
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
+
+from moesim.errors import MoesimError
 
 
 class IterationCheck(NamedTuple):
@@ -71,3 +77,36 @@ def runs_words(gpu: str, engine: str | None) -> str:
         f"TPOT within {check.tpot_median:.0%} at the median, {check.tpot_p90:.0%} at the 90th percentile; TTFT "
         f"{check.ttft_median:.0%} and {check.ttft_p90:.0%} (too short)"
     )
+
+
+RUN_ERRORS = Path(__file__).resolve().parents[2] / "validation" / "serving_run_errors.json"
+"""Each held-out measured run's TTFT and TPOT errors under the shipped model (`benchmarks/serving_measured.py --part
+held_out --errors ...`): what a plan's margin is read from."""
+
+
+class Margin(NamedTuple):
+    """How much slower than predicted a deployment may run: at `quantile` of the held-out single-node runs, the
+    measured over the predicted mean TTFT and TPOT (never below 1: a margin makes no plan more optimistic)."""
+
+    quantile: int
+    ttft: float
+    tpot: float
+    runs: int
+    source: str
+
+
+def held_out_margin(quantile: int, path: Path = RUN_ERRORS) -> Margin:
+    """The margin at `quantile` (50, 90, ...) of measured / predicted on the held-out single-node runs."""
+    if not path.exists():
+        raise MoesimError(f"--margin: {path} is missing; write it with benchmarks/serving_measured.py --errors")
+    document = json.loads(path.read_text())
+    runs = [run for run in document["runs"] if run["group"] == "single-node"]
+
+    def factor(key: str) -> float:
+        return max(1.0, float(np.percentile([1.0 / (1.0 + run[key]) for run in runs], quantile)))
+
+    source = (
+        f"measured / predicted at the {quantile}th percentile of {len(runs)} held-out single-node runs "
+        f"({path.name}, commit {document['commit']}, {document['date']})"
+    )
+    return Margin(quantile, factor("ttft_error"), factor("tpot_error"), len(runs), source)
