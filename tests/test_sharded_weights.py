@@ -50,7 +50,9 @@ def test_zero_one_is_unchanged_and_zero_three_adds_its_gathers() -> None:
     two = simulate(scenario_from_dict(_two_node_dense_dp(2)))
     three = simulate(scenario_from_dict(_two_node_dense_dp(3)))
     assert SHARDED_PHASE not in one.phase_seconds
-    assert three.phase_seconds[SHARDED_PHASE] > two.phase_seconds[SHARDED_PHASE] > 0
+    # ZeRO-2's reduce-scatters hide under this small model's backward (across nodes at 1/8 of the bytes a NIC, as
+    # NCCL's rings on a channel per NIC carry them); ZeRO-3's gathers, needed before each layer's forward, do not
+    assert three.phase_seconds[SHARDED_PHASE] > two.phase_seconds.get(SHARDED_PHASE, 0.0) >= 0
     assert three.step_time_s > one.step_time_s
     assert any("ZeRO-3" in note for note in three.notes)
     # the stage's per-micro-batch gather: the dense weights over the 16 data-parallel ranks plus a rank's experts
@@ -58,8 +60,11 @@ def test_zero_one_is_unchanged_and_zero_three_adds_its_gathers() -> None:
     scenario = scenario_from_dict(_two_node_dense_dp(3))
     plan, topology = StagePlan(scenario), Topology.from_cluster(scenario.cluster)
     weight = scenario.workload.precision.weight_bytes
-    dense = shard_collective_time(topology, np.arange(16), plan.stage_dense_params(0) * weight, "all_gather")
-    experts = shard_collective_time(topology, np.array([0, 8]), plan.stage_expert_params(0) / 8 * weight, "all_gather")
+    algorithm = scenario.simulation.allreduce_algorithm
+    dense = shard_collective_time(topology, np.arange(16), plan.stage_dense_params(0) * weight, "all_gather", algorithm)
+    experts = shard_collective_time(
+        topology, np.array([0, 8]), plan.stage_expert_params(0) / 8 * weight, "all_gather", algorithm
+    )
     first_gather = (dense + experts) / plan.stage_layer_count(0)
     # the forward's first layer waits for its gather: at least that per micro-batch
     assert three.stage_forward_s[0] - one.stage_forward_s[0] >= first_gather * (1 - 1e-9)

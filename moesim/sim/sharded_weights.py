@@ -90,18 +90,25 @@ def sharded_traffic(scenario: Scenario, plan: StagePlan, topology: Topology, sta
     if par.zero_stage < 2 or (groups.dp == 1 and groups.expert_dp == 1):
         return ShardedTraffic(zero, zero, zero, zero, 0.0)
     dense_group, expert_group = groups.dense, groups.experts
+    algorithm = scenario.simulation.allreduce_algorithm
+
+    def shard(ranks: np.ndarray, size_bytes: float, collective: str) -> float:
+        # across nodes as the step end's: half the all-reduce by the scenario's algorithm, which, as NCCL's rings
+        # on one channel per NIC do, crosses the network with 1/GPUs-a-node of the bytes per NIC
+        return shard_collective_time(topology, ranks, size_bytes, collective, algorithm)
+
     gather, reduce, forward, backward = [], [], [], []
     for stage in range(count):
         dense = plan.stage_dense_params(stage) / par.tp_size
         experts = plan.stage_expert_params(stage) / groups.expert_shards
         g = 0.0
         if par.zero_stage >= 3:
-            g = shard_collective_time(
-                topology, dense_group, dense * precision.weight_bytes, "all_gather"
-            ) + shard_collective_time(topology, expert_group, experts * precision.expert_weight_bytes, "all_gather")
-        r = shard_collective_time(
-            topology, dense_group, dense * precision.grad_bytes, "reduce_scatter"
-        ) + shard_collective_time(topology, expert_group, experts * precision.grad_bytes, "reduce_scatter")
+            g = shard(dense_group, dense * precision.weight_bytes, "all_gather") + shard(
+                expert_group, experts * precision.expert_weight_bytes, "all_gather"
+            )
+        r = shard(dense_group, dense * precision.grad_bytes, "reduce_scatter") + shard(
+            expert_group, experts * precision.grad_bytes, "reduce_scatter"
+        )
         modules = max(1, plan.stage_layer_count(stage))
         forward_comm, backward_comm = stages.comm_s[stage]
         forward_free = max(0.0, stages.forward_s[stage] - forward_comm) / modules
