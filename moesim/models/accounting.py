@@ -25,6 +25,7 @@ from moesim.models.attention import (  # the attention's work, re-exported: part
     attention_score_flops_per_token as attention_score_flops_per_token,
 )
 from moesim.models.attention import decoder_attended_keys as decoder_attended_keys
+from moesim.models.attention import kv_share_per_tp_rank as kv_share_per_tp_rank
 from moesim.models.attention import score_flops_per_key as score_flops_per_key
 from moesim.models.attention import windowed_keys as windowed_keys
 from moesim.models.precision import Precision

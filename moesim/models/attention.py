@@ -3,6 +3,8 @@ a local window (sliding or chunked), in a prompt or in decode. `moesim.models.ac
 
 from __future__ import annotations
 
+import math
+
 from moesim.models.spec import ModelSpec
 
 
@@ -65,3 +67,15 @@ def attention_score_flops_per_token(
         window = min(seq_len, spec.attention_window or seq_len)
         return per_key * ((spec.num_layers - windowed) * seq_len + windowed * window)
     return per_key * decoder_attended_keys(spec, seq_len, decode=False)
+
+
+def kv_share_per_tp_rank(spec: ModelSpec, tp: int) -> float:
+    """The share of a token's KV cache one of `tp` attention ranks holds (and reads in decode). GQA splits its key
+    and value heads over the ranks, each rank holding ceil(kv_heads / tp) of them (heads replicated where there
+    are fewer than ranks); MLA caches one latent and rotary key a token that every head reads (DeepSeek-V2, section
+    2.1), so every rank holds all of it (SGLang's data-parallel attention exists because tensor parallelism
+    duplicates this cache)."""
+    if spec.attention_type == "mla" or tp <= 1:
+        return 1.0
+    heads = spec.kv_heads
+    return math.ceil(heads / tp) / heads

@@ -64,7 +64,8 @@ def _memory_share(scenario: Any, phase: str) -> tuple[float, float, float, float
     free = max(0.0, memory.capacity_bytes - memory.weights_bytes - fixed)
     spec, par = scenario.serving, scenario.parallelism
     tokens = most_tokens(spec.input_tokens) + (most_tokens(spec.output_tokens) if phase != "prefill" else 0)
-    per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision) / par.tp_size
+    per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
+    per_token *= accounting.kv_share_per_tp_rank(scenario.model, par.tp_size)
     need = spec.max_running * tokens * per_token
     return memory.capacity_bytes, memory.weights_bytes, fixed, min(need, free), need >= free
 

@@ -294,6 +294,8 @@ class IterationCost:
         stages, each GPU holds its stage's layers and the pipeline's cache is shared by its engines."""
         memory = self.forward.memory()
         free = memory.capacity_bytes - memory.weights_bytes - memory.alltoall_buffer_bytes - memory.activations_bytes
-        per_token = accounting.kv_cache_bytes_per_token(self._base.model, self._base.workload.precision)
-        per_token /= self._base.parallelism.tp_size * self.stages  # a GPU holds its stage's layers' share
+        model, tp = self._base.model, self._base.parallelism.tp_size
+        per_token = accounting.kv_cache_bytes_per_token(model, self._base.workload.precision)
+        # a GPU holds its TP rank's share (MLA: all of it) of its stage's layers
+        per_token *= accounting.kv_share_per_tp_rank(model, tp) / self.stages
         return max(0, int(free / per_token / self.stages))  # the pipeline's, shared by its `pp_size` engines

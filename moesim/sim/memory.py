@@ -108,7 +108,8 @@ def memory_per_gpu(scenario: Scenario, plan: StagePlan) -> MemoryBreakdown:
         else:
             context = workload.seq_len + workload.decode_tokens
             kv_per_layer = accounting.kv_cache_bytes_per_token(model, precision) / model.num_layers
-            kv_cache = kv_per_layer * plan.stage_layer_count(stage) * context * workload.micro_batch_size / tp
+            share = accounting.kv_share_per_tp_rank(model, tp)  # MLA's latent: every TP rank holds all of it
+            kv_cache = kv_per_layer * plan.stage_layer_count(stage) * context * workload.micro_batch_size * share
             activations = per_layer_activation * plan.pass_tokens_per_rank  # one layer's working set, one chunk
         if plan.stage_moe_layer_count(stage):
             slots = plan.buffer_slots_per_rank

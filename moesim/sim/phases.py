@@ -170,11 +170,12 @@ class PhaseBuilder:
         blocks = 0.0 if self.decode else heads_per_rank * math.ceil(self.gemm_tokens / ATTENTION_BLOCK)
         scores = cost.attention_seconds(score_flops, blocks)
         kv_bytes = accounting.kv_cache_bytes_per_token(model, self.scenario.workload.precision) / model.num_layers
+        kv_bytes *= accounting.kv_share_per_tp_rank(model, self.tp)  # a TP rank's heads' share; MLA's latent: all
         if self.decode:  # decode reads the KV cache its window holds (the whole context without one) per new token
-            scores = max(scores, cost.memory_seconds(kv_bytes * cached_keys * self.gemm_tokens / self.tp))
+            scores = max(scores, cost.memory_seconds(kv_bytes * cached_keys * self.gemm_tokens))
         if self.scenario.workload.mode == "inference":  # the new tokens' keys and values into the KV cache (engines
             # fuse it with the rotary embedding): read and written once
-            scores += cost.memory_seconds(2 * kv_bytes * self.gemm_tokens / self.tp)
+            scores += cost.memory_seconds(2 * kv_bytes * self.gemm_tokens)
         measured = engine_decode_attention(self, heads_per_rank, cached_keys) if self.decode else None
         if measured is not None:  # the engine's own kernel, measured (its cache append included)
             scores = measured
