@@ -44,7 +44,7 @@ def plan_serving_command(
 ) -> None:
     """`plan --serve`: the cheapest layout serving the rate within the latency targets, and the Pareto front."""
 
-    from moesim.planning.deploy_serving import ENGINES, engine_deployment
+    from moesim.planning.deploy_serving import ENGINES, engine_deployment, pool_shapes
     from moesim.planning.serving import (
         cheapest_within,
         check_targets,
@@ -118,12 +118,13 @@ def plan_serving_command(
         }
 
     power = kwh_price if kwh_price is not None else base.serving.power_price_per_kwh
+    shown = deploy_engine or base.serving.engine or "sglang"
     deployments = {}
     if result.options:
         chosen = option_scenario(document, result.options[0])
-        deployments = {name: engine_deployment(chosen, name) for name in (deploy_engine,) if name} or {
-            name: engine_deployment(chosen, name) for name in ENGINES
-        }
+        shapes = pool_shapes(chosen)  # the pools' memory, built once for every engine's commands
+        engines = ENGINES if as_json and not deploy_engine else (shown,)
+        deployments = {name: engine_deployment(chosen, name, shapes) for name in engines}
     if as_json:
         print_json(
             {
@@ -199,8 +200,7 @@ def plan_serving_command(
     )
     if not result.options:
         raise typer.Exit(code=1)
-    shown = deploy_engine or base.serving.engine or "sglang"
-    lines = engine_deployment(chosen, shown).lines(min(console.width, 100) - 2)
+    lines = deployments[shown].lines(min(console.width, 100) - 2)
     if not deploy_engine and not base.serving.engine:
         lines.insert(
             1, "  (the scenario names no engine: SGLang's shown; --deploy trtllm|vllm for another, --json has all)"

@@ -27,13 +27,13 @@ def report(
 
     results = source.suffix.lower() in (".sqlite", ".db", ".sqlite3")
     if results:
-        read_sweep(source, sweep_id)  # nothing to report on stops here, before the folder is made
+        read = read_sweep(source, sweep_id)  # nothing to report on stops here, before the folder is made
     else:
         loaded = load_scenario(source, overrides)
     output_folder(out, "--out")
     with console.status("simulating and plotting ...", spinner="dots"):
         if results:
-            html_path, md_path = write_results_report(source, out, sweep_id)
+            html_path, md_path = write_results_report(source, out, sweep_id, read)
         else:
             html_path, md_path = write_report(loaded, out, fast)
     console.print(f"report written to {html_path} and {md_path}")

@@ -31,6 +31,12 @@ class Energy:
     source: str
 
 
+def power_dollars_per_hour(gpu: GpuSpec, kwh_price: float) -> float:
+    """Dollars an hour of `gpu` at its board power (the whole hour, an upper bound) at `kwh_price` per kWh; 0
+    without a board power."""
+    return (gpu.tdp_watts or 0.0) / 1000 * kwh_price
+
+
 def energy_per_million_tokens(gpu: GpuSpec, tokens_per_s_per_gpu: float) -> Optional[Energy]:
     """kWh per million tokens at `tokens_per_s_per_gpu` (each GPU at its board power); None without a board power
     or a throughput."""

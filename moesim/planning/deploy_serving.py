@@ -61,7 +61,7 @@ def _memory_share(scenario: Any, phase: str) -> tuple[float, float, float, float
     binds it): the memory model's figures at the pool's settings."""
     memory = InferencePass(scenario).memory()
     fixed = memory.alltoall_buffer_bytes + memory.activations_bytes
-    free = max(0.0, memory.capacity_bytes - memory.weights_bytes - fixed)
+    free = max(0.0, memory.kv_room_bytes)
     spec, par = scenario.serving, scenario.parallelism
     tokens = most_tokens(spec.input_tokens) + (most_tokens(spec.output_tokens) if phase != "prefill" else 0)
     per_token = accounting.kv_cache_bytes_per_token(scenario.model, scenario.workload.precision)
@@ -274,13 +274,19 @@ def _pool_launch(engine: str, pool: _PoolShape) -> tuple[Launch, list[str]]:
     return launch, notes
 
 
-def engine_deployment(scenario: Any, engine: str) -> Deployment:
-    """The serving scenario (a planned layout) as `engine`'s server commands, a pool at a time."""
+def pool_shapes(scenario: Any) -> list[_PoolShape]:
+    """Each pool of the planned deployment with its servers' shape and memory shares: what every engine's
+    commands are built from (`engine_deployment`), built once for all of them."""
+    roles = {"both": "serving", "prefill": "prefill pool", "decode": "decode pool"}
+    return [_shape_of(pool, phase, roles[phase]) for pool, phase in pool_scenarios(scenario)]
+
+
+def engine_deployment(scenario: Any, engine: str, shapes: Optional[list[_PoolShape]] = None) -> Deployment:
+    """The serving scenario (a planned layout) as `engine`'s server commands, a pool at a time (`shapes`: its
+    `pool_shapes`, where already built)."""
     launches, notes = [], []
-    pools = pool_scenarios(scenario)
-    for pool, phase in pools:
-        role = {"both": "serving", "prefill": "prefill pool", "decode": "decode pool"}[phase]
-        launch, pool_notes = _pool_launch(engine, _shape_of(pool, phase, role))
+    for shape in shapes if shapes is not None else pool_shapes(scenario):
+        launch, pool_notes = _pool_launch(engine, shape)
         launches.append(launch)
         notes += pool_notes
     if any(launch.copies > 1 for launch in launches):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from moesim.cluster.hardware import gpu_preset, gpu_preset_names
+from moesim.cluster.power import power_dollars_per_hour
 from moesim.errors import MoesimError, unknown_name_message
 
 DEFAULT_PRICE_PER_GPU_HOUR = {"H100-SXM": 3.0, "H800": 3.0, "H200": 3.8, "A100-80GB": 1.8, "B200": 5.5, "MI300X": 3.0}
@@ -51,7 +52,5 @@ def with_power(prices: dict[str, float], gpus: Sequence[str], kwh_price: float) 
         return dict(prices)
     return {
         **prices,
-        **{
-            gpu: price_per_gpu_hour(prices, gpu) + (gpu_preset(gpu).tdp_watts or 0.0) / 1000 * kwh_price for gpu in gpus
-        },
+        **{gpu: price_per_gpu_hour(prices, gpu) + power_dollars_per_hour(gpu_preset(gpu), kwh_price) for gpu in gpus},
     }

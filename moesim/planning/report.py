@@ -278,11 +278,12 @@ def read_sweep(
 
 
 def write_results_report(
-    store_path: str | Path, out_dir: str | Path, sweep_id: Optional[str] = None
+    store_path: str | Path, out_dir: str | Path, sweep_id: Optional[str] = None, read: Optional[tuple] = None
 ) -> tuple[Path, Path]:
     """A report over one sweep of a results store (default: the latest): every point's step time, throughput and
-    drops in plots and a table; the fastest point; the store's other sweeps listed."""
-    sweeps, chosen, rows, ok = read_sweep(store_path, sweep_id)
+    drops in plots and a table; the fastest point; the store's other sweeps listed (`read`: `read_sweep`'s answer
+    where the caller has it already)."""
+    sweeps, chosen, rows, ok = read or read_sweep(store_path, sweep_id)
     fixed = {"sweep_id", "status", "error", "sim_seconds"}
     swept = [key for key in ok[0] if key not in fixed and "." in key and not key.startswith("phase.")]
     labels = [

@@ -257,7 +257,7 @@ def plan_serving(
     check_targets(request_rate, ttft_p90_s, tpot_p90_s, max_load)
 
     def keeps_up(result: ServingResult) -> bool:
-        return result.load is not None and result.load <= max_load
+        return keeps_up_at(result, max_load)
 
     base = scenario_from_dict(document)
     prices = checked_prices(gpus, prices)
@@ -310,6 +310,11 @@ def plan_serving(
     return ServingPlan(options, pareto_front(options), len(evaluated) + overloaded, best, sources, evaluated)
 
 
+def keeps_up_at(result: ServingResult, max_load: float) -> bool:
+    """Whether a deployment keeps up with its rate: a load, at most `max_load`."""
+    return result.load is not None and result.load <= max_load
+
+
 def within(result: ServingResult, ttft_p90_s: float, tpot_p90_s: float, margin: tuple[float, float]) -> bool:
     """Whether the predicted 90th-percentile TTFT and TPOT, each taken larger by its `margin` factor, meet the
     targets."""
@@ -323,9 +328,7 @@ def cheapest_within(
     fitting = [
         option
         for option in plan.considered
-        if option.result.load is not None
-        and option.result.load <= max_load
-        and within(option.result, ttft_p90_s, tpot_p90_s, margin)
+        if keeps_up_at(option.result, max_load) and within(option.result, ttft_p90_s, tpot_p90_s, margin)
     ]
     return min(fitting, key=lambda o: (o.result.dollars_per_million_output_tokens, o.result.tpot_s[90]), default=None)
 

@@ -292,8 +292,7 @@ class IterationCost:
         """Tokens of KV cache one engine holds: an attention rank's memory less weights, buffers and one pass's
         activations (the memory model at this scenario's settings), over the KV bytes of a token; with pipeline
         stages, each GPU holds its stage's layers and the pipeline's cache is shared by its engines."""
-        memory = self.forward.memory()
-        free = memory.capacity_bytes - memory.weights_bytes - memory.alltoall_buffer_bytes - memory.activations_bytes
+        free = self.forward.memory().kv_room_bytes
         model, tp = self._base.model, self._base.parallelism.tp_size
         per_token = accounting.kv_cache_bytes_per_token(model, self._base.workload.precision)
         # a GPU holds its TP rank's share (MLA: all of it) of its stage's layers

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from moesim.cluster.power import energy_per_million_tokens
+from moesim.cluster.power import energy_per_million_tokens, power_dollars_per_hour
 from moesim.cost.engine_tables import engine_words
 from moesim.models import accounting
 from moesim.scenario import Scenario
@@ -198,8 +198,8 @@ def _rests_on(scenario: Scenario, cost: IterationCost) -> str:
 def hourly_price(scenario: Scenario) -> float:
     """Dollars per GPU-hour: `serving.price_per_gpu_hour`, plus the GPU's board power at
     `serving.power_price_per_kwh` where one is given."""
-    spec, gpu = scenario.serving, scenario.cluster.gpu
-    return spec.price_per_gpu_hour + (gpu.tdp_watts or 0.0) / 1000 * spec.power_price_per_kwh
+    spec = scenario.serving
+    return spec.price_per_gpu_hour + power_dollars_per_hour(scenario.cluster.gpu, spec.power_price_per_kwh)
 
 
 def price_words(spec: ServingSpec) -> str:

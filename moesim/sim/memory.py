@@ -45,6 +45,12 @@ class MemoryBreakdown:
             + self.kv_cache_bytes
         )
 
+    @property
+    def kv_room_bytes(self) -> float:
+        """What a serving engine's KV cache may take: the capacity less weights, all-to-all buffers and one pass's
+        activations."""
+        return self.capacity_bytes - self.weights_bytes - self.alltoall_buffer_bytes - self.activations_bytes
+
     def as_dict(self) -> dict[str, float]:
         return {**asdict(self), "total_bytes": self.total_bytes}
 
