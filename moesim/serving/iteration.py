@@ -23,7 +23,6 @@ import numpy as np
 
 from moesim.models import accounting
 from moesim.scenario import Scenario, scenario_from_dict
-from moesim.serving.engine_memory import engine_kv_room_bytes
 from moesim.sim.inference import InferencePass, expert_group_document
 
 
@@ -291,10 +290,9 @@ class IterationCost:
 
     def kv_capacity_tokens(self) -> int:
         """Tokens of KV cache one engine holds: an attention rank's memory less weights, buffers and one pass's
-        activations (the memory model at this scenario's settings), less what the named engine keeps back by its
-        default rule (`engine_memory`), over the KV bytes of a token; with pipeline stages, each GPU holds its
-        stage's layers and the pipeline's cache is shared by its engines."""
-        free = engine_kv_room_bytes(self._base, self.forward.memory())
+        activations (the memory model at this scenario's settings), over the KV bytes of a token; with pipeline
+        stages, each GPU holds its stage's layers and the pipeline's cache is shared by its engines."""
+        free = self.forward.memory().kv_room_bytes
         model, tp = self._base.model, self._base.parallelism.tp_size
         per_token = accounting.kv_cache_bytes_per_token(model, self._base.workload.precision)
         # a GPU holds its TP rank's share (MLA: all of it) of its stage's layers

@@ -19,7 +19,6 @@ from moesim.serving.capacity import pool_capacity
 from moesim.serving.checked import checked_words, runs_words
 from moesim.serving.dealing import MIN_COUNTED, deal, engine_requests, is_batch
 from moesim.serving.engine import OVERLAP_SCHEDULERS, run_engine
-from moesim.serving.engine_memory import engine_memory_words
 from moesim.serving.iteration import IterationCost
 from moesim.serving.pools import Pool, deployment_pools, prefill_pool_scenario
 from moesim.serving.ranks import AttentionRecorder, ranks_per_group
@@ -133,7 +132,7 @@ def _served(
         f"{engines}; each engine serves 1/{ranks} of the requests; one simulated: {run.iterations:,} iterations, "
         f"{run.busy_s / window:.0%} busy",
         f"KV cache per engine: {capacity:,} tokens; iterations that left a request waiting for it: "
-        f"{run.kv_limited_iterations:,}; {engine_memory_words(scenario)}",
+        f"{run.kv_limited_iterations:,}",
         f"latencies over {len(counted)} of {len(run.requests)} requests an engine"
         + (
             f" (serving.num_requests raised from {spec.num_requests:,} for {MIN_COUNTED} at least)"
