@@ -32,11 +32,17 @@ from moesim.validation.measured_runs import GPUS, MeasuredRun, read_runs, scenar
 
 
 def serve(run: MeasuredRun) -> dict:
-    """moesim's mean TTFT and TPOT (ms) for `run`."""
+    """moesim's mean TTFT and TPOT (ms) for `run`, or why moesim could not serve it (`unserved`: its error's
+    message, e.g. a deployment that does not fit as moesim sizes its memory), so that one such run is counted
+    with its reason instead of stopping the benchmark."""
+    from moesim.errors import MoesimError
     from moesim.scenario import Scenario
     from moesim.serving.simulate import simulate_serving
 
-    result = simulate_serving(Scenario.model_validate(scenario_document(run)))
+    try:
+        result = simulate_serving(Scenario.model_validate(scenario_document(run)))
+    except MoesimError as error:
+        return {"unserved": str(error).split(";")[0]}
     return {
         "ttft_ms": float(np.mean(result.ttft_samples_s)) * 1e3,
         "tpot_ms": float(np.mean(result.tpot_samples_s)) * 1e3,
@@ -145,22 +151,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     for reason, count in reasons.most_common():
         if reason is not None:
             show(f"  {count:>4}  {reason}")
-    started, rows = time.time(), []
+    started, rows, unserved = time.time(), [], Counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         for index, (run, figures) in enumerate(zip(served, pool.map(serve, served)), 1):
-            rows.append(
-                {
-                    **asdict(run),
-                    "model": run.model_name,
-                    "band": run.band,
-                    "group": run.group,
-                    **{f"moesim_{key}": value for key, value in figures.items()},
-                    "ttft_error": figures["ttft_ms"] / run.ttft_ms - 1,
-                    "tpot_error": figures["tpot_ms"] / run.tpot_ms - 1,
-                }
-            )
+            if "unserved" in figures:
+                unserved[f"{run.group}: {figures['unserved']}"] += 1
+            else:
+                rows.append(
+                    {
+                        **asdict(run),
+                        "model": run.model_name,
+                        "band": run.band,
+                        "group": run.group,
+                        **{f"moesim_{key}": value for key, value in figures.items()},
+                        "ttft_error": figures["ttft_ms"] / run.ttft_ms - 1,
+                        "tpot_error": figures["tpot_ms"] / run.tpot_ms - 1,
+                    }
+                )
             if index % 10 == 0 or index == len(served):
                 print(f"  served {index}/{len(served)} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    for reason, count in unserved.most_common():
+        show(f"  {count:>4}  not served, {reason}")
     single = [row for row in rows if row["group"] == "single-node"]
     show("single-node runs (the bar: TPOT median <= 8%, p90 <= 20%; TTFT median <= 15%, p90 <= 40%):")
     show("\n".join(table(single)))
