@@ -154,22 +154,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     started, rows, unserved = time.time(), [], Counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         for index, (run, figures) in enumerate(zip(served, pool.map(serve, served)), 1):
-            if "unserved" in figures:
-                unserved[f"{run.group}: {figures['unserved']}"] += 1
-            else:
-                rows.append(
-                    {
-                        **asdict(run),
-                        "model": run.model_name,
-                        "band": run.band,
-                        "group": run.group,
-                        **{f"moesim_{key}": value for key, value in figures.items()},
-                        "ttft_error": figures["ttft_ms"] / run.ttft_ms - 1,
-                        "tpot_error": figures["tpot_ms"] / run.tpot_ms - 1,
-                    }
-                )
             if index % 10 == 0 or index == len(served):
                 print(f"  served {index}/{len(served)} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+            if "unserved" in figures:
+                unserved[f"{run.group}: {figures['unserved']}"] += 1
+                continue
+            rows.append(
+                {
+                    **asdict(run),
+                    "model": run.model_name,
+                    "band": run.band,
+                    "group": run.group,
+                    **{f"moesim_{key}": value for key, value in figures.items()},
+                    "ttft_error": figures["ttft_ms"] / run.ttft_ms - 1,
+                    "tpot_error": figures["tpot_ms"] / run.tpot_ms - 1,
+                }
+            )
     for reason, count in unserved.most_common():
         show(f"  {count:>4}  not served, {reason}")
     single = [row for row in rows if row["group"] == "single-node"]
@@ -183,7 +183,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.peer:
         from aiconfigurator_peer import estimates
 
-        peer = estimates([asdict(run) for run in served], args.jobs)
+        compared = {row["id"] for row in rows}  # the runs moesim served: aiconfigurator is set beside those only
+        peer = estimates([asdict(run) for run in served if run.id in compared], args.jobs)
         for row in rows:
             found = peer.get(row["id"], {})
             if "tpot_ms" in found and found["tpot_ms"] > 0:
